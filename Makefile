@@ -1,0 +1,39 @@
+# The whole developer workflow. `make test` on a fresh clone installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest bench install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the broker on 127.0.0.1:8080 with its embedded SQLite store in ./mqpy-data.
+run: $(STAMP)
+	$(BIN)/mqpy serve
+
+## Lint, type-check and run every test.
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+## Measure publish and delivery throughput and latency; prints a table, writes JSON.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) mqpy-data .mypy_cache .ruff_cache .pytest_cache

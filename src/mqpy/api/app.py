@@ -1,0 +1,90 @@
+"""The application factory: routes, limits and the error mapping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from mqpy.api import dashboard, dead_letters, seed
+from mqpy.api.problems import Problem
+from mqpy.api.state import BROKER
+from mqpy.broker import Broker
+from mqpy.domain import BrokerError, NotASender, StoreUnavailable, UnknownConnection
+
+log = logging.getLogger("mqpy.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Each route is served with and without a trailing slash: MQ Go registered `/connect/`.
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("POST", "/connect", seed.connect),
+    ("POST", "/send", seed.send),
+    ("POST", "/disconnect", seed.disconnect),
+    ("GET", "/dashboard", dashboard.dashboard),
+    ("GET", "/v1/dead-letters", dead_letters.list_dead_letters),
+    ("POST", "/v1/dead-letters/redrive", dead_letters.redrive),
+]
+
+
+def create_app(broker: Broker, *, max_body_bytes: int) -> web.Application:
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[problem_middleware])
+    app[BROKER] = broker
+    for method, path, handler in ROUTES:
+        for variant in (path, path + "/"):
+            app.router.add_route(method, variant, handler)
+    return app
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turns every error into application/problem+json with the right status."""
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem.to_response(request.path)
+    except BrokerError as error:
+        return _problem_for(error).to_response(request.path)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _problem_for_http(exc, request).to_response(request.path)
+
+
+def _problem_for(error: BrokerError) -> Problem:
+    if isinstance(error, UnknownConnection):
+        return Problem(404, "unknown-connection", str(error))
+    if isinstance(error, NotASender):
+        return Problem(403, "not-a-sender", str(error))
+    if isinstance(error, StoreUnavailable):
+        log.error("%s", error)
+        return Problem(
+            503,
+            "store-unavailable",
+            "the broker could not store the request; nothing was accepted, try again",
+            headers={"Retry-After": "1"},
+        )
+    return Problem(400, "refused", str(error))
+
+
+def _problem_for_http(exc: web.HTTPException, request: web.Request) -> Problem:
+    if isinstance(exc, web.HTTPNotFound):
+        return Problem(404, "not-found", f"there is no route {request.path}")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return Problem(
+            405,
+            "method-not-allowed",
+            f"{request.method} is not allowed on {request.path}; use {allowed}",
+            headers={"Allow": allowed},
+        )
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        limit = request.app._client_max_size
+        return Problem(
+            413,
+            "body-too-large",
+            f"the request body is larger than the {limit} bytes this server accepts "
+            "(--max-message-bytes)",
+        )
+    return Problem(exc.status, "http-error", exc.text or exc.reason)

@@ -1,0 +1,58 @@
+"""RFC 9457 problem details: every error the API answers is one of these."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://mq-py.dev/problems/"
+
+
+class Problem(Exception):
+    """An error answer: an HTTP status, a slug for `type`, and a sentence for a human."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.extensions = extensions
+
+    def to_response(self, instance: str | None = None) -> web.Response:
+        body: dict[str, Any] = {
+            "type": PROBLEM_TYPE_BASE + self.slug,
+            "title": HTTPStatus(self.status).phrase,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance is not None:
+            body["instance"] = instance
+        body.update(self.extensions)
+        return web.Response(
+            status=self.status,
+            body=msgspec.json.encode(body),
+            content_type=PROBLEM_CONTENT_TYPE,
+            headers=self.headers,
+        )
+
+
+def invalid_field(field: str, detail: str) -> Problem:
+    return Problem(400, "invalid-request", detail, field=field)
+
+
+def invalid_body(detail: str) -> Problem:
+    return Problem(400, "invalid-request", detail)

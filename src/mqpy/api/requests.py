@@ -1,0 +1,131 @@
+"""Decoding and validating request bodies.
+
+Seed requests are matched as Go's encoding/json matched them: keys case-insensitively
+(`ClientURL`, `clienturl`), so any MQ Go client works unchanged. Bodies are read
+whatever their Content-Type (`curl -d` sends a form type).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import msgspec
+from aiohttp import web
+
+from mqpy.api.problems import Problem, invalid_body, invalid_field
+from mqpy.domain import Mode
+from mqpy.ids import MAX_CONNECTION_ID
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+# The field names a user wrote in the seed protocol, for error messages.
+DISPLAY_NAMES = {"clienturl": "ClientURL"}
+
+_decode_any = msgspec.json.Decoder().decode
+_FIELD_IN_ERROR = re.compile(r"at `\$\.([^`.\[]+)")
+
+
+class ConnectRequest(msgspec.Struct):
+    mode: str
+    clienturl: str = ""
+
+
+class SendRequest(msgspec.Struct):
+    id: int
+    body: str
+
+
+class DisconnectRequest(msgspec.Struct):
+    id: int
+
+
+class RedriveRequest(msgspec.Struct):
+    receiver_id: int | None = None
+
+
+async def read_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The body as a JSON object with lower-cased keys, or a 400 saying what is wrong."""
+    raw = await request.read()  # 413 past the app's client_max_size
+    if allow_empty and not raw.strip():
+        return {}
+    try:
+        data = _decode_any(raw)
+    except msgspec.DecodeError as exc:
+        raise invalid_body(f"the body is not valid JSON ({exc}); send a JSON object") from None
+    if not isinstance(data, dict):
+        raise invalid_body(
+            f"the body is a JSON {_json_kind(data)}; send a JSON object such as "
+            '{"id": 123, "body": "hello"}'
+        )
+    # Go matches keys case-insensitively; where two keys differ only in case, the last
+    # one wins, as it did in MQ Go.
+    return {key.lower(): value for key, value in data.items()}
+
+
+def convert(data: dict[str, Any], kind: type[S]) -> S:
+    """`data` as a `kind`, or a 400 naming the field that is missing or mistyped."""
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _FIELD_IN_ERROR.search(text)
+        missing = re.search(r"missing required field `([^`]+)`", text)
+        field = match.group(1) if match else missing.group(1) if missing else None
+        if field is None:
+            raise invalid_body(text) from None
+        shown = DISPLAY_NAMES.get(field, field)
+        detail = text.replace(f"`$.{field}`", f"`{shown}`").replace(f"`{field}`", f"`{shown}`")
+        raise invalid_field(shown, f"{detail}") from None
+
+
+def parse_mode(value: str) -> Mode:
+    try:
+        return Mode(value.lower())
+    except ValueError:
+        raise invalid_field("mode", f"mode must be 'send' or 'receive', not {value!r}") from None
+
+
+def parse_client_url(value: str, mode: Mode) -> str:
+    """A receiver's URL, with `http://` added when it has no scheme (as in the seed's
+    `svc.domain.tld/mqg`). A sender's URL is kept as given and may be empty."""
+    value = value.strip()
+    if mode is Mode.SEND:
+        return value
+    if not value:
+        raise invalid_field("ClientURL", "a receiver needs a ClientURL to deliver messages to")
+    if "://" not in value:
+        value = "http://" + value
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise invalid_field("ClientURL", f"ClientURL {value!r} is not a valid URL: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise invalid_field(
+            "ClientURL", f"ClientURL must be an http:// or https:// URL, not {parts.scheme}://"
+        )
+    if not parts.hostname:
+        raise invalid_field("ClientURL", f"ClientURL {value!r} has no host name")
+    return value
+
+
+def parse_connection_id(value: int) -> int:
+    if not 1 <= value <= MAX_CONNECTION_ID:
+        raise Problem(
+            404, "unknown-connection", f"no client is connected with id {value}", id=value
+        )
+    return value
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"

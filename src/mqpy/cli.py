@@ -1,0 +1,71 @@
+"""The `mqpy` command. `mqpy serve` runs the broker.
+
+Flags are accepted Go-style (`-port 8080`, as MQ Go took them) and GNU-style
+(`--port 8080`, `--port=8080`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from mqpy import __version__
+from mqpy.config import SettingError, options, resolve
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mqpy",
+        description="mq-py: a durable HTTP message broker that speaks the MQ Go protocol.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"mq-py {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the broker",
+        description="Run the broker. Every option can also be set as MQPY_<NAME> in the "
+        "environment; flags win over the environment.",
+        allow_abbrev=False,
+    )
+    for option in options():
+        go_style = "-" + option.flag[2:]
+        serve.add_argument(
+            go_style,
+            option.flag,
+            dest=option.name,
+            default=None,
+            metavar=option.name.split("_")[-1].upper(),
+            help=f"{option.help} (default: {_show(option.default)}; env {option.env})",
+        )
+    return parser
+
+
+def _show(value: object) -> str:
+    return str(value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        parser.print_help()
+        return 2
+    try:
+        settings = resolve({o.name: getattr(args, o.name) for o in options()})
+    except SettingError as exc:
+        parser.exit(2, f"mqpy serve: {exc}\n")
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from mqpy.server import run
+
+    return run(settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""One settings object, filled from command-line flags, then `MQPY_*` environment
+variables, then defaults.
+
+Each field's metadata is its `--help` text; the command line and the environment are
+both derived from this one list, so a new setting needs one line here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "MQPY_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `2.5`, `500ms`, `30s`, `5m`, `24h` or `1d`."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration (try 30s, 5m, 24h or a number of seconds)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `262144`, `256KiB`, `1MiB` or `512kb`."""
+    match = re.match(r"^\s*(\d+)\s*(b|kb|kib|k|mb|mib|m)?\s*$", text.lower())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size (try 262144, 256KiB or 1MiB)")
+    scale = {None: 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024}
+    scale |= {"m": 1 << 20, "mb": 1_000_000, "mib": 1 << 20}
+    return int(match.group(1)) * scale[match.group(2)]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text} must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text} must be 0 or more")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{text} is not a TCP port (0 to 65535; 0 picks a free one)")
+    return value
+
+
+def _log_level(text: str) -> str:
+    if text.lower() not in LOG_LEVELS:
+        raise ValueError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return text.lower()
+
+
+def _setting(default: Any, parse: Callable[[str], Any], help: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `mqpy serve` can be told."""
+
+    host: str = _setting(
+        "127.0.0.1", str, "interface to listen on (loopback unless you mean to expose it)"
+    )
+    port: int = _setting(8080, _port, "listening port (0 picks a free one)")
+    jobs: int = _setting(
+        5, _non_negative_int, "deliveries claimed from the store and waiting in memory for a worker"
+    )
+    workers: int = _setting(3, _positive_int, "deliveries in flight at once")
+    receiver_concurrency: int = _setting(
+        0,
+        _non_negative_int,
+        "deliveries one receiver may hold at once (0: half of --workers, at least 1)",
+    )
+    data_dir: Path = _setting(Path("mqpy-data"), Path, "directory of the SQLite store")  # noqa: RUF009
+    delivery_timeout: float = _setting(
+        10.0, parse_duration, "how long a receiver may take to answer one delivery"
+    )
+    retry_base: float = _setting(0.5, parse_duration, "first retry backoff ceiling")
+    retry_max: float = _setting(300.0, parse_duration, "longest wait between two attempts")
+    max_attempts: int = _setting(
+        10, _positive_int, "attempts per delivery, the first included, before dead-lettering"
+    )
+    max_age: float = _setting(
+        86400.0, parse_duration, "time from publish after which a delivery is dead-lettered"
+    )
+    max_message_bytes: int = _setting(
+        256 * 1024, parse_size, "largest request body accepted (413 above it)"
+    )
+    shutdown_grace: float = _setting(
+        10.0, parse_duration, "on SIGTERM, how long deliveries in flight may take to finish"
+    )
+    log_level: str = _setting("info", _log_level, f"one of {', '.join(LOG_LEVELS)}")
+
+    @property
+    def effective_receiver_concurrency(self) -> int:
+        if self.receiver_concurrency > 0:
+            return self.receiver_concurrency
+        return max(1, self.workers // 2)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting as the command line and the environment see it."""
+
+    name: str
+    flag: str
+    env: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+
+
+def options() -> list[Option]:
+    """Every setting, in declaration order."""
+    return [
+        Option(
+            name=f.name,
+            flag="--" + f.name.replace("_", "-"),
+            env=ENV_PREFIX + f.name.upper(),
+            default=f.default,
+            parse=f.metadata["parse"],
+            help=f.metadata["help"],
+        )
+        for f in dataclasses.fields(Settings)
+    ]
+
+
+class SettingError(ValueError):
+    """A flag or environment variable has a value that cannot be used."""
+
+
+def resolve(flags: Mapping[str, str | None], environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from raw flag values (None where not given), then the environment."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for option in options():
+        raw, source = flags.get(option.name), option.flag
+        if raw is None:
+            raw, source = environ.get(option.env), option.env
+        if raw is None:
+            continue
+        try:
+            values[option.name] = option.parse(raw)
+        except ValueError as exc:
+            raise SettingError(f"{source}: {exc}") from None
+    return Settings(**values)

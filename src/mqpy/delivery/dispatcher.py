@@ -1,0 +1,183 @@
+"""The dispatcher: claims due deliveries from the store and hands them to workers.
+
+At most `workers` deliveries are in flight and at most `jobs` more wait in memory for a
+worker, as in MQ Go. Each receiver has its own cap (`receiver_concurrency`) on what it
+holds of both, so a slow receiver fills its own slots and no others. Everything else
+(when to retry, what is dead) lives in the store and the retry policy: a restart loses
+no schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from mqpy.delivery.retry import RetryPolicy
+from mqpy.delivery.sender import Outcome, Sender
+from mqpy.domain import Delivery
+from mqpy.store import Store
+
+log = logging.getLogger("mqpy.delivery")
+
+# How long a claim lasts beyond the delivery timeout before another claimer may take
+# the delivery over. Only matters if this process dies without releasing it.
+LEASE_MARGIN_SECONDS = 30.0
+# The longest the claim loop sleeps without being woken; it catches deliveries whose
+# leases expired and deliveries added by anything that did not notify us.
+MAX_IDLE_SECONDS = 1.0
+
+
+class Dispatcher:
+    """Moves due deliveries from the store to receivers, `workers` at a time."""
+
+    def __init__(
+        self,
+        store: Store,
+        sender: Sender,
+        policy: RetryPolicy,
+        *,
+        workers: int,
+        jobs: int,
+        receiver_concurrency: int,
+        delivery_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._sender = sender
+        self._policy = policy
+        self._workers = workers
+        self._capacity = workers + jobs
+        self._receiver_concurrency = receiver_concurrency
+        self._lease_seconds = delivery_timeout + LEASE_MARGIN_SECONDS
+        self._clock = clock
+        self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._held: Counter[int] = Counter()  # per subscription: queued + in flight
+        self._in_flight: dict[asyncio.Task[None], Delivery] = {}
+        self._wake = asyncio.Event()
+        self._claimer: asyncio.Task[None] | None = None
+        self._worker_tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    @property
+    def held(self) -> int:
+        """Deliveries claimed and not yet settled (waiting in memory or in flight)."""
+        return self._held.total()
+
+    def notify(self) -> None:
+        """Something may be due now (a publish, a connect, a redrive)."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._claimer = asyncio.create_task(self._claim_loop(), name="mqpy-claimer")
+        self._worker_tasks = [
+            asyncio.create_task(self._work(), name=f"mqpy-worker-{n}") for n in range(self._workers)
+        ]
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, give queued deliveries back, let those in flight finish for up
+        to `grace` seconds, and give back whatever is still unfinished."""
+        self._stopping = True
+        if self._claimer is not None:
+            self._claimer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._claimer
+        queued = _drain(self._queue)
+        busy = list(self._in_flight)
+        idle = [task for task in self._worker_tasks if task not in self._in_flight]
+        for task in idle:
+            task.cancel()
+        if busy:
+            await asyncio.wait(busy, timeout=grace)
+        unfinished = [self._in_flight[task] for task in busy if task in self._in_flight]
+        for task in self._worker_tasks:
+            task.cancel()
+        await asyncio.gather(*self._worker_tasks, return_exceptions=True)
+        if queued or unfinished:
+            await self._store.release(queued + unfinished, self._clock())
+            log.info("released %d deliveries for after the restart", len(queued) + len(unfinished))
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            timeout = MAX_IDLE_SECONDS
+            room = self._capacity - self.held
+            if room > 0:
+                now = self._clock()
+                claim = await self._store.claim(
+                    limit=room,
+                    now=now,
+                    lease_seconds=self._lease_seconds,
+                    per_subscription_limit=self._receiver_concurrency,
+                    busy=dict(self._held),
+                )
+                for delivery in claim.deliveries:
+                    self._held[delivery.subscription_id] += 1
+                    self._queue.put_nowait(delivery)
+                if claim.next_due_at is not None:
+                    timeout = min(timeout, max(0.0, claim.next_due_at - now))
+                if claim.deliveries and timeout == 0.0:
+                    continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _work(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        while True:
+            delivery = await self._queue.get()
+            self._in_flight[task] = delivery
+            try:
+                await self._deliver(delivery)
+            finally:
+                del self._in_flight[task]
+                self._held[delivery.subscription_id] -= 1
+                if self._held[delivery.subscription_id] <= 0:
+                    del self._held[delivery.subscription_id]
+                self._wake.set()
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        outcome = await self._sender.send(delivery)
+        if outcome.ok:
+            await self._store.ack(delivery)
+            return
+        await self._settle_failure(delivery, outcome)
+
+    async def _settle_failure(self, delivery: Delivery, outcome: Outcome) -> None:
+        now = self._clock()
+        error = outcome.error or "delivery failed"
+        due_at = self._policy.next_attempt_at(
+            attempt=delivery.attempt,
+            published_at=delivery.published_at,
+            now=now,
+            retry_after=outcome.retry_after,
+        )
+        if due_at is None:
+            log.warning(
+                "dead-lettered %s for receiver %d after %d attempts: %s",
+                delivery.message_id,
+                delivery.subscription_id,
+                delivery.attempt,
+                error,
+            )
+            await self._store.dead_letter(delivery, now=now, error=error, status=outcome.status)
+            return
+        log.info(
+            "delivery of %s to receiver %d failed (attempt %d): %s; next try in %.1f s",
+            delivery.message_id,
+            delivery.subscription_id,
+            delivery.attempt,
+            error,
+            due_at - now,
+        )
+        await self._store.retry(delivery, due_at=due_at, error=error, status=outcome.status)
+
+
+def _drain(queue: asyncio.Queue[Delivery]) -> list[Delivery]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items

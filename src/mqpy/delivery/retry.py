@@ -1,0 +1,71 @@
+"""The retry policy: pure functions of attempt number, age and the receiver's answer.
+
+Backoff is exponential with full jitter (AWS's "Exponential Backoff and Jitter"): the
+delay before attempt n+1 is uniform in [0, min(max_delay, base * 2**(n-1))], which
+spreads a crowd of failing deliveries out instead of retrying them in lockstep.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When to try a failed delivery again, and when to give up on it."""
+
+    base: float = 0.5
+    max_delay: float = 300.0
+    max_attempts: int = 10
+    max_age: float = 86400.0
+
+    def backoff(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1 is the first)."""
+        ceiling = min(self.max_delay, self.base * 2.0 ** min(attempt - 1, 60))
+        return rand() * ceiling
+
+    def next_attempt_at(
+        self,
+        *,
+        attempt: int,
+        published_at: float,
+        now: float,
+        retry_after: float | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> float | None:
+        """When to make the next attempt after attempt `attempt` failed, or None when
+        the delivery should be dead-lettered.
+
+        `retry_after` is the receiver's own Retry-After, which wins over the backoff
+        (bounded by `max_delay`, so a receiver cannot park a delivery for a year).
+        """
+        if attempt >= self.max_attempts:
+            return None
+        delay = (
+            min(retry_after, self.max_delay)
+            if retry_after is not None
+            else self.backoff(attempt, rand)
+        )
+        due_at = now + delay
+        if due_at - published_at > self.max_age:
+            return None
+        return due_at
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)

@@ -1,0 +1,112 @@
+"""POSTs one delivery to its receiver and says what happened.
+
+One `aiohttp.ClientSession` is shared by every delivery, so connections to receivers
+are kept alive and reused. Redirects are never followed: a receiver answers for its own
+URL, and a redirect would let it point the broker somewhere else.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import msgspec
+
+from mqpy import __version__
+from mqpy.delivery.retry import parse_retry_after
+from mqpy.domain import Delivery
+
+# A receiver's answer body is read (so the connection can be reused) but not kept;
+# past this many bytes we stop reading and drop the connection instead.
+MAX_RESPONSE_BYTES = 1 << 20
+
+_encode = msgspec.json.Encoder().encode
+
+
+class _Payload(msgspec.Struct):
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one attempt: acknowledged, or failed with a reason."""
+
+    ok: bool
+    status: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+class Sender:
+    """Delivers messages over HTTP with a shared keep-alive connection pool."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        # limit=0: the dispatcher's worker count already bounds what is in flight.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            headers={"User-Agent": f"mq-py/{__version__}"},
+            auto_decompress=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, delivery: Delivery) -> Outcome:
+        """POST `{"body": ...}` to the receiver; any 2xx acknowledges."""
+        assert self._session is not None, "Sender.start() was not called"
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": delivery.message_id,
+            "webhook-timestamp": str(int(time.time())),
+            "mq-attempt": str(delivery.attempt),
+        }
+        try:
+            async with self._session.post(
+                delivery.url,
+                data=_encode(_Payload(delivery.body)),
+                headers=headers,
+                allow_redirects=False,
+            ) as response:
+                await _drain(response)
+                if 200 <= response.status < 300:
+                    return Outcome(ok=True, status=response.status)
+                retry_after = None
+                if response.status in (429, 503):
+                    retry_after = parse_retry_after(
+                        response.headers.get("Retry-After"), time.time()
+                    )
+                return Outcome(
+                    ok=False,
+                    status=response.status,
+                    error=f"receiver answered HTTP {response.status}",
+                    retry_after=retry_after,
+                )
+        except TimeoutError:
+            return Outcome(ok=False, error=f"no answer within {self._timeout.total:g} s")
+        except aiohttp.ClientError as exc:
+            return Outcome(ok=False, error=_describe(exc))
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    read = 0
+    async for chunk in response.content.iter_chunked(65536):
+        read += len(chunk)
+        if read > MAX_RESPONSE_BYTES:
+            response.close()
+            return
+
+
+def _describe(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc}"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,28 @@
+"""Identifiers handed to clients.
+
+Connection ids are random (the seed's sequential ids were guessable) and stay below
+2**53 so JavaScript clients read them exactly. Message ids sort by time, which keeps
+store indexes append-mostly and makes logs easy to follow.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+MAX_CONNECTION_ID = 2**53 - 1
+
+
+def new_connection_id() -> int:
+    """A random positive integer below 2**53; the store checks it was never issued."""
+    return secrets.randbelow(MAX_CONNECTION_ID) + 1
+
+
+def new_message_id() -> str:
+    """`msg_` followed by 12 hex digits of milliseconds and 20 random hex digits."""
+    return f"msg_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
+def new_lease_token() -> str:
+    """An unguessable token naming one claim of deliveries."""
+    return secrets.token_hex(12)

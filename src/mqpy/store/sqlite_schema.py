@@ -1,0 +1,73 @@
+"""The SQLite schema as a versioned list of migrations (PRAGMA user_version).
+
+Add a migration by appending to MIGRATIONS; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[str] = [
+    # 1: connections, subscriptions, messages, deliveries, counters.
+    """
+    CREATE TABLE connections (
+        id INTEGER PRIMARY KEY,
+        mode TEXT NOT NULL,
+        client_url TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        connected_at REAL NOT NULL,
+        disconnected_at REAL
+    );
+    CREATE TABLE subscriptions (
+        id INTEGER PRIMARY KEY,
+        topic TEXT NOT NULL,
+        url TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        active INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE INDEX subscriptions_by_topic ON subscriptions (topic) WHERE active = 1;
+    CREATE TABLE messages (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        topic TEXT NOT NULL,
+        body TEXT NOT NULL,
+        publisher_id INTEGER,
+        published_at REAL NOT NULL,
+        routed INTEGER NOT NULL
+    );
+    CREATE INDEX messages_waiting ON messages (topic, seq) WHERE routed = 0;
+    -- A pending delivery is due at due_at. Claiming it moves due_at to the end of the
+    -- lease, so an expired lease simply makes it due again (a visibility timeout).
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        message_seq INTEGER NOT NULL REFERENCES messages (seq),
+        subscription_id INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        due_at REAL NOT NULL,
+        lease TEXT,
+        last_error TEXT,
+        last_status INTEGER,
+        dead_at REAL
+    );
+    CREATE INDEX deliveries_due ON deliveries (subscription_id, due_at)
+        WHERE state = 'pending';
+    CREATE INDEX deliveries_dead ON deliveries (dead_at) WHERE state = 'dead';
+    CREATE INDEX deliveries_by_message ON deliveries (message_seq);
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO counters (name, value) VALUES ('delivered', 0);
+    """,
+]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database up to the newest schema; returns the resulting version."""
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"the data directory was written by a newer mq-py (schema {version}, "
+            f"this one knows {len(MIGRATIONS)}); upgrade mq-py to use it"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
+    return len(MIGRATIONS)

@@ -1,0 +1,163 @@
+"""Group commit for SQLite: one thread owns the connection and batches operations.
+
+Every operation is a function of the connection. The thread takes whatever operations
+are waiting, runs them together in one transaction, commits (one fsync), and then
+answers all their callers. While it is committing, new operations queue up and form
+the next batch, so under load many publishes share one disk flush, and the event loop
+never blocks on SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mqpy.domain import StoreUnavailable
+
+T = TypeVar("T")
+Operation = Callable[[sqlite3.Connection], Any]
+
+log = logging.getLogger("mqpy.store")
+
+_STOP = object()
+
+
+class WriterClosed(RuntimeError):
+    """An operation was submitted after the writer stopped."""
+
+
+class GroupCommitWriter:
+    """Runs operations on one SQLite connection in a dedicated thread, in batches."""
+
+    def __init__(
+        self,
+        path: Path,
+        configure: Callable[[sqlite3.Connection], None],
+        max_batch: int = 1024,
+    ) -> None:
+        self._path = path
+        self._configure = configure
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.batches = 0
+        self.operations = 0
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="mqpy-sqlite-writer", daemon=True
+        )
+        self._thread.start()
+        await ready
+
+    async def run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `operation` in the next transaction and return its result once committed."""
+        if self._closed or self._loop is None:
+            raise WriterClosed("the store is closed")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put((operation, future))
+        return await future
+
+    async def stop(self) -> None:
+        """Finish every queued operation, then close the connection."""
+        if self._thread is None or self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+
+    def _run(self, ready: asyncio.Future[None]) -> None:
+        assert self._loop is not None
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=True)
+            self._configure(conn)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting opener
+            self._loop.call_soon_threadsafe(_settle_exception, ready, exc)
+            return
+        self._loop.call_soon_threadsafe(_settle_result, ready, None)
+        try:
+            while True:
+                batch, stop = self._take_batch()
+                if batch:
+                    self._loop.call_soon_threadsafe(_settle_all, self._execute(conn, batch))
+                if stop:
+                    break
+        finally:
+            conn.close()
+
+    def _take_batch(self) -> tuple[list[tuple[Operation, asyncio.Future[Any]]], bool]:
+        item = self._queue.get()
+        if item is _STOP:
+            return [], True
+        batch = [item]
+        while len(batch) < self._max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _execute(
+        self, conn: sqlite3.Connection, batch: list[tuple[Operation, asyncio.Future[Any]]]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for operation, future in batch:
+                # A savepoint per operation: one failing operation is rolled back and
+                # reported to its own caller without spoiling the others in the batch.
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = operation(conn)
+                except Exception as exc:  # noqa: BLE001 - handed to its caller, who decides
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    if isinstance(exc, sqlite3.OperationalError):
+                        exc = StoreUnavailable(f"the store could not write: {exc}")
+                    results.append((future, None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append((future, result, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The commit itself failed (disk full, I/O error): nothing in the batch is
+            # durable, so every caller hears about it.
+            log.error("store transaction failed: %s", exc)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            failure = StoreUnavailable(f"the store could not commit: {exc}")
+            return [(future, None, failure) for _, future in batch]
+        self.batches += 1
+        self.operations += len(batch)
+        return results
+
+
+def _settle_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, exc in results:
+        if exc is None:
+            _settle_result(future, result)
+        else:
+            _settle_exception(future, exc)
+
+
+def _settle_result(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _settle_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
