@@ -1,0 +1,104 @@
+"""Run the real `mqpy serve` as a child process on an ephemeral port."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+_LISTENING = re.compile(r"listening on (http://\S+)")
+
+
+class ServerProcess:
+    """A broker process: start, kill, restart on the same data directory."""
+
+    def __init__(self, data_dir: Path, args: Sequence[str] = (), env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        self.args = list(args)
+        self.env = env or {}
+        self.url = ""
+        self.port = 0
+        self.lines: list[str] = []
+        self._process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        port_args = ["--port", str(self.port)] if self.port else ["--port", "0"]
+        command = [
+            sys.executable,
+            "-m",
+            "mqpy",
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            *port_args,
+            *self.args,
+        ]
+        env = {**os.environ, **self.env}
+        self._process = subprocess.Popen(
+            command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+        )
+        started = threading.Event()
+        self._reader = threading.Thread(target=self._read, args=(started,), daemon=True)
+        self._reader.start()
+        if not started.wait(timeout):
+            self.kill()
+            raise RuntimeError("mqpy did not start:\n" + self.log)
+        return self
+
+    def _read(self, started: threading.Event) -> None:
+        assert self._process is not None and self._process.stderr is not None
+        for line in self._process.stderr:
+            self.lines.append(line)
+            match = _LISTENING.search(line)
+            if match and not started.is_set():
+                self.url = match.group(1)
+                self.port = int(self.url.rsplit(":", 1)[1])
+                started.set()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case, nothing gets to clean up."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGKILL)
+        self._wait()
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self._process is not None
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+        return self._wait(timeout)
+
+    def _wait(self, timeout: float = 30.0) -> int:
+        assert self._process is not None
+        code = self._process.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(5)
+        if self._process.stderr is not None:
+            self._process.stderr.close()
+        return code
+
+    def restart(self) -> ServerProcess:
+        """Start again on the same port and data directory."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return self.start()
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
