@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from mqpy.delivery.retry import RetryPolicy
 from mqpy.delivery.sender import Outcome, Sender
-from mqpy.domain import Delivery
+from mqpy.domain import Delivery, StoreUnavailable
 from mqpy.store import Store
 
 log = logging.getLogger("mqpy.delivery")
@@ -107,13 +107,18 @@ class Dispatcher:
             room = self._capacity - self.held
             if room > 0:
                 now = self._clock()
-                claim = await self._store.claim(
-                    limit=room,
-                    now=now,
-                    lease_seconds=self._lease_seconds,
-                    per_subscription_limit=self._receiver_concurrency,
-                    busy=dict(self._held),
-                )
+                try:
+                    claim = await self._store.claim(
+                        limit=room,
+                        now=now,
+                        lease_seconds=self._lease_seconds,
+                        per_subscription_limit=self._receiver_concurrency,
+                        busy=dict(self._held),
+                    )
+                except StoreUnavailable as exc:
+                    log.error("cannot claim deliveries: %s; trying again shortly", exc)
+                    await asyncio.sleep(MAX_IDLE_SECONDS)
+                    continue
                 for delivery in claim.deliveries:
                     self._held[delivery.subscription_id] += 1
                     self._queue.put_nowait(delivery)
@@ -132,6 +137,15 @@ class Dispatcher:
             self._in_flight[task] = delivery
             try:
                 await self._deliver(delivery)
+            except StoreUnavailable as exc:
+                # The outcome is lost, not the delivery: its lease runs out and it is
+                # attempted again, which at-least-once allows.
+                log.error("cannot record the outcome of %s: %s", delivery.message_id, exc)
+            except Exception:  # noqa: BLE001
+                # Last line of defence: a bug in handling one delivery must not kill the
+                # worker, or deliveries would stop for every receiver. The lease expires
+                # and the delivery is tried again.
+                log.exception("unexpected error delivering %s", delivery.message_id)
             finally:
                 del self._in_flight[task]
                 self._held[delivery.subscription_id] -= 1

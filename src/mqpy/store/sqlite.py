@@ -345,13 +345,17 @@ def _claim(
         room = per_subscription_limit - busy.get(subscription_id, 0)
         if room <= 0:
             continue  # this receiver is at its cap; a finished delivery wakes the caller
+        take = min(room, limit)
         rows = conn.execute(
             "SELECT d.id, d.attempts, d.due_at, m.id, m.body, m.published_at "
             "FROM deliveries d JOIN messages m ON m.seq = d.message_seq "
             "WHERE d.subscription_id = ? AND d.state = 'pending' AND d.due_at <= ? "
             "ORDER BY d.due_at, d.id LIMIT ?",
-            (subscription_id, now, min(room, limit)),
+            (subscription_id, now, take + 1),
         ).fetchall()
+        # The one row beyond what we take tells whether more are due right now.
+        more_due = len(rows) > take
+        rows = rows[:take]
         for delivery_id, attempts, due_at, message_id, body, published_at in rows:
             delivery = Delivery(
                 delivery_id=delivery_id,
@@ -364,7 +368,7 @@ def _claim(
                 published_at=published_at,
             )
             candidates.append((due_at, delivery))
-        if len(rows) < room:
+        if not more_due and len(rows) < room:
             upcoming = conn.execute(
                 "SELECT MIN(due_at) FROM deliveries "
                 "WHERE subscription_id = ? AND state = 'pending' AND due_at > ?",

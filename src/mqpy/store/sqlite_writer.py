@@ -78,10 +78,13 @@ class GroupCommitWriter:
 
     def _run(self, ready: asyncio.Future[None]) -> None:
         assert self._loop is not None
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=True)
             self._configure(conn)
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting opener
+            if conn is not None:
+                conn.close()  # e.g. a schema from a newer mq-py: do not leak the handle
             self._loop.call_soon_threadsafe(_settle_exception, ready, exc)
             return
         self._loop.call_soon_threadsafe(_settle_result, ready, None)

@@ -1,0 +1,535 @@
+"""The behaviour every `Store` backend must have, written against the interface alone.
+
+A backend's test module subclasses `StoreConformance` once and provides two fixtures:
+
+- `store`: an opened store on a fresh, empty location, closed after the test;
+- `reopen`: a coroutine function that closes the store it is given and returns a new,
+  opened store on the same location (the same directory, the same database), which
+  the fixture closes after the test. Durability tests use it to restart the broker.
+
+Nothing here knows about SQL or files, so a PostgreSQL or JetStream backend runs the
+same tests unchanged. Times are supplied by the tests (the interface takes `now`), so
+leases and schedules are tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable, Mapping
+
+from mqpy.domain import Claim, Connection, Delivery, Mode, NewMessage
+from mqpy.store.base import Store
+
+Reopen = Callable[[Store], Awaitable[Store]]
+
+T0 = 1_700_000_000.0
+LEASE = 30.0
+DEFAULT = "default"
+
+_urls = itertools.count(1)
+
+
+async def receiver(store: Store, topic: str = DEFAULT, now: float = T0) -> Connection:
+    return await store.add_connection(
+        Mode.RECEIVE, f"http://127.0.0.1:9/r{next(_urls)}", topic, now
+    )
+
+
+async def sender(store: Store, now: float = T0) -> Connection:
+    return await store.add_connection(Mode.SEND, "", DEFAULT, now)
+
+
+_message_numbers = itertools.count(1)
+
+
+def message(body: str, topic: str = DEFAULT, at: float = T0) -> NewMessage:
+    return NewMessage(
+        id=f"msg_test_{next(_message_numbers):08d}",
+        topic=topic,
+        body=body,
+        published_at=at,
+        publisher_id=None,
+    )
+
+
+async def publish(store: Store, body: str, topic: str = DEFAULT, at: float = T0) -> NewMessage:
+    new = message(body, topic, at)
+    await store.publish(new)
+    return new
+
+
+async def claim(
+    store: Store,
+    now: float,
+    *,
+    limit: int = 100,
+    per_subscription_limit: int = 100,
+    busy: Mapping[int, int] | None = None,
+) -> Claim:
+    return await store.claim(
+        limit=limit,
+        now=now,
+        lease_seconds=LEASE,
+        per_subscription_limit=per_subscription_limit,
+        busy=busy or {},
+    )
+
+
+async def claim_one(store: Store, now: float) -> Delivery:
+    deliveries = (await claim(store, now)).deliveries
+    assert len(deliveries) == 1, deliveries
+    return deliveries[0]
+
+
+async def dead_letter_everything(store: Store, now: float) -> None:
+    for delivery in (await claim(store, now)).deliveries:
+        await store.dead_letter(delivery, now=now, error="HTTP 500", status=500)
+
+
+def bodies(claimed: Claim) -> list[str]:
+    return [d.body for d in claimed.deliveries]
+
+
+class StoreConformance:
+    """Every behaviour of the `Store` interface. Subclass once per backend."""
+
+    # Connections.
+
+    async def test_connection_ids_are_random_positive_below_2_53_and_never_reused(
+        self, store: Store
+    ) -> None:
+        first = [await receiver(store) for _ in range(20)]
+        first += [await sender(store) for _ in range(20)]
+        for connection in first[::2]:
+            await store.remove_connection(connection.id, T0 + 1)
+        later = [await sender(store, now=T0 + 2) for _ in range(20)]
+        ids = [c.id for c in first + later]
+        assert len(set(ids)) == len(ids)
+        assert all(0 < i < 2**53 for i in ids)
+        # Sequential or clustered ids would be guessable; 60 random ones spread widely.
+        assert max(ids) - min(ids) > 2**40
+
+    async def test_add_connection_returns_what_it_registered(self, store: Store) -> None:
+        connection = await store.add_connection(Mode.RECEIVE, "http://127.0.0.1:9/x", "t", T0)
+        assert connection.mode is Mode.RECEIVE
+        assert connection.client_url == "http://127.0.0.1:9/x"
+        assert connection.topic == "t"
+        assert connection.connected_at == T0
+
+    async def test_remove_connection_answers_the_connection_once(self, store: Store) -> None:
+        connection = await sender(store)
+        assert await store.remove_connection(connection.id, T0 + 1) == connection
+        assert await store.remove_connection(connection.id, T0 + 2) is None
+        assert await store.remove_connection(12345, T0 + 2) is None
+
+    async def test_connections_lists_only_connected_ones(self, store: Store) -> None:
+        assert await store.connections() == []
+        kept_receiver = await receiver(store)
+        gone_receiver = await receiver(store)
+        kept_sender = await sender(store)
+        gone_sender = await sender(store)
+        await store.remove_connection(gone_receiver.id, T0 + 1)
+        await store.remove_connection(gone_sender.id, T0 + 1)
+        listed = await store.connections()
+        assert sorted(listed, key=lambda c: c.id) == sorted(
+            [kept_receiver, kept_sender], key=lambda c: c.id
+        )
+
+    # Publishing and fan-out.
+
+    async def test_publish_to_one_receiver_creates_its_delivery(self, store: Store) -> None:
+        reader = await receiver(store)
+        new = message("hello", at=T0)
+        assert await store.publish(new) == 1
+        delivery = await claim_one(store, T0)
+        assert delivery.message_id == new.id
+        assert delivery.body == "hello"
+        assert delivery.subscription_id == reader.id
+        assert delivery.url == reader.client_url
+        assert delivery.published_at == T0
+        assert delivery.attempt == 1
+
+    async def test_publish_fans_out_one_delivery_per_receiver(self, store: Store) -> None:
+        readers = [await receiver(store) for _ in range(3)]
+        new = message("to all")
+        assert await store.publish(new) == 3
+        claimed = (await claim(store, T0)).deliveries
+        assert sorted(d.subscription_id for d in claimed) == sorted(r.id for r in readers)
+        assert {d.url for d in claimed} == {r.client_url for r in readers}
+        assert {d.message_id for d in claimed} == {new.id}
+
+    async def test_senders_do_not_receive(self, store: Store) -> None:
+        await sender(store)
+        assert await store.publish(message("nobody listens")) == 0
+        assert (await claim(store, T0)).deliveries == []
+
+    async def test_waiting_messages_go_to_the_first_receiver_in_publish_order(
+        self, store: Store
+    ) -> None:
+        for n in range(10):
+            assert await store.publish(message(f"m{n}", at=T0)) == 0
+        assert (await claim(store, T0 + 1)).deliveries == []
+        reader = await receiver(store, now=T0 + 5)
+        claimed = await claim(store, T0 + 5)
+        assert bodies(claimed) == [f"m{n}" for n in range(10)]
+        assert {d.subscription_id for d in claimed.deliveries} == {reader.id}
+
+    async def test_waiting_messages_go_only_to_the_first_receiver(self, store: Store) -> None:
+        await publish(store, "waited")
+        first = await receiver(store, now=T0 + 1)
+        await receiver(store, now=T0 + 2)
+        claimed = (await claim(store, T0 + 3)).deliveries
+        assert [(d.body, d.subscription_id) for d in claimed] == [("waited", first.id)]
+
+    async def test_topics_do_not_mix(self, store: Store) -> None:
+        default_reader = await receiver(store, DEFAULT)
+        assert await store.publish(message("for other", topic="other")) == 0
+        assert await store.publish(message("for default", topic=DEFAULT)) == 1
+        claimed = (await claim(store, T0)).deliveries
+        assert [(d.body, d.subscription_id) for d in claimed] == [
+            ("for default", default_reader.id)
+        ]
+        other_reader = await receiver(store, "other", now=T0 + 1)
+        claimed = (await claim(store, T0 + 1)).deliveries
+        assert [(d.body, d.subscription_id) for d in claimed] == [("for other", other_reader.id)]
+
+    async def test_message_published_after_the_last_receiver_left_waits(self, store: Store) -> None:
+        gone = await receiver(store)
+        await store.remove_connection(gone.id, T0 + 1)
+        assert await store.publish(message("later", at=T0 + 2)) == 0
+        assert (await claim(store, T0 + 3)).deliveries == []
+        back = await receiver(store, now=T0 + 4)
+        delivery = await claim_one(store, T0 + 4)
+        assert (delivery.body, delivery.subscription_id) == ("later", back.id)
+
+    # Claiming.
+
+    async def test_claim_on_an_empty_store_finds_nothing(self, store: Store) -> None:
+        await receiver(store)
+        claimed = await claim(store, T0)
+        assert claimed.deliveries == []
+        assert claimed.next_due_at is None
+
+    async def test_claim_returns_due_deliveries_oldest_first(self, store: Store) -> None:
+        await receiver(store)
+        for n, at in enumerate([T0 + 3, T0 + 1, T0 + 2, T0]):
+            await publish(store, f"m{n}", at=at)
+        assert bodies(await claim(store, T0 + 10)) == ["m3", "m1", "m2", "m0"]
+
+    async def test_claimed_delivery_is_leased_until_the_lease_expires(self, store: Store) -> None:
+        await receiver(store)
+        await publish(store, "leased")
+        first = await claim_one(store, T0)
+        assert first.attempt == 1
+        during = await claim(store, T0 + LEASE - 1)
+        assert during.deliveries == []
+        assert during.next_due_at == T0 + LEASE
+        second = await claim_one(store, T0 + LEASE + 1)
+        assert (second.delivery_id, second.message_id) == (first.delivery_id, first.message_id)
+        assert second.attempt == 2
+        assert second.lease != first.lease
+
+    async def test_claim_respects_limit(self, store: Store) -> None:
+        await receiver(store)
+        for n in range(5):
+            await publish(store, f"m{n}", at=T0 + n)
+        claimed = await claim(store, T0 + 10, limit=2)
+        assert bodies(claimed) == ["m0", "m1"]
+        # More are due right now, so the caller should come back at once.
+        assert claimed.next_due_at is not None
+        assert claimed.next_due_at <= T0 + 10
+        assert bodies(await claim(store, T0 + 10, limit=2)) == ["m2", "m3"]
+        assert bodies(await claim(store, T0 + 10, limit=2)) == ["m4"]
+
+    async def test_claim_respects_per_subscription_limit_and_busy(self, store: Store) -> None:
+        slow = await receiver(store)
+        fast = await receiver(store)
+        for n in range(5):
+            await publish(store, f"m{n}", at=T0 + n)
+        claimed = await claim(
+            store, T0 + 10, per_subscription_limit=3, busy={slow.id: 2, fast.id: 0}
+        )
+        per_receiver = [d.subscription_id for d in claimed.deliveries]
+        assert per_receiver.count(slow.id) == 1
+        assert per_receiver.count(fast.id) == 3
+        # The oldest of each receiver's deliveries come first.
+        assert [d.body for d in claimed.deliveries if d.subscription_id == slow.id] == ["m0"]
+        assert [d.body for d in claimed.deliveries if d.subscription_id == fast.id] == [
+            "m0",
+            "m1",
+            "m2",
+        ]
+
+    async def test_receiver_at_its_cap_gets_nothing_and_no_wake_up(self, store: Store) -> None:
+        full = await receiver(store)
+        await publish(store, "waits for room")
+        claimed = await claim(store, T0 + 1, per_subscription_limit=2, busy={full.id: 2})
+        assert claimed.deliveries == []
+        # Only a finished delivery gives this receiver room again, so no due time is
+        # reported for it (the caller would otherwise spin).
+        assert claimed.next_due_at is None
+        assert bodies(await claim(store, T0 + 1, per_subscription_limit=2, busy={full.id: 1})) == [
+            "waits for room"
+        ]
+
+    async def test_next_due_at_is_the_earliest_future_due_time(self, store: Store) -> None:
+        await receiver(store)
+        await publish(store, "a")
+        await publish(store, "b")
+        a, b = (await claim(store, T0)).deliveries
+        await store.retry(a, due_at=T0 + 8, error="HTTP 500", status=500)
+        await store.retry(b, due_at=T0 + 5, error="HTTP 500", status=500)
+        claimed = await claim(store, T0 + 1)
+        assert claimed.deliveries == []
+        assert claimed.next_due_at == T0 + 5
+
+    async def test_concurrent_claims_never_hand_out_a_delivery_twice(self, store: Store) -> None:
+        await receiver(store)
+        await receiver(store)
+        for n in range(15):
+            await publish(store, f"m{n}")
+        claims = await asyncio.gather(*(claim(store, T0, limit=4) for _ in range(10)))
+        ids = [d.delivery_id for c in claims for d in c.deliveries]
+        assert len(ids) == 30
+        assert len(set(ids)) == 30
+
+    # Acknowledging.
+
+    async def test_ack_completes_the_delivery(self, store: Store) -> None:
+        await receiver(store)
+        await publish(store, "done")
+        delivery = await claim_one(store, T0)
+        await store.ack(delivery)
+        claimed = await claim(store, T0 + LEASE + 1)
+        assert claimed.deliveries == []
+        assert claimed.next_due_at is None
+        stats = await store.stats()
+        assert (stats.completed, stats.queue_length) == (1, 0)
+
+    async def test_ack_twice_counts_once(self, store: Store) -> None:
+        await receiver(store)
+        await publish(store, "done")
+        delivery = await claim_one(store, T0)
+        await store.ack(delivery)
+        await store.ack(delivery)
+        assert (await store.stats()).completed == 1
+
+    async def test_outcomes_under_a_lost_lease_change_nothing(self, store: Store) -> None:
+        await receiver(store)
+        await publish(store, "contested")
+        stale = await claim_one(store, T0)
+        current = await claim_one(store, T0 + LEASE + 1)
+        await store.ack(stale)
+        await store.retry(stale, due_at=T0 + LEASE + 2, error="late", status=500)
+        await store.dead_letter(stale, now=T0 + LEASE + 2, error="late", status=500)
+        await store.release([stale], T0 + LEASE + 2)
+        stats = await store.stats()
+        assert (stats.completed, stats.queue_length) == (0, 1)
+        assert await store.dead_letters() == []
+        # The current holder still holds it, and its outcome is the one that counts.
+        assert (await claim(store, T0 + LEASE + 3)).deliveries == []
+        await store.ack(current)
+        assert (await store.stats()).completed == 1
+
+    # Retrying.
+
+    async def test_retry_reschedules_and_gives_up_the_lease(self, store: Store) -> None:
+        await receiver(store)
+        await publish(store, "flaky")
+        first = await claim_one(store, T0)
+        # Due again before the lease would have run out: the retry ends the lease.
+        await store.retry(first, due_at=T0 + 10, error="HTTP 503", status=503)
+        too_early = await claim(store, T0 + 9)
+        assert too_early.deliveries == []
+        assert too_early.next_due_at == T0 + 10
+        second = await claim_one(store, T0 + 10)
+        assert (second.message_id, second.attempt) == (first.message_id, 2)
+        assert (await store.stats()).queue_length == 1
+
+    # Dead letters and redrive.
+
+    async def test_dead_letter_keeps_what_an_operator_needs(self, store: Store) -> None:
+        reader = await receiver(store)
+        new = await publish(store, "poison")
+        first = await claim_one(store, T0)
+        await store.retry(first, due_at=T0 + 1, error="HTTP 500", status=500)
+        second = await claim_one(store, T0 + 1)
+        await store.dead_letter(second, now=T0 + 2, error="HTTP 410", status=410)
+        (dead,) = await store.dead_letters()
+        assert dead.message_id == new.id
+        assert dead.receiver_id == reader.id
+        assert dead.attempts == 2
+        assert dead.last_error == "HTTP 410"
+        assert dead.dead_at == T0 + 2
+        assert dead.body == "poison"
+        assert (await claim(store, T0 + LEASE + 10)).deliveries == []
+        stats = await store.stats()
+        assert (stats.queue_length, stats.completed) == (0, 0)
+
+    async def test_dead_letters_are_listed_oldest_first_up_to_the_limit(self, store: Store) -> None:
+        await receiver(store)
+        for n in range(3):
+            await publish(store, f"m{n}")
+        deliveries = (await claim(store, T0)).deliveries
+        for delivery, dead_at in zip(deliveries, [T0 + 3, T0 + 1, T0 + 2], strict=True):
+            await store.dead_letter(delivery, now=dead_at, error="gone", status=None)
+        assert [d.body for d in await store.dead_letters()] == ["m1", "m2", "m0"]
+        assert [d.body for d in await store.dead_letters(limit=2)] == ["m1", "m2"]
+
+    async def test_redrive_all_queues_them_again_from_attempt_one(self, store: Store) -> None:
+        await receiver(store)
+        await receiver(store)
+        await publish(store, "again")
+        await dead_letter_everything(store, T0)
+        assert len(await store.dead_letters()) == 2
+        assert await store.redrive(T0 + 100) == 2
+        assert await store.dead_letters() == []
+        assert await store.redrive(T0 + 100) == 0
+        claimed = (await claim(store, T0 + 100)).deliveries
+        assert [(d.body, d.attempt) for d in claimed] == [("again", 1), ("again", 1)]
+        assert (await store.stats()).queue_length == 2
+
+    async def test_redrive_of_one_receiver_leaves_the_others(self, store: Store) -> None:
+        chosen = await receiver(store)
+        other = await receiver(store)
+        await publish(store, "m0")
+        await publish(store, "m1")
+        await dead_letter_everything(store, T0)
+        assert await store.redrive(T0 + 100, receiver_id=chosen.id) == 2
+        assert {d.receiver_id for d in await store.dead_letters()} == {other.id}
+        claimed = (await claim(store, T0 + 100)).deliveries
+        assert sorted((d.body, d.subscription_id, d.attempt) for d in claimed) == [
+            ("m0", chosen.id, 1),
+            ("m1", chosen.id, 1),
+        ]
+
+    async def test_redrive_ignores_disconnected_receivers(self, store: Store) -> None:
+        gone = await receiver(store)
+        await publish(store, "orphan")
+        await dead_letter_everything(store, T0)
+        await store.remove_connection(gone.id, T0 + 1)
+        assert await store.redrive(T0 + 2) == 0
+        assert await store.redrive(T0 + 2, receiver_id=gone.id) == 0
+        assert (await claim(store, T0 + 2)).deliveries == []
+        # The dead letter stays on record for inspection.
+        assert [d.receiver_id for d in await store.dead_letters()] == [gone.id]
+
+    # Releasing.
+
+    async def test_release_makes_deliveries_due_at_once_with_the_attempt_undone(
+        self, store: Store
+    ) -> None:
+        await receiver(store)
+        await publish(store, "m0")
+        await publish(store, "m1")
+        first = (await claim(store, T0)).deliveries
+        assert [d.attempt for d in first] == [1, 1]
+        await store.release(first[:1], T0 + 1)
+        again = await claim(store, T0 + 1)
+        assert [(d.body, d.attempt) for d in again.deliveries] == [("m0", 1)]
+
+    # Disconnecting receivers.
+
+    async def test_removing_a_receiver_drops_only_its_pending_deliveries(
+        self, store: Store
+    ) -> None:
+        leaving = await receiver(store)
+        staying = await receiver(store)
+        for n in range(3):
+            await publish(store, f"m{n}")
+        await store.remove_connection(leaving.id, T0 + 1)
+        claimed = (await claim(store, T0 + 1)).deliveries
+        assert [(d.body, d.subscription_id) for d in claimed] == [
+            ("m0", staying.id),
+            ("m1", staying.id),
+            ("m2", staying.id),
+        ]
+        assert (await store.stats()).queue_length == 3
+
+    async def test_a_removed_receivers_claimed_delivery_does_not_come_back(
+        self, store: Store
+    ) -> None:
+        leaving = await receiver(store)
+        await publish(store, "in flight")
+        await claim_one(store, T0)
+        await store.remove_connection(leaving.id, T0 + 1)
+        assert (await claim(store, T0 + LEASE + 1)).deliveries == []
+        assert (await store.stats()).queue_length == 0
+
+    # Figures.
+
+    async def test_stats_count_connections_queue_and_completed(self, store: Store) -> None:
+        stats = await store.stats()
+        assert (stats.receivers, stats.senders, stats.queue_length, stats.completed) == (
+            0,
+            0,
+            0,
+            0,
+        )
+        await receiver(store)
+        await receiver(store)
+        gone = await receiver(store)
+        await sender(store)
+        await store.remove_connection(gone.id, T0)
+        await publish(store, "m0")
+        await publish(store, "m1")
+        await publish(store, "waiting", topic="nobody")
+        stats = await store.stats()
+        assert (stats.receivers, stats.senders, stats.queue_length) == (2, 1, 5)
+        claimed = (await claim(store, T0)).deliveries
+        # Claimed but not yet delivered is still in the queue.
+        assert (await store.stats()).queue_length == 5
+        await store.ack(claimed[0])
+        stats = await store.stats()
+        assert (stats.queue_length, stats.completed) == (4, 1)
+
+    # Concurrency.
+
+    async def test_concurrent_publishes_all_succeed(self, store: Store) -> None:
+        await receiver(store)
+        messages = [message(f"m{n}") for n in range(200)]
+        counts = await asyncio.gather(*(store.publish(m) for m in messages))
+        assert counts == [1] * 200
+        claimed = (await claim(store, T0, limit=1000, per_subscription_limit=1000)).deliveries
+        assert sorted(d.message_id for d in claimed) == sorted(m.id for m in messages)
+        assert (await store.stats()).queue_length == 200
+
+    # Durability.
+
+    async def test_state_survives_a_restart(self, store: Store, reopen: Reopen) -> None:
+        reader = await receiver(store)
+        writer = await sender(store)
+        await publish(store, "acked")
+        await publish(store, "dead")
+        await publish(store, "retried")
+        await publish(store, "pending", at=T0 + 1)
+        waiting = await publish(store, "waiting", topic="later")
+        acked, dead, retried = (await claim(store, T0)).deliveries
+        await store.ack(acked)
+        await store.dead_letter(dead, now=T0 + 1, error="HTTP 500", status=500)
+        await store.retry(retried, due_at=T0 + 100, error="HTTP 503", status=503)
+        before = await store.stats()
+
+        store = await reopen(store)
+
+        assert sorted(await store.connections(), key=lambda c: c.id) == sorted(
+            [reader, writer], key=lambda c: c.id
+        )
+        assert await store.stats() == before
+        assert [(d.body, d.attempts) for d in await store.dead_letters()] == [("dead", 1)]
+        assert bodies(await claim(store, T0 + 99)) == ["pending"]
+        later = await claim_one(store, T0 + 100)
+        assert (later.body, later.attempt) == ("retried", 2)
+        await receiver(store, "later", now=T0 + 101)
+        assert [d.message_id for d in (await claim(store, T0 + 101)).deliveries] == [waiting.id]
+
+    async def test_a_lease_outlives_a_restart_no_longer_than_it_lasts(
+        self, store: Store, reopen: Reopen
+    ) -> None:
+        await receiver(store)
+        await publish(store, "in flight")
+        first = await claim_one(store, T0)
+        store = await reopen(store)
+        again = await claim_one(store, T0 + LEASE + 1)
+        assert (again.message_id, again.attempt) == (first.message_id, 2)
