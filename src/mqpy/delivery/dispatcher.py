@@ -141,7 +141,7 @@ class Dispatcher:
                 # The outcome is lost, not the delivery: its lease runs out and it is
                 # attempted again, which at-least-once allows.
                 log.error("cannot record the outcome of %s: %s", delivery.message_id, exc)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 # Last line of defence: a bug in handling one delivery must not kill the
                 # worker, or deliveries would stop for every receiver. The lease expires
                 # and the delivery is tried again.
