@@ -24,7 +24,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, No
 
 def parse_duration(text: str) -> float:
     """Seconds from `2.5`, `500ms`, `30s`, `5m`, `24h` or `1d`."""
-    match = _DURATION.match(text)
+    match = _DURATION.match(text.lower())
     if match is None:
         raise ValueError(f"{text!r} is not a duration (try 30s, 5m, 24h or a number of seconds)")
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]

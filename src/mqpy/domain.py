@@ -100,6 +100,10 @@ class BrokerError(Exception):
 class UnknownConnection(BrokerError):
     """No connected client has this id (never issued, or disconnected)."""
 
+    def __init__(self, connection_id: int) -> None:
+        super().__init__(f"no client is connected with id {connection_id}")
+        self.connection_id = connection_id
+
 
 class NotASender(BrokerError):
     """The id belongs to a receiver, which may not publish."""

@@ -59,7 +59,7 @@ async def serve(settings: Settings) -> int:
         receiver_concurrency=settings.effective_receiver_concurrency,
         delivery_timeout=settings.delivery_timeout,
     )
-    broker.set_work_listener(dispatcher.notify)
+    broker.set_delivery_listener(dispatcher)
     await dispatcher.start()
     runner = web.AppRunner(
         create_app(broker, max_body_bytes=settings.max_message_bytes),

@@ -404,16 +404,17 @@ class StoreConformance:
             ("m1", chosen.id, 1),
         ]
 
-    async def test_redrive_ignores_disconnected_receivers(self, store: Store) -> None:
+    async def test_disconnect_drops_the_receivers_dead_letters(self, store: Store) -> None:
         gone = await receiver(store)
+        staying = await receiver(store)
         await publish(store, "orphan")
         await dead_letter_everything(store, T0)
         await store.remove_connection(gone.id, T0 + 1)
-        assert await store.redrive(T0 + 2) == 0
+        # Nothing could ever redrive them, so they go with the receiver.
+        assert [d.receiver_id for d in await store.dead_letters()] == [staying.id]
         assert await store.redrive(T0 + 2, receiver_id=gone.id) == 0
-        assert (await claim(store, T0 + 2)).deliveries == []
-        # The dead letter stays on record for inspection.
-        assert [d.receiver_id for d in await store.dead_letters()] == [gone.id]
+        assert await store.redrive(T0 + 2) == 1
+        assert [d.subscription_id for d in (await claim(store, T0 + 2)).deliveries] == [staying.id]
 
     # Releasing.
 

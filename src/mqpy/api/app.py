@@ -33,7 +33,10 @@ def create_app(broker: Broker, *, max_body_bytes: int) -> web.Application:
     app[BROKER] = broker
     for method, path, handler in ROUTES:
         for variant in (path, path + "/"):
-            app.router.add_route(method, variant, handler)
+            if method == "GET":
+                app.router.add_get(variant, handler)  # HEAD too, as Go's net/http
+            else:
+                app.router.add_route(method, variant, handler)
     return app
 
 
@@ -54,7 +57,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 def _problem_for(error: BrokerError) -> Problem:
     if isinstance(error, UnknownConnection):
-        return Problem(404, "unknown-connection", str(error))
+        return Problem(404, "unknown-connection", str(error), id=error.connection_id)
     if isinstance(error, NotASender):
         return Problem(403, "not-a-sender", str(error))
     if isinstance(error, StoreUnavailable):

@@ -61,6 +61,9 @@ class Dispatcher:
         self._claimer: asyncio.Task[None] | None = None
         self._worker_tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        # Receivers disconnected while deliveries for them were claimed; those are
+        # skipped rather than sent. An id leaves the set once nothing is held for it.
+        self._forgotten: set[int] = set()
 
     @property
     def held(self) -> int:
@@ -70,6 +73,11 @@ class Dispatcher:
     def notify(self) -> None:
         """Something may be due now (a publish, a connect, a redrive)."""
         self._wake.set()
+
+    def forget_subscription(self, subscription_id: int) -> None:
+        """The receiver disconnected: whatever is claimed for it and not yet being sent
+        is dropped (the store already dropped the deliveries themselves)."""
+        self._forgotten.add(subscription_id)
 
     async def start(self) -> None:
         self._claimer = asyncio.create_task(self._claim_loop(), name="mqpy-claimer")
@@ -120,8 +128,13 @@ class Dispatcher:
                     await asyncio.sleep(MAX_IDLE_SECONDS)
                     continue
                 for delivery in claim.deliveries:
+                    if delivery.subscription_id in self._forgotten:
+                        continue  # claimed just before its receiver disconnected
                     self._held[delivery.subscription_id] += 1
                     self._queue.put_nowait(delivery)
+                # No claim is under way here, so a forgotten receiver with nothing held
+                # can no longer turn up.
+                self._forgotten = {s for s in self._forgotten if self._held[s] > 0}
                 if claim.next_due_at is not None:
                     timeout = min(timeout, max(0.0, claim.next_due_at - now))
                 if claim.deliveries and timeout == 0.0:
@@ -136,7 +149,8 @@ class Dispatcher:
             delivery = await self._queue.get()
             self._in_flight[task] = delivery
             try:
-                await self._deliver(delivery)
+                if delivery.subscription_id not in self._forgotten:
+                    await self._deliver(delivery)
             except StoreUnavailable as exc:
                 # The outcome is lost, not the delivery: its lease runs out and it is
                 # attempted again, which at-least-once allows.

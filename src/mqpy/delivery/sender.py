@@ -51,7 +51,8 @@ class Sender:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
-            headers={"User-Agent": f"mq-py/{__version__}"},
+            # Answers are drained, never decoded, so ask for them uncompressed.
+            headers={"User-Agent": f"mq-py/{__version__}", "Accept-Encoding": "identity"},
             auto_decompress=False,
         )
 

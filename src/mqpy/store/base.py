@@ -42,7 +42,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def remove_connection(self, connection_id: int, now: float) -> Connection | None:
-        """Disconnect; a receiver's pending deliveries are dropped. None if not connected."""
+        """Disconnect; a receiver's pending deliveries and dead letters are dropped.
+
+        Returns None if the id is not connected."""
 
     @abc.abstractmethod
     async def connections(self) -> list[Connection]:
@@ -107,8 +109,7 @@ class Store(abc.ABC):
     async def redrive(self, now: float, receiver_id: int | None = None) -> int:
         """Queue dead letters again from attempt 1 (all, or one receiver's).
 
-        Only dead letters of receivers still connected can be redriven. Returns how
-        many were queued.
+        Returns how many were queued.
         """
 
     @abc.abstractmethod

@@ -312,9 +312,9 @@ def _route_waiting_messages(
 
 def _end_subscription(conn: sqlite3.Connection, subscription_id: int) -> None:
     conn.execute("UPDATE subscriptions SET active = 0 WHERE id = ?", (subscription_id,))
+    # Dead letters go too: nothing could redrive them to a receiver that is gone.
     seqs = conn.execute(
-        "DELETE FROM deliveries WHERE subscription_id = ? AND state = 'pending' "
-        "RETURNING message_seq",
+        "DELETE FROM deliveries WHERE subscription_id = ? RETURNING message_seq",
         (subscription_id,),
     ).fetchall()
     for (seq,) in set(seqs):
