@@ -8,7 +8,7 @@ whatever their Content-Type (`curl -d` sends a form type).
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -24,6 +24,9 @@ S = TypeVar("S", bound=msgspec.Struct)
 DISPLAY_NAMES = {"clienturl": "ClientURL"}
 
 _decode_any = msgspec.json.Decoder().decode
+# A DNS name (letters of any script, digits, dots, hyphens, underscores) or an IP
+# literal (urlsplit strips an IPv6 literal's brackets).
+_HOST = re.compile(r"[\w.\-]+|[0-9A-Fa-f:.]+(%[\w.\-]+)?")
 _FIELD_IN_ERROR = re.compile(r"at `\$\.([^`.\[]+)")
 
 
@@ -41,19 +44,29 @@ class DisconnectRequest(msgspec.Struct):
     id: int
 
 
+ConnectionId = Annotated[int, msgspec.Meta(ge=1, le=MAX_CONNECTION_ID)]
+
+
 class RedriveRequest(msgspec.Struct):
-    receiver_id: int | None = None
+    receiver_id: ConnectionId | None = None
 
 
 async def read_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
     """The body as a JSON object with lower-cased keys, or a 400 saying what is wrong."""
-    raw = await request.read()  # 413 past the app's client_max_size
+    try:
+        raw = await request.read()  # 413 past the app's client_max_size
+    except web.RequestPayloadError as exc:
+        # A body that cannot be read as sent, such as a Content-Encoding: gzip body
+        # that is not gzip.
+        raise invalid_body(f"the body could not be read: {exc.__cause__ or exc}") from None
     if allow_empty and not raw.strip():
         return {}
     try:
         data = _decode_any(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise invalid_body(f"the body is not valid JSON ({exc}); send a JSON object") from None
+    except RecursionError:
+        raise invalid_body("the body is nested too deeply; send a flat JSON object") from None
     if not isinstance(data, dict):
         raise invalid_body(
             f"the body is a JSON {_json_kind(data)}; send a JSON object such as "
@@ -108,7 +121,15 @@ def parse_client_url(value: str, mode: Mode) -> str:
         )
     if not parts.hostname:
         raise invalid_field("ClientURL", f"ClientURL {value!r} has no host name")
+    if not _HOST.fullmatch(parts.hostname) or any(_forbidden(c) for c in value):
+        raise invalid_field(
+            "ClientURL", f"ClientURL {value!r} has characters no URL may contain unencoded"
+        )
     return value
+
+
+def _forbidden(char: str) -> bool:
+    return char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F
 
 
 def parse_connection_id(value: int) -> int:
