@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mqpy.config import options
+from mqpy.config import options, parse_duration
 from tests.conftest import ServerFactory
 from tests.support import raw_http
 
@@ -205,8 +205,9 @@ def test_serve_help_lists_every_option_with_its_default() -> None:
 
 
 def _same_number(shown: str, expected: str) -> bool:
+    """Equal as numbers, durations (`5m` is 300 seconds) included."""
     try:
-        return float(shown) == float(expected)
+        return parse_duration(shown) == float(expected)
     except ValueError:
         return False
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from mqpy import __version__
-from mqpy.config import SettingError, options, resolve
+from mqpy.config import Option, SettingError, format_duration, options, parse_duration, resolve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,13 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
             dest=option.name,
             default=None,
             metavar=option.name.split("_")[-1].upper(),
-            help=f"{option.help} (default: {_show(option.default)}; env {option.env})",
+            help=f"{option.help} (default: {_show(option)}; env {option.env})",
         )
     return parser
 
 
-def _show(value: object) -> str:
-    return str(value)
+def _show(option: Option) -> str:
+    if option.parse is parse_duration:
+        return format_duration(option.default)
+    return str(option.default)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,6 +30,14 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling of a duration: `24h`, `5m`, `10s`, `0.5s`."""
+    for unit in ("h", "m"):
+        if seconds >= _UNIT_SECONDS[unit] and seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{seconds / _UNIT_SECONDS[unit]:g}{unit}"
+    return f"{seconds:g}s"
+
+
 def parse_size(text: str) -> int:
     """Bytes from `262144`, `256KiB`, `1MiB` or `512kb`."""
     match = re.match(r"^\s*(\d+)\s*(b|kb|kib|k|mb|mib|m)?\s*$", text.lower())
