@@ -70,6 +70,8 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         record = Received(body=await request.json(), headers=dict(request.headers))
         self.attempts.append(record)
+        async with self._changed:
+            self._changed.notify_all()
         response = await self.behaviour(request, len(self.attempts))
         if 200 <= response.status < 300:
             self.received.append(record)

@@ -58,6 +58,7 @@ class Dispatcher:
         self._held: Counter[int] = Counter()  # per subscription: queued + in flight
         self._in_flight: dict[asyncio.Task[None], Delivery] = {}
         self._wake = asyncio.Event()
+        self._all_settled = asyncio.Event()  # set when nothing is in flight at shutdown
         self._claimer: asyncio.Task[None] | None = None
         self._worker_tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -94,13 +95,11 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._claimer
         queued = _drain(self._queue)
-        busy = list(self._in_flight)
-        idle = [task for task in self._worker_tasks if task not in self._in_flight]
-        for task in idle:
-            task.cancel()
-        if busy:
-            await asyncio.wait(busy, timeout=grace)
-        unfinished = [self._in_flight[task] for task in busy if task in self._in_flight]
+        if self._in_flight:
+            self._all_settled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_settled.wait(), grace)
+        unfinished = list(self._in_flight.values())
         for task in self._worker_tasks:
             task.cancel()
         await asyncio.gather(*self._worker_tasks, return_exceptions=True)
@@ -162,6 +161,8 @@ class Dispatcher:
                 log.exception("unexpected error delivering %s", delivery.message_id)
             finally:
                 del self._in_flight[task]
+                if not self._in_flight:
+                    self._all_settled.set()
                 self._held[delivery.subscription_id] -= 1
                 if self._held[delivery.subscription_id] <= 0:
                     del self._held[delivery.subscription_id]
