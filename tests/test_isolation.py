@@ -49,7 +49,8 @@ async def test_refusing_receiver_does_not_slow_a_healthy_one(
     )
     # Generous on purpose: a slow machine cannot fail this, a broker that waits on
     # the refusing receiver (retry sleeps, a shared queue) would.
-    assert beside_refusing < 3 * alone + 2, (
+    print(f"alone {alone:.2f} s, beside a refusing receiver {beside_refusing:.2f} s")
+    assert beside_refusing < 2 * alone + 1, (
         f"1,000 messages took {beside_refusing:.2f} s next to a refusing receiver, "
         f"{alone:.2f} s alone"
     )

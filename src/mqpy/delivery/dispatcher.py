@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from mqpy.delivery.health import ReceiverHealth
 from mqpy.delivery.retry import RetryPolicy
 from mqpy.delivery.sender import Outcome, Sender
 from mqpy.domain import Delivery, StoreUnavailable
@@ -62,6 +63,7 @@ class Dispatcher:
         self._claimer: asyncio.Task[None] | None = None
         self._worker_tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._health = ReceiverHealth(policy.backoff)
         # Receivers disconnected while deliveries for them were claimed; those are
         # skipped rather than sent. An id leaves the set once nothing is held for it.
         self._forgotten: set[int] = set()
@@ -79,6 +81,7 @@ class Dispatcher:
         """The receiver disconnected: whatever is claimed for it and not yet being sent
         is dropped (the store already dropped the deliveries themselves)."""
         self._forgotten.add(subscription_id)
+        self._health.forget(subscription_id)
 
     async def start(self) -> None:
         self._claimer = asyncio.create_task(self._claim_loop(), name="mqpy-claimer")
@@ -120,7 +123,7 @@ class Dispatcher:
                         now=now,
                         lease_seconds=self._lease_seconds,
                         per_subscription_limit=self._receiver_concurrency,
-                        busy=dict(self._held),
+                        busy=self._busy(now),
                     )
                 except StoreUnavailable as exc:
                     log.error("cannot claim deliveries: %s; trying again shortly", exc)
@@ -136,10 +139,23 @@ class Dispatcher:
                 self._forgotten = {s for s in self._forgotten if self._held[s] > 0}
                 if claim.next_due_at is not None:
                     timeout = min(timeout, max(0.0, claim.next_due_at - now))
+                resume_at = self._health.next_resume_at(now)
+                if resume_at is not None:
+                    timeout = min(timeout, max(0.0, resume_at - now))
                 if claim.deliveries and timeout == 0.0:
                     continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _busy(self, now: float) -> dict[int, int]:
+        """What each receiver holds, as the store's claim counts it; a paused receiver
+        counts as full, and one being probed as holding all but one slot."""
+        cap = self._receiver_concurrency
+        busy = dict(self._held)
+        for subscription_id in self._health.paused_or_probing():
+            allowed = self._health.allowance(subscription_id, now, cap)
+            busy[subscription_id] = max(busy.get(subscription_id, 0), cap - allowed)
+        return busy
 
     async def _work(self) -> None:
         task = asyncio.current_task()
@@ -171,8 +187,11 @@ class Dispatcher:
     async def _deliver(self, delivery: Delivery) -> None:
         outcome = await self._sender.send(delivery)
         if outcome.ok:
+            self._health.succeeded(delivery.subscription_id)
             await self._store.ack(delivery)
             return
+        if outcome.receiver_unavailable:
+            self._health.failed(delivery.subscription_id, self._clock(), outcome.retry_after)
         await self._settle_failure(delivery, outcome)
 
     async def _settle_failure(self, delivery: Delivery, outcome: Outcome) -> None:

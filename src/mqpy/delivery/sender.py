@@ -37,6 +37,12 @@ class Outcome:
     error: str | None = None
     retry_after: float | None = None
 
+    @property
+    def receiver_unavailable(self) -> bool:
+        """The failure is the receiver's as a whole (down, overloaded, broken), not
+        this message's: no connection or answer, a 5xx, or a 429."""
+        return not self.ok and (self.status is None or self.status >= 500 or self.status == 429)
+
 
 class Sender:
     """Delivers messages over HTTP with a shared keep-alive connection pool."""
