@@ -31,15 +31,32 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     for option in options():
+        if option.secret:
+            continue
         go_style = "-" + option.flag[2:]
+        help_text = f"{option.help} (default: {_show(option)}; env {option.env})"
+        if option.is_switch:
+            serve.add_argument(
+                go_style,
+                option.flag,
+                dest=option.name,
+                action="store_const",
+                const="true",
+                default=None,
+                help=help_text,
+            )
+            continue
         serve.add_argument(
             go_style,
             option.flag,
             dest=option.name,
             default=None,
             metavar=option.name.split("_")[-1].upper(),
-            help=f"{option.help} (default: {_show(option)}; env {option.env})",
+            help=help_text,
         )
+    serve.epilog = "Environment only: " + ", ".join(
+        f"{o.env} ({o.help})" for o in options() if o.secret
+    )
     return parser
 
 
@@ -56,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        settings = resolve({o.name: getattr(args, o.name) for o in options()})
+        settings = resolve({o.name: getattr(args, o.name, None) for o in options()})
     except SettingError as exc:
         parser.exit(2, f"mqpy serve: {exc}\n")
     logging.basicConfig(

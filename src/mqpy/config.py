@@ -75,8 +75,26 @@ def _log_level(text: str) -> str:
     return text.lower()
 
 
-def _setting(default: Any, parse: Callable[[str], Any], help: str) -> Any:
-    return field(default=default, metadata={"parse": parse, "help": help})
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError(f"{text} must be 0 or more")
+    return value
+
+
+def _setting(default: Any, parse: Callable[[str], Any], help: str, *, secret: bool = False) -> Any:
+    """A setting; a `secret` one comes only from the environment, never a flag, so it
+    does not show in `ps`."""
+    return field(default=default, metadata={"parse": parse, "help": help, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -115,6 +133,45 @@ class Settings:
         10.0, parse_duration, "on SIGTERM, how long deliveries in flight may take to finish"
     )
     log_level: str = _setting("info", _log_level, f"one of {', '.join(LOG_LEVELS)}")
+    # Security: who may call, what the broker may call, and the limits.
+    admin_key: str = _setting("", str, "bootstrap admin API key (environment only)", secret=True)
+    allow_unauthenticated: bool = _setting(
+        False, parse_bool, "allow a non-loopback --host with no API key configured (unsafe)"
+    )
+    deny_private_receivers: bool = _setting(
+        False, parse_bool, "also refuse receivers on loopback and private addresses"
+    )
+    verify_receivers: bool = _setting(
+        False, parse_bool, "activate a receiver only once it echoes a challenge"
+    )
+    publish_rate: float = _setting(
+        0.0, _non_negative_float, "messages per second one key may publish (0: no limit)"
+    )
+    publish_burst: float = _setting(
+        0.0, _non_negative_float, "messages one key may publish at once (0: one second's worth)"
+    )
+    max_backlog: int = _setting(
+        1_000_000,
+        _non_negative_int,
+        "undelivered messages held before /send answers 503 (0: no limit)",
+    )
+    max_connections_per_key: int = _setting(
+        1000, _non_negative_int, "connections one key may hold at once (0: no limit)"
+    )
+    max_header_bytes: int = _setting(8190, parse_size, "longest request header line accepted")
+    max_url_bytes: int = _setting(8190, parse_size, "longest request line (method and URL)")
+    idle_timeout: float = _setting(
+        15.0, parse_duration, "close a connection with no complete request in this time"
+    )
+    body_timeout: float = _setting(
+        30.0, parse_duration, "longest a client may take to send a request body"
+    )
+    secret_overlap: float = _setting(
+        86400.0, parse_duration, "how long a rotated-out signing secret still signs"
+    )
+    tls_cert: str = _setting("", str, "certificate (PEM) to serve HTTPS with")
+    tls_key: str = _setting("", str, "private key (PEM) of --tls-cert")
+    receiver_ca: str = _setting("", str, "extra CA bundle (PEM) to trust for receivers")
 
     @property
     def effective_receiver_concurrency(self) -> int:
@@ -133,6 +190,11 @@ class Option:
     default: Any
     parse: Callable[[str], Any]
     help: str
+    secret: bool = False
+
+    @property
+    def is_switch(self) -> bool:
+        return self.parse is parse_bool
 
 
 def options() -> list[Option]:
@@ -145,6 +207,7 @@ def options() -> list[Option]:
             default=f.default,
             parse=f.metadata["parse"],
             help=f.metadata["help"],
+            secret=f.metadata["secret"],
         )
         for f in dataclasses.fields(Settings)
     ]
@@ -159,7 +222,7 @@ def resolve(flags: Mapping[str, str | None], environ: Mapping[str, str] | None =
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for option in options():
-        raw, source = flags.get(option.name), option.flag
+        raw, source = (None if option.secret else flags.get(option.name)), option.flag
         if raw is None:
             raw, source = environ.get(option.env), option.env
         if raw is None:

@@ -31,6 +31,7 @@ class Connection:
     client_url: str
     topic: str
     connected_at: float
+    key_id: str | None = None  # the API key that made it, which alone may use it
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,9 @@ class Delivery:
     body: str
     attempt: int
     published_at: float
+    # The receiver's signing secrets valid now: the current one, and during a rotation
+    # the previous one too. Empty for a receiver without a secret.
+    secrets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,25 @@ class BrokerStats:
     completed: int
 
 
+class Role(enum.StrEnum):
+    """What an API key may do."""
+
+    PUBLISHER = "publisher"  # connect as a sender, send
+    SUBSCRIBER = "subscriber"  # connect as a receiver
+    ADMIN = "admin"  # everything, dead letters and keys included
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as stored: only a hash of its secret is kept."""
+
+    id: str
+    role: Role
+    topics: tuple[str, ...]  # topic patterns it may use; empty means every topic
+    secret_hash: str
+    created_at: float
+
+
 class BrokerError(Exception):
     """A request the broker refuses; the API turns each kind into its HTTP status."""
 
@@ -107,6 +130,10 @@ class UnknownConnection(BrokerError):
 
 class NotASender(BrokerError):
     """The id belongs to a receiver, which may not publish."""
+
+
+class BacklogFull(BrokerError):
+    """The store holds as many undelivered messages as it may; try again later."""
 
 
 class StoreUnavailable(BrokerError):

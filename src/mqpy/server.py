@@ -4,21 +4,32 @@ SIGTERM or SIGINT stop in the reverse order without losing anything."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
+import ssl
 
+import aiohttp
 from aiohttp import web
 
+from mqpy.access import Access
 from mqpy.api.app import create_app
-from mqpy.broker import Broker
+from mqpy.broker import Broker, Limits
 from mqpy.config import Settings
 from mqpy.delivery.dispatcher import Dispatcher
+from mqpy.delivery.gate import ReceiverGate
+from mqpy.delivery.guard import AddressPolicy
 from mqpy.delivery.retry import RetryPolicy
 from mqpy.delivery.sender import Sender
+from mqpy.keyring import Keyring
 from mqpy.store import Store, open_store
 from mqpy.store.sqlite import DataDirLocked
 
 log = logging.getLogger("mqpy.server")
+
+
+class StartupRefused(Exception):
+    """The settings would make an unsafe or impossible server; the message says why."""
 
 
 def run(settings: Settings) -> int:
@@ -41,10 +52,29 @@ async def serve(settings: Settings) -> int:
     except DataDirLocked as exc:
         log.error("%s", exc)
         return 1
-    broker = Broker(store)
+    try:
+        return await _serve_with_store(settings, store, stop)
+    except StartupRefused as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        await store.close()
+
+
+async def _serve_with_store(settings: Settings, store: Store, stop: asyncio.Event) -> int:
+    access = Access(settings.admin_key)
+    keyring = Keyring(store, access)
+    await keyring.start()
+    check_exposure(settings, access)
+    tls = server_tls(settings)
+    broker = Broker(store, limits(settings))
     await broker.start()
-    sender = Sender(settings.delivery_timeout)
+    policy = AddressPolicy(deny_private=settings.deny_private_receivers)
+    sender = Sender(settings.delivery_timeout, policy, receiver_tls(settings))
     await sender.start()
+    broker.set_receiver_gate(
+        ReceiverGate(policy, aiohttp.ThreadedResolver(), sender, verify=settings.verify_receivers)
+    )
     dispatcher = Dispatcher(
         store,
         sender,
@@ -62,21 +92,33 @@ async def serve(settings: Settings) -> int:
     broker.set_delivery_listener(dispatcher)
     await dispatcher.start()
     runner = web.AppRunner(
-        create_app(broker, max_body_bytes=settings.max_message_bytes),
+        create_app(
+            broker,
+            access,
+            keyring,
+            max_body_bytes=settings.max_message_bytes,
+            body_timeout=settings.body_timeout,
+        ),
         access_log=None,
         handle_signals=False,
         shutdown_timeout=settings.shutdown_grace,
+        # Closes connections that hold no complete request for this long: idle
+        # keep-alives, and clients dribbling their headers (slowloris).
+        keepalive_timeout=settings.idle_timeout,
+        max_line_size=settings.max_url_bytes,
+        max_field_size=settings.max_header_bytes,
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, ssl_context=tls)
         await site.start()
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
-        await _shut_down(runner, dispatcher, sender, store, settings)
+        await _shut_down(runner, dispatcher, sender, settings)
         return 1
+    scheme = "https" if tls else "http"
     for address in runner.addresses:
-        log.info("listening on http://%s:%d", *address[:2])
+        log.info("listening on %s://%s:%d", scheme, *address[:2])
     log.info(
         "store %s, %d workers, %d jobs, %d per receiver",
         settings.data_dir,
@@ -86,21 +128,82 @@ async def serve(settings: Settings) -> int:
     )
     await stop.wait()
     log.info("shutting down")
-    await _shut_down(runner, dispatcher, sender, store, settings)
+    await _shut_down(runner, dispatcher, sender, settings)
     log.info("stopped")
     return 0
 
 
+def limits(settings: Settings) -> Limits:
+    return Limits(
+        max_backlog=settings.max_backlog,
+        max_connections_per_key=settings.max_connections_per_key,
+        publish_rate=settings.publish_rate,
+        publish_burst=settings.publish_burst or settings.publish_rate,
+        secret_overlap=settings.secret_overlap,
+    )
+
+
+def check_exposure(settings: Settings, access: Access) -> None:
+    """Protected mode: with no API key configured, listen on loopback only."""
+    if is_loopback(settings.host):
+        if not access.enabled:
+            log.info("no API key configured: every route is open, on loopback only")
+        return
+    if access.enabled:
+        return
+    if not settings.allow_unauthenticated:
+        raise StartupRefused(
+            f"refusing to listen on {settings.host} with no API key configured: anyone who "
+            "can reach it could publish and read. Set MQPY_ADMIN_KEY (and create keys with "
+            "`mqpy keys create`), or listen on 127.0.0.1, or pass --allow-unauthenticated "
+            "if something in front of mq-py already authenticates every request."
+        )
+    log.warning(
+        "UNAUTHENTICATED: listening on %s with no API key; anyone who can reach this "
+        "port can publish, subscribe and read dead letters (--allow-unauthenticated)",
+        settings.host,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_tls(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.tls_cert and not settings.tls_key:
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise StartupRefused("HTTPS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupRefused(f"cannot load --tls-cert/--tls-key: {exc}") from None
+    return context
+
+
+def receiver_tls(settings: Settings) -> ssl.SSLContext | None:
+    """Receivers' certificates are verified; --receiver-ca adds a private CA."""
+    if not settings.receiver_ca:
+        return None
+    context = ssl.create_default_context()
+    try:
+        context.load_verify_locations(settings.receiver_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupRefused(f"cannot load --receiver-ca: {exc}") from None
+    return context
+
+
 async def _shut_down(
-    runner: web.AppRunner,
-    dispatcher: Dispatcher,
-    sender: Sender,
-    store: Store,
-    settings: Settings,
+    runner: web.AppRunner, dispatcher: Dispatcher, sender: Sender, settings: Settings
 ) -> None:
-    # HTTP first, so nothing new is accepted; then deliveries; the store last, once
-    # nobody can write to it any more.
+    # HTTP first, so nothing new is accepted; then deliveries. The store is closed by
+    # the caller, once nobody can write to it any more.
     await runner.cleanup()
     await dispatcher.stop(settings.shutdown_grace)
     await sender.close()
-    await store.close()

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from mqpy.api import dashboard, dead_letters, seed
+from mqpy.access import Access
+from mqpy.api import dashboard, dead_letters, keys, receivers, seed
+from mqpy.api.auth import auth_middleware
 from mqpy.api.problems import Problem
-from mqpy.api.state import BROKER
-from mqpy.broker import Broker
-from mqpy.domain import BrokerError, NotASender, StoreUnavailable, UnknownConnection
+from mqpy.api.state import ACCESS, BODY_TIMEOUT, BROKER, KEYRING
+from mqpy.api.types import Handler
+from mqpy.broker import Broker, Forbidden, RateLimited, ReceiverRefused
+from mqpy.domain import (
+    BacklogFull,
+    BrokerError,
+    NotASender,
+    StoreUnavailable,
+    UnknownConnection,
+)
+from mqpy.keyring import Keyring
+from mqpy.ratelimit import retry_after_header
 
 log = logging.getLogger("mqpy.api")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# How long a client should wait when the backlog is full: deliveries drain it.
+BACKLOG_RETRY_AFTER = "5"
 
 # Each route is served with and without a trailing slash: MQ Go registered `/connect/`.
 ROUTES: list[tuple[str, str, Handler]] = [
@@ -25,12 +36,28 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/dashboard", dashboard.dashboard),
     ("GET", "/v1/dead-letters", dead_letters.list_dead_letters),
     ("POST", "/v1/dead-letters/redrive", dead_letters.redrive),
+    ("POST", "/v1/keys", keys.create_key),
+    ("GET", "/v1/keys", keys.list_keys),
+    ("DELETE", "/v1/keys/{key_id}", keys.revoke_key),
+    ("POST", "/v1/receivers/{receiver_id}/rotate-secret", receivers.rotate_secret),
 ]
 
 
-def create_app(broker: Broker, *, max_body_bytes: int) -> web.Application:
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[problem_middleware])
+def create_app(
+    broker: Broker,
+    access: Access,
+    keyring: Keyring,
+    *,
+    max_body_bytes: int,
+    body_timeout: float = 30.0,
+) -> web.Application:
+    app = web.Application(
+        client_max_size=max_body_bytes, middlewares=[problem_middleware, auth_middleware]
+    )
     app[BROKER] = broker
+    app[ACCESS] = access
+    app[KEYRING] = keyring
+    app[BODY_TIMEOUT] = body_timeout
     for method, path, handler in ROUTES:
         for variant in (path, path + "/"):
             if method == "GET":
@@ -60,6 +87,24 @@ def _problem_for(error: BrokerError) -> Problem:
         return Problem(404, "unknown-connection", str(error), id=error.connection_id)
     if isinstance(error, NotASender):
         return Problem(403, "not-a-sender", str(error))
+    if isinstance(error, Forbidden):
+        return Problem(403, "forbidden", str(error))
+    if isinstance(error, RateLimited):
+        return Problem(
+            429,
+            "rate-limited",
+            str(error),
+            headers={"Retry-After": retry_after_header(error.retry_after)},
+        )
+    if isinstance(error, BacklogFull):
+        return Problem(
+            503,
+            "backlog-full",
+            f"{error}; nothing was accepted, try again once receivers catch up",
+            headers={"Retry-After": BACKLOG_RETRY_AFTER},
+        )
+    if isinstance(error, ReceiverRefused):
+        return Problem(400, "receiver-refused", f"ClientURL refused: {error}", field="ClientURL")
     if isinstance(error, StoreUnavailable):
         log.error("%s", error)
         return Problem(

@@ -6,11 +6,11 @@ from aiohttp import web
 
 from mqpy.api.requests import RedriveRequest, convert, read_object
 from mqpy.api.responses import json_response
-from mqpy.api.state import broker_of
+from mqpy.api.state import broker_of, principal_of
 
 
 async def list_dead_letters(request: web.Request) -> web.Response:
-    letters = await broker_of(request).dead_letters()
+    letters = await broker_of(request).dead_letters(principal_of(request))
     return json_response(
         {
             "dead_letters": [
@@ -30,5 +30,5 @@ async def list_dead_letters(request: web.Request) -> web.Response:
 
 async def redrive(request: web.Request) -> web.Response:
     body = convert(await read_object(request, allow_empty=True), RedriveRequest)
-    count = await broker_of(request).redrive(body.receiver_id)
+    count = await broker_of(request).redrive(principal_of(request), body.receiver_id)
     return json_response({"redriven": count})

@@ -7,6 +7,7 @@ whatever their Content-Type (`curl -d` sends a form type).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from mqpy.api.problems import Problem, invalid_body, invalid_field
+from mqpy.api.state import BODY_TIMEOUT
 from mqpy.domain import Mode
 from mqpy.ids import MAX_CONNECTION_ID
 
@@ -54,7 +56,12 @@ class RedriveRequest(msgspec.Struct):
 async def read_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
     """The body as a JSON object with lower-cased keys, or a 400 saying what is wrong."""
     try:
-        raw = await request.read()  # 413 past the app's client_max_size
+        async with asyncio.timeout(request.app[BODY_TIMEOUT]):
+            raw = await request.read()  # 413 past the app's client_max_size
+    except TimeoutError:
+        raise Problem(
+            408, "body-timeout", "the request body did not arrive in time; send it at once"
+        ) from None
     except web.RequestPayloadError as exc:
         # A body that cannot be read as sent, such as a Content-Encoding: gzip body
         # that is not gzip.

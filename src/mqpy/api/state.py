@@ -1,13 +1,34 @@
-"""Typed access to what the app factory stores on the application."""
+"""Typed access to what the app factory stores on the application and the request."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from mqpy.access import Access, Principal
 from mqpy.broker import Broker
+from mqpy.keyring import Keyring
 
 BROKER = web.AppKey("broker", Broker)
+ACCESS = web.AppKey("access", Access)
+KEYRING = web.AppKey("keyring", Keyring)
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
+_PRINCIPAL = "mqpy.principal"
 
 
 def broker_of(request: web.Request) -> Broker:
     return request.app[BROKER]
+
+
+def keyring_of(request: web.Request) -> Keyring:
+    return request.app[KEYRING]
+
+
+def principal_of(request: web.Request) -> Principal:
+    """The authenticated caller (the auth middleware has already refused anyone else)."""
+    principal = request.get(_PRINCIPAL)
+    assert isinstance(principal, Principal), "route is not behind the auth middleware"
+    return principal
+
+
+def set_principal(request: web.Request, principal: Principal) -> None:
+    request[_PRINCIPAL] = principal

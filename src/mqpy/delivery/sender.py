@@ -7,6 +7,8 @@ URL, and a redirect would let it point the broker somewhere else.
 
 from __future__ import annotations
 
+import json
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -14,8 +16,10 @@ import aiohttp
 import msgspec
 
 from mqpy import __version__
+from mqpy.delivery.guard import AddressPolicy, guarded_connector
 from mqpy.delivery.retry import parse_retry_after
 from mqpy.domain import Delivery
+from mqpy.signing import signature_header
 
 # A receiver's answer body is read (so the connection can be reused) but not kept;
 # past this many bytes we stop reading and drop the connection instead.
@@ -47,13 +51,22 @@ class Outcome:
 class Sender:
     """Delivers messages over HTTP with a shared keep-alive connection pool."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        policy: AddressPolicy | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._policy = policy or AddressPolicy()
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        # limit=0: the dispatcher's worker count already bounds what is in flight.
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10)
+        # Every address a receiver's name resolves to is checked at each connection
+        # (DNS rebinding); the connector has no limit of its own, since the
+        # dispatcher's worker count already bounds what is in flight.
+        connector = guarded_connector(self._policy, ssl=self._ssl)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
@@ -70,18 +83,21 @@ class Sender:
     async def send(self, delivery: Delivery) -> Outcome:
         """POST `{"body": ...}` to the receiver; any 2xx acknowledges."""
         assert self._session is not None, "Sender.start() was not called"
+        body = _encode(_Payload(delivery.body))
+        timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
             "webhook-id": delivery.message_id,
-            "webhook-timestamp": str(int(time.time())),
+            "webhook-timestamp": str(timestamp),
             "mq-attempt": str(delivery.attempt),
         }
+        if delivery.secrets:
+            headers["webhook-signature"] = signature_header(
+                delivery.secrets, delivery.message_id, timestamp, body
+            )
         try:
             async with self._session.post(
-                delivery.url,
-                data=_encode(_Payload(delivery.body)),
-                headers=headers,
-                allow_redirects=False,
+                delivery.url, data=body, headers=headers, allow_redirects=False
             ) as response:
                 await _drain(response)
                 if 200 <= response.status < 300:
@@ -101,6 +117,41 @@ class Sender:
             return Outcome(ok=False, error=f"no answer within {self._timeout.total:g} s")
         except aiohttp.ClientError as exc:
             return Outcome(ok=False, error=_describe(exc))
+
+    async def confirm(self, url: str, challenge: str) -> str | None:
+        """Ask a would-be receiver to echo `challenge` (as WebSub and SNS confirm a
+        subscription); None if it did, else why not."""
+        assert self._session is not None, "Sender.start() was not called"
+        payload = {"type": "mqpy.subscription.confirm", "challenge": challenge}
+        try:
+            async with self._session.post(
+                url,
+                json=payload,
+                headers={"mq-challenge": challenge},
+                allow_redirects=False,
+            ) as response:
+                text = (await response.content.read(4096)).decode("utf-8", "replace")
+                status = response.status
+        except TimeoutError:
+            return f"the receiver did not answer the confirmation within {self._timeout.total:g} s"
+        except aiohttp.ClientError as exc:
+            return f"the confirmation request failed: {_describe(exc)}"
+        if not 200 <= status < 300:
+            return f"the receiver answered the confirmation with HTTP {status}"
+        if _echoed(text, challenge):
+            return None
+        return "the receiver did not echo the challenge it was sent"
+
+
+def _echoed(text: str, challenge: str) -> bool:
+    """The answer is the challenge itself, or a JSON object carrying it."""
+    if text.strip() == challenge:
+        return True
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("challenge") == challenge
 
 
 async def _drain(response: aiohttp.ClientResponse) -> None:

@@ -13,7 +13,16 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 
-from mqpy.domain import BrokerStats, Claim, Connection, DeadLetter, Delivery, Mode, NewMessage
+from mqpy.domain import (
+    ApiKey,
+    BrokerStats,
+    Claim,
+    Connection,
+    DeadLetter,
+    Delivery,
+    Mode,
+    NewMessage,
+)
 
 
 class Store(abc.ABC):
@@ -31,14 +40,29 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def add_connection(
-        self, mode: Mode, client_url: str, topic: str, now: float
+        self,
+        mode: Mode,
+        client_url: str,
+        topic: str,
+        now: float,
+        *,
+        key_id: str | None = None,
+        secret: str | None = None,
     ) -> Connection:
         """Register a connection under a new random id that was never issued before.
 
         A receiver is subscribed to `topic` in the same transaction, and messages of
         that topic that were published while nobody was subscribed become its
-        deliveries, due at once.
+        deliveries, due at once. `key_id` owns the connection; `secret` signs the
+        receiver's deliveries.
         """
+
+    @abc.abstractmethod
+    async def rotate_secret(
+        self, subscription_id: int, secret: str, *, now: float, overlap_seconds: float
+    ) -> bool:
+        """Sign with `secret` from now on; the old secret signs too until the overlap
+        ends. False if no such subscription is active."""
 
     @abc.abstractmethod
     async def remove_connection(self, connection_id: int, now: float) -> Connection | None:
@@ -53,12 +77,14 @@ class Store(abc.ABC):
     # Messages and their deliveries.
 
     @abc.abstractmethod
-    async def publish(self, message: NewMessage) -> int:
+    async def publish(self, message: NewMessage, *, max_backlog: int = 0) -> int:
         """Commit a message and one delivery per subscription of its topic, atomically.
 
         With no subscription the message waits for the first receiver of its topic.
         Returns the number of deliveries created. Concurrent calls may share one
         transaction (group commit); each returns only once its message is durable.
+        With `max_backlog` > 0, raises `BacklogFull` instead when the store already
+        holds that many messages that are not fully delivered (dead letters count).
         """
 
     @abc.abstractmethod
@@ -98,6 +124,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def release(self, deliveries: Sequence[Delivery], now: float) -> None:
         """Give claimed deliveries back unattempted (shutdown): due now, attempt undone."""
+
+    # API keys.
+
+    @abc.abstractmethod
+    async def add_key(self, key: ApiKey) -> None:
+        """Store a new API key (its id is unique)."""
+
+    @abc.abstractmethod
+    async def keys(self) -> list[ApiKey]:
+        """Every key not revoked, oldest first."""
+
+    @abc.abstractmethod
+    async def revoke_key(self, key_id: str, now: float) -> bool:
+        """Revoke a key for good; False if there is no such key still valid."""
 
     # Dead letters and figures.
 

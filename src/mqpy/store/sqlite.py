@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import IO
 
 from mqpy.domain import (
+    ApiKey,
+    BacklogFull,
     BrokerStats,
     Claim,
     Connection,
@@ -21,6 +23,7 @@ from mqpy.domain import (
     Delivery,
     Mode,
     NewMessage,
+    Role,
 )
 from mqpy.ids import new_connection_id, new_lease_token
 from mqpy.store.base import Store
@@ -78,24 +81,45 @@ class SQLiteStore(Store):
             self._lock_file = None
 
     async def add_connection(
-        self, mode: Mode, client_url: str, topic: str, now: float
+        self,
+        mode: Mode,
+        client_url: str,
+        topic: str,
+        now: float,
+        *,
+        key_id: str | None = None,
+        secret: str | None = None,
     ) -> Connection:
         def operation(conn: sqlite3.Connection) -> Connection:
-            connection_id = _insert_connection(conn, mode, client_url, topic, now)
+            connection_id = _insert_connection(conn, mode, client_url, topic, now, key_id)
             if mode is Mode.RECEIVE:
                 conn.execute(
-                    "INSERT INTO subscriptions (id, topic, url, created_at) VALUES (?, ?, ?, ?)",
-                    (connection_id, topic, client_url, now),
+                    "INSERT INTO subscriptions (id, topic, url, created_at, secret) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (connection_id, topic, client_url, now, secret),
                 )
                 _route_waiting_messages(conn, connection_id, topic, now)
-            return Connection(connection_id, mode, client_url, topic, now)
+            return Connection(connection_id, mode, client_url, topic, now, key_id)
+
+        return await self._writer.run(operation)
+
+    async def rotate_secret(
+        self, subscription_id: int, secret: str, *, now: float, overlap_seconds: float
+    ) -> bool:
+        def operation(conn: sqlite3.Connection) -> bool:
+            changed = conn.execute(
+                "UPDATE subscriptions SET previous_secret = secret, "
+                "previous_secret_until = ?, secret = ? WHERE id = ? AND active = 1",
+                (now + overlap_seconds, secret, subscription_id),
+            ).rowcount
+            return changed > 0
 
         return await self._writer.run(operation)
 
     async def remove_connection(self, connection_id: int, now: float) -> Connection | None:
         def operation(conn: sqlite3.Connection) -> Connection | None:
             row = conn.execute(
-                "SELECT id, mode, client_url, topic, connected_at FROM connections "
+                f"SELECT {_CONNECTION_COLUMNS} FROM connections "
                 "WHERE id = ? AND disconnected_at IS NULL",
                 (connection_id,),
             ).fetchone()
@@ -114,15 +138,19 @@ class SQLiteStore(Store):
     async def connections(self) -> list[Connection]:
         def operation(conn: sqlite3.Connection) -> list[Connection]:
             rows = conn.execute(
-                "SELECT id, mode, client_url, topic, connected_at FROM connections "
-                "WHERE disconnected_at IS NULL"
+                f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE disconnected_at IS NULL"
             ).fetchall()
             return [_connection(row) for row in rows]
 
         return await self._writer.run(operation)
 
-    async def publish(self, message: NewMessage) -> int:
+    async def publish(self, message: NewMessage, *, max_backlog: int = 0) -> int:
         def operation(conn: sqlite3.Connection) -> int:
+            if max_backlog > 0 and _stored_messages(conn) >= max_backlog:
+                raise BacklogFull(
+                    f"the broker holds {max_backlog} undelivered messages, its --max-backlog"
+                )
+            conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'messages'")
             cursor = conn.execute(
                 "INSERT INTO messages (id, topic, body, publisher_id, published_at, routed) "
                 "VALUES (?, ?, ?, ?, ?, 1)",
@@ -205,6 +233,40 @@ class SQLiteStore(Store):
             )
         )
 
+    async def add_key(self, key: ApiKey) -> None:
+        await self._writer.run(
+            lambda conn: conn.execute(
+                "INSERT INTO api_keys (id, role, topics, secret_hash, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (key.id, key.role.value, "\n".join(key.topics), key.secret_hash, key.created_at),
+            )
+        )
+
+    async def keys(self) -> list[ApiKey]:
+        def operation(conn: sqlite3.Connection) -> list[ApiKey]:
+            rows = conn.execute(
+                "SELECT id, role, topics, secret_hash, created_at FROM api_keys "
+                "WHERE revoked_at IS NULL ORDER BY created_at, id"
+            ).fetchall()
+            return [
+                ApiKey(key_id, Role(role), tuple(filter(None, topics.split("\n"))), hashed, at)
+                for key_id, role, topics, hashed, at in rows
+            ]
+
+        return await self._writer.run(operation)
+
+    async def revoke_key(self, key_id: str, now: float) -> bool:
+        def operation(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute(
+                    "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                    (now, key_id),
+                ).rowcount
+                > 0
+            )
+
+        return await self._writer.run(operation)
+
     async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
         def operation(conn: sqlite3.Connection) -> list[DeadLetter]:
             rows = conn.execute(
@@ -283,16 +345,21 @@ def _release_orphaned_leases(conn: sqlite3.Connection) -> None:
 
 
 def _insert_connection(
-    conn: sqlite3.Connection, mode: Mode, client_url: str, topic: str, now: float
+    conn: sqlite3.Connection,
+    mode: Mode,
+    client_url: str,
+    topic: str,
+    now: float,
+    key_id: str | None,
 ) -> int:
     # Ids of disconnected clients stay in the table, so a random id is never reused.
     while True:
         connection_id = new_connection_id()
         try:
             conn.execute(
-                "INSERT INTO connections (id, mode, client_url, topic, connected_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (connection_id, mode.value, client_url, topic, now),
+                "INSERT INTO connections (id, mode, client_url, topic, connected_at, key_id) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (connection_id, mode.value, client_url, topic, now, key_id),
             )
         except sqlite3.IntegrityError:
             continue
@@ -322,11 +389,18 @@ def _end_subscription(conn: sqlite3.Connection, subscription_id: int) -> None:
 
 
 def _forget_message_if_done(conn: sqlite3.Connection, seq: int) -> None:
-    conn.execute(
+    deleted = conn.execute(
         "DELETE FROM messages WHERE seq = ? AND routed = 1 "
         "AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_seq = ?)",
         (seq, seq),
-    )
+    ).rowcount
+    if deleted:
+        conn.execute("UPDATE counters SET value = value - ? WHERE name = 'messages'", (deleted,))
+
+
+def _stored_messages(conn: sqlite3.Connection) -> int:
+    count: int = conn.execute("SELECT value FROM counters WHERE name = 'messages'").fetchone()[0]
+    return count
 
 
 def _claim(
@@ -340,8 +414,12 @@ def _claim(
     candidates: list[tuple[float, Delivery]] = []
     next_due: float | None = None
     lease = new_lease_token()
-    subscriptions = conn.execute("SELECT id, url FROM subscriptions WHERE active = 1").fetchall()
-    for subscription_id, url in subscriptions:
+    subscriptions = conn.execute(
+        "SELECT id, url, secret, previous_secret, previous_secret_until FROM subscriptions "
+        "WHERE active = 1"
+    ).fetchall()
+    for subscription_id, url, secret, previous, previous_until in subscriptions:
+        secrets = tuple(s for s in (secret, previous if (previous_until or 0) > now else None) if s)
         room = per_subscription_limit - busy.get(subscription_id, 0)
         if room <= 0:
             continue  # this receiver is at its cap; a finished delivery wakes the caller
@@ -366,6 +444,7 @@ def _claim(
                 body=body,
                 attempt=attempts + 1,
                 published_at=published_at,
+                secrets=secrets,
             )
             candidates.append((due_at, delivery))
         if not more_due and len(rows) < room:
@@ -389,6 +468,9 @@ def _claim(
     return Claim(chosen, next_due)
 
 
-def _connection(row: tuple[int, str, str, str, float]) -> Connection:
-    connection_id, mode, client_url, topic, connected_at = row
-    return Connection(connection_id, Mode(mode), client_url, topic, connected_at)
+_CONNECTION_COLUMNS = "id, mode, client_url, topic, connected_at, key_id"
+
+
+def _connection(row: tuple[int, str, str, str, float, str | None]) -> Connection:
+    connection_id, mode, client_url, topic, connected_at, key_id = row
+    return Connection(connection_id, Mode(mode), client_url, topic, connected_at, key_id)

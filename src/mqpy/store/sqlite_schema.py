@@ -57,6 +57,23 @@ MIGRATIONS: list[str] = [
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     INSERT INTO counters (name, value) VALUES ('delivered', 0);
     """,
+    # 2: API keys, connection ownership, signing secrets, a stored-message count for
+    # the backlog limit.
+    """
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        topics TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    ALTER TABLE connections ADD COLUMN key_id TEXT;
+    ALTER TABLE subscriptions ADD COLUMN secret TEXT;
+    ALTER TABLE subscriptions ADD COLUMN previous_secret TEXT;
+    ALTER TABLE subscriptions ADD COLUMN previous_secret_until REAL;
+    INSERT INTO counters (name, value) SELECT 'messages', COUNT(*) FROM messages;
+    """,
 ]
 
 

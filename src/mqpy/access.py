@@ -1,0 +1,80 @@
+"""Who is calling, and what they may do.
+
+`Access` recognises API keys (the bootstrap admin key from the environment, and the
+stored ones, cached here because this process is the only one that changes them) and
+answers the broker's questions about a caller. With no key configured at all, access
+is open: every caller is an anonymous admin (and the server stays on loopback).
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from mqpy.domain import ApiKey, Role
+from mqpy.keys import secret_matches, split_key
+from mqpy.topics import any_matches
+
+BOOTSTRAP_KEY_ID = "bootstrap-admin"
+ANONYMOUS_KEY_ID = "anonymous"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller a request speaks for."""
+
+    key_id: str
+    role: Role
+    topics: tuple[str, ...] = ()
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+    def may_use_topic(self, topic: str) -> bool:
+        return any_matches(self.topics, topic)
+
+
+ANONYMOUS = Principal(ANONYMOUS_KEY_ID, Role.ADMIN)
+
+
+class Access:
+    """The keys this broker knows."""
+
+    def __init__(self, admin_key: str | None = None) -> None:
+        self._admin_key = admin_key or None
+        self._keys: dict[str, ApiKey] = {}
+
+    def load(self, keys: list[ApiKey]) -> None:
+        self._keys = {key.id: key for key in keys}
+
+    def added(self, key: ApiKey) -> None:
+        self._keys[key.id] = key
+
+    def revoked(self, key_id: str) -> None:
+        self._keys.pop(key_id, None)
+
+    @property
+    def enabled(self) -> bool:
+        """Keys are required once any key is configured."""
+        return self._admin_key is not None or bool(self._keys)
+
+    def authenticate(self, token: str | None) -> Principal | None:
+        """The principal a bearer token stands for; None if it is not a valid key.
+
+        With access open, every caller (with or without a token) is ANONYMOUS."""
+        if not self.enabled:
+            return ANONYMOUS
+        if token is None:
+            return None
+        if self._admin_key is not None and hmac.compare_digest(
+            token.encode(), self._admin_key.encode()
+        ):
+            return Principal(BOOTSTRAP_KEY_ID, Role.ADMIN)
+        parts = split_key(token)
+        if parts is None:
+            return None
+        key = self._keys.get(parts[0])
+        if key is None or not secret_matches(key, parts[1]):
+            return None
+        return Principal(key.id, key.role, key.topics)

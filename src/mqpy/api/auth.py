@@ -1,0 +1,40 @@
+"""Bearer-key authentication: 401 for a missing or unknown key on a protected route.
+
+What a key may do is the broker's business (403); this only establishes who calls.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from mqpy.api.problems import Problem
+from mqpy.api.state import ACCESS, set_principal
+from mqpy.api.types import Handler
+
+# Routes anyone may call: they reveal no message or key (the seed dashboard's figures).
+PUBLIC_PATHS = frozenset({"/dashboard", "/dashboard/"})
+
+_CHALLENGE = 'Bearer realm="mq-py"'
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = bearer_token(request)
+    principal = request.app[ACCESS].authenticate(token)
+    if principal is None and request.path not in PUBLIC_PATHS:
+        if token is None:
+            detail = "this server needs an API key: send it as 'Authorization: Bearer <key>'"
+        else:
+            detail = "the API key is not valid (unknown, revoked or mistyped)"
+        raise Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": _CHALLENGE})
+    if principal is not None:
+        set_principal(request, principal)
+    return await handler(request)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()

@@ -1,0 +1,43 @@
+"""Topic names and NATS-style patterns: `orders.*` matches one segment, `orders.>` any
+number (at least one) of further segments."""
+
+from __future__ import annotations
+
+import re
+
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+TOPIC_PATTERN = re.compile(r"[A-Za-z0-9._*>-]{1,200}")
+
+
+def is_valid_pattern(pattern: str) -> bool:
+    """A pattern's `*` and `>` stand alone as segments, and `>` only comes last."""
+    if not TOPIC_PATTERN.fullmatch(pattern):
+        return False
+    segments = pattern.split(".")
+    for index, segment in enumerate(segments):
+        if not segment:
+            return False
+        if ("*" in segment or ">" in segment) and segment not in ("*", ">"):
+            return False
+        if segment == ">" and index != len(segments) - 1:
+            return False
+    return True
+
+
+def matches(pattern: str, topic: str) -> bool:
+    """Whether `topic` is one of the topics `pattern` names."""
+    wanted = pattern.split(".")
+    actual = topic.split(".")
+    for index, segment in enumerate(wanted):
+        if segment == ">":
+            return len(actual) > index
+        if index >= len(actual):
+            return False
+        if segment != "*" and segment != actual[index]:
+            return False
+    return len(actual) == len(wanted)
+
+
+def any_matches(patterns: tuple[str, ...], topic: str) -> bool:
+    """No patterns means every topic."""
+    return not patterns or any(matches(p, topic) for p in patterns)
