@@ -44,20 +44,25 @@ class Access:
     def __init__(self, admin_key: str | None = None) -> None:
         self._admin_key = admin_key or None
         self._keys: dict[str, ApiKey] = {}
+        # Once keys are required they stay required: revoking the last key must not
+        # turn a server into an open one (it may be listening beyond loopback).
+        self._required = self._admin_key is not None
 
     def load(self, keys: list[ApiKey]) -> None:
         self._keys = {key.id: key for key in keys}
+        self._required = self._required or bool(self._keys)
 
     def added(self, key: ApiKey) -> None:
         self._keys[key.id] = key
+        self._required = True
 
     def revoked(self, key_id: str) -> None:
         self._keys.pop(key_id, None)
 
     @property
     def enabled(self) -> bool:
-        """Keys are required once any key is configured."""
-        return self._admin_key is not None or bool(self._keys)
+        """Keys are required once any key is configured, until the process ends."""
+        return self._required
 
     def authenticate(self, token: str | None) -> Principal | None:
         """The principal a bearer token stands for; None if it is not a valid key.

@@ -154,13 +154,25 @@ class Broker:
 
     async def disconnect(self, connection_id: int, principal: Principal) -> Connection:
         self._owned(connection_id, principal)
-        connection = await self._store.remove_connection(connection_id, self._clock())
-        self._connections.pop(connection_id, None)
+        connection = await self._remove(connection_id)
         if connection is None:
             raise UnknownConnection(connection_id)
-        self._per_key[connection.key_id] -= 1
-        if connection.mode is Mode.RECEIVE:
-            self._listener.forget_subscription(connection_id)
+        return connection
+
+    async def disconnect_key(self, key_id: str) -> int:
+        """Disconnect every connection a (revoked) key made; returns how many."""
+        owned = [c.id for c in self._connections.values() if c.key_id == key_id]
+        for connection_id in owned:
+            await self._remove(connection_id)
+        return len(owned)
+
+    async def _remove(self, connection_id: int) -> Connection | None:
+        connection = await self._store.remove_connection(connection_id, self._clock())
+        self._connections.pop(connection_id, None)
+        if connection is not None:
+            self._per_key[connection.key_id] -= 1
+            if connection.mode is Mode.RECEIVE:
+                self._listener.forget_subscription(connection_id)
         return connection
 
     async def send(self, sender_id: int, body: str, principal: Principal) -> str:

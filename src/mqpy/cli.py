@@ -1,4 +1,4 @@
-"""The `mqpy` command. `mqpy serve` runs the broker.
+"""The `mqpy` command. `mqpy serve` runs the broker; `mqpy keys` manages its API keys.
 
 Flags are accepted Go-style (`-port 8080`, as MQ Go took them) and GNU-style
 (`--port 8080`, `--port=8080`).
@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from mqpy import __version__
+from mqpy.commands import keys
 from mqpy.config import Option, SettingError, format_duration, options, parse_duration, resolve
 
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.epilog = "Environment only: " + ", ".join(
         f"{o.env} ({o.help})" for o in options() if o.secret
     )
+    keys.register(commands)
     return parser
 
 
@@ -70,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "serve":
+        if hasattr(args, "run"):  # a command that talks to a running server
+            return int(args.run(args))
         parser.print_help()
         return 2
     try:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from mqpy.access import Access, Principal
-from mqpy.broker import require_admin
+from mqpy.broker import Broker, require_admin
 from mqpy.domain import ApiKey, Role
 from mqpy.keys import new_key
 from mqpy.store import Store
@@ -15,9 +15,16 @@ from mqpy.store import Store
 class Keyring:
     """Keys in the store, mirrored into `Access` so requests are checked in memory."""
 
-    def __init__(self, store: Store, access: Access, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        store: Store,
+        access: Access,
+        broker: Broker,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._store = store
         self._access = access
+        self._broker = broker
         self._clock = clock
 
     async def start(self) -> None:
@@ -40,4 +47,7 @@ class Keyring:
         require_admin(principal)
         revoked = await self._store.revoke_key(key_id, self._clock())
         self._access.revoked(key_id)
+        if revoked:
+            # A revoked key's receivers would otherwise go on being pushed messages.
+            await self._broker.disconnect_key(key_id)
         return revoked

@@ -63,11 +63,11 @@ async def serve(settings: Settings) -> int:
 
 async def _serve_with_store(settings: Settings, store: Store, stop: asyncio.Event) -> int:
     access = Access(settings.admin_key)
-    keyring = Keyring(store, access)
+    broker = Broker(store, limits(settings))
+    keyring = Keyring(store, access, broker)
     await keyring.start()
     check_exposure(settings, access)
     tls = server_tls(settings)
-    broker = Broker(store, limits(settings))
     await broker.start()
     policy = AddressPolicy(deny_private=settings.deny_private_receivers)
     sender = Sender(settings.delivery_timeout, policy, receiver_tls(settings))

@@ -1,0 +1,171 @@
+"""`mqpy keys create|list|revoke`: manage API keys on a running broker (/v1/keys)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from mqpy.commands import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    KEY_ENV,
+    URL_ENV,
+    CommandFailed,
+    ServerClient,
+    add_server_options,
+    print_json,
+    set_handler,
+)
+from mqpy.domain import Role
+
+_COLUMNS = ("ID", "ROLE", "TOPICS", "CREATED")
+# How a key limited to no topic pattern shows in the table: it may use every topic.
+_EVERY_TOPIC = "(any)"
+
+
+def register(subparsers: Any) -> None:
+    """Add `keys` and its subcommands to the `mqpy` parser's subparsers."""
+    keys = subparsers.add_parser(
+        "keys",
+        help="create, list and revoke API keys on a running broker",
+        description="Manage the API keys of a running broker through its HTTP API. "
+        f"Needs an admin key (--key or {KEY_ENV}) unless the server has no key configured. "
+        "Exit codes: 0 done, 1 the server refused, 2 usage error, 3 server unreachable.",
+        allow_abbrev=False,
+    )
+    keys.set_defaults(run=lambda args: _usage(keys))
+    commands = keys.add_subparsers(dest="keys_command", metavar="COMMAND")
+
+    create = commands.add_parser(
+        "create",
+        help="create a key and print it (it is shown this once)",
+        description="Create an API key. The key is printed once, on stdout; the server "
+        "keeps only a hash of it.",
+        allow_abbrev=False,
+    )
+    create.add_argument(
+        "--role",
+        required=True,
+        choices=[role.value for role in Role],
+        help="publisher: connect as a sender and send; subscriber: connect as a receiver; "
+        "admin: everything",
+    )
+    create.add_argument(
+        "--topic",
+        dest="topics",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="limit the key to topics matching PATTERN (orders, orders.*, orders.>); "
+        "repeat for several; none means every topic",
+    )
+    _add_json_flag(create, "print the server's whole answer as JSON (the key included)")
+    _add_common(create)
+    set_handler(create, create_key)
+
+    listing = commands.add_parser(
+        "list",
+        help="list the valid keys (never the keys themselves)",
+        description="List the valid keys: id, role, topics, creation time (UTC). The "
+        "bootstrap admin key from MQPY_ADMIN_KEY is not stored, so it is not listed.",
+        allow_abbrev=False,
+    )
+    _add_json_flag(listing, "print the server's answer as JSON instead of a table")
+    _add_common(listing)
+    set_handler(listing, list_keys)
+
+    revoke = commands.add_parser(
+        "revoke",
+        help="revoke a key by its id",
+        description="Revoke a key: its next request is refused with 401.",
+        allow_abbrev=False,
+    )
+    revoke.add_argument("id", help="the key's id, as `mqpy keys list` shows it")
+    _add_common(revoke)
+    set_handler(revoke, revoke_key)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    add_server_options(parser)
+    parser.epilog = f"Environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key)."
+
+
+def _add_json_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--json", action="store_true", help=help_text)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def create_key(args: argparse.Namespace) -> int:
+    client = ServerClient.from_args(args)
+    answer = client.call("POST", "/v1/keys", {"role": args.role, "topics": args.topics})
+    if not isinstance(answer, dict) or not isinstance(answer.get("key"), str):
+        raise CommandFailed(EXIT_REFUSED, f"unexpected answer from the server: {answer!r}")
+    if args.json:
+        print_json(answer)
+    else:
+        print(answer["key"])
+    print(
+        f"created key {answer.get('id')} ({answer.get('role')}, topics "
+        f"{_topics(answer.get('topics'))}); it is shown only this once, store it now",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def list_keys(args: argparse.Namespace) -> int:
+    answer = ServerClient.from_args(args).call("GET", "/v1/keys")
+    if not isinstance(answer, dict) or not isinstance(answer.get("keys"), list):
+        raise CommandFailed(EXIT_REFUSED, f"unexpected answer from the server: {answer!r}")
+    if args.json:
+        print_json(answer)
+    else:
+        print(format_table([_row(key) for key in answer["keys"]]))
+    return EXIT_OK
+
+
+def revoke_key(args: argparse.Namespace) -> int:
+    client = ServerClient.from_args(args)
+    client.call("DELETE", "/v1/keys/" + quote(args.id, safe=""))
+    print(f"revoked key {args.id}")
+    return EXIT_OK
+
+
+def _row(key: Any) -> tuple[str, str, str, str]:
+    if not isinstance(key, dict):
+        raise CommandFailed(EXIT_REFUSED, f"unexpected key in the server's answer: {key!r}")
+    return (
+        str(key.get("id", "?")),
+        str(key.get("role", "?")),
+        _topics(key.get("topics")),
+        _timestamp(key.get("created_at")),
+    )
+
+
+def _topics(topics: Any) -> str:
+    if not topics:
+        return _EVERY_TOPIC
+    return ",".join(str(topic) for topic in topics)
+
+
+def _timestamp(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "?"
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_table(rows: list[tuple[str, str, str, str]]) -> str:
+    """Left-aligned columns under a header, two spaces apart."""
+    widths = [max(len(cell) for cell in column) for column in zip(_COLUMNS, *rows, strict=True)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (_COLUMNS, *rows)
+    ]
+    return "\n".join(lines)
