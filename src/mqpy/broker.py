@@ -36,8 +36,11 @@ class Forbidden(BrokerError):
 class RateLimited(BrokerError):
     """The caller's key is publishing faster than --publish-rate allows."""
 
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"this key may publish at most so fast; retry in {retry_after:.1f} s")
+    def __init__(self, retry_after: float, rate: float) -> None:
+        super().__init__(
+            f"this key may publish {rate:g} messages per second (--publish-rate); "
+            f"retry in {retry_after:.1f} s"
+        )
         self.retry_after = retry_after
 
 
@@ -184,7 +187,7 @@ class Broker:
             )
         wait = self._publish_rate.acquire(principal.key_id)
         if wait > 0:
-            raise RateLimited(wait)
+            raise RateLimited(wait, self._limits.publish_rate)
         message = NewMessage(
             id=new_message_id(),
             topic=sender.topic,

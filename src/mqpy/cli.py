@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
             option.flag,
             dest=option.name,
             default=None,
-            metavar=option.name.split("_")[-1].upper(),
+            metavar=_metavar(option),
             help=help_text,
         )
     serve.epilog = "Environment only: " + ", ".join(
@@ -60,6 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys.register(commands)
     return parser
+
+
+def _metavar(option: Option) -> str:
+    if option.parse is parse_duration:
+        return "DURATION"
+    if option.name in ("port",):
+        return "PORT"
+    if isinstance(option.default, int):
+        return "N" if "bytes" not in option.name else "BYTES"
+    if isinstance(option.default, float):
+        return "N"
+    return option.name.split("_")[-1].upper()
 
 
 def _show(option: Option) -> str:

@@ -158,8 +158,10 @@ class Settings:
     max_connections_per_key: int = _setting(
         1000, _non_negative_int, "connections one key may hold at once (0: no limit)"
     )
-    max_header_bytes: int = _setting(8190, parse_size, "longest request header line accepted")
-    max_url_bytes: int = _setting(8190, parse_size, "longest request line (method and URL)")
+    max_header_bytes: int = _setting(
+        8190, parse_size, "longest request header name or value accepted"
+    )
+    max_url_bytes: int = _setting(8190, parse_size, "longest request URL accepted")
     idle_timeout: float = _setting(
         15.0, parse_duration, "close a connection with no complete request in this time"
     )

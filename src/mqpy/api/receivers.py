@@ -12,7 +12,7 @@ from mqpy.api.state import broker_of, principal_of
 
 async def rotate_secret(request: web.Request) -> web.Response:
     raw = request.match_info["receiver_id"]
-    if not raw.isascii() or not raw.isdigit():
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 16:
         raise Problem(404, "unknown-connection", f"no receiver is connected with id {raw}")
     receiver_id = int(raw)
     secret = await broker_of(request).rotate_secret(receiver_id, principal_of(request))

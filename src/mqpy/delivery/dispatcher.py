@@ -191,7 +191,10 @@ class Dispatcher:
             await self._store.ack(delivery)
             return
         if outcome.receiver_unavailable:
-            self._health.failed(delivery.subscription_id, self._clock(), outcome.retry_after)
+            retry_after = outcome.retry_after
+            if retry_after is not None:
+                retry_after = min(retry_after, self._policy.max_delay)
+            self._health.failed(delivery.subscription_id, self._clock(), retry_after)
         await self._settle_failure(delivery, outcome)
 
     async def _settle_failure(self, delivery: Delivery, outcome: Outcome) -> None:

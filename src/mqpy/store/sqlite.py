@@ -62,7 +62,11 @@ class SQLiteStore(Store):
         return self._writer
 
     async def open(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Message bodies and receivers' signing secrets live here: owner only. SQLite
+        # gives its -wal and -shm files the database file's permissions.
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._lock_file = _lock_data_dir(self.data_dir)
         try:
             await self._writer.start()
