@@ -14,6 +14,7 @@ from aiohttp import web
 
 from mqpy.access import Access
 from mqpy.api.app import create_app
+from mqpy.api.http_errors import ProblemAppRunner
 from mqpy.broker import Broker, Limits
 from mqpy.config import Settings
 from mqpy.delivery.dispatcher import Dispatcher
@@ -91,7 +92,7 @@ async def _serve_with_store(settings: Settings, store: Store, stop: asyncio.Even
     )
     broker.set_delivery_listener(dispatcher)
     await dispatcher.start()
-    runner = web.AppRunner(
+    runner = ProblemAppRunner(
         create_app(
             broker,
             access,

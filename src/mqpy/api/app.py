@@ -9,6 +9,7 @@ from aiohttp import web
 from mqpy.access import Access
 from mqpy.api import dashboard, dead_letters, keys, receivers, seed
 from mqpy.api.auth import auth_middleware
+from mqpy.api.http_errors import expect_handler
 from mqpy.api.problems import Problem
 from mqpy.api.state import ACCESS, BODY_TIMEOUT, BROKER, KEYRING
 from mqpy.api.types import Handler
@@ -61,10 +62,16 @@ def create_app(
     for method, path, handler in ROUTES:
         for variant in (path, path + "/"):
             if method == "GET":
-                app.router.add_get(variant, handler)  # HEAD too, as Go's net/http
+                # HEAD too, as Go's net/http
+                app.router.add_get(variant, handler, expect_handler=expect_handler)
             else:
-                app.router.add_route(method, variant, handler)
+                app.router.add_route(method, variant, handler, expect_handler=expect_handler)
+    app.on_response_prepare.append(_hide_server_version)
     return app
+
+
+async def _hide_server_version(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "mq-py"
 
 
 @web.middleware

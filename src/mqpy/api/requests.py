@@ -62,6 +62,11 @@ async def read_object(request: web.Request, *, allow_empty: bool = False) -> dic
         raise Problem(
             408, "body-timeout", "the request body did not arrive in time; send it at once"
         ) from None
+    except ConnectionResetError:
+        # The client went away mid-body; nobody is left to read an answer.
+        raise Problem(
+            400, "incomplete-body", "the connection closed before the whole body arrived"
+        ) from None
     except web.RequestPayloadError as exc:
         # A body that cannot be read as sent, such as a Content-Encoding: gzip body
         # that is not gzip.

@@ -1,0 +1,80 @@
+"""Errors aiohttp answers itself, before any handler or middleware runs, made into
+problem+json like every other error: malformed HTTP (a bad request line, a missing
+Host, an oversized header, an unknown Content-Encoding) and unsupported `Expect`
+headers."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_urldispatcher import _default_expect_handler
+
+from mqpy.api.problems import Problem
+
+log = logging.getLogger("mqpy.api")
+
+
+class ProblemRequestHandler(RequestHandler):
+    """aiohttp's per-connection protocol, answering parse errors as problem+json."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        # A malformed request is the client's mistake: worth a debug line, not an
+        # ERROR with a traceback that anyone could flood the log with.
+        log.debug("malformed request from %s: %s", request.remote, message or exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was already sent; cannot send the error")
+        reason = message or (str(exc) if exc else HTTPStatus(status).phrase)
+        response = Problem(
+            status,
+            "malformed-request",
+            f"the request is not HTTP this server can read: {reason}",
+        ).to_response()
+        response.force_close()
+        return response
+
+
+class ProblemServer(web.Server):
+    """Makes a `ProblemRequestHandler` for every connection."""
+
+    def __call__(self) -> RequestHandler:
+        return ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ProblemAppRunner(web.AppRunner):
+    """An AppRunner whose connections answer malformed HTTP with problem+json."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp offers no hook for the per-connection handler class; the server it
+        # builds is otherwise exactly what we want, so only its class changes.
+        server.__class__ = ProblemServer
+        return server
+
+
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` as aiohttp does; any other expectation is a 417 problem.
+
+    This runs outside the middleware, so it answers rather than raises."""
+    expectation = request.headers.get("Expect", "")
+    if expectation.lower() == "100-continue":
+        await _default_expect_handler(request)
+        return None
+    response = Problem(
+        417,
+        "expectation-failed",
+        f"this server only understands 'Expect: 100-continue', not {expectation!r}",
+    ).to_response(request.path)
+    response.force_close()  # the body that was not expected may still be on its way
+    return response
