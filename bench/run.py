@@ -1,0 +1,829 @@
+"""`make bench`: measure mq-py's publish and delivery throughput and its latency.
+
+Every figure gets a fresh broker (`python -m mqpy serve --port 0` on a new data
+directory), a fresh sink receiver (`bench.sink`) and, for the load, `bench.loadgen`,
+each in its own process. The runner itself only starts them, makes a few control
+calls, and waits; it prints a table and writes the figures as JSON.
+
+    python -m bench.run [--quick] [--only publish,delivery,latency]
+                        [--server-args "--jobs 64"] [--profile DIR]
+
+See bench/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from bench.cpu import Meter, machine_seconds
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+HOST = "127.0.0.1"
+LISTENING = f"listening on http://{HOST}:"
+PHASES = ("publish", "delivery", "latency")
+# Every broker runs with these unless --server-args says otherwise (later flags win).
+DEFAULT_SERVER_ARGS = ("--workers", "64")
+# Without a proxy handler urllib would honour http_proxy even for 127.0.0.1.
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much load each figure gets."""
+
+    publishers: int = 64
+    publish_count: int = 20_000
+    publish_seconds: float = 10.0
+    publish_warmup: int = 1_000
+    body_bytes: int = 100
+    delivery_messages: int = 20_000
+    receivers: int = 16
+    latency_rate: float = 500.0
+    latency_seconds: float = 10.0
+    latency_warmup: float = 1.0
+    latency_connections: int = 32
+    delivery_timeout: float = 120.0
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(
+            publish_count=2_000,
+            publish_seconds=3.0,
+            publish_warmup=200,
+            delivery_messages=2_000,
+            latency_seconds=3.0,
+            latency_warmup=0.5,
+            delivery_timeout=30.0,
+        )
+
+
+@dataclass(frozen=True)
+class Floor:
+    """A figure's floor from the issue: the figure must be at least (or below) it."""
+
+    value: float
+    at_least: bool
+    text: str
+
+    def verdict(self, figure: float | None) -> str:
+        if figure is None:
+            return "-"
+        met = figure >= self.value if self.at_least else figure < self.value
+        return "PASS" if met else "BELOW"
+
+
+FLOORS: dict[str, Floor] = {
+    "publish": Floor(4_000, True, ">= 4,000"),
+    "delivery_1": Floor(3_000, True, ">= 3,000"),
+    "latency_p99_ms": Floor(50, False, "< 50 ms"),
+}
+
+
+@dataclass
+class Usage:
+    """CPU used during a measured stretch, in cores (1.0 = one core busy throughout)."""
+
+    server: float = 0.0
+    sink: float = 0.0
+    loadgen: float = 0.0
+    machine: float = 0.0  # every process on the machine, ours included
+
+    @classmethod
+    def of(cls, readings: dict[str, float]) -> Usage:
+        return cls(**{k: v for k, v in readings.items() if k in cls.__dataclass_fields__})
+
+    @property
+    def others(self) -> float:
+        """What processes other than the bench's used: the noise in the figures."""
+        return max(0.0, self.machine - self.server - self.sink - self.loadgen)
+
+
+@dataclass
+class Figure:
+    """One measured figure and what was seen while measuring it."""
+
+    name: str
+    value: float | None = None
+    unit: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    error: str | None = None
+
+
+# Processes.
+
+
+class Server:
+    """One `mqpy serve` on a fresh data directory and an ephemeral port."""
+
+    def __init__(self, workdir: Path, name: str, args: Sequence[str]) -> None:
+        self.data_dir = workdir / f"{name}-data"
+        self.log_path = workdir / f"{name}-server.log"
+        command = [sys.executable, "-m", "mqpy", "serve", "--port", "0"]
+        command += ["--data-dir", str(self.data_dir), *args]
+        self.command = command
+        with open(self.log_path, "wb") as log:
+            self.process = _start(command, stdout=subprocess.DEVNULL, stderr=log)
+        self.port = self._wait_for_port(timeout=30.0)
+        self.url = f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _wait_for_port(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if LISTENING in line:
+                    return int(line.split(LISTENING, 1)[1].split()[0].strip("/"))
+            if self.process.poll() is not None:
+                break
+            time.sleep(POLL_SECONDS)
+        self.stop()
+        raise RuntimeError(f"the server did not start: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def connect(self, mode: str, client_url: str = "") -> int:
+        answer = http_json("POST", f"{self.url}/connect", {"ClientURL": client_url, "mode": mode})
+        return int(answer["id"])
+
+    def stop(self) -> None:
+        _stop_process(self.process)
+
+
+class Sink:
+    """One `bench.sink` process and its control endpoints."""
+
+    def __init__(self, max_seconds: float) -> None:
+        command = [sys.executable, "-m", "bench.sink", "--max-seconds", f"{max_seconds:.0f}"]
+        self.process = _start(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], 30.0)
+        line = self.process.stdout.readline().decode() if ready else ""
+        if not line.startswith("listening "):
+            self.stop()
+            raise RuntimeError(f"the sink did not start (it said {line!r})")
+        self.port = int(line.split()[1])
+        self.url = f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def receiver_url(self, number: int = 0) -> str:
+        return f"{self.url}/r{number}"
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = http_json("GET", f"{self.url}/_stats")
+        return result
+
+    def latencies_ns(self) -> list[int]:
+        result: list[int] = http_json("GET", f"{self.url}/_latencies")
+        return result
+
+    def control(self, action: str) -> None:
+        http_json("POST", f"{self.url}/_{action}", {})
+
+    def wait_for(self, count: int, timeout: float, key: str = "count") -> dict[str, Any]:
+        """Stats once `key` reaches `count`, or at the deadline."""
+        deadline = time.monotonic() + timeout
+        stats = self.stats()
+        while stats[key] < count and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+            stats = self.stats()
+        return stats
+
+    def stop(self) -> None:
+        _stop_process(self.process)
+
+
+# Every broker and sink started, so that an interrupted run (Ctrl-C, SIGTERM, an
+# error half-way through starting one) still stops them all on the way out.
+_CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+def _start(
+    command: list[str], stdout: int | IO[bytes], stderr: int | IO[bytes]
+) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(command, cwd=ROOT, stdout=stdout, stderr=stderr)
+    _CHILDREN.append(process)
+    return process
+
+
+def stop_children() -> None:
+    while _CHILDREN:
+        _stop_process(_CHILDREN.pop())
+
+
+def _stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20.0)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10.0)
+
+
+def http_json(method: str, url: str, payload: object = None, timeout: float = 30.0) -> Any:
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    with _HTTP.open(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def run_loadgen(
+    server: Server, sender_id: int, args: Sequence[str], budget: float, sink: Sink | None = None
+) -> Any:
+    """Run `bench.loadgen` against `server` and return its JSON result."""
+    command = [sys.executable, "-m", "bench.loadgen", *args]
+    command += ["--port", str(server.port), "--sender-id", str(sender_id)]
+    command += ["--watch", f"server={server.pid}"]
+    if sink is not None:
+        command += ["--watch", f"sink={sink.pid}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=budget + 60.0)
+    if done.returncode != 0:
+        raise RuntimeError(f"the load generator failed: {done.stderr.decode()[-2000:]}")
+    return json.loads(done.stdout.decode().strip().splitlines()[-1])
+
+
+# Profiling with py-spy, when asked for.
+
+
+class Profiler:
+    """Runs `py-spy record` on the server for the measured part of each figure."""
+
+    def __init__(self, directory: Path | None, output_format: str) -> None:
+        self.directory = directory
+        self.output_format = output_format
+        self.py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if directory is not None:
+            if not Path(self.py_spy).exists():
+                raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+            directory.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def record(self, pid: int, name: str) -> Iterator[None]:
+        if self.directory is None:
+            yield
+            return
+        suffix = {"flamegraph": "svg", "speedscope": "json", "raw": "txt"}[self.output_format]
+        output = self.directory / f"{name}.{suffix}"
+        command = [self.py_spy, "record", "--pid", str(pid), "--rate", "200", "--nonblocking"]
+        command += ["--threads", "--format", self.output_format, "--output", str(output)]
+        spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)  # let it attach
+        try:
+            yield
+        finally:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            try:
+                spy.wait(timeout=60.0)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait(timeout=10.0)
+            print(f"  profile of the server: {output}", file=sys.stderr)
+
+
+# The figures.
+
+
+@dataclass
+class Bench:
+    plan: Plan
+    server_args: list[str]
+    workdir: Path
+    profiler: Profiler
+
+    def server(self, name: str, *extra: str) -> Server:
+        return Server(self.workdir, name, [*DEFAULT_SERVER_ARGS, *extra, *self.server_args])
+
+    def publish(self) -> Figure:
+        """200s per second from /send, `publishers` keep-alive connections, no receiver."""
+        plan = self.plan
+        figure = Figure("publish", unit="msg/s")
+        server = self.server("publish")
+        try:
+            sender = server.connect("send")
+            args = ["closed", "--connections", str(plan.publishers)]
+            args += ["--count", str(plan.publish_count), "--duration", str(plan.publish_seconds)]
+            args += ["--warmup", str(plan.publish_warmup), "--body-bytes", str(plan.body_bytes)]
+            with self.profiler.record(server.pid, "publish"):
+                result = run_loadgen(server, sender, args, plan.publish_seconds)
+            figure.usage = Usage.of(result["usage"])
+            figure.value = result["rate"]
+            figure.details = {
+                "publishers": plan.publishers,
+                "sent": result["sent"],
+                "ok": result["ok"],
+                "other_statuses": result["statuses"],
+                "failures": result["failures"],
+                "seconds": result["elapsed_s"],
+                "body_bytes": plan.body_bytes,
+                "warmup_requests": plan.publish_warmup,
+            }
+            _note_errors(figure, result)
+        finally:
+            server.stop()
+        return figure
+
+    def preload(self, server: Server, messages: int) -> int:
+        """Publish `messages` from 64 connections; returns the sender's id."""
+        sender = server.connect("send")
+        args = ["closed", "--connections", str(self.plan.publishers), "--count", str(messages)]
+        args += ["--duration", "600", "--body-bytes", str(self.plan.body_bytes)]
+        result = run_loadgen(server, sender, args, 600.0)
+        if result["ok"] != messages:
+            raise RuntimeError(f"pre-loading {messages} messages got {result['ok']} 200s")
+        return sender
+
+    def delivery_to_one(self) -> Figure:
+        """Pre-load N messages with nobody connected, connect one receiver, time the drain."""
+        plan = self.plan
+        figure = Figure("delivery_1", unit="deliv/s")
+        server = self.server("delivery1")
+        sink = Sink(max_seconds=plan.delivery_timeout + 600)
+        try:
+            self.preload(server, plan.delivery_messages)
+            with self.profiler.record(server.pid, "delivery_1"):
+                meter = Meter({"server": server.pid, "sink": sink.pid}).start()
+                started_ns = time.monotonic_ns()
+                server.connect("receive", sink.receiver_url())
+                connected_ns = time.monotonic_ns()
+                stats = sink.wait_for(plan.delivery_messages, plan.delivery_timeout)
+                figure.usage = Usage.of(meter.usage())
+            _delivery_figure(figure, stats, plan.delivery_messages, started_ns, held=0)
+            figure.details["connect_ms"] = (connected_ns - started_ns) / 1e6
+            figure.details["first_delivery_ms"] = (stats["first_ns"] - started_ns) / 1e6
+        finally:
+            sink.stop()
+            server.stop()
+        return figure
+
+    def delivery_to_many(self) -> Figure:
+        """Deliveries per second to `receivers` receivers, every delivery counted.
+
+        Messages published while nobody is connected all go to the first receiver that
+        connects, so this figure connects every receiver first, with the sink holding
+        its answers, pre-loads the messages, and times the drain from the sink's
+        release: the store holds the backlog, as in the one-receiver figure.
+        """
+        plan = self.plan
+        receivers = plan.receivers
+        messages = max(1, plan.delivery_messages // receivers)
+        expected = messages * receivers
+        figure = Figure(f"delivery_{receivers}", unit="deliv/s")
+        # The held deliveries must not time out while the backlog is being built.
+        server = self.server(f"delivery{receivers}", "--delivery-timeout", "600s")
+        sink = Sink(max_seconds=plan.delivery_timeout + 600)
+        try:
+            sink.control("pause")
+            for number in range(receivers):
+                server.connect("receive", sink.receiver_url(number))
+            self.preload(server, messages)
+            time.sleep(0.5)  # let the dispatcher fill its workers and stop
+            with self.profiler.record(server.pid, figure.name):
+                held = sink.stats()["held"]
+                meter = Meter({"server": server.pid, "sink": sink.pid}).start()
+                started_ns = time.monotonic_ns()
+                sink.control("resume")
+                stats = sink.wait_for(expected, plan.delivery_timeout)
+                figure.usage = Usage.of(meter.usage())
+            _delivery_figure(figure, stats, expected, started_ns, held=held)
+            figure.details["receivers"] = receivers
+            figure.details["messages"] = messages
+            figure.details["per_receiver_min"] = min(stats["by_path"].values(), default=0)
+        finally:
+            sink.stop()
+            server.stop()
+        return figure
+
+    def latency(self) -> Figure:
+        """Send-to-delivery latency at a steady rate, one receiver, open loop."""
+        plan = self.plan
+        figure = Figure("latency", unit="ms")
+        server = self.server("latency")
+        sink = Sink(max_seconds=plan.latency_seconds + 600)
+        try:
+            server.connect("receive", sink.receiver_url())
+            sender = server.connect("send")
+            args = ["paced", "--rate", str(plan.latency_rate)]
+            args += ["--duration", str(plan.latency_seconds), "--warmup", str(plan.latency_warmup)]
+            args += ["--connections", str(plan.latency_connections)]
+            with self.profiler.record(server.pid, "latency"):
+                budget = plan.latency_seconds + plan.latency_warmup
+                result = run_loadgen(server, sender, args, budget, sink)
+                stats = sink.wait_for(result["sent"], 10.0, key="latencies")
+            figure.usage = Usage.of(result["usage"])
+            latencies = sorted(ns / 1e6 for ns in sink.latencies_ns())
+            figure.details = {
+                "rate": plan.latency_rate,
+                "seconds": plan.latency_seconds,
+                "sent": result["sent"],
+                "ok": result["ok"],
+                "other_statuses": result["statuses"],
+                "delivered": len(latencies),
+                "duplicates": stats["count"] - stats["distinct"],
+                "loadgen_max_lag_ms": result["max_lag_ms"],
+                "p50_ms": _percentile(latencies, 50),
+                "p90_ms": _percentile(latencies, 90),
+                "p99_ms": _percentile(latencies, 99),
+                "max_ms": latencies[-1] if latencies else None,
+            }
+            figure.value = figure.details["p99_ms"]
+            _note_errors(figure, result)
+            if len(latencies) < result["sent"]:
+                figure.error = f"{result['sent'] - len(latencies)} messages were not delivered"
+        finally:
+            sink.stop()
+            server.stop()
+        return figure
+
+
+def _median(runs: list[Figure]) -> Figure:
+    """The run whose figure is the median (a failed run, if any failed); every run's
+    value is kept in its details."""
+    failed = [run for run in runs if run.value is None or run.error]
+    if failed or len(runs) == 1:
+        chosen = failed[0] if failed else runs[0]
+    else:
+        # Lower is better for latency, higher for throughput; the median is the same.
+        chosen = sorted(runs, key=lambda run: run.value or 0.0)[(len(runs) - 1) // 2]
+    if len(runs) > 1:
+        chosen.details["runs"] = [run.value for run in runs]
+    return chosen
+
+
+def _delivery_figure(
+    figure: Figure, stats: dict[str, Any], expected: int, started_ns: int, held: int
+) -> None:
+    # Deliveries the sink was holding at the start had already arrived: not counted.
+    seconds = max(stats["last_ns"] - started_ns, 1) / 1e9
+    figure.value = (stats["count"] - held) / seconds if stats["count"] >= expected else None
+    figure.details.update(
+        {
+            "expected": expected,
+            "delivered": stats["count"],
+            "distinct": stats["distinct"],
+            "held_at_start": held,
+            "seconds": seconds,
+        }
+    )
+    if stats["count"] < expected:
+        figure.error = f"only {stats['count']} of {expected} deliveries arrived in time"
+
+
+def _note_errors(figure: Figure, result: dict[str, Any]) -> None:
+    problems = []
+    if result["statuses"]:
+        problems.append(f"non-200 answers {result['statuses']}")
+    if result["failures"]:
+        problems.append(f"{result['failures']} connections lost")
+    if result["timed_out"]:
+        problems.append("the load generator timed out")
+    if problems:
+        figure.error = "; ".join(problems)
+
+
+def _percentile(sorted_values: Sequence[float], percent: float) -> float | None:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return None
+    rank = max(1, -(-len(sorted_values) * percent // 100))
+    return sorted_values[int(rank) - 1]
+
+
+# Output.
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "ms":
+        return f"{value:,.1f} ms"
+    return f"{value:,.0f} {unit}"
+
+
+def render_table(figures: dict[str, Figure], header: str, publishers: int) -> str:
+    rows: list[tuple[str, str, str, str]] = [("figure", "result", "floor", "verdict")]
+
+    def row(label: str, key: str, value: float | None, unit: str, failed: bool) -> None:
+        floor = FLOORS.get(key)
+        verdict = floor.verdict(value) if floor else "-"
+        if failed and value is None:
+            verdict = "ERROR"  # the line below the table says what went wrong
+        rows.append((label, _fmt(value, unit), floor.text if floor else "-", verdict))
+
+    for name, figure in figures.items():
+        failed = figure.error is not None
+        if name == "publish":
+            label = f"publish, {publishers} publishers, durable"
+            row(label, "publish", figure.value, figure.unit, failed)
+        elif name.startswith("delivery_"):
+            receivers = name.split("_")[1]
+            noun = "receiver" if receivers == "1" else "receivers"
+            row(f"delivery to {receivers} {noun}", name, figure.value, figure.unit, failed)
+        elif name == "latency":
+            rate = figure.details.get("rate", 0)
+            for p in ("p50", "p99"):
+                value = figure.details.get(f"{p}_ms")
+                row(f"latency {p} at {rate:,.0f} msg/s", f"latency_{p}_ms", value, "ms", failed)
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [header, ""]
+    for number, r in enumerate(rows):
+        lines.append(
+            f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip()
+        )
+        if number == 0:
+            lines.append("-" * (sum(widths) + 6 + 2))
+    lines.append("")
+    for name, figure in figures.items():
+        lines.append(f"{name}: {_describe(figure)}")
+    return "\n".join(lines)
+
+
+def _describe(figure: Figure) -> str:
+    d = figure.details
+    u = figure.usage
+    parts: list[str] = []
+    if figure.name == "publish" and d:
+        parts.append(f"{d['ok']:,} of {d['sent']:,} answered 200 in {d['seconds']:.2f} s")
+    elif figure.name.startswith("delivery") and d:
+        parts.append(f"{d['delivered']:,} deliveries ({d['distinct']:,} distinct)")
+        parts.append(f"in {d['seconds']:.2f} s")
+        if "connect_ms" in d:
+            parts.append(f"(receiver /connect took {d['connect_ms']:.0f} ms)")
+    elif figure.name == "latency" and d:
+        parts.append(f"{d['delivered']:,} of {d['sent']:,} delivered")
+        if d["p90_ms"] is not None:
+            parts.append(f"p90 {d['p90_ms']:.1f} ms, max {d['max_ms']:.1f} ms")
+        parts.append(f"loadgen max lag {d['loadgen_max_lag_ms']:.1f} ms")
+    if d:
+        parts.append(
+            f"CPU cores: server {u.server:.2f}, sink {u.sink:.2f}, loadgen {u.loadgen:.2f}, "
+            f"others {u.others:.2f}"
+        )
+    if len(d.get("runs", [])) > 1:
+        shown = ", ".join(_fmt(value, figure.unit) for value in d["runs"])
+        parts.append(f"median of runs {shown}")
+    if figure.error:
+        parts.append(f"PROBLEM: {figure.error}")
+    return "; ".join(parts)
+
+
+def _git_commit() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, timeout=10
+        ).stdout.decode()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return commit.strip() + (" (with uncommitted changes)" if dirty.strip() else "")
+
+
+def _mqpy_source() -> str:
+    """Where the broker under test is imported from (PYTHONPATH can point elsewhere)."""
+    try:
+        found = subprocess.run(
+            [sys.executable, "-c", "import mqpy; print(mqpy.__file__)"],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return str(Path(found.stdout.decode().strip() or "unknown").parent.parent)
+
+
+def _busy_now(seconds: float) -> float:
+    """Cores in use on the whole machine over the next `seconds`."""
+    before = machine_seconds()
+    time.sleep(seconds)
+    return (machine_seconds() - before) / seconds
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="Benchmark mq-py: publish throughput, delivery throughput, latency.",
+    )
+    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke check")
+    parser.add_argument(
+        "--only",
+        default=",".join(PHASES),
+        help=f"comma-separated figures to measure, of {', '.join(PHASES)} (default: all)",
+    )
+    parser.add_argument(
+        "--server-args",
+        default="",
+        help="extra `mqpy serve` flags, after the defaults "
+        f"{' '.join(DEFAULT_SERVER_ARGS)} (later flags win); write --server-args='--jobs 64'",
+    )
+    parser.add_argument("--receivers", type=int, default=16, help="receivers of the fan-out figure")
+    parser.add_argument(
+        "--publish-count",
+        type=int,
+        default=None,
+        help="publish: requests, however long they take (default: 20,000 or 10 s)",
+    )
+    parser.add_argument(
+        "--delivery-messages",
+        type=int,
+        default=None,
+        help="delivery: deliveries per figure (default 20,000)",
+    )
+    parser.add_argument(
+        "--latency-seconds", type=float, default=None, help="latency: seconds of load (default 10)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=RESULTS / "latest.json",
+        help="where to write the figures as JSON (default: bench/results/latest.json)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="record the server with py-spy during each measured stretch, into DIR",
+    )
+    parser.add_argument(
+        "--profile-format",
+        choices=["flamegraph", "speedscope", "raw"],
+        default="flamegraph",
+        help="py-spy output format (raw: collapsed stacks, one per line)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure each figure this many times and report the median run",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep data directories and logs")
+    args = parser.parse_args(argv)
+    phases = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown:
+        parser.error(f"--only: unknown figure {unknown[0]!r}; choose from {', '.join(PHASES)}")
+    args.phases = phases
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # On SIGTERM, unwind as on Ctrl-C, so every broker, sink and profiler is stopped.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    plan = Plan.quick() if args.quick else Plan()
+    overrides = {
+        "receivers": args.receivers,
+        "publish_count": args.publish_count,
+        "delivery_messages": args.delivery_messages,
+        "latency_seconds": args.latency_seconds,
+    }
+    plan = Plan(**{**asdict(plan), **{k: v for k, v in overrides.items() if v is not None}})
+    if args.publish_count is not None:
+        # A count asked for is a count measured, not cut short by the default duration.
+        plan = Plan(**{**asdict(plan), "publish_seconds": max(plan.publish_seconds, 600.0)})
+    load_before = os.getloadavg()
+    source = _mqpy_source()
+    elsewhere = "" if source == str(ROOT / "src") else f" (but mqpy from {source})"
+    header = (
+        f"mq-py bench {time.strftime('%Y-%m-%d %H:%M')}, commit {_git_commit()}{elsewhere}, "
+        f"{os.cpu_count()} CPUs, load average {load_before[0]:.2f}, "
+        f"Python {platform.python_version()}{', uvloop' if _has_uvloop() else ''}\n"
+        f"server flags: {' '.join([*DEFAULT_SERVER_ARGS, *shlex.split(args.server_args)])}"
+        f"{' (quick)' if args.quick else ''}"
+    )
+    # The load average trails by a minute (and counts our own last run); what the
+    # machine does right now is what matters.
+    busy = _busy_now(2.0)
+    if busy > 0.3:
+        print(
+            f"note: the machine is already busy ({busy:.2f} of {os.cpu_count()} cores in use); "
+            "figures may come out low",
+            file=sys.stderr,
+        )
+    workdir = Path(tempfile.mkdtemp(prefix="mqpy-bench-"))
+    bench = Bench(
+        plan, shlex.split(args.server_args), workdir, Profiler(args.profile, args.profile_format)
+    )
+    steps: dict[str, list[tuple[str, Callable[[], Figure]]]] = {
+        "publish": [("publish", bench.publish)],
+        "delivery": [
+            ("delivery_1", bench.delivery_to_one),
+            (f"delivery_{plan.receivers}", bench.delivery_to_many),
+        ],
+        "latency": [("latency", bench.latency)],
+    }
+    figures: dict[str, Figure] = {}
+    try:
+        for phase in args.phases:
+            for name, step in steps[phase]:
+                runs: list[Figure] = []
+                for number in range(args.repeat):
+                    of = f" ({number + 1} of {args.repeat})" if args.repeat > 1 else ""
+                    print(f"measuring {name}{of} ...", file=sys.stderr)
+                    try:
+                        runs.append(step())
+                    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+                        runs.append(Figure(name, error=str(exc)))
+                figures[name] = _median(runs)
+    finally:
+        stop_children()
+        if args.keep:
+            print(f"data directories and logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    table = render_table(figures, header, plan.publishers)
+    print(table)
+    _write_json(args.output, plan, args, figures, load_before)
+    print(f"\nfigures written to {args.output}")
+    return 0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _write_json(
+    path: Path,
+    plan: Plan,
+    args: argparse.Namespace,
+    figures: dict[str, Figure],
+    load_before: tuple[float, float, float],
+) -> None:
+    document = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": _git_commit(),
+        "mqpy_source": _mqpy_source(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "python": platform.python_version(),
+            "uvloop": _has_uvloop(),
+        },
+        "plan": asdict(plan),
+        "quick": args.quick,
+        "server_args": [*DEFAULT_SERVER_ARGS, *shlex.split(args.server_args)],
+        "floors": {name: asdict(floor) for name, floor in FLOORS.items()},
+        "figures": {
+            name: {
+                **asdict(figure),
+                "usage": {**asdict(figure.usage), "others": figure.usage.others},
+                "verdict": FLOORS[name].verdict(figure.value) if name in FLOORS else None,
+            }
+            for name, figure in figures.items()
+        },
+    }
+    if "latency" in figures:
+        value = figures["latency"].details.get("p99_ms")
+        document["figures"]["latency"]["verdict"] = FLOORS["latency_p99_ms"].verdict(value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

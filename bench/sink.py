@@ -1,0 +1,252 @@
+"""A fast receiver for the benchmark: answers every delivery 204 and counts it.
+
+It runs in its own process so it does not share the broker's event loop. It is an
+`asyncio.Protocol` that parses HTTP/1.1 just far enough to find where each request
+ends (the header block and Content-Length), so a delivery costs it a few
+microseconds. For each delivery it records, per path, the arrival and the
+`webhook-id` (so duplicates can be told apart), and, when the delivered body is
+`t<nanoseconds>` (a send time on the shared monotonic clock), the send-to-delivery
+latency.
+
+The runner talks to it over the same port:
+
+- `GET /_stats`: counts and first/last arrival times, as JSON;
+- `GET /_latencies`: every recorded latency in nanoseconds, as a JSON list;
+- `POST /_pause`: hold deliveries unanswered until `POST /_resume` (the broker's
+  workers then wait, and its backlog stays in the store);
+- `POST /_resume`: answer every held delivery now and stop holding;
+- `POST /_reset`: forget everything recorded.
+
+    python -m bench.sink [--port 0] [--max-seconds 900]
+
+prints `listening <port>` on stdout once it accepts connections, and exits on SIGTERM,
+SIGINT, or after `--max-seconds`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from typing import Any, cast
+
+NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
+CLOSE_WITH_ERROR = b"HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+HEADER_END = b"\r\n\r\n"
+CONTENT_LENGTH = b"\r\ncontent-length:"
+WEBHOOK_ID = b"\r\nwebhook-id:"
+BODY_KEY = b'"body":"'
+CONTROL_PREFIX = b"/_"
+LATENCY_MARK = ord("t")
+# A request head larger than this is not a delivery; the connection is dropped.
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class Recorder:
+    """Everything the sink has seen since the last reset."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0
+        self.by_path: dict[bytes, int] = {}
+        self.seen: set[tuple[bytes, bytes]] = set()
+        self.latencies_ns: list[int] = []
+        self.first_ns = 0
+        self.last_ns = 0
+        self.bad_requests = 0
+        self.paused = False
+        self.held: list[tuple[asyncio.Transport, bytes, bytes, bytes]] = []
+
+    def arrive(self, now_ns: int, path: bytes, head: bytes, body: bytes) -> None:
+        """Record one delivery that is being answered now."""
+        self.count += 1
+        self.by_path[path] = self.by_path.get(path, 0) + 1
+        if self.first_ns == 0:
+            self.first_ns = now_ns
+        self.last_ns = now_ns
+        start = head.find(WEBHOOK_ID)
+        if start >= 0:
+            start += len(WEBHOOK_ID)
+            end = head.find(b"\r\n", start)
+            self.seen.add((path, head[start : end if end >= 0 else len(head)].strip()))
+        start = body.find(BODY_KEY)
+        if start >= 0:
+            start += len(BODY_KEY)
+            if start < len(body) and body[start] == LATENCY_MARK:
+                end = body.find(b'"', start)
+                try:
+                    sent_ns = int(body[start + 1 : end])
+                except ValueError:
+                    return
+                self.latencies_ns.append(now_ns - sent_ns)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "distinct": len(self.seen),
+            "by_path": {path.decode(): n for path, n in sorted(self.by_path.items())},
+            "first_ns": self.first_ns,
+            "last_ns": self.last_ns,
+            "held": len(self.held),
+            "paused": self.paused,
+            "bad_requests": self.bad_requests,
+            "latencies": len(self.latencies_ns),
+        }
+
+    def resume(self) -> None:
+        """Answer every held delivery now; their arrival is counted as of now."""
+        self.paused = False
+        held, self.held = self.held, []
+        now_ns = time.monotonic_ns()
+        for transport, path, head, body in held:
+            self.arrive(now_ns, path, head, body)
+            if not transport.is_closing():
+                transport.write(NO_CONTENT)
+
+
+class SinkProtocol(asyncio.Protocol):
+    """One keep-alive connection: requests in, 204s out."""
+
+    def __init__(self, recorder: Recorder, stop: asyncio.Event) -> None:
+        self._recorder = recorder
+        self._stop = stop
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while self._transport is not None:
+            head_end = buffer.find(HEADER_END)
+            if head_end < 0:
+                if len(buffer) > MAX_HEAD_BYTES:
+                    self._refuse()
+                return
+            head = bytes(buffer[:head_end]).lower()
+            length = _content_length(head)
+            if length is None:
+                self._refuse()
+                return
+            end = head_end + 4 + length
+            if len(buffer) < end:
+                return
+            body = bytes(buffer[head_end + 4 : end])
+            del buffer[:end]
+            self._handle(head, body)
+
+    def _handle(self, head: bytes, body: bytes) -> None:
+        assert self._transport is not None
+        first_line_end = head.find(b"\r\n")
+        request_line = head[: first_line_end if first_line_end >= 0 else len(head)]
+        parts = request_line.split(b" ")
+        path = parts[1] if len(parts) > 1 else b"/"
+        if path.startswith(CONTROL_PREFIX):
+            self._transport.write(self._control(parts[0], path))
+            return
+        recorder = self._recorder
+        if recorder.paused:
+            recorder.held.append((self._transport, path, head, body))
+            return
+        recorder.arrive(time.monotonic_ns(), path, head, body)
+        self._transport.write(NO_CONTENT)
+
+    def _control(self, method: bytes, path: bytes) -> bytes:
+        recorder = self._recorder
+        payload: Any = {"ok": True}
+        if path == b"/_stats":
+            payload = recorder.stats()
+        elif path == b"/_latencies":
+            payload = recorder.latencies_ns
+        elif path == b"/_pause" and method == b"post":
+            recorder.paused = True
+        elif path == b"/_resume" and method == b"post":
+            recorder.resume()
+        elif path == b"/_reset" and method == b"post":
+            recorder.resume()
+            recorder.reset()
+        elif path == b"/_quit" and method == b"post":
+            self._stop.set()
+        else:
+            return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+        data = json.dumps(payload).encode()
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
+        )
+
+    def _refuse(self) -> None:
+        # No Content-Length (chunked bodies are not expected from the broker) or a
+        # runaway head: say so and drop the connection rather than guess.
+        assert self._transport is not None
+        self._recorder.bad_requests += 1
+        self._transport.write(CLOSE_WITH_ERROR)
+        self._transport.close()
+        self._transport = None
+
+
+def _content_length(head: bytes) -> int | None:
+    """The Content-Length of a lower-cased request head; 0 if absent and not chunked."""
+    start = head.find(CONTENT_LENGTH)
+    if start < 0:
+        return None if b"transfer-encoding:" in head else 0
+    start += len(CONTENT_LENGTH)
+    end = head.find(b"\r\n", start)
+    try:
+        return int(head[start : end if end >= 0 else len(head)])
+    except ValueError:
+        return None
+
+
+async def serve(port: int, max_seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    recorder = Recorder()
+    server = await loop.create_server(
+        lambda: SinkProtocol(recorder, stop), "127.0.0.1", port, backlog=1024
+    )
+    bound = server.sockets[0].getsockname()[1]
+    print(f"listening {bound}", flush=True)
+    try:
+        await asyncio.wait_for(stop.wait(), max_seconds)
+    except TimeoutError:
+        print(f"sink: stopping after --max-seconds {max_seconds:g}", file=sys.stderr)
+    server.close()
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop where it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A fast benchmark receiver (answers 204).")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")
+    parser.add_argument(
+        "--max-seconds", type=float, default=900.0, help="exit after this long at the latest"
+    )
+    args = parser.parse_args()
+    run_event_loop(serve(args.port, args.max_seconds))
+
+
+if __name__ == "__main__":
+    main()
