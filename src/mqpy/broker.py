@@ -66,6 +66,13 @@ class ReceiverGate(Protocol):
         """Why deliveries to `url` must not be made, or None."""
 
 
+class PublishObserver(Protocol):
+    """Told of each message the broker accepted (metrics, throughput)."""
+
+    def published(self, topic: str) -> None:
+        """A message of `topic` was committed."""
+
+
 class _NoListener:
     def notify(self) -> None:
         pass
@@ -77,6 +84,11 @@ class _NoListener:
 class _OpenGate:
     async def refusal(self, url: str) -> str | None:
         return None
+
+
+class _NoObserver:
+    def published(self, topic: str) -> None:
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +118,7 @@ class Broker:
         self._store = store
         self._limits = limits
         self._listener: DeliveryListener = _NoListener()
+        self._observer: PublishObserver = _NoObserver()
         self._gate: ReceiverGate = _OpenGate()
         self._clock = clock
         self._connections: dict[int, Connection] = {}
@@ -118,6 +131,9 @@ class Broker:
 
     def set_delivery_listener(self, listener: DeliveryListener) -> None:
         self._listener = listener
+
+    def set_publish_observer(self, observer: PublishObserver) -> None:
+        self._observer = observer
 
     def set_receiver_gate(self, gate: ReceiverGate) -> None:
         self._gate = gate
@@ -197,6 +213,7 @@ class Broker:
         )
         if await self._store.publish(message, max_backlog=self._limits.max_backlog):
             self._listener.notify()
+        self._observer.published(message.topic)
         return message.id
 
     async def rotate_secret(self, receiver_id: int, principal: Principal) -> str:
@@ -229,6 +246,13 @@ class Broker:
         if count:
             self._listener.notify()
         return count
+
+    def receivers(self) -> list[Connection]:
+        """The receivers connected now (from memory: no store read)."""
+        return [c for c in self._connections.values() if c.mode is Mode.RECEIVE]
+
+    def connection(self, connection_id: int) -> Connection | None:
+        return self._connections.get(connection_id)
 
     async def stats(self) -> BrokerStats:
         return await self._store.stats()

@@ -7,13 +7,12 @@ Flags are accepted Go-style (`-port 8080`, as MQ Go took them) and GNU-style
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from collections.abc import Sequence
 
 from mqpy import __version__
-from mqpy.commands import keys
+from mqpy.commands import backup, dead_letters, keys, listen, publish
 from mqpy.config import Option, SettingError, format_duration, options, parse_duration, resolve
+from mqpy.logging_setup import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"{o.env} ({o.help})" for o in options() if o.secret
     )
     keys.register(commands)
+    backup.register(commands)
+    publish.register(commands)
+    listen.register(commands)
+    dead_letters.register(commands)
     return parser
 
 
@@ -92,11 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = resolve({o.name: getattr(args, o.name, None) for o in options()})
     except SettingError as exc:
         parser.exit(2, f"mqpy serve: {exc}\n")
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     from mqpy.server import run
 
     return run(settings)

@@ -17,6 +17,7 @@ from typing import Any
 
 ENV_PREFIX = "MQPY_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("human", "json")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -72,6 +73,12 @@ def _port(text: str) -> int:
 def _log_level(text: str) -> str:
     if text.lower() not in LOG_LEVELS:
         raise ValueError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return text.lower()
+
+
+def _log_format(text: str) -> str:
+    if text.lower() not in LOG_FORMATS:
+        raise ValueError(f"{text!r} is not one of {', '.join(LOG_FORMATS)}")
     return text.lower()
 
 
@@ -133,6 +140,9 @@ class Settings:
         10.0, parse_duration, "on SIGTERM, how long deliveries in flight may take to finish"
     )
     log_level: str = _setting("info", _log_level, f"one of {', '.join(LOG_LEVELS)}")
+    log_format: str = _setting(
+        "human", _log_format, "log lines for people (human) or one JSON object per line (json)"
+    )
     # Security: who may call, what the broker may call, and the limits.
     admin_key: str = _setting("", str, "bootstrap admin API key (environment only)", secret=True)
     allow_unauthenticated: bool = _setting(

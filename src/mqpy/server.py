@@ -11,6 +11,7 @@ import ssl
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from mqpy.access import Access
 from mqpy.api.app import create_app
@@ -23,8 +24,10 @@ from mqpy.delivery.guard import AddressPolicy
 from mqpy.delivery.retry import RetryPolicy
 from mqpy.delivery.sender import Sender
 from mqpy.keyring import Keyring
+from mqpy.observability import Observer
 from mqpy.store import Store, open_store
 from mqpy.store.sqlite import DataDirLocked
+from mqpy.store.sqlite_schema import SchemaTooNew
 
 log = logging.getLogger("mqpy.server")
 
@@ -50,7 +53,7 @@ async def serve(settings: Settings) -> int:
     store = open_store(settings.data_dir)
     try:
         await store.open()
-    except DataDirLocked as exc:
+    except (DataDirLocked, SchemaTooNew) as exc:
         log.error("%s", exc)
         return 1
     try:
@@ -65,6 +68,9 @@ async def serve(settings: Settings) -> int:
 async def _serve_with_store(settings: Settings, store: Store, stop: asyncio.Event) -> int:
     access = Access(settings.admin_key)
     broker = Broker(store, limits(settings))
+    # A registry of this server's own: no global state shared between instances.
+    observer = Observer(store, broker, CollectorRegistry())
+    broker.set_publish_observer(observer)
     keyring = Keyring(store, access, broker)
     await keyring.start()
     check_exposure(settings, access)
@@ -89,6 +95,7 @@ async def _serve_with_store(settings: Settings, store: Store, stop: asyncio.Even
         jobs=settings.jobs,
         receiver_concurrency=settings.effective_receiver_concurrency,
         delivery_timeout=settings.delivery_timeout,
+        observer=observer,
     )
     broker.set_delivery_listener(dispatcher)
     await dispatcher.start()
@@ -97,6 +104,7 @@ async def _serve_with_store(settings: Settings, store: Store, stop: asyncio.Even
             broker,
             access,
             keyring,
+            observer=observer,
             max_body_bytes=settings.max_message_bytes,
             body_timeout=settings.body_timeout,
         ),

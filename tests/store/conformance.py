@@ -18,8 +18,10 @@ import asyncio
 import itertools
 from collections.abc import Awaitable, Callable, Mapping
 
-from mqpy.domain import Claim, Connection, Delivery, Mode, NewMessage
-from mqpy.store.base import Store
+import pytest
+
+from mqpy.domain import Claim, Connection, Delivery, Mode, NewMessage, StoreUnavailable
+from mqpy.store.base import Store, TopicBacklog
 
 Reopen = Callable[[Store], Awaitable[Store]]
 
@@ -484,6 +486,59 @@ class StoreConformance:
         await store.ack(claimed[0])
         stats = await store.stats()
         assert (stats.queue_length, stats.completed) == (4, 1)
+
+    async def test_topic_backlogs_count_undelivered_messages_and_the_oldest(
+        self, store: Store
+    ) -> None:
+        assert await store.topic_backlogs() == []
+        first = await receiver(store, "orders")
+        await receiver(store, "orders")
+        for n in (1, 2, 3):
+            await publish(store, f"o{n}", topic="orders", at=T0 + n)
+        await publish(store, "waits", topic="nobody", at=T0 + 5)
+        assert await store.topic_backlogs() == [
+            TopicBacklog("nobody", 1, T0 + 5),
+            TopicBacklog("orders", 3, T0 + 1),
+        ]
+        claimed = {
+            (d.body, d.subscription_id == first.id): d
+            for d in (await claim(store, T0 + 9)).deliveries
+        }
+        # Claimed is not delivered: the backlog is unchanged.
+        assert [b.messages for b in await store.topic_backlogs()] == [1, 3]
+        await store.ack(claimed["o1", True])
+        await store.ack(claimed["o1", False])
+        await store.ack(claimed["o2", True])
+        await store.dead_letter(claimed["o2", False], now=T0 + 9, error="HTTP 500", status=500)
+        await store.ack(claimed["o3", True])
+        # o1 is done, o2 waits only as a dead letter, o3 still waits for one receiver.
+        assert await store.topic_backlogs() == [
+            TopicBacklog("nobody", 1, T0 + 5),
+            TopicBacklog("orders", 1, T0 + 3),
+        ]
+        await receiver(store, "nobody", now=T0 + 10)
+        await store.ack(claimed["o3", False])
+        await store.ack(await claim_one(store, T0 + 10))
+        assert await store.topic_backlogs() == []
+
+    async def test_dead_letter_count_follows_dead_letters_and_redrive(self, store: Store) -> None:
+        assert await store.dead_letter_count() == 0
+        chosen = await receiver(store)
+        await receiver(store)
+        await publish(store, "m0")
+        await publish(store, "m1")
+        await dead_letter_everything(store, T0)
+        assert await store.dead_letter_count() == 4
+        await store.redrive(T0 + 1, receiver_id=chosen.id)
+        assert await store.dead_letter_count() == 2
+        await store.remove_connection(chosen.id, T0 + 2)
+        assert await store.dead_letter_count() == 2
+
+    async def test_ping_answers_while_open_and_fails_once_closed(self, store: Store) -> None:
+        await store.ping()
+        await store.close()
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
 
     # Concurrency.
 

@@ -7,10 +7,10 @@ import logging
 from aiohttp import web
 
 from mqpy.access import Access
-from mqpy.api import dashboard, dead_letters, keys, receivers, seed
+from mqpy.api import dashboard, dead_letters, health, keys, metrics, receivers, seed, status
 from mqpy.api.auth import auth_middleware
 from mqpy.api.http_errors import expect_handler
-from mqpy.api.problems import Problem
+from mqpy.api.problems import PROBLEM_CONTENT_TYPE, Problem
 from mqpy.api.state import ACCESS, BODY_TIMEOUT, BROKER, KEYRING
 from mqpy.api.types import Handler
 from mqpy.broker import Broker, Forbidden, RateLimited, ReceiverRefused
@@ -22,6 +22,7 @@ from mqpy.domain import (
     UnknownConnection,
 )
 from mqpy.keyring import Keyring
+from mqpy.observability import Observer
 from mqpy.ratelimit import retry_after_header
 
 log = logging.getLogger("mqpy.api")
@@ -41,6 +42,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/keys", keys.list_keys),
     ("DELETE", "/v1/keys/{key_id}", keys.revoke_key),
     ("POST", "/v1/receivers/{receiver_id}/rotate-secret", receivers.rotate_secret),
+    ("GET", "/metrics", metrics.metrics),
+    ("GET", "/healthz", health.healthz),
+    ("GET", "/readyz", health.readyz),
+    ("GET", "/v1/status", status.status),
 ]
 
 
@@ -49,6 +54,7 @@ def create_app(
     access: Access,
     keyring: Keyring,
     *,
+    observer: Observer,
     max_body_bytes: int,
     body_timeout: float = 30.0,
 ) -> web.Application:
@@ -58,6 +64,7 @@ def create_app(
     app[BROKER] = broker
     app[ACCESS] = access
     app[KEYRING] = keyring
+    app[status.OBSERVER] = observer
     app[BODY_TIMEOUT] = body_timeout
     for method, path, handler in ROUTES:
         for variant in (path, path + "/"):
@@ -66,12 +73,24 @@ def create_app(
                 app.router.add_get(variant, handler, expect_handler=expect_handler)
             else:
                 app.router.add_route(method, variant, handler, expect_handler=expect_handler)
-    app.on_response_prepare.append(_hide_server_version)
+    app.on_response_prepare.append(_finish_response)
     return app
 
 
-async def _hide_server_version(request: web.Request, response: web.StreamResponse) -> None:
+async def _finish_response(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer names no versions, and every error is problem+json: this catches
+    the few errors aiohttp answers itself outside the middleware (such as an
+    unsupported `Expect` on a path that matches no route)."""
     response.headers["Server"] = "mq-py"
+    if (
+        response.status >= 400
+        and isinstance(response, web.Response)
+        and response.content_type != PROBLEM_CONTENT_TYPE
+    ):
+        problem = Problem(response.status, "http-error", response.reason or "error")
+        replacement = problem.to_response(request.path)
+        response.body = replacement.body
+        response.content_type = PROBLEM_CONTENT_TYPE
 
 
 @web.middleware

@@ -23,6 +23,7 @@ class Problem(Exception):
         detail: str,
         *,
         headers: Mapping[str, str] | None = None,
+        close: bool = False,
         **extensions: Any,
     ) -> None:
         super().__init__(detail)
@@ -30,6 +31,7 @@ class Problem(Exception):
         self.slug = slug
         self.detail = detail
         self.headers = dict(headers or {})
+        self.close = close  # drop the connection after answering
         self.extensions = extensions
 
     def to_response(self, instance: str | None = None) -> web.Response:
@@ -42,12 +44,15 @@ class Problem(Exception):
         if instance is not None:
             body["instance"] = instance
         body.update(self.extensions)
-        return web.Response(
+        response = web.Response(
             status=self.status,
             body=msgspec.json.encode(body),
             content_type=PROBLEM_CONTENT_TYPE,
             headers=self.headers,
         )
+        if self.close:
+            response.force_close()
+        return response
 
 
 def invalid_field(field: str, detail: str) -> Problem:

@@ -59,8 +59,12 @@ async def read_object(request: web.Request, *, allow_empty: bool = False) -> dic
         async with asyncio.timeout(request.app[BODY_TIMEOUT]):
             raw = await request.read()  # 413 past the app's client_max_size
     except TimeoutError:
+        # The rest of the body may still trickle in; closing stops waiting for it.
         raise Problem(
-            408, "body-timeout", "the request body did not arrive in time; send it at once"
+            408,
+            "body-timeout",
+            "the request body did not arrive in time; send it at once",
+            close=True,
         ) from None
     except ConnectionResetError:
         # The client went away mid-body; nobody is left to read an answer.

@@ -20,6 +20,7 @@ from mqpy.delivery.health import ReceiverHealth
 from mqpy.delivery.retry import RetryPolicy
 from mqpy.delivery.sender import Outcome, Sender
 from mqpy.domain import Delivery, StoreUnavailable
+from mqpy.observability import Observer
 from mqpy.store import Store
 
 log = logging.getLogger("mqpy.delivery")
@@ -45,9 +46,11 @@ class Dispatcher:
         jobs: int,
         receiver_concurrency: int,
         delivery_timeout: float,
+        observer: Observer,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._observer = observer
         self._sender = sender
         self._policy = policy
         self._workers = workers
@@ -82,6 +85,7 @@ class Dispatcher:
         is dropped (the store already dropped the deliveries themselves)."""
         self._forgotten.add(subscription_id)
         self._health.forget(subscription_id)
+        self._observer.forget(subscription_id)
 
     async def start(self) -> None:
         self._claimer = asyncio.create_task(self._claim_loop(), name="mqpy-claimer")
@@ -185,10 +189,17 @@ class Dispatcher:
                 self._wake.set()
 
     async def _deliver(self, delivery: Delivery) -> None:
-        outcome = await self._sender.send(delivery)
+        self._observer.attempt_started(delivery.subscription_id)
+        started = time.perf_counter()
+        try:
+            outcome = await self._sender.send(delivery)
+        finally:
+            self._observer.attempt_ended(delivery.subscription_id, time.perf_counter() - started)
         if outcome.ok:
+            acked_at = self._clock()
             self._health.succeeded(delivery.subscription_id)
             await self._store.ack(delivery)
+            self._observer.delivered(delivery, acked_at)
             return
         if outcome.receiver_unavailable:
             retry_after = outcome.retry_after
@@ -206,6 +217,23 @@ class Dispatcher:
             now=now,
             retry_after=outcome.retry_after,
         )
+        # Exactly one log line per failed attempt, with structured fields for JSON
+        # logs; never the body.
+        fields = {
+            "receiver_id": delivery.subscription_id,
+            "message_id": delivery.message_id,
+            "attempt": delivery.attempt,
+            "reason": error,
+            "status": outcome.status,
+        }
+        self._observer.failed(
+            delivery,
+            at=now,
+            reason=error,
+            status=outcome.status,
+            paused=self._health.failures(delivery.subscription_id) > 0,
+            dead=due_at is None,
+        )
         if due_at is None:
             log.warning(
                 "dead-lettered %s for receiver %d after %d attempts: %s",
@@ -213,6 +241,7 @@ class Dispatcher:
                 delivery.subscription_id,
                 delivery.attempt,
                 error,
+                extra={**fields, "outcome": "dead_lettered"},
             )
             await self._store.dead_letter(delivery, now=now, error=error, status=outcome.status)
             return
@@ -223,6 +252,7 @@ class Dispatcher:
             delivery.attempt,
             error,
             due_at - now,
+            extra={**fields, "outcome": "retried", "retry_in": round(due_at - now, 3)},
         )
         await self._store.retry(delivery, due_at=due_at, error=error, status=outcome.status)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from mqpy.domain import (
     ApiKey,
@@ -23,6 +24,15 @@ from mqpy.domain import (
     Mode,
     NewMessage,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class TopicBacklog:
+    """A topic's messages that a receiver still waits for, for operators' figures."""
+
+    topic: str
+    messages: int
+    oldest_published_at: float
 
 
 class Store(abc.ABC):
@@ -155,3 +165,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def stats(self) -> BrokerStats:
         """Receivers, senders, undelivered work and completed deliveries."""
+
+    # What operators watch: readiness, metrics and the status feed.
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Return once the store has served a trivial operation the way it serves
+        publishes; raise `StoreUnavailable` if it cannot (for example once closed)."""
+
+    @abc.abstractmethod
+    async def topic_backlogs(self) -> list[TopicBacklog]:
+        """Per topic with undelivered messages, sorted by topic: how many messages some
+        receiver has yet to acknowledge (claimed ones included) or wait for a first
+        receiver, and when the oldest of them was published. A message whose only
+        unfinished deliveries are dead letters does not count."""
+
+    @abc.abstractmethod
+    async def dead_letter_count(self) -> int:
+        """How many dead letters are kept."""

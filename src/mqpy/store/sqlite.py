@@ -6,12 +6,13 @@ what lets it release leases left behind by a crashed predecessor at start.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from mqpy.domain import (
     ApiKey,
@@ -24,11 +25,12 @@ from mqpy.domain import (
     Mode,
     NewMessage,
     Role,
+    StoreUnavailable,
 )
 from mqpy.ids import new_connection_id, new_lease_token
-from mqpy.store.base import Store
+from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.sqlite_schema import migrate
-from mqpy.store.sqlite_writer import GroupCommitWriter
+from mqpy.store.sqlite_writer import GroupCommitWriter, WriterClosed
 
 DATABASE_FILE = "mqpy.sqlite3"
 LOCK_FILE = "mqpy.lock"
@@ -322,6 +324,31 @@ class SQLiteStore(Store):
 
         return await self._writer.run(operation)
 
+    async def ping(self) -> None:
+        # Through the writer, as a publish goes: a wedged writer means not ready.
+        try:
+            await self._writer.run(lambda conn: conn.execute("SELECT 1 FROM counters").fetchone())
+        except WriterClosed:
+            raise StoreUnavailable("the store is closed") from None
+
+    async def topic_backlogs(self) -> list[TopicBacklog]:
+        rows = await self._read(
+            "SELECT topic, COUNT(*), MIN(published_at) FROM messages m WHERE routed = 0 "
+            "OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_seq = m.seq "
+            "AND d.state = 'pending') GROUP BY topic ORDER BY topic"
+        )
+        return [TopicBacklog(topic, count, oldest) for topic, count, oldest in rows]
+
+    async def dead_letter_count(self) -> int:
+        rows = await self._read("SELECT COUNT(*) FROM deliveries WHERE state = 'dead'")
+        return int(rows[0][0])
+
+    async def _read(self, sql: str) -> list[tuple[Any, ...]]:
+        """A query for operators' figures, on a read-only connection of its own in a
+        worker thread: WAL lets it read beside the writer, so a scan of a large backlog
+        never holds up a group commit."""
+        return await asyncio.to_thread(_read_only, self.path, sql)
+
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:
     lock_file = open(data_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held open while running
@@ -337,6 +364,18 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
     lock_file.write(f"{os.getpid()}\n")
     lock_file.flush()
     return lock_file
+
+
+def _read_only(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as exc:
+        raise StoreUnavailable(f"the store could not be read: {exc}") from None
 
 
 def _release_orphaned_leases(conn: sqlite3.Connection) -> None:

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import sqlite3
 
+
+class SchemaTooNew(RuntimeError):
+    """The data directory was written by a newer mq-py."""
+
 MIGRATIONS: list[str] = [
     # 1: connections, subscriptions, messages, deliveries, counters.
     """
@@ -81,7 +85,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Bring the database up to the newest schema; returns the resulting version."""
     version: int = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
-        raise RuntimeError(
+        raise SchemaTooNew(
             f"the data directory was written by a newer mq-py (schema {version}, "
             f"this one knows {len(MIGRATIONS)}); upgrade mq-py to use it"
         )

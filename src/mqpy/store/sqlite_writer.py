@@ -14,6 +14,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +51,9 @@ class GroupCommitWriter:
         self._closed = False
         self.batches = 0
         self.operations = 0
+        # Called in the writer thread after each commit with the batch's size and how
+        # long its transaction took (metrics); it must be quick and must not raise.
+        self.on_commit: Callable[[int, float], None] | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -117,6 +121,7 @@ class GroupCommitWriter:
         self, conn: sqlite3.Connection, batch: list[tuple[Operation, asyncio.Future[Any]]]
     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for operation, future in batch:
@@ -145,6 +150,8 @@ class GroupCommitWriter:
             return [(future, None, failure) for _, future in batch]
         self.batches += 1
         self.operations += len(batch)
+        if self.on_commit is not None:
+            self.on_commit(len(batch), time.perf_counter() - started)
         return results
 
 

@@ -1,0 +1,187 @@
+"""`AsyncClient`: the asyncio client, on one aiohttp session and its keep-alive pool."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from types import TracebackType
+from typing import TypeVar
+
+import aiohttp
+
+from mqpy.client import calls
+from mqpy.client.calls import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    Call,
+    Connection,
+    DeadLetter,
+    Endpoint,
+    Mode,
+)
+from mqpy.client.errors import ConnectionFailed, MQError, NotFound
+from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy, parse_retry_after
+
+T = TypeVar("T")
+
+# Pooled connections are dropped after this many idle seconds, well before the broker's
+# default --idle-timeout (15 s) closes them from its side while a request is on the way.
+_KEEPALIVE_SECONDS = 5.0
+_POOL_SIZE = 100
+
+
+class AsyncClient:
+    """An asyncio client for one broker; the same calls and errors as `mqpy.Client`.
+
+    Calls may run concurrently: they share one pool of keep-alive connections. Use
+    `async with`, or `await close()`, which also disconnects the sender `publish` made.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        max_retry_wait: float = DEFAULT_MAX_WAIT,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.endpoint = Endpoint.parse(url)
+        self._key = key
+        self._timeout = timeout
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._policy = RetryPolicy(retries, max_retry_wait)
+        self._session: aiohttp.ClientSession | None = None
+        self._publishing: asyncio.Lock | None = None
+        self._sender_id: int | None = None
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.url
+
+    @property
+    def sender_id(self) -> int | None:
+        """The id of the sender `publish` connected, once it has."""
+        return self._sender_id
+
+    async def connect(self, mode: Mode, client_url: str = "") -> Connection:
+        """Connect a sender (`"send"`) or a receiver (`"receive"`, with the URL where
+        its messages are POSTed). Keep a receiver's `secret`: it is shown only now."""
+        return await self._call(calls.connect(mode, client_url))
+
+    async def send(self, sender_id: int, body: str) -> str:
+        """Publish `body` from a connected sender; returns the message id once the
+        message is on the broker's disk."""
+        return await self._call(calls.send(sender_id, body))
+
+    async def disconnect(self, connection_id: int) -> None:
+        await self._call(calls.disconnect(connection_id))
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        """Deliveries that ran out of attempts, oldest first (needs an admin key)."""
+        return await self._call(calls.dead_letters())
+
+    async def redrive(self, receiver_id: int | None = None) -> int:
+        """Queue dead letters again, all or one receiver's; returns how many (admin key)."""
+        return await self._call(calls.redrive(receiver_id))
+
+    async def publish(self, body: str) -> str:
+        """Publish from a sender connected on first use and then reused (concurrent
+        first calls share one connect). A vanished sender is replaced, as in `Client`."""
+        sender_id = await self._publisher()
+        try:
+            return await self.send(sender_id, body)
+        except NotFound:
+            if self._sender_id == sender_id:
+                self._sender_id = None
+            return await self.send(await self._publisher(), body)
+
+    async def close(self) -> None:
+        """Disconnect the sender `publish` made, if any, and close the connection pool."""
+        sender_id, self._sender_id = self._sender_id, None
+        try:
+            if sender_id is not None:
+                await self.disconnect(sender_id)
+        except MQError:
+            pass  # the server is gone or dropped the sender already: nothing to undo
+        finally:
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _publisher(self) -> int:
+        if self._publishing is None:  # created here: a Lock belongs to the running loop
+            self._publishing = asyncio.Lock()
+        async with self._publishing:
+            if self._sender_id is None:
+                self._sender_id = (await self.connect("send")).id
+            return self._sender_id
+
+    async def _call(self, call: Call[T]) -> T:
+        retry = 0
+        while True:
+            try:
+                return await self._once(call)
+            except MQError as error:
+                retry += 1
+                delay = self._policy.delay(retry, error, call.idempotent)
+                if delay is None:
+                    raise
+            await asyncio.sleep(delay)
+
+    async def _once(self, call: Call[T]) -> T:
+        payload = call.payload()
+        headers = calls.request_headers(self._key, payload is not None)
+        url = self.endpoint.url + call.path
+        try:
+            async with self._http().request(
+                call.method, url, data=payload, headers=headers, allow_redirects=False
+            ) as response:
+                body = await response.read()
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
+            raise ConnectionFailed(
+                f"cannot reach {self.url}: {_describe(error)}", request_sent=False
+            ) from None
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise ConnectionFailed(
+                f"no answer from {self.url}: {_describe(error)}; the server may or may not "
+                "have acted on the request",
+                request_sent=True,
+            ) from None
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        return calls.answer(call, response.status, body, retry_after)
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=_POOL_SIZE, keepalive_timeout=_KEEPALIVE_SECONDS, ssl=self._ssl
+                ),
+                # Per phase, not in total, so that as in the sync client a timeout while
+                # connecting means the request was never sent.
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=self._timeout, sock_read=self._timeout
+                ),
+                # The broker never redirects, and following one would carry the key away;
+                # proxies from the environment are not used (trust_env is off).
+                trust_env=False,
+            )
+        return self._session
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return str(error) or type(error).__name__

@@ -1,0 +1,248 @@
+"""`Client`: the blocking client, on one keep-alive `http.client` connection.
+
+Why `http.client` and not a private event loop running `AsyncClient`: a blocking caller
+makes one request at a time, and one persistent connection serves that fully. It needs
+no thread, no loop and nothing beyond the standard library, and its errors surface in
+the caller's thread with a plain traceback. Its one known trap, a kept-alive connection
+the server closed while idle, is checked before every reuse (see `_KeepAlive`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import socket
+import ssl
+import threading
+import time
+from types import TracebackType
+from typing import TypeVar
+
+from mqpy.client import calls
+from mqpy.client.calls import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    Call,
+    Connection,
+    DeadLetter,
+    Endpoint,
+    Mode,
+)
+from mqpy.client.errors import ConnectionFailed, MQError, NotFound
+from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy, parse_retry_after
+
+T = TypeVar("T")
+
+
+class Client:
+    """A blocking client for one broker.
+
+    `timeout` bounds connecting and each read, in seconds. `retries` is how many times a
+    call is repeated after a 429 or 503 (waiting the answer's `Retry-After`, at most
+    `max_retry_wait` seconds) or after a failed connection; see `mqpy.client.retry` for
+    which calls are repeated when an answer is lost.
+
+    Requests share one connection and take turns, so a Client may be used from several
+    threads, one request at a time. Close it (or use `with`) to disconnect the sender
+    `publish` made.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        max_retry_wait: float = DEFAULT_MAX_WAIT,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.endpoint = Endpoint.parse(url)
+        self._key = key
+        self._policy = RetryPolicy(retries, max_retry_wait)
+        self._http = _KeepAlive(self.endpoint, timeout, ssl_context)
+        self._turn = threading.Lock()
+        self._publishing = threading.Lock()
+        self._sender_id: int | None = None
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.url
+
+    @property
+    def sender_id(self) -> int | None:
+        """The id of the sender `publish` connected, once it has."""
+        return self._sender_id
+
+    def connect(self, mode: Mode, client_url: str = "") -> Connection:
+        """Connect a sender (`"send"`) or a receiver (`"receive"`, with the URL where
+        its messages are POSTed). Keep a receiver's `secret`: it is shown only now."""
+        return self._call(calls.connect(mode, client_url))
+
+    def send(self, sender_id: int, body: str) -> str:
+        """Publish `body` from a connected sender; returns the message id. When this
+        returns, the message is on the broker's disk."""
+        return self._call(calls.send(sender_id, body))
+
+    def disconnect(self, connection_id: int) -> None:
+        self._call(calls.disconnect(connection_id))
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Deliveries that ran out of attempts, oldest first (needs an admin key)."""
+        return self._call(calls.dead_letters())
+
+    def redrive(self, receiver_id: int | None = None) -> int:
+        """Queue dead letters again, all or one receiver's; returns how many (admin key)."""
+        return self._call(calls.redrive(receiver_id))
+
+    def publish(self, body: str) -> str:
+        """Publish `body` from a sender this client connects on first use and then reuses.
+
+        If that sender is gone (an admin disconnected it), a new one is connected and the
+        message sent again: a 404 means the broker stored nothing.
+        """
+        sender_id = self._publisher()
+        try:
+            return self.send(sender_id, body)
+        except NotFound:
+            self._forget_publisher(sender_id)
+            return self.send(self._publisher(), body)
+
+    def close(self) -> None:
+        """Disconnect the sender `publish` made, if any, and close the connection."""
+        with self._publishing:
+            sender_id, self._sender_id = self._sender_id, None
+        try:
+            if sender_id is not None:
+                self.disconnect(sender_id)
+        except MQError:
+            pass  # the server is gone or dropped the sender already: nothing to undo
+        finally:
+            with self._turn:
+                self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _publisher(self) -> int:
+        with self._publishing:
+            if self._sender_id is None:
+                self._sender_id = self.connect("send").id
+            return self._sender_id
+
+    def _forget_publisher(self, sender_id: int) -> None:
+        with self._publishing:
+            if self._sender_id == sender_id:
+                self._sender_id = None
+
+    def _call(self, call: Call[T]) -> T:
+        retry = 0
+        while True:
+            try:
+                return self._once(call)
+            except MQError as error:
+                retry += 1
+                delay = self._policy.delay(retry, error, call.idempotent)
+                if delay is None:
+                    raise
+            time.sleep(delay)
+
+    def _once(self, call: Call[T]) -> T:
+        payload = call.payload()
+        headers = calls.request_headers(self._key, payload is not None)
+        with self._turn:
+            status, retry_after, body = self._http.exchange(
+                call.method, self.endpoint.prefix + call.path, payload, headers
+            )
+        return calls.answer(call, status, body, parse_retry_after(retry_after))
+
+
+class _KeepAlive:
+    """One persistent HTTP/1.1 connection, reopened when needed.
+
+    The broker closes a connection idle longer than its --idle-timeout. Sending on such a
+    connection fails in a way that looks like a lost answer, which `/send` must not retry.
+    So before reusing the socket it is polled: a socket the peer closed reads as ready
+    (at EOF), and is replaced before anything is sent.
+    """
+
+    def __init__(self, endpoint: Endpoint, timeout: float, context: ssl.SSLContext | None):
+        self._endpoint = endpoint
+        self._timeout = timeout
+        self._context = context
+        self._connection: http.client.HTTPConnection | None = None
+
+    def exchange(
+        self, method: str, target: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, str | None, bytes]:
+        """Status, Retry-After and body of one request; ConnectionFailed if no answer."""
+        connection = self._open()
+        try:
+            connection.request(method, target, body=body, headers=headers)
+            response = connection.getresponse()
+            content = response.read()
+        except (OSError, http.client.HTTPException) as error:
+            self.close()
+            raise self._failure(error, request_sent=True) from None
+        return response.status, response.getheader("Retry-After"), content
+
+    def _open(self) -> http.client.HTTPConnection:
+        if self._connection is not None and _closed_by_peer(self._connection.sock):
+            self.close()
+        if self._connection is None:
+            self._connection = self._new()
+        if self._connection.sock is None:
+            # Connecting separately tells "never sent" from "sent, answer lost".
+            try:
+                self._connection.connect()
+            except OSError as error:
+                self.close()
+                raise self._failure(error, request_sent=False) from None
+        return self._connection
+
+    def _new(self) -> http.client.HTTPConnection:
+        host, port = self._endpoint.host, self._endpoint.port
+        if self._endpoint.scheme == "https":
+            context = self._context or ssl.create_default_context()
+            return http.client.HTTPSConnection(host, port, timeout=self._timeout, context=context)
+        return http.client.HTTPConnection(host, port, timeout=self._timeout)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _failure(self, error: BaseException, request_sent: bool) -> ConnectionFailed:
+        where = self._endpoint.url
+        if request_sent:
+            return ConnectionFailed(
+                f"no answer from {where}: {_describe(error)}; the server may or may not have "
+                "acted on the request",
+                request_sent=True,
+            )
+        return ConnectionFailed(f"cannot reach {where}: {_describe(error)}", request_sent=False)
+
+
+def _closed_by_peer(sock: socket.socket | None) -> bool:
+    """An idle keep-alive socket has nothing to read; readable means EOF (or garbage)."""
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):  # closed underneath us
+        return True
+    return bool(readable)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return str(error) or type(error).__name__

@@ -1,0 +1,136 @@
+"""`mqpy dead-letters list|redrive`: inspect and requeue deliveries that ran out of attempts."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from mqpy.client import DeadLetter, MQError
+from mqpy.commands import (
+    EXIT_OK,
+    EXIT_USAGE,
+    KEY_ENV,
+    URL_ENV,
+    add_server_options,
+    print_json,
+    set_handler,
+)
+from mqpy.commands.broker_client import failure, sync_client
+from mqpy.commands.terminal import visible
+
+_COLUMNS = ("MESSAGE ID", "RECEIVER", "ATTEMPTS", "DEAD AT", "LAST ERROR", "BODY")
+_BODY_WIDTH = 40
+_ERROR_WIDTH = 60
+
+
+def register(subparsers: Any) -> None:
+    """Add `dead-letters` and its subcommands to the `mqpy` parser's subparsers."""
+    group = subparsers.add_parser(
+        "dead-letters",
+        help="list and redrive dead letters on a running broker",
+        description="Deliveries that failed --max-attempts times (or outlived --max-age) "
+        f"wait as dead letters until redriven. Needs an admin key (--key or {KEY_ENV}) "
+        "unless the server has none configured. Exit codes: 0 done, 1 the server refused, "
+        "2 usage error, 3 server unreachable.",
+        allow_abbrev=False,
+    )
+    group.set_defaults(run=lambda args: _usage(group))
+    commands = group.add_subparsers(dest="dead_letters_command", metavar="COMMAND")
+
+    listing = commands.add_parser(
+        "list",
+        help="list dead letters, oldest first",
+        description="List dead letters, oldest first (at most 1000): message id, receiver, "
+        "attempts, when it died (UTC), the last error, and the start of the body.",
+        allow_abbrev=False,
+    )
+    listing.add_argument(
+        "--json", action="store_true", help="print them as JSON, bodies in full, not a table"
+    )
+    _add_common(listing)
+    set_handler(listing, list_dead_letters)
+
+    redrive = commands.add_parser(
+        "redrive",
+        help="queue dead letters for delivery again",
+        description="Queue dead letters again, all of them or one receiver's. Each gets a "
+        "fresh attempt budget and is due at once.",
+        allow_abbrev=False,
+    )
+    redrive.add_argument(
+        "--receiver",
+        type=int,
+        metavar="ID",
+        help="only this receiver's dead letters (its connection id, as the list shows)",
+    )
+    redrive.add_argument(
+        "--json", action="store_true", help='print {"redriven": N} instead of a sentence'
+    )
+    _add_common(redrive)
+    set_handler(redrive, redrive_dead_letters)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    add_server_options(parser)
+    parser.epilog = f"Environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key)."
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def list_dead_letters(args: argparse.Namespace) -> int:
+    with sync_client(args) as client:
+        try:
+            letters = client.dead_letters()
+        except MQError as error:
+            raise failure(error) from None
+    if args.json:
+        print_json({"dead_letters": [dataclasses.asdict(letter) for letter in letters]})
+    else:
+        print(format_table([_row(letter) for letter in letters]))
+    return EXIT_OK
+
+
+def redrive_dead_letters(args: argparse.Namespace) -> int:
+    with sync_client(args) as client:
+        try:
+            count = client.redrive(args.receiver)
+        except MQError as error:
+            raise failure(error) from None
+    if args.json:
+        print(json.dumps({"redriven": count}))
+    else:
+        whose = "" if args.receiver is None else f" of receiver {args.receiver}"
+        print(f"redriven: {count} dead letter(s){whose} queued for delivery again")
+    return EXIT_OK
+
+
+def _row(letter: DeadLetter) -> tuple[str, ...]:
+    return (
+        letter.message_id,
+        str(letter.receiver_id),
+        str(letter.attempts),
+        datetime.fromtimestamp(letter.dead_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        _shortened(letter.last_error, _ERROR_WIDTH),
+        _shortened(letter.body, _BODY_WIDTH),
+    )
+
+
+def _shortened(text: str, width: int) -> str:
+    shown = visible(text)
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns under a header, two spaces apart."""
+    widths = [max(len(cell) for cell in column) for column in zip(_COLUMNS, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (_COLUMNS, *rows)
+    )

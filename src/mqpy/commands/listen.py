@@ -1,0 +1,193 @@
+"""`mqpy listen`: a receiver on this machine that prints every message it gets."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+from mqpy.client import MQError, NotFound
+from mqpy.commands import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    KEY_ENV,
+    URL_ENV,
+    CommandFailed,
+    add_server_options,
+    set_handler,
+)
+from mqpy.commands.broker_client import ClientSettings, client_settings, failure
+from mqpy.commands.terminal import visible
+
+if TYPE_CHECKING:  # imported when run: they load aiohttp, which `mqpy --help` need not
+    from mqpy.client.aio import AsyncClient
+    from mqpy.receiver import Delivery, ReceiverServer
+
+EXIT_INTERRUPTED = 130
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def register(subparsers: Any) -> None:
+    """Add `listen` to the `mqpy` parser's subparsers."""
+    parser = subparsers.add_parser(
+        "listen",
+        help="receive messages here and print them as they arrive",
+        description="Start a receiver on this machine, connect it to the broker (its "
+        "ClientURL pointing at itself), and print each message on stdout as it arrives, "
+        "one line each (line breaks and control characters escaped). Deliveries are "
+        "checked against the signing secret the broker returns; a forged or altered one "
+        "is refused. Ctrl-C or SIGTERM disconnects the receiver and exits 0. Delivery is "
+        "at least once: after a lost answer a message can be printed twice (--json shows "
+        "the message id and attempt). Exit codes: 0 stopped, 1 the server refused, 2 usage "
+        "error, 3 server unreachable.",
+        epilog=f"Environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key; a "
+        "subscriber or admin key).",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface the receiver listens on (default: 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="port the receiver listens on (default: 0, any free)"
+    )
+    parser.add_argument("--path", default="/", help="path deliveries are POSTed to (default: /)")
+    parser.add_argument(
+        "--client-url",
+        metavar="URL",
+        help="the URL the broker should POST to, when it reaches this machine by another "
+        "address than --host (default: http://HOST:PORT/PATH)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object per message: {"message_id", "attempt", "body"}',
+    )
+    add_server_options(parser)
+    set_handler(parser, listen)
+
+
+def listen(args: argparse.Namespace) -> int:
+    if not args.path.startswith("/"):
+        raise CommandFailed(EXIT_USAGE, f"--path must start with '/', not {args.path!r}")
+    if args.client_url is None and _is_unspecified(args.host):
+        raise CommandFailed(
+            EXIT_USAGE,
+            f"--host {args.host} is not an address the broker can POST to; "
+            "give the receiver's reachable address with --client-url",
+        )
+    settings = client_settings(args)
+    logging.basicConfig(level=logging.WARNING, format="mqpy listen: %(message)s")
+    try:
+        return asyncio.run(_listen(args, settings))
+    except KeyboardInterrupt:  # a Ctrl-C before the handlers were set, or a second one
+        return EXIT_INTERRUPTED
+
+
+async def _listen(args: argparse.Namespace, settings: ClientSettings) -> int:
+    from mqpy.client.aio import AsyncClient
+    from mqpy.receiver import ReceiverServer
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    printer = _Printer(args.json, stop)
+    server = ReceiverServer(printer.show, host=args.host, port=args.port, path=args.path)
+    try:
+        await server.start()
+    except OSError as error:
+        raise CommandFailed(
+            EXIT_USAGE, f"cannot listen on {args.host}:{args.port}: {error.strerror or error}"
+        ) from None
+    try:
+        async with AsyncClient(settings.url, key=settings.key) as client:
+            receiver_id = await _connect(client, server, args.client_url)
+            print(
+                f"listening on {server.url} as receiver {receiver_id}; Ctrl-C to stop",
+                file=sys.stderr,
+                flush=True,
+            )
+            await stop.wait()
+            await _disconnect(client, receiver_id)
+    except MQError as error:
+        raise failure(error) from None
+    finally:
+        await server.close()
+    return EXIT_OK
+
+
+async def _connect(client: AsyncClient, server: ReceiverServer, client_url: str | None) -> int:
+    connection = await client.connect("receive", client_url or server.url)
+    if connection.secret is None:
+        await client.disconnect(connection.id)
+        raise CommandFailed(
+            EXIT_REFUSED,
+            "the broker returned no signing secret, so deliveries cannot be checked; "
+            "is it an mq-py server with signed deliveries?",
+        )
+    server.secret = connection.secret
+    return connection.id
+
+
+async def _disconnect(client: AsyncClient, receiver_id: int) -> None:
+    try:
+        await client.disconnect(receiver_id)
+    except NotFound:
+        print(f"receiver {receiver_id} was already disconnected", file=sys.stderr)
+        return
+    print(f"disconnected receiver {receiver_id}", file=sys.stderr)
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    """The first Ctrl-C or SIGTERM stops gracefully (disconnect, then exit); a second
+    one is handled the default way, ending a stop that hangs on an unreachable broker."""
+    loop = asyncio.get_running_loop()
+
+    def first_signal() -> None:
+        stop.set()
+        for number in _STOP_SIGNALS:
+            loop.remove_signal_handler(number)
+
+    for number in _STOP_SIGNALS:
+        loop.add_signal_handler(number, first_signal)
+
+
+class _Printer:
+    def __init__(self, as_json: bool, stop: asyncio.Event) -> None:
+        self.as_json = as_json
+        self.stop = stop
+
+    async def show(self, delivery: Delivery) -> None:
+        if self.as_json:
+            record = {
+                "message_id": delivery.message_id,
+                "attempt": delivery.attempt,
+                "body": delivery.body,
+            }
+            line = json.dumps(record, ensure_ascii=False)
+        else:
+            line = visible(delivery.body)
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:
+            # Whoever read our output is gone (`mqpy listen | head -1`): stop, and leave
+            # the message unacknowledged so the broker keeps it.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            self.stop.set()
+            from aiohttp import web
+
+            raise web.HTTPServiceUnavailable(text="the listener's output is closed") from None
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False

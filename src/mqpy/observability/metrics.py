@@ -1,0 +1,180 @@
+"""The Prometheus instruments, in a registry that belongs to one server.
+
+Counters and histograms are updated as things happen. Gauges that describe the store
+(backlog, oldest undelivered message, dead letters) and the receivers are computed
+when scraped by `LiveGauges`, from figures the /metrics route read from the store just
+before: a collector's `collect()` is synchronous and must not wait for SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from mqpy.observability.receivers import ReceiverState
+
+# One HTTP attempt: bounded by --delivery-timeout (10 s by default).
+ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Publish to acknowledgement: milliseconds when all is well, hours when retrying.
+LATENCY_BUCKETS = (
+    *(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    *(60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0),
+)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
+
+
+class Metrics:
+    """Counters and histograms, updated on the hot path (one lock each, no allocation)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._published = Counter(
+            "mqpy_messages_published_total",
+            "Messages accepted and committed to the store, by topic.",
+            ["topic"],
+            registry=registry,
+        )
+        self._published_by_topic: dict[str, Counter] = {}
+        deliveries = Counter(
+            "mqpy_deliveries_total",
+            "Delivery attempts by outcome: delivered (acknowledged), retried (failed, "
+            "tried again later) or dead_lettered (failed for the last time).",
+            ["outcome"],
+            registry=registry,
+        )
+        self._delivered = deliveries.labels("delivered")
+        self._retried = deliveries.labels("retried")
+        self._dead_lettered = deliveries.labels("dead_lettered")
+        self._attempts = Counter(
+            "mqpy_delivery_attempts_total",
+            "HTTP attempts to deliver a message to a receiver, whatever their outcome.",
+            registry=registry,
+        )
+        self._duration = Histogram(
+            "mqpy_delivery_duration_seconds",
+            "Time of one HTTP delivery attempt, until the receiver answered or it failed.",
+            buckets=ATTEMPT_BUCKETS,
+            registry=registry,
+        )
+        self._latency = Histogram(
+            "mqpy_delivery_latency_seconds",
+            "Time from publish to the receiver's acknowledgement, retries included.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._commit = Histogram(
+            "mqpy_store_commit_seconds",
+            "Time to run and commit one store transaction (a group commit).",
+            buckets=COMMIT_BUCKETS,
+            registry=registry,
+        )
+        self._batch = Histogram(
+            "mqpy_store_batch_size",
+            "Operations sharing one store transaction (group commit).",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        # CPU, memory and open files of this process, as every exporter has them.
+        ProcessCollector(registry=registry)
+
+    def published(self, topic: str) -> None:
+        counter = self._published_by_topic.get(topic)
+        if counter is None:
+            counter = self._published_by_topic[topic] = self._published.labels(topic)
+        counter.inc()
+
+    def attempted(self, seconds: float) -> None:
+        self._attempts.inc()
+        self._duration.observe(seconds)
+
+    def delivered(self, latency: float) -> None:
+        self._delivered.inc()
+        self._latency.observe(max(0.0, latency))
+
+    def retried(self) -> None:
+        self._retried.inc()
+
+    def dead_lettered(self) -> None:
+        self._dead_lettered.inc()
+
+    def committed(self, operations: int, seconds: float) -> None:
+        """Called in the store's writer thread; prometheus_client is thread-safe."""
+        self._batch.observe(operations)
+        self._commit.observe(seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicFigures:
+    topic: str
+    backlog: int
+    oldest_undelivered_age: float  # seconds; 0 with nothing undelivered
+
+
+@dataclass(frozen=True, slots=True)
+class Gauges:
+    """What the scrape-time gauges show. The store's figures are None when the store
+    could not be read; those gauges are then left out rather than shown stale."""
+
+    topics: list[TopicFigures] | None
+    dead_letters: int | None
+    receivers: dict[ReceiverState, int]
+    in_flight: int
+
+
+class LiveGauges(Collector):
+    """Gauges computed at scrape time by `read`, which must not block."""
+
+    def __init__(self, read: Callable[[], Gauges]) -> None:
+        self._read = read
+
+    def describe(self) -> Iterable[Metric]:
+        return _families()
+
+    def collect(self) -> Iterable[Metric]:
+        gauges = self._read()
+        backlog, oldest, dead, receivers, in_flight = _families()
+        for state in ReceiverState:
+            receivers.add_metric([state.value], gauges.receivers.get(state, 0))
+        in_flight.add_metric([], gauges.in_flight)
+        families: list[Metric] = [receivers, in_flight]
+        if gauges.topics is not None:
+            for topic in gauges.topics:
+                backlog.add_metric([topic.topic], topic.backlog)
+                oldest.add_metric([topic.topic], topic.oldest_undelivered_age)
+            families += [backlog, oldest]
+        if gauges.dead_letters is not None:
+            dead.add_metric([], gauges.dead_letters)
+            families.append(dead)
+        return families
+
+
+def _families() -> tuple[
+    GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily
+]:
+    return (
+        GaugeMetricFamily(
+            "mqpy_backlog_messages",
+            "Messages of the topic some receiver has not acknowledged yet (dead letters "
+            "aside), or that wait for a first receiver.",
+            labels=["topic"],
+        ),
+        GaugeMetricFamily(
+            "mqpy_oldest_undelivered_age_seconds",
+            "Age of the topic's oldest message in the backlog (0 when there is none).",
+            labels=["topic"],
+        ),
+        GaugeMetricFamily("mqpy_dead_letters", "Dead letters kept, waiting for a redrive."),
+        GaugeMetricFamily(
+            "mqpy_receivers",
+            "Connected receivers by state: healthy, retrying (recent attempts failed) or "
+            "failing (paused after failing for want of the receiver).",
+            labels=["state"],
+        ),
+        GaugeMetricFamily(
+            "mqpy_deliveries_in_flight", "Delivery attempts under way (HTTP requests sent)."
+        ),
+    )

@@ -1,0 +1,224 @@
+"""The one object the broker, the dispatcher and the store report to, and the one the
+metrics, readiness and status routes read from.
+
+Reporting is cheap on purpose (a dict lookup and a few counter increments per
+delivery); everything that costs something is done when someone reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry
+
+from mqpy.broker import Broker
+from mqpy.domain import Delivery, StoreUnavailable
+from mqpy.observability.feed import ReceiverStatus, StatusFeed, TopicStatus
+from mqpy.observability.figures import StoreFigures, StoreFiguresCache
+from mqpy.observability.metrics import Gauges, LiveGauges, Metrics, TopicFigures
+from mqpy.observability.rates import RATE_SECONDS, SecondCounts, Throughput, TopicActivity
+from mqpy.observability.receivers import Failure, ReceiverActivity, ReceiverState
+from mqpy.store import SQLiteStore, Store
+
+log = logging.getLogger("mqpy.observability")
+
+
+class Observer:
+    """Metrics, per-receiver state and throughput of one broker process."""
+
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        registry: CollectorRegistry,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self._store = store
+        self._broker = broker
+        self._clock = clock
+        self._metrics = Metrics(registry)
+        self._figures = StoreFiguresCache(store)
+        self._scraped: StoreFigures | None = None
+        self._throughput = Throughput()
+        self._topics: dict[str, TopicActivity] = {}
+        self._receivers: dict[int, ReceiverActivity] = {}
+        self._in_flight = 0
+        registry.register(LiveGauges(self._gauges))
+        if isinstance(store, SQLiteStore):  # its group-commit writer reports each batch
+            store.writer.on_commit = self._metrics.committed
+
+    # Reported by the broker, once per accepted message.
+
+    def published(self, topic: str) -> None:
+        now = self._clock()
+        self._metrics.published(topic)
+        self._throughput.published.add(now)
+        self._topic(topic).published.add(now)
+
+    # Reported by the dispatcher, per delivery attempt.
+
+    def attempt_started(self, subscription_id: int) -> None:
+        receiver = self._receivers.get(subscription_id)
+        if receiver is None:
+            connection = self._broker.connection(subscription_id)
+            topic = None if connection is None else self._topic(connection.topic)
+            receiver = self._receivers[subscription_id] = ReceiverActivity(topic)
+        receiver.in_flight += 1
+        self._in_flight += 1
+
+    def attempt_ended(self, subscription_id: int, seconds: float) -> None:
+        self._in_flight -= 1
+        self._metrics.attempted(seconds)
+        receiver = self._receivers.get(subscription_id)
+        if receiver is not None:  # None if it disconnected meanwhile
+            receiver.in_flight -= 1
+
+    def delivered(self, delivery: Delivery, acked_at: float) -> None:
+        self._metrics.delivered(acked_at - delivery.published_at)
+        self._throughput.delivered.add(acked_at)
+        receiver = self._receivers.get(delivery.subscription_id)
+        if receiver is not None:
+            receiver.succeeded(acked_at)
+            if receiver.topic is not None:
+                receiver.topic.delivered.add(acked_at)
+
+    def failed(
+        self,
+        delivery: Delivery,
+        *,
+        at: float,
+        reason: str,
+        status: int | None,
+        paused: bool,
+        dead: bool,
+    ) -> None:
+        """An attempt failed; `paused` if the receiver as a whole is now paused, `dead`
+        if the delivery was dead-lettered rather than scheduled for a retry."""
+        if dead:
+            self._metrics.dead_lettered()
+        else:
+            self._metrics.retried()
+        self._throughput.failed.add(at)
+        receiver = self._receivers.get(delivery.subscription_id)
+        if receiver is not None:
+            failure = Failure(at, delivery.message_id, delivery.attempt, reason, status)
+            receiver.failed(failure, paused=paused)
+
+    def forget(self, subscription_id: int) -> None:
+        """The receiver disconnected."""
+        self._receivers.pop(subscription_id, None)
+
+    # Read by the routes.
+
+    async def scrape(self, encode: Callable[[CollectorRegistry], bytes]) -> bytes:
+        """The registry encoded by `encode`, with the store's figures read first."""
+        try:
+            figures: StoreFigures | None = await self._figures.get()
+        except StoreUnavailable as exc:
+            log.warning("metrics without the store's figures: %s", exc)
+            figures = None
+        # No await from here on, so no other scrape can swap the figures in between.
+        self._scraped = figures
+        return encode(self.registry)
+
+    async def ready(self) -> None:
+        """Return once the store answered; StoreUnavailable if it cannot."""
+        await self._store.ping()
+
+    async def status(self) -> StatusFeed:
+        """The status feed; raises StoreUnavailable if the store cannot be read."""
+        figures = await self._figures.get()
+        now = self._clock()
+        receivers = self._broker.receivers()
+        receiving = Counter(connection.topic for connection in receivers)
+        backlogs = {b.topic: b for b in figures.backlogs}
+        self._forget_idle_topics(now, set(receiving))
+        topics = []
+        for name in sorted(set(backlogs) | set(receiving) | set(self._topics)):
+            backlog = backlogs.get(name)
+            activity = self._topics.get(name)
+            topics.append(
+                TopicStatus(
+                    topic=name,
+                    receivers=receiving[name],
+                    backlog=backlog.messages if backlog else 0,
+                    oldest_undelivered_age_seconds=(
+                        _age(now, backlog.oldest_published_at) if backlog else None
+                    ),
+                    publish_rate=_rate(now, activity.published) if activity else 0.0,
+                    delivery_rate=_rate(now, activity.delivered) if activity else 0.0,
+                )
+            )
+        return StatusFeed(
+            at=now,
+            readers=figures.stats.receivers,
+            writers=figures.stats.senders,
+            queue_length=figures.stats.queue_length,
+            completed_sends=figures.stats.completed,
+            dead_letters=figures.dead_letters,
+            topics=topics,
+            receivers=[self._receiver_status(c.id, c.client_url, c.topic) for c in receivers],
+            throughput=self._throughput.series(now),
+        )
+
+    def _receiver_status(self, receiver_id: int, url: str, topic: str) -> ReceiverStatus:
+        activity = self._receivers.get(receiver_id) or ReceiverActivity(None)
+        return ReceiverStatus(
+            id=receiver_id,
+            url=url,
+            topic=topic,
+            state=activity.state,
+            in_flight=activity.in_flight,
+            last_success_at=activity.last_success_at,
+            consecutive_failures=activity.consecutive_failures,
+            recent_failures=list(reversed(activity.recent_failures)),
+        )
+
+    def _gauges(self) -> Gauges:
+        """For the scrape-time collector: memory only, never the store."""
+        now = self._clock()
+        receivers = self._broker.receivers()
+        self._forget_idle_topics(now, {connection.topic for connection in receivers})
+        states = Counter(self._state(connection.id) for connection in receivers)
+        topics = None
+        if self._scraped is not None:
+            figures = {
+                b.topic: TopicFigures(b.topic, b.messages, _age(now, b.oldest_published_at))
+                for b in self._scraped.backlogs
+            }
+            for connection in receivers:  # a topic with receivers shows its zeros too
+                figures.setdefault(connection.topic, TopicFigures(connection.topic, 0, 0.0))
+            topics = sorted(figures.values(), key=lambda figure: figure.topic)
+        return Gauges(
+            topics=topics,
+            dead_letters=None if self._scraped is None else self._scraped.dead_letters,
+            receivers=dict(states),
+            in_flight=self._in_flight,
+        )
+
+    def _state(self, receiver_id: int) -> ReceiverState:
+        activity = self._receivers.get(receiver_id)
+        return ReceiverState.HEALTHY if activity is None else activity.state
+
+    def _topic(self, name: str) -> TopicActivity:
+        activity = self._topics.get(name)
+        if activity is None:
+            activity = self._topics[name] = TopicActivity()
+        return activity
+
+    def _forget_idle_topics(self, now: float, keep: set[str]) -> None:
+        """Topics come and go; keep memory bounded by what was active lately."""
+        for name in [n for n, a in self._topics.items() if n not in keep and a.idle(now)]:
+            del self._topics[name]
+
+
+def _age(now: float, since: float) -> float:
+    return round(max(0.0, now - since), 3)
+
+
+def _rate(now: float, counts: SecondCounts) -> float:
+    return round(counts.per_second(now, RATE_SECONDS), 3)

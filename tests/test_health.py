@@ -1,0 +1,63 @@
+"""GET /healthz and GET /readyz through the real server: alive while the process runs,
+ready only while the store answers."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+
+import aiohttp
+
+from mqpy.store.sqlite import DATABASE_FILE
+from tests.conftest import ServerFactory
+from tests.support.problems import check_problem
+from tests.support.server import ServerProcess
+
+ADMIN_ENV = {"MQPY_ADMIN_KEY": "test-admin-key-health-9c1d"}
+
+
+async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str, bytes]:
+    async with http.get(url) as response:
+        return response.status, response.content_type, await response.read()
+
+
+async def test_probes_answer_without_a_key(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    server = start_server(env=ADMIN_ENV)
+    for path in ("/healthz", "/healthz/"):
+        async with http.get(server.url + path) as response:
+            assert response.status == 200, path
+            assert await response.json() == {"status": "ok"}
+    async with http.head(server.url + "/healthz") as response:
+        assert response.status == 200
+    async with http.get(server.url + "/readyz") as response:
+        assert response.status == 200
+        assert await response.json() == {"status": "ready"}
+
+
+async def test_not_ready_while_the_store_cannot_write(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    server: ServerProcess = start_server()
+    assert (await get(http, server.url + "/readyz"))[0] == 200
+    # Another connection holds the database's write lock, as a stuck disk or a
+    # runaway backup would: the broker's writer cannot start a transaction.
+    blocker = sqlite3.connect(server.data_dir / DATABASE_FILE, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        status, content_type, body = await get(http, server.url + "/readyz")
+        problem = check_problem(status, content_type, body, 503)
+        assert "store" in problem["detail"], problem
+        assert time.monotonic() - started < 5, "readyz must answer within its own timeout"
+        # Not ready is not dead: the process still answers its liveness probe.
+        assert (await get(http, server.url + "/healthz"))[0] == 200
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    deadline = time.monotonic() + 15
+    while (await get(http, server.url + "/readyz"))[0] != 200:
+        assert time.monotonic() < deadline, "still not ready after the lock was released"
+        await asyncio.sleep(0.2)

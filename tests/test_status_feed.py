@@ -1,0 +1,146 @@
+"""GET /v1/status through the real server: the feed the dashboard and `mqpy status`
+read shows each receiver's state, the topics and the broker's throughput."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from tests.conftest import ReceiverFactory, ServerFactory
+from tests.support.client import SeedClient
+from tests.support.problems import check_problem
+
+ADMIN_KEY = "test-admin-key-status-3e8b"
+
+
+async def fail_500(request: web.Request, number: int) -> web.StreamResponse:
+    return web.Response(status=500)
+
+
+async def refuse_400(request: web.Request, number: int) -> web.StreamResponse:
+    return web.Response(status=400)
+
+
+async def read_status(
+    http: aiohttp.ClientSession, base_url: str, key: str | None = None
+) -> tuple[int, str, bytes]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with http.get(base_url + "/v1/status", headers=headers) as response:
+        return response.status, response.content_type, await response.read()
+
+
+async def status_until(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    condition: Callable[[dict[str, Any]], bool],
+    timeout: float = 20.0,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        async with http.get(base_url + "/v1/status") as response:
+            assert response.status == 200, await response.text()
+            assert response.content_type == "application/json"
+            feed: dict[str, Any] = await response.json()
+        if condition(feed):
+            return feed
+        assert time.monotonic() < deadline, f"the status never got there: {feed}"
+        await asyncio.sleep(0.1)
+
+
+def by_id(feed: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {receiver["id"]: receiver for receiver in feed["receivers"]}
+
+
+async def test_status_shows_receivers_topics_and_throughput(
+    start_server: ServerFactory, start_receiver: ReceiverFactory, http: aiohttp.ClientSession
+) -> None:
+    server = start_server()
+    client = SeedClient(http, server.url)
+    healthy, failing, refusing = (
+        await start_receiver(),
+        await start_receiver(fail_500),
+        await start_receiver(refuse_400),
+    )
+    healthy_id = await client.connect_receiver(healthy.url)
+    failing_id = await client.connect_receiver(failing.url)
+    refusing_id = await client.connect_receiver(refusing.url)
+    sender = await client.connect_sender()
+    first = await status_until(http, server.url, lambda feed: True)
+    assert {r["state"] for r in first["receivers"]} == {"healthy"}
+    assert all(r["last_success_at"] is None for r in first["receivers"])
+
+    sent = [(await client.send(sender, f"message {n}"))["message_id"] for n in range(5)]
+    await healthy.wait_for(5)
+
+    def settled(feed: dict[str, Any]) -> bool:
+        states = {r["id"]: r["state"] for r in feed["receivers"]}
+        return (
+            states == {healthy_id: "healthy", failing_id: "failing", refusing_id: "retrying"}
+            and feed["completed_sends"] == 5
+            and feed["topics"][0]["backlog"] == 5
+        )
+
+    feed = await status_until(http, server.url, settled)
+    assert (feed["readers"], feed["writers"], feed["dead_letters"]) == (3, 1, 0)
+    assert feed["queue_length"] == 10  # five each for the two receivers not taking them
+    receivers = by_id(feed)
+
+    ok = receivers[healthy_id]
+    assert (ok["url"], ok["topic"]) == (healthy.url, "default")
+    assert ok["consecutive_failures"] == 0 and ok["recent_failures"] == []
+    assert abs(ok["last_success_at"] - feed["at"]) < 30
+
+    for receiver_id, status in ((failing_id, 500), (refusing_id, 400)):
+        receiver = receivers[receiver_id]
+        assert receiver["last_success_at"] is None
+        assert receiver["consecutive_failures"] >= 1
+        failures = receiver["recent_failures"]
+        assert 1 <= len(failures) <= 10
+        assert len(failures) == min(10, receiver["consecutive_failures"])
+        for failure in failures:
+            assert failure["message_id"] in sent
+            assert failure["attempt"] >= 1
+            assert failure["status"] == status
+            assert failure["reason"] == f"receiver answered HTTP {status}"
+        times = [failure["at"] for failure in failures]
+        assert times == sorted(times, reverse=True), "newest first"
+    assert all(r["in_flight"] >= 0 for r in feed["receivers"])
+
+    (topic,) = feed["topics"]
+    assert (topic["topic"], topic["receivers"], topic["backlog"]) == ("default", 3, 5)
+    assert topic["oldest_undelivered_age_seconds"] > 0
+    assert topic["publish_rate"] == round(5 / 60, 3)
+    assert topic["delivery_rate"] == round(5 / 60, 3)
+
+    throughput = feed["throughput"]
+    assert len(throughput) == 600
+    seconds = [point["at"] for point in throughput]
+    assert seconds == list(range(seconds[0], seconds[0] + 600))
+    assert seconds[-1] == int(feed["at"])
+    assert sum(point["published"] for point in throughput) == 5
+    assert sum(point["delivered"] for point in throughput) == 5
+    # Each receiver failed at least once; an attempt it saw may still await its answer.
+    failed = sum(point["failed"] for point in throughput)
+    assert 2 <= failed <= len(failing.attempts) + len(refusing.attempts)
+
+
+async def test_status_is_for_admins_once_keys_are_configured(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    server = start_server(env={"MQPY_ADMIN_KEY": ADMIN_KEY})
+    check_problem(*await read_status(http, server.url), 401)
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with http.post(
+        server.url + "/v1/keys", json={"role": "publisher"}, headers=headers
+    ) as response:
+        assert response.status == 201
+        publisher = (await response.json())["key"]
+    problem = check_problem(*await read_status(http, server.url, publisher), 403)
+    assert "admin" in problem["detail"]
+    status, content_type, body = await read_status(http, server.url, ADMIN_KEY)
+    assert (status, content_type) == (200, "application/json"), body
