@@ -11,6 +11,7 @@ import sqlite3
 class SchemaTooNew(RuntimeError):
     """The data directory was written by a newer mq-py."""
 
+
 MIGRATIONS: list[str] = [
     # 1: connections, subscriptions, messages, deliveries, counters.
     """
