@@ -26,8 +26,9 @@ import pytest
 
 import mqpy
 from mqpy.client.errors import error_from_answer
-from mqpy.client.retry import RetryPolicy, parse_retry_after
+from mqpy.client.retry import RetryPolicy
 from mqpy.receiver import Delivery, InvalidDelivery, serve_receiver
+from mqpy.retry_after import parse_retry_after
 from mqpy.signing import generate_secret, webhook_headers
 from tests.conftest import ServerFactory
 from tests.support import raw_http

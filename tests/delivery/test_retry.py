@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mqpy.delivery.retry import RetryPolicy, parse_retry_after
+from mqpy.delivery.retry import RetryPolicy
+from mqpy.retry_after import parse_retry_after
 
 POLICY = RetryPolicy(base=0.5, max_delay=300.0, max_attempts=10, max_age=86400.0)
 PUBLISHED = 1_700_000_000.0

@@ -15,10 +15,7 @@ Two kinds of failure are retried:
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 
 from mqpy.client.errors import ConnectionFailed, MQError, RateLimited, Unavailable
 
@@ -56,20 +53,3 @@ def backoff(retry: int) -> float:
     """Full jitter: uniform in [0, base * 2^(retry-1)], so clients that failed together
     do not come back together."""
     return random.uniform(0, BACKOFF_BASE * 2 ** (retry - 1))
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent
-    or unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # HTTP dates are GMT; "-0000" parses as a naive datetime
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))

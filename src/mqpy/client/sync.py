@@ -29,7 +29,8 @@ from mqpy.client.calls import (
     Mode,
 )
 from mqpy.client.errors import ConnectionFailed, MQError, NotFound
-from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy, parse_retry_after
+from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy
+from mqpy.retry_after import parse_retry_after
 
 T = TypeVar("T")
 

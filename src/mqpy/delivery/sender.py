@@ -17,8 +17,8 @@ import msgspec
 
 from mqpy import __version__
 from mqpy.delivery.guard import AddressPolicy, guarded_connector
-from mqpy.delivery.retry import parse_retry_after
 from mqpy.domain import Delivery
+from mqpy.retry_after import parse_retry_after
 from mqpy.signing import signature_header
 
 # A receiver's answer body is read (so the connection can be reused) but not kept;
