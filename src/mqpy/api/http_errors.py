@@ -41,6 +41,7 @@ class ProblemRequestHandler(RequestHandler):
             "malformed-request",
             f"the request is not HTTP this server can read: {reason}",
         ).to_response()
+        response.headers["Server"] = "mq-py"
         response.force_close()
         return response
 

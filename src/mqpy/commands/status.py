@@ -1,0 +1,192 @@
+"""`mqpy status`: a running broker's topics and receivers, from its GET /v1/status feed.
+
+The feed is decoded into this module's own types rather than the server's
+(`mqpy.observability.feed`): they name only the fields shown, and take a receiver's
+state as plain text, so a newer server with a new state still prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import msgspec
+
+from mqpy.commands import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    KEY_ENV,
+    URL_ENV,
+    CommandFailed,
+    ServerClient,
+    add_server_options,
+    print_json,
+    set_handler,
+)
+from mqpy.commands.terminal import visible
+
+TOPIC_COLUMNS = ("TOPIC", "BACKLOG", "OLDEST", "PUBLISHED/S", "DELIVERED/S", "RECEIVERS")
+RECEIVER_COLUMNS = (
+    "ID",
+    "URL",
+    "TOPIC",
+    "STATE",
+    "IN FLIGHT",
+    "LAST SUCCESS",
+    "FAILURES",
+    "LAST FAILURE",
+)
+_URL_WIDTH = 50
+_REASON_WIDTH = 60
+
+
+class _Failure(msgspec.Struct):
+    reason: str
+
+
+class _Topic(msgspec.Struct):
+    topic: str
+    receivers: int
+    backlog: int
+    oldest_undelivered_age_seconds: float | None
+    publish_rate: float
+    delivery_rate: float
+
+
+class _Receiver(msgspec.Struct):
+    id: int
+    url: str
+    topic: str
+    state: str
+    in_flight: int
+    last_success_at: float | None
+    consecutive_failures: int
+    recent_failures: list[_Failure]  # newest first
+
+
+class _Feed(msgspec.Struct):
+    at: float
+    readers: int
+    writers: int
+    queue_length: int
+    completed_sends: int
+    dead_letters: int
+    topics: list[_Topic]
+    receivers: list[_Receiver]
+
+
+def register(subparsers: Any) -> None:
+    """Add `status` to the `mqpy` parser's subparsers."""
+    parser = subparsers.add_parser(
+        "status",
+        help="show a running broker's topics and receivers",
+        description="Show a running broker as GET /v1/status reports it: the dashboard's "
+        "four figures and the dead-letter count, then a table of topics (backlog, age of "
+        "the oldest undelivered message, publish and delivery rates over the last minute, "
+        "receivers) and a table of receivers (state, deliveries in flight, last success, "
+        "consecutive failures and the latest failure's reason). Needs an admin key (--key "
+        f"or {KEY_ENV}) unless the server has none configured. Exit codes: 0 done, 1 the "
+        "server refused, 2 usage error, 3 server unreachable.",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the server's status feed as JSON instead"
+    )
+    add_server_options(parser)
+    parser.epilog = f"Environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key)."
+    set_handler(parser, show_status)
+
+
+def show_status(args: argparse.Namespace) -> int:
+    server = ServerClient.from_args(args)
+    answer = server.call("GET", "/v1/status")
+    if args.json:
+        print_json(answer)
+        return EXIT_OK
+    try:
+        feed = msgspec.convert(answer, _Feed)
+    except msgspec.ValidationError as error:
+        raise CommandFailed(
+            EXIT_REFUSED,
+            f"{server.base_url}/v1/status did not answer an mq-py status feed ({error})",
+        ) from None
+    print(format_status(feed))
+    return EXIT_OK
+
+
+def format_status(feed: _Feed) -> str:
+    header = (
+        f"readers {feed.readers}  writers {feed.writers}  queue length {feed.queue_length}  "
+        f"completed sends {feed.completed_sends}  dead letters {feed.dead_letters}"
+    )
+    topics = (
+        format_table(TOPIC_COLUMNS, [_topic_row(topic) for topic in feed.topics])
+        if feed.topics
+        else "no topics yet"
+    )
+    receivers = (
+        format_table(RECEIVER_COLUMNS, [_receiver_row(feed.at, r) for r in feed.receivers])
+        if feed.receivers
+        else "no receivers connected"
+    )
+    return f"{header}\n\n{topics}\n\n{receivers}"
+
+
+def _topic_row(topic: _Topic) -> tuple[str, ...]:
+    age = topic.oldest_undelivered_age_seconds
+    return (
+        visible(topic.topic),
+        str(topic.backlog),
+        "-" if age is None else format_age(age),
+        _rate(topic.publish_rate),
+        _rate(topic.delivery_rate),
+        str(topic.receivers),
+    )
+
+
+def _receiver_row(now: float, receiver: _Receiver) -> tuple[str, ...]:
+    last_success = receiver.last_success_at
+    reason = receiver.recent_failures[0].reason if receiver.recent_failures else "-"
+    return (
+        str(receiver.id),
+        _shortened(receiver.url, _URL_WIDTH),
+        visible(receiver.topic),
+        visible(receiver.state),
+        str(receiver.in_flight),
+        "never" if last_success is None else format_age(now - last_success) + " ago",
+        str(receiver.consecutive_failures),
+        _shortened(reason, _REASON_WIDTH),
+    )
+
+
+def format_age(seconds: float) -> str:
+    """`0s`, `42s`, `3m05s`, `2h07m`, `3d04h`: two units at most, rounded down."""
+    whole = max(int(seconds), 0)
+    for unit, size, smaller, smaller_size in (
+        ("d", 86400, "h", 3600),
+        ("h", 3600, "m", 60),
+        ("m", 60, "s", 1),
+    ):
+        if whole >= size:
+            return f"{whole // size}{unit}{whole % size // smaller_size:02d}{smaller}"
+    return f"{whole}s"
+
+
+def _rate(per_second: float) -> str:
+    return f"{per_second:.2f}"
+
+
+def _shortened(text: str, width: int) -> str:
+    """Server text on one line, control characters escaped: a receiver's URL is whatever
+    its client chose, and must not be able to rewrite the operator's terminal."""
+    shown = visible(text)
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
+
+
+def format_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns under a header, two spaces apart."""
+    widths = [max(len(cell) for cell in column) for column in zip(columns, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (columns, *rows)
+    )
