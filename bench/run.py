@@ -319,9 +319,14 @@ class Bench:
     server_args: list[str]
     workdir: Path
     profiler: Profiler
+    servers_started: int = 0
 
     def server(self, name: str, *extra: str) -> Server:
-        return Server(self.workdir, name, [*DEFAULT_SERVER_ARGS, *extra, *self.server_args])
+        """A broker on a data directory of its own: connections survive a restart, so
+        a reused directory would bring back the receivers of an earlier run."""
+        self.servers_started += 1
+        args = [*DEFAULT_SERVER_ARGS, *extra, *self.server_args]
+        return Server(self.workdir, f"{self.servers_started}-{name}", args)
 
     def publish(self) -> Figure:
         """200s per second from /send, `publishers` keep-alive connections, no receiver."""

@@ -36,6 +36,9 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/send", seed.send),
     ("POST", "/disconnect", seed.disconnect),
     ("GET", "/dashboard", dashboard.dashboard),
+    ("GET", "/static/dashboard.css", dashboard.static_file("dashboard.css")),
+    ("GET", "/static/dashboard.js", dashboard.static_file("dashboard.js")),
+    ("GET", "/static/favicon.svg", dashboard.static_file("favicon.svg")),
     ("GET", "/v1/dead-letters", dead_letters.list_dead_letters),
     ("POST", "/v1/dead-letters/redrive", dead_letters.redrive),
     ("POST", "/v1/keys", keys.create_key),
@@ -90,6 +93,10 @@ async def _finish_response(request: web.Request, response: web.StreamResponse) -
         problem = Problem(response.status, "http-error", response.reason or "error")
         replacement = problem.to_response(request.path)
         response.body = replacement.body
+        # The headers were prepared for the old body: without this the new one is cut
+        # short (aiohttp's 417 for an unsupported `Expect` on a route without the method).
+        if "Content-Length" in response.headers:
+            response.headers["Content-Length"] = str(len(replacement.body))
         response.content_type = PROBLEM_CONTENT_TYPE
 
 

@@ -12,10 +12,19 @@ from mqpy.api.state import ACCESS, set_principal
 from mqpy.api.types import Handler
 
 # Routes anyone may call: they reveal no message, key or receiver URL. The seed
-# dashboard's figures; the probes, which carry no credentials; and the Prometheus
+# dashboard's figures, and its script and style (the live view they draw asks for an
+# admin key itself); the probes, which carry no credentials; and the Prometheus
 # metrics (counts, durations and topic names), so a scraper needs no key that could
 # also publish or read. Put /metrics behind a firewall if topic names are secret.
-_PUBLIC = ("/dashboard", "/metrics", "/healthz", "/readyz")
+_PUBLIC = (
+    "/dashboard",
+    "/static/dashboard.css",
+    "/static/dashboard.js",
+    "/static/favicon.svg",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+)
 PUBLIC_PATHS = frozenset(_PUBLIC + tuple(path + "/" for path in _PUBLIC))
 
 _CHALLENGE = 'Bearer realm="mq-py"'

@@ -1,37 +1,147 @@
-"""GET /dashboard: the seed's four figures, in server-rendered HTML."""
+"""GET /dashboard: the seed's four figures in server-rendered HTML, and the static files
+of the live view (static/dashboard.js and .css) that keeps the page current from
+GET /v1/status and GET /v1/dead-letters.
+
+The page carries no inline script or style, so its Content-Security-Policy can allow
+only this server's own files: a message body or receiver URL that slipped into the
+page as markup could not run.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+from functools import cache
 from html import escape
+from importlib import resources
 
 from aiohttp import web
 
 from mqpy import __version__
-from mqpy.api.state import broker_of
+from mqpy.api.state import ACCESS, broker_of
+from mqpy.api.types import Handler
 
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "img-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
+
+# The files under src/mqpy/static/ that are served, and their media types.
+STATIC_FILES = {
+    "dashboard.css": "text/css",
+    "dashboard.js": "text/javascript",
+    "favicon.svg": "image/svg+xml",
+}
+
+_PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",  # the figures are as of this request
+}
+
+# The four figures keep the seed's markup, one per line: clients grep for them.
 _PAGE = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <title>mq-py dashboard</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
-dl {{ display: grid; grid-template-columns: repeat(4, minmax(8rem, 1fr)); gap: 1rem; }}
-dl div {{ border: 1px solid #ccc; border-radius: .5rem; padding: 1rem; }}
-dt {{ color: #666; }}
-dd {{ font-size: 2rem; margin: 0; font-variant-numeric: tabular-nums; }}
-</style>
+<link rel="icon" href="/static/favicon.svg">
+<link rel="stylesheet" href="/static/dashboard.css">
+<script src="/static/dashboard.js" defer></script>
 </head>
-<body>
-<h1>mq-py</h1>
-<dl>
+<body data-keys-required="{keys_required}">
+<header class="top">
+<h1>mq-py <span class="subtitle">dashboard</span></h1>
+<p id="live-status" class="pill" data-state="static" role="status">Figures as of page load</p>
+</header>
+<main>
+<dl class="figures">
 <div><dt>Readers</dt><dd id="readers">{readers}</dd></div>
 <div><dt>Writers</dt><dd id="writers">{writers}</dd></div>
 <div><dt>Queue length</dt><dd id="queue-length">{queue_length}</dd></div>
 <div><dt>Completed sends</dt><dd id="completed-sends">{completed}</dd></div>
+<div class="live-only" hidden><dt>Dead letters</dt><dd id="dead-letter-count"></dd></div>
 </dl>
-<p><small>mq-py {version}</small></p>
+<p id="no-script" class="card notice">These figures are as of page load. The live view
+(topics, receivers, throughput and dead letters) needs JavaScript.</p>
+<section id="key-panel" class="card notice"{key_panel_hidden} aria-labelledby="key-title">
+<h2 id="key-title">Admin key needed</h2>
+<p>This server uses API keys. Topics, receivers, throughput and dead letters are shown
+with an admin key. It stays in this browser tab (session storage) and is sent only to
+this server, as an <code>Authorization</code> header.</p>
+<form id="key-form" class="key-form">
+<label for="key-input">Admin key</label>
+<input id="key-input" type="password" autocomplete="off" spellcheck="false">
+<button type="submit">Show live view</button>
+</form>
+<p id="key-error" class="error" role="alert"></p>
+</section>
+<div id="live" hidden>
+<section class="card" aria-labelledby="throughput-title">
+<div class="card-head">
+<h2 id="throughput-title">Throughput</h2>
+<div class="range" role="group" aria-label="Chart range">
+<button type="button" data-seconds="60" aria-pressed="false">1 min</button>
+<button type="button" data-seconds="300" aria-pressed="true">5 min</button>
+<button type="button" data-seconds="600" aria-pressed="false">10 min</button>
+</div>
+</div>
+<ul class="legend">
+<li class="series-published">Published <strong id="tp-published">0</strong></li>
+<li class="series-delivered">Delivered <strong id="tp-delivered">0</strong></li>
+<li class="series-failed">Failed attempts <strong id="tp-failed">0</strong></li>
+<li class="muted" id="tp-summary"></li>
+</ul>
+<svg id="throughput-chart" class="chart" role="img" aria-label="Throughput"></svg>
+</section>
+<section class="card" aria-labelledby="topics-title">
+<h2 id="topics-title">Topics</h2>
+<table id="topics" class="data">
+<thead><tr><th>Topic</th><th class="num">Receivers</th><th class="num">Backlog</th>
+<th class="num">Oldest undelivered</th><th class="num">Published</th>
+<th class="num">Delivered</th></tr></thead>
+<tbody></tbody>
+</table>
+<p class="empty" id="topics-empty" hidden>No topics yet: nothing was published and no
+receiver is connected.</p>
+<p class="footnote">Rates are per second, averaged over the last minute.</p>
+</section>
+<section class="card" aria-labelledby="receivers-title">
+<h2 id="receivers-title">Receivers</h2>
+<table id="receivers" class="data">
+<thead><tr><th>Receiver</th><th>Topic</th><th>State</th><th class="num">In flight</th>
+<th>Last success</th><th class="num">Failures in a row</th><th>Recent failures</th></tr>
+</thead>
+<tbody></tbody>
+</table>
+<p class="empty" id="receivers-empty" hidden>No receiver is connected.</p>
+</section>
+<section class="card" aria-labelledby="dead-letters-title">
+<div class="card-head">
+<h2 id="dead-letters-title">Dead letters</h2>
+<button type="button" id="redrive-all" class="redrive" disabled>Redrive all</button>
+</div>
+<p id="redrive-result" class="result" role="status"></p>
+<div id="dead-letter-groups"></div>
+<p class="empty" id="dead-letters-empty" hidden>No dead letters.</p>
+</section>
+</div>
+</main>
+<footer>
+<span>mq-py {version}</span>
+<button type="button" id="forget-key" class="link" hidden>Forget key</button>
+</footer>
 </body>
 </html>
 """
@@ -39,11 +149,47 @@ dd {{ font-size: 2rem; margin: 0; font-variant-numeric: tabular-nums; }}
 
 async def dashboard(request: web.Request) -> web.Response:
     stats = await broker_of(request).stats()
+    keys_required = request.app[ACCESS].enabled
     page = _PAGE.format(
-        readers=stats.receivers,
-        writers=stats.senders,
-        queue_length=stats.queue_length,
-        completed=stats.completed,
+        readers=escape(str(stats.receivers)),
+        writers=escape(str(stats.senders)),
+        queue_length=escape(str(stats.queue_length)),
+        completed=escape(str(stats.completed)),
+        keys_required="true" if keys_required else "false",
+        key_panel_hidden="" if keys_required else " hidden",
         version=escape(__version__),
     )
-    return web.Response(text=page, content_type="text/html")
+    return web.Response(text=page, content_type="text/html", headers=_PAGE_HEADERS)
+
+
+@dataclass(frozen=True, slots=True)
+class _StaticFile:
+    body: bytes
+    etag: str
+
+
+@cache
+def _static_file(name: str) -> _StaticFile:
+    """Read once from the installed package: the files change only with the package."""
+    body = resources.files("mqpy").joinpath("static", name).read_bytes()
+    return _StaticFile(body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+
+
+def static_file(name: str) -> Handler:
+    """The handler serving one of STATIC_FILES; browsers revalidate it by ETag."""
+    content_type = STATIC_FILES[name]
+
+    async def serve(request: web.Request) -> web.Response:
+        file = _static_file(name)
+        headers = {
+            "ETag": file.etag,
+            "Cache-Control": "no-cache",
+            "X-Content-Type-Options": "nosniff",
+        }
+        if file.etag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
+        return web.Response(
+            body=file.body, content_type=content_type, charset="utf-8", headers=headers
+        )
+
+    return serve

@@ -1,0 +1,538 @@
+// The live view of /dashboard. It polls GET /v1/status and GET /v1/dead-letters and
+// redraws the page from them, keeping the server-rendered figures current.
+//
+// Everything that comes from the broker is written with textContent or as SVG
+// attributes, never parsed as HTML: message bodies and receiver URLs are chosen by
+// clients. The admin key lives in sessionStorage and travels only in the
+// Authorization header, never in a URL.
+"use strict";
+
+(() => {
+  const KEY_STORAGE = "mqpy.adminKey";
+  const POLL_MS = 1000;
+  const MAX_RETRY_MS = 10000;
+  const LETTERS_SHOWN_PER_RECEIVER = 10;
+  const BODY_PREVIEW_CHARS = 160;
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  // Drawn in this order: published, dashed, stays visible over an equal delivered line.
+  const SERIES = ["delivered", "published", "failed"];
+
+  const $ = (id) => document.getElementById(id);
+  const keysRequired = document.body.dataset.keysRequired === "true";
+
+  const state = {
+    key: readKey(),
+    generation: 0, // bumped when the key changes: answers to the old key are dropped
+    timer: 0,
+    polling: false,
+    pollAgain: false,
+    retries: 0,
+    windowSeconds: 300,
+    feed: null, // the last status feed drawn
+  };
+
+  class HttpError extends Error {
+    constructor(status, detail) {
+      super(detail);
+      this.status = status;
+    }
+  }
+
+  // -- the key ------------------------------------------------------------------------
+
+  function readKey() {
+    try {
+      return sessionStorage.getItem(KEY_STORAGE) || "";
+    } catch {
+      return ""; // storage disabled: the key lasts until the page is left
+    }
+  }
+
+  function setKey(key) {
+    state.key = key;
+    state.generation += 1;
+    try {
+      if (key) sessionStorage.setItem(KEY_STORAGE, key);
+      else sessionStorage.removeItem(KEY_STORAGE);
+    } catch {
+      // storage disabled: keep the key in memory only
+    }
+    $("forget-key").hidden = !key;
+  }
+
+  function askForKey(message) {
+    $("key-panel").hidden = false;
+    $("key-error").textContent = message;
+    $("live").hidden = true;
+    for (const element of document.querySelectorAll(".live-only")) element.hidden = true;
+    setStatus("key", "Admin key needed for the live view");
+  }
+
+  function authHeaders() {
+    return state.key ? { Authorization: "Bearer " + state.key } : {};
+  }
+
+  // -- talking to the broker ----------------------------------------------------------
+
+  async function request(path, options = {}) {
+    const response = await fetch(path, {
+      cache: "no-store",
+      ...options,
+      headers: { ...authHeaders(), ...(options.headers || {}) },
+    });
+    if (!response.ok) {
+      let detail = response.statusText;
+      try {
+        const problem = await response.json();
+        if (problem && typeof problem.detail === "string") detail = problem.detail;
+      } catch {
+        // not problem+json: keep the status text
+      }
+      throw new HttpError(response.status, detail);
+    }
+    return response.json();
+  }
+
+  async function poll() {
+    if (state.polling) {
+      state.pollAgain = true;
+      return;
+    }
+    clearTimeout(state.timer);
+    state.polling = true;
+    const generation = state.generation;
+    let next = POLL_MS;
+    try {
+      const [feed, letters] = await Promise.all([
+        request("/v1/status"),
+        request("/v1/dead-letters"),
+      ]);
+      if (generation === state.generation) {
+        state.retries = 0;
+        render(feed, letters.dead_letters);
+      }
+    } catch (error) {
+      next = generation === state.generation ? failed(error) : 0;
+    } finally {
+      state.polling = false;
+    }
+    if (next === null) return; // waiting for a key
+    if (state.pollAgain) {
+      state.pollAgain = false;
+      next = 0;
+    }
+    state.timer = setTimeout(poll, next);
+  }
+
+  // What to do after a failed poll: the delay before the next one, or null to stop.
+  function failed(error) {
+    if (error instanceof HttpError && error.status === 401) {
+      const hadKey = Boolean(state.key);
+      setKey("");
+      askForKey(hadKey ? "That key was not accepted: " + error.message + "." : "");
+      return null;
+    }
+    if (error instanceof HttpError && error.status === 403) {
+      setKey("");
+      askForKey("That key is not an admin key; the live view needs one.");
+      return null;
+    }
+    state.retries += 1;
+    const reason = error instanceof HttpError ? error.message : "the broker does not answer";
+    setStatus("offline", "Offline: " + reason + "; retrying");
+    return Math.min(POLL_MS * 2 ** state.retries, MAX_RETRY_MS);
+  }
+
+  async function redrive(receiverId, button) {
+    const label = button.textContent;
+    button.dataset.busy = "true";
+    button.disabled = true;
+    button.textContent = "Redriving…";
+    const result = $("redrive-result");
+    try {
+      const body = receiverId === null ? {} : { receiver_id: receiverId };
+      const answer = await request("/v1/dead-letters/redrive", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      const whom = receiverId === null ? "their receivers" : "receiver #" + receiverId;
+      result.dataset.kind = "ok";
+      const sent = plural(answer.redriven, "dead letter");
+      result.textContent = `Sent ${sent} back to ${whom}.`;
+    } catch (error) {
+      result.dataset.kind = "error";
+      result.textContent = "Redrive failed: " + error.message;
+    } finally {
+      button.textContent = label;
+      delete button.dataset.busy;
+      button.disabled = false; // the next redraw disables it again if nothing is left
+      poll();
+    }
+  }
+
+  // -- drawing ------------------------------------------------------------------------
+
+  function render(feed, letters) {
+    state.feed = feed;
+    $("readers").textContent = String(feed.readers);
+    $("writers").textContent = String(feed.writers);
+    $("queue-length").textContent = String(feed.queue_length);
+    $("completed-sends").textContent = String(feed.completed_sends);
+    $("dead-letter-count").textContent = String(feed.dead_letters);
+    for (const element of document.querySelectorAll(".live-only")) element.hidden = false;
+    $("key-panel").hidden = true;
+    $("live").hidden = false;
+    drawThroughput();
+    renderTopics(feed);
+    renderReceivers(feed);
+    renderDeadLetters(feed, letters);
+    setStatus("live", "Live · updated " + clock(feed.at));
+  }
+
+  function setStatus(kind, text) {
+    const pill = $("live-status");
+    pill.dataset.state = kind;
+    pill.textContent = text;
+  }
+
+  function drawThroughput() {
+    if (!state.feed) return;
+    // The feed's last point is the second still running: leave it out, or every
+    // chart would end in a dip.
+    const points = state.feed.throughput.slice(-state.windowSeconds - 1, -1);
+    const svg = $("throughput-chart");
+    const width = Math.max(svg.clientWidth, 300);
+    const height = Math.max(svg.clientHeight, 120);
+    const box = { left: 44, right: 12, top: 10, bottom: 24 };
+    const peak = Math.max(0, ...points.map((p) => Math.max(p.published, p.delivered, p.failed)));
+    const top = niceCeiling(Math.max(peak, 1));
+    const step = points.length > 1 ? (width - box.left - box.right) / (points.length - 1) : 0;
+    const x = (i) => box.left + i * step;
+    const y = (value) => box.top + (1 - value / top) * (height - box.top - box.bottom);
+
+    const parts = [];
+    for (const value of [0, top / 2, top]) {
+      const at = y(value);
+      const grid = { class: "grid", x1: box.left, x2: width - box.right, y1: at, y2: at };
+      parts.push(svgElement("line", grid));
+      const label = { class: "axis", x: box.left - 6, y: at + 4, "text-anchor": "end" };
+      parts.push(svgElement("text", label, formatCount(value)));
+    }
+    const tick = state.windowSeconds <= 60 ? 15 : state.windowSeconds <= 300 ? 60 : 120;
+    for (let back = state.windowSeconds; back >= 0; back -= tick) {
+      const i = points.length - back; // the last point is one second ago
+      if (i < 0) continue;
+      const anchor = back === 0 ? "end" : i === 0 ? "start" : "middle";
+      const at = x(Math.min(i, points.length - 1));
+      const label = { class: "axis", x: at, y: height - 6, "text-anchor": anchor };
+      parts.push(svgElement("text", label, back === 0 ? "now" : "−" + formatDuration(back)));
+    }
+    if (points.length) {
+      const point = (i, value) => `${x(i).toFixed(1)},${y(value).toFixed(1)}`;
+      const line = (name) => points.map((p, i) => (i ? "L" : "M") + point(i, p[name])).join("");
+      const floor = `L${point(points.length - 1, 0)}L${point(0, 0)}Z`;
+      parts.push(svgElement("path", { class: "area-delivered", d: line("delivered") + floor }));
+      for (const name of SERIES) {
+        parts.push(svgElement("path", { class: "line line-" + name, d: line(name) }));
+      }
+    }
+    svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    svg.replaceChildren(...parts);
+
+    const totals = {};
+    for (const name of SERIES) {
+      totals[name] = points.reduce((sum, point) => sum + point[name], 0);
+      $("tp-" + name).textContent = formatCount(totals[name]);
+    }
+    const span = formatDuration(state.windowSeconds);
+    $("tp-summary").textContent = `in the last ${span} · peak ${formatCount(peak)}/s`;
+    svg.setAttribute(
+      "aria-label",
+      `Throughput over the last ${span}: ${totals.published} published, ` +
+        `${totals.delivered} delivered, ${totals.failed} failed attempts`,
+    );
+  }
+
+  function renderTopics(feed) {
+    showTable("topics", feed.topics.length > 0);
+    const rows = $("topics").tBodies[0];
+    syncChildren(rows, feed.topics, (topic) => topic.topic, () => row(6), updateTopicRow);
+  }
+
+  function updateTopicRow(tr, topic) {
+    const cells = tr.cells;
+    const age = topic.oldest_undelivered_age_seconds;
+    cells[0].textContent = topic.topic;
+    setNumber(cells[1], topic.receivers);
+    setNumber(cells[2], topic.backlog);
+    setNumber(cells[3], age === null ? "—" : formatDuration(age));
+    setNumber(cells[4], formatRate(topic.publish_rate));
+    setNumber(cells[5], formatRate(topic.delivery_rate));
+  }
+
+  function renderReceivers(feed) {
+    showTable("receivers", feed.receivers.length > 0);
+    const rows = $("receivers").tBodies[0];
+    const update = (tr, receiver) => updateReceiverRow(tr, receiver, feed.at);
+    syncChildren(rows, feed.receivers, (receiver) => receiver.id, buildReceiverRow, update);
+  }
+
+  function buildReceiverRow() {
+    const tr = row(7);
+    tr.cells[0].append(element("span", "rid"), " ", element("span", "url"));
+    tr.cells[2].append(element("span", "badge"));
+    const details = element("details", "failures");
+    details.append(element("summary"), element("ol"));
+    tr.cells[6].append(element("span", "muted none", "—"), details);
+    return tr;
+  }
+
+  function updateReceiverRow(tr, receiver, now) {
+    const cells = tr.cells;
+    tr.dataset.receiverId = String(receiver.id);
+    tr.dataset.state = receiver.state;
+    cells[0].querySelector(".rid").textContent = "#" + receiver.id;
+    const url = cells[0].querySelector(".url");
+    url.textContent = receiver.url;
+    url.title = receiver.url;
+    cells[1].textContent = receiver.topic;
+    const badge = cells[2].querySelector(".badge");
+    badge.className = "badge state-" + receiver.state;
+    badge.textContent = receiver.state;
+    setNumber(cells[3], receiver.in_flight);
+    const success = receiver.last_success_at;
+    cells[4].textContent = success === null ? "none yet" : ago(now - success);
+    cells[4].title = success === null ? "" : new Date(success * 1000).toLocaleString();
+    setNumber(cells[5], receiver.consecutive_failures);
+    renderFailures(cells[6], receiver.recent_failures, now);
+  }
+
+  function renderFailures(cell, failures, now) {
+    const details = cell.querySelector("details");
+    cell.querySelector(".none").hidden = failures.length > 0;
+    details.hidden = failures.length === 0;
+    if (!failures.length) return;
+    const latest = failures[0];
+    details.querySelector("summary").textContent = `${latest.reason} · ${ago(now - latest.at)}`;
+    const items = failures.map((failure) => {
+      const status = failure.status === null ? "" : ` · HTTP ${failure.status}`;
+      const text =
+        `${clock(failure.at)} · attempt ${failure.attempt}${status} · ${failure.reason}` +
+        ` · message ${failure.message_id}`;
+      return element("li", "", text);
+    });
+    details.querySelector("ol").replaceChildren(...items);
+  }
+
+  function renderDeadLetters(feed, letters) {
+    const urls = new Map(feed.receivers.map((receiver) => [receiver.id, receiver.url]));
+    const groups = new Map();
+    for (const letter of letters) {
+      if (!groups.has(letter.receiver_id)) groups.set(letter.receiver_id, []);
+      groups.get(letter.receiver_id).push(letter);
+    }
+    const items = [...groups].map(([id, group]) => ({ id, group, url: urls.get(id) }));
+    $("dead-letters-empty").hidden = items.length > 0;
+    const all = $("redrive-all");
+    if (!all.dataset.busy) all.disabled = !items.some((item) => item.url !== undefined);
+    const update = (section, item) => updateLetterGroup(section, item, feed.at);
+    syncChildren($("dead-letter-groups"), items, (item) => item.id, buildLetterGroup, update);
+  }
+
+  function buildLetterGroup(item) {
+    const section = element("section", "dl-group");
+    const head = element("div", "dl-head");
+    const title = element("h3");
+    title.append(element("span", "rid"), " ", element("span", "url"));
+    const button = element("button", "redrive", "Redrive");
+    button.type = "button";
+    button.addEventListener("click", () => redrive(item.id, button));
+    head.append(title, element("span", "count muted"), button);
+    const table = element("table", "data letters");
+    const header = table.createTHead().insertRow();
+    for (const name of ["Message", "Attempts", "Last error", "Dead since", "Body"]) {
+      header.append(element("th", name === "Attempts" ? "num" : "", name));
+    }
+    table.createTBody();
+    section.append(head, table, element("p", "more muted"));
+    return section;
+  }
+
+  function updateLetterGroup(section, item, now) {
+    const connected = item.url !== undefined;
+    section.dataset.receiverId = String(item.id);
+    section.querySelector(".rid").textContent = "Receiver #" + item.id;
+    const url = section.querySelector(".url");
+    url.textContent = connected ? item.url : "disconnected";
+    url.title = connected ? item.url : "";
+    section.querySelector(".count").textContent = plural(item.group.length, "dead letter");
+    const button = section.querySelector("button.redrive");
+    if (!button.dataset.busy) button.disabled = !connected;
+    button.title = connected
+      ? "Deliver these again, with a fresh retry budget"
+      : "The receiver has disconnected: its dead letters cannot be redriven";
+    const shown = item.group.slice(-LETTERS_SHOWN_PER_RECEIVER).reverse(); // newest first
+    const update = (tr, letter) => updateLetterRow(tr, letter, now);
+    const rows = section.querySelector("tbody");
+    syncChildren(rows, shown, (letter) => letter.message_id, () => row(5), update);
+    const older = item.group.length - shown.length;
+    section.querySelector(".more").textContent = older > 0 ? `and ${older} older…` : "";
+  }
+
+  function updateLetterRow(tr, letter, now) {
+    const [id, attempts, error, dead, body] = tr.cells;
+    id.className = "mono";
+    id.textContent = letter.message_id;
+    setNumber(attempts, letter.attempts);
+    error.className = "reason";
+    error.textContent = letter.last_error || "—";
+    error.title = letter.last_error || "";
+    dead.textContent = ago(now - letter.dead_at);
+    dead.title = new Date(letter.dead_at * 1000).toLocaleString();
+    body.className = "body";
+    body.textContent = preview(letter.body);
+    body.title = letter.body.length > BODY_PREVIEW_CHARS ? letter.body.slice(0, 2000) : "";
+  }
+
+  // -- DOM helpers --------------------------------------------------------------------
+
+  // Make `parent`'s children match `items` in order, reusing the child made for the same
+  // key, so open details, focus and a button being clicked survive each redraw.
+  function syncChildren(parent, items, keyOf, build, update) {
+    const old = new Map();
+    for (const child of Array.from(parent.children)) old.set(child.dataset.key, child);
+    let previous = null;
+    for (const item of items) {
+      const key = String(keyOf(item));
+      let child = old.get(key);
+      if (child) old.delete(key);
+      else {
+        child = build(item);
+        child.dataset.key = key;
+      }
+      update(child, item);
+      const wanted = previous ? previous.nextElementSibling : parent.firstElementChild;
+      if (child !== wanted) parent.insertBefore(child, wanted);
+      previous = child;
+    }
+    for (const child of old.values()) child.remove();
+  }
+
+  function showTable(id, any) {
+    $(id).hidden = !any;
+    $(id + "-empty").hidden = any;
+  }
+
+  function row(cells) {
+    const tr = document.createElement("tr");
+    for (let i = 0; i < cells; i += 1) tr.insertCell();
+    return tr;
+  }
+
+  function element(tag, className = "", text = "") {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text) node.textContent = text;
+    return node;
+  }
+
+  function svgElement(tag, attributes, text) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function setNumber(cell, value) {
+    cell.className = "num";
+    cell.textContent = typeof value === "number" ? formatCount(value) : value;
+  }
+
+  // -- formatting ---------------------------------------------------------------------
+
+  function niceCeiling(value) {
+    const magnitude = 10 ** Math.floor(Math.log10(value));
+    for (const step of [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) {
+      if (value <= step * magnitude) return step * magnitude;
+    }
+    return 10 * magnitude;
+  }
+
+  function formatCount(value) {
+    return Number.isInteger(value) ? value.toLocaleString("en-US") : value.toFixed(1);
+  }
+
+  function formatRate(perSecond) {
+    if (perSecond === 0) return "0/s";
+    return (perSecond < 10 ? perSecond.toFixed(2) : perSecond.toFixed(1)) + "/s";
+  }
+
+  function formatDuration(seconds) {
+    if (seconds < 60) return Math.floor(seconds) + " s";
+    if (seconds < 3600) return Math.floor(seconds / 60) + " min";
+    if (seconds < 86400) return (seconds / 3600).toFixed(1) + " h";
+    return (seconds / 86400).toFixed(1) + " d";
+  }
+
+  function ago(seconds) {
+    return seconds < 1 ? "just now" : formatDuration(seconds) + " ago";
+  }
+
+  function clock(unixSeconds) {
+    return new Date(unixSeconds * 1000).toLocaleTimeString([], { hour12: false });
+  }
+
+  function plural(count, noun) {
+    return count + " " + noun + (count === 1 ? "" : "s");
+  }
+
+  function preview(body) {
+    if (body === "") return "(empty)";
+    return body.length > BODY_PREVIEW_CHARS ? body.slice(0, BODY_PREVIEW_CHARS) + "…" : body;
+  }
+
+  // -- start --------------------------------------------------------------------------
+
+  $("no-script").hidden = true;
+
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = $("key-input");
+    const key = input.value.trim();
+    if (!key) {
+      $("key-error").textContent = "Paste an admin key first.";
+      return;
+    }
+    input.value = "";
+    $("key-error").textContent = "";
+    setKey(key);
+    setStatus("static", "Checking the key…");
+    poll();
+  });
+
+  $("forget-key").addEventListener("click", () => {
+    setKey("");
+    clearTimeout(state.timer);
+    if (keysRequired) askForKey("");
+    else poll();
+  });
+
+  $("redrive-all").addEventListener("click", (event) => redrive(null, event.currentTarget));
+
+  for (const button of document.querySelectorAll(".range button")) {
+    button.addEventListener("click", () => {
+      state.windowSeconds = Number(button.dataset.seconds);
+      for (const other of document.querySelectorAll(".range button")) {
+        other.setAttribute("aria-pressed", String(other === button));
+      }
+      drawThroughput();
+    });
+  }
+
+  window.addEventListener("resize", drawThroughput);
+
+  $("forget-key").hidden = !state.key;
+  if (keysRequired && !state.key) askForKey("");
+  else poll();
+})();

@@ -1,0 +1,321 @@
+"""The live dashboard in a real headless Chromium: Debian's `chromium`, driven by
+Playwright (never a browser Playwright downloads).
+
+A real broker and real receivers; the page is loaded once and must follow the broker
+by itself. Every wait is for something the page shows; no sleep decides an outcome.
+The busy page is saved as artifacts/dashboard.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from playwright.async_api import (
+    Browser,
+    ConsoleMessage,
+    Error,
+    Locator,
+    Page,
+    async_playwright,
+    expect,
+)
+
+from tests.conftest import ReceiverFactory, ServerFactory
+from tests.support.client import SeedClient
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ADMIN_KEY = "test-admin-key-dashboard-browser-7a2c"
+WAIT_MS = 20_000  # for what the page shows; the page polls every second
+
+
+@dataclass
+class Tab:
+    """A page, and what went wrong in it: script errors and console errors (a blocked
+    resource or a Content-Security-Policy violation is reported as the latter)."""
+
+    page: Page
+    errors: list[str] = field(default_factory=list)
+
+    def csp_violations(self) -> list[str]:
+        return [e for e in self.errors if "Content Security Policy" in e or "page error" in e]
+
+
+@pytest.fixture
+def chromium() -> Path:
+    """Debian's chromium; skipped without it, except under CI, where it must be there."""
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing: apt-get install chromium to run the browser tests"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (CI=true: .ci/run installs it)")
+        pytest.skip(reason)
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(chromium: Path) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def open_tab(browser: Browser, *, javascript: bool = True) -> Tab:
+    context = await browser.new_context(
+        viewport={"width": 1280, "height": 900}, java_script_enabled=javascript
+    )
+    tab = Tab(await context.new_page())
+
+    def page_error(error: Error) -> None:
+        tab.errors.append(f"page error: {error}")
+
+    def console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            tab.errors.append(f"{message.text} ({message.location.get('url')})")
+
+    tab.page.on("pageerror", page_error)
+    tab.page.on("console", console)
+    return tab
+
+
+class Flaky:
+    """A receiver's behaviour: HTTP 500 while broken, 204 otherwise."""
+
+    def __init__(self) -> None:
+        self.broken = True
+
+    async def __call__(self, request: web.Request, number: int) -> web.StreamResponse:
+        return web.Response(status=500 if self.broken else 204)
+
+
+def chart_heights(path_d: str | None) -> list[float]:
+    """The y coordinate of each point of an SVG path (the chart's lines: one a second)."""
+    assert path_d, "the chart has no line"
+    return [float(y) for y in re.findall(r"[ML][\d.]+,([\d.]+)", path_d)]
+
+
+async def busy_seconds(line: Locator) -> int:
+    """How many seconds of the chart's line are above its zero (SVG y grows downwards)."""
+    heights = chart_heights(await line.get_attribute("d"))
+    return sum(1 for y in heights if y < max(heights))
+
+
+async def wait_for_chart(line: Locator, seconds: int) -> None:
+    """Wait until the line shows traffic in `seconds` seconds. (Not with
+    wait_for_function: the page's Content-Security-Policy forbids evaluating strings.)"""
+    deadline = asyncio.get_running_loop().time() + WAIT_MS / 1000
+    while (busy := await busy_seconds(line)) < seconds:
+        assert asyncio.get_running_loop().time() < deadline, f"{busy} busy seconds"
+        await asyncio.sleep(0.1)
+
+
+async def publish_until_stopped(client: SeedClient, sender: int, stop: asyncio.Event) -> None:
+    number = 0
+    while not stop.is_set():
+        number += 1
+        await client.send(sender, f"load {number}")
+        await asyncio.sleep(0.05)  # pacing the load, not waiting for an outcome
+
+
+async def test_the_dashboard_follows_the_broker_without_a_reload(
+    browser: Browser,
+    start_server: ServerFactory,
+    start_receiver: ReceiverFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    # One attempt per delivery: a failure goes straight to the dead letters.
+    server = start_server("--retry-base", "0.05", "--retry-max", "0.5", "--max-attempts", "1")
+    client = SeedClient(http, server.url)
+    flaky = Flaky()
+    healthy, failing = await start_receiver(), await start_receiver(flaky)
+
+    tab = await open_tab(browser)
+    page = tab.page
+    await page.goto(server.url + "/dashboard")
+    await expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+    for figure in ("#readers", "#writers", "#queue-length", "#completed-sends"):
+        await expect(page.locator(figure)).to_have_text("0")
+    await expect(page.locator("#key-panel")).to_be_hidden()
+    await expect(page.locator("#no-script")).to_be_hidden()
+    published_line = page.locator("path.line-published")
+    assert await busy_seconds(published_line) == 0
+
+    healthy_id = await client.connect_receiver(healthy.url)
+    failing_id = await client.connect_receiver(failing.url)
+    sender = await client.connect_sender()
+    await expect(page.locator("#readers")).to_have_text("2", timeout=WAIT_MS)
+    await expect(page.locator("#writers")).to_have_text("1", timeout=WAIT_MS)
+
+    # A body written to run script if it were ever parsed as HTML.
+    hostile = '<img src=x onerror="document.body.dataset.pwned=1"><b>bold</b>'
+    await client.send(sender, hostile)
+    await healthy.wait_for(1)
+    await expect(page.locator("#completed-sends")).to_have_text("1", timeout=WAIT_MS)
+    await expect(page.locator("#tp-published")).to_have_text("1", timeout=WAIT_MS)
+    assert await busy_seconds(published_line) == 1, "the published line shows the message"
+
+    failing_row = page.locator(f'#receivers tr[data-receiver-id="{failing_id}"]')
+    healthy_row = page.locator(f'#receivers tr[data-receiver-id="{healthy_id}"]')
+    await expect(failing_row.locator(".badge")).to_have_text("failing", timeout=WAIT_MS)
+    await expect(failing_row.locator(".badge")).to_have_class(re.compile("state-failing"))
+    await expect(failing_row.locator("summary")).to_contain_text("receiver answered HTTP 500")
+    await expect(failing_row).to_contain_text(failing.url)
+    await expect(healthy_row.locator(".badge")).to_have_text("healthy")
+    await expect(healthy_row.locator("td").nth(4)).to_contain_text(re.compile("ago|just now"))
+
+    group = page.locator(f'.dl-group[data-receiver-id="{failing_id}"]')
+    await expect(group.locator("td.body")).to_have_text(hostile, timeout=WAIT_MS)
+    await expect(page.locator("#dead-letter-count")).to_have_text("1", timeout=WAIT_MS)
+    assert await page.locator("#dead-letter-groups img, #dead-letter-groups b").count() == 0
+    assert await page.evaluate("document.body.dataset.pwned") is None
+
+    # Under load: the figures climb, the chart fills, dead letters pile up.
+    await page.get_by_role("button", name="1 min").click()
+    await expect(page.get_by_role("button", name="1 min")).to_have_attribute("aria-pressed", "true")
+    stop = asyncio.Event()
+    publishers = [
+        asyncio.create_task(publish_until_stopped(client, sender, stop)) for _ in range(3)
+    ]
+    try:
+        # Some seconds of traffic, so the chart shows a stretch of it.
+        await wait_for_chart(published_line, seconds=8)
+        await expect(group.locator(".count")).not_to_have_text("1 dead letter", timeout=WAIT_MS)
+        await expect(page.locator("#completed-sends")).not_to_have_text("1")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    finally:
+        stop.set()
+        await asyncio.gather(*publishers)
+
+    # The receiver recovers; its dead letters go back once redriven.
+    flaky.broken = False
+    await expect(failing_row.locator(".badge")).to_have_text("healthy", timeout=WAIT_MS)
+    dead = int((await page.locator("#dead-letter-count").text_content()) or "0")
+    assert dead > 1
+    await group.get_by_role("button", name="Redrive").click()
+    await expect(page.locator("#redrive-result")).to_have_text(
+        re.compile(rf"Sent \d+ dead letters? back to receiver #{failing_id}\.")
+    )
+    await expect(group).to_have_count(0, timeout=WAIT_MS)
+    await expect(page.locator("#dead-letters-empty")).to_have_text("No dead letters.")
+    await expect(page.locator("#dead-letter-count")).to_have_text("0", timeout=WAIT_MS)
+    # Everything the failing receiver missed reaches it now, one delivery at a time.
+    await expect(page.locator("#queue-length")).to_have_text("0", timeout=2 * WAIT_MS)
+    assert hostile in [received.text for received in failing.received]
+
+    # "Redrive all" too, for a new dead letter.
+    flaky.broken = True
+    await client.send(sender, "once more")
+    await expect(group.locator(".count")).to_have_text("1 dead letter", timeout=WAIT_MS)
+    await expect(failing_row.locator(".badge")).to_have_text("failing")
+    flaky.broken = False
+    await page.get_by_role("button", name="Redrive all").click()
+    await expect(group).to_have_count(0, timeout=WAIT_MS)
+    await expect(failing_row.locator(".badge")).to_have_text("healthy", timeout=WAIT_MS)
+    await expect(page.get_by_role("button", name="Redrive all")).to_be_disabled()
+    assert "once more" in [received.text for received in failing.received]
+
+    assert tab.errors == []
+
+
+async def test_with_keys_the_live_view_asks_for_an_admin_key(
+    browser: Browser,
+    start_server: ServerFactory,
+    start_receiver: ReceiverFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    server = start_server(env={"MQPY_ADMIN_KEY": ADMIN_KEY})
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with http.post(
+        server.url + "/v1/keys", json={"role": "publisher"}, headers=admin
+    ) as response:
+        assert response.status == 201
+        publisher_key = (await response.json())["key"]
+
+    tab = await open_tab(browser)
+    page = tab.page
+    await page.goto(server.url + "/dashboard")
+    for figure in ("#readers", "#writers", "#queue-length", "#completed-sends"):
+        await expect(page.locator(figure)).to_have_text("0")
+    await expect(page.locator("#key-panel")).to_be_visible()
+    await expect(page.locator("#key-panel")).to_contain_text("Admin key needed")
+    await expect(page.locator("#live-status")).to_have_text(re.compile("admin key", re.I))
+    await expect(page.locator("#live")).to_be_hidden()
+
+    key_input = page.get_by_label("Admin key", exact=True)
+    submit = page.get_by_role("button", name="Show live view")
+    await key_input.fill(publisher_key)
+    await submit.click()
+    await expect(page.locator("#key-error")).to_have_text(re.compile("not an admin key"))
+    await key_input.fill(ADMIN_KEY + "-mistyped")
+    await submit.click()
+    await expect(page.locator("#key-error")).to_have_text(re.compile("not accepted"))
+    await expect(page.locator("#live")).to_be_hidden()
+
+    await key_input.fill(ADMIN_KEY)
+    await submit.click()
+    await expect(page.locator("#live")).to_be_visible(timeout=WAIT_MS)
+    await expect(page.locator("#key-panel")).to_be_hidden()
+    await expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+    await expect(page.locator("#receivers-empty")).to_be_visible()
+    assert ADMIN_KEY not in page.url
+    assert await page.evaluate("sessionStorage.getItem('mqpy.adminKey')") == ADMIN_KEY
+
+    receiver = await start_receiver()
+    async with http.post(
+        server.url + "/connect", json={"ClientURL": receiver.url, "mode": "receive"}, headers=admin
+    ) as response:
+        assert response.status == 200
+    await expect(page.locator("#readers")).to_have_text("1", timeout=WAIT_MS)
+    await expect(page.locator("#receivers tbody tr")).to_contain_text(receiver.url)
+
+    # The key lasts for the tab's session, and can be forgotten.
+    await page.reload()
+    await expect(page.locator("#live")).to_be_visible(timeout=WAIT_MS)
+    await page.get_by_role("button", name="Forget key").click()
+    await expect(page.locator("#key-panel")).to_be_visible()
+    await expect(page.locator("#live")).to_be_hidden()
+    assert await page.evaluate("sessionStorage.getItem('mqpy.adminKey')") is None
+
+    assert tab.csp_violations() == []
+
+
+async def test_without_javascript_the_page_still_shows_the_figures(
+    browser: Browser, start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    server = start_server()
+    await SeedClient(http, server.url).connect_sender()
+    tab = await open_tab(browser, javascript=False)
+    await tab.page.goto(server.url + "/dashboard")
+    await expect(tab.page.locator("#writers")).to_have_text("1")
+    await expect(tab.page.locator("#readers")).to_have_text("0")
+    await expect(tab.page.get_by_text("needs JavaScript")).to_be_visible()
+    await expect(tab.page.locator("#live")).to_be_hidden()
+    # The stylesheet loaded: the figures are laid out side by side.
+    readers, writers = (
+        await tab.page.locator("#readers").bounding_box(),
+        await tab.page.locator("#writers").bounding_box(),
+    )
+    assert readers is not None and writers is not None
+    assert readers["y"] == writers["y"] and readers["x"] < writers["x"]
