@@ -91,12 +91,12 @@ async def _finish_response(request: web.Request, response: web.StreamResponse) -
         and response.content_type != PROBLEM_CONTENT_TYPE
     ):
         problem = Problem(response.status, "http-error", response.reason or "error")
-        replacement = problem.to_response(request.path)
-        response.body = replacement.body
+        body = problem.to_body(request.path)
+        response.body = body
         # The headers were prepared for the old body: without this the new one is cut
         # short (aiohttp's 417 for an unsupported `Expect` on a route without the method).
         if "Content-Length" in response.headers:
-            response.headers["Content-Length"] = str(len(replacement.body))
+            response.headers["Content-Length"] = str(len(body))
         response.content_type = PROBLEM_CONTENT_TYPE
 
 

@@ -35,6 +35,18 @@ class Problem(Exception):
         self.extensions = extensions
 
     def to_response(self, instance: str | None = None) -> web.Response:
+        response = web.Response(
+            status=self.status,
+            body=self.to_body(instance),
+            content_type=PROBLEM_CONTENT_TYPE,
+            headers=self.headers,
+        )
+        if self.close:
+            response.force_close()
+        return response
+
+    def to_body(self, instance: str | None = None) -> bytes:
+        """The problem document, JSON-encoded."""
         body: dict[str, Any] = {
             "type": PROBLEM_TYPE_BASE + self.slug,
             "title": HTTPStatus(self.status).phrase,
@@ -44,15 +56,7 @@ class Problem(Exception):
         if instance is not None:
             body["instance"] = instance
         body.update(self.extensions)
-        response = web.Response(
-            status=self.status,
-            body=msgspec.json.encode(body),
-            content_type=PROBLEM_CONTENT_TYPE,
-            headers=self.headers,
-        )
-        if self.close:
-            response.force_close()
-        return response
+        return msgspec.json.encode(body)
 
 
 def invalid_field(field: str, detail: str) -> Problem:
