@@ -56,8 +56,12 @@ class RedriveRequest(msgspec.Struct):
 async def read_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
     """The body as a JSON object with lower-cased keys, or a 400 saying what is wrong."""
     try:
-        async with asyncio.timeout(request.app[BODY_TIMEOUT]):
-            raw = await request.read()  # 413 past the app's client_max_size
+        if request.content.is_eof():
+            # The whole body came with the headers (the usual case): no timer needed.
+            raw = await request.read()
+        else:
+            async with asyncio.timeout(request.app[BODY_TIMEOUT]):
+                raw = await request.read()  # 413 past the app's client_max_size
     except TimeoutError:
         # The rest of the body may still trickle in; closing stops waiting for it.
         raise Problem(

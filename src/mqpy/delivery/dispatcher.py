@@ -186,7 +186,15 @@ class Dispatcher:
                 self._held[delivery.subscription_id] -= 1
                 if self._held[delivery.subscription_id] <= 0:
                     del self._held[delivery.subscription_id]
-                self._wake.set()
+                self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        # Claim again once a worthwhile share of the room is free, or as soon as the
+        # workers run dry: a claim per finished delivery would be a store round trip
+        # per delivery, mostly for nothing.
+        room = self._capacity - self.held
+        if self._queue.empty() or room >= max(1, self._capacity // 4):
+            self._wake.set()
 
     async def _deliver(self, delivery: Delivery) -> None:
         self._observer.attempt_started(delivery.subscription_id)
