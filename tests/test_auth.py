@@ -449,3 +449,25 @@ async def test_revoking_a_key_disconnects_its_receivers(
         assert response.status == 200
     await asyncio.sleep(0.5)
     assert [r.text for r in receiver.received] == ["before"]
+
+
+async def test_a_web_page_on_another_site_cannot_make_a_browser_publish(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """With no key configured the broker trusts anyone on loopback; a browser visiting
+    another site must still not be usable to publish (cross-site request forgery)."""
+    server = start_server(env={"MQPY_ADMIN_KEY": ""})
+    body = {"ClientURL": "", "mode": "send"}
+    async with http.post(
+        server.url + "/connect", json=body, headers={"Origin": "https://evil.example"}
+    ) as response:
+        assert response.status == 403
+        assert response.content_type == "application/problem+json"
+        assert "evil.example" in (await response.json())["detail"]
+    own_origin = server.url.rstrip("/")
+    async with http.post(
+        server.url + "/connect", json=body, headers={"Origin": own_origin}
+    ) as response:
+        assert response.status == 200
+    async with http.post(server.url + "/connect", json=body) as response:
+        assert response.status == 200, "programs send no Origin and are not affected"

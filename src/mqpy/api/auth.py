@@ -5,6 +5,8 @@ What a key may do is the broker's business (403); this only establishes who call
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from aiohttp import web
 
 from mqpy.api.problems import Problem
@@ -32,6 +34,7 @@ _CHALLENGE = 'Bearer realm="mq-py"'
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    refuse_cross_site(request)
     token = bearer_token(request)
     principal = request.app[ACCESS].authenticate(token)
     if principal is None and request.path not in PUBLIC_PATHS:
@@ -51,3 +54,21 @@ def bearer_token(request: web.Request) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+def refuse_cross_site(request: web.Request) -> None:
+    """A web page on another site must not make a browser act on this broker (which,
+    with no key configured, accepts anyone): browsers send `Origin` with such requests,
+    and only this server's own pages (the dashboard) may change anything."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return  # not a browser making a cross-site request: curl, clients, receivers
+    if origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower():
+        raise Problem(
+            403,
+            "cross-site-request",
+            f"requests from web pages at {origin} are refused; call the API from a "
+            "program, or from this server's own dashboard",
+        )
