@@ -192,7 +192,7 @@ class SQLiteStore(Store):
         def operation(conn: sqlite3.Connection) -> Claim:
             return _claim(conn, limit, now, lease_seconds, per_subscription_limit, busy)
 
-        return await self._writer.run(operation)
+        return await self._writer.run(operation, durable=False)
 
     async def ack(self, delivery: Delivery) -> None:
         def operation(conn: sqlite3.Connection) -> None:
@@ -205,7 +205,7 @@ class SQLiteStore(Store):
             conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'delivered'")
             _forget_message_if_done(conn, row[0])
 
-        await self._writer.run(operation)
+        await self._writer.run(operation, durable=False)
 
     async def retry(
         self, delivery: Delivery, *, due_at: float, error: str, status: int | None
@@ -215,7 +215,8 @@ class SQLiteStore(Store):
                 "UPDATE deliveries SET due_at = ?, lease = NULL, last_error = ?, "
                 "last_status = ? WHERE id = ? AND lease = ?",
                 (due_at, error, status, delivery.delivery_id, delivery.lease),
-            )
+            ),
+            durable=False,
         )
 
     async def dead_letter(
@@ -226,7 +227,8 @@ class SQLiteStore(Store):
                 "UPDATE deliveries SET state = 'dead', dead_at = ?, lease = NULL, "
                 "last_error = ?, last_status = ? WHERE id = ? AND lease = ?",
                 (now, error, status, delivery.delivery_id, delivery.lease),
-            )
+            ),
+            durable=False,
         )
 
     async def release(self, deliveries: Sequence[Delivery], now: float) -> None:
@@ -236,7 +238,8 @@ class SQLiteStore(Store):
                 "UPDATE deliveries SET due_at = ?, lease = NULL, attempts = attempts - 1 "
                 "WHERE id = ? AND lease = ?",
                 params,
-            )
+            ),
+            durable=False,
         )
 
     async def add_key(self, key: ApiKey) -> None:

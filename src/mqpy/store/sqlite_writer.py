@@ -23,6 +23,7 @@ from mqpy.domain import StoreUnavailable
 
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
+_Item = tuple[Operation, "asyncio.Future[Any]", bool]  # operation, its caller, durable
 
 log = logging.getLogger("mqpy.store")
 
@@ -49,6 +50,7 @@ class GroupCommitWriter:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._synchronous_full = True  # what the configured connection starts with
         self.batches = 0
         self.operations = 0
         # Called in the writer thread after each commit with the batch's size and how
@@ -64,12 +66,17 @@ class GroupCommitWriter:
         self._thread.start()
         await ready
 
-    async def run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `operation` in the next transaction and return its result once committed."""
+    async def run(self, operation: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """Run `operation` in the next transaction and return its result once committed.
+
+        `durable=False` is for bookkeeping whose loss in a crash only means a delivery
+        is made again (claims, acks, retries): a batch of only such operations commits
+        without an fsync, and the next durable commit's fsync covers it (WAL frames are
+        written in order)."""
         if self._closed or self._loop is None:
             raise WriterClosed("the store is closed")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((operation, future))
+        self._queue.put((operation, future, durable))
         return await future
 
     async def stop(self) -> None:
@@ -102,7 +109,7 @@ class GroupCommitWriter:
         finally:
             conn.close()
 
-    def _take_batch(self) -> tuple[list[tuple[Operation, asyncio.Future[Any]]], bool]:
+    def _take_batch(self) -> tuple[list[_Item], bool]:
         item = self._queue.get()
         if item is _STOP:
             return [], True
@@ -117,14 +124,21 @@ class GroupCommitWriter:
             batch.append(item)
         return batch, False
 
+    def _set_synchronous(self, conn: sqlite3.Connection, *, full: bool) -> None:
+        # Between transactions only: SQLite ignores the pragma inside one.
+        if full != self._synchronous_full:
+            conn.execute(f"PRAGMA synchronous = {'FULL' if full else 'NORMAL'}")
+            self._synchronous_full = full
+
     def _execute(
-        self, conn: sqlite3.Connection, batch: list[tuple[Operation, asyncio.Future[Any]]]
+        self, conn: sqlite3.Connection, batch: list[_Item]
     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         started = time.perf_counter()
+        self._set_synchronous(conn, full=any(durable for _, _, durable in batch))
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for operation, future in batch:
+            for operation, future, _ in batch:
                 # A savepoint per operation: one failing operation is rolled back and
                 # reported to its own caller without spoiling the others in the batch.
                 conn.execute("SAVEPOINT op")
@@ -147,7 +161,7 @@ class GroupCommitWriter:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             failure = StoreUnavailable(f"the store could not commit: {exc}")
-            return [(future, None, failure) for _, future in batch]
+            return [(future, None, failure) for _, future, _ in batch]
         self.batches += 1
         self.operations += len(batch)
         if self.on_commit is not None:
