@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from mqpy.domain import ApiKey, Role
 from mqpy.keys import secret_matches, split_key
-from mqpy.topics import any_matches
+from mqpy.topics import covers
 
 BOOTSTRAP_KEY_ID = "bootstrap-admin"
 ANONYMOUS_KEY_ID = "anonymous"
@@ -32,7 +32,9 @@ class Principal:
         return self.role is Role.ADMIN
 
     def may_use_topic(self, topic: str) -> bool:
-        return any_matches(self.topics, topic)
+        """Whether this key may publish to `topic`, or subscribe to it (a name or a
+        pattern, which its own patterns must cover)."""
+        return not self.topics or any(covers(allowed, topic) for allowed in self.topics)
 
 
 ANONYMOUS = Principal(ANONYMOUS_KEY_ID, Role.ADMIN)

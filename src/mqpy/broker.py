@@ -14,19 +14,34 @@ from typing import Protocol
 from mqpy.access import Principal
 from mqpy.domain import (
     DEFAULT_TOPIC,
+    BadCursor,
     BrokerError,
     BrokerStats,
     Connection,
     DeadLetter,
+    Filter,
     Mode,
     NewMessage,
     NotASender,
+    Page,
+    Publication,
+    Published,
+    Role,
+    StoredMessage,
+    Subscription,
+    SubscriptionChanges,
+    SubscriptionSpec,
+    TopicInfo,
     UnknownConnection,
+    UnknownMessage,
+    UnknownSubscription,
+    UnknownTopic,
 )
 from mqpy.ids import new_message_id
 from mqpy.ratelimit import RateLimiter
 from mqpy.signing import generate_secret
 from mqpy.store import Store
+from mqpy.topics import matches as topics_match
 
 
 class Forbidden(BrokerError):
@@ -58,6 +73,9 @@ class DeliveryListener(Protocol):
     def forget_subscription(self, subscription_id: int) -> None:
         """A receiver is gone: drop what is claimed for it and not yet sent."""
 
+    def subscription_changed(self, subscription: Subscription) -> None:
+        """A subscription's settings changed (rate, pause); deliveries may be due."""
+
 
 class ReceiverGate(Protocol):
     """Checks a receiver before it is activated (address policy, confirmation)."""
@@ -80,6 +98,9 @@ class _NoListener:
     def forget_subscription(self, subscription_id: int) -> None:
         pass
 
+    def subscription_changed(self, subscription: Subscription) -> None:
+        pass
+
 
 class _OpenGate:
     async def refusal(self, url: str) -> str | None:
@@ -100,13 +121,14 @@ class Limits:
     publish_rate: float = 0.0
     publish_burst: float = 0.0
     secret_overlap: float = 86400.0
+    dedup_window: float = 86400.0  # how long an idempotency key is remembered
 
 
 class Broker:
-    """The seed protocol's operations on top of a store.
+    """The broker's operations (the seed protocol's and the native API's) on a store.
 
-    Connections are cached in memory: `/send` checks its sender on every call, and this
-    process is the only one that adds or removes connections of its store.
+    Connections and subscriptions are cached in memory: `/send` checks its sender on
+    every call, and this process is the only one that changes them in its store.
     """
 
     def __init__(
@@ -122,12 +144,21 @@ class Broker:
         self._gate: ReceiverGate = _OpenGate()
         self._clock = clock
         self._connections: dict[int, Connection] = {}
+        self._subscriptions: dict[int, Subscription] = {}
         self._per_key: Counter[str | None] = Counter()
         self._publish_rate = RateLimiter(limits.publish_rate, limits.publish_burst, clock)
 
     async def start(self) -> None:
         self._connections = {c.id: c for c in await self._store.connections()}
         self._per_key = Counter(c.key_id for c in self._connections.values())
+        self._subscriptions = {}
+        cursor: str | None = None
+        while True:
+            page = await self._store.subscriptions(cursor=cursor, limit=1000)
+            self._subscriptions.update((s.id, s) for s in page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
 
     def set_delivery_listener(self, listener: DeliveryListener) -> None:
         self._listener = listener
@@ -138,38 +169,66 @@ class Broker:
     def set_receiver_gate(self, gate: ReceiverGate) -> None:
         self._gate = gate
 
+    # The seed protocol.
+
     async def connect(
-        self, mode: Mode, client_url: str, principal: Principal, topic: str = DEFAULT_TOPIC
+        self,
+        mode: Mode,
+        client_url: str,
+        principal: Principal,
+        topic: str = DEFAULT_TOPIC,
+        *,
+        group: str | None = None,
+        filter: Filter | None = None,
     ) -> tuple[Connection, str | None]:
         """Register a client; a receiver also gets its signing secret (returned once)."""
         self._check_may_connect(mode, topic, principal)
         secret = None
         if mode is Mode.RECEIVE:
-            refusal = await self._gate.refusal(client_url)
-            if refusal is not None:
-                raise ReceiverRefused(refusal)
+            await self._check_receiver(client_url)
             secret = generate_secret()
         connection = await self._store.add_connection(
-            mode, client_url, topic, self._clock(), key_id=principal.key_id, secret=secret
+            mode,
+            client_url,
+            topic,
+            self._clock(),
+            key_id=principal.key_id,
+            secret=secret,
+            group=group if mode is Mode.RECEIVE else None,
+            filter=filter if mode is Mode.RECEIVE else None,
         )
         self._connections[connection.id] = connection
         self._per_key[principal.key_id] += 1
         if mode is Mode.RECEIVE:
+            await self._cache_subscription(connection.id)
             self._listener.notify()
         return connection, secret
+
+    async def _check_receiver(self, url: str) -> None:
+        refusal = await self._gate.refusal(url)
+        if refusal is not None:
+            raise ReceiverRefused(refusal)
+
+    async def _cache_subscription(self, subscription_id: int) -> None:
+        subscription = await self._store.subscription(subscription_id)
+        if subscription is not None:
+            self._subscriptions[subscription_id] = subscription
 
     def _check_may_connect(self, mode: Mode, topic: str, principal: Principal) -> None:
         wanted = "publisher" if mode is Mode.SEND else "subscriber"
         if not principal.is_admin and principal.role.value != wanted:
             raise Forbidden(f"connecting with mode '{mode.value}' needs a {wanted} or admin key")
-        if not principal.may_use_topic(topic):
-            raise Forbidden(f"this key may not use the topic {topic!r}")
+        self._check_topic(topic, principal)
         limit = self._limits.max_connections_per_key
         if limit and self._per_key[principal.key_id] >= limit:
             raise Forbidden(
                 f"this key already holds {limit} connections (--max-connections-per-key); "
                 "disconnect some first"
             )
+
+    def _check_topic(self, topic: str, principal: Principal) -> None:
+        if not principal.may_use_topic(topic):
+            raise Forbidden(f"this key may not use the topic {topic!r}")
 
     async def disconnect(self, connection_id: int, principal: Principal) -> Connection:
         self._owned(connection_id, principal)
@@ -179,10 +238,14 @@ class Broker:
         return connection
 
     async def disconnect_key(self, key_id: str) -> int:
-        """Disconnect every connection a (revoked) key made; returns how many."""
+        """Disconnect every connection and end every subscription a (revoked) key
+        made; returns how many connections."""
         owned = [c.id for c in self._connections.values() if c.key_id == key_id]
         for connection_id in owned:
             await self._remove(connection_id)
+        for subscription in list(self._subscriptions.values()):
+            if subscription.key_id == key_id:
+                await self._end_subscription(subscription.id)
         return len(owned)
 
     async def _remove(self, connection_id: int) -> Connection | None:
@@ -191,37 +254,196 @@ class Broker:
         if connection is not None:
             self._per_key[connection.key_id] -= 1
             if connection.mode is Mode.RECEIVE:
-                self._listener.forget_subscription(connection_id)
+                self._forget(connection_id)
         return connection
 
-    async def send(self, sender_id: int, body: str, principal: Principal) -> str:
-        """Publish `body` from a connected sender; returns the message id."""
+    def _forget(self, subscription_id: int) -> None:
+        self._subscriptions.pop(subscription_id, None)
+        self._listener.forget_subscription(subscription_id)
+        # A group member's deliveries stay for the others, due now.
+        self._listener.notify()
+
+    async def send(
+        self,
+        sender_id: int,
+        publication: Publication | str,
+        principal: Principal,
+        topic: str | None = None,
+    ) -> Published:
+        """Publish from a connected sender, to its topic unless `topic` is given."""
         sender = self._owned(sender_id, principal)
         if sender.mode is not Mode.SEND:
             raise NotASender(
                 f"connection {sender_id} is a receiver; connect with mode 'send' to publish"
             )
-        wait = self._publish_rate.acquire(principal.key_id)
+        if isinstance(publication, str):
+            publication = Publication(publication)
+        (published,) = await self._publish(
+            topic or sender.topic, [publication], principal, publisher_id=sender_id
+        )
+        return published
+
+    # Publishing.
+
+    async def publish(
+        self, topic: str, publications: list[Publication], principal: Principal
+    ) -> list[Published]:
+        """Publish messages to `topic` in one transaction (all or none)."""
+        if not principal.is_admin and principal.role is not Role.PUBLISHER:
+            raise Forbidden("publishing needs a publisher or admin key")
+        return await self._publish(topic, publications, principal, publisher_id=None)
+
+    async def _publish(
+        self,
+        topic: str,
+        publications: list[Publication],
+        principal: Principal,
+        publisher_id: int | None,
+    ) -> list[Published]:
+        self._check_topic(topic, principal)
+        wait = self._publish_rate.acquire(principal.key_id, len(publications))
         if wait > 0:
             raise RateLimited(wait, self._limits.publish_rate)
-        message = NewMessage(
-            id=new_message_id(),
-            topic=sender.topic,
-            body=body,
-            published_at=self._clock(),
-            publisher_id=sender_id,
+        now = self._clock()
+        messages = [
+            NewMessage(
+                id=new_message_id(),
+                topic=topic,
+                body=p.body,
+                published_at=now,
+                publisher_id=publisher_id,
+                attributes=p.attributes,
+                ordering_key=p.ordering_key,
+                deliver_at=_deliver_at(p, now),
+                idempotency_key=p.idempotency_key,
+                publisher_key=principal.key_id,
+            )
+            for p in publications
+        ]
+        published = await self._store.publish(
+            messages,
+            max_backlog=self._limits.max_backlog,
+            dedup_since=now - self._limits.dedup_window,
         )
-        if await self._store.publish(message, max_backlog=self._limits.max_backlog):
+        if any(p.deliveries for p in published):
             self._listener.notify()
-        self._observer.published(message.topic)
-        return message.id
+        for result in published:
+            if not result.duplicate:
+                self._observer.published(topic)
+        return published
+
+    async def message(self, message_id: str, principal: Principal) -> StoredMessage:
+        """A kept message and where each of its deliveries stands."""
+        message = await self._store.message(message_id, self._clock())
+        if message is None or not principal.may_use_topic(message.topic):
+            raise UnknownMessage(message_id)
+        return message
+
+    # Push subscriptions.
+
+    async def create_subscription(
+        self, spec: SubscriptionSpec, principal: Principal
+    ) -> tuple[Subscription, str]:
+        """A new push subscription and its signing secret (returned once)."""
+        if not principal.is_admin and principal.role is not Role.SUBSCRIBER:
+            raise Forbidden("creating a subscription needs a subscriber or admin key")
+        self._check_topic(spec.topic, principal)
+        await self._check_receiver(spec.url)
+        secret = generate_secret()
+        subscription = await self._store.add_subscription(
+            spec, self._clock(), key_id=principal.key_id, secret=secret
+        )
+        self._subscriptions[subscription.id] = subscription
+        self._listener.notify()
+        return subscription, secret
+
+    async def subscriptions(
+        self,
+        principal: Principal,
+        *,
+        topic: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page[Subscription]:
+        """Subscriptions the caller may see: all for an admin, else its own."""
+        if principal.is_admin:
+            return await self._store.subscriptions(topic=topic, cursor=cursor, limit=limit)
+        # Few subscriptions belong to one key; filter a full walk of the list.
+        mine = [
+            s
+            for s in sorted(self._subscriptions.values(), key=lambda s: s.id)
+            if s.key_id == principal.key_id and (topic is None or topics_match(s.spec.topic, topic))
+        ]
+        after = _int_cursor(cursor)
+        mine = [s for s in mine if after is None or s.id > after]
+        page = mine[:limit]
+        more = len(mine) > limit
+        return Page(page, str(page[-1].id) if more and page else None)
+
+    async def subscription(self, subscription_id: int, principal: Principal) -> Subscription:
+        subscription = await self._store.subscription(subscription_id)
+        if subscription is None or not _may_manage(subscription, principal):
+            raise UnknownSubscription(subscription_id)
+        return subscription
+
+    async def update_subscription(
+        self, subscription_id: int, changes: SubscriptionChanges, principal: Principal
+    ) -> Subscription:
+        await self.subscription(subscription_id, principal)
+        if changes.url is not None:
+            await self._check_receiver(changes.url)
+        updated = await self._store.update_subscription(subscription_id, changes)
+        return self._changed(subscription_id, updated)
+
+    async def set_paused(
+        self, subscription_id: int, paused: bool, principal: Principal
+    ) -> Subscription:
+        await self.subscription(subscription_id, principal)
+        updated = await self._store.set_paused(subscription_id, paused)
+        return self._changed(subscription_id, updated)
+
+    def _changed(self, subscription_id: int, updated: Subscription | None) -> Subscription:
+        if updated is None:
+            raise UnknownSubscription(subscription_id)
+        self._subscriptions[subscription_id] = updated
+        self._listener.subscription_changed(updated)
+        self._listener.notify()
+        return updated
+
+    async def delete_subscription(self, subscription_id: int, principal: Principal) -> None:
+        subscription = await self.subscription(subscription_id, principal)
+        if subscription.connection_id is not None and subscription.connection_id in (
+            self._connections
+        ):
+            await self._remove(subscription.connection_id)
+            return
+        await self._end_subscription(subscription_id)
+
+    async def _end_subscription(self, subscription_id: int) -> None:
+        if await self._store.remove_subscription(subscription_id, self._clock()) is None:
+            raise UnknownSubscription(subscription_id)
+        self._forget(subscription_id)
+
+    def cached_subscription(self, subscription_id: int) -> Subscription | None:
+        """A subscription from memory (no store read), for figures."""
+        return self._subscriptions.get(subscription_id)
+
+    def receivers(self) -> list[Subscription]:
+        """Every active push subscription, seed receivers included (from memory)."""
+        return list(self._subscriptions.values())
 
     async def rotate_secret(self, receiver_id: int, principal: Principal) -> str:
         """A new signing secret for a receiver; the old one keeps signing for the
         overlap window so the receiver can switch without losing a delivery."""
-        connection = self._owned(receiver_id, principal)
-        if connection.mode is not Mode.RECEIVE:
-            raise UnknownConnection(receiver_id)
+        connection = self._connections.get(receiver_id)
+        if connection is not None:
+            self._owned(receiver_id, principal)
+            if connection.mode is not Mode.RECEIVE:
+                raise UnknownConnection(receiver_id)
+        else:
+            subscription = self._subscriptions.get(receiver_id)
+            if subscription is None or not _may_manage(subscription, principal):
+                raise UnknownConnection(receiver_id)
         secret = generate_secret()
         await self._store.rotate_secret(
             receiver_id, secret, now=self._clock(), overlap_seconds=self._limits.secret_overlap
@@ -236,26 +458,89 @@ class Broker:
             raise Forbidden(f"connection {connection_id} belongs to another key")
         return connection
 
-    async def dead_letters(self, principal: Principal) -> list[DeadLetter]:
-        require_admin(principal)
-        return await self._store.dead_letters()
+    def connection(self, connection_id: int) -> Connection | None:
+        return self._connections.get(connection_id)
+
+    # Dead letters.
+
+    async def dead_letters(
+        self,
+        principal: Principal,
+        *,
+        subscription_id: int | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page[DeadLetter]:
+        await self._check_dead_letter_rights(principal, subscription_id)
+        return await self._store.dead_letters(
+            subscription_id=subscription_id, cursor=cursor, limit=limit
+        )
 
     async def redrive(self, principal: Principal, receiver_id: int | None = None) -> int:
-        require_admin(principal)
+        await self._check_dead_letter_rights(principal, receiver_id)
         count = await self._store.redrive(self._clock(), receiver_id)
         if count:
             self._listener.notify()
         return count
 
-    def receivers(self) -> list[Connection]:
-        """The receivers connected now (from memory: no store read)."""
-        return [c for c in self._connections.values() if c.mode is Mode.RECEIVE]
+    async def purge_dead_letters(
+        self, principal: Principal, subscription_id: int | None = None
+    ) -> int:
+        await self._check_dead_letter_rights(principal, subscription_id)
+        return await self._store.purge_dead_letters(subscription_id)
 
-    def connection(self, connection_id: int) -> Connection | None:
-        return self._connections.get(connection_id)
+    async def _check_dead_letter_rights(
+        self, principal: Principal, subscription_id: int | None
+    ) -> None:
+        """Every dead letter needs an admin; one subscription's, its owner will do."""
+        if subscription_id is None:
+            require_admin(principal)
+        else:
+            await self.subscription(subscription_id, principal)
+
+    # Topics and figures.
+
+    async def topics(
+        self, principal: Principal, *, cursor: str | None = None, limit: int = 100
+    ) -> Page[TopicInfo]:
+        require_admin(principal)
+        return await self._store.topics(cursor=cursor, limit=limit)
+
+    async def topic(self, name: str, principal: Principal) -> tuple[TopicInfo, list[Subscription]]:
+        """A topic's figures and the subscriptions that match it."""
+        require_admin(principal)
+        info = await self._store.topic(name)
+        if info is None:
+            raise UnknownTopic(name)
+        matching = sorted(
+            (s for s in self._subscriptions.values() if topics_match(s.spec.topic, name)),
+            key=lambda s: s.id,
+        )
+        return info, matching
 
     async def stats(self) -> BrokerStats:
         return await self._store.stats()
+
+
+def _deliver_at(publication: Publication, now: float) -> float | None:
+    if publication.deliver_at is not None:
+        return publication.deliver_at if publication.deliver_at > now else None
+    if publication.delay_seconds:
+        return now + publication.delay_seconds
+    return None
+
+
+def _may_manage(subscription: Subscription, principal: Principal) -> bool:
+    return principal.is_admin or subscription.key_id == principal.key_id
+
+
+def _int_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        return int(cursor)
+    except ValueError:
+        raise BadCursor(f"the cursor {cursor!r} was not handed out by this list") from None
 
 
 def require_admin(principal: Principal) -> None:

@@ -6,9 +6,19 @@ Nothing here knows about HTTP or SQL.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 DEFAULT_TOPIC = "default"
+
+T = TypeVar("T")
+
+# A filter on message attributes, one condition per attribute, all of which must hold:
+# "value" (equal), ["a", "b"] (any of), {"prefix": "ord"}, {"exists": true|false}.
+# Checked when it is made (mqpy.filters.parse_filter), so the store keeps it as given.
+Condition = str | list[str] | dict[str, str | bool]
+Filter = Mapping[str, Condition]
 
 
 class Mode(enum.StrEnum):
@@ -43,6 +53,142 @@ class NewMessage:
     body: str
     published_at: float
     publisher_id: int | None
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    ordering_key: str | None = None
+    deliver_at: float | None = None  # not before this time; None means at once
+    # With a key, a repeat from the same API key within the dedup window enqueues
+    # nothing and answers with the first message's id.
+    idempotency_key: str | None = None
+    publisher_key: str | None = None  # the API key id that published it
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A message as a publisher asks for it, before the broker names and stamps it."""
+
+    body: str
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    ordering_key: str | None = None
+    deliver_at: float | None = None  # Unix seconds
+    delay_seconds: float | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What a publish did: the message's id, and whether it repeated an earlier one
+    (same idempotency key within the window), in which case nothing was enqueued."""
+
+    id: str
+    duplicate: bool = False
+    deliveries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOverrides:
+    """A subscription's own retry policy; None keeps the broker's setting."""
+
+    max_attempts: int | None = None
+    min_backoff_seconds: float | None = None
+    max_backoff_seconds: float | None = None
+    max_age_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSpec:
+    """What a push subscription is asked to be."""
+
+    url: str
+    topic: str  # a topic name or a pattern (`orders.*`, `orders.>`)
+    group: str | None = None
+    filter: Filter | None = None
+    retry: RetryOverrides = RetryOverrides()
+    max_concurrency: int | None = None  # deliveries in flight at once to this receiver
+    max_per_second: float | None = None  # deliveries started per second
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A push subscription. A seed `/connect` receiver is one too, with
+    `connection_id` equal to its id."""
+
+    id: int
+    spec: SubscriptionSpec
+    created_at: float
+    paused: bool = False
+    key_id: str | None = None
+    connection_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionChanges:
+    """A partial update; None leaves a field as it is. `clear_*` sets it to none."""
+
+    url: str | None = None
+    filter: Filter | None = None
+    clear_filter: bool = False
+    retry: RetryOverrides | None = None
+    max_concurrency: int | None = None
+    clear_max_concurrency: bool = False
+    max_per_second: float | None = None
+    clear_max_per_second: bool = False
+
+
+class DeliveryState(enum.StrEnum):
+    """Where one message stands with one subscription."""
+
+    WAITING = "waiting"  # due later (delayed, or backing off before a retry)
+    PENDING = "pending"  # due now, or being attempted
+    DELIVERED = "delivered"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStatus:
+    """One message's delivery to one subscription, as an operator sees it."""
+
+    subscription_id: int | None  # None for a group delivery not attempted yet
+    group: str | None
+    state: DeliveryState
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    next_attempt_at: float | None
+    delivered_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as kept, with where each of its deliveries stands. Fully delivered
+    messages are kept for the retention window."""
+
+    id: str
+    topic: str
+    body: str
+    attributes: Mapping[str, str]
+    ordering_key: str | None
+    published_at: float
+    deliver_at: float | None
+    deliveries: list[DeliveryStatus]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """A topic some message was published to or some subscription names literally."""
+
+    name: str
+    published: int  # messages published to it since it was first seen
+    backlog: int  # messages not yet delivered to every subscription
+    oldest_published_at: float | None  # of the backlog
+    subscriptions: int  # subscriptions whose topic or pattern matches it
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list; pass `next_cursor` back for the next, None at the end."""
+
+    items: list[T]
+    next_cursor: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +210,11 @@ class Delivery:
     # The receiver's signing secrets valid now: the current one, and during a rotation
     # the previous one too. Empty for a receiver without a secret.
     secrets: tuple[str, ...] = ()
+    topic: str = DEFAULT_TOPIC
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    ordering_key: str | None = None
+    retry: RetryOverrides = RetryOverrides()  # the subscription's own policy
+    max_per_second: float | None = None  # the subscription's own pace
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +236,9 @@ class DeadLetter:
     last_error: str | None
     dead_at: float
     body: str
+    topic: str = DEFAULT_TOPIC
+    last_status: int | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +280,41 @@ class UnknownConnection(BrokerError):
     def __init__(self, connection_id: int) -> None:
         super().__init__(f"no client is connected with id {connection_id}")
         self.connection_id = connection_id
+
+
+class UnknownSubscription(BrokerError):
+    """No subscription has this id (never made, or deleted)."""
+
+    def __init__(self, subscription_id: int) -> None:
+        super().__init__(f"there is no subscription with id {subscription_id}")
+        self.subscription_id = subscription_id
+
+
+class UnknownMessage(BrokerError):
+    """No message with this id is kept (never published, or past its retention)."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(
+            f"no message with id {message_id!r} is kept; delivered messages are kept "
+            "for --message-retention"
+        )
+        self.message_id = message_id
+
+
+class UnknownTopic(BrokerError):
+    """No message was ever published to this topic and no subscription names it."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"there is no topic {topic!r}: nothing was published to it yet")
+        self.topic = topic
+
+
+class Conflict(BrokerError):
+    """The request contradicts what is stored (a group member with another filter)."""
+
+
+class BadCursor(BrokerError):
+    """A pagination cursor that this list did not hand out."""
 
 
 class NotASender(BrokerError):

@@ -41,3 +41,21 @@ def matches(pattern: str, topic: str) -> bool:
 def any_matches(patterns: tuple[str, ...], topic: str) -> bool:
     """No patterns means every topic."""
     return not patterns or any(matches(p, topic) for p in patterns)
+
+
+def covers(allowed: str, pattern: str) -> bool:
+    """Whether every topic `pattern` can match is one `allowed` matches too (a key
+    allowed `orders.>` may subscribe to `orders.*`, one allowed `orders.*` may not
+    subscribe to `orders.>`)."""
+    wanted = allowed.split(".")
+    asked = pattern.split(".")
+    for index, segment in enumerate(wanted):
+        if segment == ">":
+            return len(asked) > index
+        if index >= len(asked):
+            return False
+        if asked[index] == ">":
+            return False  # `>` reaches deeper than anything but `>` allows
+        if segment != "*" and segment != asked[index]:
+            return False
+    return len(asked) == len(wanted)

@@ -17,9 +17,10 @@ from collections import Counter
 from collections.abc import Callable
 
 from mqpy.delivery.health import ReceiverHealth
+from mqpy.delivery.pace import Pace
 from mqpy.delivery.retry import RetryPolicy
 from mqpy.delivery.sender import Outcome, Sender
-from mqpy.domain import Delivery, StoreUnavailable
+from mqpy.domain import Delivery, StoreUnavailable, Subscription
 from mqpy.observability import Observer
 from mqpy.store import Store
 
@@ -70,6 +71,8 @@ class Dispatcher:
         # Receivers disconnected while deliveries for them were claimed; those are
         # skipped rather than sent. An id leaves the set once nothing is held for it.
         self._forgotten: set[int] = set()
+        # Receivers with their own max_per_second, learnt from their deliveries.
+        self._paces: dict[int, Pace] = {}
 
     @property
     def held(self) -> int:
@@ -80,10 +83,15 @@ class Dispatcher:
         """Something may be due now (a publish, a connect, a redrive)."""
         self._wake.set()
 
+    def subscription_changed(self, subscription: Subscription) -> None:
+        """Its pace may have changed; the next delivery claimed for it says how."""
+        self._paces.pop(subscription.id, None)
+
     def forget_subscription(self, subscription_id: int) -> None:
         """The receiver disconnected: whatever is claimed for it and not yet being sent
         is dropped (the store already dropped the deliveries themselves)."""
         self._forgotten.add(subscription_id)
+        self._paces.pop(subscription_id, None)
         self._health.forget(subscription_id)
         self._observer.forget(subscription_id)
 
@@ -136,6 +144,7 @@ class Dispatcher:
                 for delivery in claim.deliveries:
                     if delivery.subscription_id in self._forgotten:
                         continue  # claimed just before its receiver disconnected
+                    self._paced(delivery, now)
                     self._held[delivery.subscription_id] += 1
                     self._queue.put_nowait(delivery)
                 # No claim is under way here, so a forgotten receiver with nothing held
@@ -146,6 +155,9 @@ class Dispatcher:
                 resume_at = self._health.next_resume_at(now)
                 if resume_at is not None:
                     timeout = min(timeout, max(0.0, resume_at - now))
+                for pace in self._paces.values():
+                    if pace.available(now) == 0:
+                        timeout = min(timeout, pace.next_at(now) - now)
                 if claim.deliveries and timeout == 0.0:
                     continue
             with contextlib.suppress(TimeoutError):
@@ -153,13 +165,28 @@ class Dispatcher:
 
     def _busy(self, now: float) -> dict[int, int]:
         """What each receiver holds, as the store's claim counts it; a paused receiver
-        counts as full, and one being probed as holding all but one slot."""
+        counts as full, one being probed as holding all but one slot, and one at its
+        own pace (max_per_second) as holding all but the deliveries it may start now."""
         cap = self._receiver_concurrency
         busy = dict(self._held)
         for subscription_id in self._health.paused_or_probing():
             allowed = self._health.allowance(subscription_id, now, cap)
             busy[subscription_id] = max(busy.get(subscription_id, 0), cap - allowed)
+        for subscription_id, pace in self._paces.items():
+            allowed = pace.available(now)
+            busy[subscription_id] = max(busy.get(subscription_id, 0), cap - allowed)
         return busy
+
+    def _paced(self, delivery: Delivery, now: float) -> None:
+        """Count a claimed delivery against its receiver's max_per_second."""
+        rate = delivery.max_per_second
+        if rate is None:
+            self._paces.pop(delivery.subscription_id, None)
+            return
+        pace = self._paces.get(delivery.subscription_id)
+        if pace is None or pace.rate != rate:
+            pace = self._paces[delivery.subscription_id] = Pace(rate, now)
+        pace.take(now)
 
     async def _work(self) -> None:
         task = asyncio.current_task()
@@ -206,7 +233,7 @@ class Dispatcher:
         if outcome.ok:
             acked_at = self._clock()
             self._health.succeeded(delivery.subscription_id)
-            await self._store.ack(delivery)
+            await self._store.ack(delivery, now=acked_at, status=outcome.status)
             self._observer.delivered(delivery, acked_at)
             return
         if outcome.receiver_unavailable:
@@ -219,7 +246,7 @@ class Dispatcher:
     async def _settle_failure(self, delivery: Delivery, outcome: Outcome) -> None:
         now = self._clock()
         error = outcome.error or "delivery failed"
-        due_at = self._policy.next_attempt_at(
+        due_at = self._policy.overridden_by(delivery.retry).next_attempt_at(
             attempt=delivery.attempt,
             published_at=delivery.published_at,
             now=now,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from mqpy.domain import RetryOverrides
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +22,20 @@ class RetryPolicy:
     max_delay: float = 300.0
     max_attempts: int = 10
     max_age: float = 86400.0
+
+    def overridden_by(self, overrides: RetryOverrides) -> RetryPolicy:
+        """This policy with a subscription's own settings in place of the broker's."""
+        if overrides == RetryOverrides():
+            return self
+        return replace(
+            self,
+            base=_pick(overrides.min_backoff_seconds, self.base),
+            max_delay=_pick(overrides.max_backoff_seconds, self.max_delay),
+            max_attempts=(
+                self.max_attempts if overrides.max_attempts is None else overrides.max_attempts
+            ),
+            max_age=_pick(overrides.max_age_seconds, self.max_age),
+        )
 
     def backoff(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         """Seconds to wait after failed attempt number `attempt` (1 is the first)."""
@@ -52,3 +68,7 @@ class RetryPolicy:
         if due_at - published_at > self.max_age:
             return None
         return due_at
+
+
+def _pick(override: float | None, default: float) -> float:
+    return default if override is None else override

@@ -28,8 +28,13 @@ MAX_RESPONSE_BYTES = 1 << 20
 _encode = msgspec.json.Encoder().encode
 
 
-class _Payload(msgspec.Struct):
+class _Payload(msgspec.Struct, omit_defaults=True):
+    """What a receiver gets: the seed's `{"body": ...}`, plus attributes and an
+    ordering key only when the message has them (a seed receiver never sees them)."""
+
     body: str
+    attributes: dict[str, str] = {}
+    ordering_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +88,17 @@ class Sender:
     async def send(self, delivery: Delivery) -> Outcome:
         """POST `{"body": ...}` to the receiver; any 2xx acknowledges."""
         assert self._session is not None, "Sender.start() was not called"
-        body = _encode(_Payload(delivery.body))
+        body = _encode(
+            _Payload(delivery.body, dict(delivery.attributes), delivery.ordering_key)
+        )
         timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
             "webhook-id": delivery.message_id,
             "webhook-timestamp": str(timestamp),
             "mq-attempt": str(delivery.attempt),
+            "mq-topic": delivery.topic,
+            "mq-subscription-id": str(delivery.subscription_id),
         }
         if delivery.secrets:
             headers["webhook-signature"] = signature_header(

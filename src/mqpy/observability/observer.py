@@ -64,9 +64,7 @@ class Observer:
     def attempt_started(self, subscription_id: int) -> None:
         receiver = self._receivers.get(subscription_id)
         if receiver is None:
-            connection = self._broker.connection(subscription_id)
-            topic = None if connection is None else self._topic(connection.topic)
-            receiver = self._receivers[subscription_id] = ReceiverActivity(topic)
+            receiver = self._receivers[subscription_id] = ReceiverActivity(None)
         receiver.in_flight += 1
         self._in_flight += 1
 
@@ -80,11 +78,11 @@ class Observer:
     def delivered(self, delivery: Delivery, acked_at: float) -> None:
         self._metrics.delivered(acked_at - delivery.published_at)
         self._throughput.delivered.add(acked_at)
+        # By the message's topic: a receiver's own may be a pattern.
+        self._topic(delivery.topic).delivered.add(acked_at)
         receiver = self._receivers.get(delivery.subscription_id)
         if receiver is not None:
             receiver.succeeded(acked_at)
-            if receiver.topic is not None:
-                receiver.topic.delivered.add(acked_at)
 
     def failed(
         self,
@@ -134,7 +132,7 @@ class Observer:
         figures = await self._figures.get()
         now = self._clock()
         receivers = self._broker.receivers()
-        receiving = Counter(connection.topic for connection in receivers)
+        receiving = Counter(s.spec.topic for s in receivers)
         backlogs = {b.topic: b for b in figures.backlogs}
         self._forget_idle_topics(now, set(receiving))
         topics = []
@@ -161,9 +159,18 @@ class Observer:
             completed_sends=figures.stats.completed,
             dead_letters=figures.dead_letters,
             topics=topics,
-            receivers=[self._receiver_status(c.id, c.client_url, c.topic) for c in receivers],
+            receivers=[self._receiver_status(s.id, s.spec.url, s.spec.topic) for s in receivers],
             throughput=self._throughput.series(now),
         )
+
+    def topic_rates(self, name: str) -> tuple[float, float]:
+        """`name`'s publishes and deliveries per second over the last minute, as this
+        process saw them (memory only, never the store)."""
+        activity = self._topics.get(name)
+        if activity is None:
+            return 0.0, 0.0
+        now = self._clock()
+        return _rate(now, activity.published), _rate(now, activity.delivered)
 
     def _receiver_status(self, receiver_id: int, url: str, topic: str) -> ReceiverStatus:
         activity = self._receivers.get(receiver_id) or ReceiverActivity(None)
@@ -182,16 +189,16 @@ class Observer:
         """For the scrape-time collector: memory only, never the store."""
         now = self._clock()
         receivers = self._broker.receivers()
-        self._forget_idle_topics(now, {connection.topic for connection in receivers})
-        states = Counter(self._state(connection.id) for connection in receivers)
+        self._forget_idle_topics(now, {s.spec.topic for s in receivers})
+        states = Counter(self._state(s.id) for s in receivers)
         topics = None
         if self._scraped is not None:
             figures = {
                 b.topic: TopicFigures(b.topic, b.messages, _age(now, b.oldest_published_at))
                 for b in self._scraped.backlogs
             }
-            for connection in receivers:  # a topic with receivers shows its zeros too
-                figures.setdefault(connection.topic, TopicFigures(connection.topic, 0, 0.0))
+            for s in receivers:  # a topic with receivers shows its zeros too
+                figures.setdefault(s.spec.topic, TopicFigures(s.spec.topic, 0, 0.0))
             topics = sorted(figures.values(), key=lambda figure: figure.topic)
         return Gauges(
             topics=topics,

@@ -21,8 +21,16 @@ from mqpy.domain import (
     Connection,
     DeadLetter,
     Delivery,
+    Filter,
     Mode,
     NewMessage,
+    Page,
+    Published,
+    StoredMessage,
+    Subscription,
+    SubscriptionChanges,
+    SubscriptionSpec,
+    TopicInfo,
 )
 
 
@@ -58,14 +66,57 @@ class Store(abc.ABC):
         *,
         key_id: str | None = None,
         secret: str | None = None,
+        group: str | None = None,
+        filter: Filter | None = None,
     ) -> Connection:
         """Register a connection under a new random id that was never issued before.
 
-        A receiver is subscribed to `topic` in the same transaction, and messages of
-        that topic that were published while nobody was subscribed become its
-        deliveries, due at once. `key_id` owns the connection; `secret` signs the
-        receiver's deliveries.
+        A receiver is subscribed to `topic` (a name or pattern, in `group` if given,
+        with `filter`) in the same transaction, as `add_subscription` does, under the
+        connection's id. `key_id` owns the connection; `secret` signs the receiver's
+        deliveries. Raises `Conflict` as `add_subscription` does.
         """
+
+    # Push subscriptions (seed receivers included).
+
+    @abc.abstractmethod
+    async def add_subscription(
+        self, spec: SubscriptionSpec, now: float, *, key_id: str | None, secret: str | None
+    ) -> Subscription:
+        """Create a push subscription under a new random id never issued before.
+
+        Messages of matching topics published while nobody was subscribed become its
+        deliveries (or its group's). A member of an existing group must carry the
+        group's filter, else `Conflict`.
+        """
+
+    @abc.abstractmethod
+    async def subscription(self, subscription_id: int) -> Subscription | None:
+        """An active subscription, or None."""
+
+    @abc.abstractmethod
+    async def subscriptions(
+        self, *, topic: str | None = None, cursor: str | None = None, limit: int = 100
+    ) -> Page[Subscription]:
+        """Active subscriptions by id; with `topic`, those whose topic or pattern
+        matches it. Raises `BadCursor` for a cursor this list did not hand out."""
+
+    @abc.abstractmethod
+    async def update_subscription(
+        self, subscription_id: int, changes: SubscriptionChanges
+    ) -> Subscription | None:
+        """Apply a partial update; None if no such active subscription. Raises
+        `Conflict` for a filter change on a group member while others remain."""
+
+    @abc.abstractmethod
+    async def set_paused(self, subscription_id: int, paused: bool) -> Subscription | None:
+        """Pause (nothing is claimed for it; deliveries keep accumulating) or resume."""
+
+    @abc.abstractmethod
+    async def remove_subscription(self, subscription_id: int, now: float) -> Subscription | None:
+        """End a subscription (a seed receiver's connection too). Its pending
+        deliveries and dead letters are dropped, except a group's, which stay for the
+        other members while any remain."""
 
     @abc.abstractmethod
     async def rotate_secret(
@@ -87,15 +138,34 @@ class Store(abc.ABC):
     # Messages and their deliveries.
 
     @abc.abstractmethod
-    async def publish(self, message: NewMessage, *, max_backlog: int = 0) -> int:
-        """Commit a message and one delivery per subscription of its topic, atomically.
+    async def publish(
+        self,
+        messages: Sequence[NewMessage],
+        *,
+        max_backlog: int = 0,
+        dedup_since: float = 0.0,
+    ) -> list[Published]:
+        """Commit messages and their deliveries in one transaction, all or nothing.
 
-        With no subscription the message waits for the first receiver of its topic.
-        Returns the number of deliveries created. Concurrent calls may share one
-        transaction (group commit); each returns only once its message is durable.
-        With `max_backlog` > 0, raises `BacklogFull` instead when the store already
-        holds that many messages that are not fully delivered (dead letters count).
+        Each message gets one delivery per matching ungrouped subscription and one
+        per matching group (topic pattern and filter both hold), due at its
+        `deliver_at` or at once. With no matching subscription a message waits for the
+        first. A message whose (publisher_key, idempotency_key) was published since
+        `dedup_since` enqueues nothing and answers with the first id, `duplicate`.
+        Concurrent calls may share one transaction (group commit); each returns only
+        once durable. With `max_backlog` > 0, raises `BacklogFull` when the store
+        holds that many messages not fully delivered (dead letters count) and the
+        batch would go past it.
         """
+
+    @abc.abstractmethod
+    async def message(self, message_id: str, now: float) -> StoredMessage | None:
+        """A kept message with the state of each of its deliveries as of `now`."""
+
+    @abc.abstractmethod
+    async def sweep(self, *, delivered_before: float, dedup_before: float) -> int:
+        """Forget fully delivered messages done before `delivered_before` and
+        idempotency keys recorded before `dedup_before`; returns messages removed."""
 
     @abc.abstractmethod
     async def claim(
@@ -109,15 +179,18 @@ class Store(abc.ABC):
     ) -> Claim:
         """Lease up to `limit` due deliveries, oldest first.
 
-        A subscription gets at most `per_subscription_limit - busy[id]` of them, so one
-        slow receiver cannot fill the caller's buffer. Each claimed delivery's attempt
-        count goes up by one; if the lease expires unacknowledged the delivery is due
-        again and may be claimed by anyone.
+        A subscription gets at most `min(per_subscription_limit, its max_concurrency)
+        - busy[id]` of them, so one slow receiver cannot fill the caller's buffer;
+        paused subscriptions get none. A group's deliveries go to its members with
+        room, spread across them. Of the deliveries with one ordering key for one
+        subscription or group, only the oldest unfinished one is ever handed out.
+        Each claimed delivery's attempt count goes up by one; if the lease expires
+        unacknowledged the delivery is due again and may be claimed by anyone.
         """
 
     @abc.abstractmethod
-    async def ack(self, delivery: Delivery) -> None:
-        """The receiver took it: the delivery is done."""
+    async def ack(self, delivery: Delivery, *, now: float = 0.0, status: int | None = None) -> None:
+        """The receiver took it (answering `status` at `now`): the delivery is done."""
 
     @abc.abstractmethod
     async def retry(
@@ -152,15 +225,29 @@ class Store(abc.ABC):
     # Dead letters and figures.
 
     @abc.abstractmethod
-    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
-        """Dead letters, oldest first."""
+    async def dead_letters(
+        self, *, subscription_id: int | None = None, cursor: str | None = None, limit: int = 100
+    ) -> Page[DeadLetter]:
+        """Dead letters, oldest first (all, or one subscription's)."""
 
     @abc.abstractmethod
     async def redrive(self, now: float, receiver_id: int | None = None) -> int:
-        """Queue dead letters again from attempt 1 (all, or one receiver's).
+        """Queue dead letters again from attempt 1 (all, or one subscription's).
 
         Returns how many were queued.
         """
+
+    @abc.abstractmethod
+    async def purge_dead_letters(self, subscription_id: int | None = None) -> int:
+        """Drop dead letters for good (all, or one subscription's); returns how many."""
+
+    @abc.abstractmethod
+    async def topics(self, *, cursor: str | None = None, limit: int = 100) -> Page[TopicInfo]:
+        """Known topics by name."""
+
+    @abc.abstractmethod
+    async def topic(self, name: str) -> TopicInfo | None:
+        """One known topic, or None."""
 
     @abc.abstractmethod
     async def stats(self) -> BrokerStats:

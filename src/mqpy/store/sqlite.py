@@ -10,27 +10,54 @@ import asyncio
 import fcntl
 import os
 import sqlite3
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
 from mqpy.domain import (
     ApiKey,
     BacklogFull,
+    BadCursor,
     BrokerStats,
     Claim,
+    Conflict,
     Connection,
     DeadLetter,
     Delivery,
+    DeliveryState,
+    DeliveryStatus,
+    Filter,
     Mode,
     NewMessage,
+    Page,
+    Published,
     Role,
+    StoredMessage,
     StoreUnavailable,
+    Subscription,
+    SubscriptionChanges,
+    SubscriptionSpec,
+    TopicInfo,
 )
-from mqpy.ids import new_connection_id, new_lease_token
+from mqpy.filters import matches as filter_matches
+from mqpy.ids import new_connection_id
 from mqpy.store.base import Store, TopicBacklog
+from mqpy.store.sqlite_claim import claim as claim_due
+from mqpy.store.sqlite_routes import Routes, RouteTable, Target
+from mqpy.store.sqlite_rows import (
+    SUBSCRIPTION_COLUMNS,
+    SUBSCRIPTIONS_FROM,
+    dump_attributes,
+    dump_filter,
+    dump_settings,
+    load_attributes,
+    subscription_from_row,
+)
 from mqpy.store.sqlite_schema import migrate
 from mqpy.store.sqlite_writer import GroupCommitWriter, WriterClosed
+from mqpy.topics import matches as topic_matches
 
 DATABASE_FILE = "mqpy.sqlite3"
 LOCK_FILE = "mqpy.lock"
@@ -56,6 +83,7 @@ class SQLiteStore(Store):
         self.data_dir = data_dir
         self.path = data_dir / DATABASE_FILE
         self._writer = GroupCommitWriter(self.path, _configure)
+        self._routes = RouteTable()
         self._lock_file: IO[str] | None = None
 
     @property
@@ -95,17 +123,155 @@ class SQLiteStore(Store):
         *,
         key_id: str | None = None,
         secret: str | None = None,
+        group: str | None = None,
+        filter: Filter | None = None,
     ) -> Connection:
         def operation(conn: sqlite3.Connection) -> Connection:
-            connection_id = _insert_connection(conn, mode, client_url, topic, now, key_id)
+            connection_id = _new_id(conn)
+            conn.execute(
+                "INSERT INTO connections (id, mode, client_url, topic, connected_at, key_id) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (connection_id, mode.value, client_url, topic, now, key_id),
+            )
             if mode is Mode.RECEIVE:
-                conn.execute(
-                    "INSERT INTO subscriptions (id, topic, url, created_at, secret) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (connection_id, topic, client_url, now, secret),
+                spec = SubscriptionSpec(url=client_url, topic=topic, group=group, filter=filter)
+                self._insert_subscription(
+                    conn, connection_id, spec, now, key_id, secret, connection_id
                 )
-                _route_waiting_messages(conn, connection_id, topic, now)
             return Connection(connection_id, mode, client_url, topic, now, key_id)
+
+        return await self._writer.run(operation)
+
+    async def add_subscription(
+        self, spec: SubscriptionSpec, now: float, *, key_id: str | None, secret: str | None
+    ) -> Subscription:
+        def operation(conn: sqlite3.Connection) -> Subscription:
+            subscription_id = _new_id(conn)
+            self._insert_subscription(conn, subscription_id, spec, now, key_id, secret, None)
+            subscription = _subscription(conn, subscription_id)
+            assert subscription is not None
+            return subscription
+
+        return await self._writer.run(operation)
+
+    def _insert_subscription(
+        self,
+        conn: sqlite3.Connection,
+        subscription_id: int,
+        spec: SubscriptionSpec,
+        now: float,
+        key_id: str | None,
+        secret: str | None,
+        connection_id: int | None,
+    ) -> None:
+        self._routes.invalidate()
+        group_id = None
+        new_target = True
+        if spec.group is not None:
+            group_id, new_target = _join_group(conn, spec, now)
+        conn.execute(
+            "INSERT INTO subscriptions (id, topic, url, created_at, secret, group_id, filter, "
+            "settings, key_id, connection_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                subscription_id,
+                spec.topic,
+                spec.url,
+                now,
+                secret,
+                group_id,
+                dump_filter(spec.filter),
+                dump_settings(spec),
+                key_id,
+                connection_id,
+            ),
+        )
+        if not is_pattern(spec.topic):
+            conn.execute(
+                "INSERT OR IGNORE INTO topics (name, first_seen) VALUES (?, ?)", (spec.topic, now)
+            )
+        if new_target:
+            target = Target(
+                spec.topic,
+                spec.filter,
+                None if group_id is not None else subscription_id,
+                group_id,
+            )
+            _route_waiting_messages(conn, target, now)
+
+    async def subscription(self, subscription_id: int) -> Subscription | None:
+        return await self._writer.run(lambda conn: _subscription(conn, subscription_id))
+
+    async def subscriptions(
+        self, *, topic: str | None = None, cursor: str | None = None, limit: int = 100
+    ) -> Page[Subscription]:
+        after = _int_cursor(cursor)
+
+        def operation(conn: sqlite3.Connection) -> Page[Subscription]:
+            found: list[Subscription] = []
+            last = after if after is not None else 0
+            # Pattern matching happens here, not in SQL: read in chunks until a page
+            # is full or the table ends.
+            while len(found) <= limit:
+                rows = conn.execute(
+                    f"SELECT {SUBSCRIPTION_COLUMNS} FROM {SUBSCRIPTIONS_FROM} "
+                    "WHERE s.active = 1 AND s.id > ? ORDER BY s.id LIMIT ?",
+                    (last, limit + 1),
+                ).fetchall()
+                for row in rows:
+                    if topic is None or topic_matches(row[1], topic):
+                        found.append(subscription_from_row(row))
+                if len(rows) <= limit:
+                    break
+                last = rows[-1][0]
+            page = found[:limit]
+            more = len(found) > limit
+            return Page(page, str(page[-1].id) if more else None)
+
+        return await self._writer.run(operation)
+
+    async def update_subscription(
+        self, subscription_id: int, changes: SubscriptionChanges
+    ) -> Subscription | None:
+        def operation(conn: sqlite3.Connection) -> Subscription | None:
+            current = _subscription(conn, subscription_id)
+            if current is None:
+                return None
+            spec = _changed_spec(current.spec, changes)
+            if spec.filter != current.spec.filter and spec.group is not None:
+                _change_group_filter(conn, subscription_id, spec)
+            self._routes.invalidate()
+            conn.execute(
+                "UPDATE subscriptions SET url = ?, filter = ?, settings = ? WHERE id = ?",
+                (spec.url, dump_filter(spec.filter), dump_settings(spec), subscription_id),
+            )
+            return _subscription(conn, subscription_id)
+
+        return await self._writer.run(operation)
+
+    async def set_paused(self, subscription_id: int, paused: bool) -> Subscription | None:
+        def operation(conn: sqlite3.Connection) -> Subscription | None:
+            self._routes.invalidate()
+            conn.execute(
+                "UPDATE subscriptions SET paused = ? WHERE id = ? AND active = 1",
+                (int(paused), subscription_id),
+            )
+            return _subscription(conn, subscription_id)
+
+        return await self._writer.run(operation)
+
+    async def remove_subscription(self, subscription_id: int, now: float) -> Subscription | None:
+        def operation(conn: sqlite3.Connection) -> Subscription | None:
+            subscription = _subscription(conn, subscription_id)
+            if subscription is None:
+                return None
+            if subscription.connection_id is not None:
+                conn.execute(
+                    "UPDATE connections SET disconnected_at = ? "
+                    "WHERE id = ? AND disconnected_at IS NULL",
+                    (now, subscription.connection_id),
+                )
+            self._end_subscription(conn, subscription_id, now)
+            return subscription
 
         return await self._writer.run(operation)
 
@@ -113,6 +279,7 @@ class SQLiteStore(Store):
         self, subscription_id: int, secret: str, *, now: float, overlap_seconds: float
     ) -> bool:
         def operation(conn: sqlite3.Connection) -> bool:
+            self._routes.invalidate()
             changed = conn.execute(
                 "UPDATE subscriptions SET previous_secret = secret, "
                 "previous_secret_until = ?, secret = ? WHERE id = ? AND active = 1",
@@ -136,10 +303,47 @@ class SQLiteStore(Store):
             )
             connection = _connection(row)
             if connection.mode is Mode.RECEIVE:
-                _end_subscription(conn, connection_id)
+                self._end_subscription(conn, connection_id, now)
             return connection
 
         return await self._writer.run(operation)
+
+    def _end_subscription(self, conn: sqlite3.Connection, subscription_id: int, now: float) -> None:
+        self._routes.invalidate()
+        row = conn.execute(
+            "UPDATE subscriptions SET active = 0 WHERE id = ? AND active = 1 RETURNING group_id",
+            (subscription_id,),
+        ).fetchone()
+        if row is None:
+            return
+        group_id = row[0]
+        if group_id is not None:
+            others = conn.execute(
+                "SELECT COUNT(*) FROM subscriptions WHERE group_id = ? AND active = 1",
+                (group_id,),
+            ).fetchone()[0]
+            if others:
+                # The group's work stays for the other members; what this member held
+                # is due again now rather than when its lease would run out.
+                conn.execute(
+                    "UPDATE deliveries SET lease = NULL, due_at = ? WHERE group_id = ? "
+                    "AND subscription_id = ? AND state = 'pending' AND lease IS NOT NULL",
+                    (now, group_id, subscription_id),
+                )
+                return
+            conn.execute("UPDATE groups SET active = 0 WHERE id = ?", (group_id,))
+            doomed = "group_id = ?"
+            key: int = group_id
+        else:
+            doomed = "subscription_id = ? AND group_id IS NULL"
+            key = subscription_id
+        # Dead letters go too: nothing could redrive them to a receiver that is gone.
+        # Delivered rows stay, as the message's history, until the message is swept.
+        seqs = conn.execute(
+            f"DELETE FROM deliveries WHERE {doomed} AND state != 'delivered' RETURNING message_seq",
+            (key,),
+        ).fetchall()
+        _finish_messages(conn, {seq for (seq,) in seqs}, now)
 
     async def connections(self) -> list[Connection]:
         def operation(conn: sqlite3.Connection) -> list[Connection]:
@@ -150,35 +354,50 @@ class SQLiteStore(Store):
 
         return await self._writer.run(operation)
 
-    async def publish(self, message: NewMessage, *, max_backlog: int = 0) -> int:
-        def operation(conn: sqlite3.Connection) -> int:
+    async def publish(
+        self,
+        messages: Sequence[NewMessage],
+        *,
+        max_backlog: int = 0,
+        dedup_since: float = 0.0,
+    ) -> list[Published]:
+        def operation(conn: sqlite3.Connection) -> list[Published]:
             if max_backlog > 0 and _stored_messages(conn) >= max_backlog:
                 raise BacklogFull(
                     f"the broker holds {max_backlog} undelivered messages, its --max-backlog"
                 )
-            conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'messages'")
-            cursor = conn.execute(
-                "INSERT INTO messages (id, topic, body, publisher_id, published_at, routed) "
-                "VALUES (?, ?, ?, ?, ?, 1)",
-                (
-                    message.id,
-                    message.topic,
-                    message.body,
-                    message.publisher_id,
-                    message.published_at,
-                ),
-            )
-            seq = cursor.lastrowid
-            fanned_out = conn.execute(
-                "INSERT INTO deliveries (message_seq, subscription_id, state, due_at) "
-                "SELECT ?, id, 'pending', ? FROM subscriptions WHERE topic = ? AND active = 1",
-                (seq, message.published_at, message.topic),
-            ).rowcount
-            if fanned_out == 0:
-                conn.execute("UPDATE messages SET routed = 0 WHERE seq = ?", (seq,))
-            return fanned_out
+            routes = self._routes.get(conn)
+            return [_publish_one(conn, routes, message, dedup_since) for message in messages]
 
         return await self._writer.run(operation)
+
+    async def message(self, message_id: str, now: float) -> StoredMessage | None:
+        return await self._writer.run(lambda conn: _stored_message(conn, message_id, now))
+
+    async def sweep(self, *, delivered_before: float, dedup_before: float) -> int:
+        def operation(conn: sqlite3.Connection) -> int:
+            seqs = [
+                seq
+                for (seq,) in conn.execute(
+                    "SELECT seq FROM messages WHERE done_at IS NOT NULL AND done_at < ? LIMIT 5000",
+                    (delivered_before,),
+                )
+            ]
+            conn.executemany(
+                "DELETE FROM deliveries WHERE message_seq = ?", [(seq,) for seq in seqs]
+            )
+            conn.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq in seqs])
+            conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (dedup_before,))
+            return len(seqs)
+
+        # A sweep is bounded (5,000 messages) so it never holds the writer for long;
+        # repeat while it finds a full chunk.
+        removed = 0
+        while True:
+            count = await self._writer.run(operation, durable=False)
+            removed += count
+            if count < 5000:
+                return removed
 
     async def claim(
         self,
@@ -190,20 +409,30 @@ class SQLiteStore(Store):
         busy: Mapping[int, int],
     ) -> Claim:
         def operation(conn: sqlite3.Connection) -> Claim:
-            return _claim(conn, limit, now, lease_seconds, per_subscription_limit, busy)
+            return claim_due(
+                conn,
+                self._routes.get(conn),
+                limit=limit,
+                now=now,
+                lease_seconds=lease_seconds,
+                per_subscription_limit=per_subscription_limit,
+                busy=busy,
+            )
 
         return await self._writer.run(operation, durable=False)
 
-    async def ack(self, delivery: Delivery) -> None:
+    async def ack(self, delivery: Delivery, *, now: float = 0.0, status: int | None = None) -> None:
         def operation(conn: sqlite3.Connection) -> None:
             row = conn.execute(
-                "DELETE FROM deliveries WHERE id = ? AND lease = ? RETURNING message_seq",
-                (delivery.delivery_id, delivery.lease),
+                "UPDATE deliveries SET state = 'delivered', delivered_at = ?, lease = NULL, "
+                "last_status = ?, last_error = NULL WHERE id = ? AND lease = ? "
+                "AND state = 'pending' RETURNING message_seq",
+                (now, status, delivery.delivery_id, delivery.lease),
             ).fetchone()
             if row is None:
                 return  # the lease was lost; whoever holds it now reports the outcome
             conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'delivered'")
-            _forget_message_if_done(conn, row[0])
+            _finish_messages(conn, {row[0]}, now)
 
         await self._writer.run(operation, durable=False)
 
@@ -276,15 +505,42 @@ class SQLiteStore(Store):
 
         return await self._writer.run(operation)
 
-    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
-        def operation(conn: sqlite3.Connection) -> list[DeadLetter]:
-            rows = conn.execute(
-                "SELECT m.id, d.subscription_id, d.attempts, d.last_error, d.dead_at, m.body "
+    async def dead_letters(
+        self, *, subscription_id: int | None = None, cursor: str | None = None, limit: int = 100
+    ) -> Page[DeadLetter]:
+        after = _dead_letter_cursor(cursor)
+
+        def operation(conn: sqlite3.Connection) -> Page[DeadLetter]:
+            sql = (
+                "SELECT m.id, d.subscription_id, d.attempts, d.last_error, d.dead_at, m.body, "
+                "m.topic, d.last_status, m.attributes, d.id "
                 "FROM deliveries d JOIN messages m ON m.seq = d.message_seq "
-                "WHERE d.state = 'dead' ORDER BY d.dead_at, d.id LIMIT ?",
-                (limit,),
-            ).fetchall()
-            return [DeadLetter(*row) for row in rows]
+                "WHERE d.state = 'dead' AND (d.dead_at, d.id) > (?, ?)"
+            )
+            params: list[Any] = list(after)
+            if subscription_id is not None:
+                sql += " AND d.subscription_id = ?"
+                params.append(subscription_id)
+            sql += " ORDER BY d.dead_at, d.id LIMIT ?"
+            params.append(limit + 1)
+            rows = conn.execute(sql, params).fetchall()
+            page = rows[:limit]
+            letters = [
+                DeadLetter(
+                    message_id=row[0],
+                    receiver_id=row[1],
+                    attempts=row[2],
+                    last_error=row[3],
+                    dead_at=row[4],
+                    body=row[5],
+                    topic=row[6],
+                    last_status=row[7],
+                    attributes=load_attributes(row[8]),
+                )
+                for row in page
+            ]
+            more = len(rows) > limit
+            return Page(letters, f"{page[-1][4]!r}:{page[-1][9]}" if more else None)
 
         return await self._writer.run(operation)
 
@@ -292,8 +548,10 @@ class SQLiteStore(Store):
         def operation(conn: sqlite3.Connection) -> int:
             sql = (
                 "UPDATE deliveries SET state = 'pending', attempts = 0, due_at = ?, "
-                "dead_at = NULL, lease = NULL WHERE state = 'dead' AND subscription_id IN "
-                "(SELECT id FROM subscriptions WHERE active = 1)"
+                "dead_at = NULL, lease = NULL WHERE state = 'dead' AND ("
+                "(group_id IS NULL AND subscription_id IN "
+                "(SELECT id FROM subscriptions WHERE active = 1)) OR "
+                "group_id IN (SELECT id FROM groups WHERE active = 1))"
             )
             params: tuple[float, ...] | tuple[float, int] = (now,)
             if receiver_id is not None:
@@ -302,6 +560,55 @@ class SQLiteStore(Store):
             return conn.execute(sql, params).rowcount
 
         return await self._writer.run(operation)
+
+    async def purge_dead_letters(self, subscription_id: int | None = None) -> int:
+        def operation(conn: sqlite3.Connection) -> int:
+            sql = "DELETE FROM deliveries WHERE state = 'dead'"
+            params: tuple[int, ...] = ()
+            if subscription_id is not None:
+                sql += " AND subscription_id = ?"
+                params = (subscription_id,)
+            seqs = conn.execute(sql + " RETURNING message_seq", params).fetchall()
+            _finish_messages(conn, {seq for (seq,) in seqs}, time.time())
+            return len(seqs)
+
+        return await self._writer.run(operation)
+
+    async def topics(self, *, cursor: str | None = None, limit: int = 100) -> Page[TopicInfo]:
+        after = cursor or ""
+
+        def operation(conn: sqlite3.Connection) -> Page[TopicInfo]:
+            names = [
+                name
+                for (name,) in conn.execute(
+                    "SELECT name FROM topics WHERE name > ? ORDER BY name LIMIT ?",
+                    (after, limit + 1),
+                )
+            ]
+            page = [self._topic_info(conn, name) for name in names[:limit]]
+            more = len(names) > limit
+            return Page([t for t in page if t is not None], names[limit - 1] if more else None)
+
+        return await self._writer.run(operation)
+
+    async def topic(self, name: str) -> TopicInfo | None:
+        return await self._writer.run(lambda conn: self._topic_info(conn, name))
+
+    def _topic_info(self, conn: sqlite3.Connection, name: str) -> TopicInfo | None:
+        row = conn.execute("SELECT published FROM topics WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        backlog, oldest = conn.execute(
+            "SELECT COUNT(*), MIN(published_at) FROM messages m WHERE topic = ? "
+            "AND done_at IS NULL AND (routed = 0 OR EXISTS (SELECT 1 FROM deliveries d "
+            "WHERE d.message_seq = m.seq AND d.state = 'pending'))",
+            (name,),
+        ).fetchone()
+        routes = self._routes.get(conn)
+        subscriptions = sum(
+            1 for member in routes.members.values() if topic_matches(member.topic, name)
+        )
+        return TopicInfo(name, row[0], backlog, oldest, subscriptions)
 
     async def stats(self) -> BrokerStats:
         def operation(conn: sqlite3.Connection) -> BrokerStats:
@@ -390,58 +697,234 @@ def _release_orphaned_leases(conn: sqlite3.Connection) -> None:
     )
 
 
-def _insert_connection(
-    conn: sqlite3.Connection,
-    mode: Mode,
-    client_url: str,
-    topic: str,
-    now: float,
-    key_id: str | None,
-) -> int:
-    # Ids of disconnected clients stay in the table, so a random id is never reused.
+def _new_id(conn: sqlite3.Connection) -> int:
+    """A random id no connection or subscription ever had. Ids of disconnected clients
+    and deleted subscriptions stay in their tables, so an id is never reused."""
     while True:
-        connection_id = new_connection_id()
-        try:
-            conn.execute(
-                "INSERT INTO connections (id, mode, client_url, topic, connected_at, key_id) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (connection_id, mode.value, client_url, topic, now, key_id),
-            )
-        except sqlite3.IntegrityError:
-            continue
-        return connection_id
+        candidate = new_connection_id()
+        taken = conn.execute(
+            "SELECT 1 FROM connections WHERE id = ? UNION ALL "
+            "SELECT 1 FROM subscriptions WHERE id = ?",
+            (candidate, candidate),
+        ).fetchone()
+        if taken is None:
+            return candidate
 
 
-def _route_waiting_messages(
-    conn: sqlite3.Connection, subscription_id: int, topic: str, now: float
+def is_pattern(topic: str) -> bool:
+    return "*" in topic or ">" in topic
+
+
+def _join_group(conn: sqlite3.Connection, spec: SubscriptionSpec, now: float) -> tuple[int, bool]:
+    """The active group this member joins (created if new), and whether it is new."""
+    row = conn.execute(
+        "SELECT id, filter FROM groups WHERE topic = ? AND name = ? AND active = 1",
+        (spec.topic, spec.group),
+    ).fetchone()
+    wanted = dump_filter(spec.filter)
+    if row is None:
+        cursor = conn.execute(
+            "INSERT INTO groups (topic, name, filter, created_at) VALUES (?, ?, ?, ?)",
+            (spec.topic, spec.group, wanted, now),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid, True
+    group_id, current = row
+    if current != wanted:
+        raise Conflict(
+            f"the group {spec.group!r} on {spec.topic!r} has the filter "
+            f"{current or 'none'}; its members must all carry the same filter"
+        )
+    return group_id, False
+
+
+def _change_group_filter(
+    conn: sqlite3.Connection, subscription_id: int, spec: SubscriptionSpec
 ) -> None:
-    conn.execute(
-        "INSERT INTO deliveries (message_seq, subscription_id, state, due_at) "
-        "SELECT seq, ?, 'pending', ? FROM messages WHERE topic = ? AND routed = 0 ORDER BY seq",
-        (subscription_id, now, topic),
-    )
-    conn.execute("UPDATE messages SET routed = 1 WHERE topic = ? AND routed = 0", (topic,))
-
-
-def _end_subscription(conn: sqlite3.Connection, subscription_id: int) -> None:
-    conn.execute("UPDATE subscriptions SET active = 0 WHERE id = ?", (subscription_id,))
-    # Dead letters go too: nothing could redrive them to a receiver that is gone.
-    seqs = conn.execute(
-        "DELETE FROM deliveries WHERE subscription_id = ? RETURNING message_seq",
+    group_id, members = conn.execute(
+        "SELECT s.group_id, (SELECT COUNT(*) FROM subscriptions o WHERE o.group_id = "
+        "s.group_id AND o.active = 1) FROM subscriptions s WHERE s.id = ?",
         (subscription_id,),
+    ).fetchone()
+    if members > 1:
+        raise Conflict(
+            f"subscription {subscription_id} shares the group {spec.group!r} with "
+            f"{members - 1} other member(s); a group's members must all carry the same "
+            "filter, so change it on a new group"
+        )
+    conn.execute("UPDATE groups SET filter = ? WHERE id = ?", (dump_filter(spec.filter), group_id))
+
+
+def _changed_spec(spec: SubscriptionSpec, changes: SubscriptionChanges) -> SubscriptionSpec:
+    filter_ = None if changes.clear_filter else changes.filter or spec.filter
+    concurrency = (
+        None if changes.clear_max_concurrency else changes.max_concurrency or spec.max_concurrency
+    )
+    pace = None if changes.clear_max_per_second else changes.max_per_second or spec.max_per_second
+    return replace(
+        spec,
+        url=changes.url or spec.url,
+        filter=filter_,
+        retry=changes.retry if changes.retry is not None else spec.retry,
+        max_concurrency=concurrency,
+        max_per_second=pace,
+    )
+
+
+def _subscription(conn: sqlite3.Connection, subscription_id: int) -> Subscription | None:
+    row = conn.execute(
+        f"SELECT {SUBSCRIPTION_COLUMNS} FROM {SUBSCRIPTIONS_FROM} WHERE s.id = ? AND s.active = 1",
+        (subscription_id,),
+    ).fetchone()
+    return None if row is None else subscription_from_row(row)
+
+
+def _route_waiting_messages(conn: sqlite3.Connection, target: Target, now: float) -> None:
+    """Messages published while nothing matched them go to the first target that does."""
+    rows = conn.execute(
+        "SELECT seq, topic, attributes, ordering_key, deliver_at FROM messages "
+        "WHERE routed = 0 ORDER BY seq"
     ).fetchall()
-    for (seq,) in set(seqs):
-        _forget_message_if_done(conn, seq)
+    routed = []
+    for seq, topic, attributes, ordering_key, deliver_at in rows:
+        if topic_matches(target.pattern, topic) and filter_matches(
+            target.filter, load_attributes(attributes)
+        ):
+            due = max(now, deliver_at or 0.0)
+            routed.append((seq, target.subscription_id, target.group_id, ordering_key, due))
+    conn.executemany(
+        "INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, state, "
+        "due_at) VALUES (?, ?, ?, ?, 'pending', ?)",
+        routed,
+    )
+    conn.executemany("UPDATE messages SET routed = 1 WHERE seq = ?", [(r[0],) for r in routed])
 
 
-def _forget_message_if_done(conn: sqlite3.Connection, seq: int) -> None:
-    deleted = conn.execute(
-        "DELETE FROM messages WHERE seq = ? AND routed = 1 "
-        "AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_seq = ?)",
-        (seq, seq),
-    ).rowcount
-    if deleted:
-        conn.execute("UPDATE counters SET value = value - ? WHERE name = 'messages'", (deleted,))
+def _publish_one(
+    conn: sqlite3.Connection, routes: Routes, message: NewMessage, dedup_since: float
+) -> Published:
+    key_id = message.publisher_key or ""
+    if message.idempotency_key is not None:
+        row = conn.execute(
+            "SELECT message_id FROM idempotency_keys WHERE key_id = ? AND idempotency_key = ? "
+            "AND created_at >= ?",
+            (key_id, message.idempotency_key, dedup_since),
+        ).fetchone()
+        if row is not None:
+            return Published(row[0], duplicate=True)
+        conn.execute(
+            "INSERT OR REPLACE INTO idempotency_keys (key_id, idempotency_key, message_id, "
+            "created_at) VALUES (?, ?, ?, ?)",
+            (key_id, message.idempotency_key, message.id, message.published_at),
+        )
+    conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'messages'")
+    conn.execute(
+        "INSERT INTO topics (name, first_seen, published) VALUES (?, ?, 1) "
+        "ON CONFLICT (name) DO UPDATE SET published = published + 1",
+        (message.topic, message.published_at),
+    )
+    targets = routes.for_message(message.topic, message.attributes)
+    seq = conn.execute(
+        "INSERT INTO messages (id, topic, body, publisher_id, published_at, routed, "
+        "attributes, ordering_key, deliver_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            message.id,
+            message.topic,
+            message.body,
+            message.publisher_id,
+            message.published_at,
+            1 if targets else 0,
+            dump_attributes(message.attributes),
+            message.ordering_key,
+            message.deliver_at,
+        ),
+    ).lastrowid
+    due = max(message.published_at, message.deliver_at or 0.0)
+    conn.executemany(
+        "INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, state, "
+        "due_at) VALUES (?, ?, ?, ?, 'pending', ?)",
+        [(seq, t.subscription_id, t.group_id, message.ordering_key, due) for t in targets],
+    )
+    return Published(message.id, deliveries=len(targets))
+
+
+def _finish_messages(conn: sqlite3.Connection, seqs: set[int], now: float) -> None:
+    """Mark messages with nothing left to deliver as done; they stay for the retention
+    window and no longer count towards the backlog."""
+    done = 0
+    for seq in seqs:
+        done += conn.execute(
+            "UPDATE messages SET done_at = ? WHERE seq = ? AND routed = 1 AND done_at IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_seq = ? "
+            "AND state != 'delivered')",
+            (now, seq, seq),
+        ).rowcount
+    if done:
+        conn.execute("UPDATE counters SET value = value - ? WHERE name = 'messages'", (done,))
+
+
+def _stored_message(conn: sqlite3.Connection, message_id: str, now: float) -> StoredMessage | None:
+    row = conn.execute(
+        "SELECT seq, topic, body, attributes, ordering_key, published_at, deliver_at "
+        "FROM messages WHERE id = ?",
+        (message_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    seq, topic, body, attributes, ordering_key, published_at, deliver_at = row
+    deliveries = [
+        _delivery_status(now, *delivery)
+        for delivery in conn.execute(
+            "SELECT d.subscription_id, g.name, d.state, d.attempts, d.last_status, "
+            "d.last_error, d.due_at, d.lease, d.delivered_at FROM deliveries d "
+            "LEFT JOIN groups g ON g.id = d.group_id WHERE d.message_seq = ? ORDER BY d.id",
+            (seq,),
+        )
+    ]
+    return StoredMessage(
+        id=message_id,
+        topic=topic,
+        body=body,
+        attributes=load_attributes(attributes),
+        ordering_key=ordering_key,
+        published_at=published_at,
+        deliver_at=deliver_at,
+        deliveries=deliveries,
+    )
+
+
+def _delivery_status(
+    now: float,
+    subscription_id: int | None,
+    group: str | None,
+    state: str,
+    attempts: int,
+    last_status: int | None,
+    last_error: str | None,
+    due_at: float,
+    lease: str | None,
+    delivered_at: float | None,
+) -> DeliveryStatus:
+    next_attempt: float | None = None
+    if state == "pending":
+        if lease is not None:
+            shown = DeliveryState.PENDING  # being attempted now
+        elif due_at > now:
+            shown, next_attempt = DeliveryState.WAITING, due_at
+        else:
+            shown, next_attempt = DeliveryState.PENDING, due_at
+    else:
+        shown = DeliveryState(state)
+    return DeliveryStatus(
+        subscription_id=subscription_id,
+        group=group,
+        state=shown,
+        attempts=attempts,
+        last_status=last_status,
+        last_error=last_error,
+        next_attempt_at=next_attempt,
+        delivered_at=delivered_at,
+    )
 
 
 def _stored_messages(conn: sqlite3.Connection) -> int:
@@ -449,69 +932,23 @@ def _stored_messages(conn: sqlite3.Connection) -> int:
     return count
 
 
-def _claim(
-    conn: sqlite3.Connection,
-    limit: int,
-    now: float,
-    lease_seconds: float,
-    per_subscription_limit: int,
-    busy: Mapping[int, int],
-) -> Claim:
-    candidates: list[tuple[float, Delivery]] = []
-    next_due: float | None = None
-    lease = new_lease_token()
-    subscriptions = conn.execute(
-        "SELECT id, url, secret, previous_secret, previous_secret_until FROM subscriptions "
-        "WHERE active = 1"
-    ).fetchall()
-    for subscription_id, url, secret, previous, previous_until in subscriptions:
-        secrets = tuple(s for s in (secret, previous if (previous_until or 0) > now else None) if s)
-        room = per_subscription_limit - busy.get(subscription_id, 0)
-        if room <= 0:
-            continue  # this receiver is at its cap; a finished delivery wakes the caller
-        take = min(room, limit)
-        rows = conn.execute(
-            "SELECT d.id, d.attempts, d.due_at, m.id, m.body, m.published_at "
-            "FROM deliveries d JOIN messages m ON m.seq = d.message_seq "
-            "WHERE d.subscription_id = ? AND d.state = 'pending' AND d.due_at <= ? "
-            "ORDER BY d.due_at, d.id LIMIT ?",
-            (subscription_id, now, take + 1),
-        ).fetchall()
-        # The one row beyond what we take tells whether more are due right now.
-        more_due = len(rows) > take
-        rows = rows[:take]
-        for delivery_id, attempts, due_at, message_id, body, published_at in rows:
-            delivery = Delivery(
-                delivery_id=delivery_id,
-                lease=lease,
-                message_id=message_id,
-                subscription_id=subscription_id,
-                url=url,
-                body=body,
-                attempt=attempts + 1,
-                published_at=published_at,
-                secrets=secrets,
-            )
-            candidates.append((due_at, delivery))
-        if not more_due and len(rows) < room:
-            upcoming = conn.execute(
-                "SELECT MIN(due_at) FROM deliveries "
-                "WHERE subscription_id = ? AND state = 'pending' AND due_at > ?",
-                (subscription_id, now),
-            ).fetchone()[0]
-            if upcoming is not None and (next_due is None or upcoming < next_due):
-                next_due = upcoming
-        else:
-            next_due = now  # it may have more due right away
-    candidates.sort(key=lambda item: item[0])
-    chosen = [delivery for _, delivery in candidates[:limit]]
-    if len(candidates) > limit:
-        next_due = now
-    conn.executemany(
-        "UPDATE deliveries SET attempts = attempts + 1, due_at = ?, lease = ? WHERE id = ?",
-        [(now + lease_seconds, lease, d.delivery_id) for d in chosen],
-    )
-    return Claim(chosen, next_due)
+def _int_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        return int(cursor)
+    except ValueError:
+        raise BadCursor(f"the cursor {cursor!r} was not handed out by this list") from None
+
+
+def _dead_letter_cursor(cursor: str | None) -> tuple[float, int]:
+    if cursor is None:
+        return (float("-inf"), 0)
+    try:
+        dead_at, delivery_id = cursor.split(":")
+        return (float(dead_at), int(delivery_id))
+    except ValueError:
+        raise BadCursor(f"the cursor {cursor!r} was not handed out by this list") from None
 
 
 _CONNECTION_COLUMNS = "id, mode, client_url, topic, connected_at, key_id"

@@ -79,6 +79,80 @@ MIGRATIONS: list[str] = [
     ALTER TABLE subscriptions ADD COLUMN previous_secret_until REAL;
     INSERT INTO counters (name, value) SELECT 'messages', COUNT(*) FROM messages;
     """,
+    # 3: topics, consumer groups, filters, ordering keys, delayed delivery, idempotent
+    # publish, subscription settings, and delivered messages kept for a while. The
+    # deliveries table is rebuilt: its state CHECK gains 'delivered'.
+    """
+    CREATE TABLE groups (
+        id INTEGER PRIMARY KEY,
+        topic TEXT NOT NULL,
+        name TEXT NOT NULL,
+        filter TEXT,
+        created_at REAL NOT NULL,
+        active INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE UNIQUE INDEX groups_active ON groups (topic, name) WHERE active = 1;
+    ALTER TABLE subscriptions ADD COLUMN group_id INTEGER;
+    ALTER TABLE subscriptions ADD COLUMN filter TEXT;
+    ALTER TABLE subscriptions ADD COLUMN settings TEXT;
+    ALTER TABLE subscriptions ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE subscriptions ADD COLUMN key_id TEXT;
+    ALTER TABLE subscriptions ADD COLUMN connection_id INTEGER;
+    UPDATE subscriptions SET connection_id = id,
+        key_id = (SELECT key_id FROM connections c WHERE c.id = subscriptions.id);
+    ALTER TABLE messages ADD COLUMN attributes TEXT;
+    ALTER TABLE messages ADD COLUMN ordering_key TEXT;
+    ALTER TABLE messages ADD COLUMN deliver_at REAL;
+    ALTER TABLE messages ADD COLUMN done_at REAL;
+    CREATE INDEX messages_done ON messages (done_at) WHERE done_at IS NOT NULL;
+    CREATE TABLE deliveries_v3 (
+        id INTEGER PRIMARY KEY,
+        message_seq INTEGER NOT NULL REFERENCES messages (seq),
+        -- Ungrouped: the subscription. A group's: the member that took it last.
+        subscription_id INTEGER,
+        group_id INTEGER,
+        ordering_key TEXT,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'dead', 'delivered')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        due_at REAL NOT NULL,
+        lease TEXT,
+        last_error TEXT,
+        last_status INTEGER,
+        dead_at REAL,
+        delivered_at REAL
+    );
+    INSERT INTO deliveries_v3 (id, message_seq, subscription_id, state, attempts, due_at,
+        lease, last_error, last_status, dead_at)
+        SELECT id, message_seq, subscription_id, state, attempts, due_at, lease, last_error,
+        last_status, dead_at FROM deliveries;
+    DROP TABLE deliveries;
+    ALTER TABLE deliveries_v3 RENAME TO deliveries;
+    CREATE INDEX deliveries_due ON deliveries (subscription_id, due_at)
+        WHERE state = 'pending' AND group_id IS NULL;
+    CREATE INDEX deliveries_group_due ON deliveries (group_id, due_at)
+        WHERE state = 'pending' AND group_id IS NOT NULL;
+    CREATE INDEX deliveries_ordering ON deliveries (ordering_key, id)
+        WHERE state = 'pending' AND ordering_key IS NOT NULL;
+    CREATE INDEX deliveries_dead ON deliveries (dead_at, id) WHERE state = 'dead';
+    CREATE INDEX deliveries_by_message ON deliveries (message_seq);
+    CREATE TABLE topics (
+        name TEXT PRIMARY KEY,
+        first_seen REAL NOT NULL,
+        published INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO topics (name, first_seen, published)
+        SELECT topic, MIN(published_at), COUNT(*) FROM messages GROUP BY topic;
+    INSERT OR IGNORE INTO topics (name, first_seen)
+        SELECT topic, MIN(created_at) FROM subscriptions WHERE active = 1 GROUP BY topic;
+    CREATE TABLE idempotency_keys (
+        key_id TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (key_id, idempotency_key)
+    );
+    CREATE INDEX idempotency_keys_age ON idempotency_keys (created_at);
+    """,
 ]
 
 

@@ -1,0 +1,125 @@
+"""Where a message goes: the active subscriptions and groups, kept in memory.
+
+The writer thread alone reads and changes this. Any operation that changes
+subscriptions drops it (`RouteTable.invalidate`); the next publish or claim loads it
+again inside its own transaction, so it always agrees with what that transaction
+sees, even when an operation that changed subscriptions was rolled back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from mqpy.domain import Filter, RetryOverrides
+from mqpy.filters import matches as filter_matches
+from mqpy.store.sqlite_rows import load_filter, load_settings
+from mqpy.topics import matches as topic_matches
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What gets one delivery of each matching message: an ungrouped subscription
+    (`subscription_id`) or a group (`group_id`)."""
+
+    pattern: str
+    filter: Filter | None
+    subscription_id: int | None
+    group_id: int | None
+
+
+@dataclass(slots=True)
+class Member:
+    """An active subscription as the claim needs it."""
+
+    id: int
+    url: str
+    topic: str
+    group_id: int | None
+    paused: bool
+    secrets: tuple[str | None, str | None, float | None]  # current, previous, until
+    retry: RetryOverrides
+    max_concurrency: int | None
+    max_per_second: float | None
+
+    def signing_secrets(self, now: float) -> tuple[str, ...]:
+        current, previous, until = self.secrets
+        return tuple(s for s in (current, previous if (until or 0) > now else None) if s)
+
+
+@dataclass(slots=True)
+class Routes:
+    targets: list[Target]
+    members: dict[int, Member]
+    group_members: dict[int, list[int]]
+    group_names: dict[int, str]
+    by_topic: dict[str, list[Target]] = field(default_factory=dict)
+    # Where each group's next assignment starts, so members take turns.
+    turn: dict[int, int] = field(default_factory=dict)
+
+    def for_message(self, topic: str, attributes: Mapping[str, str]) -> list[Target]:
+        """Targets whose pattern names `topic` and whose filter the message passes."""
+        matching = self.by_topic.get(topic)
+        if matching is None:
+            if len(self.by_topic) > 10_000:
+                self.by_topic.clear()  # bounded memo: topics may be many
+            matching = self.by_topic[topic] = [
+                t for t in self.targets if topic_matches(t.pattern, topic)
+            ]
+        return [t for t in matching if filter_matches(t.filter, attributes)]
+
+
+class RouteTable:
+    """The current `Routes`, loaded on demand in the writer thread."""
+
+    def __init__(self) -> None:
+        self._routes: Routes | None = None
+        self._turns: dict[int, int] = {}
+
+    def invalidate(self) -> None:
+        if self._routes is not None:
+            self._turns = self._routes.turn
+        self._routes = None
+
+    def get(self, conn: sqlite3.Connection) -> Routes:
+        if self._routes is None:
+            self._routes = _load(conn)
+            self._routes.turn = self._turns
+        return self._routes
+
+
+def _load(conn: sqlite3.Connection) -> Routes:
+    members: dict[int, Member] = {}
+    targets: list[Target] = []
+    group_members: dict[int, list[int]] = {}
+    rows = conn.execute(
+        "SELECT id, url, topic, group_id, paused, secret, previous_secret, "
+        "previous_secret_until, filter, settings FROM subscriptions WHERE active = 1 "
+        "ORDER BY id"
+    ).fetchall()
+    for sid, url, topic, group_id, paused, secret, previous, until, filter_, settings in rows:
+        extra = load_settings(settings)
+        members[sid] = Member(
+            id=sid,
+            url=url,
+            topic=topic,
+            group_id=group_id,
+            paused=bool(paused),
+            secrets=(secret, previous, until),
+            retry=RetryOverrides(**extra.get("retry", {})),
+            max_concurrency=extra.get("max_concurrency"),
+            max_per_second=extra.get("max_per_second"),
+        )
+        if group_id is None:
+            targets.append(Target(topic, load_filter(filter_), sid, None))
+        else:
+            group_members.setdefault(group_id, []).append(sid)
+    group_names: dict[int, str] = {}
+    for group_id, topic, name, filter_ in conn.execute(
+        "SELECT id, topic, name, filter FROM groups WHERE active = 1 ORDER BY id"
+    ):
+        group_names[group_id] = name
+        if group_id in group_members:
+            targets.append(Target(topic, load_filter(filter_), None, group_id))
+    return Routes(targets, members, group_members, group_names)
