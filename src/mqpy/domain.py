@@ -215,6 +215,7 @@ class Delivery:
     ordering_key: str | None = None
     retry: RetryOverrides = RetryOverrides()  # the subscription's own policy
     max_per_second: float | None = None  # the subscription's own pace
+    max_concurrency: int | None = None  # the subscription's own cap on what it holds
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,7 @@ class Dispatcher:
         self._forgotten: set[int] = set()
         # Receivers with their own max_per_second, learnt from their deliveries.
         self._paces: dict[int, Pace] = {}
+        self._own_caps: dict[int, int] = {}  # receivers' own max_concurrency
 
     @property
     def held(self) -> int:
@@ -86,12 +87,14 @@ class Dispatcher:
     def subscription_changed(self, subscription: Subscription) -> None:
         """Its pace may have changed; the next delivery claimed for it says how."""
         self._paces.pop(subscription.id, None)
+        self._own_caps.pop(subscription.id, None)
 
     def forget_subscription(self, subscription_id: int) -> None:
         """The receiver disconnected: whatever is claimed for it and not yet being sent
         is dropped (the store already dropped the deliveries themselves)."""
         self._forgotten.add(subscription_id)
         self._paces.pop(subscription_id, None)
+        self._own_caps.pop(subscription_id, None)
         self._health.forget(subscription_id)
         self._observer.forget(subscription_id)
 
@@ -169,6 +172,9 @@ class Dispatcher:
         own pace (max_per_second) as holding all but the deliveries it may start now."""
         cap = self._receiver_concurrency
         busy = dict(self._held)
+        for subscription_id, own_cap in self._own_caps.items():
+            # A receiver's own max_concurrency below the broker's counts as held slots.
+            busy[subscription_id] = busy.get(subscription_id, 0) + max(0, cap - own_cap)
         for subscription_id in self._health.paused_or_probing():
             allowed = self._health.allowance(subscription_id, now, cap)
             busy[subscription_id] = max(busy.get(subscription_id, 0), cap - allowed)
@@ -178,7 +184,12 @@ class Dispatcher:
         return busy
 
     def _paced(self, delivery: Delivery, now: float) -> None:
-        """Count a claimed delivery against its receiver's max_per_second."""
+        """Note a claimed delivery's receiver's own cap, and count the delivery against
+        its max_per_second."""
+        if delivery.max_concurrency is None:
+            self._own_caps.pop(delivery.subscription_id, None)
+        else:
+            self._own_caps[delivery.subscription_id] = delivery.max_concurrency
         rate = delivery.max_per_second
         if rate is None:
             self._paces.pop(delivery.subscription_id, None)

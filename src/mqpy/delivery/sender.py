@@ -88,9 +88,7 @@ class Sender:
     async def send(self, delivery: Delivery) -> Outcome:
         """POST `{"body": ...}` to the receiver; any 2xx acknowledges."""
         assert self._session is not None, "Sender.start() was not called"
-        body = _encode(
-            _Payload(delivery.body, dict(delivery.attributes), delivery.ordering_key)
-        )
+        body = _encode(_Payload(delivery.body, dict(delivery.attributes), delivery.ordering_key))
         timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",

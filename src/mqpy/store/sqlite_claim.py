@@ -67,9 +67,13 @@ def claim(
     busy: Mapping[int, int],
 ) -> Claim:
     lease = new_lease_token()
+    # `busy` may already count a subscription's own cap (once the caller knows it);
+    # capping by it here too covers the first claim, before the caller knows.
     room = {
-        member.id: min(per_subscription_limit, member.max_concurrency or per_subscription_limit)
-        - busy.get(member.id, 0)
+        member.id: min(
+            per_subscription_limit - busy.get(member.id, 0),
+            member.max_concurrency or per_subscription_limit,
+        )
         for member in routes.members.values()
         if not member.paused
     }
@@ -149,4 +153,5 @@ def _delivery(row: tuple[Any, ...], member: Member, lease: str, now: float) -> D
         ordering_key=key,
         retry=member.retry,
         max_per_second=member.max_per_second,
+        max_concurrency=member.max_concurrency,
     )
