@@ -232,7 +232,7 @@ ROUTING_CASES: list[tuple[str, str, int, str | None]] = [
     ("PUT", "/disconnect", 405, "POST"),
     ("GET", "/v1/dead-letters/redrive", 405, "POST"),
     ("POST", "/dashboard", 405, "GET"),
-    ("DELETE", "/v1/dead-letters", 405, "GET"),
+    ("PATCH", "/v1/dead-letters", 405, "DELETE"),
 ]
 
 
