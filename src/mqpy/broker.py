@@ -487,7 +487,7 @@ class Broker:
         self, principal: Principal, subscription_id: int | None = None
     ) -> int:
         await self._check_dead_letter_rights(principal, subscription_id)
-        return await self._store.purge_dead_letters(subscription_id)
+        return await self._store.purge_dead_letters(subscription_id, now=self._clock())
 
     async def _check_dead_letter_rights(
         self, principal: Principal, subscription_id: int | None

@@ -10,90 +10,51 @@ A backend's test module subclasses `StoreConformance` once and provides two fixt
 Nothing here knows about SQL or files, so a PostgreSQL or JetStream backend runs the
 same tests unchanged. Times are supplied by the tests (the interface takes `now`), so
 leases and schedules are tested without sleeping.
+
+The suite is one class, `StoreConformance`, made of the tests here and of the themed
+mixins in the `conformance_*` modules beside it; the helpers are in `support`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import Awaitable, Callable, Mapping
 
 import pytest
 
-from mqpy.domain import Claim, Connection, Delivery, Mode, NewMessage, StoreUnavailable
+from mqpy.domain import Mode, StoreUnavailable
 from mqpy.store.base import Store, TopicBacklog
-
-Reopen = Callable[[Store], Awaitable[Store]]
-
-T0 = 1_700_000_000.0
-LEASE = 30.0
-DEFAULT = "default"
-
-_urls = itertools.count(1)
-
-
-async def receiver(store: Store, topic: str = DEFAULT, now: float = T0) -> Connection:
-    return await store.add_connection(
-        Mode.RECEIVE, f"http://127.0.0.1:9/r{next(_urls)}", topic, now
-    )
-
-
-async def sender(store: Store, now: float = T0) -> Connection:
-    return await store.add_connection(Mode.SEND, "", DEFAULT, now)
-
-
-_message_numbers = itertools.count(1)
-
-
-def message(body: str, topic: str = DEFAULT, at: float = T0) -> NewMessage:
-    return NewMessage(
-        id=f"msg_test_{next(_message_numbers):08d}",
-        topic=topic,
-        body=body,
-        published_at=at,
-        publisher_id=None,
-    )
+from tests.store.conformance_groups import GroupConformance
+from tests.store.conformance_inspection import InspectionConformance
+from tests.store.conformance_ordering import OrderingConformance
+from tests.store.conformance_publish import PublishConformance
+from tests.store.conformance_routing import RoutingConformance
+from tests.store.conformance_subscriptions import SubscriptionConformance
+from tests.store.support import (
+    DEFAULT,
+    LEASE,
+    T0,
+    Reopen,
+    all_dead_letters,
+    bodies,
+    claim,
+    claim_one,
+    dead_letter_everything,
+    message,
+    publish,
+    publish_count,
+    receiver,
+    sender,
+)
 
 
-async def publish(store: Store, body: str, topic: str = DEFAULT, at: float = T0) -> NewMessage:
-    new = message(body, topic, at)
-    await store.publish(new)
-    return new
-
-
-async def claim(
-    store: Store,
-    now: float,
-    *,
-    limit: int = 100,
-    per_subscription_limit: int = 100,
-    busy: Mapping[int, int] | None = None,
-) -> Claim:
-    return await store.claim(
-        limit=limit,
-        now=now,
-        lease_seconds=LEASE,
-        per_subscription_limit=per_subscription_limit,
-        busy=busy or {},
-    )
-
-
-async def claim_one(store: Store, now: float) -> Delivery:
-    deliveries = (await claim(store, now)).deliveries
-    assert len(deliveries) == 1, deliveries
-    return deliveries[0]
-
-
-async def dead_letter_everything(store: Store, now: float) -> None:
-    for delivery in (await claim(store, now)).deliveries:
-        await store.dead_letter(delivery, now=now, error="HTTP 500", status=500)
-
-
-def bodies(claimed: Claim) -> list[str]:
-    return [d.body for d in claimed.deliveries]
-
-
-class StoreConformance:
+class StoreConformance(
+    RoutingConformance,
+    GroupConformance,
+    OrderingConformance,
+    PublishConformance,
+    SubscriptionConformance,
+    InspectionConformance,
+):
     """Every behaviour of the `Store` interface. Subclass once per backend."""
 
     # Connections.
@@ -143,7 +104,7 @@ class StoreConformance:
     async def test_publish_to_one_receiver_creates_its_delivery(self, store: Store) -> None:
         reader = await receiver(store)
         new = message("hello", at=T0)
-        assert await store.publish(new) == 1
+        assert await publish_count(store, new) == 1
         delivery = await claim_one(store, T0)
         assert delivery.message_id == new.id
         assert delivery.body == "hello"
@@ -155,7 +116,7 @@ class StoreConformance:
     async def test_publish_fans_out_one_delivery_per_receiver(self, store: Store) -> None:
         readers = [await receiver(store) for _ in range(3)]
         new = message("to all")
-        assert await store.publish(new) == 3
+        assert await publish_count(store, new) == 3
         claimed = (await claim(store, T0)).deliveries
         assert sorted(d.subscription_id for d in claimed) == sorted(r.id for r in readers)
         assert {d.url for d in claimed} == {r.client_url for r in readers}
@@ -163,14 +124,14 @@ class StoreConformance:
 
     async def test_senders_do_not_receive(self, store: Store) -> None:
         await sender(store)
-        assert await store.publish(message("nobody listens")) == 0
+        assert await publish_count(store, message("nobody listens")) == 0
         assert (await claim(store, T0)).deliveries == []
 
     async def test_waiting_messages_go_to_the_first_receiver_in_publish_order(
         self, store: Store
     ) -> None:
         for n in range(10):
-            assert await store.publish(message(f"m{n}", at=T0)) == 0
+            assert await publish_count(store, message(f"m{n}", at=T0)) == 0
         assert (await claim(store, T0 + 1)).deliveries == []
         reader = await receiver(store, now=T0 + 5)
         claimed = await claim(store, T0 + 5)
@@ -186,8 +147,8 @@ class StoreConformance:
 
     async def test_topics_do_not_mix(self, store: Store) -> None:
         default_reader = await receiver(store, DEFAULT)
-        assert await store.publish(message("for other", topic="other")) == 0
-        assert await store.publish(message("for default", topic=DEFAULT)) == 1
+        assert await publish_count(store, message("for other", topic="other")) == 0
+        assert await publish_count(store, message("for default", topic=DEFAULT)) == 1
         claimed = (await claim(store, T0)).deliveries
         assert [(d.body, d.subscription_id) for d in claimed] == [
             ("for default", default_reader.id)
@@ -199,7 +160,7 @@ class StoreConformance:
     async def test_message_published_after_the_last_receiver_left_waits(self, store: Store) -> None:
         gone = await receiver(store)
         await store.remove_connection(gone.id, T0 + 1)
-        assert await store.publish(message("later", at=T0 + 2)) == 0
+        assert await publish_count(store, message("later", at=T0 + 2)) == 0
         assert (await claim(store, T0 + 3)).deliveries == []
         back = await receiver(store, now=T0 + 4)
         delivery = await claim_one(store, T0 + 4)
@@ -328,7 +289,7 @@ class StoreConformance:
         await store.release([stale], T0 + LEASE + 2)
         stats = await store.stats()
         assert (stats.completed, stats.queue_length) == (0, 1)
-        assert await store.dead_letters() == []
+        assert await all_dead_letters(store) == []
         # The current holder still holds it, and its outcome is the one that counts.
         assert (await claim(store, T0 + LEASE + 3)).deliveries == []
         await store.ack(current)
@@ -358,7 +319,7 @@ class StoreConformance:
         await store.retry(first, due_at=T0 + 1, error="HTTP 500", status=500)
         second = await claim_one(store, T0 + 1)
         await store.dead_letter(second, now=T0 + 2, error="HTTP 410", status=410)
-        (dead,) = await store.dead_letters()
+        (dead,) = await all_dead_letters(store)
         assert dead.message_id == new.id
         assert dead.receiver_id == reader.id
         assert dead.attempts == 2
@@ -376,17 +337,19 @@ class StoreConformance:
         deliveries = (await claim(store, T0)).deliveries
         for delivery, dead_at in zip(deliveries, [T0 + 3, T0 + 1, T0 + 2], strict=True):
             await store.dead_letter(delivery, now=dead_at, error="gone", status=None)
-        assert [d.body for d in await store.dead_letters()] == ["m1", "m2", "m0"]
-        assert [d.body for d in await store.dead_letters(limit=2)] == ["m1", "m2"]
+        assert [d.body for d in await all_dead_letters(store)] == ["m1", "m2", "m0"]
+        first_page = await store.dead_letters(limit=2)
+        assert [d.body for d in first_page.items] == ["m1", "m2"]
+        assert first_page.next_cursor is not None
 
     async def test_redrive_all_queues_them_again_from_attempt_one(self, store: Store) -> None:
         await receiver(store)
         await receiver(store)
         await publish(store, "again")
         await dead_letter_everything(store, T0)
-        assert len(await store.dead_letters()) == 2
+        assert len(await all_dead_letters(store)) == 2
         assert await store.redrive(T0 + 100) == 2
-        assert await store.dead_letters() == []
+        assert await all_dead_letters(store) == []
         assert await store.redrive(T0 + 100) == 0
         claimed = (await claim(store, T0 + 100)).deliveries
         assert [(d.body, d.attempt) for d in claimed] == [("again", 1), ("again", 1)]
@@ -399,7 +362,7 @@ class StoreConformance:
         await publish(store, "m1")
         await dead_letter_everything(store, T0)
         assert await store.redrive(T0 + 100, receiver_id=chosen.id) == 2
-        assert {d.receiver_id for d in await store.dead_letters()} == {other.id}
+        assert {d.receiver_id for d in await all_dead_letters(store)} == {other.id}
         claimed = (await claim(store, T0 + 100)).deliveries
         assert sorted((d.body, d.subscription_id, d.attempt) for d in claimed) == [
             ("m0", chosen.id, 1),
@@ -413,7 +376,7 @@ class StoreConformance:
         await dead_letter_everything(store, T0)
         await store.remove_connection(gone.id, T0 + 1)
         # Nothing could ever redrive them, so they go with the receiver.
-        assert [d.receiver_id for d in await store.dead_letters()] == [staying.id]
+        assert [d.receiver_id for d in await all_dead_letters(store)] == [staying.id]
         assert await store.redrive(T0 + 2, receiver_id=gone.id) == 0
         assert await store.redrive(T0 + 2) == 1
         assert [d.subscription_id for d in (await claim(store, T0 + 2)).deliveries] == [staying.id]
@@ -545,7 +508,7 @@ class StoreConformance:
     async def test_concurrent_publishes_all_succeed(self, store: Store) -> None:
         await receiver(store)
         messages = [message(f"m{n}") for n in range(200)]
-        counts = await asyncio.gather(*(store.publish(m) for m in messages))
+        counts = await asyncio.gather(*(publish_count(store, m) for m in messages))
         assert counts == [1] * 200
         claimed = (await claim(store, T0, limit=1000, per_subscription_limit=1000)).deliveries
         assert sorted(d.message_id for d in claimed) == sorted(m.id for m in messages)
@@ -573,7 +536,7 @@ class StoreConformance:
             [reader, writer], key=lambda c: c.id
         )
         assert await store.stats() == before
-        assert [(d.body, d.attempts) for d in await store.dead_letters()] == [("dead", 1)]
+        assert [(d.body, d.attempts) for d in await all_dead_letters(store)] == [("dead", 1)]
         assert bodies(await claim(store, T0 + 99)) == ["pending"]
         later = await claim_one(store, T0 + 100)
         assert (later.body, later.attempt) == ("retried", 2)

@@ -11,16 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from mqpy.domain import BacklogFull, DeliveryState
 from mqpy.store.base import Store
 from mqpy.store.sqlite import DATABASE_FILE, DataDirLocked, SQLiteStore
 from mqpy.store.sqlite_schema import MIGRATIONS
-from tests.store.conformance import (
+from tests.store.conformance import StoreConformance
+from tests.store.support import (
     T0,
     Reopen,
-    StoreConformance,
+    claim,
     claim_one,
     message,
     publish,
+    publish_count,
     receiver,
 )
 
@@ -99,7 +102,7 @@ class TestSQLiteStore(StoreConformance):
     async def test_concurrent_publishes_share_commits(self, store: SQLiteStore) -> None:
         await receiver(store)
         batches, operations = store.writer.batches, store.writer.operations
-        counts = await asyncio.gather(*(store.publish(message(f"m{n}")) for n in range(500)))
+        counts = await asyncio.gather(*(publish_count(store, message(f"m{n}")) for n in range(500)))
         assert counts == [1] * 500
         assert store.writer.operations - operations == 500
         assert store.writer.batches - batches < 50
@@ -110,7 +113,7 @@ class TestSQLiteStore(StoreConformance):
         with pytest.raises(DataDirLocked, match="another mq-py process"):
             await stores.open()
         # The first store is untouched, and the directory is free once it closes.
-        assert await store.publish(message("still works")) == 0
+        assert await publish_count(store, message("still works")) == 0
         await stores.close(store)
         reopened = await stores.open()
         assert (await reopened.stats()).queue_length == 1
@@ -160,3 +163,78 @@ class TestSQLiteStore(StoreConformance):
         again = await claim_one(store, T0)
         assert again.message_id == first.message_id
         assert again.lease != first.lease
+
+    async def test_a_version_2_database_opens_with_its_work_intact(
+        self, stores: OpenStores
+    ) -> None:
+        write_version_2_database(stores.data_dir)
+        store = await stores.open()
+        (delivery,) = (await claim(store, T0 + 10)).deliveries
+        assert (delivery.message_id, delivery.body, delivery.attempt) == ("msg_v2_pending", "hi", 1)
+        assert (delivery.subscription_id, delivery.url) == (V2_RECEIVER, "http://127.0.0.1:9/v2")
+        assert (delivery.topic, delivery.secrets) == ("orders", ("whsec_v2",))
+        (listed,) = (await store.subscriptions()).items
+        assert (listed.id, listed.connection_id, listed.key_id) == (
+            V2_RECEIVER,
+            V2_RECEIVER,
+            "key_v2",
+        )
+        assert (listed.spec.url, listed.spec.topic, listed.spec.group) == (
+            "http://127.0.0.1:9/v2",
+            "orders",
+            None,
+        )
+        assert {c.id for c in await store.connections()} == {V2_RECEIVER, V2_SENDER}
+        assert [d.message_id for d in (await store.dead_letters()).items] == ["msg_v2_dead"]
+        topic = await store.topic("orders")
+        assert topic is not None
+        assert (topic.published, topic.backlog, topic.subscriptions) == (2, 1, 1)
+        await store.ack(delivery, now=T0 + 11, status=200)
+        kept = await store.message("msg_v2_pending", T0 + 12)
+        assert kept is not None
+        assert [(d.subscription_id, d.state) for d in kept.deliveries] == [
+            (V2_RECEIVER, DeliveryState.DELIVERED)
+        ]
+        # The dead letter still counts toward the backlog limit; the delivered one not.
+        with pytest.raises(BacklogFull):
+            await store.publish([message("over", topic="orders")], max_backlog=1)
+        assert await publish_count(store, message("fits", topic="orders")) == 1
+
+
+V2_RECEIVER = 4_503_599_627_370_001
+V2_SENDER = 4_503_599_627_370_002
+
+
+def write_version_2_database(data_dir: Path) -> None:
+    """A data directory as mq-py wrote it at schema 2: one receiver with a pending
+    delivery and a dead letter, one sender."""
+    data_dir.mkdir(parents=True)
+    conn = sqlite3.connect(data_dir / DATABASE_FILE)
+    try:
+        for number, script in enumerate(MIGRATIONS[:2], start=1):
+            conn.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+        conn.executescript(
+            f"""
+            BEGIN;
+            INSERT INTO connections (id, mode, client_url, topic, connected_at, key_id)
+                VALUES ({V2_RECEIVER}, 'receive', 'http://127.0.0.1:9/v2', 'orders', {T0},
+                'key_v2'),
+                ({V2_SENDER}, 'send', '', 'orders', {T0}, 'key_v2');
+            INSERT INTO subscriptions (id, topic, url, created_at, active, secret)
+                VALUES ({V2_RECEIVER}, 'orders', 'http://127.0.0.1:9/v2', {T0}, 1,
+                'whsec_v2');
+            INSERT INTO messages (seq, id, topic, body, publisher_id, published_at, routed)
+                VALUES (1, 'msg_v2_pending', 'orders', 'hi', {V2_SENDER}, {T0}, 1),
+                (2, 'msg_v2_dead', 'orders', 'poison', {V2_SENDER}, {T0}, 1);
+            INSERT INTO deliveries (message_seq, subscription_id, state, attempts, due_at)
+                VALUES (1, {V2_RECEIVER}, 'pending', 0, {T0});
+            INSERT INTO deliveries (message_seq, subscription_id, state, attempts, due_at,
+                last_error, last_status, dead_at)
+                VALUES (2, {V2_RECEIVER}, 'dead', 3, {T0}, 'HTTP 500', 500, {T0 + 1});
+            UPDATE counters SET value = 2 WHERE name = 'messages';
+            COMMIT;
+            """
+        )
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    finally:
+        conn.close()

@@ -153,9 +153,9 @@ class Store(abc.ABC):
         first. A message whose (publisher_key, idempotency_key) was published since
         `dedup_since` enqueues nothing and answers with the first id, `duplicate`.
         Concurrent calls may share one transaction (group commit); each returns only
-        once durable. With `max_backlog` > 0, raises `BacklogFull` when the store
-        holds that many messages not fully delivered (dead letters count) and the
-        batch would go past it.
+        once durable. With `max_backlog` > 0, raises `BacklogFull` (storing nothing)
+        when the batch would take the messages not fully delivered (dead letters
+        count) past `max_backlog`.
         """
 
     @abc.abstractmethod
@@ -179,8 +179,9 @@ class Store(abc.ABC):
     ) -> Claim:
         """Lease up to `limit` due deliveries, oldest first.
 
-        A subscription gets at most `min(per_subscription_limit, its max_concurrency)
-        - busy[id]` of them, so one slow receiver cannot fill the caller's buffer;
+        A subscription gets at most `min(per_subscription_limit - busy[id], its
+        max_concurrency)` of them (the caller may count the subscription's own cap in
+        `busy`), so one slow receiver cannot fill the caller's buffer;
         paused subscriptions get none. A group's deliveries go to its members with
         room, spread across them. Of the deliveries with one ordering key for one
         subscription or group, only the oldest unfinished one is ever handed out.
@@ -238,8 +239,9 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def purge_dead_letters(self, subscription_id: int | None = None) -> int:
-        """Drop dead letters for good (all, or one subscription's); returns how many."""
+    async def purge_dead_letters(self, subscription_id: int | None = None, *, now: float) -> int:
+        """Drop dead letters for good (all, or one subscription's); returns how many.
+        A message left with nothing to deliver is done as of `now`."""
 
     @abc.abstractmethod
     async def topics(self, *, cursor: str | None = None, limit: int = 100) -> Page[TopicInfo]:

@@ -10,7 +10,6 @@ import asyncio
 import fcntl
 import os
 import sqlite3
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -57,6 +56,7 @@ from mqpy.store.sqlite_rows import (
 )
 from mqpy.store.sqlite_schema import migrate
 from mqpy.store.sqlite_writer import GroupCommitWriter, WriterClosed
+from mqpy.topics import TOPIC_NAME
 from mqpy.topics import matches as topic_matches
 
 DATABASE_FILE = "mqpy.sqlite3"
@@ -244,6 +244,11 @@ class SQLiteStore(Store):
                 "UPDATE subscriptions SET url = ?, filter = ?, settings = ? WHERE id = ?",
                 (spec.url, dump_filter(spec.filter), dump_settings(spec), subscription_id),
             )
+            if current.connection_id is not None:
+                conn.execute(
+                    "UPDATE connections SET client_url = ? WHERE id = ?",
+                    (spec.url, current.connection_id),
+                )
             return _subscription(conn, subscription_id)
 
         return await self._writer.run(operation)
@@ -362,7 +367,7 @@ class SQLiteStore(Store):
         dedup_since: float = 0.0,
     ) -> list[Published]:
         def operation(conn: sqlite3.Connection) -> list[Published]:
-            if max_backlog > 0 and _stored_messages(conn) >= max_backlog:
+            if max_backlog > 0 and _stored_messages(conn) + len(messages) > max_backlog:
                 raise BacklogFull(
                     f"the broker holds {max_backlog} undelivered messages, its --max-backlog"
                 )
@@ -561,7 +566,7 @@ class SQLiteStore(Store):
 
         return await self._writer.run(operation)
 
-    async def purge_dead_letters(self, subscription_id: int | None = None) -> int:
+    async def purge_dead_letters(self, subscription_id: int | None = None, *, now: float) -> int:
         def operation(conn: sqlite3.Connection) -> int:
             sql = "DELETE FROM deliveries WHERE state = 'dead'"
             params: tuple[int, ...] = ()
@@ -569,12 +574,14 @@ class SQLiteStore(Store):
                 sql += " AND subscription_id = ?"
                 params = (subscription_id,)
             seqs = conn.execute(sql + " RETURNING message_seq", params).fetchall()
-            _finish_messages(conn, {seq for (seq,) in seqs}, time.time())
+            _finish_messages(conn, {seq for (seq,) in seqs}, now)
             return len(seqs)
 
         return await self._writer.run(operation)
 
     async def topics(self, *, cursor: str | None = None, limit: int = 100) -> Page[TopicInfo]:
+        if cursor is not None and not TOPIC_NAME.fullmatch(cursor):
+            raise BadCursor(f"the cursor {cursor!r} was not handed out by this list")
         after = cursor or ""
 
         def operation(conn: sqlite3.Connection) -> Page[TopicInfo]:

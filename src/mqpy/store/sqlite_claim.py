@@ -22,15 +22,18 @@ _COLUMNS = (
     "m.ordering_key"
 )
 _FROM = "deliveries d JOIN messages m ON m.seq = d.message_seq"
+# Blocked by an older unfinished delivery of the key, or by any of the key's that is in
+# flight (a redriven head is older than the one it must wait for).
 _HEAD_OF_SUBSCRIPTION = (
     "(d.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries e "
-    "WHERE e.ordering_key = d.ordering_key AND e.state = 'pending' AND e.id < d.id "
+    "WHERE e.ordering_key = d.ordering_key AND e.state = 'pending' AND e.id != d.id "
+    "AND (e.id < d.id OR e.lease IS NOT NULL) "
     "AND e.group_id IS NULL AND e.subscription_id = d.subscription_id))"
 )
 _HEAD_OF_GROUP = (
     "(d.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries e "
-    "WHERE e.ordering_key = d.ordering_key AND e.state = 'pending' AND e.id < d.id "
-    "AND e.group_id = d.group_id))"
+    "WHERE e.ordering_key = d.ordering_key AND e.state = 'pending' AND e.id != d.id "
+    "AND (e.id < d.id OR e.lease IS NOT NULL) AND e.group_id = d.group_id))"
 )
 _DUE_FOR_SUBSCRIPTION = (
     f"SELECT {_COLUMNS} FROM {_FROM} WHERE d.subscription_id = ? AND d.group_id IS NULL "
