@@ -136,6 +136,20 @@ class Settings:
     max_message_bytes: int = _setting(
         256 * 1024, parse_size, "largest request body accepted (413 above it)"
     )
+    max_batch_bytes: int = _setting(
+        16 * 1024 * 1024,
+        parse_size,
+        "largest batch publish body accepted (413 above it); each message's body is "
+        "still held to --max-message-bytes",
+    )
+    dedup_window: float = _setting(
+        86400.0, parse_duration, "how long a publish's idempotency key is remembered"
+    )
+    message_retention: float = _setting(
+        3600.0,
+        parse_duration,
+        "how long a fully delivered message stays readable at GET /v1/messages/{id}",
+    )
     shutdown_grace: float = _setting(
         10.0, parse_duration, "on SIGTERM, how long deliveries in flight may take to finish"
     )

@@ -4,10 +4,12 @@ SIGTERM or SIGINT stop in the reverse order without losing anything."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import signal
 import ssl
+import time
 
 import aiohttp
 from aiohttp import web
@@ -30,6 +32,10 @@ from mqpy.store.sqlite import DataDirLocked
 from mqpy.store.sqlite_schema import SchemaTooNew
 
 log = logging.getLogger("mqpy.server")
+
+# How often delivered messages past --message-retention and idempotency keys past
+# --dedup-window are forgotten: often enough that neither piles up between sweeps.
+SWEEP_INTERVAL_SECONDS = 30.0
 
 
 class StartupRefused(Exception):
@@ -106,6 +112,7 @@ async def _serve_with_store(settings: Settings, store: Store, stop: asyncio.Even
             keyring,
             observer=observer,
             max_body_bytes=settings.max_message_bytes,
+            max_batch_bytes=settings.max_batch_bytes,
             body_timeout=settings.body_timeout,
         ),
         access_log=None,
@@ -118,11 +125,13 @@ async def _serve_with_store(settings: Settings, store: Store, stop: asyncio.Even
         max_field_size=settings.max_header_bytes,
     )
     await runner.setup()
+    sweeper = asyncio.create_task(sweep_forever(store, settings), name="mqpy-sweeper")
     try:
         site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, ssl_context=tls)
         await site.start()
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
+        await _stop_sweeping(sweeper)
         await _shut_down(runner, dispatcher, sender, settings)
         return 1
     scheme = "https" if tls else "http"
@@ -137,6 +146,7 @@ async def _serve_with_store(settings: Settings, store: Store, stop: asyncio.Even
     )
     await stop.wait()
     log.info("shutting down")
+    await _stop_sweeping(sweeper)
     await _shut_down(runner, dispatcher, sender, settings)
     log.info("stopped")
     return 0
@@ -149,7 +159,33 @@ def limits(settings: Settings) -> Limits:
         publish_rate=settings.publish_rate,
         publish_burst=settings.publish_burst or settings.publish_rate,
         secret_overlap=settings.secret_overlap,
+        dedup_window=settings.dedup_window,
     )
+
+
+async def sweep_forever(store: Store, settings: Settings) -> None:
+    """Forget what the retention settings no longer keep, every SWEEP_INTERVAL_SECONDS.
+
+    A failed sweep is logged and tried again next time: nothing is lost by waiting."""
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+        now = time.time()
+        try:
+            removed = await store.sweep(
+                delivered_before=now - settings.message_retention,
+                dedup_before=now - settings.dedup_window,
+            )
+        except Exception:
+            log.exception("sweeping delivered messages and idempotency keys failed")
+            continue
+        if removed:
+            log.debug("forgot %d delivered messages past --message-retention", removed)
+
+
+async def _stop_sweeping(sweeper: asyncio.Task[None]) -> None:
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
 
 
 def check_exposure(settings: Settings, access: Access) -> None:

@@ -7,19 +7,44 @@ import logging
 from aiohttp import web
 
 from mqpy.access import Access
-from mqpy.api import dashboard, dead_letters, health, keys, metrics, receivers, seed, status
+from mqpy.api import (
+    dashboard,
+    dead_letters,
+    health,
+    keys,
+    messages,
+    metrics,
+    openapi,
+    receivers,
+    seed,
+    status,
+    subscriptions,
+    topics,
+)
 from mqpy.api.auth import auth_middleware
 from mqpy.api.http_errors import expect_handler
 from mqpy.api.problems import PROBLEM_CONTENT_TYPE, Problem
-from mqpy.api.state import ACCESS, BODY_TIMEOUT, BROKER, KEYRING
+from mqpy.api.state import (
+    ACCESS,
+    BODY_TIMEOUT,
+    BROKER,
+    KEYRING,
+    MAX_BATCH_BYTES,
+    MAX_MESSAGE_BYTES,
+)
 from mqpy.api.types import Handler
 from mqpy.broker import Broker, Forbidden, RateLimited, ReceiverRefused
 from mqpy.domain import (
     BacklogFull,
+    BadCursor,
     BrokerError,
+    Conflict,
     NotASender,
     StoreUnavailable,
     UnknownConnection,
+    UnknownMessage,
+    UnknownSubscription,
+    UnknownTopic,
 )
 from mqpy.keyring import Keyring
 from mqpy.observability import Observer
@@ -41,6 +66,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/static/favicon.svg", dashboard.static_file("favicon.svg")),
     ("GET", "/v1/dead-letters", dead_letters.list_dead_letters),
     ("POST", "/v1/dead-letters/redrive", dead_letters.redrive),
+    ("DELETE", "/v1/dead-letters", dead_letters.purge),
     ("POST", "/v1/keys", keys.create_key),
     ("GET", "/v1/keys", keys.list_keys),
     ("DELETE", "/v1/keys/{key_id}", keys.revoke_key),
@@ -49,6 +75,31 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/healthz", health.healthz),
     ("GET", "/readyz", health.readyz),
     ("GET", "/v1/status", status.status),
+    ("GET", "/openapi.json", openapi.openapi_json),
+    # Issue 4: the native API.
+    ("GET", "/v1/topics", topics.list_topics),
+    ("GET", "/v1/topics/{topic}", topics.get_topic),
+    ("POST", "/v1/topics/{topic}/messages", messages.publish),
+    ("GET", "/v1/messages/{message_id}", messages.get_message),
+    ("POST", "/v1/subscriptions", subscriptions.create),
+    ("GET", "/v1/subscriptions", subscriptions.list_subscriptions),
+    ("GET", "/v1/subscriptions/{subscription_id}", subscriptions.get),
+    ("PATCH", "/v1/subscriptions/{subscription_id}", subscriptions.update),
+    ("DELETE", "/v1/subscriptions/{subscription_id}", subscriptions.delete),
+    ("POST", "/v1/subscriptions/{subscription_id}/pause", subscriptions.pause),
+    ("POST", "/v1/subscriptions/{subscription_id}/resume", subscriptions.resume),
+    ("POST", "/v1/subscriptions/{subscription_id}/rotate-secret", subscriptions.rotate_secret),
+    ("GET", "/v1/subscriptions/{subscription_id}/dead-letters", dead_letters.list_for_subscription),
+    (
+        "POST",
+        "/v1/subscriptions/{subscription_id}/dead-letters/redrive",
+        dead_letters.redrive_for_subscription,
+    ),
+    (
+        "DELETE",
+        "/v1/subscriptions/{subscription_id}/dead-letters",
+        dead_letters.purge_for_subscription,
+    ),
 ]
 
 
@@ -59,11 +110,18 @@ def create_app(
     *,
     observer: Observer,
     max_body_bytes: int,
+    max_batch_bytes: int | None = None,
     body_timeout: float = 30.0,
 ) -> web.Application:
+    """`max_body_bytes` limits every request body but a batch publish's, which
+    `max_batch_bytes` limits (read_object enforces both, per route)."""
+    batch_bytes = max_body_bytes if max_batch_bytes is None else max_batch_bytes
     app = web.Application(
-        client_max_size=max_body_bytes, middlewares=[problem_middleware, auth_middleware]
+        client_max_size=max(max_body_bytes, batch_bytes),
+        middlewares=[problem_middleware, auth_middleware],
     )
+    app[MAX_MESSAGE_BYTES] = max_body_bytes
+    app[MAX_BATCH_BYTES] = batch_bytes
     app[BROKER] = broker
     app[ACCESS] = access
     app[KEYRING] = keyring
@@ -118,6 +176,18 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
 def _problem_for(error: BrokerError) -> Problem:
     if isinstance(error, UnknownConnection):
         return Problem(404, "unknown-connection", str(error), id=error.connection_id)
+    if isinstance(error, UnknownSubscription):
+        return Problem(404, "unknown-subscription", str(error), id=error.subscription_id)
+    if isinstance(error, UnknownMessage):
+        return Problem(404, "unknown-message", str(error), id=error.message_id)
+    if isinstance(error, UnknownTopic):
+        return Problem(404, "unknown-topic", str(error), topic=error.topic)
+    if isinstance(error, Conflict):
+        return Problem(409, "conflict", str(error))
+    if isinstance(error, BadCursor):
+        return Problem(
+            400, "bad-cursor", f"{error}; pass a next_cursor from the previous page, or none"
+        )
     if isinstance(error, NotASender):
         return Problem(403, "not-a-sender", str(error))
     if isinstance(error, Forbidden):

@@ -26,6 +26,8 @@ _PUBLIC = (
     "/metrics",
     "/healthz",
     "/readyz",
+    # The API's own description, which names routes and shapes and nothing stored.
+    "/openapi.json",
 )
 PUBLIC_PATHS = frozenset(_PUBLIC + tuple(path + "/" for path in _PUBLIC))
 

@@ -47,6 +47,10 @@ class Problem(Exception):
 
     def to_body(self, instance: str | None = None) -> bytes:
         """The problem document, JSON-encoded."""
+        return msgspec.json.encode(self.to_dict(instance))
+
+    def to_dict(self, instance: str | None = None) -> dict[str, Any]:
+        """The problem document, as an object to answer alone or inside another."""
         body: dict[str, Any] = {
             "type": PROBLEM_TYPE_BASE + self.slug,
             "title": HTTPStatus(self.status).phrase,
@@ -56,7 +60,7 @@ class Problem(Exception):
         if instance is not None:
             body["instance"] = instance
         body.update(self.extensions)
-        return msgspec.json.encode(body)
+        return body
 
 
 def invalid_field(field: str, detail: str) -> Problem:

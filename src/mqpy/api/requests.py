@@ -15,8 +15,16 @@ from urllib.parse import urlsplit
 import msgspec
 from aiohttp import web
 
+from mqpy.api.fields import (
+    Attributes,
+    DelaySeconds,
+    IdempotencyKey,
+    OrderingKey,
+    RawFilter,
+    Timestamp,
+)
 from mqpy.api.problems import Problem, invalid_body, invalid_field
-from mqpy.api.state import BODY_TIMEOUT
+from mqpy.api.state import BODY_TIMEOUT, MAX_MESSAGE_BYTES
 from mqpy.domain import Mode
 from mqpy.ids import MAX_CONNECTION_ID
 
@@ -29,17 +37,37 @@ _decode_any = msgspec.json.Decoder().decode
 # A DNS name (letters of any script, digits, dots, hyphens, underscores) or an IP
 # literal (urlsplit strips an IPv6 literal's brackets).
 _HOST = re.compile(r"[\w.\-]+|[0-9A-Fa-f:.]+(%[\w.\-]+)?")
-_FIELD_IN_ERROR = re.compile(r"at `\$\.([^`.\[]+)")
+_FIELD_IN_ERROR = re.compile(r"`\$\.([^`.\[]+)")
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+# Read in pieces this size, so a body over its route's limit is refused as soon as it
+# is, without holding more than that in memory.
+_CHUNK_BYTES = 64 * 1024
 
 
 class ConnectRequest(msgspec.Struct):
     mode: str
     clienturl: str = ""
+    # Issue 4: where a receiver subscribes (a name or pattern) or a sender publishes.
+    topic: str | None = None
+    group: str | None = None
+    filter: RawFilter = None
 
 
-class SendRequest(msgspec.Struct):
+class MessageFields(msgspec.Struct, kw_only=True):
+    """What a publisher may say about a message besides its body (seed /send and the
+    native publish share these)."""
+
+    attributes: Attributes = {}
+    ordering_key: OrderingKey | None = None
+    delay_seconds: DelaySeconds | None = None
+    deliver_at: Timestamp | None = None
+    idempotency_key: IdempotencyKey | None = None
+
+
+class SendRequest(MessageFields, kw_only=True):
     id: int
     body: str
+    topic: str | None = None  # the sender's own topic when absent
 
 
 class DisconnectRequest(msgspec.Struct):
@@ -53,15 +81,25 @@ class RedriveRequest(msgspec.Struct):
     receiver_id: ConnectionId | None = None
 
 
-async def read_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
-    """The body as a JSON object with lower-cased keys, or a 400 saying what is wrong."""
+async def read_object(
+    request: web.Request,
+    *,
+    allow_empty: bool = False,
+    fold_case: bool = True,
+    max_bytes: int | None = None,
+    limit_flag: str = "--max-message-bytes",
+) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 saying what is wrong; a 413 above `max_bytes`
+    (default --max-message-bytes). Keys are lower-cased as Go matched them
+    (`fold_case`, for the seed protocol); the native API takes them as written."""
+    limit = request.app[MAX_MESSAGE_BYTES] if max_bytes is None else max_bytes
     try:
         if request.content.is_eof():
             # The whole body came with the headers (the usual case): no timer needed.
-            raw = await request.read()
+            raw = await _read_limited(request, limit, limit_flag)
         else:
             async with asyncio.timeout(request.app[BODY_TIMEOUT]):
-                raw = await request.read()  # 413 past the app's client_max_size
+                raw = await _read_limited(request, limit, limit_flag)
     except TimeoutError:
         # The rest of the body may still trickle in; closing stops waiting for it.
         raise Problem(
@@ -92,25 +130,55 @@ async def read_object(request: web.Request, *, allow_empty: bool = False) -> dic
             f"the body is a JSON {_json_kind(data)}; send a JSON object such as "
             '{"id": 123, "body": "hello"}'
         )
+    if not fold_case:
+        return data
     # Go matches keys case-insensitively; where two keys differ only in case, the last
     # one wins, as it did in MQ Go.
     return {key.lower(): value for key, value in data.items()}
 
 
-def convert(data: dict[str, Any], kind: type[S]) -> S:
+async def _read_limited(request: web.Request, limit: int, flag: str) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise body_too_large(limit, flag)
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(_CHUNK_BYTES):
+        size += len(chunk)
+        if size > limit:
+            raise body_too_large(limit, flag)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def body_too_large(limit: int, flag: str, what: str = "the request body") -> Problem:
+    return Problem(
+        413,
+        "body-too-large",
+        f"{what} is larger than the {limit} bytes this server accepts ({flag})",
+    )
+
+
+def convert(data: Any, kind: type[S]) -> S:
     """`data` as a `kind`, or a 400 naming the field that is missing or mistyped."""
     try:
         return msgspec.convert(data, kind)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        match = _FIELD_IN_ERROR.search(text)
-        missing = re.search(r"missing required field `([^`]+)`", text)
-        field = match.group(1) if match else missing.group(1) if missing else None
-        if field is None:
-            raise invalid_body(text) from None
-        shown = DISPLAY_NAMES.get(field, field)
-        detail = text.replace(f"`$.{field}`", f"`{shown}`").replace(f"`{field}`", f"`{shown}`")
-        raise invalid_field(shown, f"{detail}") from None
+        raise _invalid(str(exc)) from None
+
+
+def _invalid(text: str) -> Problem:
+    unknown = _UNKNOWN_FIELD.search(text)
+    if unknown is not None:
+        field = unknown.group(1)
+        return invalid_field(field, f"`{field}` is not a field of this request; check its spelling")
+    match = _FIELD_IN_ERROR.search(text)
+    missing = re.search(r"missing required field `([^`]+)`", text)
+    field = match.group(1) if match else missing.group(1) if missing else None
+    if field is None:
+        return invalid_body(text)
+    shown = DISPLAY_NAMES.get(field, field)
+    detail = text.replace(f"`$.{field}`", f"`{shown}`").replace(f"`{field}`", f"`{shown}`")
+    return invalid_field(shown, detail)
 
 
 def parse_mode(value: str) -> Mode:
@@ -120,31 +188,30 @@ def parse_mode(value: str) -> Mode:
         raise invalid_field("mode", f"mode must be 'send' or 'receive', not {value!r}") from None
 
 
-def parse_client_url(value: str, mode: Mode) -> str:
+def parse_client_url(value: str, mode: Mode, field: str = "ClientURL") -> str:
     """A receiver's URL, with `http://` added when it has no scheme (as in the seed's
-    `svc.domain.tld/mqg`). A sender's URL is kept as given and may be empty."""
+    `svc.domain.tld/mqg`). A sender's URL is kept as given and may be empty. `field` is
+    the name the caller wrote (a subscription's `url`)."""
     value = value.strip()
     if mode is Mode.SEND:
         return value
     if not value:
-        raise invalid_field("ClientURL", "a receiver needs a ClientURL to deliver messages to")
+        raise invalid_field(field, f"a receiver needs a {field} to deliver messages to")
     if "://" not in value:
         value = "http://" + value
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError as exc:
-        raise invalid_field("ClientURL", f"ClientURL {value!r} is not a valid URL: {exc}") from None
+        raise invalid_field(field, f"{field} {value!r} is not a valid URL: {exc}") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise invalid_field(
-            "ClientURL", f"ClientURL must be an http:// or https:// URL, not {parts.scheme}://"
+            field, f"{field} must be an http:// or https:// URL, not {parts.scheme}://"
         )
     if not parts.hostname:
-        raise invalid_field("ClientURL", f"ClientURL {value!r} has no host name")
+        raise invalid_field(field, f"{field} {value!r} has no host name")
     if not _HOST.fullmatch(parts.hostname) or any(_forbidden(c) for c in value):
-        raise invalid_field(
-            "ClientURL", f"ClientURL {value!r} has characters no URL may contain unencoded"
-        )
+        raise invalid_field(field, f"{field} {value!r} has characters no URL may contain unencoded")
     return value
 
 

@@ -1,9 +1,18 @@
-"""The MQ Go protocol: /connect, /send, /disconnect, word for word."""
+"""The MQ Go protocol: /connect, /send, /disconnect, word for word.
+
+Issue 4's optional fields (topic, group, filter; attributes, ordering and delays) ride
+along; a request without them is answered exactly as MQ Go answered it.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from mqpy.api.fields import check_filter, check_group, check_topic_name, check_topic_pattern
+from mqpy.api.problems import invalid_field
+from mqpy.api.publications import header_idempotency_key, publication
 from mqpy.api.requests import (
     ConnectRequest,
     DisconnectRequest,
@@ -15,25 +24,61 @@ from mqpy.api.requests import (
     read_object,
 )
 from mqpy.api.responses import json_response
-from mqpy.api.state import broker_of, principal_of
+from mqpy.api.state import MAX_MESSAGE_BYTES, broker_of, principal_of
+from mqpy.domain import DEFAULT_TOPIC, Mode
 
 
 async def connect(request: web.Request) -> web.Response:
     body = convert(await read_object(request), ConnectRequest)
     mode = parse_mode(body.mode)
     client_url = parse_client_url(body.clienturl, mode)
-    connection, secret = await broker_of(request).connect(mode, client_url, principal_of(request))
+    connection, secret = await broker_of(request).connect(
+        mode,
+        client_url,
+        principal_of(request),
+        _connect_topic(body, mode),
+        group=check_group(body.group),
+        filter=check_filter(body.filter),
+    )
     if secret is None:
         return json_response({"id": connection.id})
     # The receiver's signing secret is shown here once, never again.
     return json_response({"id": connection.id, "secret": secret})
 
 
+def _connect_topic(body: ConnectRequest, mode: Mode) -> str:
+    """A receiver's topic may be a pattern; a sender's is a name, and it has no group or
+    filter. An empty topic is a mistake, not a request for the default."""
+    topic = DEFAULT_TOPIC if body.topic is None else body.topic
+    if mode is Mode.RECEIVE:
+        return check_topic_pattern(topic)
+    for name, value in (("group", body.group), ("filter", body.filter)):
+        if value is not None:
+            raise invalid_field(
+                name, f"{name} is only for receivers; a sender publishes to every one"
+            )
+    return check_topic_name(topic)
+
+
 async def send(request: web.Request) -> web.Response:
     body = convert(await read_object(request), SendRequest)
     sender_id = parse_connection_id(body.id)
-    message_id = await broker_of(request).send(sender_id, body.body, principal_of(request))
-    return json_response({"status": "Message enqueued.", "id": sender_id, "message_id": message_id})
+    message = publication(
+        body.body,
+        body,
+        max_body_bytes=request.app[MAX_MESSAGE_BYTES],
+        header_key=header_idempotency_key(request),
+    )
+    topic = None if body.topic is None else check_topic_name(body.topic)
+    published = await broker_of(request).send(sender_id, message, principal_of(request), topic)
+    answer: dict[str, Any] = {
+        "status": "Message enqueued.",
+        "id": sender_id,
+        "message_id": published.id,
+    }
+    if published.duplicate:
+        answer["duplicate"] = True
+    return json_response(answer)
 
 
 async def disconnect(request: web.Request) -> web.Response:

@@ -12,6 +12,10 @@ BROKER = web.AppKey("broker", Broker)
 ACCESS = web.AppKey("access", Access)
 KEYRING = web.AppKey("keyring", Keyring)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
+# The request body limit of every route but batch publish (--max-message-bytes), which
+# is also the limit on one message's body, and batch publish's own (--max-batch-bytes).
+MAX_MESSAGE_BYTES = web.AppKey("max_message_bytes", int)
+MAX_BATCH_BYTES = web.AppKey("max_batch_bytes", int)
 _PRINCIPAL = "mqpy.principal"
 
 

@@ -1,0 +1,164 @@
+"""/v1/subscriptions: push subscriptions (seed /connect receivers among them)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from msgspec import UNSET
+
+from mqpy.api.bodies import CreateSubscriptionBody, RetryPolicyBody, UpdateSubscriptionBody
+from mqpy.api.fields import (
+    check_filter,
+    check_group,
+    check_topic_name,
+    check_topic_pattern,
+    parse_subscription_id,
+)
+from mqpy.api.pagination import page_query
+from mqpy.api.problems import invalid_field
+from mqpy.api.requests import convert, parse_client_url, read_object
+from mqpy.api.responses import json_response
+from mqpy.api.state import broker_of, principal_of
+from mqpy.api.views import (
+    SecretView,
+    SubscriptionPageView,
+    created_subscription_view,
+    subscription_view,
+)
+from mqpy.domain import (
+    Mode,
+    RetryOverrides,
+    SubscriptionChanges,
+    SubscriptionSpec,
+    UnknownConnection,
+    UnknownSubscription,
+)
+
+# What PATCH cannot change: the subscription would be another one.
+_FIXED_FIELDS = ("topic", "group")
+
+
+def subscription_id(request: web.Request) -> int:
+    return parse_subscription_id(request.match_info["subscription_id"])
+
+
+async def create(request: web.Request) -> web.Response:
+    body = convert(await read_object(request, fold_case=False), CreateSubscriptionBody)
+    spec = SubscriptionSpec(
+        url=parse_client_url(body.url, Mode.RECEIVE, field="url"),
+        topic=check_topic_pattern(body.topic),
+        group=check_group(body.group),
+        filter=check_filter(body.filter),
+        retry=retry_overrides(body.retry_policy),
+        max_concurrency=body.max_concurrency,
+        max_per_second=body.max_per_second,
+    )
+    subscription, secret = await broker_of(request).create_subscription(spec, principal_of(request))
+    response = json_response(created_subscription_view(subscription, secret), status=201)
+    response.headers["Location"] = f"/v1/subscriptions/{subscription.id}"
+    return response
+
+
+def retry_overrides(policy: RetryPolicyBody | None) -> RetryOverrides:
+    if policy is None:
+        return RetryOverrides()
+    low, high = policy.min_backoff_seconds, policy.max_backoff_seconds
+    if low is not None and high is not None and low > high:
+        raise invalid_field(
+            "retry_policy",
+            f"min_backoff_seconds ({low:g}) is more than max_backoff_seconds ({high:g})",
+        )
+    return RetryOverrides(
+        max_attempts=policy.max_attempts,
+        min_backoff_seconds=low,
+        max_backoff_seconds=high,
+        max_age_seconds=policy.max_age_seconds,
+    )
+
+
+async def list_subscriptions(request: web.Request) -> web.Response:
+    query = page_query(request)
+    topic = request.query.get("topic")
+    page = await broker_of(request).subscriptions(
+        principal_of(request),
+        topic=None if topic is None else check_topic_name(topic),
+        cursor=query.cursor,
+        limit=query.limit,
+    )
+    return json_response(
+        SubscriptionPageView(
+            subscriptions=[subscription_view(s) for s in page.items],
+            next_cursor=page.next_cursor,
+        )
+    )
+
+
+async def get(request: web.Request) -> web.Response:
+    subscription = await broker_of(request).subscription(
+        subscription_id(request), principal_of(request)
+    )
+    return json_response(subscription_view(subscription))
+
+
+async def update(request: web.Request) -> web.Response:
+    target = subscription_id(request)
+    data = await read_object(request, fold_case=False)
+    for name in _FIXED_FIELDS:
+        if name in data:
+            raise invalid_field(
+                name,
+                f"a subscription's {name} cannot change; create a new subscription "
+                "and delete this one",
+            )
+    changes = _changes(convert(data, UpdateSubscriptionBody))
+    updated = await broker_of(request).update_subscription(target, changes, principal_of(request))
+    return json_response(subscription_view(updated))
+
+
+def _changes(body: UpdateSubscriptionBody) -> SubscriptionChanges:
+    url = None
+    if body.url is not UNSET:
+        url = parse_client_url(body.url, Mode.RECEIVE, field="url")
+    filter_ = None if body.filter is UNSET else check_filter(body.filter)
+    retry = None
+    if body.retry_policy is not UNSET:
+        retry = retry_overrides(body.retry_policy)
+    return SubscriptionChanges(
+        url=url,
+        filter=filter_,
+        clear_filter=body.filter is None,
+        retry=retry,
+        max_concurrency=body.max_concurrency if isinstance(body.max_concurrency, int) else None,
+        clear_max_concurrency=body.max_concurrency is None,
+        max_per_second=body.max_per_second if isinstance(body.max_per_second, float) else None,
+        clear_max_per_second=body.max_per_second is None,
+    )
+
+
+async def pause(request: web.Request) -> web.Response:
+    return await _set_paused(request, paused=True)
+
+
+async def resume(request: web.Request) -> web.Response:
+    return await _set_paused(request, paused=False)
+
+
+async def _set_paused(request: web.Request, *, paused: bool) -> web.Response:
+    updated = await broker_of(request).set_paused(
+        subscription_id(request), paused, principal_of(request)
+    )
+    return json_response(subscription_view(updated))
+
+
+async def delete(request: web.Request) -> web.Response:
+    await broker_of(request).delete_subscription(subscription_id(request), principal_of(request))
+    return web.Response(status=204)
+
+
+async def rotate_secret(request: web.Request) -> web.Response:
+    target = subscription_id(request)
+    try:
+        secret = await broker_of(request).rotate_secret(target, principal_of(request))
+    except UnknownConnection:
+        # The broker speaks of receivers; on this route the caller named a subscription.
+        raise UnknownSubscription(target) from None
+    return json_response(SecretView(id=target, secret=secret))

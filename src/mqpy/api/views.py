@@ -1,0 +1,253 @@
+"""What the native API answers, as msgspec Structs: the routes encode these, and the
+OpenAPI document's schemas are generated from them, so the two cannot drift apart.
+
+Times are RFC 3339 UTC strings with milliseconds; the seed-era routes (dead letters,
+keys) keep the Unix-seconds numbers their clients already read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+from mqpy.domain import (
+    DeadLetter,
+    DeliveryStatus,
+    StoredMessage,
+    Subscription,
+    TopicInfo,
+)
+
+Time = str  # RFC 3339 UTC with milliseconds, as `rfc3339` writes it
+
+
+class RetryPolicyView(msgspec.Struct):
+    """A subscription's own retry policy; null keeps the broker's setting."""
+
+    max_attempts: int | None
+    min_backoff_seconds: float | None
+    max_backoff_seconds: float | None
+    max_age_seconds: float | None
+
+
+class SubscriptionView(msgspec.Struct):
+    id: int
+    kind: Literal["push", "seed"]  # seed: made by /connect, which /disconnect ends
+    url: str
+    topic: str
+    group: str | None
+    filter: dict[str, Any] | None
+    retry_policy: RetryPolicyView
+    max_concurrency: int | None
+    max_per_second: float | None
+    paused: bool
+    created_at: Time
+    connection_id: int | None
+
+
+class CreatedSubscriptionView(SubscriptionView):
+    secret: str  # the signing secret, shown this once
+
+
+class SubscriptionPageView(msgspec.Struct):
+    subscriptions: list[SubscriptionView]
+    next_cursor: str | None
+
+
+class TopicView(msgspec.Struct):
+    name: str
+    published: int
+    backlog: int
+    oldest_published_at: Time | None
+    subscriptions: int
+    publish_rate: float  # per second, over the last minute (this process)
+    delivery_rate: float
+
+
+class TopicDetailView(msgspec.Struct):
+    """A topic with the subscriptions that match it in place of their count."""
+
+    name: str
+    published: int
+    backlog: int
+    oldest_published_at: Time | None
+    subscriptions: list[SubscriptionView]
+    publish_rate: float
+    delivery_rate: float
+
+
+class TopicPageView(msgspec.Struct):
+    topics: list[TopicView]
+    next_cursor: str | None
+
+
+class DeliveryView(msgspec.Struct):
+    subscription_id: int | None
+    group: str | None
+    state: Literal["waiting", "pending", "delivered", "dead"]
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    next_attempt_at: Time | None
+    delivered_at: Time | None
+
+
+class MessageView(msgspec.Struct):
+    id: str
+    topic: str
+    body: str
+    attributes: dict[str, str]
+    ordering_key: str | None
+    published_at: Time
+    deliver_at: Time | None
+    deliveries: list[DeliveryView]
+
+
+class PublishedView(msgspec.Struct):
+    id: str
+    topic: str
+    duplicate: bool
+
+
+class DeadLetterView(msgspec.Struct):
+    message_id: str
+    receiver_id: int
+    attempts: int
+    last_error: str | None
+    dead_at: float  # Unix seconds, as before issue 4
+    body: str
+    topic: str
+    last_status: int | None
+    attributes: dict[str, str]
+
+
+class DeadLetterPageView(msgspec.Struct):
+    dead_letters: list[DeadLetterView]
+    next_cursor: str | None
+
+
+class RedrivenView(msgspec.Struct):
+    redriven: int
+
+
+class PurgedView(msgspec.Struct):
+    purged: int
+
+
+class SecretView(msgspec.Struct):
+    id: int
+    secret: str
+
+
+def rfc3339(seconds: float) -> Time:
+    return (
+        datetime.fromtimestamp(seconds, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def _maybe_time(seconds: float | None) -> Time | None:
+    return None if seconds is None else rfc3339(seconds)
+
+
+def subscription_view(subscription: Subscription) -> SubscriptionView:
+    spec = subscription.spec
+    return SubscriptionView(
+        id=subscription.id,
+        kind="push" if subscription.connection_id is None else "seed",
+        url=spec.url,
+        topic=spec.topic,
+        group=spec.group,
+        filter=None if spec.filter is None else dict(spec.filter),
+        retry_policy=RetryPolicyView(
+            max_attempts=spec.retry.max_attempts,
+            min_backoff_seconds=spec.retry.min_backoff_seconds,
+            max_backoff_seconds=spec.retry.max_backoff_seconds,
+            max_age_seconds=spec.retry.max_age_seconds,
+        ),
+        max_concurrency=spec.max_concurrency,
+        max_per_second=spec.max_per_second,
+        paused=subscription.paused,
+        created_at=rfc3339(subscription.created_at),
+        connection_id=subscription.connection_id,
+    )
+
+
+def created_subscription_view(subscription: Subscription, secret: str) -> CreatedSubscriptionView:
+    view = subscription_view(subscription)
+    fields = {name: getattr(view, name) for name in view.__struct_fields__}
+    return CreatedSubscriptionView(**fields, secret=secret)
+
+
+def topic_view(info: TopicInfo, rates: tuple[float, float]) -> TopicView:
+    return TopicView(
+        name=info.name,
+        published=info.published,
+        backlog=info.backlog,
+        oldest_published_at=_maybe_time(info.oldest_published_at),
+        subscriptions=info.subscriptions,
+        publish_rate=rates[0],
+        delivery_rate=rates[1],
+    )
+
+
+def topic_detail_view(
+    info: TopicInfo, rates: tuple[float, float], subscriptions: list[Subscription]
+) -> TopicDetailView:
+    return TopicDetailView(
+        name=info.name,
+        published=info.published,
+        backlog=info.backlog,
+        oldest_published_at=_maybe_time(info.oldest_published_at),
+        subscriptions=[subscription_view(s) for s in subscriptions],
+        publish_rate=rates[0],
+        delivery_rate=rates[1],
+    )
+
+
+def _delivery_view(status: DeliveryStatus) -> DeliveryView:
+    return DeliveryView(
+        subscription_id=status.subscription_id,
+        group=status.group,
+        state=status.state.value,
+        attempts=status.attempts,
+        last_status=status.last_status,
+        last_error=status.last_error,
+        next_attempt_at=_maybe_time(status.next_attempt_at),
+        delivered_at=_maybe_time(status.delivered_at),
+    )
+
+
+def message_view(message: StoredMessage) -> MessageView:
+    return MessageView(
+        id=message.id,
+        topic=message.topic,
+        body=message.body,
+        attributes=_plain(message.attributes),
+        ordering_key=message.ordering_key,
+        published_at=rfc3339(message.published_at),
+        deliver_at=_maybe_time(message.deliver_at),
+        deliveries=[_delivery_view(d) for d in message.deliveries],
+    )
+
+
+def dead_letter_view(letter: DeadLetter) -> DeadLetterView:
+    return DeadLetterView(
+        message_id=letter.message_id,
+        receiver_id=letter.receiver_id,
+        attempts=letter.attempts,
+        last_error=letter.last_error,
+        dead_at=letter.dead_at,
+        body=letter.body,
+        topic=letter.topic,
+        last_status=letter.last_status,
+        attributes=_plain(letter.attributes),
+    )
+
+
+def _plain(attributes: Mapping[str, str]) -> dict[str, str]:
+    return dict(attributes)
