@@ -64,6 +64,9 @@ class Result:
     elapsed_s: float = 0.0
     rate: float = 0.0  # 200s per second over elapsed_s
     max_lag_ms: float = 0.0  # paced: how late the latest request went out
+    # When the counted run began, on the monotonic clock all processes share (the sink
+    # stamps arrivals on it too).
+    started_ns: int = 0
     timed_out: bool = False
     # Cores used over the counted run: this process ("loadgen"), each --watch process
     # and the whole machine ("machine").
@@ -322,6 +325,7 @@ async def _drive(
     load: ClosedLoad | PacedLoad, budget: float, watch: dict[str, int] | None = None
 ) -> Result:
     meter = Meter({**(watch or {}), "loadgen": os.getpid()}).start()
+    load.result.started_ns = time.monotonic_ns()
     load.start()
     try:
         await asyncio.wait_for(load.done.wait(), budget)

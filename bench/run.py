@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 HOST = "127.0.0.1"
 LISTENING = f"listening on http://{HOST}:"
-PHASES = ("publish", "delivery", "latency")
+PHASES = ("publish", "delivery", "latency", "routing")
+ROUTING_TOPIC = "bench.routing"
 # Every broker runs with these unless --server-args says otherwise (later flags win).
 DEFAULT_SERVER_ARGS = ("--workers", "64")
 # Without a proxy handler urllib would honour http_proxy even for 127.0.0.1.
@@ -62,6 +63,9 @@ class Plan:
     latency_warmup: float = 1.0
     latency_connections: int = 32
     delivery_timeout: float = 120.0
+    routing_groups: int = 3
+    routing_members: int = 2  # receivers in each group
+    routing_receivers: int = 3  # receivers in no group
 
     @classmethod
     def quick(cls) -> Plan:
@@ -166,8 +170,15 @@ class Server:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
-    def connect(self, mode: str, client_url: str = "") -> int:
-        answer = http_json("POST", f"{self.url}/connect", {"ClientURL": client_url, "mode": mode})
+    def connect(
+        self, mode: str, client_url: str = "", topic: str | None = None, group: str | None = None
+    ) -> int:
+        request = {"ClientURL": client_url, "mode": mode}
+        if topic is not None:
+            request["topic"] = topic
+        if group is not None:
+            request["group"] = group
+        answer = http_json("POST", f"{self.url}/connect", request)
         return int(answer["id"])
 
     def stop(self) -> None:
@@ -195,6 +206,10 @@ class Sink:
 
     def receiver_url(self, number: int = 0) -> str:
         return f"{self.url}/r{number}"
+
+    def path_url(self, name: str) -> str:
+        """A receiver URL whose deliveries the sink counts under `/name`."""
+        return f"{self.url}/{name}"
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = http_json("GET", f"{self.url}/_stats")
@@ -428,6 +443,56 @@ class Bench:
             server.stop()
         return figure
 
+    def routing(self) -> Figure:
+        """Deliveries per second, and the publish rate meanwhile, on one topic taken by
+        `routing_groups` consumer groups of `routing_members` receivers each and by
+        `routing_receivers` receivers in no group: every message makes one delivery per
+        group (to one of its members) and one per ungrouped receiver.
+
+        Everyone connects first; then the load generator publishes from 64 connections
+        while the deliveries run, and the figure is the deliveries divided by the time
+        from the first publish to the last delivery's arrival.
+        """
+        plan = self.plan
+        fan_out = plan.routing_groups + plan.routing_receivers
+        messages = max(1, plan.delivery_messages // fan_out)
+        expected = messages * fan_out
+        figure = Figure("routing", unit="deliv/s")
+        server = self.server("routing")
+        sink = Sink(max_seconds=plan.delivery_timeout + 600)
+        try:
+            groups = {
+                f"g{g}": [f"g{g}m{m}" for m in range(plan.routing_members)]
+                for g in range(plan.routing_groups)
+            }
+            for group, members in groups.items():
+                for member in members:
+                    server.connect("receive", sink.path_url(member), ROUTING_TOPIC, group)
+            alone = [f"u{r}" for r in range(plan.routing_receivers)]
+            for name in alone:
+                server.connect("receive", sink.path_url(name), ROUTING_TOPIC)
+            sender = server.connect("send", topic=ROUTING_TOPIC)
+            args = ["closed", "--connections", str(plan.publishers), "--count", str(messages)]
+            args += ["--duration", "600", "--body-bytes", str(plan.body_bytes)]
+            with self.profiler.record(server.pid, "routing"):
+                meter = Meter({"server": server.pid, "sink": sink.pid}).start()
+                result = run_loadgen(server, sender, args, 600.0)
+                stats = sink.wait_for(expected, plan.delivery_timeout)
+                # The load generator's own CPU, so that "others" is only other processes.
+                loadgen = result["usage"].get("loadgen", 0.0)
+                figure.usage = Usage.of({**meter.usage(), "loadgen": loadgen})
+            _delivery_figure(figure, stats, expected, result["started_ns"], held=0)
+            _routing_details(figure, stats, result, messages, groups, alone)
+            figure.details["groups_and_receivers"] = (
+                f"{plan.routing_groups} groups of {plan.routing_members} "
+                f"+ {plan.routing_receivers} receivers"
+            )
+            _note_errors(figure, result)
+        finally:
+            sink.stop()
+            server.stop()
+        return figure
+
     def latency(self) -> Figure:
         """Send-to-delivery latency at a steady rate, one receiver, open loop."""
         plan = self.plan
@@ -503,6 +568,47 @@ def _delivery_figure(
         figure.error = f"only {stats['count']} of {expected} deliveries arrived in time"
 
 
+def _routing_details(
+    figure: Figure,
+    stats: dict[str, Any],
+    result: dict[str, Any],
+    messages: int,
+    groups: dict[str, list[str]],
+    alone: list[str],
+) -> None:
+    """Who got what: each group must get every message once between its members (more
+    only after a retry), each ungrouped receiver every message."""
+    by_path: dict[str, int] = stats["by_path"]
+    group_totals = {
+        group: sum(by_path.get(f"/{member}", 0) for member in members)
+        for group, members in groups.items()
+    }
+    alone_counts = {name: by_path.get(f"/{name}", 0) for name in alone}
+    figure.details.update(
+        {
+            "messages": messages,
+            "publish_rate": result["rate"],
+            "publish_ok": result["ok"],
+            "publish_sent": result["sent"],
+            "publish_seconds": result["elapsed_s"],
+            "group_totals": group_totals,
+            "ungrouped": alone_counts,
+            "per_receiver": by_path,
+            "member_min": min(
+                (by_path.get(f"/{m}", 0) for members in groups.values() for m in members),
+                default=0,
+            ),
+        }
+    )
+    short = [
+        name
+        for name, count in (group_totals | alone_counts).items()
+        if count < messages and figure.error is None
+    ]
+    if short:
+        figure.error = f"{', '.join(short)} got fewer than the {messages:,} messages published"
+
+
 def _note_errors(figure: Figure, result: dict[str, Any]) -> None:
     problems = []
     if result["statuses"]:
@@ -553,6 +659,11 @@ def render_table(figures: dict[str, Figure], header: str, publishers: int) -> st
             receivers = name.split("_")[1]
             noun = "receiver" if receivers == "1" else "receivers"
             row(f"delivery to {receivers} {noun}", name, figure.value, figure.unit, failed)
+        elif name == "routing":
+            d = figure.details
+            label = f"routing to {d.get('groups_and_receivers', 'groups and receivers')}"
+            row(label, name, figure.value, figure.unit, failed)
+            row("  publish rate meanwhile", name, d.get("publish_rate"), "msg/s", failed)
         elif name == "latency":
             rate = figure.details.get("rate", 0)
             for p in ("p50", "p99"):
@@ -583,6 +694,12 @@ def _describe(figure: Figure) -> str:
         parts.append(f"in {d['seconds']:.2f} s")
         if "connect_ms" in d:
             parts.append(f"(receiver /connect took {d['connect_ms']:.0f} ms)")
+    elif figure.name == "routing" and d:
+        parts.append(f"{d['delivered']:,} deliveries ({d['distinct']:,} distinct)")
+        parts.append(f"of {d['messages']:,} messages in {d['seconds']:.2f} s")
+        parts.append(f"publish {d['publish_ok']:,} of {d['publish_sent']:,} answered 200")
+        groups = ", ".join(f"{g} {n:,}" for g, n in d["group_totals"].items())
+        parts.append(f"per group {groups}; least-served member {d['member_min']:,}")
     elif figure.name == "latency" and d:
         parts.append(f"{d['delivered']:,} of {d['sent']:,} delivered")
         if d["p90_ms"] is not None:
@@ -602,12 +719,18 @@ def _describe(figure: Figure) -> str:
 
 
 def _git_commit() -> str:
+    """The commit measured; MQPY_BENCH_COMMIT names it instead of asking git (for a run
+    beside others' git work, or outside a checkout)."""
+    named = os.environ.get("MQPY_BENCH_COMMIT")
+    if named:
+        return named
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, timeout=10
         ).stdout.decode()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # No optional locks: a status beside someone's commit must not take the index.
+            ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
             cwd=ROOT,
             capture_output=True,
             timeout=10,
@@ -761,6 +884,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             (f"delivery_{plan.receivers}", bench.delivery_to_many),
         ],
         "latency": [("latency", bench.latency)],
+        "routing": [("routing", bench.routing)],
     }
     figures: dict[str, Figure] = {}
     try:

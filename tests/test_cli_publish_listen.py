@@ -455,3 +455,156 @@ def test_listen_on_a_busy_port_exits_2(
     assert result.returncode == 2, result
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert figures(server)["readers"] == 1
+
+
+# -- topics, attributes, groups, filters, batches -------------------------------------------
+
+
+def stored_message(server: ServerProcess, message_id: str) -> dict[str, Any]:
+    answer = raw_http.request(server.url, "GET", f"/v1/messages/{message_id}")
+    assert answer.status == 200, answer
+    message: dict[str, Any] = answer.json()
+    return message
+
+
+def published_count(server: ServerProcess, topic: str) -> int:
+    answer = raw_http.request(server.url, "GET", f"/v1/topics/{topic}")
+    assert answer.status == 200, answer
+    count: int = answer.json()["published"]
+    return count
+
+
+def test_publish_with_a_topic_and_options(server: ServerProcess) -> None:
+    out = succeeded(
+        mqpy_run(
+            "publish",
+            "--url",
+            server.url,
+            "--topic",
+            "orders.eu",
+            "--attr",
+            "kind=created",
+            "--attr",
+            "note=a=b",
+            "--ordering-key",
+            "customer-42",
+            "--delay",
+            "5m",
+            "--json",
+            "order 17",
+        )
+    )
+    record = json.loads(out)
+    assert record["topic"] == "orders.eu" and record["duplicate"] is False
+    message = stored_message(server, record["message_id"])
+    assert message["body"] == "order 17"
+    assert message["attributes"] == {"kind": "created", "note": "a=b"}
+    assert message["ordering_key"] == "customer-42"
+    assert message["deliver_at"] is not None
+
+
+def test_publish_with_an_idempotency_key_stores_once(server: ServerProcess) -> None:
+    args = ["publish", "--url", server.url, "--topic", "t", "--idempotency-key", "k1", "--json"]
+    first = json.loads(succeeded(mqpy_run(*args, "hello")))
+    again = json.loads(succeeded(mqpy_run(*args, "hello")))
+    assert again == {**first, "duplicate": True}
+    assert published_count(server, "t") == 1
+
+
+def test_listen_to_a_pattern_with_a_filter(
+    server: ServerProcess, listeners: Callable[..., Listener]
+) -> None:
+    listener = listeners("--url", server.url, "--topic", "orders.*", "--filter", "kind=created")
+    assert "topic orders.*" in "".join(listener.errors)
+    for topic, kind, text in [
+        ("orders.eu", "created", "wanted 1"),
+        ("orders.eu", "paid", "filtered out"),
+        ("payments", "created", "other topic"),
+        ("orders.us", "created", "wanted 2"),
+    ]:
+        publish = ["publish", "--url", server.url, "--topic", topic, "--attr", f"kind={kind}"]
+        succeeded(mqpy_run(*publish, text))
+    assert listener.next_lines(2) == ["wanted 1", "wanted 2"]
+    time.sleep(0.5)
+    assert listener.lines.empty()
+
+
+def test_listeners_in_a_group_share_the_messages(
+    server: ServerProcess, listeners: Callable[..., Listener]
+) -> None:
+    group = [listeners("--url", server.url, "--topic", "jobs", "--group", "w") for _ in range(2)]
+    alone = listeners("--url", server.url, "--topic", "jobs")
+    lines = "".join(f"job {n}\n" for n in range(20))
+    succeeded(mqpy_run("publish", "--url", server.url, "--topic", "jobs", "--batch", stdin=lines))
+    assert sorted(alone.next_lines(20)) == sorted(f"job {n}" for n in range(20))
+    wait_for(lambda: sum(g.lines.qsize() for g in group) >= 20, "the group's 20 deliveries")
+    shared = [line for g in group for line in g.next_lines(g.lines.qsize())]
+    assert sorted(shared) == sorted(f"job {n}" for n in range(20))
+
+
+def test_publish_batch_sends_every_line_in_order(
+    server: ServerProcess, listeners: Callable[..., Listener]
+) -> None:
+    listener = listeners("--url", server.url, "--topic", "bulk", "--json")
+    count = 2500  # three requests: 1,000 lines at most in each
+    lines = "".join(f"line {n}\n" for n in range(count))
+    out = succeeded(
+        mqpy_run("publish", "--url", server.url, "--topic", "bulk", "--batch", stdin=lines)
+    )
+    ids = out.split()
+    assert len(ids) == count and len(set(ids)) == count
+    received = [json.loads(line) for line in listener.next_lines(count, timeout=60)]
+    assert {r["message_id"] for r in received} == set(ids)
+    for n in (0, 999, 1000, count - 1):  # printed in input order
+        assert stored_message(server, ids[n])["body"] == f"line {n}"
+    assert published_count(server, "bulk") == count
+
+
+def test_publish_batch_reports_refused_lines_and_publishes_the_rest(
+    start_server: ServerFactory,
+) -> None:
+    server = start_server("--max-message-bytes", "200")
+    lines = "short\n" + "x" * 500 + "\nafter it\n"
+    result = mqpy_run("publish", "--url", server.url, "--batch", "--json", stdin=lines)
+    assert result.returncode == 1, result
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["line"] for r in records] == [1, 2, 3]
+    assert records[1]["error"]["status"] == 413 and "message_id" not in records[1]
+    assert "line 2" in result.stderr and "1 line(s) refused" in result.stderr
+    assert published_count(server, "default") == 2
+
+
+def test_publish_batch_with_an_idempotency_key_publishes_no_line_twice(
+    server: ServerProcess,
+) -> None:
+    args = ["publish", "--url", server.url, "--batch", "--idempotency-key", "import-1", "--json"]
+    first = [json.loads(line) for line in succeeded(mqpy_run(*args, stdin="a\nb")).splitlines()]
+    again = [json.loads(line) for line in succeeded(mqpy_run(*args, stdin="a\nb\nc")).splitlines()]
+    assert [r["duplicate"] for r in first] == [False, False]
+    assert [r["duplicate"] for r in again] == [True, True, False]
+    assert [r["message_id"] for r in again[:2]] == [r["message_id"] for r in first]
+    assert published_count(server, "default") == 3
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["publish", "--topic", "orders/eu", "x"],
+        ["publish", "--topic", "orders.*", "x"],
+        ["publish", "--attr", "no-equals", "x"],
+        ["publish", "--attr", "a=1", "--attr", "a=2", "x"],
+        ["publish", "--delay", "soon", "x"],
+        ["publish", "--delay", "5", "--deliver-at", "2030-01-01T00:00:00Z", "x"],
+        ["publish", "--batch", "text and --batch"],
+        ["publish", "--batch", "--lines"],
+        ["listen", "--topic", "orders.>.eu"],
+        ["listen", "--group", "bad group"],
+        ["listen", "--filter", "=value"],
+        ["listen", "--filter", "a^=x", "--filter", "a=y"],
+    ],
+    ids=" ".join,
+)
+def test_bad_topic_options_exit_2(args: list[str]) -> None:
+    result = mqpy_run(*args, "--url", f"http://127.0.0.1:{unused_port()}")
+    assert result.returncode == 2, result
+    assert result.stderr.strip()

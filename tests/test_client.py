@@ -19,12 +19,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 import mqpy
+from mqpy.client import Conflict, Message, Published
 from mqpy.client.errors import error_from_answer
 from mqpy.client.retry import RetryPolicy
 from mqpy.receiver import Delivery, InvalidDelivery, serve_receiver
@@ -34,11 +37,13 @@ from tests.conftest import ServerFactory
 from tests.support import raw_http
 from tests.support.dashboard import dashboard_figures
 from tests.support.load import FAST_RETRIES, unused_port
+from tests.support.receiver import Receiver
 from tests.support.server import ServerProcess
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "client.md"
 DOC_URL = "http://127.0.0.1:8080"
 ADMIN_KEY = "client-test-admin-key-0c41d7"
+MESSAGE_ID = re.compile(r"msg_[0-9a-f]{32}")
 _PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 _HEADING_OR_EXAMPLE = re.compile(r"^## ([^\n]+)$|^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
@@ -569,3 +574,170 @@ def test_delivery_from_request_reads_a_signed_delivery() -> None:
     del headers["Mq-Attempt"]
     with pytest.raises(InvalidDelivery):
         Delivery.from_request(payload, headers, old)
+
+
+# -- topics: publish, batches, groups and filters --------------------------------------------
+
+
+def stored_message(server: ServerProcess, message_id: str) -> dict[str, Any]:
+    """The message as GET /v1/messages/{id} shows it."""
+    answer = raw_http.request(server.url, "GET", f"/v1/messages/{message_id}")
+    assert answer.status == 200, answer
+    message: dict[str, Any] = answer.json()
+    return message
+
+
+def test_publish_to_a_topic_keeps_its_options(start_server: ServerFactory) -> None:
+    server = start_server()
+    later = datetime.now(UTC) + timedelta(hours=1)
+    with mqpy.Client(server.url) as client:
+        published = client.publish(
+            "orders.eu",
+            "order 17 created",
+            attributes={"kind": "created", "region": "eu"},
+            ordering_key="customer-42",
+            deliver_at=later,
+        )
+        delayed = client.publish("orders.eu", "in a minute", delay_seconds=60)
+        assert client.sender_id is None  # the native route needs no sender
+    assert isinstance(published, Published)
+    assert published.topic == "orders.eu" and published.duplicate is False
+    assert MESSAGE_ID.fullmatch(published.id), published
+    message = stored_message(server, published.id)
+    assert message["topic"] == "orders.eu" and message["body"] == "order 17 created"
+    assert message["attributes"] == {"kind": "created", "region": "eu"}
+    assert message["ordering_key"] == "customer-42"
+    assert message["deliver_at"].startswith(later.strftime("%Y-%m-%dT%H:%M"))
+    assert stored_message(server, delayed.id)["deliver_at"] is not None
+
+
+def test_an_idempotent_publish_is_stored_once(start_server: ServerFactory) -> None:
+    server = start_server()
+    with mqpy.Client(server.url) as client:
+        first = client.publish("orders", "once", idempotency_key="order-17")
+        again = client.publish("orders", "once", idempotency_key="order-17")
+        other = client.publish("orders", "once", idempotency_key="order-18")
+    assert (first.duplicate, again.duplicate, other.duplicate) == (False, True, False)
+    assert again.id == first.id != other.id
+    assert figures(server)["queue length"] == 2
+
+
+def test_an_idempotent_publish_whose_answer_was_lost_is_retried(
+    start_server: ServerFactory, relay_factory: list[Relay]
+) -> None:
+    server = start_server()
+    relays = [Relay(server, lose_answers=1) for _ in range(2)]
+    relay_factory.extend(relays)
+    with mqpy.Client(relays[0].url, retries=3) as client:
+        # The key makes a repeat harmless, so the lost answer is asked for again...
+        published = client.publish("orders", "safe to repeat", idempotency_key="k-1")
+        assert published.duplicate is True  # ...and the repeat found the first one
+    with mqpy.Client(relays[1].url, retries=3) as client:
+        # Without a key it is not repeated: the server may have stored it.
+        with pytest.raises(mqpy.ConnectionFailed) as error:
+            client.publish("orders", "not repeated")
+        assert error.value.request_sent is True
+    assert figures(server)["queue length"] == 2
+
+
+def test_publish_options_without_a_topic_are_a_type_error(start_server: ServerFactory) -> None:
+    server = start_server()
+    with mqpy.Client(server.url) as client:
+        with pytest.raises(TypeError, match="topic"):
+            client.publish("body", attributes={"a": "b"})  # type: ignore[call-overload]
+        with pytest.raises(ValueError, match="timezone"):
+            client.publish("orders", "x", deliver_at=datetime(2030, 1, 1))
+        assert client.sender_id is None  # nothing was sent
+
+
+def test_publish_batch_gives_one_result_per_message(start_server: ServerFactory) -> None:
+    server = start_server("--max-message-bytes", "1000")
+    with mqpy.Client(server.url) as client:
+        results = client.publish_batch(
+            "events",
+            [
+                "plain",
+                "x" * 2000,  # over --max-message-bytes: refused alone
+                Message("with options", attributes={"kind": "a"}, idempotency_key="b-1"),
+                Message("bad delay", delay_seconds=-1),
+            ],
+        )
+        again = client.publish_batch("events", [Message("same key", idempotency_key="b-1")])
+    first, too_big, with_options, bad_delay = results
+    assert isinstance(first, Published) and isinstance(with_options, Published)
+    assert first.topic == "events" and not first.duplicate
+    assert isinstance(too_big, mqpy.InvalidRequest) and too_big.status == 413
+    assert isinstance(bad_delay, mqpy.InvalidRequest) and bad_delay.status == 400
+    assert "delay" in str(bad_delay)
+    assert stored_message(server, with_options.id)["attributes"] == {"kind": "a"}
+    [repeat] = again
+    assert isinstance(repeat, Published) and repeat.duplicate
+    assert repeat.id == with_options.id
+    assert figures(server)["queue length"] == 2
+
+
+def test_a_batch_the_broker_refuses_as_a_whole_raises(start_server: ServerFactory) -> None:
+    server = start_server()
+    with mqpy.Client(server.url) as client:
+        for messages in ([], ["x"] * 1001):
+            with pytest.raises(mqpy.InvalidRequest) as error:
+                client.publish_batch("events", messages)
+            assert error.value.status == 400
+    assert figures(server)["queue length"] == 0
+
+
+async def test_receivers_take_a_topic_as_groups_and_filters_say(
+    start_server: ServerFactory,
+) -> None:
+    server = start_server(*FAST_RETRIES)
+    members = [await Receiver().start() for _ in range(2)]
+    everything, created_only, elsewhere = [await Receiver().start() for _ in range(3)]
+    try:
+        async with mqpy.AsyncClient(server.url) as client:
+            for member in members:
+                await client.connect("receive", member.url, topic="orders.*", group="billing")
+            await client.connect("receive", everything.url, topic="orders.>")
+            await client.connect(
+                "receive", created_only.url, topic="orders.eu", filter={"kind": "created"}
+            )
+            await client.connect("receive", elsewhere.url, topic="payments")
+            with pytest.raises(Conflict) as conflict:
+                await client.connect(
+                    "receive", everything.url, topic="orders.*", group="billing", filter={"a": "b"}
+                )
+            assert conflict.value.status == 409
+
+            kinds = ["created", "paid"] * 5
+            published = await client.publish_batch(
+                "orders.eu", [Message(f"m{n}", attributes={"kind": k}) for n, k in enumerate(kinds)]
+            )
+            assert all(isinstance(p, Published) for p in published)
+            await everything.wait_for(10)
+            await created_only.wait_for(5)
+            await asyncio.sleep(0.5)  # time for any delivery that should not happen
+        assert sorted(str(r.text) for r in everything.received) == sorted(
+            f"m{n}" for n in range(10)
+        )
+        assert [r.body["attributes"] for r in created_only.received] == [{"kind": "created"}] * 5
+        assert elsewhere.received == []
+        group = [r.text for member in members for r in member.received]
+        assert sorted(str(t) for t in group) == sorted(f"m{n}" for n in range(10))
+        assert everything.received[0].headers["mq-topic"] == "orders.eu"
+    finally:
+        for receiver in [*members, everything, created_only, elsewhere]:
+            await receiver.stop()
+
+
+async def test_async_publish_and_batch(start_server: ServerFactory) -> None:
+    server = start_server()
+    async with mqpy.AsyncClient(server.url) as client:
+        one = await client.publish("events", "one", attributes={"n": "1"}, idempotency_key="a")
+        again = await client.publish("events", "one", idempotency_key="a")
+        batch = await client.publish_batch("events", ["two", Message("three", ordering_key="k")])
+        sender = await client.connect("send", topic="events")
+        sent = await client.send(sender.id, "four", attributes={"n": "4"}, topic="other")
+        await client.disconnect(sender.id)
+    assert (one.duplicate, again.duplicate, again.id) == (False, True, one.id)
+    assert [type(result) for result in batch] == [Published, Published]
+    message = stored_message(server, sent)
+    assert (message["topic"], message["attributes"]) == ("other", {"n": "4"})

@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mqpy.client.calls import DEFAULT_URL, Connection, DeadLetter, Mode
+from mqpy.client.calls import (
+    DEFAULT_URL,
+    BatchResult,
+    Connection,
+    DeadLetter,
+    Message,
+    Mode,
+    Published,
+)
 from mqpy.client.errors import (
+    Conflict,
     ConnectionFailed,
     Forbidden,
     InvalidRequest,
@@ -28,15 +37,19 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_URL",
     "AsyncClient",
+    "BatchResult",
     "Client",
+    "Conflict",
     "Connection",
     "ConnectionFailed",
     "DeadLetter",
     "Forbidden",
     "InvalidRequest",
     "MQError",
+    "Message",
     "Mode",
     "NotFound",
+    "Published",
     "RateLimited",
     "Unauthorized",
     "Unavailable",

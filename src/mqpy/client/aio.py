@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 import aiohttp
 
@@ -13,11 +15,14 @@ from mqpy.client import calls
 from mqpy.client.calls import (
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
+    BatchResult,
     Call,
     Connection,
     DeadLetter,
     Endpoint,
+    Message,
     Mode,
+    Published,
 )
 from mqpy.client.errors import ConnectionFailed, MQError, NotFound
 from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy
@@ -66,15 +71,37 @@ class AsyncClient:
         """The id of the sender `publish` connected, once it has."""
         return self._sender_id
 
-    async def connect(self, mode: Mode, client_url: str = "") -> Connection:
-        """Connect a sender (`"send"`) or a receiver (`"receive"`, with the URL where
-        its messages are POSTed). Keep a receiver's `secret`: it is shown only now."""
-        return await self._call(calls.connect(mode, client_url))
+    async def connect(
+        self,
+        mode: Mode,
+        client_url: str = "",
+        *,
+        topic: str | None = None,
+        group: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> Connection:
+        """Connect a sender or a receiver, as `Client.connect` (topic, group, filter)."""
+        call = calls.connect(mode, client_url, topic=topic, group=group, filter=filter)
+        return await self._call(call)
 
-    async def send(self, sender_id: int, body: str) -> str:
-        """Publish `body` from a connected sender; returns the message id once the
-        message is on the broker's disk."""
-        return await self._call(calls.send(sender_id, body))
+    async def send(
+        self,
+        sender_id: int,
+        body: str,
+        *,
+        topic: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+        ordering_key: str | None = None,
+        delay_seconds: float | None = None,
+        deliver_at: datetime | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Publish `body` from a connected sender, as `Client.send`; returns the message
+        id once the message is on the broker's disk."""
+        message = Message(
+            body, attributes, ordering_key, delay_seconds, deliver_at, idempotency_key
+        )
+        return await self._call(calls.send(sender_id, message, topic))
 
     async def disconnect(self, connection_id: int) -> None:
         await self._call(calls.disconnect(connection_id))
@@ -87,9 +114,59 @@ class AsyncClient:
         """Queue dead letters again, all or one receiver's; returns how many (admin key)."""
         return await self._call(calls.redrive(receiver_id))
 
-    async def publish(self, body: str) -> str:
-        """Publish from a sender connected on first use and then reused (concurrent
-        first calls share one connect). A vanished sender is replaced, as in `Client`."""
+    @overload
+    async def publish(self, body: str, /) -> str: ...
+
+    @overload
+    async def publish(
+        self,
+        topic: str,
+        body: str,
+        /,
+        *,
+        attributes: Mapping[str, str] | None = None,
+        ordering_key: str | None = None,
+        delay_seconds: float | None = None,
+        deliver_at: datetime | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Published: ...
+
+    async def publish(
+        self,
+        first: str,
+        body: str | None = None,
+        /,
+        *,
+        attributes: Mapping[str, str] | None = None,
+        ordering_key: str | None = None,
+        delay_seconds: float | None = None,
+        deliver_at: datetime | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str | Published:
+        """`publish(topic, body, ...)` publishes to a topic and returns a `Published`;
+        `publish(body)` sends from a sender connected on first use and then reused
+        (concurrent first calls share one connect) and returns the id. As `Client.publish`.
+        """
+        if body is None:
+            if calls.any_given(
+                attributes, ordering_key, delay_seconds, deliver_at, idempotency_key
+            ):
+                raise TypeError("publish(topic, body, ...): options need a topic first")
+            return await self._publish_from_sender(first)
+        message = Message(
+            body, attributes, ordering_key, delay_seconds, deliver_at, idempotency_key
+        )
+        return await self._call(calls.publish(first, message))
+
+    async def publish_batch(
+        self, topic: str, messages: Sequence[str | Message]
+    ) -> list[BatchResult]:
+        """Up to 1,000 messages in one request; one result per message, as
+        `Client.publish_batch`."""
+        batch = [calls.as_message(m) for m in messages]
+        return await self._call(calls.publish_batch(topic, batch))
+
+    async def _publish_from_sender(self, body: str) -> str:
         sender_id = await self._publisher()
         try:
             return await self.send(sender_id, body)

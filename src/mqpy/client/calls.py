@@ -4,13 +4,14 @@ how its answer reads. Both clients (sync and async) send these; only the I/O dif
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from mqpy import __version__
-from mqpy.client.errors import MQError, error_from_answer
+from mqpy.client.errors import MQError, error_from_answer, error_from_problem
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 10.0
@@ -38,6 +39,74 @@ class DeadLetter:
     last_error: str
     dead_at: float  # Unix seconds
     body: str
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message of `publish_batch`, with the options `publish` takes as keywords.
+
+    `delay_seconds` and `deliver_at` (an aware `datetime`, or an RFC 3339 string) both
+    hold a message back; give at most one. `idempotency_key` makes a repeat within the
+    broker's --dedup-window (24 h) answer with the first message's id, storing nothing.
+    """
+
+    body: str
+    attributes: Mapping[str, str] | None = None
+    ordering_key: str | None = None
+    delay_seconds: float | None = None
+    deliver_at: datetime | str | None = None
+    idempotency_key: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The JSON object the broker reads, with only the options that were given."""
+        fields: dict[str, Any] = {"body": self.body}
+        if self.attributes is not None:
+            fields["attributes"] = dict(self.attributes)
+        if self.ordering_key is not None:
+            fields["ordering_key"] = self.ordering_key
+        if self.delay_seconds is not None:
+            fields["delay_seconds"] = self.delay_seconds
+        if self.deliver_at is not None:
+            fields["deliver_at"] = rfc3339(self.deliver_at)
+        if self.idempotency_key is not None:
+            fields["idempotency_key"] = self.idempotency_key
+        return fields
+
+
+@dataclass(frozen=True)
+class Published:
+    """A message the broker stored: its `id` (receivers deduplicate on it) and `topic`.
+    `duplicate` is True when an earlier publish had the same idempotency key: then
+    `id` is that message's, and nothing new was stored."""
+
+    id: str
+    topic: str
+    duplicate: bool = False
+
+
+# What `publish_batch` gives for each message, in order: stored, or refused and why.
+BatchResult = Published | MQError
+
+
+def as_message(item: str | Message) -> Message:
+    return Message(item) if isinstance(item, str) else item
+
+
+def any_given(*options: object) -> bool:
+    return any(option is not None for option in options)
+
+
+def rfc3339(when: datetime | str) -> str:
+    """`when` as the broker reads times: RFC 3339 with an offset, UTC for a datetime."""
+    if isinstance(when, str):
+        return when
+    if when.tzinfo is None:
+        raise ValueError(
+            "deliver_at needs a timezone-aware datetime (such as datetime.now(UTC)); a naive "
+            "one could mean any zone"
+        )
+    text = when.astimezone(UTC).isoformat(timespec="milliseconds")
+    return text.removesuffix("+00:00") + "Z"
 
 
 @dataclass(frozen=True)
@@ -122,16 +191,55 @@ def _unexpected(status: int, call: Call[Any], body: bytes) -> MQError:
 # -- the routes ---------------------------------------------------------------------------
 
 
-def connect(mode: Mode, client_url: str) -> Call[Connection]:
+def connect(
+    mode: Mode,
+    client_url: str,
+    *,
+    topic: str | None = None,
+    group: str | None = None,
+    filter: Mapping[str, Any] | None = None,
+) -> Call[Connection]:
     # Not idempotent: after a lost answer the connection may exist; a retry would make a
     # second one (and a second receiver gets a second copy of every message).
-    return Call("POST", "/connect", {"ClientURL": client_url, "mode": mode}, False, _connection)
+    body: dict[str, Any] = {"ClientURL": client_url, "mode": mode}
+    if topic is not None:
+        body["topic"] = topic
+    if group is not None:
+        body["group"] = group
+    if filter is not None:
+        body["filter"] = dict(filter)
+    return Call("POST", "/connect", body, False, _connection)
 
 
-def send(sender_id: int, body: str) -> Call[str]:
-    # Not idempotent: after a lost answer the message may be stored; a retry would
-    # publish it twice.
-    return Call("POST", "/send", {"id": sender_id, "body": body}, False, _message_id)
+def send(sender_id: int, message: Message, topic: str | None = None) -> Call[str]:
+    # Without an idempotency key not idempotent: after a lost answer the message may be
+    # stored, and a retry would publish it twice. With one, a repeat is answered with the
+    # first message's id and stores nothing.
+    body: dict[str, Any] = {"id": sender_id, **message.fields()}
+    if topic is not None:
+        body["topic"] = topic
+    idempotent = message.idempotency_key is not None
+    return Call("POST", "/send", body, idempotent, _message_id)
+
+
+def publish(topic: str, message: Message) -> Call[Published]:
+    # Idempotent exactly when the message has an idempotency key (see `send`).
+    idempotent = message.idempotency_key is not None
+    return Call("POST", _messages_path(topic), message.fields(), idempotent, _published(topic))
+
+
+def publish_batch(topic: str, messages: Sequence[Message]) -> Call[list[BatchResult]]:
+    # A repeat after a lost answer would store every message again, unless each has an
+    # idempotency key: then it only finds them.
+    idempotent = bool(messages) and all(m.idempotency_key is not None for m in messages)
+    body = {"messages": [message.fields() for message in messages]}
+    return Call("POST", _messages_path(topic), body, idempotent, _batch_results(topic))
+
+
+def _messages_path(topic: str) -> str:
+    # Topic names need no escaping; one that does is refused by the broker, so quoting
+    # keeps a stray `/` or `?` from reaching another route.
+    return f"/v1/topics/{quote(topic, safe='')}/messages"
 
 
 def disconnect(connection_id: int) -> Call[None]:
@@ -154,10 +262,37 @@ def _connection(value: Any) -> Connection:
 
 
 def _message_id(value: Any) -> str:
-    message_id = value["message_id"]
-    if not isinstance(message_id, str):
-        raise TypeError("message_id is not a string")
-    return message_id
+    return _text(value["message_id"])
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value
+
+
+def _published(topic: str) -> Callable[[Any], Published]:
+    def read(value: Any) -> Published:
+        return Published(
+            id=_text(value["id"]),
+            topic=str(value.get("topic", topic)),
+            duplicate=value.get("duplicate") is True,
+        )
+
+    return read
+
+
+def _batch_results(topic: str) -> Callable[[Any], list[BatchResult]]:
+    def read(value: Any) -> list[BatchResult]:
+        results: list[BatchResult] = []
+        for result in value["results"]:
+            if "error" in result:
+                results.append(error_from_problem(result["error"]))
+            else:
+                results.append(_published(topic)(result))
+        return results
+
+    return read
 
 
 def _nothing(value: Any) -> None:

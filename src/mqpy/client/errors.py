@@ -2,7 +2,8 @@
 
 Catch `MQError` for every failure, or one subclass for the case you can act on:
 `RateLimited` and `Unavailable` say "try later" (the client already retried them),
-`NotFound` says the connection id is gone, `ConnectionFailed` says no answer came.
+`NotFound` says the connection (or message, topic, subscription) is not there,
+`ConnectionFailed` says no answer came.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from http import HTTPStatus
 from typing import Any
 
 __all__ = [
+    "Conflict",
     "ConnectionFailed",
     "Forbidden",
     "InvalidRequest",
@@ -75,7 +77,13 @@ class Forbidden(MQError):
 
 
 class NotFound(MQError):
-    """404: no connection has this id (never issued, or disconnected)."""
+    """404: no such connection (never issued, or disconnected), message, topic or
+    subscription; `slug` says which (``unknown-connection``, ``unknown-message``)."""
+
+
+class Conflict(InvalidRequest):
+    """409: the request contradicts what exists, such as joining a group with a filter
+    other than the group's."""
 
 
 class RateLimited(MQError):
@@ -102,6 +110,7 @@ _BY_STATUS: dict[int, type[MQError]] = {
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
+    409: Conflict,
     429: RateLimited,
     503: Unavailable,
 }
@@ -114,6 +123,22 @@ def error_from_answer(status: int, body: bytes, retry_after: float | None = None
     if not isinstance(detail, str) or not detail:
         text = body.decode(errors="replace").strip()[:200]
         detail = text or f"the server answered {status} {_phrase(status)}"
+    return _typed(status, detail, problem, retry_after)
+
+
+def error_from_problem(problem: Mapping[str, Any]) -> MQError:
+    """The typed error for a problem object found inside an answer (one message's
+    refusal in a batch publish), as if it had been the whole answer."""
+    status = problem.get("status")
+    if isinstance(status, bool) or not isinstance(status, int):
+        status = 400
+    detail = problem.get("detail")
+    if not isinstance(detail, str) or not detail:
+        detail = f"the server refused it: {status} {_phrase(status)}"
+    return _typed(status, detail, dict(problem), None)
+
+
+def _typed(status: int, detail: str, problem: dict[str, Any], retry_after: float | None) -> MQError:
     kind = _BY_STATUS.get(status)
     if kind is None:
         kind = InvalidRequest if 400 <= status < 500 else MQError

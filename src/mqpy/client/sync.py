@@ -15,18 +15,23 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 from mqpy.client import calls
 from mqpy.client.calls import (
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
+    BatchResult,
     Call,
     Connection,
     DeadLetter,
     Endpoint,
+    Message,
     Mode,
+    Published,
 )
 from mqpy.client.errors import ConnectionFailed, MQError, NotFound
 from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy
@@ -75,15 +80,43 @@ class Client:
         """The id of the sender `publish` connected, once it has."""
         return self._sender_id
 
-    def connect(self, mode: Mode, client_url: str = "") -> Connection:
+    def connect(
+        self,
+        mode: Mode,
+        client_url: str = "",
+        *,
+        topic: str | None = None,
+        group: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> Connection:
         """Connect a sender (`"send"`) or a receiver (`"receive"`, with the URL where
-        its messages are POSTed). Keep a receiver's `secret`: it is shown only now."""
-        return self._call(calls.connect(mode, client_url))
+        its messages are POSTed). Keep a receiver's `secret`: it is shown only now.
 
-    def send(self, sender_id: int, body: str) -> str:
-        """Publish `body` from a connected sender; returns the message id. When this
-        returns, the message is on the broker's disk."""
-        return self._call(calls.send(sender_id, body))
+        `topic` is a sender's topic, or the topic or pattern (`orders.*`, `orders.>`) a
+        receiver takes; the default is "default". A receiver may join a `group`, whose
+        members share its messages, and take only messages whose attributes pass
+        `filter` (such as ``{"region": "eu"}``; see docs/api.md)."""
+        return self._call(calls.connect(mode, client_url, topic=topic, group=group, filter=filter))
+
+    def send(
+        self,
+        sender_id: int,
+        body: str,
+        *,
+        topic: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+        ordering_key: str | None = None,
+        delay_seconds: float | None = None,
+        deliver_at: datetime | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Publish `body` from a connected sender, to its topic unless `topic` names
+        another; returns the message id. When this returns, the message is on the
+        broker's disk. The options are those of `publish`."""
+        message = Message(
+            body, attributes, ordering_key, delay_seconds, deliver_at, idempotency_key
+        )
+        return self._call(calls.send(sender_id, message, topic))
 
     def disconnect(self, connection_id: int) -> None:
         self._call(calls.disconnect(connection_id))
@@ -96,12 +129,74 @@ class Client:
         """Queue dead letters again, all or one receiver's; returns how many (admin key)."""
         return self._call(calls.redrive(receiver_id))
 
-    def publish(self, body: str) -> str:
-        """Publish `body` from a sender this client connects on first use and then reuses.
+    @overload
+    def publish(self, body: str, /) -> str: ...
 
-        If that sender is gone (an admin disconnected it), a new one is connected and the
-        message sent again: a 404 means the broker stored nothing.
+    @overload
+    def publish(
+        self,
+        topic: str,
+        body: str,
+        /,
+        *,
+        attributes: Mapping[str, str] | None = None,
+        ordering_key: str | None = None,
+        delay_seconds: float | None = None,
+        deliver_at: datetime | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Published: ...
+
+    def publish(
+        self,
+        first: str,
+        body: str | None = None,
+        /,
+        *,
+        attributes: Mapping[str, str] | None = None,
+        ordering_key: str | None = None,
+        delay_seconds: float | None = None,
+        deliver_at: datetime | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str | Published:
+        """`publish(topic, body, ...)` publishes `body` to `topic` and returns a
+        `Published` (id, topic, duplicate) once the message is on the broker's disk.
+
+        `attributes` (str to str) are what subscription filters match; messages with one
+        `ordering_key` reach each subscription (or group) one at a time, in publish
+        order; `delay_seconds` or `deliver_at` hold the message back; a repeat of an
+        `idempotency_key` within the broker's --dedup-window stores nothing and answers
+        with the first id (`duplicate=True`), so such a publish is retried even after a
+        lost answer.
+
+        `publish(body)`, with the body alone, is the seed protocol's way: it sends from
+        a sender this client connects on first use and reuses (disconnected by `close`),
+        to that sender's topic, and returns the message id. If the sender is gone (an
+        admin disconnected it), a new one is connected and the message sent again: a 404
+        means the broker stored nothing.
         """
+        if body is None:
+            if calls.any_given(
+                attributes, ordering_key, delay_seconds, deliver_at, idempotency_key
+            ):
+                raise TypeError("publish(topic, body, ...): options need a topic first")
+            return self._publish_from_sender(first)
+        message = Message(
+            body, attributes, ordering_key, delay_seconds, deliver_at, idempotency_key
+        )
+        return self._call(calls.publish(first, message))
+
+    def publish_batch(self, topic: str, messages: Sequence[str | Message]) -> list[BatchResult]:
+        """Publish up to 1,000 messages to `topic` in one request and one transaction.
+
+        Returns one result per message, in order: a `Published`, or the `MQError` (such
+        as `InvalidRequest` for a body over --max-message-bytes) saying why that one
+        message was refused; the others are stored all the same. A refusal of the whole
+        batch (no messages or more than 1,000, a body over --max-batch-bytes, a bad key)
+        raises, and then none was stored.
+        """
+        return self._call(calls.publish_batch(topic, [calls.as_message(m) for m in messages]))
+
+    def _publish_from_sender(self, body: str) -> str:
         sender_id = self._publisher()
         try:
             return self.send(sender_id, body)

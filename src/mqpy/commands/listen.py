@@ -24,6 +24,7 @@ from mqpy.commands import (
     set_handler,
 )
 from mqpy.commands.broker_client import ClientSettings, client_settings, failure
+from mqpy.commands.options import filter_of, group_name, topic_pattern
 from mqpy.commands.terminal import visible
 
 if TYPE_CHECKING:  # imported when run: they load aiohttp, which `mqpy --help` need not
@@ -45,11 +46,46 @@ def register(subparsers: Any) -> None:
         "checked against the signing secret the broker returns; a forged or altered one "
         "is refused. Ctrl-C or SIGTERM disconnects the receiver and exits 0. Delivery is "
         "at least once: after a lost answer a message can be printed twice (--json shows "
-        "the message id and attempt). Exit codes: 0 stopped, 1 the server refused, 2 usage "
-        "error, 3 server unreachable.",
-        epilog=f"Environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key; a "
-        "subscriber or admin key).",
+        "the message id and attempt). --topic chooses what it receives (a topic, or a "
+        "pattern of them), --group shares the messages with the group's other members "
+        "(each message goes to one of them), --filter keeps only messages whose "
+        "attributes match. Exit codes: 0 stopped, 1 the server refused, 2 usage error, 3 "
+        "server unreachable.",
+        epilog=f"""\
+examples:
+  mqpy listen
+  mqpy listen --topic 'orders.>' --json
+  mqpy listen --topic orders.eu --group billing        # run it twice: they share the work
+  mqpy listen --topic orders.eu --filter kind=created --filter kind=paid
+  mqpy listen --filter region^=eu- --filter '!test'
+
+--filter NAME=VALUE: the attribute equals VALUE (repeat for any of several values);
+NAME^=PREFIX: it starts with PREFIX; NAME: the message has it; !NAME: it has not.
+Members of one group must give the same filter.
+
+environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key; a subscriber or admin key)""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--topic",
+        type=topic_pattern,
+        default=None,
+        help="the topic to receive, or a pattern: orders.* (one more segment), orders.> "
+        "(any number) (default: the broker's, 'default')",
+    )
+    parser.add_argument(
+        "--group",
+        type=group_name,
+        default=None,
+        help="join this consumer group: each message goes to one of its members",
+    )
+    parser.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="CONDITION",
+        help="receive only messages whose attributes match (all conditions must hold); see below",
     )
     parser.add_argument(
         "--host",
@@ -85,6 +121,7 @@ def listen(args: argparse.Namespace) -> int:
             "give the receiver's reachable address with --client-url",
         )
     settings = client_settings(args)
+    args.filter_object = filter_of(args.filter)
     logging.basicConfig(level=logging.WARNING, format="mqpy listen: %(message)s")
     try:
         return asyncio.run(_listen(args, settings))
@@ -108,9 +145,9 @@ async def _listen(args: argparse.Namespace, settings: ClientSettings) -> int:
         ) from None
     try:
         async with AsyncClient(settings.url, key=settings.key) as client:
-            receiver_id = await _connect(client, server, args.client_url)
+            receiver_id = await _connect(client, server, args)
             print(
-                f"listening on {server.url} as receiver {receiver_id}; Ctrl-C to stop",
+                f"listening on {server.url} as receiver {receiver_id}{_what(args)}; Ctrl-C to stop",
                 file=sys.stderr,
                 flush=True,
             )
@@ -123,8 +160,14 @@ async def _listen(args: argparse.Namespace, settings: ClientSettings) -> int:
     return EXIT_OK
 
 
-async def _connect(client: AsyncClient, server: ReceiverServer, client_url: str | None) -> int:
-    connection = await client.connect("receive", client_url or server.url)
+async def _connect(client: AsyncClient, server: ReceiverServer, args: argparse.Namespace) -> int:
+    connection = await client.connect(
+        "receive",
+        args.client_url or server.url,
+        topic=args.topic,
+        group=args.group,
+        filter=args.filter_object,
+    )
     if connection.secret is None:
         await client.disconnect(connection.id)
         raise CommandFailed(
@@ -134,6 +177,16 @@ async def _connect(client: AsyncClient, server: ReceiverServer, client_url: str 
         )
     server.secret = connection.secret
     return connection.id
+
+
+def _what(args: argparse.Namespace) -> str:
+    """What the receiver takes, for the first line on stderr."""
+    parts = [f"topic {args.topic}"] if args.topic else []
+    if args.group:
+        parts.append(f"group {args.group}")
+    if args.filter_object:
+        parts.append(f"filter {json.dumps(args.filter_object)}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 async def _disconnect(client: AsyncClient, receiver_id: int) -> None:
