@@ -205,7 +205,40 @@ def test_listen_json_gives_id_attempt_and_exact_body(
     assert json.loads(line) == {
         "message_id": published["message_id"],
         "attempt": 1,
+        "topic": "default",
         "body": body,
+    }
+
+
+def test_listen_json_shows_topic_attributes_and_ordering_key(
+    server: ServerProcess, listeners: Callable[..., Listener]
+) -> None:
+    listener = listeners("--url", server.url, "--topic", "orders.*", "--json")
+    published = json.loads(
+        succeeded(
+            mqpy_run(
+                "publish",
+                "--url",
+                server.url,
+                "--topic",
+                "orders.eu",
+                "--attr",
+                "kind=refund",
+                "--ordering-key",
+                "customer-7",
+                "--json",
+                "hello",
+            )
+        )
+    )
+    [line] = listener.next_lines(1)
+    assert json.loads(line) == {
+        "message_id": published["message_id"],
+        "attempt": 1,
+        "topic": "orders.eu",
+        "body": "hello",
+        "attributes": {"kind": "refund"},
+        "ordering_key": "customer-7",
     }
 
 

@@ -7,14 +7,18 @@ from mqpy.signing import InvalidSignature, verify
 if TYPE_CHECKING:
     from mqpy.client import (
         AsyncClient,
+        BatchResult,
         Client,
+        Conflict,
         Connection,
         ConnectionFailed,
         DeadLetter,
         Forbidden,
         InvalidRequest,
+        Message,
         MQError,
         NotFound,
+        Published,
         RateLimited,
         Unauthorized,
         Unavailable,
@@ -22,7 +26,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AsyncClient",
+    "BatchResult",
     "Client",
+    "Conflict",
     "Connection",
     "ConnectionFailed",
     "DeadLetter",
@@ -30,7 +36,9 @@ __all__ = [
     "InvalidRequest",
     "InvalidSignature",
     "MQError",
+    "Message",
     "NotFound",
+    "Published",
     "RateLimited",
     "Unauthorized",
     "Unavailable",

@@ -12,9 +12,9 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mqpy.signing import DEFAULT_TOLERANCE, ID_HEADER, TIMESTAMP_HEADER, InvalidSignature, verify
 
@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 ATTEMPT_HEADER = "mq-attempt"
+TOPIC_HEADER = "mq-topic"
 CHALLENGE_HEADER = "mq-challenge"
 Secret = str | Sequence[str]
 Handler = Callable[["Delivery"], Awaitable[object]]
@@ -57,6 +58,9 @@ class Delivery:
     attempt: int
     timestamp: int
     body: str
+    topic: str = "default"
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    ordering_key: str | None = None
 
     @classmethod
     def from_request(
@@ -76,11 +80,15 @@ class Delivery:
         """
         verify(body, headers, secret, tolerance=tolerance)
         found = {name.lower(): value for name, value in headers.items()}
+        payload = _payload(body)
         return cls(
             message_id=found[ID_HEADER],  # verify() checked both are present
             attempt=_attempt(found.get(ATTEMPT_HEADER)),
             timestamp=int(found[TIMESTAMP_HEADER]),
-            body=_message_body(body),
+            body=payload["body"],
+            topic=found.get(TOPIC_HEADER, "default"),
+            attributes=payload.get("attributes", {}),
+            ordering_key=payload.get("ordering_key"),
         )
 
 
@@ -90,15 +98,21 @@ def _attempt(value: str | None) -> int:
     return int(value)
 
 
-def _message_body(raw: bytes) -> str:
+def _payload(raw: bytes) -> dict[str, Any]:
+    """The delivery's JSON: `body`, and `attributes`/`ordering_key` when the message
+    has them."""
     try:
         payload = json.loads(raw)
     except ValueError as error:
         raise InvalidDelivery(f"the delivery is not JSON: {error}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("body"), str):
         raise InvalidDelivery('the delivery is not a JSON object {"body": "..."}')
-    body: str = payload["body"]
-    return body
+    attributes = payload.get("attributes", {})
+    if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
+        raise InvalidDelivery("the delivery's attributes are not an object of strings")
+    if not isinstance(payload.get("ordering_key", ""), str):
+        raise InvalidDelivery("the delivery's ordering_key is not a string")
+    return payload
 
 
 class ReceiverServer:

@@ -219,11 +219,16 @@ class _Printer:
 
     async def show(self, delivery: Delivery) -> None:
         if self.as_json:
-            record = {
+            record: dict[str, object] = {
                 "message_id": delivery.message_id,
                 "attempt": delivery.attempt,
+                "topic": delivery.topic,
                 "body": delivery.body,
             }
+            if delivery.attributes:
+                record["attributes"] = dict(delivery.attributes)
+            if delivery.ordering_key is not None:
+                record["ordering_key"] = delivery.ordering_key
             line = json.dumps(record, ensure_ascii=False)
         else:
             line = visible(delivery.body)
