@@ -55,6 +55,7 @@ from mqpy.store.sqlite_rows import (
     subscription_from_row,
 )
 from mqpy.store.sqlite_schema import migrate
+from mqpy.store.sqlite_tallies import Tallies
 from mqpy.store.sqlite_writer import GroupCommitWriter, WriterClosed
 from mqpy.topics import TOPIC_NAME
 from mqpy.topics import matches as topic_matches
@@ -84,6 +85,9 @@ class SQLiteStore(Store):
         self.path = data_dir / DATABASE_FILE
         self._writer = GroupCommitWriter(self.path, _configure)
         self._routes = RouteTable()
+        self._tallies = Tallies()
+        self._writer.before_commit = self._tallies.flush
+        self._writer.on_rollback = self._tallies.rolled_back
         self._lock_file: IO[str] | None = None
 
     @property
@@ -348,7 +352,7 @@ class SQLiteStore(Store):
             f"DELETE FROM deliveries WHERE {doomed} AND state != 'delivered' RETURNING message_seq",
             (key,),
         ).fetchall()
-        _finish_messages(conn, {seq for (seq,) in seqs}, now)
+        self._tallies.add_stored(conn, -_finish_messages(conn, {seq for (seq,) in seqs}, now))
 
     async def connections(self) -> list[Connection]:
         def operation(conn: sqlite3.Connection) -> list[Connection]:
@@ -367,12 +371,18 @@ class SQLiteStore(Store):
         dedup_since: float = 0.0,
     ) -> list[Published]:
         def operation(conn: sqlite3.Connection) -> list[Published]:
-            if max_backlog > 0 and _stored_messages(conn) + len(messages) > max_backlog:
+            tallies = self._tallies
+            if max_backlog > 0 and tallies.stored(conn) + len(messages) > max_backlog:
                 raise BacklogFull(
                     f"the broker holds {max_backlog} undelivered messages, its --max-backlog"
                 )
             routes = self._routes.get(conn)
-            return [_publish_one(conn, routes, message, dedup_since) for message in messages]
+            published = [_publish_one(conn, routes, message, dedup_since) for message in messages]
+            fresh = [m for m, p in zip(messages, published, strict=True) if not p.duplicate]
+            tallies.add_stored(conn, len(fresh))
+            for message in fresh:
+                tallies.published(message.topic, 1, message.published_at)
+            return published
 
         return await self._writer.run(operation)
 
@@ -437,7 +447,7 @@ class SQLiteStore(Store):
             if row is None:
                 return  # the lease was lost; whoever holds it now reports the outcome
             conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'delivered'")
-            _finish_messages(conn, {row[0]}, now)
+            self._tallies.add_stored(conn, -_finish_messages(conn, {row[0]}, now))
 
         await self._writer.run(operation, durable=False)
 
@@ -574,7 +584,7 @@ class SQLiteStore(Store):
                 sql += " AND subscription_id = ?"
                 params = (subscription_id,)
             seqs = conn.execute(sql + " RETURNING message_seq", params).fetchall()
-            _finish_messages(conn, {seq for (seq,) in seqs}, now)
+            self._tallies.add_stored(conn, -_finish_messages(conn, {seq for (seq,) in seqs}, now))
             return len(seqs)
 
         return await self._writer.run(operation)
@@ -824,12 +834,6 @@ def _publish_one(
             "created_at) VALUES (?, ?, ?, ?)",
             (key_id, message.idempotency_key, message.id, message.published_at),
         )
-    conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'messages'")
-    conn.execute(
-        "INSERT INTO topics (name, first_seen, published) VALUES (?, ?, 1) "
-        "ON CONFLICT (name) DO UPDATE SET published = published + 1",
-        (message.topic, message.published_at),
-    )
     targets = routes.for_message(message.topic, message.attributes)
     seq = conn.execute(
         "INSERT INTO messages (id, topic, body, publisher_id, published_at, routed, "
@@ -855,9 +859,9 @@ def _publish_one(
     return Published(message.id, deliveries=len(targets))
 
 
-def _finish_messages(conn: sqlite3.Connection, seqs: set[int], now: float) -> None:
-    """Mark messages with nothing left to deliver as done; they stay for the retention
-    window and no longer count towards the backlog."""
+def _finish_messages(conn: sqlite3.Connection, seqs: set[int], now: float) -> int:
+    """Mark messages with nothing left to deliver as done, and return how many: they
+    stay for the retention window, and the caller counts them off the backlog."""
     done = 0
     for seq in seqs:
         done += conn.execute(
@@ -866,8 +870,7 @@ def _finish_messages(conn: sqlite3.Connection, seqs: set[int], now: float) -> No
             "AND state != 'delivered')",
             (now, seq, seq),
         ).rowcount
-    if done:
-        conn.execute("UPDATE counters SET value = value - ? WHERE name = 'messages'", (done,))
+    return done
 
 
 def _stored_message(conn: sqlite3.Connection, message_id: str, now: float) -> StoredMessage | None:
@@ -932,11 +935,6 @@ def _delivery_status(
         next_attempt_at=next_attempt,
         delivered_at=delivered_at,
     )
-
-
-def _stored_messages(conn: sqlite3.Connection) -> int:
-    count: int = conn.execute("SELECT value FROM counters WHERE name = 'messages'").fetchone()[0]
-    return count
 
 
 def _int_cursor(cursor: str | None) -> int | None:

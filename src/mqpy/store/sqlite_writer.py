@@ -56,6 +56,12 @@ class GroupCommitWriter:
         # Called in the writer thread after each commit with the batch's size and how
         # long its transaction took (metrics); it must be quick and must not raise.
         self.on_commit: Callable[[int, float], None] | None = None
+        # Called in the writer thread just before each COMMIT, inside the transaction:
+        # for writes several operations share (one per batch instead of one each).
+        self.before_commit: Callable[[sqlite3.Connection], None] | None = None
+        # Called in the writer thread when an operation was rolled back (False) or the
+        # whole transaction was (True): memory that mirrors the database is stale.
+        self.on_rollback: Callable[[bool], None] | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -147,12 +153,16 @@ class GroupCommitWriter:
                 except Exception as exc:  # noqa: BLE001 - handed to its caller, who decides
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
+                    if self.on_rollback is not None:
+                        self.on_rollback(False)
                     if isinstance(exc, sqlite3.OperationalError):
                         exc = StoreUnavailable(f"the store could not write: {exc}")
                     results.append((future, None, exc))
                 else:
                     conn.execute("RELEASE op")
                     results.append((future, result, None))
+            if self.before_commit is not None:
+                self.before_commit(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             # The commit itself failed (disk full, I/O error): nothing in the batch is
@@ -160,6 +170,8 @@ class GroupCommitWriter:
             log.error("store transaction failed: %s", exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if self.on_rollback is not None:
+                self.on_rollback(True)
             failure = StoreUnavailable(f"the store could not commit: {exc}")
             return [(future, None, failure) for _, future, _ in batch]
         self.batches += 1
