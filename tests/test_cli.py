@@ -349,3 +349,12 @@ def test_console_script_help_matches_python_m() -> None:
     module = run([*PYTHON_M, "serve", "--help"], env=env)
     assert script.returncode == module.returncode == 0
     assert script.stdout == module.stdout
+
+
+def test_the_readme_options_table_names_every_setting() -> None:
+    """The README's table of `mqpy serve` options stays true: every setting is a row."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| ")]
+    for option in options():
+        flag = "(environment only)" if option.secret else f"`{option.flag}`"
+        assert any(row.startswith(f"| {flag} | `{option.env}` |") for row in rows), option.flag
