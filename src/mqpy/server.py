@@ -34,8 +34,15 @@ from mqpy.store.sqlite_schema import SchemaTooNew
 log = logging.getLogger("mqpy.server")
 
 # How often delivered messages past --message-retention and idempotency keys past
-# --dedup-window are forgotten: often enough that neither piles up between sweeps.
+# --dedup-window are forgotten: often enough that neither piles up between sweeps, and
+# at least twice per retention so a short one is kept to within half of itself.
 SWEEP_INTERVAL_SECONDS = 30.0
+MIN_SWEEP_INTERVAL_SECONDS = 0.5
+
+
+def sweep_interval(settings: Settings) -> float:
+    shortest = min(settings.message_retention, settings.dedup_window) / 2
+    return max(MIN_SWEEP_INTERVAL_SECONDS, min(SWEEP_INTERVAL_SECONDS, shortest))
 
 
 class StartupRefused(Exception):
@@ -164,11 +171,12 @@ def limits(settings: Settings) -> Limits:
 
 
 async def sweep_forever(store: Store, settings: Settings) -> None:
-    """Forget what the retention settings no longer keep, every SWEEP_INTERVAL_SECONDS.
+    """Forget what the retention settings no longer keep, every `sweep_interval`.
 
     A failed sweep is logged and tried again next time: nothing is lost by waiting."""
+    interval = sweep_interval(settings)
     while True:
-        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+        await asyncio.sleep(interval)
         now = time.time()
         try:
             removed = await store.sweep(
