@@ -144,3 +144,30 @@ async def test_status_is_for_admins_once_keys_are_configured(
     assert "admin" in problem["detail"]
     status, content_type, body = await read_status(http, server.url, ADMIN_KEY)
     assert (status, content_type) == (200, "application/json"), body
+
+
+async def test_a_pattern_receiver_counts_towards_the_topics_it_matches(
+    start_server: ServerFactory, start_receiver: ReceiverFactory, http: aiohttp.ClientSession
+) -> None:
+    server = start_server()
+    receiver = await start_receiver()
+    async with http.post(
+        server.url + "/connect",
+        json={"ClientURL": receiver.url, "mode": "receive", "topic": "orders.*"},
+    ) as response:
+        assert response.status == 200, await response.text()
+    async with http.post(
+        server.url + "/v1/topics/orders.eu/messages", json={"body": "one order"}
+    ) as response:
+        assert response.status == 201, await response.text()
+    await receiver.wait_for(1)
+
+    def shows_orders_eu(feed: dict[str, Any]) -> bool:
+        return any(topic["topic"] == "orders.eu" for topic in feed["topics"])
+
+    feed = await status_until(http, server.url, shows_orders_eu)
+    topics = {topic["topic"]: topic for topic in feed["topics"]}
+    assert "orders.*" not in topics, "a pattern is not a topic"
+    assert topics["orders.eu"]["receivers"] == 1
+    (shown,) = feed["receivers"]
+    assert shown["topic"] == "orders.*", "the receiver itself shows what it subscribed to"

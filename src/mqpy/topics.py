@@ -9,6 +9,11 @@ TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9._*>-]{1,200}")
 
 
+def is_pattern(topic: str) -> bool:
+    """Whether a subscription's topic is a pattern rather than one topic's name."""
+    return "*" in topic or ">" in topic
+
+
 def is_valid_pattern(pattern: str) -> bool:
     """A pattern's `*` and `>` stand alone as segments, and `>` only comes last."""
     if not TOPIC_PATTERN.fullmatch(pattern):

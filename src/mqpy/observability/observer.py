@@ -22,6 +22,8 @@ from mqpy.observability.metrics import Gauges, LiveGauges, Metrics, TopicFigures
 from mqpy.observability.rates import RATE_SECONDS, SecondCounts, Throughput, TopicActivity
 from mqpy.observability.receivers import Failure, ReceiverActivity, ReceiverState
 from mqpy.store import SQLiteStore, Store
+from mqpy.topics import is_pattern
+from mqpy.topics import matches as topic_matches
 
 log = logging.getLogger("mqpy.observability")
 
@@ -132,17 +134,18 @@ class Observer:
         figures = await self._figures.get()
         now = self._clock()
         receivers = self._broker.receivers()
-        receiving = Counter(s.spec.topic for s in receivers)
+        # Topics by name; a pattern receiver counts towards each topic it matches.
+        named = {s.spec.topic for s in receivers if not is_pattern(s.spec.topic)}
         backlogs = {b.topic: b for b in figures.backlogs}
-        self._forget_idle_topics(now, set(receiving))
+        self._forget_idle_topics(now, named)
         topics = []
-        for name in sorted(set(backlogs) | set(receiving) | set(self._topics)):
+        for name in sorted(set(backlogs) | named | set(self._topics)):
             backlog = backlogs.get(name)
             activity = self._topics.get(name)
             topics.append(
                 TopicStatus(
                     topic=name,
-                    receivers=receiving[name],
+                    receivers=sum(1 for s in receivers if topic_matches(s.spec.topic, name)),
                     backlog=backlog.messages if backlog else 0,
                     oldest_undelivered_age_seconds=(
                         _age(now, backlog.oldest_published_at) if backlog else None
@@ -189,7 +192,8 @@ class Observer:
         """For the scrape-time collector: memory only, never the store."""
         now = self._clock()
         receivers = self._broker.receivers()
-        self._forget_idle_topics(now, {s.spec.topic for s in receivers})
+        named = {s.spec.topic for s in receivers if not is_pattern(s.spec.topic)}
+        self._forget_idle_topics(now, named)
         states = Counter(self._state(s.id) for s in receivers)
         topics = None
         if self._scraped is not None:
@@ -197,8 +201,8 @@ class Observer:
                 b.topic: TopicFigures(b.topic, b.messages, _age(now, b.oldest_published_at))
                 for b in self._scraped.backlogs
             }
-            for s in receivers:  # a topic with receivers shows its zeros too
-                figures.setdefault(s.spec.topic, TopicFigures(s.spec.topic, 0, 0.0))
+            for name in named:  # a topic with receivers shows its zeros too
+                figures.setdefault(name, TopicFigures(name, 0, 0.0))
             topics = sorted(figures.values(), key=lambda figure: figure.topic)
         return Gauges(
             topics=topics,

@@ -57,7 +57,7 @@ from mqpy.store.sqlite_rows import (
 from mqpy.store.sqlite_schema import migrate
 from mqpy.store.sqlite_tallies import Tallies
 from mqpy.store.sqlite_writer import GroupCommitWriter, WriterClosed
-from mqpy.topics import TOPIC_NAME
+from mqpy.topics import TOPIC_NAME, is_pattern
 from mqpy.topics import matches as topic_matches
 
 DATABASE_FILE = "mqpy.sqlite3"
@@ -726,10 +726,6 @@ def _new_id(conn: sqlite3.Connection) -> int:
         ).fetchone()
         if taken is None:
             return candidate
-
-
-def is_pattern(topic: str) -> bool:
-    return "*" in topic or ">" in topic
 
 
 def _join_group(conn: sqlite3.Connection, spec: SubscriptionSpec, now: float) -> tuple[int, bool]:
