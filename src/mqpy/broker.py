@@ -14,7 +14,6 @@ from typing import Protocol
 from mqpy.access import Principal
 from mqpy.domain import (
     DEFAULT_TOPIC,
-    BadCursor,
     BrokerError,
     BrokerStats,
     Connection,
@@ -36,6 +35,7 @@ from mqpy.domain import (
     UnknownMessage,
     UnknownSubscription,
     UnknownTopic,
+    int_cursor,
 )
 from mqpy.ids import new_message_id
 from mqpy.ratelimit import RateLimiter
@@ -374,7 +374,7 @@ class Broker:
             for s in sorted(self._subscriptions.values(), key=lambda s: s.id)
             if s.key_id == principal.key_id and (topic is None or topics_match(s.spec.topic, topic))
         ]
-        after = _int_cursor(cursor)
+        after = int_cursor(cursor)
         mine = [s for s in mine if after is None or s.id > after]
         page = mine[:limit]
         more = len(mine) > limit
@@ -533,15 +533,6 @@ def _deliver_at(publication: Publication, now: float) -> float | None:
 
 def _may_manage(subscription: Subscription, principal: Principal) -> bool:
     return principal.is_admin or subscription.key_id == principal.key_id
-
-
-def _int_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    try:
-        return int(cursor)
-    except ValueError:
-        raise BadCursor(f"the cursor {cursor!r} was not handed out by this list") from None
 
 
 def require_admin(principal: Principal) -> None:

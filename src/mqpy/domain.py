@@ -318,6 +318,16 @@ class BadCursor(BrokerError):
     """A pagination cursor that this list did not hand out."""
 
 
+def int_cursor(cursor: str | None) -> int | None:
+    """A cursor that is the last id of the previous page, or `BadCursor`."""
+    if cursor is None:
+        return None
+    try:
+        return int(cursor)
+    except ValueError:
+        raise BadCursor(f"the cursor {cursor!r} was not handed out by this list") from None
+
+
 class NotASender(BrokerError):
     """The id belongs to a receiver, which may not publish."""
 

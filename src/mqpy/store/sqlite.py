@@ -39,6 +39,7 @@ from mqpy.domain import (
     SubscriptionChanges,
     SubscriptionSpec,
     TopicInfo,
+    int_cursor,
 )
 from mqpy.filters import matches as filter_matches
 from mqpy.ids import new_connection_id
@@ -208,7 +209,7 @@ class SQLiteStore(Store):
     async def subscriptions(
         self, *, topic: str | None = None, cursor: str | None = None, limit: int = 100
     ) -> Page[Subscription]:
-        after = _int_cursor(cursor)
+        after = int_cursor(cursor)
 
         def operation(conn: sqlite3.Connection) -> Page[Subscription]:
             found: list[Subscription] = []
@@ -931,15 +932,6 @@ def _delivery_status(
         next_attempt_at=next_attempt,
         delivered_at=delivered_at,
     )
-
-
-def _int_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    try:
-        return int(cursor)
-    except ValueError:
-        raise BadCursor(f"the cursor {cursor!r} was not handed out by this list") from None
 
 
 def _dead_letter_cursor(cursor: str | None) -> tuple[float, int]:
