@@ -74,7 +74,7 @@ class DeliveryListener(Protocol):
         """A receiver is gone: drop what is claimed for it and not yet sent."""
 
     def subscription_changed(self, subscription: Subscription) -> None:
-        """A subscription's settings changed (rate, pause); deliveries may be due."""
+        """A subscription was made or its settings changed (pace, cap, pause)."""
 
 
 class ReceiverGate(Protocol):
@@ -162,6 +162,8 @@ class Broker:
 
     def set_delivery_listener(self, listener: DeliveryListener) -> None:
         self._listener = listener
+        for subscription in self._subscriptions.values():
+            listener.subscription_changed(subscription)
 
     def set_publish_observer(self, observer: PublishObserver) -> None:
         self._observer = observer
@@ -213,6 +215,7 @@ class Broker:
         subscription = await self._store.subscription(subscription_id)
         if subscription is not None:
             self._subscriptions[subscription_id] = subscription
+            self._listener.subscription_changed(subscription)
 
     def _check_may_connect(self, mode: Mode, topic: str, principal: Principal) -> None:
         wanted = "publisher" if mode is Mode.SEND else "subscriber"
@@ -354,6 +357,7 @@ class Broker:
             spec, self._clock(), key_id=principal.key_id, secret=secret
         )
         self._subscriptions[subscription.id] = subscription
+        self._listener.subscription_changed(subscription)
         self._listener.notify()
         return subscription, secret
 

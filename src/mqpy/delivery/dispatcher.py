@@ -71,9 +71,10 @@ class Dispatcher:
         # Receivers disconnected while deliveries for them were claimed; those are
         # skipped rather than sent. An id leaves the set once nothing is held for it.
         self._forgotten: set[int] = set()
-        # Receivers with their own max_per_second, learnt from their deliveries.
+        # Receivers' own max_per_second and max_concurrency, told by the broker when a
+        # subscription is made or changed (and confirmed by each claimed delivery).
         self._paces: dict[int, Pace] = {}
-        self._own_caps: dict[int, int] = {}  # receivers' own max_concurrency
+        self._own_caps: dict[int, int] = {}
 
     @property
     def held(self) -> int:
@@ -85,9 +86,10 @@ class Dispatcher:
         self._wake.set()
 
     def subscription_changed(self, subscription: Subscription) -> None:
-        """Its pace may have changed; the next delivery claimed for it says how."""
-        self._paces.pop(subscription.id, None)
-        self._own_caps.pop(subscription.id, None)
+        """A subscription was made or changed: its own cap and pace hold from its very
+        first claim (a pace whose rate is unchanged keeps its tokens)."""
+        spec = subscription.spec
+        self._settings_of(subscription.id, spec.max_concurrency, spec.max_per_second, self._clock())
 
     def forget_subscription(self, subscription_id: int) -> None:
         """The receiver disconnected: whatever is claimed for it and not yet being sent
@@ -167,37 +169,46 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _busy(self, now: float) -> dict[int, int]:
-        """What each receiver holds, as the store's claim counts it; a paused receiver
-        counts as full, one being probed as holding all but one slot, and one at its
-        own pace (max_per_second) as holding all but the deliveries it may start now."""
-        cap = self._receiver_concurrency
+        """What each receiver holds, as the store's claim counts it against the
+        receiver's cap (its own max_concurrency, else --receiver-concurrency): a paused
+        receiver counts as full, one being probed as holding all but one slot, and one
+        at its own pace (max_per_second) as holding all but what it may start now."""
         busy = dict(self._held)
-        for subscription_id, own_cap in self._own_caps.items():
-            # A receiver's own max_concurrency below the broker's counts as held slots.
-            busy[subscription_id] = busy.get(subscription_id, 0) + max(0, cap - own_cap)
         for subscription_id in self._health.paused_or_probing():
+            cap = self._cap_of(subscription_id)
             allowed = self._health.allowance(subscription_id, now, cap)
             busy[subscription_id] = max(busy.get(subscription_id, 0), cap - allowed)
         for subscription_id, pace in self._paces.items():
+            cap = self._cap_of(subscription_id)
             allowed = pace.available(now)
             busy[subscription_id] = max(busy.get(subscription_id, 0), cap - allowed)
         return busy
 
+    def _cap_of(self, subscription_id: int) -> int:
+        return self._own_caps.get(subscription_id, self._receiver_concurrency)
+
     def _paced(self, delivery: Delivery, now: float) -> None:
-        """Note a claimed delivery's receiver's own cap, and count the delivery against
-        its max_per_second."""
-        if delivery.max_concurrency is None:
-            self._own_caps.pop(delivery.subscription_id, None)
-        else:
-            self._own_caps[delivery.subscription_id] = delivery.max_concurrency
-        rate = delivery.max_per_second
-        if rate is None:
-            self._paces.pop(delivery.subscription_id, None)
-            return
+        """Count a claimed delivery against its receiver's max_per_second."""
+        self._settings_of(
+            delivery.subscription_id, delivery.max_concurrency, delivery.max_per_second, now
+        )
         pace = self._paces.get(delivery.subscription_id)
+        if pace is not None:
+            pace.take(now)
+
+    def _settings_of(
+        self, subscription_id: int, max_concurrency: int | None, rate: float | None, now: float
+    ) -> None:
+        if max_concurrency is None:
+            self._own_caps.pop(subscription_id, None)
+        else:
+            self._own_caps[subscription_id] = max_concurrency
+        if rate is None:
+            self._paces.pop(subscription_id, None)
+            return
+        pace = self._paces.get(subscription_id)
         if pace is None or pace.rate != rate:
-            pace = self._paces[delivery.subscription_id] = Pace(rate, now)
-        pace.take(now)
+            self._paces[subscription_id] = Pace(rate, now)
 
     async def _work(self) -> None:
         task = asyncio.current_task()
@@ -248,10 +259,13 @@ class Dispatcher:
             self._observer.delivered(delivery, acked_at)
             return
         if outcome.receiver_unavailable:
+            policy = self._policy.overridden_by(delivery.retry)
             retry_after = outcome.retry_after
             if retry_after is not None:
-                retry_after = min(retry_after, self._policy.max_delay)
-            self._health.failed(delivery.subscription_id, self._clock(), retry_after)
+                retry_after = min(retry_after, policy.max_delay)
+            self._health.failed(
+                delivery.subscription_id, self._clock(), retry_after, policy.backoff
+            )
         await self._settle_failure(delivery, outcome)
 
     async def _settle_failure(self, delivery: Delivery, outcome: Outcome) -> None:

@@ -31,10 +31,17 @@ class ReceiverHealth:
     def succeeded(self, subscription_id: int) -> None:
         self._failing.pop(subscription_id, None)
 
-    def failed(self, subscription_id: int, now: float, retry_after: float | None = None) -> None:
+    def failed(
+        self,
+        subscription_id: int,
+        now: float,
+        retry_after: float | None = None,
+        backoff: Callable[[int], float] | None = None,
+    ) -> None:
+        """`backoff` is the receiver's own, when its subscription sets one."""
         state = self._failing.setdefault(subscription_id, _Failing(0, now))
         state.failures += 1
-        pause = self._backoff(state.failures)
+        pause = (backoff or self._backoff)(state.failures)
         if retry_after is not None:
             pause = max(pause, retry_after)
         state.paused_until = max(state.paused_until, now + pause)

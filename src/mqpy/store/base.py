@@ -179,12 +179,12 @@ class Store(abc.ABC):
     ) -> Claim:
         """Lease up to `limit` due deliveries, oldest first.
 
-        A subscription gets at most `min(per_subscription_limit - busy[id], its
-        max_concurrency)` of them (the caller may count the subscription's own cap in
-        `busy`), so one slow receiver cannot fill the caller's buffer;
-        paused subscriptions get none. A group's deliveries go to its members with
-        room, spread across them. Of the deliveries with one ordering key for one
-        subscription or group, only the oldest unfinished one is ever handed out.
+        A subscription gets at most `cap - busy[id]` of them, where `cap` is its own
+        max_concurrency if it has one, else `per_subscription_limit`, so one slow
+        receiver cannot fill the caller's buffer; paused subscriptions get none. A
+        group's deliveries go to its members with room, spread across them. Of the
+        deliveries with one ordering key for one subscription or group, only the
+        oldest unfinished one is ever handed out.
         Each claimed delivery's attempt count goes up by one; if the lease expires
         unacknowledged the delivery is due again and may be claimed by anyone.
         """

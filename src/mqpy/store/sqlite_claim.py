@@ -70,13 +70,9 @@ def claim(
     busy: Mapping[int, int],
 ) -> Claim:
     lease = new_lease_token()
-    # `busy` may already count a subscription's own cap (once the caller knows it);
-    # capping by it here too covers the first claim, before the caller knows.
+    # A subscription's own max_concurrency replaces the caller's default cap.
     room = {
-        member.id: min(
-            per_subscription_limit - busy.get(member.id, 0),
-            member.max_concurrency or per_subscription_limit,
-        )
+        member.id: (member.max_concurrency or per_subscription_limit) - busy.get(member.id, 0)
         for member in routes.members.values()
         if not member.paused
     }
