@@ -53,6 +53,9 @@ _NEXT_FOR_GROUP = (
 )
 
 
+_NO_ATTRIBUTES: dict[str, str] = {}  # shared, never changed: most messages have none
+
+
 @dataclass(slots=True)
 class _Candidate:
     due_at: float
@@ -78,6 +81,7 @@ def claim(
     }
     candidates: list[_Candidate] = []
     next_due: float | None = None
+    secrets: dict[int, tuple[str, ...]] = {}  # per member, worked out once per claim
 
     def consider(upcoming: float | None) -> None:
         nonlocal next_due
@@ -95,7 +99,8 @@ def claim(
         else:
             consider(conn.execute(_NEXT_FOR_SUBSCRIPTION, (member.id, now)).fetchone()[0])
         candidates.extend(
-            _Candidate(row[2], _delivery(row, member, lease, now)) for row in rows[:take]
+            _Candidate(row[2], _delivery(row, member, lease, _secrets(secrets, member, now)))
+            for row in rows[:take]
         )
     for group_id, member_ids in routes.group_members.items():
         free = [routes.members[m] for m in member_ids if room.get(m, 0) > 0]
@@ -111,7 +116,8 @@ def claim(
         for index, row in enumerate(rows[:total]):
             member = _next_member(free, room, start + index)
             room[member.id] -= 1
-            candidates.append(_Candidate(row[2], _delivery(row, member, lease, now)))
+            delivery = _delivery(row, member, lease, _secrets(secrets, member, now))
+            candidates.append(_Candidate(row[2], delivery))
         routes.turn[group_id] = start + len(rows[:total])
     candidates.sort(key=lambda candidate: candidate.due_at)
     chosen = [candidate.delivery for candidate in candidates[:limit]]
@@ -135,7 +141,16 @@ def _next_member(free: list[Member], room: dict[int, int], turn: int) -> Member:
     raise AssertionError("a group claimed more deliveries than its members have room for")
 
 
-def _delivery(row: tuple[Any, ...], member: Member, lease: str, now: float) -> Delivery:
+def _secrets(known: dict[int, tuple[str, ...]], member: Member, now: float) -> tuple[str, ...]:
+    found = known.get(member.id)
+    if found is None:
+        found = known[member.id] = member.signing_secrets(now)
+    return found
+
+
+def _delivery(
+    row: tuple[Any, ...], member: Member, lease: str, secrets: tuple[str, ...]
+) -> Delivery:
     delivery_id, attempts, _due, message_id, body, published_at, topic, attributes, key = row
     return Delivery(
         delivery_id=delivery_id,
@@ -146,9 +161,9 @@ def _delivery(row: tuple[Any, ...], member: Member, lease: str, now: float) -> D
         body=body,
         attempt=attempts + 1,
         published_at=published_at,
-        secrets=member.signing_secrets(now),
+        secrets=secrets,
         topic=topic,
-        attributes=load_attributes(attributes),
+        attributes=load_attributes(attributes) if attributes is not None else _NO_ATTRIBUTES,
         ordering_key=key,
         retry=member.retry,
         max_per_second=member.max_per_second,
