@@ -131,7 +131,10 @@ class Settings:
         10, _positive_int, "attempts per delivery, the first included, before dead-lettering"
     )
     max_age: float = _setting(
-        86400.0, parse_duration, "time from publish after which a delivery is dead-lettered"
+        86400.0,
+        parse_duration,
+        "time from publish (a delayed message: from its deliver_at) after which a delivery "
+        "is dead-lettered",
     )
     max_message_bytes: int = _setting(
         256 * 1024, parse_size, "largest request body accepted (413 above it)"

@@ -216,6 +216,7 @@ class Delivery:
     retry: RetryOverrides = RetryOverrides()  # the subscription's own policy
     max_per_second: float | None = None  # the subscription's own pace
     max_concurrency: int | None = None  # the subscription's own cap on what it holds
+    deliver_at: float | None = None  # a delayed message's time: its age counts from there
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,6 +157,8 @@ class OrderingConformance:
         assert early.next_due_at == T0 + 60
         delivery = await claim_one(store, T0 + 60)
         assert (delivery.body, delivery.attempt) == ("delayed", 1)
+        # The retry policy ages a delayed message from here, not from its publish.
+        assert delivery.deliver_at == T0 + 60
 
     async def test_a_past_deliver_at_means_at_once(self, store: Store) -> None:
         await subscribe(store)

@@ -273,7 +273,8 @@ class Dispatcher:
         error = outcome.error or "delivery failed"
         due_at = self._policy.overridden_by(delivery.retry).next_attempt_at(
             attempt=delivery.attempt,
-            published_at=delivery.published_at,
+            # A delayed message ages from when it was due, not from its publish.
+            published_at=max(delivery.published_at, delivery.deliver_at or 0.0),
             now=now,
             retry_after=outcome.retry_after,
         )

@@ -19,7 +19,7 @@ from mqpy.store.sqlite_rows import load_attributes
 
 _COLUMNS = (
     "d.id, d.attempts, d.due_at, m.id, m.body, m.published_at, m.topic, m.attributes, "
-    "m.ordering_key"
+    "m.ordering_key, m.deliver_at"
 )
 _FROM = "deliveries d JOIN messages m ON m.seq = d.message_seq"
 # Blocked by an older unfinished delivery of the key, or by any of the key's that is in
@@ -151,7 +151,18 @@ def _secrets(known: dict[int, tuple[str, ...]], member: Member, now: float) -> t
 def _delivery(
     row: tuple[Any, ...], member: Member, lease: str, secrets: tuple[str, ...]
 ) -> Delivery:
-    delivery_id, attempts, _due, message_id, body, published_at, topic, attributes, key = row
+    (
+        delivery_id,
+        attempts,
+        _due,
+        message_id,
+        body,
+        published_at,
+        topic,
+        attributes,
+        key,
+        deliver_at,
+    ) = row
     return Delivery(
         delivery_id=delivery_id,
         lease=lease,
@@ -168,4 +179,5 @@ def _delivery(
         retry=member.retry,
         max_per_second=member.max_per_second,
         max_concurrency=member.max_concurrency,
+        deliver_at=deliver_at,
     )
