@@ -16,7 +16,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from mqpy.commands.status import RECEIVER_COLUMNS, TOPIC_COLUMNS, format_age
+from mqpy.commands.status import (
+    RECEIVER_COLUMNS,
+    TOPIC_COLUMNS,
+    decode_feed,
+    format_age,
+    format_status,
+)
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
 from tests.support.load import unused_port
@@ -146,7 +152,12 @@ async def test_status_shows_topics_and_receivers(
     receivers = {row["ID"]: row for row in table(shown, RECEIVER_COLUMNS)}
     assert set(receivers) == {str(healthy_id), str(failing_id)}
     ok = receivers[str(healthy_id)]
-    assert (ok["URL"], ok["TOPIC"], ok["STATE"]) == (healthy.url, "default", "healthy")
+    assert (ok["URL"], ok["TOPIC"], ok["GROUP"], ok["STATE"]) == (
+        healthy.url,
+        "default",
+        "-",
+        "healthy",
+    )
     assert re.fullmatch(r"\d+s ago", ok["LAST SUCCESS"]), ok
     assert (ok["FAILURES"], ok["LAST FAILURE"], ok["IN FLIGHT"]) == ("0", "-", "0")
 
@@ -155,6 +166,69 @@ async def test_status_shows_topics_and_receivers(
     assert (bad["STATE"], bad["LAST SUCCESS"]) == ("failing", "never")
     assert int(bad["FAILURES"]) >= 1
     assert bad["LAST FAILURE"] == "receiver answered HTTP 500"
+
+
+async def test_status_shows_each_receiver_s_group_and_a_pause(
+    start_server: ServerFactory, start_receiver: ReceiverFactory, http: aiohttp.ClientSession
+) -> None:
+    server = start_server()
+    member, watcher = await start_receiver(), await start_receiver()
+    async with http.post(
+        server.url + "/v1/subscriptions",
+        json={"url": member.url, "topic": "orders.*", "group": "billing"},
+    ) as response:
+        assert response.status == 201, await response.text()
+        member_id = (await response.json())["id"]
+    watcher_id = await SeedClient(http, server.url).connect_receiver(watcher.url)
+    async with http.post(f"{server.url}/v1/subscriptions/{member_id}/pause") as response:
+        assert response.status == 200, await response.text()
+
+    shown = succeeded(await mqpy_status("--url", server.url))
+    receivers = {row["ID"]: row for row in table(shown, RECEIVER_COLUMNS)}
+    paused = receivers[str(member_id)]
+    assert (paused["TOPIC"], paused["GROUP"], paused["STATE"]) == ("orders.*", "billing", "paused")
+    seed = receivers[str(watcher_id)]
+    assert (seed["TOPIC"], seed["GROUP"], seed["STATE"]) == ("default", "-", "healthy")
+
+    feed = json.loads(succeeded(await mqpy_status("--json", url=server.url)))
+    kinds = {(r["id"], r["kind"], r["group"], r["state"]) for r in feed["receivers"]}
+    assert kinds == {
+        (member_id, "push", "billing", "paused"),
+        (watcher_id, "seed", None, "healthy"),
+    }
+
+    async with http.post(f"{server.url}/v1/subscriptions/{member_id}/resume") as response:
+        assert response.status == 200, await response.text()
+    shown = succeeded(await mqpy_status("--url", server.url))
+    receivers = {row["ID"]: row for row in table(shown, RECEIVER_COLUMNS)}
+    assert (receivers[str(member_id)]["GROUP"], receivers[str(member_id)]["STATE"]) == (
+        "billing",
+        "healthy",
+    )
+
+
+def test_a_feed_from_a_server_before_groups_still_prints() -> None:
+    """An older server's feed has no `group` or `kind`: the table shows "-"."""
+    old = {
+        "at": 100.0,
+        **dict.fromkeys(("readers", "writers", "queue_length", "completed_sends"), 0),
+        "dead_letters": 0,
+        "topics": [],
+        "receivers": [
+            {
+                "id": 7,
+                "url": "http://127.0.0.1:9000/",
+                "topic": "default",
+                "state": "healthy",
+                "in_flight": 0,
+                "last_success_at": None,
+                "consecutive_failures": 0,
+                "recent_failures": [],
+            }
+        ],
+    }
+    (row,) = table(format_status(decode_feed(old)), RECEIVER_COLUMNS)
+    assert (row["ID"], row["GROUP"], row["STATE"]) == ("7", "-", "healthy")
 
 
 async def test_status_needs_an_admin_key_once_keys_exist(

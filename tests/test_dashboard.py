@@ -4,11 +4,13 @@ files served with the right types. tests/test_dashboard_browser.py runs the page
 
 from __future__ import annotations
 
+import re
 from html.parser import HTMLParser
 from importlib import resources
 
 import aiohttp
 
+from mqpy.observability import ReceiverState
 from tests.conftest import ServerFactory
 from tests.support.client import SeedClient
 from tests.support.dashboard import dashboard_figures
@@ -194,3 +196,27 @@ def test_the_script_writes_text_never_markup() -> None:
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script, sink
     assert "textContent" in script
+
+
+async def test_the_receivers_table_has_a_column_for_the_group(
+    http: aiohttp.ClientSession, server: ServerProcess
+) -> None:
+    _, html = await get_page(http, server.url)
+    table = re.search(r'<table id="receivers".*?</thead>', html, re.DOTALL)
+    assert table is not None
+    headers = re.findall(r"<th[^>]*>([^<]*)</th>", table.group(0))
+    assert headers[:4] == ["Receiver", "Topic", "Group", "State"], headers
+
+
+def test_each_receiver_state_has_its_own_style() -> None:
+    """A paused receiver must not look failing, nor a failing one healthy."""
+    static = resources.files("mqpy").joinpath("static")
+    style = static.joinpath("dashboard.css").read_text()
+    script = static.joinpath("dashboard.js").read_text()
+    rules = {}
+    for state in ReceiverState:
+        rule = re.search(rf"^\.state-{state.value} \{{([^}}]*)\}}", style, re.MULTILINE)
+        assert rule is not None, f"no style for {state.value}"
+        rules[state] = rule.group(1).strip()
+        assert f'["{state.value}", ' in script, f"the script does not know {state.value}"
+    assert len(set(rules.values())) == len(rules), rules

@@ -138,6 +138,32 @@ async def publish_until_stopped(client: SeedClient, sender: int, stop: asyncio.E
         await asyncio.sleep(0.05)  # pacing the load, not waiting for an outcome
 
 
+async def subscribe(
+    http: aiohttp.ClientSession, base_url: str, url: str, *, topic: str, group: str
+) -> int:
+    body = {"url": url, "topic": topic, "group": group}
+    async with http.post(base_url + "/v1/subscriptions", json=body) as response:
+        assert response.status == 201, await response.text()
+        return int((await response.json())["id"])
+
+
+async def set_paused(
+    http: aiohttp.ClientSession, base_url: str, subscription_id: int, *, paused: bool
+) -> None:
+    action = "pause" if paused else "resume"
+    async with http.post(f"{base_url}/v1/subscriptions/{subscription_id}/{action}") as response:
+        assert response.status == 200, await response.text()
+        assert (await response.json())["paused"] is paused
+
+
+async def badge_colours(row: Locator) -> tuple[str, str]:
+    """The state badge's text and background colours as the browser computed them."""
+    badge = row.locator(".badge")
+    colour = await badge.evaluate("(element) => getComputedStyle(element).color")
+    background = await badge.evaluate("(element) => getComputedStyle(element).backgroundColor")
+    return str(colour), str(background)
+
+
 async def test_the_dashboard_follows_the_broker_without_a_reload(
     browser: Browser,
     start_server: ServerFactory,
@@ -182,13 +208,32 @@ async def test_the_dashboard_follows_the_broker_without_a_reload(
     await expect(failing_row.locator("summary")).to_contain_text("receiver answered HTTP 500")
     await expect(failing_row).to_contain_text(failing.url)
     await expect(healthy_row.locator(".badge")).to_have_text("healthy")
-    await expect(healthy_row.locator("td").nth(4)).to_contain_text(re.compile("ago|just now"))
+    await expect(healthy_row.locator("td").nth(5)).to_contain_text(re.compile("ago|just now"))
+    await expect(healthy_row.locator(".kind")).to_have_text("seed")
+    await expect(healthy_row.locator("td").nth(2)).to_have_text("—")
 
     group = page.locator(f'.dl-group[data-receiver-id="{failing_id}"]')
     await expect(group.locator("td.body")).to_have_text(hostile, timeout=WAIT_MS)
     await expect(page.locator("#dead-letter-count")).to_have_text("1", timeout=WAIT_MS)
     assert await page.locator("#dead-letter-groups img, #dead-letter-groups b").count() == 0
     assert await page.evaluate("document.body.dataset.pwned") is None
+
+    # A subscription in a consumer group, paused by an operator: paused, not failing.
+    paused_id = await subscribe(http, server.url, healthy.url, topic="orders", group="billing")
+    paused_row = page.locator(f'#receivers tr[data-receiver-id="{paused_id}"]')
+    await expect(paused_row.locator(".badge")).to_have_text("healthy", timeout=WAIT_MS)
+    await expect(paused_row.locator(".kind")).to_have_text("push")
+    await expect(paused_row.locator("td").nth(1)).to_have_text("orders")
+    await expect(paused_row.locator("td").nth(2)).to_have_text("billing")
+    await set_paused(http, server.url, paused_id, paused=True)
+    await expect(paused_row.locator(".badge")).to_have_text("paused", timeout=WAIT_MS)
+    await expect(paused_row.locator(".badge")).to_have_class(re.compile("state-paused"))
+    await expect(paused_row).to_have_attribute("data-state", "paused")
+    paused_colour = await badge_colours(paused_row)
+    assert paused_colour not in {
+        await badge_colours(healthy_row),
+        await badge_colours(failing_row),
+    }, "a paused receiver looks healthy or failing"
 
     # Under load: the figures climb, the chart fills, dead letters pile up.
     await page.get_by_role("button", name="1 min").click()
@@ -207,6 +252,10 @@ async def test_the_dashboard_follows_the_broker_without_a_reload(
     finally:
         stop.set()
         await asyncio.gather(*publishers)
+
+    await set_paused(http, server.url, paused_id, paused=False)
+    await expect(paused_row.locator(".badge")).to_have_text("healthy", timeout=WAIT_MS)
+    await expect(paused_row.locator(".badge")).to_have_class(re.compile("state-healthy"))
 
     # The receiver recovers; its dead letters go back once redriven.
     flaky.broken = False

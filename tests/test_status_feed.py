@@ -4,6 +4,7 @@ read shows each receiver's state, the topics and the broker's throughput."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -171,3 +172,83 @@ async def test_a_pattern_receiver_counts_towards_the_topics_it_matches(
     assert topics["orders.eu"]["receivers"] == 1
     (shown,) = feed["receivers"]
     assert shown["topic"] == "orders.*", "the receiver itself shows what it subscribed to"
+
+
+async def post_ok(http: aiohttp.ClientSession, url: str, body: dict[str, Any] | None) -> Any:
+    async with http.post(url, json=body) as response:
+        assert response.status in (200, 201), await response.text()
+        return await response.json()
+
+
+async def receivers_gauge(http: aiohttp.ClientSession, base_url: str, state: str) -> float:
+    async with http.get(base_url + "/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    (value,) = re.findall(rf'^mqpy_receivers{{state="{state}"}} (\S+)$', text, re.MULTILINE)
+    return float(value)
+
+
+async def test_status_shows_each_receiver_s_kind_group_and_pause(
+    start_server: ServerFactory, start_receiver: ReceiverFactory, http: aiohttp.ClientSession
+) -> None:
+    server = start_server()
+    steady, flaky, watcher = (
+        await start_receiver(),
+        await start_receiver(fail_500),
+        await start_receiver(),
+    )
+    subscriptions = server.url + "/v1/subscriptions"
+    steady_id = (await post_ok(http, subscriptions, {"url": steady.url, "topic": "orders"}))["id"]
+    flaky_id = (
+        await post_ok(
+            http, subscriptions, {"url": flaky.url, "topic": "orders", "group": "billing"}
+        )
+    )["id"]
+    connected = {"ClientURL": watcher.url, "mode": "receive", "topic": "orders", "group": "audit"}
+    watcher_id = (await post_ok(http, server.url + "/connect", connected))["id"]
+
+    first = by_id(await status_until(http, server.url, lambda feed: len(feed["receivers"]) == 3))
+    shown = {(r["id"], r["kind"], r["group"], r["state"]) for r in first.values()}
+    assert shown == {
+        (steady_id, "push", None, "healthy"),
+        (flaky_id, "push", "billing", "healthy"),
+        (watcher_id, "seed", "audit", "healthy"),
+    }
+    assert (first[steady_id]["url"], first[steady_id]["topic"]) == (steady.url, "orders")
+    # What clients read before kinds and groups is all still there, as it was.
+    legacy = {"id", "url", "topic", "state", "in_flight", "last_success_at"}
+    assert legacy | {"consecutive_failures", "recent_failures"} <= set(first[steady_id])
+
+    paused = await post_ok(http, f"{subscriptions}/{steady_id}/pause", None)
+    assert paused["paused"] is True
+    await post_ok(http, server.url + "/v1/topics/orders/messages", {"body": "order 1"})
+    await watcher.wait_for(1)
+
+    def settled(feed: dict[str, Any]) -> bool:
+        states = {r["id"]: r["state"] for r in feed["receivers"]}
+        return states == {steady_id: "paused", flaky_id: "failing", watcher_id: "healthy"}
+
+    await status_until(http, server.url, settled)
+    assert steady.attempts == [], "a paused subscription was sent a message"
+
+    # Paused says why nothing is delivered; it is not failing, even if it was.
+    await post_ok(http, f"{subscriptions}/{flaky_id}/pause", None)
+    both = by_id(await status_until(http, server.url, lambda feed: True))
+    assert (both[steady_id]["state"], both[flaky_id]["state"]) == ("paused", "paused")
+    assert both[flaky_id]["group"] == "billing" and both[flaky_id]["consecutive_failures"] >= 1
+    assert await receivers_gauge(http, server.url, "paused") == 2
+    assert await receivers_gauge(http, server.url, "failing") == 0
+
+    await post_ok(http, f"{subscriptions}/{steady_id}/resume", None)
+    await steady.wait_for(1)
+
+    def steady_delivered(feed: dict[str, Any]) -> bool:
+        return by_id(feed)[steady_id]["last_success_at"] is not None
+
+    resumed = by_id(await status_until(http, server.url, steady_delivered))
+    assert resumed[steady_id]["state"] == "healthy"
+    await post_ok(http, f"{subscriptions}/{flaky_id}/resume", None)
+    # Resumed, it is as its attempts left it: still down until one succeeds.
+    back = by_id(await status_until(http, server.url, lambda feed: True))
+    assert back[flaky_id]["state"] == "failing"
+    assert await receivers_gauge(http, server.url, "paused") == 0

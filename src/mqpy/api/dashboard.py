@@ -120,7 +120,8 @@ receiver is connected.</p>
 <section class="card" aria-labelledby="receivers-title">
 <h2 id="receivers-title">Receivers</h2>
 <table id="receivers" class="data">
-<thead><tr><th>Receiver</th><th>Topic</th><th>State</th><th class="num">In flight</th>
+<thead><tr><th>Receiver</th><th>Topic</th><th>Group</th><th>State</th>
+<th class="num">In flight</th>
 <th>Last success</th><th class="num">Failures in a row</th><th>Recent failures</th></tr>
 </thead>
 <tbody></tbody>

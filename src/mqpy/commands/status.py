@@ -30,6 +30,7 @@ RECEIVER_COLUMNS = (
     "ID",
     "URL",
     "TOPIC",
+    "GROUP",
     "STATE",
     "IN FLIGHT",
     "LAST SUCCESS",
@@ -37,6 +38,7 @@ RECEIVER_COLUMNS = (
     "LAST FAILURE",
 )
 _URL_WIDTH = 50
+_GROUP_WIDTH = 30
 _REASON_WIDTH = 60
 
 
@@ -62,6 +64,7 @@ class _Receiver(msgspec.Struct):
     last_success_at: float | None
     consecutive_failures: int
     recent_failures: list[_Failure]  # newest first
+    group: str | None = None  # absent from the feeds of servers before consumer groups
 
 
 class _Feed(msgspec.Struct):
@@ -83,8 +86,9 @@ def register(subparsers: Any) -> None:
         description="Show a running broker as GET /v1/status reports it: the dashboard's "
         "four figures and the dead-letter count, then a table of topics (backlog, age of "
         "the oldest undelivered message, publish and delivery rates over the last minute, "
-        "receivers) and a table of receivers (state, deliveries in flight, last success, "
-        "consecutive failures and the latest failure's reason). Needs an admin key (--key "
+        "receivers) and a table of receivers (consumer group; state: healthy, retrying, "
+        "failing or paused; deliveries in flight; last success; consecutive failures; the "
+        "latest failure's reason). Needs an admin key (--key "
         f"or {KEY_ENV}) unless the server has none configured. Exit codes: 0 done, 1 the "
         "server refused, 2 usage error, 3 server unreachable.",
         allow_abbrev=False,
@@ -104,7 +108,7 @@ def show_status(args: argparse.Namespace) -> int:
         print_json(answer)
         return EXIT_OK
     try:
-        feed = msgspec.convert(answer, _Feed)
+        feed = decode_feed(answer)
     except msgspec.ValidationError as error:
         raise CommandFailed(
             EXIT_REFUSED,
@@ -112,6 +116,12 @@ def show_status(args: argparse.Namespace) -> int:
         ) from None
     print(format_status(feed))
     return EXIT_OK
+
+
+def decode_feed(answer: Any) -> _Feed:
+    """The fields shown, from a decoded /v1/status answer; msgspec.ValidationError if
+    it is not a status feed."""
+    return msgspec.convert(answer, _Feed)
 
 
 def format_status(feed: _Feed) -> str:
@@ -151,6 +161,7 @@ def _receiver_row(now: float, receiver: _Receiver) -> tuple[str, ...]:
         str(receiver.id),
         _shortened(receiver.url, _URL_WIDTH),
         visible(receiver.topic),
+        "-" if not receiver.group else _shortened(receiver.group, _GROUP_WIDTH),
         visible(receiver.state),
         str(receiver.in_flight),
         "never" if last_success is None else format_age(now - last_success) + " ago",

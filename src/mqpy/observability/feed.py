@@ -4,6 +4,7 @@ it. Plain values; the API encodes them as JSON with these field names."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from mqpy.observability.rates import ThroughputPoint
 from mqpy.observability.receivers import Failure, ReceiverState
@@ -19,11 +20,17 @@ class TopicStatus:
     delivery_rate: float  # acknowledged deliveries per second over the last minute
 
 
+# How the receiver was made: "seed" by POST /connect, "push" by POST /v1/subscriptions.
+ReceiverKind = Literal["push", "seed"]
+
+
 @dataclass(frozen=True, slots=True)
 class ReceiverStatus:
     id: int
+    kind: ReceiverKind
     url: str
     topic: str
+    group: str | None  # its consumer group, if any
     state: ReceiverState
     in_flight: int
     last_success_at: float | None  # Unix time; None if none since the server started

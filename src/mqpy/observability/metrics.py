@@ -170,8 +170,9 @@ def _families() -> tuple[
         GaugeMetricFamily("mqpy_dead_letters", "Dead letters kept, waiting for a redrive."),
         GaugeMetricFamily(
             "mqpy_receivers",
-            "Connected receivers by state: healthy, retrying (recent attempts failed) or "
-            "failing (paused after failing for want of the receiver).",
+            "Connected receivers by state: healthy, retrying (recent attempts failed), "
+            "failing (paused after failing for want of the receiver) or paused (by an "
+            "operator).",
             labels=["state"],
         ),
         GaugeMetricFamily(

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from mqpy.broker import Broker
-from mqpy.domain import Delivery, StoreUnavailable
+from mqpy.domain import Delivery, StoreUnavailable, Subscription
 from mqpy.observability.feed import ReceiverStatus, StatusFeed, TopicStatus
 from mqpy.observability.figures import StoreFigures, StoreFiguresCache
 from mqpy.observability.metrics import Gauges, LiveGauges, Metrics, TopicFigures
@@ -162,7 +162,7 @@ class Observer:
             completed_sends=figures.stats.completed,
             dead_letters=figures.dead_letters,
             topics=topics,
-            receivers=[self._receiver_status(s.id, s.spec.url, s.spec.topic) for s in receivers],
+            receivers=[self._receiver_status(s) for s in receivers],
             throughput=self._throughput.series(now),
         )
 
@@ -175,13 +175,15 @@ class Observer:
         now = self._clock()
         return _rate(now, activity.published), _rate(now, activity.delivered)
 
-    def _receiver_status(self, receiver_id: int, url: str, topic: str) -> ReceiverStatus:
-        activity = self._receivers.get(receiver_id) or ReceiverActivity(None)
+    def _receiver_status(self, subscription: Subscription) -> ReceiverStatus:
+        activity = self._receivers.get(subscription.id) or ReceiverActivity(None)
         return ReceiverStatus(
-            id=receiver_id,
-            url=url,
-            topic=topic,
-            state=activity.state,
+            id=subscription.id,
+            kind="push" if subscription.connection_id is None else "seed",
+            url=subscription.spec.url,
+            topic=subscription.spec.topic,
+            group=subscription.spec.group,
+            state=self._state(subscription),
             in_flight=activity.in_flight,
             last_success_at=activity.last_success_at,
             consecutive_failures=activity.consecutive_failures,
@@ -194,7 +196,7 @@ class Observer:
         receivers = self._broker.receivers()
         named = {s.spec.topic for s in receivers if not is_pattern(s.spec.topic)}
         self._forget_idle_topics(now, named)
-        states = Counter(self._state(s.id) for s in receivers)
+        states = Counter(self._state(s) for s in receivers)
         topics = None
         if self._scraped is not None:
             figures = {
@@ -211,8 +213,11 @@ class Observer:
             in_flight=self._in_flight,
         )
 
-    def _state(self, receiver_id: int) -> ReceiverState:
-        activity = self._receivers.get(receiver_id)
+    def _state(self, subscription: Subscription) -> ReceiverState:
+        # An operator's pause says why nothing is delivered, whatever the last attempts did.
+        if subscription.paused:
+            return ReceiverState.PAUSED
+        activity = self._receivers.get(subscription.id)
         return ReceiverState.HEALTHY if activity is None else activity.state
 
     def _topic(self, name: str) -> TopicActivity:

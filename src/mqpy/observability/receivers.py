@@ -14,7 +14,10 @@ RECENT_FAILURES = 10
 class ReceiverState(enum.StrEnum):
     HEALTHY = "healthy"  # the last attempt succeeded, or none was made yet
     RETRYING = "retrying"  # its latest attempts failed; each delivery retries on its own
-    FAILING = "failing"  # down as a whole: paused, then probed (delivery/health.py)
+    FAILING = "failing"  # down as a whole: held back, then probed (delivery/health.py)
+    # Paused by an operator (POST /v1/subscriptions/{id}/pause): nothing is sent to it
+    # until it is resumed, whatever its last attempts did.
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True, slots=True)

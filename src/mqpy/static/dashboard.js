@@ -16,6 +16,18 @@
   const SVG_NS = "http://www.w3.org/2000/svg";
   // Drawn in this order: published, dashed, stays visible over an equal delivered line.
   const SERIES = ["delivered", "published", "failed"];
+  // A receiver's states and kinds, each styled and explained; a newer server's others
+  // show as plain text.
+  const RECEIVER_STATES = new Map([
+    ["healthy", "its last attempt succeeded, or none was made yet"],
+    ["retrying", "its latest attempts failed; each delivery is retried"],
+    ["failing", "down as a whole: held back, then probed"],
+    ["paused", "paused: nothing is sent to it until it is resumed; its messages wait"],
+  ]);
+  const RECEIVER_KINDS = new Map([
+    ["seed", "connected through POST /connect"],
+    ["push", "a subscription made through POST /v1/subscriptions"],
+  ]);
 
   const $ = (id) => document.getElementById(id);
   const keysRequired = document.body.dataset.keysRequired === "true";
@@ -279,33 +291,45 @@
   }
 
   function buildReceiverRow() {
-    const tr = row(7);
-    tr.cells[0].append(element("span", "rid"), " ", element("span", "url"));
-    tr.cells[2].append(element("span", "badge"));
+    const tr = row(8);
+    tr.cells[0].append(element("span", "rid"), " ", element("span", "kind"), " ");
+    tr.cells[0].append(element("span", "url"));
+    tr.cells[3].append(element("span", "badge"));
     const details = element("details", "failures");
     details.append(element("summary"), element("ol"));
-    tr.cells[6].append(element("span", "muted none", "—"), details);
+    tr.cells[7].append(element("span", "muted none", "—"), details);
     return tr;
   }
 
   function updateReceiverRow(tr, receiver, now) {
-    const cells = tr.cells;
+    const [who, topic, group, state, inFlight, success, failures, recent] = tr.cells;
     tr.dataset.receiverId = String(receiver.id);
     tr.dataset.state = receiver.state;
-    cells[0].querySelector(".rid").textContent = "#" + receiver.id;
-    const url = cells[0].querySelector(".url");
+    who.querySelector(".rid").textContent = "#" + receiver.id;
+    // Left out by servers before consumer groups and pausing; shown only when known.
+    const kind = who.querySelector(".kind");
+    kind.hidden = !receiver.kind;
+    kind.textContent = receiver.kind || "";
+    kind.title = RECEIVER_KINDS.get(receiver.kind) || "";
+    const url = who.querySelector(".url");
     url.textContent = receiver.url;
     url.title = receiver.url;
-    cells[1].textContent = receiver.topic;
-    const badge = cells[2].querySelector(".badge");
-    badge.className = "badge state-" + receiver.state;
+    topic.textContent = receiver.topic;
+    group.className = receiver.group ? "group" : "group muted";
+    group.textContent = receiver.group || "—";
+    group.title = receiver.group ? "consumer group: its members share its messages" : "";
+    // The state is text from the server: a class name only if it is one styled here.
+    const badge = state.querySelector(".badge");
+    const known = RECEIVER_STATES.has(receiver.state);
+    badge.className = "badge " + (known ? "state-" + receiver.state : "state-unknown");
     badge.textContent = receiver.state;
-    setNumber(cells[3], receiver.in_flight);
-    const success = receiver.last_success_at;
-    cells[4].textContent = success === null ? "none yet" : ago(now - success);
-    cells[4].title = success === null ? "" : new Date(success * 1000).toLocaleString();
-    setNumber(cells[5], receiver.consecutive_failures);
-    renderFailures(cells[6], receiver.recent_failures, now);
+    badge.title = RECEIVER_STATES.get(receiver.state) || "";
+    setNumber(inFlight, receiver.in_flight);
+    const last = receiver.last_success_at;
+    success.textContent = last === null ? "none yet" : ago(now - last);
+    success.title = last === null ? "" : new Date(last * 1000).toLocaleString();
+    setNumber(failures, receiver.consecutive_failures);
+    renderFailures(recent, receiver.recent_failures, now);
   }
 
   function renderFailures(cell, failures, now) {
