@@ -1,6 +1,6 @@
 """The `mqpy` command. `mqpy serve` runs the broker and `mqpy backup` copies its store;
-`keys`, `publish`, `listen`, `status` and `dead-letters` talk to a running broker over
-HTTP (mqpy/commands/).
+`keys`, `publish`, `listen`, `status`, `dead-letters`, `topics` and `subscriptions`
+talk to a running broker over HTTP (mqpy/commands/).
 
 Flags are accepted Go-style (`-port 8080`, as MQ Go took them) and GNU-style
 (`--port 8080`, `--port=8080`).
@@ -12,7 +12,16 @@ import argparse
 from collections.abc import Sequence
 
 from mqpy import __version__
-from mqpy.commands import backup, dead_letters, keys, listen, publish, status
+from mqpy.commands import (
+    backup,
+    dead_letters,
+    keys,
+    listen,
+    publish,
+    status,
+    subscriptions,
+    topics,
+)
 from mqpy.config import Option, SettingError, format_duration, options, parse_duration, resolve
 from mqpy.logging_setup import configure_logging
 
@@ -65,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     listen.register(commands)
     dead_letters.register(commands)
     status.register(commands)
+    topics.register(commands)
+    subscriptions.register(commands)
     return parser
 
 

@@ -20,7 +20,7 @@ from mqpy.commands import (
     set_handler,
 )
 from mqpy.commands.broker_client import failure, sync_client
-from mqpy.commands.terminal import visible
+from mqpy.commands.terminal import format_table, visible
 
 _COLUMNS = ("MESSAGE ID", "RECEIVER", "ATTEMPTS", "DEAD AT", "LAST ERROR", "BODY")
 _BODY_WIDTH = 40
@@ -93,7 +93,7 @@ def list_dead_letters(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"dead_letters": [dataclasses.asdict(letter) for letter in letters]})
     else:
-        print(format_table([_row(letter) for letter in letters]))
+        print(format_table(_COLUMNS, [_row(letter) for letter in letters]))
     return EXIT_OK
 
 
@@ -125,12 +125,3 @@ def _row(letter: DeadLetter) -> tuple[str, ...]:
 def _shortened(text: str, width: int) -> str:
     shown = visible(text)
     return shown if len(shown) <= width else shown[: width - 1] + "…"
-
-
-def format_table(rows: list[tuple[str, ...]]) -> str:
-    """Left-aligned columns under a header, two spaces apart."""
-    widths = [max(len(cell) for cell in column) for column in zip(_COLUMNS, *rows, strict=True)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (_COLUMNS, *rows)
-    )

@@ -20,6 +20,7 @@ from mqpy.commands import (
     print_json,
     set_handler,
 )
+from mqpy.commands.terminal import format_table
 from mqpy.domain import Role
 
 _COLUMNS = ("ID", "ROLE", "TOPICS", "CREATED")
@@ -127,7 +128,7 @@ def list_keys(args: argparse.Namespace) -> int:
     if args.json:
         print_json(answer)
     else:
-        print(format_table([_row(key) for key in answer["keys"]]))
+        print(format_table(_COLUMNS, [_row(key) for key in answer["keys"]]))
     return EXIT_OK
 
 
@@ -159,13 +160,3 @@ def _timestamp(value: Any) -> str:
     if not isinstance(value, int | float):
         return "?"
     return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def format_table(rows: list[tuple[str, str, str, str]]) -> str:
-    """Left-aligned columns under a header, two spaces apart."""
-    widths = [max(len(cell) for cell in column) for column in zip(_COLUMNS, *rows, strict=True)]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (_COLUMNS, *rows)
-    ]
-    return "\n".join(lines)

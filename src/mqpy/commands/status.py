@@ -23,7 +23,7 @@ from mqpy.commands import (
     print_json,
     set_handler,
 )
-from mqpy.commands.terminal import visible
+from mqpy.commands.terminal import format_table, visible
 
 TOPIC_COLUMNS = ("TOPIC", "BACKLOG", "OLDEST", "PUBLISHED/S", "DELIVERED/S", "RECEIVERS")
 RECEIVER_COLUMNS = (
@@ -192,12 +192,3 @@ def _shortened(text: str, width: int) -> str:
     its client chose, and must not be able to rewrite the operator's terminal."""
     shown = visible(text)
     return shown if len(shown) <= width else shown[: width - 1] + "…"
-
-
-def format_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    """Left-aligned columns under a header, two spaces apart."""
-    widths = [max(len(cell) for cell in column) for column in zip(columns, *rows, strict=True)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (columns, *rows)
-    )

@@ -65,3 +65,12 @@ class Progress:
         filled = round(fraction * _BAR_WIDTH)
         bar = "#" * filled + "." * (_BAR_WIDTH - filled)
         return f"[{bar}] {fraction:4.0%}  {text}"
+
+
+def format_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns under a header, two spaces apart."""
+    widths = [max(len(cell) for cell in column) for column in zip(columns, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (columns, *rows)
+    )

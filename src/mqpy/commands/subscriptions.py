@@ -1,0 +1,335 @@
+"""`mqpy subscriptions list|create|show|pause|resume|delete`: push subscriptions on a
+running broker (/v1/subscriptions)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Any
+from urllib.parse import quote
+
+from mqpy.commands import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    KEY_ENV,
+    URL_ENV,
+    CommandFailed,
+    ServerClient,
+    add_server_options,
+    print_json,
+    set_handler,
+)
+from mqpy.commands.options import filter_of, group_name, topic_name, topic_pattern
+from mqpy.commands.terminal import format_table
+from mqpy.commands.topics import (
+    SUBSCRIPTION_COLUMNS,
+    all_pages,
+    filter_text,
+    format_fields,
+    subscription_row,
+    text,
+)
+
+_FILTER_HELP = """\
+--filter NAME=VALUE: the attribute equals VALUE (repeat for any of several values);
+NAME^=PREFIX: it starts with PREFIX; NAME: the message has it; !NAME: it has not.
+Members of one group must give the same filter."""
+
+
+def register(subparsers: Any) -> None:
+    """Add `subscriptions` and its subcommands to the `mqpy` parser's subparsers."""
+    group = subparsers.add_parser(
+        "subscriptions",
+        help="create, list, show, pause, resume and delete push subscriptions",
+        description="Manage the push subscriptions of a running broker: URLs it POSTs a "
+        "topic's messages to. Needs a subscriber key (which sees only its own "
+        f"subscriptions) or an admin key (--key or {KEY_ENV}) unless the server has none "
+        "configured. Exit codes: 0 done, 1 the server refused, 2 usage error, 3 server "
+        "unreachable.",
+        allow_abbrev=False,
+    )
+    group.set_defaults(run=lambda args: _usage(group))
+    commands = group.add_subparsers(dest="subscriptions_command", metavar="COMMAND")
+
+    listing = commands.add_parser(
+        "list",
+        help="list subscriptions (all pages)",
+        description="List the subscriptions (all pages): id, kind (push, or seed for a "
+        "/connect receiver), URL, topic or pattern, group, filter, paused.",
+        allow_abbrev=False,
+    )
+    listing.add_argument(
+        "--topic",
+        type=topic_name,
+        metavar="TOPIC",
+        help="only those a message published to TOPIC would reach (their topic or pattern "
+        "matches it)",
+    )
+    _add_json_flag(listing, 'print {"subscriptions": [...]} (every page) as JSON instead')
+    _add_common(listing)
+    set_handler(listing, list_subscriptions)
+
+    create = commands.add_parser(
+        "create",
+        help="create a push subscription; prints its id and signing secret (shown once)",
+        description="Create a push subscription: the broker POSTs the messages of --topic\n"
+        "to URL until the subscription is deleted. Prints its id and its signing secret,\n"
+        "which is shown only this once: receivers check deliveries' signatures with it.\n"
+        "Exit codes: 0 done, 1 the server refused, 2 usage error, 3 server unreachable.",
+        epilog=f"{_FILTER_HELP}\n\nEnvironment: {URL_ENV} (the broker's URL), {KEY_ENV} (the "
+        "API key; a subscriber or admin key).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    create.add_argument(
+        "receiver_url", metavar="URL", help="where messages are POSTed (http or https)"
+    )
+    create.add_argument(
+        "--topic",
+        type=topic_pattern,
+        help="the topic to receive, or a pattern: orders.* (one more segment), orders.> "
+        "(any number) (default: the broker's, 'default')",
+    )
+    create.add_argument(
+        "--group",
+        type=group_name,
+        help="join this consumer group: each message goes to one of its members",
+    )
+    create.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="CONDITION",
+        help="receive only messages whose attributes match (all conditions must hold); see below",
+    )
+    create.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        metavar="N",
+        help="attempts before a message becomes a dead letter (1-100; default: the "
+        "broker's --max-attempts)",
+    )
+    create.add_argument(
+        "--max-concurrency",
+        type=_positive_int,
+        metavar="N",
+        help="deliveries in flight at once to it (1-1000; default: the broker's "
+        "--receiver-concurrency)",
+    )
+    create.add_argument(
+        "--max-per-second",
+        type=_positive_rate,
+        metavar="R",
+        help="deliveries started per second, such as 50 or 0.5 (at most 100000; default: no limit)",
+    )
+    _add_json_flag(create, "print the server's whole answer as JSON (the secret included)")
+    add_server_options(create)
+    set_handler(create, create_subscription)
+
+    show = commands.add_parser(
+        "show",
+        help="show one subscription",
+        description="Show one subscription: its URL, topic, group, filter, retry policy, "
+        "limits and whether it is paused.",
+        allow_abbrev=False,
+    )
+    _add_id(show)
+    _add_json_flag(show, "print the server's answer as JSON instead")
+    _add_common(show)
+    set_handler(show, show_subscription)
+
+    for action, summary, handler in (
+        ("pause", "deliver nothing to it; its messages wait", pause_subscription),
+        ("resume", "deliver to it again", resume_subscription),
+    ):
+        parser = commands.add_parser(
+            action,
+            help=f"{action} a subscription: {summary}",
+            description=f"{action.capitalize()} a subscription: {summary}. In a group, "
+            "the other members take the group's messages while one is paused.",
+            allow_abbrev=False,
+        )
+        _add_id(parser)
+        _add_json_flag(parser, "print the subscription as JSON instead of a sentence")
+        _add_common(parser)
+        set_handler(parser, handler)
+
+    delete = commands.add_parser(
+        "delete",
+        help="delete a subscription",
+        description="Delete a subscription: its undelivered messages are dropped for it (a "
+        "group's stay with the other members). Deleting a seed receiver disconnects it.",
+        allow_abbrev=False,
+    )
+    _add_id(delete)
+    _add_common(delete)
+    set_handler(delete, delete_subscription)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    add_server_options(parser)
+    parser.epilog = f"Environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key)."
+
+
+def _add_json_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--json", action="store_true", help=help_text)
+
+
+def _add_id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "id", type=_subscription_id, metavar="ID", help="the subscription's id, as listed"
+    )
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def _subscription_id(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a subscription id: a whole number, as `mqpy subscriptions "
+            "list` shows it"
+        )
+    return int(text)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or more")
+    return number
+
+
+def _positive_rate(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of deliveries per second, such as 50 or 0.5"
+        ) from None
+    if not math.isfinite(number) or number <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a number of deliveries per second above 0, such as 50 or 0.5"
+        )
+    return number
+
+
+def _path(subscription_id: int, action: str = "") -> str:
+    return f"/v1/subscriptions/{subscription_id}" + (f"/{action}" if action else "")
+
+
+def list_subscriptions(args: argparse.Namespace) -> int:
+    client = ServerClient.from_args(args)
+    query = "" if args.topic is None else "topic=" + quote(args.topic, safe="")
+    subscriptions = list(all_pages(client, "/v1/subscriptions", "subscriptions", query))
+    if args.json:
+        print_json({"subscriptions": subscriptions})
+    elif subscriptions:
+        rows = [subscription_row(_object(s)) for s in subscriptions]
+        print(format_table(SUBSCRIPTION_COLUMNS, rows))
+    else:
+        print("no subscriptions" + ("" if args.topic is None else f" match {args.topic}"))
+    return EXIT_OK
+
+
+def create_subscription(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"url": args.receiver_url}
+    conditions = filter_of(args.filter)
+    for field, value in (
+        ("topic", args.topic),
+        ("group", args.group),
+        ("filter", conditions),
+        ("max_concurrency", args.max_concurrency),
+        ("max_per_second", args.max_per_second),
+    ):
+        if value is not None:
+            body[field] = value
+    if args.max_attempts is not None:
+        body["retry_policy"] = {"max_attempts": args.max_attempts}
+    answer = _object(ServerClient.from_args(args).call("POST", "/v1/subscriptions", body))
+    if not isinstance(answer.get("secret"), str):
+        raise CommandFailed(EXIT_REFUSED, f"unexpected answer from the server: {answer!r}")
+    if args.json:
+        print_json(answer)
+    else:
+        print(f"id      {text(answer.get('id'))}")
+        print(f"secret  {text(answer['secret'])}")
+    print(
+        f"created subscription {text(answer.get('id'))} on {text(answer.get('topic'))}; "
+        "its signing secret is shown only this once, store it now",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def show_subscription(args: argparse.Namespace) -> int:
+    answer = _object(ServerClient.from_args(args).call("GET", _path(args.id)))
+    if args.json:
+        print_json(answer)
+    else:
+        print(format_fields(subscription_fields(answer)))
+    return EXIT_OK
+
+
+def pause_subscription(args: argparse.Namespace) -> int:
+    return _switch(args, "pause", "paused: nothing is delivered to it until it is resumed")
+
+
+def resume_subscription(args: argparse.Namespace) -> int:
+    return _switch(args, "resume", "resumed: its messages are delivered again")
+
+
+def _switch(args: argparse.Namespace, action: str, done: str) -> int:
+    answer = _object(ServerClient.from_args(args).call("POST", _path(args.id, action)))
+    if args.json:
+        print_json(answer)
+    else:
+        print(f"subscription {args.id} {done}")
+    return EXIT_OK
+
+
+def delete_subscription(args: argparse.Namespace) -> int:
+    ServerClient.from_args(args).call("DELETE", _path(args.id))
+    print(f"deleted subscription {args.id}")
+    return EXIT_OK
+
+
+def subscription_fields(subscription: dict[str, Any]) -> list[tuple[str, str]]:
+    """A subscription as `name value` lines, server text escaped."""
+    policy = subscription.get("retry_policy")
+    policy = policy if isinstance(policy, dict) else {}
+    broker = "(the broker's)"
+
+    def setting(value: Any, default: str = broker) -> str:
+        return default if value is None else text(value)
+
+    return [
+        ("id", text(subscription.get("id"))),
+        ("kind", text(subscription.get("kind"))),
+        ("url", text(subscription.get("url"))),
+        ("topic", text(subscription.get("topic"))),
+        ("group", text(subscription.get("group"))),
+        ("filter", filter_text(subscription.get("filter"))),
+        ("paused", "yes" if subscription.get("paused") else "no"),
+        ("max attempts", setting(policy.get("max_attempts"))),
+        ("min backoff seconds", setting(policy.get("min_backoff_seconds"))),
+        ("max backoff seconds", setting(policy.get("max_backoff_seconds"))),
+        ("max age seconds", setting(policy.get("max_age_seconds"))),
+        ("max concurrency", setting(subscription.get("max_concurrency"))),
+        ("max per second", setting(subscription.get("max_per_second"), "(no limit)")),
+        ("created at", text(subscription.get("created_at"))),
+        ("connection id", text(subscription.get("connection_id"))),
+    ]
+
+
+def _object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise CommandFailed(EXIT_REFUSED, f"unexpected answer from the server: {value!r}")
+    return value

@@ -1,0 +1,228 @@
+"""`mqpy topics list|show`: a running broker's topics and their figures (/v1/topics)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+from mqpy.commands import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    KEY_ENV,
+    URL_ENV,
+    CommandFailed,
+    ServerClient,
+    add_server_options,
+    print_json,
+    set_handler,
+)
+from mqpy.commands.options import topic_name
+from mqpy.commands.terminal import format_table, visible
+
+TOPIC_COLUMNS = (
+    "TOPIC",
+    "PUBLISHED",
+    "BACKLOG",
+    "OLDEST PUBLISHED",
+    "SUBSCRIPTIONS",
+    "PUBLISHED/S",
+    "DELIVERED/S",
+)
+SUBSCRIPTION_COLUMNS = ("ID", "KIND", "URL", "TOPIC", "GROUP", "FILTER", "PAUSED")
+PAGE_SIZE = 1000  # the broker's largest page
+_URL_WIDTH = 50
+_FILTER_WIDTH = 40
+
+
+def register(subparsers: Any) -> None:
+    """Add `topics` and its subcommands to the `mqpy` parser's subparsers."""
+    topics = subparsers.add_parser(
+        "topics",
+        help="list a running broker's topics, or show one",
+        description="The topics of a running broker, with their figures: messages "
+        "published, backlog (not yet delivered to every matching subscription), the oldest "
+        "of the backlog, matching subscriptions, and publish and delivery rates over the "
+        f"last minute. Needs an admin key (--key or {KEY_ENV}) unless the server has none "
+        "configured. Exit codes: 0 done, 1 the server refused, 2 usage error, 3 server "
+        "unreachable.",
+        allow_abbrev=False,
+    )
+    topics.set_defaults(run=lambda args: _usage(topics))
+    commands = topics.add_subparsers(dest="topics_command", metavar="COMMAND")
+
+    listing = commands.add_parser(
+        "list",
+        help="list every topic and its figures",
+        description="List every topic (all pages) with its figures, by name.",
+        allow_abbrev=False,
+    )
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"topics": [...]} (every page) as JSON instead of a table',
+    )
+    _add_common(listing)
+    set_handler(listing, list_topics)
+
+    show = commands.add_parser(
+        "show",
+        help="show one topic's figures and the subscriptions that match it",
+        description="Show one topic's figures and the subscriptions (or patterns) that "
+        "match it: those its messages are delivered to.",
+        allow_abbrev=False,
+    )
+    show.add_argument("topic", type=topic_name, metavar="TOPIC", help="the topic's name")
+    show.add_argument(
+        "--json", action="store_true", help="print the server's answer as JSON instead"
+    )
+    _add_common(show)
+    set_handler(show, show_topic)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    add_server_options(parser)
+    parser.epilog = f"Environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key)."
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def list_topics(args: argparse.Namespace) -> int:
+    client = ServerClient.from_args(args)
+    topics = list(all_pages(client, "/v1/topics", "topics"))
+    if args.json:
+        print_json({"topics": topics})
+    elif topics:
+        print(format_table(TOPIC_COLUMNS, [_topic_row(_object(t, "topic")) for t in topics]))
+    else:
+        print("no topics yet: a topic exists once something is published to it or subscribes")
+    return EXIT_OK
+
+
+def show_topic(args: argparse.Namespace) -> int:
+    answer = ServerClient.from_args(args).call("GET", "/v1/topics/" + quote(args.topic, safe=""))
+    topic = _object(answer, "answer")
+    if args.json:
+        print_json(topic)
+        return EXIT_OK
+    subscriptions = topic.get("subscriptions")
+    if not isinstance(subscriptions, list):
+        raise CommandFailed(EXIT_REFUSED, f"unexpected answer from the server: {answer!r}")
+    print(format_fields(_topic_fields(topic)))
+    print()
+    if subscriptions:
+        rows = [subscription_row(_object(s, "subscription")) for s in subscriptions]
+        print(format_table(SUBSCRIPTION_COLUMNS, rows))
+    else:
+        print("no subscription matches it: its messages wait for the first one")
+    return EXIT_OK
+
+
+def all_pages(client: ServerClient, path: str, member: str, query: str = "") -> Iterator[Any]:
+    """Every item of a paged list, following next_cursor to the last page."""
+    cursor: str | None = None
+    while True:
+        page_query = f"limit={PAGE_SIZE}" + (f"&{query}" if query else "")
+        if cursor is not None:
+            page_query += "&cursor=" + quote(cursor, safe="")
+        answer = client.call("GET", f"{path}?{page_query}")
+        if not isinstance(answer, dict) or not isinstance(answer.get(member), list):
+            raise CommandFailed(EXIT_REFUSED, f"unexpected answer from the server: {answer!r}")
+        yield from answer[member]
+        following = answer.get("next_cursor")
+        if not isinstance(following, str) or following == cursor:
+            return
+        cursor = following
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise CommandFailed(EXIT_REFUSED, f"unexpected {what} from the server: {value!r}")
+    return value
+
+
+def _topic_row(topic: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        text(topic.get("name")),
+        text(topic.get("published")),
+        text(topic.get("backlog")),
+        text(topic.get("oldest_published_at")),
+        text(topic.get("subscriptions")),
+        rate(topic.get("publish_rate")),
+        rate(topic.get("delivery_rate")),
+    )
+
+
+def _topic_fields(topic: dict[str, Any]) -> list[tuple[str, str]]:
+    subscriptions = topic.get("subscriptions")
+    return [
+        ("topic", text(topic.get("name"))),
+        ("published", text(topic.get("published"))),
+        ("backlog", text(topic.get("backlog"))),
+        ("oldest published", text(topic.get("oldest_published_at"))),
+        ("subscriptions", str(len(subscriptions)) if isinstance(subscriptions, list) else "?"),
+        ("published/s", rate(topic.get("publish_rate"))),
+        ("delivered/s", rate(topic.get("delivery_rate"))),
+    ]
+
+
+def subscription_row(subscription: dict[str, Any]) -> tuple[str, ...]:
+    """A subscription as a row of SUBSCRIPTION_COLUMNS, server text escaped."""
+    return (
+        text(subscription.get("id")),
+        text(subscription.get("kind")),
+        shortened(text(subscription.get("url")), _URL_WIDTH),
+        text(subscription.get("topic")),
+        text(subscription.get("group")),
+        shortened(filter_text(subscription.get("filter")), _FILTER_WIDTH),
+        "yes" if subscription.get("paused") else "no",
+    )
+
+
+def filter_text(conditions: Any) -> str:
+    """A filter much as --filter spells it, one name's values joined by commas:
+    `kind=created,paid region^=eu- test !draft`."""
+    if not conditions:
+        return "-"
+    if not isinstance(conditions, dict):
+        return visible(str(conditions))
+    parts: list[str] = []
+    for name, condition in conditions.items():
+        if isinstance(condition, str):
+            parts.append(f"{name}={condition}")
+        elif isinstance(condition, list):
+            parts.append(f"{name}=" + ",".join(str(value) for value in condition))
+        elif isinstance(condition, dict) and "prefix" in condition:
+            parts.append(f"{name}^={condition['prefix']}")
+        elif isinstance(condition, dict) and "exists" in condition:
+            parts.append(name if condition["exists"] else f"!{name}")
+        else:
+            parts.append(f"{name}:{condition}")
+    return visible(" ".join(parts))
+
+
+def text(value: Any) -> str:
+    """A value from the server on one line, control characters escaped; `-` for none."""
+    if value is None:
+        return "-"
+    return visible(str(value))
+
+
+def rate(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, int | float) else "?"
+
+
+def shortened(shown: str, width: int) -> str:
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
+
+
+def format_fields(fields: list[tuple[str, str]]) -> str:
+    """`name   value` lines, values aligned."""
+    width = max(len(name) for name, _ in fields)
+    return "\n".join(f"{name.ljust(width)}  {value}".rstrip() for name, value in fields)
