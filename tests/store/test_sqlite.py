@@ -13,12 +13,13 @@ import pytest
 
 from mqpy.domain import BacklogFull, DeliveryState
 from mqpy.store.base import Store
-from mqpy.store.sqlite import DATABASE_FILE, DataDirLocked, SQLiteStore
+from mqpy.store.sqlite import DATABASE_FILE, SWEEP_CHUNK, DataDirLocked, SQLiteStore
 from mqpy.store.sqlite_schema import MIGRATIONS
 from tests.store.conformance import StoreConformance
 from tests.store.support import (
     T0,
     Reopen,
+    ack_all,
     claim,
     claim_one,
     message,
@@ -106,6 +107,19 @@ class TestSQLiteStore(StoreConformance):
         assert counts == [1] * 500
         assert store.writer.operations - operations == 500
         assert store.writer.batches - batches < 50
+
+    async def test_a_sweep_goes_on_past_one_chunk(self, store: SQLiteStore) -> None:
+        await receiver(store)
+        count = SWEEP_CHUNK * 2 + 7
+        keyed = [message(f"m{n}", idempotency_key=f"k{n}") for n in range(count)]
+        await store.publish(keyed)
+        claimed = await claim(store, T0, limit=count, per_subscription_limit=count)
+        await ack_all(store, claimed.deliveries, T0)
+        assert await store.sweep(delivered_before=T0 + 1, dedup_before=T0 + 1) == count
+        assert await store.message(keyed[-1].id, T0) is None
+        # Every key went too: the same key publishes anew.
+        (again,) = await store.publish([message("again", idempotency_key="k0")])
+        assert not again.duplicate
 
     async def test_a_second_store_on_the_same_data_dir_is_refused(
         self, store: SQLiteStore, stores: OpenStores

