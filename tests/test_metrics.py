@@ -164,3 +164,26 @@ async def test_metrics_are_public_and_speak_openmetrics_when_asked(
         assert response.status == 200
         assert response.content_type == "application/openmetrics-text"
         assert (await response.text()).endswith("# EOF\n")
+
+
+async def test_a_delayed_message_is_not_counted_late_for_its_delay(
+    start_server: ServerFactory, start_receiver: ReceiverFactory, http: aiohttp.ClientSession
+) -> None:
+    server = start_server()
+    receiver = await start_receiver()
+    async with http.post(
+        server.url + "/v1/subscriptions", json={"url": receiver.url, "topic": "later"}
+    ) as response:
+        assert response.status == 201, await response.text()
+    async with http.post(
+        server.url + "/v1/topics/later/messages", json={"body": "in a while", "delay_seconds": 1.5}
+    ) as response:
+        assert response.status == 201, await response.text()
+    await receiver.wait_for(1)
+
+    def observed(m: Scrape) -> bool:
+        return m("mqpy_delivery_latency_seconds_count") == 1
+
+    scraped = await scrape_until(http, server.url, observed)
+    # Latency runs from when the message was due, not from its publish 1.5 s earlier.
+    assert scraped("mqpy_delivery_latency_seconds_sum") < 1.0, scraped.text

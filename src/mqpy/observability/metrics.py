@@ -62,7 +62,8 @@ class Metrics:
         )
         self._latency = Histogram(
             "mqpy_delivery_latency_seconds",
-            "Time from publish to the receiver's acknowledgement, retries included.",
+            "Time from publish (a delayed message: from its deliver_at) to the receiver's "
+            "acknowledgement, retries included.",
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )

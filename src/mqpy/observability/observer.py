@@ -78,7 +78,9 @@ class Observer:
             receiver.in_flight -= 1
 
     def delivered(self, delivery: Delivery, acked_at: float) -> None:
-        self._metrics.delivered(acked_at - delivery.published_at)
+        # From when it was due: a delayed message's delay is not delivery latency.
+        due = max(delivery.published_at, delivery.deliver_at or 0.0)
+        self._metrics.delivered(acked_at - due)
         self._throughput.delivered.add(acked_at)
         # By the message's topic: a receiver's own may be a pattern.
         self._topic(delivery.topic).delivered.add(acked_at)
