@@ -41,7 +41,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 import pytest
@@ -66,6 +66,8 @@ DOUBTFUL_WAIT = 2.0  # then a request of doubtful framing is ended by a half-clo
 MID_BODY_WAIT = 0.01  # before a client that sent part of a body goes away
 POOL_CAP = 32
 LIVE_RECEIVERS = 4  # receivers the fuzz may keep connected (all on a closed port)
+LIVE_SUBSCRIPTIONS = 4  # push subscriptions the fuzz may keep (all on a closed port)
+CONTROL_TOPIC = "default"  # the topic the receiver of the message published first takes
 SHOWN = 300  # bytes of a request or answer quoted in a failure
 
 # (template, the pool that fills `{}`): every route the server has.
@@ -79,7 +81,27 @@ ROUTES: list[tuple[str, str | None]] = [
     ("/v1/keys", None),
     ("/v1/keys/{}", "key_id"),
     ("/v1/receivers/{}/rotate-secret", "receiver"),
+    ("/metrics", None),
+    ("/healthz", None),
+    ("/readyz", None),
+    ("/v1/status", None),
+    ("/static/dashboard.js", None),
+    ("/openapi.json", None),
+    # The native API.
+    ("/v1/topics", None),
+    ("/v1/topics/{}", "topic"),
+    ("/v1/topics/{}/messages", "topic"),
+    ("/v1/messages/{}", "message"),
+    ("/v1/subscriptions", None),
+    ("/v1/subscriptions/{}", "subscription"),
+    ("/v1/subscriptions/{}/pause", "subscription"),
+    ("/v1/subscriptions/{}/resume", "subscription"),
+    ("/v1/subscriptions/{}/rotate-secret", "subscription"),
+    ("/v1/subscriptions/{}/dead-letters", "subscription"),
+    ("/v1/subscriptions/{}/dead-letters/redrive", "subscription"),
 ]
+# Routes with a path parameter, for odd_segment.
+PARAM_ROUTES = [template for template, pool in ROUTES if pool is not None]
 
 
 def table(entries: str) -> list[str]:
@@ -88,11 +110,106 @@ def table(entries: str) -> list[str]:
     return entries.split("|")
 
 
+POOL_NAMES = table("sender|receiver|stale|key_id|token|url|subscription|message|topic|cursor")
+
+
 TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 WORDS = table(
     "send|receive|SEND|Receive|sender|receiver||admin|ADMIN|publisher|subscriber|root|"
-    "orders.*|orders.>|*|>|a..b|whsec_AAAA|bootstrap-admin|anonymous|send |null"
+    "orders.*|orders.>|*|>|a..b|whsec_AAAA|bootstrap-admin|anonymous|send |null|default|"
+    "orders.eu|push|seed|billing|customer-42|msg_00000000000000000000000000000000"
 )
+# Topic names and patterns: valid ones, and ones a topic (or a pattern) cannot be.
+TOPICS = table(
+    "default|default|orders.eu|orders.eu.created|a|A-Z_0.9|orders.*|orders.>|*|>|*.*|"
+    "orders.>.x|a..b|.a|a.|.|orders eu|orders/eu|\u00fcml|default\n||orders.**|>.a|"
+    + "t" * 200
+    + "|"
+    + "t" * 201
+)
+GROUPS = table("billing|g-1|a.b_c|" + "g" * 100 + "|" + "g" * 101 + "||g g|g*|\u00e9")
+FILTERS: list[Any] = [
+    {"kind": ["a"]},
+    {"kind": ["created", "paid"]},
+    {"kind": "created"},
+    {"region": {"prefix": "eu-"}},
+    {"kind": {"exists": True}},
+    {"kind": {"exists": False}},
+    {"prefix": 1},
+    {"kind": {"prefix": 1}},
+    {"kind": {"exists": "yes"}},
+    {"kind": {"prefix": "a", "exists": True}},
+    {"kind": {}},
+    {"kind": []},
+    {"kind": [1]},
+    {"kind": ["a"] * 101},
+    {"kind": None},
+    {"": "a"},
+    {f"k{n}": "v" for n in range(51)},
+    {},
+    [],
+    "kind=a",
+    None,
+]
+TIMESTAMPS = table(
+    "2030-01-01T00:00:00Z|2030-01-01T00:00:00+01:00|2000-01-01T00:00:00Z|"
+    "2030-01-01T00:00:00.123456789+14:00|1970-01-01T00:00:00Z|0001-01-01T00:00:00Z|"
+    "9999-12-31T23:59:59.999Z|2030-01-01T00:00:00|2030-13-01T00:00:00Z|2030-02-30T00:00:00Z|"
+    "2030-01-01 00:00:00Z|2030-01-01T24:00:00Z|2030-01-01T00:00:60Z|2030-01-01T00:00:00-24:00|"
+    "2030-01-01T00:00:00+99:99|10000-01-01T00:00:00Z|-2030-01-01T00:00:00Z|now|yesterday||"
+    "2030|1e9|\u0662\u0660\u0663\u0660-01-01T00:00:00Z"
+)
+DELAYS: list[Any] = [
+    *(0, 0.0, -0.0, 0.001, 0.2, -1, -1e-9, 3600, 31_536_000, 31_536_000.5, 31_536_001),
+    *(2**63, 10**30, 1e308, 5e-324, float("nan"), float("inf"), "5", True, None, [], {}),
+]
+ATTRIBUTES: list[Any] = [
+    {},
+    {"kind": "created"},
+    {"kind": "a", "region": "eu-west"},
+    {"": "x"},
+    {"k" * 128: "v"},
+    {"k" * 129: "v"},
+    {"k": "v" * 1024},
+    {"k": "v" * 1025},
+    {"k": 1},
+    {"k": None},
+    {"k": ["a"]},
+    {f"k{n}": "v" for n in range(100)},
+    {f"k{n}": "v" for n in range(101)},
+    [],
+    "kind",
+]
+KEYS = table("customer-42|k|" + "k" * 200 + "|" + "k" * 201 + "||\u00e9|\x00|fuzz-1")
+RETRY_POLICIES: list[Any] = [
+    {"max_attempts": 1},
+    {"max_attempts": 2, "min_backoff_seconds": 0.01, "max_backoff_seconds": 0.05},
+    {"max_age_seconds": 0.1},
+    {"max_attempts": None},
+    {"max_attempts": 0},
+    {"max_attempts": 101},
+    {"max_attempts": "1"},
+    {"max_backoff_seconds": -1},
+    {"min_backoff_seconds": 10, "max_backoff_seconds": 1},
+    {"max_age_seconds": 1e308},
+    {"bogus": 1},
+    {},
+    [],
+    None,
+]
+LIMITS: list[Any] = [1, 1000, 0, -1, 1001, 2**63, 1.5, "x", True, None, [], {}]
+# Odd values for the native fields, for field_value and native_field.
+NATIVE_ODD: list[Any] = [
+    *TOPICS,
+    *FILTERS,
+    *TIMESTAMPS,
+    *DELAYS,
+    *ATTRIBUTES,
+    *RETRY_POLICIES,
+    *LIMITS,
+    {"messages": []},
+    [{"body": "x"}],
+]
 REFUSED_URLS = table(
     "http://169.254.169.254/latest/meta-data/|http://[fe80::1]/hook|http://[::ffff:169.254.1.1]/|"
     "ftp://127.0.0.1/hook|file:///etc/passwd|gopher://127.0.0.1:9/|javascript:alert(1)|http://|"
@@ -101,13 +218,29 @@ REFUSED_URLS = table(
 )
 FIELDS = table(
     "id|ID|Id|body|Body|BODY|ClientURL|clienturl|clientUrl|mode|Mode|receiver_id|"
-    "RECEIVER_ID|role|Role|topics|Topics|topic|secret"
+    "RECEIVER_ID|role|Role|topics|Topics|topic|secret|url|URL|group|filter|Filter|attributes|"
+    "ordering_key|delay_seconds|delay_second|deliver_at|DELIVER_AT|idempotency_key|messages|"
+    "retry_policy|max_concurrency|max_per_second|paused|kind"
+)
+MESSAGE_FIELDS = table(
+    "body|attributes|ordering_key|delay_seconds|deliver_at|idempotency_key|topic|id|messages"
+)
+SUBSCRIPTION_FIELDS = table(
+    "url|topic|group|filter|retry_policy|max_concurrency|max_per_second|paused|id|secret"
 )
 PATH_PARAMS = table(
     "|.|..|%2e%2e|0|-1|+1|1e3|0x10|\uff19|\u00b2|\u0661|a/b|%2F|%00|%zz|%| |%20|"
-    "bootstrap-admin|anonymous|key_" + "a" * 64
+    "bootstrap-admin|anonymous|key_" + "a" * 64 + "|msg_|msg_" + "0" * 32 + "|MSG_" + "f" * 32 + "|"
+    "msg_" + "g" * 32 + "|9223372036854775807|9223372036854775808|18446744073709551616|"
+    "orders.*|orders.>|default|a..b|" + "t" * 201
 )
-QUERIES = table("||||?|?a=b|?id=1|?%zz|?a=%00|#frag|;p=1|?x=" + "y" * 100)
+QUERIES = table(
+    "||||?|?a=b|?id=1|?%zz|?a=%00|#frag|;p=1|?x=" + "y" * 100 + "|?limit=0|?limit=1|"
+    "?limit=1000|?limit=1001|?limit=-1|?limit=1e3|?limit=|?limit=%00|?limit=1&limit=2|"
+    "?limit=99999999999999999999|?cursor=|?cursor=not-a-cursor|?cursor=%FF|?cursor=0|"
+    "?cursor=-1|?cursor=9223372036854775808|?limit=2&cursor=0|?topic=default|?topic=orders.*|"
+    "?topic=|?topic=%00|?cursor=" + "c" * 5000
+)
 METHODS = table(
     "POST|POST|POST|POST|POST|POST|GET|GET|GET|HEAD|PUT|DELETE|DELETE|PATCH|OPTIONS|TRACE|"
     "CONNECT|PROPFIND|MKCOL|BREW|M-SEARCH|get|post|Post|" + "X" * 40
@@ -128,11 +261,11 @@ AUTHORIZATIONS = table(
 HEADER_NAMES = table(
     "X-Fuzz|Accept|Accept-Encoding|Cookie|Origin|Range|If-None-Match|Expect|Connection|"
     "Upgrade|Transfer-Encoding|Content-Length|Content-Type|Authorization|Host|webhook-id|"
-    "X-Forwarded-For"
+    "X-Forwarded-For|Idempotency-Key|Idempotency-Key|idempotency-key"
 )
 HEADER_VALUES = table(
     "|100-continue|bogus|close|keep-alive|Upgrade|websocket|h2c|chunked|gzip|1|-1|bytes=0-1|*|"
-    "127.0.0.1|" + "x" * 9000
+    "127.0.0.1|fuzz-1|customer-42|" + "k" * 201 + "|" + "x" * 9000
 )
 ENCODINGS = table("gzip|deflate|br|zstd|identity|gzip, gzip|x-junk|")
 # How a mutated request frames its body (see frame()).
@@ -179,6 +312,7 @@ class Spec:
     version: str = "HTTP/1.1"
     compress: str | None = None  # gzip or deflate the body before framing it
     framing: str = "length"  # see frame()
+    route: str = ""  # the route it was designed for, for the report
 
 
 # -- generated requests ----------------------------------------------------------------
@@ -197,7 +331,7 @@ huge_ints = st.sampled_from(
 )
 refs = st.builds(
     Ref,
-    st.sampled_from(["sender", "receiver", "stale", "key_id", "token", "url"]),
+    st.sampled_from(POOL_NAMES),
     st.integers(0, 63),
 )
 json_scalars = (
@@ -294,15 +428,30 @@ def well_formed(rng: random.Random, example: Example) -> Spec:
     i = rng.randrange(64)
     path: list[str | Ref]
     tree: dict[str, Any] | None = None
-    match rng.choice(ROUTE_NAMES):
+    extra: list[tuple[str, str | Ref]] = []
+    subscription = Ref(rng.choice(["subscription", "subscription", "receiver"]), i)
+    route = rng.choice(ROUTE_NAMES)
+    match route:
         case "connect":
             method, path = "POST", ["/connect"]
             receiver = rng.random() < 0.5
             url: str | Ref = Ref("url", i) if receiver else ""
             tree = {"ClientURL": url, "mode": "receive" if receiver else "send"}
+            if rng.random() < 0.3:
+                patterns = ["orders.*", "orders.>", ">"] if receiver else []
+                tree["topic"] = rng.choice([CONTROL_TOPIC, "orders.eu", *patterns])
+            if receiver and rng.random() < 0.2:
+                tree["group"] = rng.choice(["billing", "g-1"])
+                tree["filter"] = rng.choice([None, {"kind": ["a"]}, {"kind": {"prefix": "a"}}])
         case "send":
             method, path = "POST", ["/send"]
             tree = {"id": Ref("sender", i), "body": example.text}
+            if rng.random() < 0.4:
+                tree.update(message_fields(rng))
+            if rng.random() < 0.1:
+                tree["topic"] = rng.choice([CONTROL_TOPIC, "orders.eu", Ref("topic", i)])
+            if rng.random() < 0.1:
+                extra.append(("Idempotency-Key", f"fuzz-{rng.randrange(40)}"))
         case "disconnect":
             method, path = "POST", ["/disconnect"]
             tree = {"id": Ref(rng.choice(["sender", "receiver", "stale"]), i)}
@@ -317,19 +466,120 @@ def well_formed(rng: random.Random, example: Example) -> Spec:
             method, path = "DELETE", ["/v1/keys/", Ref("key_id", i)]
         case "rotate":
             method, path = "POST", ["/v1/receivers/", Ref("receiver", i), "/rotate-secret"]
+        case "publish" | "batch":
+            names: list[str | Ref] = [CONTROL_TOPIC, CONTROL_TOPIC, CONTROL_TOPIC, "orders.eu"]
+            names.append(Ref("topic", i))
+            topic = rng.choice(names)
+            method, path = "POST", ["/v1/topics/", topic, "/messages"]
+            if route == "publish":
+                tree = {"body": example.text, **message_fields(rng)}
+                if rng.random() < 0.1:
+                    extra.append(("Idempotency-Key", f"fuzz-{rng.randrange(40)}"))
+            else:
+                size = rng.choice([1, 1, 2, 3, 5, 8])
+                items = [
+                    {"body": f"{example.text} {n}", **message_fields(rng)} for n in range(size)
+                ]
+                tree = {"messages": items}
+        case "message":
+            method, path = "GET", ["/v1/messages/", Ref("message", i)]
+        case "topic":
+            method, path = "GET", ["/v1/topics/", Ref("topic", i)]
+        case "create-subscription":
+            method, path = "POST", ["/v1/subscriptions"]
+            tree = {"url": Ref("url", i)}
+            if rng.random() < 0.7:
+                tree["topic"] = rng.choice([CONTROL_TOPIC, "orders.*", "orders.>", ">", "audit"])
+            if rng.random() < 0.3:
+                tree["group"] = rng.choice(["billing", "g-1"])
+            if rng.random() < 0.3:
+                tree["filter"] = rng.choice(FILTERS[:6])
+            tree.update(subscription_settings(rng))
+        case "subscription":
+            method, path = "GET", ["/v1/subscriptions/", subscription]
+        case "update-subscription":
+            method, path = "PATCH", ["/v1/subscriptions/", subscription]
+            tree = subscription_settings(rng)
+            if rng.random() < 0.3:
+                tree["url"] = Ref("url", i)
+            if rng.random() < 0.3:
+                tree["filter"] = rng.choice(FILTERS[:6])
+        case "delete-subscription":
+            method, path = "DELETE", ["/v1/subscriptions/", subscription]
+        case "pause" | "resume" | "rotate-secret":
+            method, path = "POST", ["/v1/subscriptions/", subscription, "/" + route]
+        case "subscription-dead-letters":
+            method, path = "GET", ["/v1/subscriptions/", subscription, "/dead-letters"]
+            path += page_query(rng, i)
+        case "subscription-redrive":
+            method, path = "POST", ["/v1/subscriptions/", subscription, "/dead-letters/redrive"]
+        case "subscription-purge":
+            method, path = "DELETE", ["/v1/subscriptions/", subscription, "/dead-letters"]
+        case "purge":
+            method, path = "DELETE", ["/v1/dead-letters"]
+        case "/v1/topics" | "/v1/subscriptions" | "/v1/dead-letters" | "/v1/keys":
+            method, path = "GET", [route, *page_query(rng, i)]
+            if route == "/v1/subscriptions" and rng.random() < 0.3:
+                path.append(f"{'&' if len(path) > 1 else '?'}topic={quote(rng.choice(TOPICS))}")
         case other:
             method, path = "GET", [other]
     key = Ref(rng.choice(["admin", "token"]), i)
     headers: list[tuple[str, str | Ref]] = [("Host", "127.0.0.1"), ("Authorization", key)]
+    headers += extra
     if tree is None:
-        return Spec(method, path, headers, None)
-    return Spec(method, path, [*headers, ("Content-Type", "application/json")], Body(tree))
+        return Spec(method, path, headers, None, route=route)
+    headers.append(("Content-Type", "application/json"))
+    return Spec(method, path, headers, Body(tree), route=route)
 
 
 ROUTE_NAMES = table(
     "connect|connect|send|send|send|disconnect|redrive|create-key|revoke-key|rotate|"
-    "/dashboard|/v1/dead-letters|/v1/keys"
+    "/dashboard|/v1/dead-letters|/v1/keys|"
+    # the native API, and the routes for operators
+    "publish|publish|publish|batch|batch|message|message|topic|/v1/topics|"
+    "create-subscription|create-subscription|/v1/subscriptions|subscription|"
+    "update-subscription|delete-subscription|pause|resume|rotate-secret|"
+    "subscription-dead-letters|subscription-redrive|subscription-purge|purge|/openapi.json|"
+    "/metrics|/healthz|/readyz|/v1/status|/static/dashboard.css|/static/favicon.svg"
 )
+
+
+def message_fields(rng: random.Random) -> dict[str, Any]:
+    """A message's optional fields, valid: what /send and a publish may carry. A
+    delayed message gets no ordering key (it would hold back the key's later messages)."""
+    fields: dict[str, Any] = {}
+    if rng.random() < 0.4:
+        fields["attributes"] = rng.choice(ATTRIBUTES[:4])
+    chance = rng.random()
+    if chance < 0.08:
+        fields["delay_seconds"] = rng.choice([0, 0.1, 3600, 31_536_000])
+    elif chance < 0.16:
+        fields["deliver_at"] = rng.choice(TIMESTAMPS[:4])
+    elif chance < 0.4:
+        fields["ordering_key"] = f"customer-{rng.randrange(8)}"
+    if rng.random() < 0.15:
+        fields["idempotency_key"] = f"fuzz-{rng.randrange(40)}"
+    return fields
+
+
+def subscription_settings(rng: random.Random) -> dict[str, Any]:
+    """A subscription's optional settings, valid."""
+    settings: dict[str, Any] = {}
+    if rng.random() < 0.4:
+        settings["retry_policy"] = rng.choice(RETRY_POLICIES[:4])
+    if rng.random() < 0.2:
+        settings["max_concurrency"] = rng.choice([1, 8, 1000, None])
+    if rng.random() < 0.2:
+        settings["max_per_second"] = rng.choice([0.5, 50, 100_000, None])
+    return settings
+
+
+def page_query(rng: random.Random, i: int) -> list[str | Ref]:
+    """limit and cursor for a list, the cursor one a list handed out."""
+    limit = f"limit={rng.choice([1, 2, 100])}"
+    return rng.choice(
+        [[], [f"?{limit}"], ["?cursor=", Ref("cursor", i)], [f"?{limit}&cursor=", Ref("cursor", i)]]
+    )
 
 
 Mutation = Callable[[Spec, random.Random, Example], None]
@@ -343,6 +593,7 @@ def new_route(spec: Spec, rng: random.Random, example: Example) -> None:
     """Another route's path, so the body and method belong to something else."""
     template, pool = rng.choice(ROUTES)
     head, _, tail = template.partition("{}")
+    spec.route = template
     if pool is None:
         spec.path = [template]
     else:
@@ -351,10 +602,12 @@ def new_route(spec: Spec, rng: random.Random, example: Example) -> None:
 
 def odd_segment(spec: Spec, rng: random.Random, example: Example) -> None:
     """A path parameter that is no id: text, numbers at the edges, encodings."""
-    template = rng.choice(["/v1/keys/{}", "/v1/receivers/{}/rotate-secret"])
+    template = rng.choice(PARAM_ROUTES)
     head, _, tail = template.partition("{}")
+    spec.route = template
     edges = [0, 2**53, 2**63, 10**30, rng.randrange(-(2**70), 2**70)]
-    param = rng.choice([example.text, rng.choice(PATH_PARAMS), str(rng.choice(edges))])
+    words = [*PATH_PARAMS, *TOPICS]
+    param = rng.choice([example.text, rng.choice(words), str(rng.choice(edges))])
     encoded = param.encode("utf-8", "surrogatepass")
     how = rng.choice(["quote", "quote-all", "raw"])
     if how != "raw":
@@ -456,7 +709,32 @@ def field_value(spec: Spec, rng: random.Random, example: Example) -> None:
     names = [*tree, *FIELDS] if tree else FIELDS
     odd: list[Any] = [0, -1, 2**53, 2**63, 10**30, 1.5, True, None, [], {}, *WORDS, *REFUSED_URLS]
     ref = Ref(rng.choice(POOLS), rng.randrange(64))
-    tree[rng.choice(names)] = rng.choice([example.value, example.text, ref, rng.choice(odd)])
+    native = rng.choice(NATIVE_ODD)
+    tree[rng.choice(names)] = rng.choice(
+        [example.value, example.text, ref, rng.choice(odd), native]
+    )
+
+
+def native_field(spec: Spec, rng: random.Random, example: Example) -> None:
+    """A field of the native API (of one message, in a batch) set to a value that is
+    wrong, or right for another field."""
+    tree = _body_object(spec)
+    items = tree.get("messages")
+    if isinstance(items, list) and items and rng.random() < 0.8:
+        items = tree["messages"] = list(items)
+        n = rng.randrange(len(items))
+        item = dict(items[n]) if isinstance(items[n], dict) else {}
+        items[n] = item
+        tree = item
+    names = SUBSCRIPTION_FIELDS if "url" in tree else MESSAGE_FIELDS
+    tree[rng.choice(names)] = rng.choice([*NATIVE_ODD, example.value, example.text])
+
+
+def batch_size(spec: Spec, rng: random.Random, example: Example) -> None:
+    """A batch of no messages, too many, or of things that are not messages."""
+    tree = _body_object(spec)
+    message = {"body": example.text}
+    tree["messages"] = rng.choice([[], [message] * 1001, [None], [[]], ["x"], {"body": "x"}, None])
 
 
 def field_name(spec: Spec, rng: random.Random, example: Example) -> None:
@@ -489,7 +767,7 @@ def unicode_body(spec: Spec, rng: random.Random, example: Example) -> None:
         spec.body = Body(spec.body.tree, spec.body.raw, ascii_only=False)
 
 
-POOLS = ["sender", "receiver", "stale", "key_id", "token", "url"]
+POOLS = POOL_NAMES
 MUTATIONS: list[Mutation] = [
     new_method,
     new_route,
@@ -511,6 +789,9 @@ MUTATIONS: list[Mutation] = [
     field_value,
     field_value,
     field_name,
+    native_field,
+    native_field,
+    batch_size,
     cut_body,
     unicode_body,
 ]
@@ -698,11 +979,15 @@ class Pools:
     admin: list[str] = field(default_factory=list)  # the admin key, if there is one
     token: list[str] = field(default_factory=list)  # keys the fuzz created
     url: list[str] = field(default_factory=list)  # receiver URLs on the closed port
+    subscription: list[int] = field(default_factory=list)  # live, on the closed port
+    message: list[str] = field(default_factory=list)  # ids of published messages
+    topic: list[str] = field(default_factory=lambda: [CONTROL_TOPIC, "orders.eu", "no.such"])
+    cursor: list[str] = field(default_factory=list)  # next_cursors of lists, quoted
 
     def pick(self, ref: Ref) -> Any:
         pool: list[Any] = getattr(self, ref.kind)
         if not pool:
-            return {"key_id": "k", "admin": "a", "token": "t", "url": "http://"}.get(ref.kind, 1)
+            return EMPTY_POOLS.get(ref.kind, 1)
         return pool[ref.index % len(pool)]
 
     @staticmethod
@@ -712,11 +997,51 @@ class Pools:
             del pool[:-POOL_CAP]
 
 
+EMPTY_POOLS = {"key_id": "k", "admin": "a", "token": "t", "url": "http://", "message": "msg_x"}
+MESSAGES_PATH = re.compile(r"/v1/topics/([^/?#]+)/messages/?(\?[^#]*)?")
+SUBSCRIPTION_PATH = re.compile(r"/v1/subscriptions/(\d+)/?")
+
+
+@dataclass(frozen=True)
+class Published:
+    """A message the server said it stored: what the receiver of the control topic
+    may (or must) get."""
+
+    delivery: dict[str, Any] | None  # the JSON a receiver gets, if known
+    topic: str | None  # None if not known
+    delayed: bool  # it carried delay_seconds or deliver_at (or is not known)
+    ordering_key: str | None
+
+    @staticmethod
+    def of(fields: Any, topic: str | None) -> Published:
+        """A message published with `fields` (its JSON object, keys as the server read
+        them) to `topic`."""
+        if not isinstance(fields, dict):
+            return Published(None, topic, True, None)
+        body, key = fields.get("body"), fields.get("ordering_key")
+        # The delivery's JSON: the body, with attributes when there are any and the
+        # ordering key when there is one (protocol.md, "The delivery request").
+        delivery = None
+        if isinstance(body, str):
+            delivery = {"body": body}
+            if fields.get("attributes"):
+                delivery["attributes"] = fields["attributes"]
+            if key is not None:
+                delivery["ordering_key"] = key
+        return Published(
+            delivery,
+            topic,
+            "delay_seconds" in fields or "deliver_at" in fields,
+            key if isinstance(key, str) else None,
+        )
+
+
 @dataclass(frozen=True)
 class Built:
     spec: Spec
     data: bytes
-    publishes: str | None  # the message text a 200 would mean was published
+    target: str  # the request target, Refs resolved
+    tree: Any  # the JSON body as sent, Refs resolved; None if not JSON as designed
     # Control bytes or an unknown HTTP version: a parser may wait for more, so the
     # answer is not awaited long.
     doubtful: bool
@@ -737,7 +1062,10 @@ class Fuzzer:
     half_closed: int = 0  # doubtful requests still unanswered after DOUBTFUL_WAIT
     unanswered: list[bytes] = field(default_factory=list)  # the first few, for reports
     histogram: Counter[str] = field(default_factory=Counter)
-    published: dict[str, str | None] = field(default_factory=dict)  # message id -> text
+    published: dict[str, Published] = field(default_factory=dict)  # by message id
+    sender_topics: dict[int, str | None] = field(default_factory=dict)
+    routes: Counter[str] = field(default_factory=Counter)  # requests per designed route
+    accepted: Counter[str] = field(default_factory=Counter)  # of those, answered 2xx
     # One example per kind of broken rule, and how often it was broken.
     violations: dict[str, tuple[int, str]] = field(default_factory=dict)
 
@@ -758,12 +1086,18 @@ class Fuzzer:
 
     def run(self, example: Example) -> None:
         for shape in example.shapes:
+            # Mixing the request's number into `shape` (Hypothesis draws some integers
+            # over and over) spreads the requests wider, and finds large broken chunked
+            # bodies whose connection the server holds for 10-40 s after the client
+            # half-closes: an open finding (see the closing note of session 2), so the
+            # mix waits until that is fixed.
             self.run_one(design(example, shape))
 
     def run_one(self, spec: Spec) -> None:
         built = self.build(spec)
         answers, note = self.exchange(built)
         self.sent += 1
+        self.routes[spec.route] += 1
         if note:
             self.histogram[note] += 1
             if len(self.unanswered) < 3:
@@ -773,12 +1107,14 @@ class Fuzzer:
             self.judge(built, answer, head=spec.method == "HEAD" and number == 0)
             if number == 0:
                 self.learn(built, answer)
+                if 200 <= answer.status < 300:
+                    self.accepted[spec.route] += 1
 
     # building
 
     def build(self, spec: Spec) -> Built:
         target = "".join(str(self.resolve(piece)) for piece in spec.path)
-        payload, publishes = self.payload(spec.body)
+        payload, tree = self.payload(spec.body)
         if spec.compress == "gzip":
             payload = gzip.compress(payload, mtime=0)
         elif spec.compress == "deflate":
@@ -799,7 +1135,7 @@ class Fuzzer:
             and not names
             & {"connection", "upgrade", "expect", "transfer-encoding", "content-length"}
         )
-        return Built(spec, data, publishes, doubtful, reusable)
+        return Built(spec, data, target, tree, doubtful, reusable)
 
     def resolve(self, value: Any) -> Any:
         if isinstance(value, Ref):
@@ -810,25 +1146,22 @@ class Fuzzer:
             return [self.resolve(item) for item in value]
         return value
 
-    def payload(self, body: Body | None) -> tuple[bytes, str | None]:
+    def payload(self, body: Body | None) -> tuple[bytes, Any]:
+        """The body's bytes, and its JSON tree as sent (None if it is not one)."""
         if body is None:
             return b"", None
         if body.raw is not None:
             return body.raw, None
         tree = self.resolve(body.tree)
-        publishes = None
         if isinstance(tree, dict):
             tree = self.made_safe(tree)
-            # The server reads keys case-insensitively, the last one winning.
-            texts = [value for key, value in tree.items() if key.lower() == "body"]
-            publishes = texts[-1] if texts and isinstance(texts[-1], str) else None
         try:
             data = json.dumps(tree, ensure_ascii=body.ascii_only).encode("utf-8", "surrogatepass")
         except ValueError:  # an integer too long to print
             return b"{", None
         if body.cut is not None:
             return data[: body.cut], None
-        return data, publishes
+        return data, tree
 
     def made_safe(self, tree: dict[str, Any]) -> dict[str, Any]:
         """Receiver URLs that could reach past 127.0.0.1 point at the closed port
@@ -836,7 +1169,8 @@ class Fuzzer:
         access for good, and the rest of the fuzz would no longer test an open server."""
         safe = {}
         for key, value in tree.items():
-            if key.lower() == "clienturl" and isinstance(value, str) and not self.harmless(value):
+            is_url = key.lower() in ("clienturl", "url")
+            if is_url and isinstance(value, str) and not self.harmless(value):
                 value = self.pools.url[len(value) % len(self.pools.url)]
             opening = self.admin_key is None and key.lower() == "role" and isinstance(value, str)
             if opening and value.lower() in ("publisher", "subscriber", "admin"):
@@ -926,11 +1260,26 @@ class Fuzzer:
 
     def learn(self, built: Built, answer: Answer) -> None:
         """Pool what the server handed out; undo what could reach a receiver."""
+        path = built.target.partition("?")[0]
+        deleted = SUBSCRIPTION_PATH.fullmatch(path)
+        if answer.status == 204 and built.spec.method == "DELETE" and deleted:
+            self.forget(int(deleted[1]))
         data = answer.json()
         if answer.status not in (200, 201) or not isinstance(data, dict):
             return
-        keys, ident = set(data), data.get("id")
-        if keys == {"id", "secret"} and ident not in self.pools.receiver:
+        keys = set(data)
+        ident: Any = data.get("id")
+        if isinstance(data.get("next_cursor"), str):
+            Pools.add(self.pools.cursor, quote(data["next_cursor"], safe=""))
+        if {"id", "secret", "kind"} <= keys and ident not in self.pools.subscription:
+            # A new push subscription, which the fuzz can only have pointed at the
+            # closed port. A few stay to be aimed at, as receivers do.
+            if len(self.pools.subscription) < LIVE_SUBSCRIPTIONS:
+                self.pools.subscription.append(ident)
+            else:
+                self.call("DELETE", f"/v1/subscriptions/{ident}", None)
+                Pools.add(self.pools.stale, ident)
+        elif keys == {"id", "secret"} and "rotate-secret" not in path:
             # A new receiver, which the fuzz can only have pointed at the closed port.
             # A few stay to be aimed at; more would only add doomed deliveries.
             if len(self.pools.receiver) < LIVE_RECEIVERS:
@@ -940,16 +1289,55 @@ class Fuzzer:
                 Pools.add(self.pools.stale, ident)
         elif keys == {"id"}:
             Pools.add(self.pools.sender, ident)
+            topic = self.folded(built.tree).get("topic")
+            topic = CONTROL_TOPIC if topic is None else topic
+            known = built.tree is not None and isinstance(topic, str)
+            self.sender_topics[ident] = topic if known else None
         elif keys == {"id", "message"}:  # a disconnect
-            for pool in (self.pools.sender, self.pools.receiver):
-                if ident in pool:
-                    pool.remove(ident)
-            Pools.add(self.pools.stale, ident)
-        elif "message_id" in keys:
-            self.published[str(data["message_id"])] = built.publishes
+            self.forget(ident)
+        elif "message_id" in keys:  # a /send
+            fields = self.folded(built.tree)
+            topic = fields.get("topic") or self.sender_topics.get(ident)
+            self.record(data["message_id"], Published.of(fields, topic), data)
+        elif keys == {"id", "topic", "duplicate"}:  # a publish
+            Pools.add(self.pools.topic, data["topic"])
+            self.record(ident, Published.of(built.tree, data["topic"]), data)
+        elif keys == {"accepted", "rejected", "results"}:  # a batch
+            match = MESSAGES_PATH.fullmatch(built.target)
+            topic = unquote(match[1]) if match else None
+            tree = built.tree if isinstance(built.tree, dict) else {}
+            items = tree.get("messages")
+            items = items if isinstance(items, list) else []
+            for n, result in enumerate(data["results"]):
+                if isinstance(result, dict) and "id" in result:
+                    item = items[n] if n < len(items) else None
+                    self.record(result["id"], Published.of(item, topic), result)
         elif "key" in keys:
             Pools.add(self.pools.key_id, ident)
             Pools.add(self.pools.token, data["key"])
+
+    @staticmethod
+    def folded(tree: Any) -> dict[str, Any]:
+        """A seed body as the server reads it: keys case-insensitively, the last one
+        winning."""
+        return {key.lower(): value for key, value in tree.items()} if isinstance(tree, dict) else {}
+
+    def record(self, message_id: Any, published: Published, answer: dict[str, Any]) -> None:
+        """A message the server said it stored. A duplicate is the message first
+        published with its key: as that was sent, or unknown if its answer was lost."""
+        message_id = str(message_id)
+        Pools.add(self.pools.message, message_id)
+        if answer.get("duplicate") is True:
+            self.published.setdefault(message_id, Published(None, None, True, None))
+        else:
+            self.published[message_id] = published
+
+    def forget(self, ident: Any) -> None:
+        """A connection or subscription that is gone."""
+        for pool in (self.pools.sender, self.pools.receiver, self.pools.subscription):
+            if ident in pool:
+                pool.remove(ident)
+        Pools.add(self.pools.stale, ident)
 
     def call(self, method: str, path: str, value: Any) -> Answer | None:
         """A well-formed request of the fuzz's own, on a connection of its own."""
@@ -1002,6 +1390,13 @@ def run_fuzz(fuzzer: Fuzzer, examples: int) -> None:
         fuzzer.close()
 
 
+# Route names (ROUTE_NAMES and ROUTES templates) the fuzz knew before the native API.
+SEED_ERA_ROUTES = {
+    *table("connect|send|disconnect|redrive|create-key|revoke-key|rotate|/dashboard|/v1/keys"),
+    *table("/v1/dead-letters|/connect|/send|/disconnect|/v1/dead-letters/redrive|/v1/keys/{}"),
+    "/v1/receivers/{}/rotate-secret",
+}
+
 # -- the test --------------------------------------------------------------------------
 
 RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d ", re.MULTILINE)
@@ -1032,6 +1427,16 @@ class Run:
             f"{fuzzer.wire.opened} connections ({fuzzer.half_closed} half-closed unanswered), "
             f"{fuzzer.own_requests} clean-up requests, "
             f"{len(fuzzer.published)} messages published by the fuzz"
+        )
+        native = sum(n for route, n in fuzzer.routes.items() if route not in SEED_ERA_ROUTES)
+        due, allowed = control_messages(fuzzer.published)
+        yield (
+            f"  {native} requests designed for routes added since the seed era; "
+            f"{len(allowed)} messages to the control topic ({len(due)} due by now)"
+        )
+        yield "  requests (2xx) per route: " + ", ".join(
+            f"{route or '?'} {n} ({fuzzer.accepted[route]})"
+            for route, n in sorted(fuzzer.routes.items())
         )
         for status, count in sorted(fuzzer.histogram.items()):
             yield f"  {status:>18}: {count}"
@@ -1076,25 +1481,48 @@ async def fuzz_one_server(
 
         fuzzer = Fuzzer(server, admin_key, closed_port)
         fuzzer.pools.sender.append(sender)
+        fuzzer.sender_topics[sender] = CONTROL_TOPIC
         fuzzer.pools.receiver.append(decoy)
         started = time.monotonic()
         await asyncio.to_thread(run_fuzz, fuzzer, EXAMPLES_PER_SERVER)
         run = Run(mode, fuzzer, time.monotonic() - started)
         assert server.running, f"the server died under the fuzz:\n{server.log[-5000:]}"
         gate.set()
-        expected = {before["message_id"]: BEFORE_BODY, **fuzzer.published}
-        await wait_for_ids(receiver, expected, timeout=60)
+        due, allowed = control_messages(fuzzer.published)
+        await wait_for_ids(receiver, [before["message_id"], *due], timeout=60)
         await asyncio.sleep(0.5)  # time for anything that should not come to come
-        check_deliveries(receiver, before["message_id"], expected)
+        check_deliveries(
+            receiver, before["message_id"], {**allowed, before["message_id"]: {"body": BEFORE_BODY}}
+        )
     assert server.running
     run.errors, run.parse_errors = logged_errors(server.log)
     print("\n" + "\n".join(run.report()))
     return run
 
 
-def check_deliveries(receiver: Receiver, before_id: str, expected: dict[str, str | None]) -> None:
-    """The message published first arrives as sent; nothing arrives that no /send was
-    answered 200 for; every message arrives once with the text it was sent with."""
+Deliveries = dict[str, dict[str, Any] | None]  # message id -> the JSON it is delivered as
+
+
+def control_messages(published: dict[str, Published]) -> tuple[Deliveries, Deliveries]:
+    """The messages the control receiver (a seed receiver of CONTROL_TOPIC) must get
+    now, and those it may get, each with its text if known. A message of an unknown
+    topic may come; a delayed one may come later; and so may one whose ordering key a
+    delayed message carries, as it waits its turn behind that one."""
+    held = {p.ordering_key for p in published.values() if p.delayed and p.ordering_key}
+    allowed = {
+        ident: p.delivery for ident, p in published.items() if p.topic in (CONTROL_TOPIC, None)
+    }
+    due = {
+        ident: p.delivery
+        for ident, p in published.items()
+        if p.topic == CONTROL_TOPIC and not p.delayed and p.ordering_key not in held
+    }
+    return due, allowed
+
+
+def check_deliveries(receiver: Receiver, before_id: str, expected: Deliveries) -> None:
+    """The message published first arrives as sent; nothing arrives that no /send or
+    publish was answered 200 or 201 for; every message arrives once, as it was sent."""
     first = [r for r in receiver.received if r.message_id == before_id]
     assert first and first[0].body == {"body": BEFORE_BODY}, first
     strangers = {r.message_id for r in receiver.attempts} - expected.keys()
@@ -1102,9 +1530,9 @@ def check_deliveries(receiver: Receiver, before_id: str, expected: dict[str, str
     counts = received_ids(receiver)
     assert duplicates(counts) == 0, f"{duplicates(counts)} duplicate deliveries"
     for record in receiver.received:
-        text = expected[record.message_id]
-        if text is not None:
-            assert record.body == {"body": text}, (record.message_id, record.body, text)
+        sent = expected[record.message_id]
+        if sent is not None:
+            assert record.body == sent, (record.message_id, record.body, sent)
 
 
 @pytest.mark.timeout(300)
