@@ -62,6 +62,19 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_server_options_with_epilog(parser: argparse.ArgumentParser) -> None:
+    """--url and --key, and an epilog naming their environment variables: for the
+    subcommands of `keys`, `dead-letters`, `topics` and `subscriptions`."""
+    add_server_options(parser)
+    parser.epilog = f"Environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key)."
+
+
+def print_usage(parser: argparse.ArgumentParser) -> int:
+    """A command group run without its subcommand: its help, and the usage exit code."""
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
 def set_handler(parser: argparse.ArgumentParser, handler: Handler) -> None:
     """`handler` runs when this (sub)command is chosen; see `run`."""
     parser.set_defaults(run=run, handler=handler, command_name=parser.prog)

@@ -5,18 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from mqpy.client import DeadLetter, MQError
 from mqpy.commands import (
     EXIT_OK,
-    EXIT_USAGE,
     KEY_ENV,
-    URL_ENV,
-    add_server_options,
+    add_server_options_with_epilog,
     print_json,
+    print_usage,
     set_handler,
 )
 from mqpy.commands.broker_client import failure, sync_client
@@ -38,7 +36,7 @@ def register(subparsers: Any) -> None:
         "2 usage error, 3 server unreachable.",
         allow_abbrev=False,
     )
-    group.set_defaults(run=lambda args: _usage(group))
+    group.set_defaults(run=lambda args: print_usage(group))
     commands = group.add_subparsers(dest="dead_letters_command", metavar="COMMAND")
 
     listing = commands.add_parser(
@@ -51,7 +49,7 @@ def register(subparsers: Any) -> None:
     listing.add_argument(
         "--json", action="store_true", help="print them as JSON, bodies in full, not a table"
     )
-    _add_common(listing)
+    add_server_options_with_epilog(listing)
     set_handler(listing, list_dead_letters)
 
     redrive = commands.add_parser(
@@ -70,18 +68,8 @@ def register(subparsers: Any) -> None:
     redrive.add_argument(
         "--json", action="store_true", help='print {"redriven": N} instead of a sentence'
     )
-    _add_common(redrive)
+    add_server_options_with_epilog(redrive)
     set_handler(redrive, redrive_dead_letters)
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    add_server_options(parser)
-    parser.epilog = f"Environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key)."
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def list_dead_letters(args: argparse.Namespace) -> int:

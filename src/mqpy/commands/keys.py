@@ -11,13 +11,12 @@ from urllib.parse import quote
 from mqpy.commands import (
     EXIT_OK,
     EXIT_REFUSED,
-    EXIT_USAGE,
     KEY_ENV,
-    URL_ENV,
     CommandFailed,
     ServerClient,
-    add_server_options,
+    add_server_options_with_epilog,
     print_json,
+    print_usage,
     set_handler,
 )
 from mqpy.commands.terminal import format_table
@@ -38,7 +37,7 @@ def register(subparsers: Any) -> None:
         "Exit codes: 0 done, 1 the server refused, 2 usage error, 3 server unreachable.",
         allow_abbrev=False,
     )
-    keys.set_defaults(run=lambda args: _usage(keys))
+    keys.set_defaults(run=lambda args: print_usage(keys))
     commands = keys.add_subparsers(dest="keys_command", metavar="COMMAND")
 
     create = commands.add_parser(
@@ -64,8 +63,12 @@ def register(subparsers: Any) -> None:
         help="limit the key to topics matching PATTERN (orders, orders.*, orders.>); "
         "repeat for several; none means every topic",
     )
-    _add_json_flag(create, "print the server's whole answer as JSON (the key included)")
-    _add_common(create)
+    create.add_argument(
+        "--json",
+        action="store_true",
+        help="print the server's whole answer as JSON (the key included)",
+    )
+    add_server_options_with_epilog(create)
     set_handler(create, create_key)
 
     listing = commands.add_parser(
@@ -75,8 +78,10 @@ def register(subparsers: Any) -> None:
         "bootstrap admin key from MQPY_ADMIN_KEY is not stored, so it is not listed.",
         allow_abbrev=False,
     )
-    _add_json_flag(listing, "print the server's answer as JSON instead of a table")
-    _add_common(listing)
+    listing.add_argument(
+        "--json", action="store_true", help="print the server's answer as JSON instead of a table"
+    )
+    add_server_options_with_epilog(listing)
     set_handler(listing, list_keys)
 
     revoke = commands.add_parser(
@@ -86,22 +91,8 @@ def register(subparsers: Any) -> None:
         allow_abbrev=False,
     )
     revoke.add_argument("id", help="the key's id, as `mqpy keys list` shows it")
-    _add_common(revoke)
+    add_server_options_with_epilog(revoke)
     set_handler(revoke, revoke_key)
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    add_server_options(parser)
-    parser.epilog = f"Environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key)."
-
-
-def _add_json_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
-    parser.add_argument("--json", action="store_true", help=help_text)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def create_key(args: argparse.Namespace) -> int:

@@ -12,13 +12,14 @@ from urllib.parse import quote
 from mqpy.commands import (
     EXIT_OK,
     EXIT_REFUSED,
-    EXIT_USAGE,
     KEY_ENV,
     URL_ENV,
     CommandFailed,
     ServerClient,
     add_server_options,
+    add_server_options_with_epilog,
     print_json,
+    print_usage,
     set_handler,
 )
 from mqpy.commands.options import filter_of, group_name, topic_name, topic_pattern
@@ -50,7 +51,7 @@ def register(subparsers: Any) -> None:
         "unreachable.",
         allow_abbrev=False,
     )
-    group.set_defaults(run=lambda args: _usage(group))
+    group.set_defaults(run=lambda args: print_usage(group))
     commands = group.add_subparsers(dest="subscriptions_command", metavar="COMMAND")
 
     listing = commands.add_parser(
@@ -67,8 +68,12 @@ def register(subparsers: Any) -> None:
         help="only those a message published to TOPIC would reach (their topic or pattern "
         "matches it)",
     )
-    _add_json_flag(listing, 'print {"subscriptions": [...]} (every page) as JSON instead')
-    _add_common(listing)
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"subscriptions": [...]} (every page) as JSON instead',
+    )
+    add_server_options_with_epilog(listing)
     set_handler(listing, list_subscriptions)
 
     create = commands.add_parser(
@@ -124,7 +129,11 @@ def register(subparsers: Any) -> None:
         metavar="R",
         help="deliveries started per second, such as 50 or 0.5 (at most 100000; default: no limit)",
     )
-    _add_json_flag(create, "print the server's whole answer as JSON (the secret included)")
+    create.add_argument(
+        "--json",
+        action="store_true",
+        help="print the server's whole answer as JSON (the secret included)",
+    )
     add_server_options(create)
     set_handler(create, create_subscription)
 
@@ -136,8 +145,10 @@ def register(subparsers: Any) -> None:
         allow_abbrev=False,
     )
     _add_id(show)
-    _add_json_flag(show, "print the server's answer as JSON instead")
-    _add_common(show)
+    show.add_argument(
+        "--json", action="store_true", help="print the server's answer as JSON instead"
+    )
+    add_server_options_with_epilog(show)
     set_handler(show, show_subscription)
 
     for action, summary, handler in (
@@ -152,8 +163,12 @@ def register(subparsers: Any) -> None:
             allow_abbrev=False,
         )
         _add_id(parser)
-        _add_json_flag(parser, "print the subscription as JSON instead of a sentence")
-        _add_common(parser)
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="print the subscription as JSON instead of a sentence",
+        )
+        add_server_options_with_epilog(parser)
         set_handler(parser, handler)
 
     delete = commands.add_parser(
@@ -164,28 +179,14 @@ def register(subparsers: Any) -> None:
         allow_abbrev=False,
     )
     _add_id(delete)
-    _add_common(delete)
+    add_server_options_with_epilog(delete)
     set_handler(delete, delete_subscription)
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    add_server_options(parser)
-    parser.epilog = f"Environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key)."
-
-
-def _add_json_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
-    parser.add_argument("--json", action="store_true", help=help_text)
 
 
 def _add_id(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "id", type=_subscription_id, metavar="ID", help="the subscription's id, as listed"
     )
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def _subscription_id(text: str) -> int:

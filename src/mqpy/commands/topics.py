@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -11,13 +10,12 @@ from urllib.parse import quote
 from mqpy.commands import (
     EXIT_OK,
     EXIT_REFUSED,
-    EXIT_USAGE,
     KEY_ENV,
-    URL_ENV,
     CommandFailed,
     ServerClient,
-    add_server_options,
+    add_server_options_with_epilog,
     print_json,
+    print_usage,
     set_handler,
 )
 from mqpy.commands.options import topic_name
@@ -51,7 +49,7 @@ def register(subparsers: Any) -> None:
         "unreachable.",
         allow_abbrev=False,
     )
-    topics.set_defaults(run=lambda args: _usage(topics))
+    topics.set_defaults(run=lambda args: print_usage(topics))
     commands = topics.add_subparsers(dest="topics_command", metavar="COMMAND")
 
     listing = commands.add_parser(
@@ -65,7 +63,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help='print {"topics": [...]} (every page) as JSON instead of a table',
     )
-    _add_common(listing)
+    add_server_options_with_epilog(listing)
     set_handler(listing, list_topics)
 
     show = commands.add_parser(
@@ -79,18 +77,8 @@ def register(subparsers: Any) -> None:
     show.add_argument(
         "--json", action="store_true", help="print the server's answer as JSON instead"
     )
-    _add_common(show)
+    add_server_options_with_epilog(show)
     set_handler(show, show_topic)
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    add_server_options(parser)
-    parser.epilog = f"Environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key)."
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def list_topics(args: argparse.Namespace) -> int:
