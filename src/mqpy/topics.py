@@ -43,11 +43,6 @@ def matches(pattern: str, topic: str) -> bool:
     return len(actual) == len(wanted)
 
 
-def any_matches(patterns: tuple[str, ...], topic: str) -> bool:
-    """No patterns means every topic."""
-    return not patterns or any(matches(p, topic) for p in patterns)
-
-
 def covers(allowed: str, pattern: str) -> bool:
     """Whether every topic `pattern` can match is one `allowed` matches too (a key
     allowed `orders.>` may subscribe to `orders.*`, one allowed `orders.*` may not

@@ -66,7 +66,7 @@ class Observer:
     def attempt_started(self, subscription_id: int) -> None:
         receiver = self._receivers.get(subscription_id)
         if receiver is None:
-            receiver = self._receivers[subscription_id] = ReceiverActivity(None)
+            receiver = self._receivers[subscription_id] = ReceiverActivity()
         receiver.in_flight += 1
         self._in_flight += 1
 
@@ -178,7 +178,7 @@ class Observer:
         return _rate(now, activity.published), _rate(now, activity.delivered)
 
     def _receiver_status(self, subscription: Subscription) -> ReceiverStatus:
-        activity = self._receivers.get(subscription.id) or ReceiverActivity(None)
+        activity = self._receivers.get(subscription.id) or ReceiverActivity()
         return ReceiverStatus(
             id=subscription.id,
             kind="push" if subscription.connection_id is None else "seed",

@@ -6,8 +6,6 @@ import enum
 from collections import deque
 from dataclasses import dataclass
 
-from mqpy.observability.rates import TopicActivity
-
 RECENT_FAILURES = 10
 
 
@@ -40,11 +38,9 @@ class ReceiverActivity:
         "last_success_at",
         "paused",
         "recent_failures",
-        "topic",
     )
 
-    def __init__(self, topic: TopicActivity | None) -> None:
-        self.topic = topic
+    def __init__(self) -> None:
         self.in_flight = 0
         self.last_success_at: float | None = None
         self.consecutive_failures = 0
