@@ -337,5 +337,23 @@ class BacklogFull(BrokerError):
     """The store holds as many undelivered messages as it may; try again later."""
 
 
-class StoreUnavailable(BrokerError):
-    """The store could not commit (disk full, I/O error); nothing was accepted."""
+class StoreError(BrokerError):
+    """Anything the store reports about itself rather than about a request: every
+    backend raises these, so callers never catch a driver's or a backend's own class."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not commit (disk full, I/O error, database unreachable);
+    nothing was accepted."""
+
+
+class StoreCannotOpen(StoreError):
+    """The store cannot be opened as configured; the message says why and what to do."""
+
+
+class StoreLocked(StoreCannotOpen):
+    """Another mq-py process holds an embedded store that only one process may use."""
+
+
+class SchemaTooNew(StoreCannotOpen):
+    """The store was written by a newer mq-py."""

@@ -25,11 +25,10 @@ from mqpy.delivery.gate import ReceiverGate
 from mqpy.delivery.guard import AddressPolicy
 from mqpy.delivery.retry import RetryPolicy
 from mqpy.delivery.sender import Sender
+from mqpy.domain import StoreCannotOpen
 from mqpy.keyring import Keyring
 from mqpy.observability import Observer
 from mqpy.store import Store, open_store
-from mqpy.store.sqlite import DataDirLocked
-from mqpy.store.sqlite_schema import SchemaTooNew
 
 log = logging.getLogger("mqpy.server")
 
@@ -66,7 +65,7 @@ async def serve(settings: Settings) -> int:
     store = open_store(settings.data_dir)
     try:
         await store.open()
-    except (DataDirLocked, SchemaTooNew) as exc:
+    except StoreCannotOpen as exc:
         log.error("%s", exc)
         return 1
     try:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mqpy.domain import BacklogFull, DeliveryState
+from mqpy.domain import BacklogFull, DeliveryState, SchemaTooNew, StoreLocked
 from mqpy.store.base import Store
-from mqpy.store.sqlite import DATABASE_FILE, SWEEP_CHUNK, DataDirLocked, SQLiteStore
+from mqpy.store.sqlite import DATABASE_FILE, SWEEP_CHUNK, SQLiteStore
 from mqpy.store.sqlite_schema import MIGRATIONS
 from tests.store.conformance import StoreConformance
 from tests.store.support import (
@@ -124,7 +124,7 @@ class TestSQLiteStore(StoreConformance):
     async def test_a_second_store_on_the_same_data_dir_is_refused(
         self, store: SQLiteStore, stores: OpenStores
     ) -> None:
-        with pytest.raises(DataDirLocked, match="another mq-py process"):
+        with pytest.raises(StoreLocked, match="another mq-py process"):
             await stores.open()
         # The first store is untouched, and the directory is free once it closes.
         assert await publish_count(store, message("still works")) == 0
@@ -152,7 +152,7 @@ class TestSQLiteStore(StoreConformance):
             conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
         finally:
             conn.close()
-        with pytest.raises(RuntimeError, match="newer mq-py"):
+        with pytest.raises(SchemaTooNew, match="newer mq-py"):
             await stores.open()
         # The refusal let go of the database file and of the data directory.
         assert open_files_under(stores.data_dir) == []

@@ -34,6 +34,7 @@ from mqpy.domain import (
     Published,
     Role,
     StoredMessage,
+    StoreLocked,
     StoreUnavailable,
     Subscription,
     SubscriptionChanges,
@@ -65,10 +66,6 @@ DATABASE_FILE = "mqpy.sqlite3"
 # Delivered messages (and expired idempotency keys) forgotten per writer transaction.
 SWEEP_CHUNK = 500
 LOCK_FILE = "mqpy.lock"
-
-
-class DataDirLocked(RuntimeError):
-    """Another mq-py process is using the data directory."""
 
 
 def _configure(conn: sqlite3.Connection) -> None:
@@ -689,7 +686,7 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
         fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock_file.close()
-        raise DataDirLocked(
+        raise StoreLocked(
             f"another mq-py process is using {data_dir}; stop it or choose another --data-dir"
         ) from None
     lock_file.seek(0)

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 
-
-class SchemaTooNew(RuntimeError):
-    """The data directory was written by a newer mq-py."""
-
+from mqpy.domain import SchemaTooNew
 
 MIGRATIONS: list[str] = [
     # 1: connections, subscriptions, messages, deliveries, counters.
