@@ -11,7 +11,6 @@ import fcntl
 import os
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,8 +24,6 @@ from mqpy.domain import (
     Connection,
     DeadLetter,
     Delivery,
-    DeliveryState,
-    DeliveryStatus,
     Filter,
     Mode,
     NewMessage,
@@ -45,17 +42,26 @@ from mqpy.domain import (
 from mqpy.filters import matches as filter_matches
 from mqpy.ids import new_connection_id
 from mqpy.store.base import Store, TopicBacklog
-from mqpy.store.sqlite_claim import claim as claim_due
-from mqpy.store.sqlite_routes import Routes, RouteTable, Target
-from mqpy.store.sqlite_rows import (
+from mqpy.store.routes import (
+    GROUP_ROUTE_COLUMNS,
+    SUBSCRIPTION_ROUTE_COLUMNS,
+    Routes,
+    RouteTable,
+    Target,
+    build_routes,
+)
+from mqpy.store.rows import (
     SUBSCRIPTION_COLUMNS,
     SUBSCRIPTIONS_FROM,
+    changed_spec,
+    delivery_status,
     dump_attributes,
     dump_filter,
     dump_settings,
     load_attributes,
     subscription_from_row,
 )
+from mqpy.store.sqlite_claim import claim as claim_due
 from mqpy.store.sqlite_schema import migrate
 from mqpy.store.sqlite_tallies import Tallies
 from mqpy.store.sqlite_writer import GroupCommitWriter, WriterClosed
@@ -89,6 +95,9 @@ class SQLiteStore(Store):
         self._writer.before_commit = self._tallies.flush
         self._writer.on_rollback = self._tallies.rolled_back
         self._lock_file: IO[str] | None = None
+
+    def _routes_in(self, conn: sqlite3.Connection) -> Routes:
+        return self._routes.get(lambda: _load_routes(conn))
 
     @property
     def writer(self) -> GroupCommitWriter:
@@ -240,7 +249,7 @@ class SQLiteStore(Store):
             current = _subscription(conn, subscription_id)
             if current is None:
                 return None
-            spec = _changed_spec(current.spec, changes)
+            spec = changed_spec(current.spec, changes)
             if spec.filter != current.spec.filter and spec.group is not None:
                 _change_group_filter(conn, subscription_id, spec)
             self._routes.invalidate()
@@ -376,7 +385,7 @@ class SQLiteStore(Store):
                 raise BacklogFull(
                     f"the broker holds {max_backlog} undelivered messages, its --max-backlog"
                 )
-            routes = self._routes.get(conn)
+            routes = self._routes_in(conn)
             published = [_publish_one(conn, routes, message, dedup_since) for message in messages]
             fresh = [m for m, p in zip(messages, published, strict=True) if not p.duplicate]
             tallies.add_stored(conn, len(fresh))
@@ -429,7 +438,7 @@ class SQLiteStore(Store):
         def operation(conn: sqlite3.Connection) -> Claim:
             return claim_due(
                 conn,
-                self._routes.get(conn),
+                self._routes_in(conn),
                 limit=limit,
                 now=now,
                 lease_seconds=lease_seconds,
@@ -624,7 +633,7 @@ class SQLiteStore(Store):
             "WHERE d.message_seq = m.seq AND d.state = 'pending'))",
             (name,),
         ).fetchone()
-        routes = self._routes.get(conn)
+        routes = self._routes_in(conn)
         subscriptions = sum(
             1 for member in routes.members.values() if topic_matches(member.topic, name)
         )
@@ -708,6 +717,15 @@ def _read_only(path: Path, sql: str) -> list[tuple[Any, ...]]:
         raise StoreUnavailable(f"the store could not be read: {exc}") from None
 
 
+def _load_routes(conn: sqlite3.Connection) -> Routes:
+    return build_routes(
+        conn.execute(
+            f"SELECT {SUBSCRIPTION_ROUTE_COLUMNS} FROM subscriptions WHERE active = 1 ORDER BY id"
+        ),
+        conn.execute(f"SELECT {GROUP_ROUTE_COLUMNS} FROM groups WHERE active = 1 ORDER BY id"),
+    )
+
+
 def _release_orphaned_leases(conn: sqlite3.Connection) -> None:
     # We hold the data directory's lock, so every lease on record belongs to a process
     # that died: its deliveries are due now rather than when the lease would expire.
@@ -769,22 +787,6 @@ def _change_group_filter(
             "filter, so change it on a new group"
         )
     conn.execute("UPDATE groups SET filter = ? WHERE id = ?", (dump_filter(spec.filter), group_id))
-
-
-def _changed_spec(spec: SubscriptionSpec, changes: SubscriptionChanges) -> SubscriptionSpec:
-    filter_ = None if changes.clear_filter else changes.filter or spec.filter
-    concurrency = (
-        None if changes.clear_max_concurrency else changes.max_concurrency or spec.max_concurrency
-    )
-    pace = None if changes.clear_max_per_second else changes.max_per_second or spec.max_per_second
-    return replace(
-        spec,
-        url=changes.url or spec.url,
-        filter=filter_,
-        retry=changes.retry if changes.retry is not None else spec.retry,
-        max_concurrency=concurrency,
-        max_per_second=pace,
-    )
 
 
 def _subscription(conn: sqlite3.Connection, subscription_id: int) -> Subscription | None:
@@ -895,7 +897,7 @@ def _stored_message(conn: sqlite3.Connection, message_id: str, now: float) -> St
         return None
     seq, topic, body, attributes, ordering_key, published_at, deliver_at = row
     deliveries = [
-        _delivery_status(now, *delivery)
+        delivery_status(now, *delivery)
         for delivery in conn.execute(
             "SELECT d.subscription_id, g.name, d.state, d.attempts, d.last_status, "
             "d.last_error, d.due_at, d.lease, d.delivered_at FROM deliveries d "
@@ -912,40 +914,6 @@ def _stored_message(conn: sqlite3.Connection, message_id: str, now: float) -> St
         published_at=published_at,
         deliver_at=deliver_at,
         deliveries=deliveries,
-    )
-
-
-def _delivery_status(
-    now: float,
-    subscription_id: int | None,
-    group: str | None,
-    state: str,
-    attempts: int,
-    last_status: int | None,
-    last_error: str | None,
-    due_at: float,
-    lease: str | None,
-    delivered_at: float | None,
-) -> DeliveryStatus:
-    next_attempt: float | None = None
-    if state == "pending":
-        if lease is not None:
-            shown = DeliveryState.PENDING  # being attempted now
-        elif due_at > now:
-            shown, next_attempt = DeliveryState.WAITING, due_at
-        else:
-            shown, next_attempt = DeliveryState.PENDING, due_at
-    else:
-        shown = DeliveryState(state)
-    return DeliveryStatus(
-        subscription_id=subscription_id,
-        group=group,
-        state=shown,
-        attempts=attempts,
-        last_status=last_status,
-        last_error=last_error,
-        next_attempt_at=next_attempt,
-        delivered_at=delivered_at,
     )
 
 

@@ -1,20 +1,21 @@
-"""Where a message goes: the active subscriptions and groups, kept in memory.
+"""Where a message goes: the active subscriptions and groups, as one value in memory.
 
-The writer thread alone reads and changes this. Any operation that changes
-subscriptions drops it (`RouteTable.invalidate`); the next publish or claim loads it
-again inside its own transaction, so it always agrees with what that transaction
-sees, even when an operation that changed subscriptions was rolled back.
+Backend-neutral: a store reads its subscription and group rows (`SUBSCRIPTION_ROUTE_COLUMNS`,
+`GROUP_ROUTE_COLUMNS`) and `build_routes` makes the value. A store keeps it in a
+`RouteTable`, drops it whenever subscriptions change (here or, for a shared database,
+on another node) and loads it again inside the next transaction that needs it, so it
+always agrees with what that transaction sees.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from mqpy.domain import Filter, RetryOverrides
 from mqpy.filters import matches as filter_matches
-from mqpy.store.sqlite_rows import load_filter, load_settings
+from mqpy.store.rows import load_filter, load_settings
 from mqpy.topics import matches as topic_matches
 
 
@@ -70,8 +71,16 @@ class Routes:
         return [t for t in matching if filter_matches(t.filter, attributes)]
 
 
+# The columns `build_routes` expects, in order (`subscriptions` and `groups` tables).
+SUBSCRIPTION_ROUTE_COLUMNS = (
+    "id, url, topic, group_id, paused, secret, previous_secret, previous_secret_until, "
+    "filter, settings"
+)
+GROUP_ROUTE_COLUMNS = "id, topic, name, filter"
+
+
 class RouteTable:
-    """The current `Routes`, loaded on demand in the writer thread."""
+    """The current `Routes`, loaded on demand; group turns survive a reload."""
 
     def __init__(self) -> None:
         self._routes: Routes | None = None
@@ -82,23 +91,22 @@ class RouteTable:
             self._turns = self._routes.turn
         self._routes = None
 
-    def get(self, conn: sqlite3.Connection) -> Routes:
+    def get(self, load: Callable[[], Routes]) -> Routes:
         if self._routes is None:
-            self._routes = _load(conn)
+            self._routes = load()
             self._routes.turn = self._turns
         return self._routes
 
 
-def _load(conn: sqlite3.Connection) -> Routes:
+def build_routes(
+    subscription_rows: Iterable[Iterable[Any]], group_rows: Iterable[Iterable[Any]]
+) -> Routes:
+    """Routes from the active subscriptions and groups, each ordered by id."""
     members: dict[int, Member] = {}
     targets: list[Target] = []
     group_members: dict[int, list[int]] = {}
-    rows = conn.execute(
-        "SELECT id, url, topic, group_id, paused, secret, previous_secret, "
-        "previous_secret_until, filter, settings FROM subscriptions WHERE active = 1 "
-        "ORDER BY id"
-    ).fetchall()
-    for sid, url, topic, group_id, paused, secret, previous, until, filter_, settings in rows:
+    for row in subscription_rows:
+        sid, url, topic, group_id, paused, secret, previous, until, filter_, settings = row
         extra = load_settings(settings)
         members[sid] = Member(
             id=sid,
@@ -116,9 +124,7 @@ def _load(conn: sqlite3.Connection) -> Routes:
         else:
             group_members.setdefault(group_id, []).append(sid)
     group_names: dict[int, str] = {}
-    for group_id, topic, name, filter_ in conn.execute(
-        "SELECT id, topic, name, filter FROM groups WHERE active = 1 ORDER BY id"
-    ):
+    for group_id, topic, name, filter_ in group_rows:
         group_names[group_id] = name
         if group_id in group_members:
             targets.append(Target(topic, load_filter(filter_), None, group_id))

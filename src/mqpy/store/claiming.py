@@ -1,0 +1,160 @@
+"""What a claim hands out, decided the same way on every backend.
+
+A backend asks `ClaimBuilder` how many due deliveries to read for each ungrouped
+subscription and each group (what their room allows), reads them its own way (one
+query per target on SQLite, one statement for all on PostgreSQL), hands the rows
+back, and leases what `finish` chooses. The builder shares a group's deliveries out
+to its members in turn, caps each receiver at its room and the whole claim at
+`limit`, oldest due first, and works out when the next delivery falls due.
+
+A row is `CLAIM_COLUMNS`, in order, read from deliveries `d` joined to messages `m`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mqpy.domain import Claim, Delivery
+from mqpy.store.routes import Member, Routes
+from mqpy.store.rows import load_attributes
+
+CLAIM_COLUMNS = (
+    "d.id, d.attempts, d.due_at, m.id, m.body, m.published_at, m.topic, m.attributes, "
+    "m.ordering_key, m.deliver_at"
+)
+
+_NO_ATTRIBUTES: dict[str, str] = {}  # shared, never changed: most messages have none
+
+
+@dataclass(slots=True)
+class _Candidate:
+    due_at: float
+    delivery: Delivery
+
+
+class ClaimBuilder:
+    """One claim in the making: rooms, the rows read for each target, the choice."""
+
+    def __init__(
+        self,
+        routes: Routes,
+        *,
+        limit: int,
+        now: float,
+        lease: str,
+        per_subscription_limit: int,
+        busy: Mapping[int, int],
+    ) -> None:
+        self._routes = routes
+        self._limit = limit
+        self._now = now
+        self._lease = lease
+        # A subscription's own max_concurrency replaces the caller's default cap.
+        self._room = {
+            member.id: (member.max_concurrency or per_subscription_limit) - busy.get(member.id, 0)
+            for member in routes.members.values()
+            if not member.paused
+        }
+        self._candidates: list[_Candidate] = []
+        self._secrets: dict[int, tuple[str, ...]] = {}  # per member, once per claim
+        self.next_due: float | None = None
+
+    def subscription_takes(self) -> list[tuple[Member, int]]:
+        """Each ungrouped subscription with room, and how many rows to read for it."""
+        return [
+            (member, min(self._room[member.id], self._limit))
+            for member in self._routes.members.values()
+            if member.group_id is None and self._room.get(member.id, 0) > 0
+        ]
+
+    def group_takes(self) -> list[tuple[int, int]]:
+        """Each group with a member with room, and how many rows to read for it."""
+        takes = []
+        for group_id, member_ids in self._routes.group_members.items():
+            total = min(sum(max(self._room.get(m, 0), 0) for m in member_ids), self._limit)
+            if total > 0:
+                takes.append((group_id, total))
+        return takes
+
+    def consider(self, due_at: float | None) -> None:
+        """A delivery of a target falls due at `due_at` (None: nothing does)."""
+        if due_at is not None and (self.next_due is None or due_at < self.next_due):
+            self.next_due = due_at
+
+    def add_subscription_rows(self, member: Member, rows: Sequence[Sequence[Any]]) -> None:
+        secrets = self._secrets_of(member)
+        self._candidates.extend(
+            _Candidate(row[2], _delivery(row, member, self._lease, secrets)) for row in rows
+        )
+
+    def add_group_rows(self, group_id: int, rows: Sequence[Sequence[Any]]) -> None:
+        """Share a group's due rows out to its members with room, in turn."""
+        members = self._routes.members
+        free = [
+            members[m] for m in self._routes.group_members[group_id] if self._room.get(m, 0) > 0
+        ]
+        start = self._routes.turn.get(group_id, 0)
+        for index, row in enumerate(rows):
+            member = self._next_member(free, start + index)
+            self._room[member.id] -= 1
+            delivery = _delivery(row, member, self._lease, self._secrets_of(member))
+            self._candidates.append(_Candidate(row[2], delivery))
+        self._routes.turn[group_id] = start + len(rows)
+
+    def finish(self) -> Claim:
+        """The oldest due of what was read, at most `limit`; the rest stays due."""
+        self._candidates.sort(key=lambda candidate: candidate.due_at)
+        chosen = [candidate.delivery for candidate in self._candidates[: self._limit]]
+        if len(self._candidates) > self._limit:
+            self.consider(self._now)
+        return Claim(chosen, self.next_due)
+
+    def _next_member(self, free: list[Member], turn: int) -> Member:
+        """Members take turns; one with no room left is skipped. `free` always has one
+        with room, since the group was asked for no more rows than its members' room."""
+        for offset in range(len(free)):
+            member = free[(turn + offset) % len(free)]
+            if self._room[member.id] > 0:
+                return member
+        raise AssertionError("a group claimed more deliveries than its members have room for")
+
+    def _secrets_of(self, member: Member) -> tuple[str, ...]:
+        found = self._secrets.get(member.id)
+        if found is None:
+            found = self._secrets[member.id] = member.signing_secrets(self._now)
+        return found
+
+
+def _delivery(row: Sequence[Any], member: Member, lease: str, secrets: tuple[str, ...]) -> Delivery:
+    (
+        delivery_id,
+        attempts,
+        _due,
+        message_id,
+        body,
+        published_at,
+        topic,
+        attributes,
+        key,
+        deliver_at,
+    ) = row
+    return Delivery(
+        delivery_id=delivery_id,
+        lease=lease,
+        message_id=message_id,
+        subscription_id=member.id,
+        url=member.url,
+        body=body,
+        attempt=attempts + 1,
+        published_at=published_at,
+        secrets=secrets,
+        topic=topic,
+        attributes=load_attributes(attributes) if attributes is not None else _NO_ATTRIBUTES,
+        ordering_key=key,
+        retry=member.retry,
+        max_per_second=member.max_per_second,
+        max_concurrency=member.max_concurrency,
+        deliver_at=deliver_at,
+    )

@@ -1,0 +1,129 @@
+"""Rows of the SQL stores as domain values, and back: the same text columns on
+SQLite and PostgreSQL, so both stores share these conversions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from typing import Any
+
+from mqpy.domain import (
+    DeliveryState,
+    DeliveryStatus,
+    Filter,
+    RetryOverrides,
+    Subscription,
+    SubscriptionChanges,
+    SubscriptionSpec,
+)
+
+SUBSCRIPTION_COLUMNS = (
+    "s.id, s.topic, s.url, s.created_at, s.filter, s.settings, s.paused, s.key_id, "
+    "s.connection_id, g.name"
+)
+SUBSCRIPTIONS_FROM = "subscriptions s LEFT JOIN groups g ON g.id = s.group_id"
+
+
+def dump_filter(filter_: Filter | None) -> str | None:
+    """A filter as stored; sorted keys so two equal filters compare equal as text."""
+    return None if not filter_ else json.dumps(filter_, sort_keys=True, separators=(",", ":"))
+
+
+def load_filter(text: str | None) -> Filter | None:
+    return None if text is None else json.loads(text)
+
+
+def dump_settings(spec: SubscriptionSpec) -> str:
+    return json.dumps(
+        {
+            "retry": asdict(spec.retry),
+            "max_concurrency": spec.max_concurrency,
+            "max_per_second": spec.max_per_second,
+        }
+    )
+
+
+def load_settings(text: str | None) -> dict[str, Any]:
+    return {} if text is None else dict(json.loads(text))
+
+
+def subscription_from_row(row: Sequence[Any]) -> Subscription:
+    (sid, topic, url, created_at, filter_, settings, paused, key_id, connection_id, group) = row
+    extra = load_settings(settings)
+    spec = SubscriptionSpec(
+        url=url,
+        topic=topic,
+        group=group,
+        filter=load_filter(filter_),
+        retry=RetryOverrides(**extra.get("retry", {})),
+        max_concurrency=extra.get("max_concurrency"),
+        max_per_second=extra.get("max_per_second"),
+    )
+    return Subscription(
+        id=sid,
+        spec=spec,
+        created_at=created_at,
+        paused=bool(paused),
+        key_id=key_id,
+        connection_id=connection_id,
+    )
+
+
+def dump_attributes(attributes: dict[str, str] | Any) -> str | None:
+    return json.dumps(dict(attributes), separators=(",", ":")) if attributes else None
+
+
+def load_attributes(text: str | None) -> dict[str, str]:
+    return {} if text is None else dict(json.loads(text))
+
+
+def changed_spec(spec: SubscriptionSpec, changes: SubscriptionChanges) -> SubscriptionSpec:
+    """`spec` with a partial update applied."""
+    filter_ = None if changes.clear_filter else changes.filter or spec.filter
+    concurrency = (
+        None if changes.clear_max_concurrency else changes.max_concurrency or spec.max_concurrency
+    )
+    pace = None if changes.clear_max_per_second else changes.max_per_second or spec.max_per_second
+    return replace(
+        spec,
+        url=changes.url or spec.url,
+        filter=filter_,
+        retry=changes.retry if changes.retry is not None else spec.retry,
+        max_concurrency=concurrency,
+        max_per_second=pace,
+    )
+
+
+def delivery_status(
+    now: float,
+    subscription_id: int | None,
+    group: str | None,
+    state: str,
+    attempts: int,
+    last_status: int | None,
+    last_error: str | None,
+    due_at: float,
+    lease: str | None,
+    delivered_at: float | None,
+) -> DeliveryStatus:
+    next_attempt: float | None = None
+    if state == "pending":
+        if lease is not None:
+            shown = DeliveryState.PENDING  # being attempted now
+        elif due_at > now:
+            shown, next_attempt = DeliveryState.WAITING, due_at
+        else:
+            shown, next_attempt = DeliveryState.PENDING, due_at
+    else:
+        shown = DeliveryState(state)
+    return DeliveryStatus(
+        subscription_id=subscription_id,
+        group=group,
+        state=shown,
+        attempts=attempts,
+        last_status=last_status,
+        last_error=last_error,
+        next_attempt_at=next_attempt,
+        delivered_at=delivered_at,
+    )
