@@ -1,7 +1,8 @@
-"""Fixtures: a real broker process, real receivers, an HTTP client."""
+"""Fixtures: a real broker process, real receivers, an HTTP client, a real PostgreSQL."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import aiohttp
 import pytest
 
 from tests.support.client import SeedClient
+from tests.support.postgres import PostgresCluster, postgres_available
 from tests.support.receiver import Behaviour, Receiver, accept
 from tests.support.server import ServerProcess
 
@@ -67,3 +69,29 @@ async def receiver(start_receiver: ReceiverFactory) -> Receiver:
 @pytest.fixture
 def client(http: aiohttp.ClientSession, server: ServerProcess) -> SeedClient:
     return SeedClient(http, server.url)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL server for the session, started by the first test that
+    asks. Skipped where PostgreSQL is not installed, except under CI, where it must be."""
+    reason = postgres_available()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true: .ci/run installs it)")
+        pytest.skip(reason)
+    cluster = PostgresCluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """A fresh, empty database of its own for each test, dropped afterwards."""
+    url = postgres_cluster.create_database()
+    yield url
+    if not postgres_cluster.running():  # a crash test left it down: the next test needs it
+        postgres_cluster.start()
+    postgres_cluster.drop_database(url.rsplit("/", 1)[1])
