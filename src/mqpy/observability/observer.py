@@ -21,7 +21,7 @@ from mqpy.observability.figures import StoreFigures, StoreFiguresCache
 from mqpy.observability.metrics import Gauges, LiveGauges, Metrics, TopicFigures
 from mqpy.observability.rates import RATE_SECONDS, SecondCounts, Throughput, TopicActivity
 from mqpy.observability.receivers import Failure, ReceiverActivity, ReceiverState
-from mqpy.store import SQLiteStore, Store
+from mqpy.store import Store
 from mqpy.topics import is_pattern
 from mqpy.topics import matches as topic_matches
 
@@ -50,8 +50,7 @@ class Observer:
         self._receivers: dict[int, ReceiverActivity] = {}
         self._in_flight = 0
         registry.register(LiveGauges(self._gauges))
-        if isinstance(store, SQLiteStore):  # its group-commit writer reports each batch
-            store.writer.on_commit = self._metrics.committed
+        store.observe_commits(self._metrics.committed)
 
     # Reported by the broker, once per accepted message.
 

@@ -11,7 +11,7 @@ Times are Unix seconds (floats) supplied by the caller, so tests control the clo
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mqpy.domain import (
@@ -53,6 +53,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Finish pending writes and release every resource."""
+
+    # Not abstract on purpose: a backend may have nothing to report.
+    def observe_commits(self, callback: Callable[[int, float], None]) -> None:  # noqa: B027
+        """Have `callback` called after each group-commit transaction with the number
+        of operations in it and its duration in seconds, for metrics. The default does
+        nothing: a backend without group commit has nothing to report."""
 
     # Connections. A receiving connection is also a push subscription on its topic.
 

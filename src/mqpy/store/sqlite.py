@@ -10,7 +10,7 @@ import asyncio
 import fcntl
 import os
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -103,6 +103,9 @@ class SQLiteStore(Store):
     def writer(self) -> GroupCommitWriter:
         """The group-commit writer, for batch-size figures."""
         return self._writer
+
+    def observe_commits(self, callback: Callable[[int, float], None]) -> None:
+        self._writer.on_commit = callback
 
     async def open(self) -> None:
         # Message bodies and receivers' signing secrets live here: owner only. SQLite
