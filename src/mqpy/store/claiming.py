@@ -83,7 +83,13 @@ class ClaimBuilder:
         if due_at is not None and (self.next_due is None or due_at < self.next_due):
             self.next_due = due_at
 
+    @property
+    def taken(self) -> int:
+        """Deliveries handed to the builder so far."""
+        return len(self._candidates)
+
     def add_subscription_rows(self, member: Member, rows: Sequence[Sequence[Any]]) -> None:
+        self._room[member.id] -= len(rows)
         secrets = self._secrets_of(member)
         self._candidates.extend(
             _Candidate(row[2], _delivery(row, member, self._lease, secrets)) for row in rows

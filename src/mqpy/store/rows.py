@@ -4,7 +4,7 @@ SQLite and PostgreSQL, so both stores share these conversions."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -48,7 +48,7 @@ def load_settings(text: str | None) -> dict[str, Any]:
     return {} if text is None else dict(json.loads(text))
 
 
-def subscription_from_row(row: Sequence[Any]) -> Subscription:
+def subscription_from_row(row: Iterable[Any]) -> Subscription:
     (sid, topic, url, created_at, filter_, settings, paused, key_id, connection_id, group) = row
     extra = load_settings(settings)
     spec = SubscriptionSpec(

@@ -1,0 +1,1213 @@
+"""The PostgreSQL store: several broker processes, on one or several hosts, share it.
+
+Every node reads and writes the same tables; nothing that decides a message's fate
+lives only in one process. Publishes and delivery outcomes are group-committed (one
+transaction and one round trip per batch, `batching.Batcher`); claims lock due
+deliveries with `FOR UPDATE SKIP LOCKED` under a lease whose token alone can settle
+them; subscriptions, groups and keys change under an exclusive advisory lock that
+publishes take shared, and bump `catalog.version`, so a node's cached routes are
+never older than the transaction that uses them.
+
+Times are the caller's, as on every store. No transaction stays open while waiting
+on anything but the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import asyncpg
+
+from mqpy.domain import (
+    ApiKey,
+    BacklogFull,
+    BadCursor,
+    BrokerStats,
+    Claim,
+    Conflict,
+    Connection,
+    DeadLetter,
+    Delivery,
+    Filter,
+    Mode,
+    NewMessage,
+    Page,
+    Published,
+    Role,
+    StoredMessage,
+    StoreUnavailable,
+    Subscription,
+    SubscriptionChanges,
+    SubscriptionSpec,
+    TopicInfo,
+    int_cursor,
+)
+from mqpy.filters import matches as filter_matches
+from mqpy.ids import new_connection_id, new_lease_token
+from mqpy.store import postgres_sql as sql
+from mqpy.store.base import Store, TopicBacklog
+from mqpy.store.batching import Batcher
+from mqpy.store.claiming import ClaimBuilder
+from mqpy.store.postgres_schema import CATALOG_LOCK, TALLY_SLOTS, migrate
+from mqpy.store.routes import (
+    GROUP_ROUTE_COLUMNS,
+    SUBSCRIPTION_ROUTE_COLUMNS,
+    Routes,
+    RouteTable,
+    Target,
+    build_routes,
+)
+from mqpy.store.rows import (
+    changed_spec,
+    delivery_status,
+    dump_attributes,
+    dump_filter,
+    dump_settings,
+    load_attributes,
+    subscription_from_row,
+)
+from mqpy.topics import TOPIC_NAME, is_pattern
+from mqpy.topics import matches as topic_matches
+
+log = logging.getLogger("mqpy.store")
+
+# What a pooled connection is to the type checker (the stubs make it generic).
+PgConnection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+
+# Delivered messages (and expired idempotency keys) forgotten per transaction.
+SWEEP_CHUNK = 500
+POOL_SIZE = 10
+# What tells us the database is out of reach (or refusing work for now), as opposed
+# to a statement of ours being wrong: the caller hears StoreUnavailable (HTTP 503).
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.TransactionRollbackError,
+)
+
+_SUBSCRIPTION_COLUMNS = (
+    "s.id, s.topic, s.url, s.created_at, s.filter, s.settings, s.paused, s.key_id, "
+    "s.connection_id, g.name"
+)
+_SUBSCRIPTIONS_FROM = "subscriptions s LEFT JOIN groups g ON g.id = s.group_id"
+_CONNECTION_COLUMNS = "id, mode, client_url, topic, connected_at, key_id"
+
+
+@dataclass(frozen=True, slots=True)
+class _PublishRequest:
+    messages: Sequence[NewMessage]
+    max_backlog: int
+    dedup_since: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """An ack (`due_at` None, `dead` False), a retry or a dead letter."""
+
+    delivery: Delivery
+    at: float
+    status: int | None
+    error: str | None = None
+    due_at: float | None = None
+    dead: bool = False
+
+
+def node_name() -> str:
+    """This process's name in leases and the node list: host, pid and a random tag."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class PostgresStore(Store):
+    """The `Store` interface on a PostgreSQL database that several nodes share."""
+
+    def __init__(self, dsn: str, *, pool_size: int = POOL_SIZE) -> None:
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._closed = False
+        self.node = node_name()
+        self._routes = RouteTable()
+        self._routes_version: int | None = None
+        self._publishes: Batcher[_PublishRequest, list[Published]] = Batcher(
+            self._flush_publishes, max_batch=256
+        )
+        self._outcomes: Batcher[_Outcome, None] = Batcher(self._flush_outcomes, max_batch=1000)
+
+    # Lifecycle.
+
+    async def open(self) -> None:
+        try:
+            conn = await asyncpg.connect(self._dsn)
+            try:
+                await migrate(conn)
+            finally:
+                await conn.close()
+            self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"cannot reach PostgreSQL: {exc}") from None
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._publishes.close()
+        await self._outcomes.close()
+        if self._pool is not None:
+            await self._pool.close()
+
+    def observe_commits(self, callback: Callable[[int, float], None]) -> None:
+        self._publishes.on_flush = callback
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, *, durable: bool = True) -> AsyncIterator[PgConnection]:
+        """A transaction on a pooled connection; `durable=False` for bookkeeping whose
+        loss in a crash only means a delivery is made again (claims, outcomes): its
+        commit does not wait for the WAL flush."""
+        if self._closed or self._pool is None:
+            raise StoreUnavailable("the store is closed")
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                if not durable:
+                    await conn.execute("SET LOCAL synchronous_commit = off")
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"the store could not be reached: {exc}") from None
+
+    async def _catalog_change(self, conn: PgConnection) -> None:
+        """Serialise a change to subscriptions, groups or keys against every publish
+        on every node, and mark every node's routes stale."""
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOG_LOCK)
+        await conn.execute("UPDATE catalog SET version = version + 1")
+        self._routes.invalidate()
+        self._routes_version = None
+
+    async def _current_routes(self, conn: PgConnection) -> Routes:
+        version = await conn.fetchval("SELECT version FROM catalog")
+        return await self._load_routes_if_stale(conn, version)
+
+    async def _load_routes_if_stale(self, conn: PgConnection, version: int) -> Routes:
+        if version != self._routes_version:
+            subscriptions = await conn.fetch(
+                f"SELECT {SUBSCRIPTION_ROUTE_COLUMNS} FROM subscriptions WHERE active ORDER BY id"
+            )
+            groups = await conn.fetch(
+                f"SELECT {GROUP_ROUTE_COLUMNS} FROM groups WHERE active ORDER BY id"
+            )
+            routes = build_routes(subscriptions, groups)
+            self._routes.invalidate()
+            self._routes.get(lambda: routes)
+            self._routes_version = version
+        return self._routes.get(_never_stale)
+
+    # Connections and subscriptions.
+
+    async def add_connection(
+        self,
+        mode: Mode,
+        client_url: str,
+        topic: str,
+        now: float,
+        *,
+        key_id: str | None = None,
+        secret: str | None = None,
+        group: str | None = None,
+        filter: Filter | None = None,
+    ) -> Connection:
+        async with self._transaction() as conn:
+            if mode is Mode.RECEIVE:
+                await self._catalog_change(conn)
+            connection_id = await _new_id(conn)
+            await conn.execute(
+                "INSERT INTO connections (id, mode, client_url, topic, connected_at, key_id) "
+                "VALUES ($1, $2, $3, $4, $5, $6)",
+                connection_id,
+                mode.value,
+                client_url,
+                topic,
+                now,
+                key_id,
+            )
+            if mode is Mode.RECEIVE:
+                spec = SubscriptionSpec(url=client_url, topic=topic, group=group, filter=filter)
+                await _insert_subscription(
+                    conn, connection_id, spec, now, key_id, secret, connection_id
+                )
+            return Connection(connection_id, mode, client_url, topic, now, key_id)
+
+    async def add_subscription(
+        self, spec: SubscriptionSpec, now: float, *, key_id: str | None, secret: str | None
+    ) -> Subscription:
+        async with self._transaction() as conn:
+            await self._catalog_change(conn)
+            subscription_id = await _new_id(conn)
+            await _insert_subscription(conn, subscription_id, spec, now, key_id, secret, None)
+            subscription = await _subscription(conn, subscription_id)
+            assert subscription is not None
+            return subscription
+
+    async def subscription(self, subscription_id: int) -> Subscription | None:
+        async with self._transaction() as conn:
+            return await _subscription(conn, subscription_id)
+
+    async def subscriptions(
+        self, *, topic: str | None = None, cursor: str | None = None, limit: int = 100
+    ) -> Page[Subscription]:
+        after = int_cursor(cursor)
+        found: list[Subscription] = []
+        last = after if after is not None else 0
+        async with self._transaction() as conn:
+            # Pattern matching happens here, not in SQL: read in chunks until a page
+            # is full or the table ends.
+            while len(found) <= limit:
+                rows = await conn.fetch(
+                    f"SELECT {_SUBSCRIPTION_COLUMNS} FROM {_SUBSCRIPTIONS_FROM} "
+                    "WHERE s.active AND s.id > $1 ORDER BY s.id LIMIT $2",
+                    last,
+                    limit + 1,
+                )
+                for row in rows:
+                    if topic is None or topic_matches(row[1], topic):
+                        found.append(subscription_from_row(row))
+                if len(rows) <= limit:
+                    break
+                last = rows[-1][0]
+        page = found[:limit]
+        more = len(found) > limit
+        return Page(page, str(page[-1].id) if more else None)
+
+    async def update_subscription(
+        self, subscription_id: int, changes: SubscriptionChanges
+    ) -> Subscription | None:
+        async with self._transaction() as conn:
+            await self._catalog_change(conn)
+            current = await _subscription(conn, subscription_id)
+            if current is None:
+                return None
+            spec = changed_spec(current.spec, changes)
+            if spec.filter != current.spec.filter and spec.group is not None:
+                await _change_group_filter(conn, subscription_id, spec)
+            await conn.execute(
+                "UPDATE subscriptions SET url = $1, filter = $2, settings = $3 WHERE id = $4",
+                spec.url,
+                dump_filter(spec.filter),
+                dump_settings(spec),
+                subscription_id,
+            )
+            if current.connection_id is not None:
+                await conn.execute(
+                    "UPDATE connections SET client_url = $1 WHERE id = $2",
+                    spec.url,
+                    current.connection_id,
+                )
+            return await _subscription(conn, subscription_id)
+
+    async def set_paused(self, subscription_id: int, paused: bool) -> Subscription | None:
+        async with self._transaction() as conn:
+            await self._catalog_change(conn)
+            await conn.execute(
+                "UPDATE subscriptions SET paused = $1 WHERE id = $2 AND active",
+                paused,
+                subscription_id,
+            )
+            return await _subscription(conn, subscription_id)
+
+    async def remove_subscription(self, subscription_id: int, now: float) -> Subscription | None:
+        async with self._transaction() as conn:
+            await self._catalog_change(conn)
+            subscription = await _subscription(conn, subscription_id)
+            if subscription is None:
+                return None
+            if subscription.connection_id is not None:
+                await conn.execute(
+                    "UPDATE connections SET disconnected_at = $1 "
+                    "WHERE id = $2 AND disconnected_at IS NULL",
+                    now,
+                    subscription.connection_id,
+                )
+            await self._end_subscription(conn, subscription_id, now)
+            return subscription
+
+    async def rotate_secret(
+        self, subscription_id: int, secret: str, *, now: float, overlap_seconds: float
+    ) -> bool:
+        async with self._transaction() as conn:
+            await self._catalog_change(conn)
+            status = await conn.execute(
+                "UPDATE subscriptions SET previous_secret = secret, "
+                "previous_secret_until = $1, secret = $2 WHERE id = $3 AND active",
+                now + overlap_seconds,
+                secret,
+                subscription_id,
+            )
+            return _row_count(status) > 0
+
+    async def remove_connection(self, connection_id: int, now: float) -> Connection | None:
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_CONNECTION_COLUMNS} FROM connections "
+                "WHERE id = $1 AND disconnected_at IS NULL FOR UPDATE",
+                connection_id,
+            )
+            if row is None:
+                return None
+            connection = _connection(row)
+            if connection.mode is Mode.RECEIVE:
+                await self._catalog_change(conn)
+            await conn.execute(
+                "UPDATE connections SET disconnected_at = $1 WHERE id = $2", now, connection_id
+            )
+            if connection.mode is Mode.RECEIVE:
+                await self._end_subscription(conn, connection_id, now)
+            return connection
+
+    async def _end_subscription(self, conn: PgConnection, subscription_id: int, now: float) -> None:
+        ended = await conn.fetchrow(
+            "UPDATE subscriptions SET active = false WHERE id = $1 AND active RETURNING group_id",
+            subscription_id,
+        )
+        if ended is None:
+            return
+        group_id = ended[0]
+        if group_id is not None:
+            others = await conn.fetchval(
+                "SELECT count(*) FROM subscriptions WHERE group_id = $1 AND active", group_id
+            )
+            if others:
+                # The group's work stays for the other members; what this member held
+                # is due again now rather than when its lease would run out.
+                await conn.execute(
+                    "UPDATE deliveries SET lease = NULL, leased_by = NULL, due_at = $1 "
+                    "WHERE group_id = $2 AND subscription_id = $3 AND state = 'pending' "
+                    "AND lease IS NOT NULL",
+                    now,
+                    group_id,
+                    subscription_id,
+                )
+                return
+            await conn.execute("UPDATE groups SET active = false WHERE id = $1", group_id)
+            rows = await conn.fetch(
+                "DELETE FROM deliveries WHERE group_id = $1 AND state <> 'delivered' "
+                "RETURNING message_seq",
+                group_id,
+            )
+        else:
+            # Dead letters go too: nothing could redrive them to a receiver that is
+            # gone. Delivered rows stay, as the message's history, until it is swept.
+            rows = await conn.fetch(
+                "DELETE FROM deliveries WHERE subscription_id = $1 AND group_id IS NULL "
+                "AND state <> 'delivered' RETURNING message_seq",
+                subscription_id,
+            )
+        finished = await _finish_messages(conn, {row[0]: now for row in rows})
+        await _add_tallies(conn, stored=-finished)
+
+    async def connections(self) -> list[Connection]:
+        async with self._transaction() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE disconnected_at IS NULL"
+            )
+        return [_connection(row) for row in rows]
+
+    # Publishing.
+
+    async def publish(
+        self,
+        messages: Sequence[NewMessage],
+        *,
+        max_backlog: int = 0,
+        dedup_since: float = 0.0,
+    ) -> list[Published]:
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        return await self._publishes.submit(_PublishRequest(messages, max_backlog, dedup_since))
+
+    async def _flush_publishes(
+        self, requests: Sequence[_PublishRequest]
+    ) -> list[list[Published] | BaseException]:
+        try:
+            return await self._publish_together(requests)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            if len(requests) == 1:
+                raise
+        # One request spoiled the shared transaction: give each its own, so only the
+        # one at fault hears of it.
+        outcomes: list[list[Published] | BaseException] = []
+        for request in requests:
+            try:
+                outcomes.extend(await self._publish_together([request]))
+            except Exception as exc:  # noqa: BLE001 - handed to its own caller
+                outcomes.append(exc)
+        return outcomes
+
+    async def _publish_together(
+        self, requests: Sequence[_PublishRequest]
+    ) -> list[list[Published] | BaseException]:
+        async with self._transaction() as conn:
+            # Shared: publishes on every node go side by side, and a subscription
+            # change waits until they commit (and they for it), so no message is
+            # routed by a table that a committed change has made stale.
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", CATALOG_LOCK)
+            version, stored = await _one(
+                conn,
+                "SELECT (SELECT version FROM catalog), (SELECT sum(stored)::bigint FROM tallies)",
+            )
+            routes = await self._load_routes_if_stale(conn, version)
+            plan = _PublishPlan(routes)
+            outcomes: list[list[Published] | BaseException] = []
+            accepted: list[tuple[int, _PublishRequest]] = []
+            for request in requests:
+                if request.max_backlog > 0 and stored + len(request.messages) > request.max_backlog:
+                    outcomes.append(
+                        BacklogFull(
+                            f"the broker holds {request.max_backlog} undelivered messages, "
+                            "its --max-backlog"
+                        )
+                    )
+                    continue
+                stored += len(request.messages)
+                accepted.append((len(outcomes), request))
+                outcomes.append([])
+            plan.held = await _held_idempotency_keys(conn, [r for _, r in accepted])
+            for index, request in accepted:
+                outcomes[index] = [plan.add(message) for message in request.messages]
+            await plan.write(conn)
+            return outcomes
+
+    # Reading messages, and forgetting them.
+
+    async def message(self, message_id: str, now: float) -> StoredMessage | None:
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                "SELECT seq, topic, body, attributes, ordering_key, published_at, deliver_at "
+                "FROM messages WHERE id = $1",
+                message_id,
+            )
+            if row is None:
+                return None
+            rows = await conn.fetch(
+                "SELECT d.subscription_id, g.name, d.state, d.attempts, d.last_status, "
+                "d.last_error, d.due_at, d.lease, d.delivered_at FROM deliveries d "
+                "LEFT JOIN groups g ON g.id = d.group_id WHERE d.message_seq = $1 ORDER BY d.id",
+                row["seq"],
+            )
+        return StoredMessage(
+            id=message_id,
+            topic=row["topic"],
+            body=row["body"],
+            attributes=load_attributes(row["attributes"]),
+            ordering_key=row["ordering_key"],
+            published_at=row["published_at"],
+            deliver_at=row["deliver_at"],
+            deliveries=[delivery_status(now, *delivery) for delivery in rows],
+        )
+
+    async def sweep(self, *, delivered_before: float, dedup_before: float) -> int:
+        removed = 0
+        while True:
+            # Each chunk is its own short transaction: publishes and acks go in between,
+            # and vacuum can reclaim what a chunk deleted as soon as it commits.
+            async with self._transaction(durable=False) as conn:
+                seqs = await conn.fetch(
+                    "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages "
+                    "WHERE done_at IS NOT NULL AND done_at < $1 LIMIT $2 "
+                    "FOR UPDATE SKIP LOCKED) RETURNING seq",
+                    delivered_before,
+                    SWEEP_CHUNK,
+                )
+                await conn.execute(
+                    "DELETE FROM deliveries WHERE message_seq = ANY($1::bigint[])",
+                    [row[0] for row in seqs],
+                )
+                keys = _row_count(
+                    await conn.execute(
+                        "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(SELECT ctid FROM "
+                        "idempotency_keys WHERE created_at < $1 LIMIT $2 "
+                        "FOR UPDATE SKIP LOCKED))",
+                        dedup_before,
+                        SWEEP_CHUNK,
+                    )
+                )
+            removed += len(seqs)
+            if len(seqs) < SWEEP_CHUNK and keys < SWEEP_CHUNK:
+                return removed
+
+    # Claiming and settling deliveries.
+
+    async def claim(
+        self,
+        *,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        per_subscription_limit: int,
+        busy: Mapping[int, int],
+    ) -> Claim:
+        lease = new_lease_token()
+        async with self._transaction(durable=False) as conn:
+            routes = await self._current_routes(conn)
+            builder = ClaimBuilder(
+                routes,
+                limit=limit,
+                now=now,
+                lease=lease,
+                per_subscription_limit=per_subscription_limit,
+                busy=busy,
+            )
+            more_due_now = await _claim_rounds(conn, builder, routes, limit=limit, now=now)
+            if more_due_now:
+                builder.consider(now)
+            else:
+                builder.consider(
+                    await conn.fetchval(
+                        sql.NEXT_DUE,
+                        [member.id for member, _ in builder.subscription_takes()],
+                        [group_id for group_id, _ in builder.group_takes()],
+                        now,
+                    )
+                )
+            claimed = builder.finish()
+            if claimed.deliveries:
+                await conn.execute(
+                    sql.LEASE,
+                    now + lease_seconds,
+                    lease,
+                    self.node,
+                    [d.delivery_id for d in claimed.deliveries],
+                    [d.subscription_id for d in claimed.deliveries],
+                )
+            return claimed
+
+    async def ack(self, delivery: Delivery, *, now: float = 0.0, status: int | None = None) -> None:
+        await self._settle(_Outcome(delivery, now, status))
+
+    async def retry(
+        self, delivery: Delivery, *, due_at: float, error: str, status: int | None
+    ) -> None:
+        await self._settle(_Outcome(delivery, due_at, status, error, due_at=due_at))
+
+    async def dead_letter(
+        self, delivery: Delivery, *, now: float, error: str, status: int | None
+    ) -> None:
+        await self._settle(_Outcome(delivery, now, status, error, dead=True))
+
+    async def _settle(self, outcome: _Outcome) -> None:
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        await self._outcomes.submit(outcome)
+
+    async def _flush_outcomes(self, outcomes: Sequence[_Outcome]) -> list[None]:
+        acks = sorted(
+            (o for o in outcomes if o.due_at is None and not o.dead),
+            key=lambda o: o.delivery.delivery_id,
+        )
+        retries = [o for o in outcomes if o.due_at is not None]
+        deaths = [o for o in outcomes if o.dead]
+        async with self._transaction(durable=False) as conn:
+            if retries:
+                await conn.execute(sql.RETRY, *_outcome_arrays(retries, due=True))
+            if deaths:
+                await conn.execute(sql.DEAD_LETTER, *_outcome_arrays(deaths, due=False))
+            if acks:
+                acked = await conn.fetch(
+                    sql.ACK,
+                    [o.delivery.delivery_id for o in acks],
+                    [o.delivery.lease for o in acks],
+                    [o.at for o in acks],
+                    [o.status for o in acks],
+                )
+                finished = await _finish_messages(conn, {row[0]: row[1] for row in acked})
+                await _add_tallies(conn, stored=-finished, delivered=len(acked))
+        return [None] * len(outcomes)
+
+    async def release(self, deliveries: Sequence[Delivery], now: float) -> None:
+        async with self._transaction(durable=False) as conn:
+            await conn.execute(
+                sql.RELEASE,
+                now,
+                [d.delivery_id for d in deliveries],
+                [d.lease for d in deliveries],
+            )
+
+    # API keys.
+
+    async def add_key(self, key: ApiKey) -> None:
+        async with self._transaction() as conn:
+            await self._catalog_change(conn)
+            await conn.execute(
+                "INSERT INTO api_keys (id, role, topics, secret_hash, created_at) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                key.id,
+                key.role.value,
+                "\n".join(key.topics),
+                key.secret_hash,
+                key.created_at,
+            )
+
+    async def keys(self) -> list[ApiKey]:
+        async with self._transaction() as conn:
+            rows = await conn.fetch(
+                "SELECT id, role, topics, secret_hash, created_at FROM api_keys "
+                "WHERE revoked_at IS NULL ORDER BY created_at, id"
+            )
+        return [
+            ApiKey(key_id, Role(role), tuple(filter(None, topics.split("\n"))), hashed, at)
+            for key_id, role, topics, hashed, at in rows
+        ]
+
+    async def revoke_key(self, key_id: str, now: float) -> bool:
+        async with self._transaction() as conn:
+            await self._catalog_change(conn)
+            status = await conn.execute(
+                "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                now,
+                key_id,
+            )
+        return _row_count(status) > 0
+
+    # Dead letters.
+
+    async def dead_letters(
+        self, *, subscription_id: int | None = None, cursor: str | None = None, limit: int = 100
+    ) -> Page[DeadLetter]:
+        dead_at, delivery_id = _dead_letter_cursor(cursor)
+        query = (
+            "SELECT m.id, d.subscription_id, d.attempts, d.last_error, d.dead_at, m.body, "
+            "m.topic, d.last_status, m.attributes, d.id "
+            "FROM deliveries d JOIN messages m ON m.seq = d.message_seq "
+            "WHERE d.state = 'dead' AND (d.dead_at, d.id) > ($1, $2) "
+            "AND ($3::bigint IS NULL OR d.subscription_id = $3) "
+            "ORDER BY d.dead_at, d.id LIMIT $4"
+        )
+        async with self._transaction() as conn:
+            rows = await conn.fetch(query, dead_at, delivery_id, subscription_id, limit + 1)
+        page = rows[:limit]
+        letters = [
+            DeadLetter(
+                message_id=row[0],
+                receiver_id=row[1],
+                attempts=row[2],
+                last_error=row[3],
+                dead_at=row[4],
+                body=row[5],
+                topic=row[6],
+                last_status=row[7],
+                attributes=load_attributes(row[8]),
+            )
+            for row in page
+        ]
+        more = len(rows) > limit
+        return Page(letters, f"{page[-1][4]!r}:{page[-1][9]}" if more else None)
+
+    async def redrive(self, now: float, receiver_id: int | None = None) -> int:
+        async with self._transaction() as conn:
+            status = await conn.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, due_at = $1, "
+                "dead_at = NULL, lease = NULL, leased_by = NULL WHERE state = 'dead' AND ("
+                "(group_id IS NULL AND subscription_id IN "
+                "(SELECT id FROM subscriptions WHERE active)) OR "
+                "group_id IN (SELECT id FROM groups WHERE active)) "
+                "AND ($2::bigint IS NULL OR subscription_id = $2)",
+                now,
+                receiver_id,
+            )
+        return _row_count(status)
+
+    async def purge_dead_letters(self, subscription_id: int | None = None, *, now: float) -> int:
+        async with self._transaction() as conn:
+            rows = await conn.fetch(
+                "DELETE FROM deliveries WHERE state = 'dead' "
+                "AND ($1::bigint IS NULL OR subscription_id = $1) RETURNING message_seq",
+                subscription_id,
+            )
+            finished = await _finish_messages(conn, {row[0]: now for row in rows})
+            await _add_tallies(conn, stored=-finished)
+        return len(rows)
+
+    # Topics and figures.
+
+    async def topics(self, *, cursor: str | None = None, limit: int = 100) -> Page[TopicInfo]:
+        if cursor is not None and not TOPIC_NAME.fullmatch(cursor):
+            raise BadCursor(f"the cursor {cursor!r} was not handed out by this list")
+        async with self._transaction() as conn:
+            names = [
+                row[0]
+                for row in await conn.fetch(
+                    "SELECT name FROM topics WHERE name > $1 ORDER BY name LIMIT $2",
+                    cursor or "",
+                    limit + 1,
+                )
+            ]
+            page = [await self._topic_info(conn, name) for name in names[:limit]]
+        more = len(names) > limit
+        return Page([t for t in page if t is not None], names[limit - 1] if more else None)
+
+    async def topic(self, name: str) -> TopicInfo | None:
+        async with self._transaction() as conn:
+            return await self._topic_info(conn, name)
+
+    async def _topic_info(self, conn: PgConnection, name: str) -> TopicInfo | None:
+        row = await conn.fetchrow(
+            "SELECT (SELECT coalesce(sum(published), 0) FROM topic_counts WHERE topic = $1) "
+            "FROM topics WHERE name = $1",
+            name,
+        )
+        if row is None:
+            return None
+        backlog, oldest = await _one(
+            conn,
+            "SELECT count(*), min(published_at) FROM messages m WHERE topic = $1 "
+            "AND done_at IS NULL AND (NOT routed OR EXISTS (SELECT 1 FROM deliveries d "
+            "WHERE d.message_seq = m.seq AND d.state = 'pending'))",
+            name,
+        )
+        routes = await self._current_routes(conn)
+        subscriptions = sum(
+            1 for member in routes.members.values() if topic_matches(member.topic, name)
+        )
+        return TopicInfo(name, int(row[0]), backlog, oldest, subscriptions)
+
+    async def stats(self) -> BrokerStats:
+        async with self._transaction() as conn:
+            by_mode = {
+                row[0]: row[1]
+                for row in await conn.fetch(
+                    "SELECT mode, count(*) FROM connections WHERE disconnected_at IS NULL "
+                    "GROUP BY mode"
+                )
+            }
+            pending, waiting, delivered = await _one(
+                conn,
+                "SELECT (SELECT count(*) FROM deliveries WHERE state = 'pending'), "
+                "(SELECT count(*) FROM messages WHERE NOT routed), "
+                "(SELECT sum(delivered)::bigint FROM tallies)",
+            )
+        return BrokerStats(
+            receivers=by_mode.get(Mode.RECEIVE.value, 0),
+            senders=by_mode.get(Mode.SEND.value, 0),
+            queue_length=pending + waiting,
+            completed=int(delivered),
+        )
+
+    async def ping(self) -> None:
+        async with self._transaction() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def topic_backlogs(self) -> list[TopicBacklog]:
+        async with self._transaction() as conn:
+            rows = await conn.fetch(
+                "SELECT topic, count(*), min(published_at) FROM messages m WHERE NOT routed "
+                "OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_seq = m.seq "
+                "AND d.state = 'pending') GROUP BY topic ORDER BY topic"
+            )
+        return [TopicBacklog(topic, count, oldest) for topic, count, oldest in rows]
+
+    async def dead_letter_count(self) -> int:
+        async with self._transaction() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM deliveries WHERE state = 'dead'"))
+
+
+async def _claim_rounds(
+    conn: PgConnection, builder: ClaimBuilder, routes: Routes, *, limit: int, now: float
+) -> bool:
+    """Choose due deliveries, lock what no other node is taking, and hand those to the
+    builder; choose again in place of any another node took meanwhile. Returns
+    whether more were due than this claim could take."""
+    passed_over: list[int] = []
+    while True:
+        members = builder.subscription_takes()
+        groups = builder.group_takes()
+        left = limit - builder.taken
+        if left <= 0 or not (members or groups):
+            return left <= 0 and bool(members or groups)
+        # One row beyond what a target takes tells whether more are due right now.
+        rows = await conn.fetch(
+            sql.DUE,
+            [member.id for member, _ in members],
+            [take + 1 for _, take in members],
+            [group_id for group_id, _ in groups],
+            [take + 1 for _, take in groups],
+            now,
+            passed_over,
+        )
+        takes = {(False, m.id): take for m, take in members}
+        takes.update({(True, g): take for g, take in groups})
+        chosen, more_due_now = _oldest_due(rows, takes, left)
+        if not chosen:
+            return more_due_now
+        locked = {row[0]: row for row in await conn.fetch(sql.LOCK_DUE, list(chosen), now)}
+        for delivery_id, (is_group, target) in chosen.items():
+            row = locked.get(delivery_id)
+            if row is None:
+                passed_over.append(delivery_id)
+            elif is_group:
+                builder.add_group_rows(target, [tuple(row)])
+            else:
+                builder.add_subscription_rows(routes.members[target], [tuple(row)])
+        if len(locked) == len(chosen):
+            return more_due_now
+
+
+def _oldest_due(
+    rows: Sequence[asyncpg.Record], takes: Mapping[tuple[bool, int], int], left: int
+) -> tuple[dict[int, tuple[bool, int]], bool]:
+    """The oldest due of `rows` (target id, is group, delivery id, due at), at most
+    each target's take and `left` in all, in due order; and whether any were left
+    over, that is, whether more are due right now than were chosen."""
+    per_target: dict[tuple[bool, int], list[tuple[float, int]]] = {}
+    for target, is_group, delivery_id, due_at in rows:
+        per_target.setdefault((is_group, target), []).append((due_at, delivery_id))
+    more = False
+    candidates: list[tuple[float, int, tuple[bool, int]]] = []
+    for target, found in per_target.items():
+        found.sort()
+        take = takes[target]
+        more = more or len(found) > take
+        candidates.extend((due_at, delivery_id, target) for due_at, delivery_id in found[:take])
+    candidates.sort()
+    more = more or len(candidates) > left
+    return {delivery_id: target for _, delivery_id, target in candidates[:left]}, more
+
+
+def _never_stale() -> Routes:
+    raise AssertionError("routes are loaded before they are read")
+
+
+class _PublishPlan:
+    """The rows one publish transaction writes, gathered for one statement."""
+
+    def __init__(self, routes: Routes) -> None:
+        self._routes = routes
+        self._messages: list[NewMessage] = []
+        self._routed: list[bool] = []
+        self._deliveries: list[tuple[str, int | None, int | None, str | None, float]] = []
+        self._topics: dict[str, tuple[int, float]] = {}  # name: (count, first seen)
+        # Idempotency keys an earlier transaction holds, and those this one takes.
+        self.held: dict[tuple[str, str], str] = {}
+        self._taken: dict[tuple[str, str], str] = {}
+
+    def add(self, message: NewMessage) -> Published:
+        key = _idempotency_of(message)
+        if key is not None:
+            holder = self.held.get(key) or self._taken.get(key)
+            if holder is not None:
+                return Published(holder, duplicate=True)
+            self._taken[key] = message.id
+        targets = self._routes.for_message(message.topic, message.attributes)
+        self._messages.append(message)
+        self._routed.append(bool(targets))
+        due = max(message.published_at, message.deliver_at or 0.0)
+        self._deliveries.extend(
+            (message.id, t.subscription_id, t.group_id, message.ordering_key, due) for t in targets
+        )
+        count, first = self._topics.get(message.topic, (0, message.published_at))
+        self._topics[message.topic] = (count + 1, min(first, message.published_at))
+        return Published(message.id, deliveries=len(targets))
+
+    async def write(self, conn: PgConnection) -> None:
+        if not self._messages:
+            return
+        keys = sorted({_lock_key(m.ordering_key) for m in self._messages if m.ordering_key})
+        if keys:
+            await conn.execute(sql.LOCK_ORDERING_KEYS, keys)
+        messages = self._messages
+        deliveries = self._deliveries
+        await conn.execute(
+            sql.PUBLISH,
+            [m.id for m in messages],
+            [m.topic for m in messages],
+            [m.body for m in messages],
+            [m.publisher_id for m in messages],
+            [m.published_at for m in messages],
+            self._routed,
+            [dump_attributes(m.attributes) for m in messages],
+            [m.ordering_key for m in messages],
+            [m.deliver_at for m in messages],
+            [d[0] for d in deliveries],
+            [d[1] for d in deliveries],
+            [d[2] for d in deliveries],
+            [d[3] for d in deliveries],
+            [d[4] for d in deliveries],
+            list(self._topics),
+            [first for _, first in self._topics.values()],
+            secrets.randbelow(TALLY_SLOTS),
+            [count for count, _ in self._topics.values()],
+            len(messages),
+        )
+        if deliveries:
+            # One notification per transaction: NOTIFY serialises commits on a global
+            # lock, so never one per message.
+            await conn.execute("SELECT pg_notify('mqpy_due', '')")
+
+
+def _idempotency_of(message: NewMessage) -> tuple[str, str] | None:
+    if message.idempotency_key is None:
+        return None
+    return (message.publisher_key or "", message.idempotency_key)
+
+
+async def _held_idempotency_keys(
+    conn: PgConnection, requests: Sequence[_PublishRequest]
+) -> dict[tuple[str, str], str]:
+    """Take the idempotency keys these messages carry (the first message with a key
+    takes it); returns the keys that an earlier transaction holds, with its message."""
+    first: dict[tuple[str, str], NewMessage] = {}
+    since = float("inf")
+    for request in requests:
+        for message in request.messages:
+            key = _idempotency_of(message)
+            if key is not None and key not in first:
+                first[key] = message
+                # Every request carries the same --dedup-window in practice; the
+                # widest asked for wins.
+                since = min(since, request.dedup_since)
+    if not first:
+        return {}
+    ours = {
+        (row[0], row[1])
+        for row in await conn.fetch(
+            sql.CLAIM_IDEMPOTENCY_KEYS,
+            [k[0] for k in first],
+            [k[1] for k in first],
+            [m.id for m in first.values()],
+            [m.published_at for m in first.values()],
+            since,
+        )
+    }
+    taken = [k for k in first if k not in ours]
+    if not taken:
+        return {}
+    rows = await conn.fetch(sql.HELD_IDEMPOTENCY_KEYS, [k[0] for k in taken], [k[1] for k in taken])
+    return {(row[0], row[1]): row[2] for row in rows}
+
+
+async def _new_id(conn: PgConnection) -> int:
+    """A random id no connection or subscription ever had: a primary key on every id
+    handed out settles a race between nodes."""
+    while True:
+        candidate = new_connection_id()
+        issued = await conn.fetchval(
+            "INSERT INTO issued_ids (id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING id",
+            candidate,
+        )
+        if issued is not None:
+            return candidate
+
+
+async def _insert_subscription(
+    conn: PgConnection,
+    subscription_id: int,
+    spec: SubscriptionSpec,
+    now: float,
+    key_id: str | None,
+    secret: str | None,
+    connection_id: int | None,
+) -> None:
+    group_id = None
+    new_target = True
+    if spec.group is not None:
+        group_id, new_target = await _join_group(conn, spec, now)
+    await conn.execute(
+        "INSERT INTO subscriptions (id, topic, url, created_at, secret, group_id, filter, "
+        "settings, key_id, connection_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        subscription_id,
+        spec.topic,
+        spec.url,
+        now,
+        secret,
+        group_id,
+        dump_filter(spec.filter),
+        dump_settings(spec),
+        key_id,
+        connection_id,
+    )
+    if not is_pattern(spec.topic):
+        await conn.execute(
+            "INSERT INTO topics (name, first_seen) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            spec.topic,
+            now,
+        )
+    if new_target:
+        target = Target(
+            spec.topic, spec.filter, None if group_id is not None else subscription_id, group_id
+        )
+        await _route_waiting_messages(conn, target, now)
+
+
+async def _join_group(conn: PgConnection, spec: SubscriptionSpec, now: float) -> tuple[int, bool]:
+    """The active group this member joins (created if new), and whether it is new.
+    The caller holds the catalog lock, so no other node creates it meanwhile."""
+    row = await conn.fetchrow(
+        "SELECT id, filter FROM groups WHERE topic = $1 AND name = $2 AND active",
+        spec.topic,
+        spec.group,
+    )
+    wanted = dump_filter(spec.filter)
+    if row is None:
+        group_id = await conn.fetchval(
+            "INSERT INTO groups (topic, name, filter, created_at) VALUES ($1, $2, $3, $4) "
+            "RETURNING id",
+            spec.topic,
+            spec.group,
+            wanted,
+            now,
+        )
+        return int(group_id), True
+    if row["filter"] != wanted:
+        raise Conflict(
+            f"the group {spec.group!r} on {spec.topic!r} has the filter "
+            f"{row['filter'] or 'none'}; its members must all carry the same filter"
+        )
+    return int(row["id"]), False
+
+
+async def _change_group_filter(
+    conn: PgConnection, subscription_id: int, spec: SubscriptionSpec
+) -> None:
+    group_id, members = await _one(
+        conn,
+        "SELECT s.group_id, (SELECT count(*) FROM subscriptions o WHERE o.group_id = "
+        "s.group_id AND o.active) FROM subscriptions s WHERE s.id = $1",
+        subscription_id,
+    )
+    if members > 1:
+        raise Conflict(
+            f"subscription {subscription_id} shares the group {spec.group!r} with "
+            f"{members - 1} other member(s); a group's members must all carry the same "
+            "filter, so change it on a new group"
+        )
+    await conn.execute(
+        "UPDATE groups SET filter = $1 WHERE id = $2", dump_filter(spec.filter), group_id
+    )
+
+
+async def _subscription(conn: PgConnection, subscription_id: int) -> Subscription | None:
+    row = await conn.fetchrow(
+        f"SELECT {_SUBSCRIPTION_COLUMNS} FROM {_SUBSCRIPTIONS_FROM} WHERE s.id = $1 AND s.active",
+        subscription_id,
+    )
+    return None if row is None else subscription_from_row(row)
+
+
+async def _route_waiting_messages(conn: PgConnection, target: Target, now: float) -> None:
+    """Messages published while nothing matched them go to the first target that does.
+    The caller holds the catalog lock, so no publish commits meanwhile."""
+    if target.filter is None and not is_pattern(target.pattern):
+        await conn.execute(
+            "WITH routed AS (UPDATE messages SET routed = true WHERE topic = $3 AND NOT routed "
+            "RETURNING seq, ordering_key, deliver_at) "
+            "INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, "
+            "state, due_at) SELECT seq, $1, $2, ordering_key, 'pending', "
+            "greatest($4, coalesce(deliver_at, 0)) FROM routed ORDER BY seq",
+            target.subscription_id,
+            target.group_id,
+            target.pattern,
+            now,
+        )
+        return
+    rows = await conn.fetch(
+        "SELECT seq, topic, attributes, ordering_key, deliver_at FROM messages "
+        "WHERE NOT routed ORDER BY seq"
+    )
+    routed = [
+        row
+        for row in rows
+        if topic_matches(target.pattern, row["topic"])
+        and filter_matches(target.filter, load_attributes(row["attributes"]))
+    ]
+    if not routed:
+        return
+    await conn.execute(
+        "INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, state, "
+        "due_at) SELECT seq, $1, $2, key, 'pending', due FROM unnest($3::bigint[], $4::text[], "
+        "$5::float8[]) WITH ORDINALITY AS r (seq, key, due, n) ORDER BY n",
+        target.subscription_id,
+        target.group_id,
+        [row["seq"] for row in routed],
+        [row["ordering_key"] for row in routed],
+        [max(now, row["deliver_at"] or 0.0) for row in routed],
+    )
+    await conn.execute(
+        "UPDATE messages SET routed = true WHERE seq = ANY($1::bigint[])",
+        [row["seq"] for row in routed],
+    )
+
+
+async def _finish_messages(conn: PgConnection, done_at: dict[int, float]) -> int:
+    """Mark messages with nothing left to deliver as done (at the time given for each),
+    and return how many: they stay for the retention window, and the caller counts
+    them off the backlog."""
+    if not done_at:
+        return 0
+    seqs = sorted(done_at)
+    await conn.execute(sql.LOCK_MESSAGES, seqs)
+    finished = await conn.fetch(sql.FINISH_MESSAGES, seqs, [done_at[s] for s in seqs])
+    return len(finished)
+
+
+async def _add_tallies(conn: PgConnection, *, stored: int = 0, delivered: int = 0) -> None:
+    """Count into one slot of the spread tallies; last in its transaction, so its row
+    lock is held only for the commit."""
+    if stored or delivered:
+        await conn.execute(
+            "UPDATE tallies SET stored = stored + $1, delivered = delivered + $2 WHERE slot = $3",
+            stored,
+            delivered,
+            secrets.randbelow(TALLY_SLOTS),
+        )
+
+
+def _outcome_arrays(outcomes: Sequence[_Outcome], *, due: bool) -> list[list[Any]]:
+    return [
+        [o.delivery.delivery_id for o in outcomes],
+        [o.delivery.lease for o in outcomes],
+        [o.due_at if due else o.at for o in outcomes],
+        [o.error for o in outcomes],
+        [o.status for o in outcomes],
+    ]
+
+
+async def _one(conn: PgConnection, query: str, *args: Any) -> asyncpg.Record:
+    """The one row a query always returns (aggregates, sub-selects)."""
+    row = await conn.fetchrow(query, *args)
+    assert row is not None, query
+    return row
+
+
+def _lock_key(ordering_key: str) -> int:
+    """A stable signed 64-bit number for an ordering key (a collision only makes two
+    keys wait for each other)."""
+    digest = hashlib.blake2b(ordering_key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _row_count(status: str) -> int:
+    """Rows changed, from a command tag such as `UPDATE 3`."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _dead_letter_cursor(cursor: str | None) -> tuple[float, int]:
+    if cursor is None:
+        return (float("-inf"), 0)
+    try:
+        dead_at, delivery_id = cursor.split(":")
+        return (float(dead_at), int(delivery_id))
+    except ValueError:
+        raise BadCursor(f"the cursor {cursor!r} was not handed out by this list") from None
+
+
+def _connection(row: asyncpg.Record) -> Connection:
+    connection_id, mode, client_url, topic, connected_at, key_id = row
+    return Connection(connection_id, Mode(mode), client_url, topic, connected_at, key_id)

@@ -1,0 +1,180 @@
+"""The PostgreSQL schema as a versioned list of migrations, applied under a lock.
+
+Add a migration by appending to MIGRATIONS; never edit one that has shipped. The
+first node to start migrates while holding an advisory lock; nodes starting at the
+same moment wait for it and then find nothing left to do.
+
+The tables mirror the SQLite store's, with three differences that several nodes
+need: ids are handed out through `issued_ids` (a primary key decides a race, not a
+read before the write); the figures every publish and ack would otherwise update in
+one row (`tallies`, `topic_counts`) are spread over slots, so nodes do not queue on
+one row lock; and `catalog` carries a version that every change to subscriptions,
+groups or keys bumps, so each node knows when its cached routes are stale.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from mqpy.domain import SchemaTooNew
+
+# Slots of the spread counters: a transaction updates one, a reader sums them all.
+TALLY_SLOTS = 16
+# pg_advisory_xact_lock keys of our own (any 64-bit numbers; these spell "mqpy...").
+MIGRATION_LOCK = 0x6D71_7079_0001
+CATALOG_LOCK = 0x6D71_7079_0002
+
+MIGRATIONS: list[str] = [
+    # 1: everything the SQLite store has at its schema 3.
+    f"""
+    CREATE TABLE issued_ids (id bigint PRIMARY KEY);
+    CREATE TABLE connections (
+        id bigint PRIMARY KEY,
+        mode text NOT NULL,
+        client_url text NOT NULL,
+        topic text NOT NULL,
+        connected_at double precision NOT NULL,
+        disconnected_at double precision,
+        key_id text
+    );
+    CREATE INDEX connections_open ON connections (id) WHERE disconnected_at IS NULL;
+    CREATE TABLE groups (
+        id bigserial PRIMARY KEY,
+        topic text NOT NULL,
+        name text NOT NULL,
+        filter text,
+        created_at double precision NOT NULL,
+        active boolean NOT NULL DEFAULT true
+    );
+    CREATE UNIQUE INDEX groups_active ON groups (topic, name) WHERE active;
+    CREATE TABLE subscriptions (
+        id bigint PRIMARY KEY,
+        topic text NOT NULL,
+        url text NOT NULL,
+        created_at double precision NOT NULL,
+        active boolean NOT NULL DEFAULT true,
+        secret text,
+        previous_secret text,
+        previous_secret_until double precision,
+        group_id bigint,
+        filter text,
+        settings text,
+        paused boolean NOT NULL DEFAULT false,
+        key_id text,
+        connection_id bigint
+    );
+    CREATE INDEX subscriptions_active ON subscriptions (id) WHERE active;
+    CREATE TABLE messages (
+        seq bigserial PRIMARY KEY,
+        id text NOT NULL UNIQUE,
+        topic text NOT NULL,
+        body text NOT NULL,
+        publisher_id bigint,
+        published_at double precision NOT NULL,
+        routed boolean NOT NULL,
+        attributes text,
+        ordering_key text,
+        deliver_at double precision,
+        done_at double precision
+    );
+    CREATE INDEX messages_waiting ON messages (topic, seq) WHERE NOT routed;
+    CREATE INDEX messages_done ON messages (done_at) WHERE done_at IS NOT NULL;
+    -- A pending delivery is due at due_at. Claiming it moves due_at to the end of the
+    -- lease, so an expired lease simply makes it due again (a visibility timeout);
+    -- `lease` is the claim's own token, so a node whose lease ran out and was taken
+    -- over can no longer ack, retry or renew it. `leased_by` names the node.
+    CREATE TABLE deliveries (
+        id bigserial PRIMARY KEY,
+        message_seq bigint NOT NULL,
+        subscription_id bigint,
+        group_id bigint,
+        ordering_key text,
+        state text NOT NULL CHECK (state IN ('pending', 'dead', 'delivered')),
+        attempts integer NOT NULL DEFAULT 0,
+        due_at double precision NOT NULL,
+        lease text,
+        leased_by text,
+        last_error text,
+        last_status integer,
+        dead_at double precision,
+        delivered_at double precision
+    );
+    CREATE INDEX deliveries_due ON deliveries (subscription_id, due_at, id)
+        WHERE state = 'pending' AND group_id IS NULL;
+    CREATE INDEX deliveries_group_due ON deliveries (group_id, due_at, id)
+        WHERE state = 'pending' AND group_id IS NOT NULL;
+    CREATE INDEX deliveries_ordering ON deliveries (ordering_key, id)
+        WHERE state = 'pending' AND ordering_key IS NOT NULL;
+    CREATE INDEX deliveries_dead ON deliveries (dead_at, id) WHERE state = 'dead';
+    CREATE INDEX deliveries_by_message ON deliveries (message_seq, state);
+    CREATE TABLE api_keys (
+        id text PRIMARY KEY,
+        role text NOT NULL,
+        topics text NOT NULL,
+        secret_hash text NOT NULL,
+        created_at double precision NOT NULL,
+        revoked_at double precision
+    );
+    CREATE TABLE topics (
+        name text PRIMARY KEY,
+        first_seen double precision NOT NULL
+    );
+    CREATE TABLE topic_counts (
+        topic text NOT NULL,
+        slot integer NOT NULL,
+        published bigint NOT NULL,
+        PRIMARY KEY (topic, slot)
+    );
+    CREATE TABLE tallies (
+        slot integer PRIMARY KEY,
+        stored bigint NOT NULL DEFAULT 0,  -- messages not fully delivered
+        delivered bigint NOT NULL DEFAULT 0  -- deliveries acknowledged, ever
+    );
+    INSERT INTO tallies (slot) SELECT generate_series(0, {TALLY_SLOTS - 1});
+    CREATE TABLE idempotency_keys (
+        key_id text NOT NULL,
+        idempotency_key text NOT NULL,
+        message_id text NOT NULL,
+        created_at double precision NOT NULL,
+        PRIMARY KEY (key_id, idempotency_key)
+    );
+    CREATE INDEX idempotency_keys_age ON idempotency_keys (created_at);
+    CREATE TABLE catalog (version bigint NOT NULL);
+    INSERT INTO catalog (version) VALUES (1);
+    -- The hot tables churn: every delivery is inserted, updated a few times and
+    -- deleted within --message-retention. Vacuum them after 1% of rows changed
+    -- rather than the default 20%, so dead rows never grow to a multiple of live ones.
+    ALTER TABLE deliveries SET (autovacuum_vacuum_scale_factor = 0.01,
+        autovacuum_vacuum_insert_scale_factor = 0.01, autovacuum_analyze_scale_factor = 0.02);
+    ALTER TABLE messages SET (autovacuum_vacuum_scale_factor = 0.01,
+        autovacuum_vacuum_insert_scale_factor = 0.01, autovacuum_analyze_scale_factor = 0.02);
+    ALTER TABLE idempotency_keys SET (autovacuum_vacuum_scale_factor = 0.02);
+    -- Rewritten by every transaction: keep room on each page for HOT updates.
+    ALTER TABLE tallies SET (fillfactor = 10, autovacuum_vacuum_scale_factor = 0.0,
+        autovacuum_vacuum_threshold = 1000);
+    ALTER TABLE topic_counts SET (fillfactor = 50);
+    """,
+]
+
+
+async def migrate(conn: asyncpg.Connection) -> int:
+    """Bring the database up to the newest schema; returns the resulting version.
+
+    Holds a session-wide advisory lock meanwhile, so nodes starting together migrate
+    one at a time: the first does the work, the others find it done."""
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS mqpy_schema (version integer NOT NULL)")
+        version = await conn.fetchval("SELECT max(version) FROM mqpy_schema") or 0
+        if version > len(MIGRATIONS):
+            raise SchemaTooNew(
+                f"the database was written by a newer mq-py (schema {version}, this one "
+                f"knows {len(MIGRATIONS)}); upgrade mq-py to use it"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            async with conn.transaction():
+                await conn.execute(script)
+                await conn.execute("INSERT INTO mqpy_schema (version) VALUES ($1)", number)
+        return len(MIGRATIONS)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)

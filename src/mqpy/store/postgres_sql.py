@@ -1,0 +1,170 @@
+"""The PostgreSQL store's statements that take the most thought: the publish, the
+claim and the outcomes of deliveries, each one round trip for a whole batch.
+
+Arrays go in through `unnest`, so a batch of any size is one statement with a fixed
+text (asyncpg prepares it once per connection).
+"""
+
+from __future__ import annotations
+
+from mqpy.store.claiming import CLAIM_COLUMNS
+
+# A batch of messages and all their deliveries, the topics they name, their publish
+# counts (in the transaction's slot) and the stored-message tally: one statement.
+# Deliveries are inserted in the order given, so their ids follow publish order.
+PUBLISH = """
+WITH new_messages AS (
+    INSERT INTO messages (id, topic, body, publisher_id, published_at, routed, attributes,
+        ordering_key, deliver_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::float8[],
+        $6::boolean[], $7::text[], $8::text[], $9::float8[])
+    RETURNING seq, id
+), new_deliveries AS (
+    INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, state, due_at)
+    SELECT n.seq, t.subscription_id, t.group_id, t.ordering_key, 'pending', t.due_at
+    FROM unnest($10::text[], $11::bigint[], $12::bigint[], $13::text[], $14::float8[])
+        WITH ORDINALITY AS t (message_id, subscription_id, group_id, ordering_key, due_at, n)
+    JOIN new_messages n ON n.id = t.message_id
+    ORDER BY t.n
+), named_topics AS (
+    INSERT INTO topics (name, first_seen)
+    SELECT * FROM unnest($15::text[], $16::float8[]) ON CONFLICT (name) DO NOTHING
+), counted AS (
+    INSERT INTO topic_counts (topic, slot, published)
+    SELECT name, $17, count FROM unnest($15::text[], $18::bigint[]) AS c (name, count)
+    ON CONFLICT (topic, slot) DO UPDATE SET published = topic_counts.published + excluded.published
+), tallied AS (
+    UPDATE tallies SET stored = stored + $19 WHERE slot = $17 AND $19 <> 0
+)
+SELECT count(*) FROM new_messages
+"""
+
+# Idempotency keys: the ones returned are ours (new, or older than the dedup window
+# and so free again); for the others, an earlier publish holds the key.
+CLAIM_IDEMPOTENCY_KEYS = """
+INSERT INTO idempotency_keys (key_id, idempotency_key, message_id, created_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[])
+ON CONFLICT (key_id, idempotency_key) DO UPDATE
+    SET message_id = excluded.message_id, created_at = excluded.created_at
+    WHERE idempotency_keys.created_at < $5
+RETURNING key_id, idempotency_key
+"""
+HELD_IDEMPOTENCY_KEYS = """
+SELECT k.key_id, k.idempotency_key, k.message_id FROM idempotency_keys k
+JOIN unnest($1::text[], $2::text[]) AS w (key_id, idempotency_key)
+    ON k.key_id = w.key_id AND k.idempotency_key = w.idempotency_key
+"""
+
+# One key's deliveries leave in publish order: each publish takes a transaction-long
+# lock per ordering key (sorted, so two batches never wait on each other in a cycle)
+# before its messages get their sequence numbers, so sequence order is commit order.
+LOCK_ORDERING_KEYS = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k"
+
+# Blocked by an older unfinished delivery of the key, or by any of the key's that is in
+# flight (a redriven head is older than the one it must wait for).
+_HEAD_OF_SUBSCRIPTION = """
+    (d.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries e
+        WHERE e.ordering_key = d.ordering_key AND e.state = 'pending' AND e.id <> d.id
+        AND (e.id < d.id OR e.lease IS NOT NULL)
+        AND e.group_id IS NULL AND e.subscription_id = d.subscription_id))"""
+_HEAD_OF_GROUP = """
+    (d.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries e
+        WHERE e.ordering_key = d.ordering_key AND e.state = 'pending' AND e.id <> d.id
+        AND (e.id < d.id OR e.lease IS NOT NULL) AND e.group_id = d.group_id))"""
+
+# Due deliveries of every target with room: per target at most `take` rows, oldest
+# due first, on the index that matches the ORDER BY. A plain read, without locks:
+# locking here would hold every row read (more than a claim takes) away from the
+# other nodes' claims for the length of this transaction.
+DUE = f"""
+SELECT t.id, false, x.id, x.due_at
+FROM unnest($1::bigint[], $2::integer[]) AS t (id, take)
+CROSS JOIN LATERAL (
+    SELECT d.id, d.due_at FROM deliveries d
+    WHERE d.subscription_id = t.id AND d.group_id IS NULL AND d.state = 'pending'
+        AND d.due_at <= $5 AND d.id <> ALL($6::bigint[]) AND {_HEAD_OF_SUBSCRIPTION}
+    ORDER BY d.due_at, d.id LIMIT t.take
+) AS x
+UNION ALL
+SELECT t.id, true, x.id, x.due_at
+FROM unnest($3::bigint[], $4::integer[]) AS t (id, take)
+CROSS JOIN LATERAL (
+    SELECT d.id, d.due_at FROM deliveries d
+    WHERE d.group_id = t.id AND d.state = 'pending' AND d.due_at <= $5
+        AND d.id <> ALL($6::bigint[]) AND {_HEAD_OF_GROUP}
+    ORDER BY d.due_at, d.id LIMIT t.take
+) AS x
+"""
+
+# Of the deliveries chosen, those still due that no other node is taking right now,
+# locked until this transaction leases them.
+LOCK_DUE = f"""
+SELECT {CLAIM_COLUMNS}
+FROM deliveries d JOIN messages m ON m.seq = d.message_seq
+WHERE d.id = ANY($1::bigint[]) AND d.state = 'pending' AND d.due_at <= $2
+ORDER BY d.due_at, d.id
+FOR UPDATE OF d SKIP LOCKED
+"""
+
+# When the next of these targets' deliveries falls due (after `now`).
+NEXT_DUE = """
+SELECT min(due) FROM (
+    SELECT (SELECT d.due_at FROM deliveries d WHERE d.subscription_id = t.id
+        AND d.group_id IS NULL AND d.state = 'pending' AND d.due_at > $3
+        ORDER BY d.due_at LIMIT 1) AS due
+    FROM unnest($1::bigint[]) AS t (id)
+    UNION ALL
+    SELECT (SELECT d.due_at FROM deliveries d WHERE d.group_id = t.id
+        AND d.state = 'pending' AND d.due_at > $3 ORDER BY d.due_at LIMIT 1)
+    FROM unnest($2::bigint[]) AS t (id)
+) AS next
+"""
+
+LEASE = """
+UPDATE deliveries d SET attempts = d.attempts + 1, due_at = $1, lease = $2, leased_by = $3,
+    subscription_id = u.member
+FROM unnest($4::bigint[], $5::bigint[]) AS u (id, member)
+WHERE d.id = u.id
+"""
+
+# Outcomes: each applies only while the claim's lease token is still the delivery's.
+ACK = """
+UPDATE deliveries d SET state = 'delivered', delivered_at = u.at, lease = NULL,
+    leased_by = NULL, last_status = u.status, last_error = NULL
+FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::integer[]) AS u (id, lease, at, status)
+WHERE d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
+RETURNING d.message_seq, u.at
+"""
+RETRY = """
+UPDATE deliveries d SET due_at = u.due_at, lease = NULL, leased_by = NULL,
+    last_error = u.error, last_status = u.status
+FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::integer[])
+    AS u (id, lease, due_at, error, status)
+WHERE d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
+"""
+DEAD_LETTER = """
+UPDATE deliveries d SET state = 'dead', dead_at = u.at, lease = NULL, leased_by = NULL,
+    last_error = u.error, last_status = u.status
+FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::integer[])
+    AS u (id, lease, at, error, status)
+WHERE d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
+"""
+RELEASE = """
+UPDATE deliveries d SET due_at = $1, lease = NULL, leased_by = NULL, attempts = d.attempts - 1
+FROM unnest($2::bigint[], $3::text[]) AS u (id, lease)
+WHERE d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
+"""
+
+# A message is done once none of its deliveries is pending or dead. Two nodes may
+# finish a message's last two deliveries at once, each still seeing the other's as
+# pending: so lock the messages first (in seq order, never in a cycle), and decide in
+# the next statement, which sees whatever the other transaction committed meanwhile.
+LOCK_MESSAGES = "SELECT seq FROM messages WHERE seq = ANY($1::bigint[]) ORDER BY seq FOR UPDATE"
+FINISH_MESSAGES = """
+UPDATE messages m SET done_at = u.at
+FROM unnest($1::bigint[], $2::float8[]) AS u (seq, at)
+WHERE m.seq = u.seq AND m.routed AND m.done_at IS NULL
+    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_seq = m.seq
+        AND d.state IN ('pending', 'dead'))
+RETURNING m.seq
+"""
