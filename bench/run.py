@@ -418,8 +418,10 @@ class Bench:
         messages = max(1, plan.delivery_messages // receivers)
         expected = messages * receivers
         figure = Figure(f"delivery_{receivers}", unit="deliv/s")
-        # The held deliveries must not time out while the backlog is being built.
-        server = self.server(f"delivery{receivers}", "--delivery-timeout", "600s")
+        # The held deliveries must not time out while the backlog is being built (and
+        # a lease must outlast a delivery).
+        hold = ("--delivery-timeout", "600s", "--lease-seconds", "610s")
+        server = self.server(f"delivery{receivers}", *hold)
         sink = Sink(max_seconds=plan.delivery_timeout + 600)
         try:
             sink.control("pause")

@@ -296,6 +296,34 @@ def test_bad_values_exit_2_naming_the_option(
     assert named in result.stderr, result.stderr
 
 
+# -- the lease ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "shortest"),
+    [(["--lease-seconds", "5"], "15s"), (["--delivery-timeout", "1m"], "65s")],
+)
+def test_a_lease_shorter_than_a_delivery_exits_2_saying_why(
+    tmp_path: Path, args: list[str], shortest: str
+) -> None:
+    data_dir = tmp_path / "d"
+    result = run([*PYTHON_M, "serve", "--port", "0", "--data-dir", str(data_dir), *args])
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "listening on" not in result.stderr
+    message = result.stderr
+    assert "--lease-seconds" in message and "--delivery-timeout" in message, message
+    assert "lose its lease" in message, message
+    assert f"--lease-seconds {shortest} or more" in message, message
+    assert not data_dir.exists(), "refused before the store was opened"
+
+
+def test_a_lease_that_covers_the_delivery_timeout_serves(launch: Launcher, tmp_path: Path) -> None:
+    args = ["--data-dir", str(tmp_path / "d"), "--delivery-timeout", "1m", "--lease-seconds", "65"]
+    command = launch([*PYTHON_M, "serve", "--port", "0", *args])
+    assert_serves(command.wait_listening())
+    assert command.stop() == 0
+
+
 # -- the data directory lock ------------------------------------------------------------------
 
 

@@ -125,6 +125,12 @@ class Settings:
     delivery_timeout: float = _setting(
         10.0, parse_duration, "how long a receiver may take to answer one delivery"
     )
+    lease_seconds: float = _setting(
+        30.0,
+        parse_duration,
+        "how long a claimed delivery stays leased to this node before another node may "
+        "take it; at least --delivery-timeout plus 5s",
+    )
     retry_base: float = _setting(0.5, parse_duration, "first retry backoff ceiling")
     retry_max: float = _setting(300.0, parse_duration, "longest wait between two attempts")
     max_attempts: int = _setting(

@@ -19,7 +19,7 @@ from mqpy.access import Access
 from mqpy.api.app import create_app
 from mqpy.api.http_errors import ProblemAppRunner
 from mqpy.broker import Broker, Limits
-from mqpy.config import Settings
+from mqpy.config import Settings, format_duration
 from mqpy.delivery.dispatcher import Dispatcher
 from mqpy.delivery.gate import ReceiverGate
 from mqpy.delivery.guard import AddressPolicy
@@ -37,6 +37,9 @@ log = logging.getLogger("mqpy.server")
 # at least twice per retention so a short one is kept to within half of itself.
 SWEEP_INTERVAL_SECONDS = 30.0
 MIN_SWEEP_INTERVAL_SECONDS = 0.5
+# The least a lease may outlast --delivery-timeout: a claim, the POST's own setup and
+# recording its outcome all happen under the lease too.
+LEASE_MARGIN_SECONDS = 5.0
 
 
 def sweep_interval(settings: Settings) -> float:
@@ -62,6 +65,11 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    try:
+        check_lease(settings)
+    except StartupRefused as exc:
+        log.error("%s", exc)
+        return 2
     store = open_store(settings.data_dir)
     try:
         await store.open()
@@ -106,7 +114,7 @@ async def _serve_with_store(settings: Settings, store: Store, stop: asyncio.Even
         workers=settings.workers,
         jobs=settings.jobs,
         receiver_concurrency=settings.effective_receiver_concurrency,
-        delivery_timeout=settings.delivery_timeout,
+        lease_seconds=settings.lease_seconds,
         observer=observer,
     )
     broker.set_delivery_listener(dispatcher)
@@ -193,6 +201,19 @@ async def _stop_sweeping(sweeper: asyncio.Task[None]) -> None:
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
+
+
+def check_lease(settings: Settings) -> None:
+    """A delivery in flight must not lose its lease: another node would send it too."""
+    shortest = settings.delivery_timeout + LEASE_MARGIN_SECONDS
+    if settings.lease_seconds < shortest:
+        raise StartupRefused(
+            f"--lease-seconds {format_duration(settings.lease_seconds)} is shorter than "
+            f"--delivery-timeout {format_duration(settings.delivery_timeout)} plus "
+            f"{format_duration(LEASE_MARGIN_SECONDS)}: a delivery still in flight would "
+            "lose its lease and another node could send it again; give --lease-seconds "
+            f"{format_duration(shortest)} or more"
+        )
 
 
 def check_exposure(settings: Settings, access: Access) -> None:

@@ -26,9 +26,6 @@ from mqpy.store import Store
 
 log = logging.getLogger("mqpy.delivery")
 
-# How long a claim lasts beyond the delivery timeout before another claimer may take
-# the delivery over. Only matters if this process dies without releasing it.
-LEASE_MARGIN_SECONDS = 30.0
 # The longest the claim loop sleeps without being woken; it catches deliveries whose
 # leases expired and deliveries added by anything that did not notify us.
 MAX_IDLE_SECONDS = 1.0
@@ -46,7 +43,7 @@ class Dispatcher:
         workers: int,
         jobs: int,
         receiver_concurrency: int,
-        delivery_timeout: float,
+        lease_seconds: float,
         observer: Observer,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -57,7 +54,8 @@ class Dispatcher:
         self._workers = workers
         self._capacity = workers + jobs
         self._receiver_concurrency = receiver_concurrency
-        self._lease_seconds = delivery_timeout + LEASE_MARGIN_SECONDS
+        # How long a claim lasts before another claimer may take the delivery over.
+        self._lease_seconds = lease_seconds
         self._clock = clock
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self._held: Counter[int] = Counter()  # per subscription: queued + in flight
