@@ -3,6 +3,7 @@ only a shared database has (several store objects, as several nodes, at once).""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,7 +11,19 @@ import pytest
 from mqpy.store.base import Store
 from mqpy.store.postgres import PostgresStore
 from tests.store.conformance import StoreConformance
-from tests.store.support import Reopen
+from tests.store.support import (
+    LEASE,
+    T0,
+    Reopen,
+    bodies,
+    claim,
+    claim_one,
+    message,
+    publish,
+    publish_count,
+    receiver,
+    subscribe,
+)
 
 
 class OpenStores:
@@ -55,3 +68,122 @@ class TestPostgresStore(StoreConformance):
             return await stores.open()
 
         return reopen
+
+
+class TestTwoNodesOnOneDatabase:
+    """Two store objects on one database race as two broker nodes would: the hazards
+    a single store object, serialising its own calls, can never show."""
+
+    @pytest.fixture
+    async def nodes(self, stores: OpenStores) -> tuple[PostgresStore, PostgresStore]:
+        return await stores.open(), await stores.open()
+
+    async def test_racing_claims_hand_out_each_delivery_once(
+        self, nodes: tuple[PostgresStore, PostgresStore]
+    ) -> None:
+        a, b = nodes
+        for _ in range(3):
+            await receiver(a)
+        await asyncio.gather(*(publish(a if n % 2 else b, f"m{n}") for n in range(200)))
+        claims = await asyncio.gather(
+            *(claim(node, T0, limit=25, per_subscription_limit=1000) for node in [a, b] * 20)
+        )
+        ids = [d.delivery_id for c in claims for d in c.deliveries]
+        assert len(ids) == len(set(ids)) == 600
+
+    async def test_a_taken_over_lease_cannot_settle_the_delivery(
+        self, nodes: tuple[PostgresStore, PostgresStore]
+    ) -> None:
+        a, b = nodes
+        await receiver(a)
+        await publish(a, "slow")
+        on_a = await claim_one(a, T0)
+        on_b = await claim_one(b, T0 + LEASE + 1)  # a's lease ran out: b takes it over
+        assert (on_b.delivery_id, on_b.attempt) == (on_a.delivery_id, 2)
+        await a.ack(on_a, now=T0 + LEASE + 2, status=200)
+        await a.dead_letter(on_a, now=T0 + LEASE + 2, error="late", status=500)
+        assert await a.dead_letter_count() == 0
+        assert (await b.stats()).queue_length == 1
+        await b.ack(on_b, now=T0 + LEASE + 3, status=200)
+        stats = await a.stats()
+        assert (stats.queue_length, stats.completed) == (0, 1)
+
+    async def test_racing_publishers_of_one_key_keep_each_ones_order(
+        self, nodes: tuple[PostgresStore, PostgresStore]
+    ) -> None:
+        a, b = nodes
+        await subscribe(a)
+
+        async def publish_run(node: PostgresStore, name: str) -> None:
+            for n in range(40):
+                await publish(node, f"{name}{n:02d}", ordering_key="k")
+
+        await asyncio.gather(publish_run(a, "a"), publish_run(b, "b"))
+        seen: list[str] = []
+        for step in range(80):
+            # Both nodes ask at once: only the key's head may go, to one of them.
+            claims = await asyncio.gather(claim(a, T0 + step), claim(b, T0 + step))
+            handed = [d for c in claims for d in c.deliveries]
+            assert len(handed) == 1, handed
+            seen.append(handed[0].body)
+            await (a if handed[0] in claims[0].deliveries else b).ack(
+                handed[0], now=T0 + step, status=200
+            )
+        assert [s for s in seen if s[0] == "a"] == [f"a{n:02d}" for n in range(40)]
+        assert [s for s in seen if s[0] == "b"] == [f"b{n:02d}" for n in range(40)]
+
+    async def test_racing_repeats_of_an_idempotency_key_publish_once(
+        self, nodes: tuple[PostgresStore, PostgresStore]
+    ) -> None:
+        a, b = nodes
+        await receiver(a)
+        tries = [message("once", idempotency_key="k", publisher_key="p") for _ in range(10)]
+        results = await asyncio.gather(
+            *(node.publish([m]) for node, m in zip([a, b] * 5, tries, strict=True))
+        )
+        published = [r[0] for r in results]
+        assert sum(not p.duplicate for p in published) == 1
+        assert len({p.id for p in published}) == 1
+        assert (await a.stats()).queue_length == 1
+
+    async def test_members_joining_one_group_through_two_nodes_share_it(
+        self, nodes: tuple[PostgresStore, PostgresStore]
+    ) -> None:
+        a, b = nodes
+        members = await asyncio.gather(
+            *(subscribe(node, "orders", group="billing") for node in [a, b] * 3)
+        )
+        for n in range(6):
+            await publish(b, f"o{n}", topic="orders")
+        claimed = (await claim(a, T0)).deliveries
+        assert sorted(d.body for d in claimed) == [f"o{n}" for n in range(6)]
+        assert {d.subscription_id for d in claimed} == {m.id for m in members}
+
+    async def test_a_subscription_made_on_one_node_routes_the_others_next_publish(
+        self, nodes: tuple[PostgresStore, PostgresStore]
+    ) -> None:
+        a, b = nodes
+        await subscribe(b, "early")
+        assert await publish_count(b, message("before", topic="t")) == 0  # waits
+        made = await subscribe(a, "t")  # b's cached routes are now stale
+        assert await publish_count(b, message("after", topic="t")) == 1
+        assert sorted(bodies(await claim(b, T0))) == ["after", "before"]
+        assert {d.subscription_id for d in (await claim(a, T0 + LEASE + 1)).deliveries} == {made.id}
+
+    async def test_the_last_two_deliveries_acked_on_two_nodes_finish_the_message(
+        self, nodes: tuple[PostgresStore, PostgresStore]
+    ) -> None:
+        a, b = nodes
+        await receiver(a)
+        await receiver(a)
+        for round_ in range(20):
+            await publish(a, f"m{round_}", at=T0 + round_)
+            first, second = (await claim(a, T0 + round_)).deliveries
+            await asyncio.gather(
+                a.ack(first, now=T0 + round_, status=200),
+                b.ack(second, now=T0 + round_, status=200),
+            )
+        assert await a.topic_backlogs() == []
+        assert (await b.stats()).queue_length == 0
+        # Every message is done, so all of them are swept.
+        assert await b.sweep(delivered_before=T0 + 100, dedup_before=T0) == 20
