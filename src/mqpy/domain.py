@@ -244,6 +244,18 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A broker process sharing the store, as its last heartbeat described it."""
+
+    name: str  # host:pid:tag, also in the leases it holds
+    started_at: float
+    seen_at: float  # its last heartbeat
+    address: str = ""  # where it serves HTTP, as it reports it
+    held: int = 0  # deliveries it has claimed and not yet settled
+    in_flight: int = 0  # of those, being sent right now
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerStats:
     """The seed dashboard's four figures."""
 

@@ -25,6 +25,7 @@ from mqpy.domain import Mode, StoreUnavailable
 from mqpy.store.base import Store, TopicBacklog
 from tests.store.conformance_groups import GroupConformance
 from tests.store.conformance_inspection import InspectionConformance
+from tests.store.conformance_nodes import NodeConformance
 from tests.store.conformance_ordering import OrderingConformance
 from tests.store.conformance_publish import PublishConformance
 from tests.store.conformance_routing import RoutingConformance
@@ -54,6 +55,7 @@ class StoreConformance(
     PublishConformance,
     SubscriptionConformance,
     InspectionConformance,
+    NodeConformance,
 ):
     """Every behaviour of the `Store` interface. Subclass once per backend."""
 

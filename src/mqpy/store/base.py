@@ -5,12 +5,15 @@ and passes `tests/store/conformance.py` unchanged. Nothing in it assumes SQL: a 
 hands out deliveries under a lease that expires if the claimer dies, and the claimer
 then acks, schedules a retry, dead-letters or releases each one.
 
-Times are Unix seconds (floats) supplied by the caller, so tests control the clock.
+Times are Unix seconds (floats) supplied by the caller, so tests control the clock;
+the broker reads them from `Store.clock`, which on a shared database follows the
+database's clock, so nodes on hosts whose clocks disagree still agree on leases.
 """
 
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +27,7 @@ from mqpy.domain import (
     Filter,
     Mode,
     NewMessage,
+    NodeInfo,
     Page,
     Published,
     StoredMessage,
@@ -53,6 +57,32 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Finish pending writes and release every resource."""
+
+    def clock(self) -> float:
+        """Now, in Unix seconds, as every node sharing this store counts it."""
+        return time.time()
+
+    def watch(  # noqa: B027 - optional: a backend with nothing to report keeps it
+        self, on_due: Callable[[], None], on_catalog: Callable[[], None]
+    ) -> None:
+        """Call `on_due` when another node made deliveries due (a publish, a redrive)
+        and `on_catalog` when it changed connections, subscriptions or keys. A store
+        that only one process uses has no other node to hear from: the default does
+        nothing. A hint only: callers poll too, since a notification can be lost."""
+
+    @abc.abstractmethod
+    async def catalog_version(self) -> int:
+        """A number that changes whenever connections, subscriptions, groups or API
+        keys change, through any node sharing the store: what a node caches of them
+        is stale once this moves."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, node: NodeInfo) -> None:
+        """Record that `node` is alive and what it is doing (its `seen_at`)."""
+
+    @abc.abstractmethod
+    async def nodes(self, *, seen_since: float) -> list[NodeInfo]:
+        """Nodes whose last heartbeat is at or after `seen_since`, by name."""
 
     # Not abstract on purpose: a backend may have nothing to report.
     def observe_commits(self, callback: Callable[[int, float], None]) -> None:  # noqa: B027
@@ -138,6 +168,10 @@ class Store(abc.ABC):
         Returns None if the id is not connected."""
 
     @abc.abstractmethod
+    async def connection(self, connection_id: int) -> Connection | None:
+        """A connection that is currently connected, or None."""
+
+    @abc.abstractmethod
     async def connections(self) -> list[Connection]:
         """Every connection that is currently connected."""
 
@@ -171,7 +205,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def sweep(self, *, delivered_before: float, dedup_before: float) -> int:
         """Forget fully delivered messages done before `delivered_before` and
-        idempotency keys recorded before `dedup_before`; returns messages removed."""
+        idempotency keys recorded before `dedup_before`; returns messages removed.
+        Nodes sharing a store may all call it: one sweeps at a time, the others find
+        nothing to do meanwhile."""
 
     @abc.abstractmethod
     async def claim(
@@ -210,6 +246,14 @@ class Store(abc.ABC):
         self, delivery: Delivery, *, now: float, error: str, status: int | None
     ) -> None:
         """The attempt failed and no retries are left: keep it as a dead letter."""
+
+    @abc.abstractmethod
+    async def renew(
+        self, deliveries: Sequence[Delivery], *, now: float, lease_seconds: float
+    ) -> list[int]:
+        """Extend the leases of claimed deliveries to `now + lease_seconds`; returns the
+        ids of those whose lease is no longer theirs (it expired and another claim took
+        the delivery, or it was settled): those can no longer be settled by this claim."""
 
     @abc.abstractmethod
     async def release(self, deliveries: Sequence[Delivery], now: float) -> None:

@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -39,6 +40,7 @@ from mqpy.domain import (
     Filter,
     Mode,
     NewMessage,
+    NodeInfo,
     Page,
     Published,
     Role,
@@ -56,7 +58,15 @@ from mqpy.store import postgres_sql as sql
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Batcher
 from mqpy.store.claiming import ClaimBuilder
-from mqpy.store.postgres_schema import CATALOG_LOCK, TALLY_SLOTS, migrate
+from mqpy.store.postgres_listen import Listener
+from mqpy.store.postgres_schema import (
+    CATALOG_CHANNEL,
+    CATALOG_LOCK,
+    DUE_CHANNEL,
+    SWEEP_LOCK,
+    TALLY_SLOTS,
+    migrate,
+)
 from mqpy.store.routes import (
     GROUP_ROUTE_COLUMNS,
     SUBSCRIPTION_ROUTE_COLUMNS,
@@ -145,6 +155,8 @@ class PostgresStore(Store):
             self._flush_publishes, max_batch=256
         )
         self._outcomes: Batcher[_Outcome, None] = Batcher(self._flush_outcomes, max_batch=1000)
+        self._listener: Listener | None = None
+        self._clock_offset = 0.0  # the database's clock minus ours
 
     # Lifecycle.
 
@@ -169,6 +181,50 @@ class PostgresStore(Store):
     def observe_commits(self, callback: Callable[[int, float], None]) -> None:
         self._publishes.on_flush = callback
 
+    def watch(self, on_due: Callable[[], None], on_catalog: Callable[[], None]) -> None:
+        self._listener = Listener(self._dsn, {DUE_CHANNEL: on_due, CATALOG_CHANNEL: on_catalog})
+        self._listener.start()
+
+    def clock(self) -> float:
+        """Our clock, set to the database's: leases written by nodes on different
+        hosts expire by one clock, not by each host's own."""
+        return time.time() + self._clock_offset
+
+    async def _read_clock(self) -> None:
+        async with self._transaction() as conn:
+            before = time.time()
+            database = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())")
+            after = time.time()
+        # The database read its clock somewhere in the round trip: assume the middle.
+        self._clock_offset = float(database) - (before + after) / 2
+
+    async def catalog_version(self) -> int:
+        async with self._transaction() as conn:
+            return int(await conn.fetchval("SELECT version FROM catalog"))
+
+    async def heartbeat(self, node: NodeInfo) -> None:
+        async with self._transaction(durable=False) as conn:
+            await conn.execute(
+                sql.HEARTBEAT,
+                node.name,
+                node.started_at,
+                node.seen_at,
+                node.address,
+                node.held,
+                node.in_flight,
+            )
+            await conn.execute(sql.FORGET_NODES, node.seen_at - 86400.0)
+        await self._read_clock()
+
+    async def nodes(self, *, seen_since: float) -> list[NodeInfo]:
+        async with self._transaction() as conn:
+            rows = await conn.fetch(
+                "SELECT name, started_at, seen_at, address, held, in_flight FROM nodes "
+                "WHERE seen_at >= $1 ORDER BY name",
+                seen_since,
+            )
+        return [NodeInfo(*row) for row in rows]
+
     @contextlib.asynccontextmanager
     async def _transaction(self, *, durable: bool = True) -> AsyncIterator[PgConnection]:
         """A transaction on a pooled connection; `durable=False` for bookkeeping whose
@@ -187,7 +243,9 @@ class PostgresStore(Store):
     async def _catalog_change(self, conn: PgConnection) -> None:
         """Serialise a change to subscriptions, groups or keys against every publish
         on every node, and mark every node's routes stale."""
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOG_LOCK)
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1), pg_notify($2, '')", CATALOG_LOCK, CATALOG_CHANNEL
+        )
         await conn.execute("UPDATE catalog SET version = version + 1")
         self._routes.invalidate()
         self._routes_version = None
@@ -225,8 +283,7 @@ class PostgresStore(Store):
         filter: Filter | None = None,
     ) -> Connection:
         async with self._transaction() as conn:
-            if mode is Mode.RECEIVE:
-                await self._catalog_change(conn)
+            await self._catalog_change(conn)
             connection_id = await _new_id(conn)
             await conn.execute(
                 "INSERT INTO connections (id, mode, client_url, topic, connected_at, key_id) "
@@ -362,8 +419,7 @@ class PostgresStore(Store):
             if row is None:
                 return None
             connection = _connection(row)
-            if connection.mode is Mode.RECEIVE:
-                await self._catalog_change(conn)
+            await self._catalog_change(conn)
             await conn.execute(
                 "UPDATE connections SET disconnected_at = $1 WHERE id = $2", now, connection_id
             )
@@ -411,6 +467,15 @@ class PostgresStore(Store):
             )
         finished = await _finish_messages(conn, {row[0]: now for row in rows})
         await _add_tallies(conn, stored=-finished)
+
+    async def connection(self, connection_id: int) -> Connection | None:
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_CONNECTION_COLUMNS} FROM connections "
+                "WHERE id = $1 AND disconnected_at IS NULL",
+                connection_id,
+            )
+        return None if row is None else _connection(row)
 
     async def connections(self) -> list[Connection]:
         async with self._transaction() as conn:
@@ -520,6 +585,9 @@ class PostgresStore(Store):
             # Each chunk is its own short transaction: publishes and acks go in between,
             # and vacuum can reclaim what a chunk deleted as soon as it commits.
             async with self._transaction(durable=False) as conn:
+                # One node sweeps at a time; the others find the work in hand.
+                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK):
+                    return removed
                 seqs = await conn.fetch(
                     "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages "
                     "WHERE done_at IS NOT NULL AND done_at < $1 LIMIT $2 "
@@ -632,6 +700,21 @@ class PostgresStore(Store):
                 await _add_tallies(conn, stored=-finished, delivered=len(acked))
         return [None] * len(outcomes)
 
+    async def renew(
+        self, deliveries: Sequence[Delivery], *, now: float, lease_seconds: float
+    ) -> list[int]:
+        async with self._transaction(durable=False) as conn:
+            kept = {
+                row[0]
+                for row in await conn.fetch(
+                    sql.RENEW,
+                    now + lease_seconds,
+                    [d.delivery_id for d in deliveries],
+                    [d.lease for d in deliveries],
+                )
+            }
+        return [d.delivery_id for d in deliveries if d.delivery_id not in kept]
+
     async def release(self, deliveries: Sequence[Delivery], now: float) -> None:
         async with self._transaction(durable=False) as conn:
             await conn.execute(
@@ -723,6 +806,8 @@ class PostgresStore(Store):
                 now,
                 receiver_id,
             )
+            if _row_count(status):
+                await conn.execute("SELECT pg_notify($1, '')", DUE_CHANNEL)
         return _row_count(status)
 
     async def purge_dead_letters(self, subscription_id: int | None = None, *, now: float) -> int:
@@ -949,7 +1034,7 @@ class _PublishPlan:
         if deliveries:
             # One notification per transaction: NOTIFY serialises commits on a global
             # lock, so never one per message.
-            await conn.execute("SELECT pg_notify('mqpy_due', '')")
+            await conn.execute("SELECT pg_notify($1, '')", DUE_CHANNEL)
 
 
 def _idempotency_of(message: NewMessage) -> tuple[str, str] | None:

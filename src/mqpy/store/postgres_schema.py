@@ -23,6 +23,10 @@ TALLY_SLOTS = 16
 # pg_advisory_xact_lock keys of our own (any 64-bit numbers; these spell "mqpy...").
 MIGRATION_LOCK = 0x6D71_7079_0001
 CATALOG_LOCK = 0x6D71_7079_0002
+SWEEP_LOCK = 0x6D71_7079_0003
+# NOTIFY channels: deliveries became due; connections, subscriptions or keys changed.
+DUE_CHANNEL = "mqpy_due"
+CATALOG_CHANNEL = "mqpy_catalog"
 
 MIGRATIONS: list[str] = [
     # 1: everything the SQLite store has at its schema 3.
@@ -139,6 +143,14 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (key_id, idempotency_key)
     );
     CREATE INDEX idempotency_keys_age ON idempotency_keys (created_at);
+    CREATE TABLE nodes (
+        name text PRIMARY KEY,
+        started_at double precision NOT NULL,
+        seen_at double precision NOT NULL,
+        address text NOT NULL,
+        held integer NOT NULL,
+        in_flight integer NOT NULL
+    );
     CREATE TABLE catalog (version bigint NOT NULL);
     INSERT INTO catalog (version) VALUES (1);
     -- The hot tables churn: every delivery is inserted, updated a few times and

@@ -149,11 +149,26 @@ FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::integer[])
     AS u (id, lease, at, error, status)
 WHERE d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
 """
+RENEW = """
+UPDATE deliveries d SET due_at = $1
+FROM unnest($2::bigint[], $3::text[]) AS u (id, lease)
+WHERE d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
+RETURNING d.id
+"""
 RELEASE = """
 UPDATE deliveries d SET due_at = $1, lease = NULL, leased_by = NULL, attempts = d.attempts - 1
 FROM unnest($2::bigint[], $3::text[]) AS u (id, lease)
 WHERE d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
 """
+
+HEARTBEAT = """
+INSERT INTO nodes (name, started_at, seen_at, address, held, in_flight)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at, address = excluded.address,
+    held = excluded.held, in_flight = excluded.in_flight
+"""
+# Nodes silent for a day are forgotten (a restart names a new node).
+FORGET_NODES = "DELETE FROM nodes WHERE seen_at < $1"
 
 # A message is done once none of its deliveries is pending or dead. Two nodes may
 # finish a message's last two deliveries at once, each still seeing the other's as

@@ -27,6 +27,7 @@ from mqpy.domain import (
     Filter,
     Mode,
     NewMessage,
+    NodeInfo,
     Page,
     Published,
     Role,
@@ -95,6 +96,14 @@ class SQLiteStore(Store):
         self._writer.before_commit = self._tallies.flush
         self._writer.on_rollback = self._tallies.rolled_back
         self._lock_file: IO[str] | None = None
+        self._catalog_version = 0
+        self._nodes: dict[str, NodeInfo] = {}  # this process alone: the file is locked
+
+    def _catalog_changed(self) -> None:
+        """Connections, subscriptions or keys changed: routes are stale. Only this
+        process uses the file, so the version lives in memory."""
+        self._routes.invalidate()
+        self._catalog_version += 1
 
     def _routes_in(self, conn: sqlite3.Connection) -> Routes:
         return self._routes.get(lambda: _load_routes(conn))
@@ -143,6 +152,7 @@ class SQLiteStore(Store):
         filter: Filter | None = None,
     ) -> Connection:
         def operation(conn: sqlite3.Connection) -> Connection:
+            self._catalog_changed()
             connection_id = _new_id(conn)
             conn.execute(
                 "INSERT INTO connections (id, mode, client_url, topic, connected_at, key_id) "
@@ -180,7 +190,7 @@ class SQLiteStore(Store):
         secret: str | None,
         connection_id: int | None,
     ) -> None:
-        self._routes.invalidate()
+        self._catalog_changed()
         group_id = None
         new_target = True
         if spec.group is not None:
@@ -255,7 +265,7 @@ class SQLiteStore(Store):
             spec = changed_spec(current.spec, changes)
             if spec.filter != current.spec.filter and spec.group is not None:
                 _change_group_filter(conn, subscription_id, spec)
-            self._routes.invalidate()
+            self._catalog_changed()
             conn.execute(
                 "UPDATE subscriptions SET url = ?, filter = ?, settings = ? WHERE id = ?",
                 (spec.url, dump_filter(spec.filter), dump_settings(spec), subscription_id),
@@ -271,7 +281,7 @@ class SQLiteStore(Store):
 
     async def set_paused(self, subscription_id: int, paused: bool) -> Subscription | None:
         def operation(conn: sqlite3.Connection) -> Subscription | None:
-            self._routes.invalidate()
+            self._catalog_changed()
             conn.execute(
                 "UPDATE subscriptions SET paused = ? WHERE id = ? AND active = 1",
                 (int(paused), subscription_id),
@@ -300,7 +310,7 @@ class SQLiteStore(Store):
         self, subscription_id: int, secret: str, *, now: float, overlap_seconds: float
     ) -> bool:
         def operation(conn: sqlite3.Connection) -> bool:
-            self._routes.invalidate()
+            self._catalog_changed()
             changed = conn.execute(
                 "UPDATE subscriptions SET previous_secret = secret, "
                 "previous_secret_until = ?, secret = ? WHERE id = ? AND active = 1",
@@ -319,6 +329,7 @@ class SQLiteStore(Store):
             ).fetchone()
             if row is None:
                 return None
+            self._catalog_changed()
             conn.execute(
                 "UPDATE connections SET disconnected_at = ? WHERE id = ?", (now, connection_id)
             )
@@ -330,7 +341,7 @@ class SQLiteStore(Store):
         return await self._writer.run(operation)
 
     def _end_subscription(self, conn: sqlite3.Connection, subscription_id: int, now: float) -> None:
-        self._routes.invalidate()
+        self._catalog_changed()
         row = conn.execute(
             "UPDATE subscriptions SET active = 0 WHERE id = ? AND active = 1 RETURNING group_id",
             (subscription_id,),
@@ -365,6 +376,28 @@ class SQLiteStore(Store):
             (key,),
         ).fetchall()
         self._tallies.add_stored(conn, -_finish_messages(conn, {seq for (seq,) in seqs}, now))
+
+    async def connection(self, connection_id: int) -> Connection | None:
+        def operation(conn: sqlite3.Connection) -> Connection | None:
+            row = conn.execute(
+                f"SELECT {_CONNECTION_COLUMNS} FROM connections "
+                "WHERE id = ? AND disconnected_at IS NULL",
+                (connection_id,),
+            ).fetchone()
+            return None if row is None else _connection(row)
+
+        return await self._writer.run(operation)
+
+    async def catalog_version(self) -> int:
+        return self._catalog_version
+
+    async def heartbeat(self, node: NodeInfo) -> None:
+        self._nodes[node.name] = node
+
+    async def nodes(self, *, seen_since: float) -> list[NodeInfo]:
+        return sorted(
+            (n for n in self._nodes.values() if n.seen_at >= seen_since), key=lambda n: n.name
+        )
 
     async def connections(self) -> list[Connection]:
         def operation(conn: sqlite3.Connection) -> list[Connection]:
@@ -490,6 +523,23 @@ class SQLiteStore(Store):
             durable=False,
         )
 
+    async def renew(
+        self, deliveries: Sequence[Delivery], *, now: float, lease_seconds: float
+    ) -> list[int]:
+        def operation(conn: sqlite3.Connection) -> list[int]:
+            return [
+                d.delivery_id
+                for d in deliveries
+                if conn.execute(
+                    "UPDATE deliveries SET due_at = ? WHERE id = ? AND lease = ? "
+                    "AND state = 'pending'",
+                    (now + lease_seconds, d.delivery_id, d.lease),
+                ).rowcount
+                == 0
+            ]
+
+        return await self._writer.run(operation, durable=False)
+
     async def release(self, deliveries: Sequence[Delivery], now: float) -> None:
         params = [(now, d.delivery_id, d.lease) for d in deliveries]
         await self._writer.run(
@@ -502,6 +552,7 @@ class SQLiteStore(Store):
         )
 
     async def add_key(self, key: ApiKey) -> None:
+        self._catalog_changed()
         await self._writer.run(
             lambda conn: conn.execute(
                 "INSERT INTO api_keys (id, role, topics, secret_hash, created_at) "
@@ -525,6 +576,7 @@ class SQLiteStore(Store):
 
     async def revoke_key(self, key_id: str, now: float) -> bool:
         def operation(conn: sqlite3.Connection) -> bool:
+            self._catalog_changed()
             return (
                 conn.execute(
                     "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",

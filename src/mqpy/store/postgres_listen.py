@@ -1,0 +1,83 @@
+"""Wake-ups between nodes: LISTEN on a connection of its own, reconnecting by itself.
+
+A publish or a catalog change NOTIFYs once per transaction; every node that listens
+hears it and wakes its dispatcher or reloads its caches. A notification is a hint:
+one lost while the connection was down (or never sent, behind PgBouncer in
+transaction mode, where LISTEN does not work) only means the node finds the work at
+its next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+
+import asyncpg
+
+log = logging.getLogger("mqpy.store")
+
+RECONNECT_SECONDS = 1.0
+
+
+class Listener:
+    """Calls a callback per channel on each notification, while `run` runs."""
+
+    def __init__(self, dsn: str, callbacks: Mapping[str, Callable[[], None]]) -> None:
+        self._dsn = dsn
+        self._callbacks = dict(callbacks)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="mqpy-pg-listen")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        warned = False
+        while True:
+            try:
+                conn = await asyncpg.connect(self._dsn)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if not warned:
+                    log.warning("cannot LISTEN for wake-ups (%s); polling meanwhile", exc)
+                    warned = True
+                await asyncio.sleep(RECONNECT_SECONDS)
+                continue
+            warned = False
+            try:
+                await self._listen(conn)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("lost the LISTEN connection (%s); polling meanwhile", exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.close(timeout=1)
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _listen(self, conn: asyncpg.Connection) -> None:
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        for channel, callback in self._callbacks.items():
+            await conn.add_listener(channel, _caller(callback))
+        # Whatever was notified while this connection was down is found by polling;
+        # tell every listener once, so nothing waits for the next poll.
+        for callback in self._callbacks.values():
+            callback()
+        while not lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), 5.0)
+            if not lost.is_set():
+                # A dead peer may not close the socket: ask, so a silent loss is seen.
+                await conn.fetchval("SELECT 1", timeout=5.0)
+
+
+def _caller(callback: Callable[[], None]) -> Callable[..., None]:
+    def on_notification(*_args: object) -> None:
+        callback()
+
+    return on_notification
