@@ -203,6 +203,42 @@ async def test_json_output_names_source_path_and_size(
     }
 
 
+async def test_the_store_is_found_as_mqpy_serve_finds_it(
+    start_server: ServerFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    server = start_server("--store", f"sqlite://{store}")
+    client = SeedClient(http, server.url)
+    await client.send(await client.connect_sender(), "one")
+    by_flag = await mqpy_backup(str(tmp_path / "a.sqlite3"), "--store", f"sqlite://{store}")
+    by_env = await mqpy_backup(str(tmp_path / "b.sqlite3"), env=clean_env(MQPY_STORE=str(store)))
+    for finished in (by_flag, by_env):
+        path, _ = finished.succeeded()
+        assert len(stored_message_ids(path)) == 1
+
+
+async def test_a_postgresql_store_is_for_pg_dump(tmp_path: Path) -> None:
+    store = "postgresql://mq:hunter2@db.internal:5432/mqpy"
+    by_flag = await mqpy_backup(str(tmp_path / "copy"), "--store", store)
+    by_env = await mqpy_backup(str(tmp_path / "copy"), env=clean_env(MQPY_STORE=store))
+    for finished in (by_flag, by_env):
+        assert finished.returncode == 2, finished.stderr
+        [line] = finished.stderr.strip().splitlines()
+        assert "pg_dump --format=custom --file=mqpy.dump" in line, line
+        assert "'postgresql://mq:***@db.internal:5432/mqpy'" in line, line
+        assert "hunter2" not in line
+    assert not (tmp_path / "copy").exists()
+    assert leftovers(tmp_path) == []
+
+
+async def test_a_store_that_is_no_store_is_a_usage_error(tmp_path: Path) -> None:
+    result = await mqpy_backup(str(tmp_path / "copy"), "--store", "mysql://db/x")
+    assert result.returncode == 2
+    assert "sqlite:///abs/path" in result.stderr and "postgresql://" in result.stderr
+    assert not (tmp_path / "copy").exists()
+    assert leftovers(tmp_path) == []
+
+
 async def test_a_missing_store_is_an_error_and_no_store_is_created(tmp_path: Path) -> None:
     data_dir = tmp_path / "nothing-here"
     result = await mqpy_backup(str(tmp_path / "copy.sqlite3"), "--data-dir", str(data_dir))

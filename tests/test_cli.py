@@ -296,6 +296,100 @@ def test_bad_values_exit_2_naming_the_option(
     assert named in result.stderr, result.stderr
 
 
+# -- where the store is: --store and MQPY_STORE -----------------------------------------------
+
+
+def connect_sender(url: str) -> int:
+    connected = raw_http.post_json(url, "/connect", {"ClientURL": "", "mode": "send"})
+    assert connected.status == 200, connected
+    sender_id: int = connected.json()["id"]
+    return sender_id
+
+
+def test_store_flag_puts_the_store_in_its_directory(launch: Launcher, tmp_path: Path) -> None:
+    store = tmp_path / "x"
+    args = [*PYTHON_M, "serve", "--port", "0", "--store", f"sqlite://{store}"]
+    command = launch(args)
+    url = command.wait_listening()
+    command.wait_for_log(rf"store sqlite:{re.escape(str(store))}, ")
+    sender = connect_sender(url)
+    assert command.stop() == 0
+    assert (store / "mqpy.sqlite3").is_file()
+    assert not (tmp_path / "mqpy-data").exists(), "the default data dir was used too"
+    # What was stored there is there after a restart: the sender is still connected.
+    again = launch(args)
+    sent = raw_http.post_json(again.wait_listening(), "/send", {"id": sender, "body": "hi"})
+    assert sent.status == 200, sent
+    assert again.stop() == 0
+
+
+def test_store_from_the_environment(launch: Launcher, tmp_path: Path) -> None:
+    env = clean_env(MQPY_STORE=f"sqlite:from-env/{tmp_path.name}")
+    command = launch([*PYTHON_M, "serve", "--port", "0"], env)
+    assert_serves(command.wait_listening())
+    assert command.stop() == 0
+    # A relative store is relative to the working directory, as a relative --data-dir is.
+    assert (tmp_path / "from-env" / tmp_path.name / "mqpy.sqlite3").is_file()
+    assert not (tmp_path / "mqpy-data").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--store", "mysql://root:hunter2@db/x"], {}),
+        (["--store", "sqlite://"], {}),
+        ([], {"MQPY_STORE": "mysql://x"}),
+    ],
+)
+def test_a_store_that_is_no_store_exits_2_saying_what_is_accepted(
+    tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
+    # Not the default data dir: should the value be taken for one, it stays in tmp_path.
+    env = {"MQPY_DATA_DIR": str(tmp_path / "d"), **env}
+    result = run([*PYTHON_M, "serve", "--port", "0", *args], env=clean_env(**env))
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "listening on" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "--store" in line, line
+    for accepted in ("sqlite:///abs/path", "postgresql://", "host=... dbname=..."):
+        assert accepted in line, line
+    assert "hunter2" not in line
+
+
+def test_store_and_data_dir_naming_different_stores_exit_2(tmp_path: Path) -> None:
+    args = ["serve", "--port", "0", "--store", str(tmp_path / "a"), "--data-dir", str(tmp_path)]
+    result = run([*PYTHON_M, *args])
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "two different stores" in result.stderr, result.stderr
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize(
+    "store",
+    ["postgresql://mq:hunter2@127.0.0.1:1/mqpy", "host=127.0.0.1 port=1 password=hunter2"],
+)
+def test_an_unreachable_store_is_one_error_line_without_its_password(store: str) -> None:
+    # Nothing listens on port 1: whatever the PostgreSQL store says about that, it
+    # must not say the password.
+    result = run([*PYTHON_M, "serve", "--port", "0", "--store", store])
+    assert result.returncode in (1, 2), result.stderr
+    assert "listening on" not in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "hunter2" not in result.stderr, result.stderr
+
+
+def test_a_postgresql_store_is_logged_without_its_password(
+    start_server: ServerFactory, postgres_url: str
+) -> None:
+    # The test cluster trusts local connections, so any password gets in.
+    url = postgres_url.replace("postgresql://postgres@", "postgresql://postgres:hunter2@")
+    assert "hunter2" in url
+    server = start_server("--store", url)
+    assert_serves(server.url)
+    assert "store postgresql://postgres:***@127.0.0.1:" in server.log, server.log
+    assert "hunter2" not in server.log
+
+
 # -- the lease ------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from typing import Any
 ENV_PREFIX = "MQPY_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("human", "json")
+DEFAULT_DATA_DIR = Path("mqpy-data")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -68,6 +69,12 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise ValueError(f"{text} is not a TCP port (0 to 65535; 0 picks a free one)")
     return value
+
+
+def _data_dir(text: str) -> Path:
+    # Empty counts as not given, so an image's MQPY_DATA_DIR can be blanked out when
+    # --store names another store.
+    return Path(text) if text.strip() else DEFAULT_DATA_DIR
 
 
 def _log_level(text: str) -> str:
@@ -121,7 +128,16 @@ class Settings:
         _non_negative_int,
         "deliveries one receiver may hold at once (0: half of --workers, at least 1)",
     )
-    data_dir: Path = _setting(Path("mqpy-data"), Path, "directory of the SQLite store")  # noqa: RUF009
+    store: str = _setting(
+        "",
+        str,
+        "where the store lives: a SQLite data directory (a path or sqlite:///abs/path) or "
+        "PostgreSQL (a postgresql:// URL or 'host=... dbname=...'; PG* variables fill in "
+        "the rest); empty: SQLite in --data-dir",
+    )
+    data_dir: Path = _setting(  # noqa: RUF009
+        DEFAULT_DATA_DIR, _data_dir, "directory of the SQLite store (when --store is empty)"
+    )
     delivery_timeout: float = _setting(
         10.0, parse_duration, "how long a receiver may take to answer one delivery"
     )

@@ -25,10 +25,10 @@ from mqpy.delivery.gate import ReceiverGate
 from mqpy.delivery.guard import AddressPolicy
 from mqpy.delivery.retry import RetryPolicy
 from mqpy.delivery.sender import Sender
-from mqpy.domain import StoreCannotOpen
+from mqpy.domain import StoreCannotOpen, StoreError
 from mqpy.keyring import Keyring
 from mqpy.observability import Observer
-from mqpy.store import Store, open_store
+from mqpy.store import Store, StoreLocation, open_store
 
 log = logging.getLogger("mqpy.server")
 
@@ -67,17 +67,18 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         check_lease(settings)
-    except StartupRefused as exc:
+        location = StoreLocation.parse(settings.store, settings.data_dir)
+        store = open_store(location)
+    except (StartupRefused, StoreCannotOpen) as exc:
         log.error("%s", exc)
         return 2
-    store = open_store(settings.data_dir)
     try:
         await store.open()
-    except StoreCannotOpen as exc:
+    except StoreError as exc:  # cannot open, locked, unreachable: nothing to serve from
         log.error("%s", exc)
         return 1
     try:
-        return await _serve_with_store(settings, store, stop)
+        return await _serve_with_store(settings, store, location, stop)
     except StartupRefused as exc:
         log.error("%s", exc)
         return 2
@@ -85,7 +86,9 @@ async def serve(settings: Settings) -> int:
         await store.close()
 
 
-async def _serve_with_store(settings: Settings, store: Store, stop: asyncio.Event) -> int:
+async def _serve_with_store(
+    settings: Settings, store: Store, location: StoreLocation, stop: asyncio.Event
+) -> int:
     access = Access(settings.admin_key)
     broker = Broker(store, limits(settings))
     # A registry of this server's own: no global state shared between instances.
@@ -153,7 +156,7 @@ async def _serve_with_store(settings: Settings, store: Store, stop: asyncio.Even
         log.info("listening on %s://%s:%d", scheme, *address[:2])
     log.info(
         "store %s, %d workers, %d jobs, %d per receiver",
-        settings.data_dir,
+        location,  # its str() hides any password
         settings.workers,
         settings.jobs,
         settings.effective_receiver_concurrency,

@@ -16,7 +16,8 @@ _LISTENING = re.compile(r"listening on (https?://[^\s\"]+)")
 
 
 class ServerProcess:
-    """A broker process: start, kill, restart on the same data directory."""
+    """A broker process: start, kill, restart on the same data directory (or on the
+    store its `--store` argument or MQPY_STORE names)."""
 
     def __init__(self, data_dir: Path, args: Sequence[str] = (), env: dict[str, str] | None = None):
         self.data_dir = data_dir
@@ -30,16 +31,8 @@ class ServerProcess:
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         port_args = ["--port", str(self.port)] if self.port else ["--port", "0"]
-        command = [
-            sys.executable,
-            "-m",
-            "mqpy",
-            "serve",
-            "--data-dir",
-            str(self.data_dir),
-            *port_args,
-            *self.args,
-        ]
+        command = [sys.executable, "-m", "mqpy", "serve", *self._data_dir_args(), *port_args]
+        command += self.args
         env = {**os.environ, **self.env}
         self._process = subprocess.Popen(
             command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
@@ -51,6 +44,14 @@ class ServerProcess:
             self.kill()
             raise RuntimeError("mqpy did not start:\n" + self.log)
         return self
+
+    def _data_dir_args(self) -> list[str]:
+        # A server given a store of its own gets no --data-dir: the two would name
+        # different stores, which mqpy refuses.
+        flags = {arg.split("=", 1)[0] for arg in self.args}
+        if flags & {"--store", "-store"} or self.env.get("MQPY_STORE"):
+            return []
+        return ["--data-dir", str(self.data_dir)]
 
     def _read(self, started: threading.Event) -> None:
         assert self._process is not None and self._process.stderr is not None

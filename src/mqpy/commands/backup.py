@@ -1,5 +1,8 @@
 """`mqpy backup DEST`: an online, consistent copy of the SQLite store.
 
+It finds the store as `mqpy serve` does (`--store`, `--data-dir`, their MQPY_*
+variables). A PostgreSQL store is backed up with PostgreSQL's own pg_dump instead.
+
 It reads the data directory's database with SQLite's backup API while the broker keeps
 running. In WAL mode a reader works alongside the broker's writer, and copying every
 page in one step happens inside one read transaction, so the copy is one consistent
@@ -17,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import sqlite3
 import tempfile
 import time
@@ -25,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mqpy.commands import EXIT_OK, CommandFailed, set_handler
+from mqpy.commands import EXIT_OK, EXIT_USAGE, CommandFailed, set_handler
 from mqpy.config import Option, options
+from mqpy.domain import StoreCannotOpen
+from mqpy.store import StoreLocation
 from mqpy.store.sqlite import DATABASE_FILE
 
 EXIT_FAILED = 1
@@ -46,7 +52,7 @@ class Backup:
 
 def register(subparsers: Any) -> None:
     """Add `backup` to the `mqpy` parser's subparsers."""
-    data_dir = _data_dir_option()
+    data_dir = _option("data_dir")
     parser = subparsers.add_parser(
         "backup",
         help="copy the SQLite store to a file while the broker runs",
@@ -63,6 +69,14 @@ def register(subparsers: Any) -> None:
         help="the file to write (replaced if it exists); an existing directory gets "
         f"a new file named {_BACKUP_NAME.format(stamp='YYYYMMDDTHHMMSSZ')}",
     )
+    store = _option("store")
+    parser.add_argument(
+        "--store",
+        default=None,
+        metavar="STORE",
+        help="the broker's store, as `mqpy serve --store` takes it (default: the SQLite "
+        f"store in --data-dir; env {store.env}); a PostgreSQL store is for pg_dump",
+    )
     parser.add_argument(
         "--data-dir",
         default=None,
@@ -76,7 +90,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_backup(args: argparse.Namespace) -> int:
-    data_dir = resolve_data_dir(args.data_dir)
+    data_dir = sqlite_data_dir(resolve_store(args.store, args.data_dir))
     backup = back_up(data_dir, Path(args.dest))
     if args.json:
         print(
@@ -89,16 +103,40 @@ def run_backup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def resolve_store(
+    store_flag: str | None, data_dir_flag: str | None, environ: Mapping[str, str] | None = None
+) -> StoreLocation:
+    """--store and --data-dir, each flag before its MQPY_* variable: as `mqpy serve`
+    finds the store. A value that names no store is a usage error."""
+    environ = os.environ if environ is None else environ
+    store = store_flag if store_flag is not None else environ.get(_option("store").env)
+    try:
+        return StoreLocation.parse(store, resolve_data_dir(data_dir_flag, environ))
+    except StoreCannotOpen as exc:
+        raise CommandFailed(EXIT_USAGE, str(exc)) from None
+
+
+def sqlite_data_dir(location: StoreLocation) -> Path:
+    """The data directory of a SQLite store; any other store is a usage error."""
+    if location.backend != "sqlite":
+        raise CommandFailed(
+            EXIT_USAGE,
+            "this copies a SQLite store only; back up a PostgreSQL store with pg_dump, "
+            "for example: pg_dump --format=custom --file=mqpy.dump " + shlex.quote(str(location)),
+        )
+    return Path(location.target)
+
+
 def resolve_data_dir(flag: str | None, environ: Mapping[str, str] | None = None) -> Path:
     """--data-dir, then MQPY_DATA_DIR, then the default: as `mqpy serve` finds it."""
     environ = os.environ if environ is None else environ
-    option = _data_dir_option()
+    option = _option("data_dir")
     raw = flag if flag is not None else environ.get(option.env)
     return Path(raw) if raw else Path(option.default)
 
 
-def _data_dir_option() -> Option:
-    return next(option for option in options() if option.name == "data_dir")
+def _option(name: str) -> Option:
+    return next(option for option in options() if option.name == name)
 
 
 def back_up(data_dir: Path, dest: Path) -> Backup:
@@ -107,8 +145,8 @@ def back_up(data_dir: Path, dest: Path) -> Backup:
     if not source.is_file():
         raise CommandFailed(
             EXIT_FAILED,
-            f"no mq-py store at {source}; give the broker's data directory with "
-            "--data-dir or MQPY_DATA_DIR",
+            f"no mq-py store at {source}; give the broker's store with --store or "
+            "--data-dir (or MQPY_STORE, MQPY_DATA_DIR)",
         )
     if dest.is_dir():
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
