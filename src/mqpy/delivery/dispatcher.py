@@ -60,9 +60,12 @@ class Dispatcher:
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self._held: Counter[int] = Counter()  # per subscription: queued + in flight
         self._in_flight: dict[asyncio.Task[None], Delivery] = {}
+        # Every delivery claimed and not yet settled, whose leases the renewer extends.
+        self._holding: dict[int, Delivery] = {}
         self._wake = asyncio.Event()
         self._all_settled = asyncio.Event()  # set when nothing is in flight at shutdown
         self._claimer: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self._worker_tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._health = ReceiverHealth(policy.backoff)
@@ -98,8 +101,14 @@ class Dispatcher:
         self._health.forget(subscription_id)
         self._observer.forget(subscription_id)
 
+    @property
+    def in_flight(self) -> int:
+        """Deliveries being sent right now."""
+        return len(self._in_flight)
+
     async def start(self) -> None:
         self._claimer = asyncio.create_task(self._claim_loop(), name="mqpy-claimer")
+        self._renewer = asyncio.create_task(self._renew_loop(), name="mqpy-lease-renewer")
         self._worker_tasks = [
             asyncio.create_task(self._work(), name=f"mqpy-worker-{n}") for n in range(self._workers)
         ]
@@ -108,10 +117,11 @@ class Dispatcher:
         """Stop claiming, give queued deliveries back, let those in flight finish for up
         to `grace` seconds, and give back whatever is still unfinished."""
         self._stopping = True
-        if self._claimer is not None:
-            self._claimer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._claimer
+        for task in (self._claimer, self._renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         queued = _drain(self._queue)
         if self._in_flight:
             self._all_settled.clear()
@@ -148,6 +158,7 @@ class Dispatcher:
                     if delivery.subscription_id in self._forgotten:
                         continue  # claimed just before its receiver disconnected
                     self._paced(delivery, now)
+                    self._holding[delivery.delivery_id] = delivery
                     self._held[delivery.subscription_id] += 1
                     self._queue.put_nowait(delivery)
                 # No claim is under way here, so a forgotten receiver with nothing held
@@ -165,6 +176,25 @@ class Dispatcher:
                     continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _renew_loop(self) -> None:
+        """Extend the leases of everything held, three times per lease: a node that
+        dies stops renewing, and another takes its deliveries once they run out."""
+        while True:
+            await asyncio.sleep(self._lease_seconds / 3)
+            held = list(self._holding.values())
+            if not held:
+                continue
+            try:
+                lost = await self._store.renew(
+                    held, now=self._clock(), lease_seconds=self._lease_seconds
+                )
+            except StoreUnavailable as exc:
+                log.error("cannot renew the leases of %d deliveries: %s", len(held), exc)
+                continue
+            if lost:
+                # Another node may be delivering these now; our outcome will not count.
+                log.warning("lost the lease of %d deliveries to another node", len(lost))
 
     def _busy(self, now: float) -> dict[int, int]:
         """What each receiver holds, as the store's claim counts it against the
@@ -228,6 +258,7 @@ class Dispatcher:
                 log.exception("unexpected error delivering %s", delivery.message_id)
             finally:
                 del self._in_flight[task]
+                self._holding.pop(delivery.delivery_id, None)
                 if not self._in_flight:
                     self._all_settled.set()
                 self._held[delivery.subscription_id] -= 1
