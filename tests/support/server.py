@@ -34,13 +34,14 @@ class ServerProcess:
         command = [sys.executable, "-m", "mqpy", "serve", *self._data_dir_args(), *port_args]
         command += self.args
         env = {**os.environ, **self.env}
+        self.url = ""  # until this start says where it listens
         self._process = subprocess.Popen(
             command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
         )
         started = threading.Event()
         self._reader = threading.Thread(target=self._read, args=(started,), daemon=True)
         self._reader.start()
-        if not started.wait(timeout):
+        if not started.wait(timeout) or not self.url:
             self.kill()
             raise RuntimeError("mqpy did not start:\n" + self.log)
         return self
@@ -62,6 +63,7 @@ class ServerProcess:
                 self.url = match.group(1)
                 self.port = int(self.url.rsplit(":", 1)[1])
                 started.set()
+        started.set()  # it exited: a start that never came need not be waited for
 
     @property
     def log(self) -> str:
