@@ -187,3 +187,22 @@ class TestTwoNodesOnOneDatabase:
         assert (await b.stats()).queue_length == 0
         # Every message is done, so all of them are swept.
         assert await b.sweep(delivered_before=T0 + 100, dedup_before=T0) == 20
+
+    async def test_racing_claims_hand_out_each_group_delivery_once(
+        self, nodes: tuple[PostgresStore, PostgresStore]
+    ) -> None:
+        a, b = nodes
+        for node in (a, b, a):
+            await subscribe(node, "orders", group="g")
+        await asyncio.gather(*(publish(a if n % 2 else b, f"m{n}", "orders") for n in range(300)))
+        handed: list[str] = []
+
+        async def drain(node: PostgresStore) -> None:
+            for step in range(40):
+                claimed = await claim(node, T0 + step, limit=7, per_subscription_limit=3)
+                handed.extend(d.message_id for d in claimed.deliveries)
+                for delivery in claimed.deliveries:
+                    await node.ack(delivery, now=T0 + step, status=200)
+
+        await asyncio.gather(drain(a), drain(b), drain(a), drain(b))
+        assert len(handed) == len(set(handed)) == 300

@@ -70,6 +70,11 @@ class ServerProcess:
         return "".join(self.lines)
 
     @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

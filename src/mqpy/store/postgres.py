@@ -910,7 +910,9 @@ async def _claim_rounds(
     """Choose due deliveries, lock what no other node is taking, and hand those to the
     builder; choose again in place of any another node took meanwhile. Returns
     whether more were due than this claim could take."""
-    passed_over: list[int] = []
+    # Chosen in an earlier round: taken by us (still 'pending' to our own reads until
+    # the lease is written) or by another node. Never choose one again.
+    chosen_before: list[int] = []
     while True:
         members = builder.subscription_takes()
         groups = builder.group_takes()
@@ -925,7 +927,7 @@ async def _claim_rounds(
             [group_id for group_id, _ in groups],
             [take + 1 for _, take in groups],
             now,
-            passed_over,
+            chosen_before,
         )
         takes = {(False, m.id): take for m, take in members}
         takes.update({(True, g): take for g, take in groups})
@@ -933,11 +935,12 @@ async def _claim_rounds(
         if not chosen:
             return more_due_now
         locked = {row[0]: row for row in await conn.fetch(sql.LOCK_DUE, list(chosen), now)}
+        chosen_before.extend(chosen)
         for delivery_id, (is_group, target) in chosen.items():
             row = locked.get(delivery_id)
             if row is None:
-                passed_over.append(delivery_id)
-            elif is_group:
+                continue  # another node took it meanwhile
+            if is_group:
                 builder.add_group_rows(target, [tuple(row)])
             else:
                 builder.add_subscription_rows(routes.members[target], [tuple(row)])
