@@ -15,7 +15,6 @@ on anything but the database.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import secrets
@@ -23,7 +22,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
 import asyncpg
 
@@ -33,7 +32,6 @@ from mqpy.domain import (
     BadCursor,
     BrokerStats,
     Claim,
-    Conflict,
     Connection,
     DeadLetter,
     Delivery,
@@ -52,13 +50,24 @@ from mqpy.domain import (
     TopicInfo,
     int_cursor,
 )
-from mqpy.filters import matches as filter_matches
-from mqpy.ids import new_connection_id, new_lease_token
+from mqpy.ids import new_lease_token
 from mqpy.store import postgres_sql as sql
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Batcher
 from mqpy.store.claiming import ClaimBuilder
+from mqpy.store.postgres_catalog import (
+    CONNECTION_COLUMNS,
+    SUBSCRIPTION_COLUMNS,
+    SUBSCRIPTIONS_FROM,
+    change_group_filter,
+    connection_from_row,
+    fetch_subscription,
+    insert_subscription,
+    new_id,
+)
+from mqpy.store.postgres_claim import claim_rounds
 from mqpy.store.postgres_listen import Listener
+from mqpy.store.postgres_publish import PublishPlan, PublishRequest, held_idempotency_keys
 from mqpy.store.postgres_schema import (
     CATALOG_CHANNEL,
     CATALOG_LOCK,
@@ -67,30 +76,27 @@ from mqpy.store.postgres_schema import (
     TALLY_SLOTS,
     migrate,
 )
+from mqpy.store.postgres_sql import PgConnection, one, row_count
 from mqpy.store.routes import (
     GROUP_ROUTE_COLUMNS,
     SUBSCRIPTION_ROUTE_COLUMNS,
     Routes,
     RouteTable,
-    Target,
     build_routes,
 )
 from mqpy.store.rows import (
     changed_spec,
     delivery_status,
-    dump_attributes,
     dump_filter,
     dump_settings,
     load_attributes,
     subscription_from_row,
 )
-from mqpy.topics import TOPIC_NAME, is_pattern
+from mqpy.topics import TOPIC_NAME
 from mqpy.topics import matches as topic_matches
 
 log = logging.getLogger("mqpy.store")
 
-# What a pooled connection is to the type checker (the stubs make it generic).
-PgConnection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 
 # Delivered messages (and expired idempotency keys) forgotten per transaction.
 SWEEP_CHUNK = 500
@@ -107,20 +113,6 @@ _UNAVAILABLE = (
     asyncpg.InsufficientResourcesError,
     asyncpg.TransactionRollbackError,
 )
-
-_SUBSCRIPTION_COLUMNS = (
-    "s.id, s.topic, s.url, s.created_at, s.filter, s.settings, s.paused, s.key_id, "
-    "s.connection_id, g.name"
-)
-_SUBSCRIPTIONS_FROM = "subscriptions s LEFT JOIN groups g ON g.id = s.group_id"
-_CONNECTION_COLUMNS = "id, mode, client_url, topic, connected_at, key_id"
-
-
-@dataclass(frozen=True, slots=True)
-class _PublishRequest:
-    messages: Sequence[NewMessage]
-    max_backlog: int
-    dedup_since: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +143,7 @@ class PostgresStore(Store):
         self.node = node_name()
         self._routes = RouteTable()
         self._routes_version: int | None = None
-        self._publishes: Batcher[_PublishRequest, list[Published]] = Batcher(
+        self._publishes: Batcher[PublishRequest, list[Published]] = Batcher(
             self._flush_publishes, max_batch=256
         )
         self._outcomes: Batcher[_Outcome, None] = Batcher(self._flush_outcomes, max_batch=1000)
@@ -284,7 +276,7 @@ class PostgresStore(Store):
     ) -> Connection:
         async with self._transaction() as conn:
             await self._catalog_change(conn)
-            connection_id = await _new_id(conn)
+            connection_id = await new_id(conn)
             await conn.execute(
                 "INSERT INTO connections (id, mode, client_url, topic, connected_at, key_id) "
                 "VALUES ($1, $2, $3, $4, $5, $6)",
@@ -297,7 +289,7 @@ class PostgresStore(Store):
             )
             if mode is Mode.RECEIVE:
                 spec = SubscriptionSpec(url=client_url, topic=topic, group=group, filter=filter)
-                await _insert_subscription(
+                await insert_subscription(
                     conn, connection_id, spec, now, key_id, secret, connection_id
                 )
             return Connection(connection_id, mode, client_url, topic, now, key_id)
@@ -307,15 +299,15 @@ class PostgresStore(Store):
     ) -> Subscription:
         async with self._transaction() as conn:
             await self._catalog_change(conn)
-            subscription_id = await _new_id(conn)
-            await _insert_subscription(conn, subscription_id, spec, now, key_id, secret, None)
-            subscription = await _subscription(conn, subscription_id)
+            subscription_id = await new_id(conn)
+            await insert_subscription(conn, subscription_id, spec, now, key_id, secret, None)
+            subscription = await fetch_subscription(conn, subscription_id)
             assert subscription is not None
             return subscription
 
     async def subscription(self, subscription_id: int) -> Subscription | None:
         async with self._transaction() as conn:
-            return await _subscription(conn, subscription_id)
+            return await fetch_subscription(conn, subscription_id)
 
     async def subscriptions(
         self, *, topic: str | None = None, cursor: str | None = None, limit: int = 100
@@ -328,7 +320,7 @@ class PostgresStore(Store):
             # is full or the table ends.
             while len(found) <= limit:
                 rows = await conn.fetch(
-                    f"SELECT {_SUBSCRIPTION_COLUMNS} FROM {_SUBSCRIPTIONS_FROM} "
+                    f"SELECT {SUBSCRIPTION_COLUMNS} FROM {SUBSCRIPTIONS_FROM} "
                     "WHERE s.active AND s.id > $1 ORDER BY s.id LIMIT $2",
                     last,
                     limit + 1,
@@ -348,12 +340,12 @@ class PostgresStore(Store):
     ) -> Subscription | None:
         async with self._transaction() as conn:
             await self._catalog_change(conn)
-            current = await _subscription(conn, subscription_id)
+            current = await fetch_subscription(conn, subscription_id)
             if current is None:
                 return None
             spec = changed_spec(current.spec, changes)
             if spec.filter != current.spec.filter and spec.group is not None:
-                await _change_group_filter(conn, subscription_id, spec)
+                await change_group_filter(conn, subscription_id, spec)
             await conn.execute(
                 "UPDATE subscriptions SET url = $1, filter = $2, settings = $3 WHERE id = $4",
                 spec.url,
@@ -367,7 +359,7 @@ class PostgresStore(Store):
                     spec.url,
                     current.connection_id,
                 )
-            return await _subscription(conn, subscription_id)
+            return await fetch_subscription(conn, subscription_id)
 
     async def set_paused(self, subscription_id: int, paused: bool) -> Subscription | None:
         async with self._transaction() as conn:
@@ -377,12 +369,12 @@ class PostgresStore(Store):
                 paused,
                 subscription_id,
             )
-            return await _subscription(conn, subscription_id)
+            return await fetch_subscription(conn, subscription_id)
 
     async def remove_subscription(self, subscription_id: int, now: float) -> Subscription | None:
         async with self._transaction() as conn:
             await self._catalog_change(conn)
-            subscription = await _subscription(conn, subscription_id)
+            subscription = await fetch_subscription(conn, subscription_id)
             if subscription is None:
                 return None
             if subscription.connection_id is not None:
@@ -407,18 +399,18 @@ class PostgresStore(Store):
                 secret,
                 subscription_id,
             )
-            return _row_count(status) > 0
+            return row_count(status) > 0
 
     async def remove_connection(self, connection_id: int, now: float) -> Connection | None:
         async with self._transaction() as conn:
             row = await conn.fetchrow(
-                f"SELECT {_CONNECTION_COLUMNS} FROM connections "
+                f"SELECT {CONNECTION_COLUMNS} FROM connections "
                 "WHERE id = $1 AND disconnected_at IS NULL FOR UPDATE",
                 connection_id,
             )
             if row is None:
                 return None
-            connection = _connection(row)
+            connection = connection_from_row(row)
             await self._catalog_change(conn)
             await conn.execute(
                 "UPDATE connections SET disconnected_at = $1 WHERE id = $2", now, connection_id
@@ -471,18 +463,18 @@ class PostgresStore(Store):
     async def connection(self, connection_id: int) -> Connection | None:
         async with self._transaction() as conn:
             row = await conn.fetchrow(
-                f"SELECT {_CONNECTION_COLUMNS} FROM connections "
+                f"SELECT {CONNECTION_COLUMNS} FROM connections "
                 "WHERE id = $1 AND disconnected_at IS NULL",
                 connection_id,
             )
-        return None if row is None else _connection(row)
+        return None if row is None else connection_from_row(row)
 
     async def connections(self) -> list[Connection]:
         async with self._transaction() as conn:
             rows = await conn.fetch(
-                f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE disconnected_at IS NULL"
+                f"SELECT {CONNECTION_COLUMNS} FROM connections WHERE disconnected_at IS NULL"
             )
-        return [_connection(row) for row in rows]
+        return [connection_from_row(row) for row in rows]
 
     # Publishing.
 
@@ -495,10 +487,10 @@ class PostgresStore(Store):
     ) -> list[Published]:
         if self._closed:
             raise StoreUnavailable("the store is closed")
-        return await self._publishes.submit(_PublishRequest(messages, max_backlog, dedup_since))
+        return await self._publishes.submit(PublishRequest(messages, max_backlog, dedup_since))
 
     async def _flush_publishes(
-        self, requests: Sequence[_PublishRequest]
+        self, requests: Sequence[PublishRequest]
     ) -> list[list[Published] | BaseException]:
         try:
             return await self._publish_together(requests)
@@ -518,21 +510,21 @@ class PostgresStore(Store):
         return outcomes
 
     async def _publish_together(
-        self, requests: Sequence[_PublishRequest]
+        self, requests: Sequence[PublishRequest]
     ) -> list[list[Published] | BaseException]:
         async with self._transaction() as conn:
             # Shared: publishes on every node go side by side, and a subscription
             # change waits until they commit (and they for it), so no message is
             # routed by a table that a committed change has made stale.
             await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", CATALOG_LOCK)
-            version, stored = await _one(
+            version, stored = await one(
                 conn,
                 "SELECT (SELECT version FROM catalog), (SELECT sum(stored)::bigint FROM tallies)",
             )
             routes = await self._load_routes_if_stale(conn, version)
-            plan = _PublishPlan(routes)
+            plan = PublishPlan(routes)
             outcomes: list[list[Published] | BaseException] = []
-            accepted: list[tuple[int, _PublishRequest]] = []
+            accepted: list[tuple[int, PublishRequest]] = []
             for request in requests:
                 if request.max_backlog > 0 and stored + len(request.messages) > request.max_backlog:
                     outcomes.append(
@@ -545,7 +537,7 @@ class PostgresStore(Store):
                 stored += len(request.messages)
                 accepted.append((len(outcomes), request))
                 outcomes.append([])
-            plan.held = await _held_idempotency_keys(conn, [r for _, r in accepted])
+            plan.held = await held_idempotency_keys(conn, [r for _, r in accepted])
             for index, request in accepted:
                 outcomes[index] = [plan.add(message) for message in request.messages]
             await plan.write(conn)
@@ -599,7 +591,7 @@ class PostgresStore(Store):
                     "DELETE FROM deliveries WHERE message_seq = ANY($1::bigint[])",
                     [row[0] for row in seqs],
                 )
-                keys = _row_count(
+                keys = row_count(
                     await conn.execute(
                         "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(SELECT ctid FROM "
                         "idempotency_keys WHERE created_at < $1 LIMIT $2 "
@@ -634,7 +626,7 @@ class PostgresStore(Store):
                 per_subscription_limit=per_subscription_limit,
                 busy=busy,
             )
-            more_due_now = await _claim_rounds(conn, builder, routes, limit=limit, now=now)
+            more_due_now = await claim_rounds(conn, builder, routes, limit=limit, now=now)
             if more_due_now:
                 builder.consider(now)
             else:
@@ -758,7 +750,7 @@ class PostgresStore(Store):
                 now,
                 key_id,
             )
-        return _row_count(status) > 0
+        return row_count(status) > 0
 
     # Dead letters.
 
@@ -806,9 +798,9 @@ class PostgresStore(Store):
                 now,
                 receiver_id,
             )
-            if _row_count(status):
+            if row_count(status):
                 await conn.execute("SELECT pg_notify($1, '')", DUE_CHANNEL)
-        return _row_count(status)
+        return row_count(status)
 
     async def purge_dead_letters(self, subscription_id: int | None = None, *, now: float) -> int:
         async with self._transaction() as conn:
@@ -851,7 +843,7 @@ class PostgresStore(Store):
         )
         if row is None:
             return None
-        backlog, oldest = await _one(
+        backlog, oldest = await one(
             conn,
             "SELECT count(*), min(published_at) FROM messages m WHERE topic = $1 "
             "AND done_at IS NULL AND (NOT routed OR EXISTS (SELECT 1 FROM deliveries d "
@@ -873,7 +865,7 @@ class PostgresStore(Store):
                     "GROUP BY mode"
                 )
             }
-            pending, waiting, delivered = await _one(
+            pending, waiting, delivered = await one(
                 conn,
                 "SELECT (SELECT count(*) FROM deliveries WHERE state = 'pending'), "
                 "(SELECT count(*) FROM messages WHERE NOT routed), "
@@ -904,333 +896,8 @@ class PostgresStore(Store):
             return int(await conn.fetchval("SELECT count(*) FROM deliveries WHERE state = 'dead'"))
 
 
-async def _claim_rounds(
-    conn: PgConnection, builder: ClaimBuilder, routes: Routes, *, limit: int, now: float
-) -> bool:
-    """Choose due deliveries, lock what no other node is taking, and hand those to the
-    builder; choose again in place of any another node took meanwhile. Returns
-    whether more were due than this claim could take."""
-    # Chosen in an earlier round: taken by us (still 'pending' to our own reads until
-    # the lease is written) or by another node. Never choose one again.
-    chosen_before: list[int] = []
-    while True:
-        members = builder.subscription_takes()
-        groups = builder.group_takes()
-        left = limit - builder.taken
-        if left <= 0 or not (members or groups):
-            return left <= 0 and bool(members or groups)
-        # One row beyond what a target takes tells whether more are due right now.
-        rows = await conn.fetch(
-            sql.DUE,
-            [member.id for member, _ in members],
-            [take + 1 for _, take in members],
-            [group_id for group_id, _ in groups],
-            [take + 1 for _, take in groups],
-            now,
-            chosen_before,
-        )
-        takes = {(False, m.id): take for m, take in members}
-        takes.update({(True, g): take for g, take in groups})
-        chosen, more_due_now = _oldest_due(rows, takes, left)
-        if not chosen:
-            return more_due_now
-        locked = {row[0]: row for row in await conn.fetch(sql.LOCK_DUE, list(chosen), now)}
-        chosen_before.extend(chosen)
-        for delivery_id, (is_group, target) in chosen.items():
-            row = locked.get(delivery_id)
-            if row is None:
-                continue  # another node took it meanwhile
-            if is_group:
-                builder.add_group_rows(target, [tuple(row)])
-            else:
-                builder.add_subscription_rows(routes.members[target], [tuple(row)])
-        if len(locked) == len(chosen):
-            return more_due_now
-
-
-def _oldest_due(
-    rows: Sequence[asyncpg.Record], takes: Mapping[tuple[bool, int], int], left: int
-) -> tuple[dict[int, tuple[bool, int]], bool]:
-    """The oldest due of `rows` (target id, is group, delivery id, due at), at most
-    each target's take and `left` in all, in due order; and whether any were left
-    over, that is, whether more are due right now than were chosen."""
-    per_target: dict[tuple[bool, int], list[tuple[float, int]]] = {}
-    for target, is_group, delivery_id, due_at in rows:
-        per_target.setdefault((is_group, target), []).append((due_at, delivery_id))
-    more = False
-    candidates: list[tuple[float, int, tuple[bool, int]]] = []
-    for target, found in per_target.items():
-        found.sort()
-        take = takes[target]
-        more = more or len(found) > take
-        candidates.extend((due_at, delivery_id, target) for due_at, delivery_id in found[:take])
-    candidates.sort()
-    more = more or len(candidates) > left
-    return {delivery_id: target for _, delivery_id, target in candidates[:left]}, more
-
-
 def _never_stale() -> Routes:
     raise AssertionError("routes are loaded before they are read")
-
-
-class _PublishPlan:
-    """The rows one publish transaction writes, gathered for one statement."""
-
-    def __init__(self, routes: Routes) -> None:
-        self._routes = routes
-        self._messages: list[NewMessage] = []
-        self._routed: list[bool] = []
-        self._deliveries: list[tuple[str, int | None, int | None, str | None, float]] = []
-        self._topics: dict[str, tuple[int, float]] = {}  # name: (count, first seen)
-        # Idempotency keys an earlier transaction holds, and those this one takes.
-        self.held: dict[tuple[str, str], str] = {}
-        self._taken: dict[tuple[str, str], str] = {}
-
-    def add(self, message: NewMessage) -> Published:
-        key = _idempotency_of(message)
-        if key is not None:
-            holder = self.held.get(key) or self._taken.get(key)
-            if holder is not None:
-                return Published(holder, duplicate=True)
-            self._taken[key] = message.id
-        targets = self._routes.for_message(message.topic, message.attributes)
-        self._messages.append(message)
-        self._routed.append(bool(targets))
-        due = max(message.published_at, message.deliver_at or 0.0)
-        self._deliveries.extend(
-            (message.id, t.subscription_id, t.group_id, message.ordering_key, due) for t in targets
-        )
-        count, first = self._topics.get(message.topic, (0, message.published_at))
-        self._topics[message.topic] = (count + 1, min(first, message.published_at))
-        return Published(message.id, deliveries=len(targets))
-
-    async def write(self, conn: PgConnection) -> None:
-        if not self._messages:
-            return
-        keys = sorted({_lock_key(m.ordering_key) for m in self._messages if m.ordering_key})
-        if keys:
-            await conn.execute(sql.LOCK_ORDERING_KEYS, keys)
-        messages = self._messages
-        deliveries = self._deliveries
-        await conn.execute(
-            sql.PUBLISH,
-            [m.id for m in messages],
-            [m.topic for m in messages],
-            [m.body for m in messages],
-            [m.publisher_id for m in messages],
-            [m.published_at for m in messages],
-            self._routed,
-            [dump_attributes(m.attributes) for m in messages],
-            [m.ordering_key for m in messages],
-            [m.deliver_at for m in messages],
-            [d[0] for d in deliveries],
-            [d[1] for d in deliveries],
-            [d[2] for d in deliveries],
-            [d[3] for d in deliveries],
-            [d[4] for d in deliveries],
-            list(self._topics),
-            [first for _, first in self._topics.values()],
-            secrets.randbelow(TALLY_SLOTS),
-            [count for count, _ in self._topics.values()],
-            len(messages),
-        )
-        if deliveries:
-            # One notification per transaction: NOTIFY serialises commits on a global
-            # lock, so never one per message.
-            await conn.execute("SELECT pg_notify($1, '')", DUE_CHANNEL)
-
-
-def _idempotency_of(message: NewMessage) -> tuple[str, str] | None:
-    if message.idempotency_key is None:
-        return None
-    return (message.publisher_key or "", message.idempotency_key)
-
-
-async def _held_idempotency_keys(
-    conn: PgConnection, requests: Sequence[_PublishRequest]
-) -> dict[tuple[str, str], str]:
-    """Take the idempotency keys these messages carry (the first message with a key
-    takes it); returns the keys that an earlier transaction holds, with its message."""
-    first: dict[tuple[str, str], NewMessage] = {}
-    since = float("inf")
-    for request in requests:
-        for message in request.messages:
-            key = _idempotency_of(message)
-            if key is not None and key not in first:
-                first[key] = message
-                # Every request carries the same --dedup-window in practice; the
-                # widest asked for wins.
-                since = min(since, request.dedup_since)
-    if not first:
-        return {}
-    ours = {
-        (row[0], row[1])
-        for row in await conn.fetch(
-            sql.CLAIM_IDEMPOTENCY_KEYS,
-            [k[0] for k in first],
-            [k[1] for k in first],
-            [m.id for m in first.values()],
-            [m.published_at for m in first.values()],
-            since,
-        )
-    }
-    taken = [k for k in first if k not in ours]
-    if not taken:
-        return {}
-    rows = await conn.fetch(sql.HELD_IDEMPOTENCY_KEYS, [k[0] for k in taken], [k[1] for k in taken])
-    return {(row[0], row[1]): row[2] for row in rows}
-
-
-async def _new_id(conn: PgConnection) -> int:
-    """A random id no connection or subscription ever had: a primary key on every id
-    handed out settles a race between nodes."""
-    while True:
-        candidate = new_connection_id()
-        issued = await conn.fetchval(
-            "INSERT INTO issued_ids (id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING id",
-            candidate,
-        )
-        if issued is not None:
-            return candidate
-
-
-async def _insert_subscription(
-    conn: PgConnection,
-    subscription_id: int,
-    spec: SubscriptionSpec,
-    now: float,
-    key_id: str | None,
-    secret: str | None,
-    connection_id: int | None,
-) -> None:
-    group_id = None
-    new_target = True
-    if spec.group is not None:
-        group_id, new_target = await _join_group(conn, spec, now)
-    await conn.execute(
-        "INSERT INTO subscriptions (id, topic, url, created_at, secret, group_id, filter, "
-        "settings, key_id, connection_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        subscription_id,
-        spec.topic,
-        spec.url,
-        now,
-        secret,
-        group_id,
-        dump_filter(spec.filter),
-        dump_settings(spec),
-        key_id,
-        connection_id,
-    )
-    if not is_pattern(spec.topic):
-        await conn.execute(
-            "INSERT INTO topics (name, first_seen) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            spec.topic,
-            now,
-        )
-    if new_target:
-        target = Target(
-            spec.topic, spec.filter, None if group_id is not None else subscription_id, group_id
-        )
-        await _route_waiting_messages(conn, target, now)
-
-
-async def _join_group(conn: PgConnection, spec: SubscriptionSpec, now: float) -> tuple[int, bool]:
-    """The active group this member joins (created if new), and whether it is new.
-    The caller holds the catalog lock, so no other node creates it meanwhile."""
-    row = await conn.fetchrow(
-        "SELECT id, filter FROM groups WHERE topic = $1 AND name = $2 AND active",
-        spec.topic,
-        spec.group,
-    )
-    wanted = dump_filter(spec.filter)
-    if row is None:
-        group_id = await conn.fetchval(
-            "INSERT INTO groups (topic, name, filter, created_at) VALUES ($1, $2, $3, $4) "
-            "RETURNING id",
-            spec.topic,
-            spec.group,
-            wanted,
-            now,
-        )
-        return int(group_id), True
-    if row["filter"] != wanted:
-        raise Conflict(
-            f"the group {spec.group!r} on {spec.topic!r} has the filter "
-            f"{row['filter'] or 'none'}; its members must all carry the same filter"
-        )
-    return int(row["id"]), False
-
-
-async def _change_group_filter(
-    conn: PgConnection, subscription_id: int, spec: SubscriptionSpec
-) -> None:
-    group_id, members = await _one(
-        conn,
-        "SELECT s.group_id, (SELECT count(*) FROM subscriptions o WHERE o.group_id = "
-        "s.group_id AND o.active) FROM subscriptions s WHERE s.id = $1",
-        subscription_id,
-    )
-    if members > 1:
-        raise Conflict(
-            f"subscription {subscription_id} shares the group {spec.group!r} with "
-            f"{members - 1} other member(s); a group's members must all carry the same "
-            "filter, so change it on a new group"
-        )
-    await conn.execute(
-        "UPDATE groups SET filter = $1 WHERE id = $2", dump_filter(spec.filter), group_id
-    )
-
-
-async def _subscription(conn: PgConnection, subscription_id: int) -> Subscription | None:
-    row = await conn.fetchrow(
-        f"SELECT {_SUBSCRIPTION_COLUMNS} FROM {_SUBSCRIPTIONS_FROM} WHERE s.id = $1 AND s.active",
-        subscription_id,
-    )
-    return None if row is None else subscription_from_row(row)
-
-
-async def _route_waiting_messages(conn: PgConnection, target: Target, now: float) -> None:
-    """Messages published while nothing matched them go to the first target that does.
-    The caller holds the catalog lock, so no publish commits meanwhile."""
-    if target.filter is None and not is_pattern(target.pattern):
-        await conn.execute(
-            "WITH routed AS (UPDATE messages SET routed = true WHERE topic = $3 AND NOT routed "
-            "RETURNING seq, ordering_key, deliver_at) "
-            "INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, "
-            "state, due_at) SELECT seq, $1, $2, ordering_key, 'pending', "
-            "greatest($4, coalesce(deliver_at, 0)) FROM routed ORDER BY seq",
-            target.subscription_id,
-            target.group_id,
-            target.pattern,
-            now,
-        )
-        return
-    rows = await conn.fetch(
-        "SELECT seq, topic, attributes, ordering_key, deliver_at FROM messages "
-        "WHERE NOT routed ORDER BY seq"
-    )
-    routed = [
-        row
-        for row in rows
-        if topic_matches(target.pattern, row["topic"])
-        and filter_matches(target.filter, load_attributes(row["attributes"]))
-    ]
-    if not routed:
-        return
-    await conn.execute(
-        "INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, state, "
-        "due_at) SELECT seq, $1, $2, key, 'pending', due FROM unnest($3::bigint[], $4::text[], "
-        "$5::float8[]) WITH ORDINALITY AS r (seq, key, due, n) ORDER BY n",
-        target.subscription_id,
-        target.group_id,
-        [row["seq"] for row in routed],
-        [row["ordering_key"] for row in routed],
-        [max(now, row["deliver_at"] or 0.0) for row in routed],
-    )
-    await conn.execute(
-        "UPDATE messages SET routed = true WHERE seq = ANY($1::bigint[])",
-        [row["seq"] for row in routed],
-    )
 
 
 async def _finish_messages(conn: PgConnection, done_at: dict[int, float]) -> int:
@@ -1267,25 +934,6 @@ def _outcome_arrays(outcomes: Sequence[_Outcome], *, due: bool) -> list[list[Any
     ]
 
 
-async def _one(conn: PgConnection, query: str, *args: Any) -> asyncpg.Record:
-    """The one row a query always returns (aggregates, sub-selects)."""
-    row = await conn.fetchrow(query, *args)
-    assert row is not None, query
-    return row
-
-
-def _lock_key(ordering_key: str) -> int:
-    """A stable signed 64-bit number for an ordering key (a collision only makes two
-    keys wait for each other)."""
-    digest = hashlib.blake2b(ordering_key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def _row_count(status: str) -> int:
-    """Rows changed, from a command tag such as `UPDATE 3`."""
-    return int(status.rsplit(" ", 1)[-1])
-
-
 def _dead_letter_cursor(cursor: str | None) -> tuple[float, int]:
     if cursor is None:
         return (float("-inf"), 0)
@@ -1294,8 +942,3 @@ def _dead_letter_cursor(cursor: str | None) -> tuple[float, int]:
         return (float(dead_at), int(delivery_id))
     except ValueError:
         raise BadCursor(f"the cursor {cursor!r} was not handed out by this list") from None
-
-
-def _connection(row: asyncpg.Record) -> Connection:
-    connection_id, mode, client_url, topic, connected_at, key_id = row
-    return Connection(connection_id, Mode(mode), client_url, topic, connected_at, key_id)

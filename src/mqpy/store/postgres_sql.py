@@ -1,5 +1,6 @@
-"""The PostgreSQL store's statements that take the most thought: the publish, the
-claim and the outcomes of deliveries, each one round trip for a whole batch.
+"""The PostgreSQL store's statements that take the most thought (the publish, the
+claim and the outcomes of deliveries, each one round trip for a whole batch), and the
+small helpers that run statements.
 
 Arrays go in through `unnest`, so a batch of any size is one statement with a fixed
 text (asyncpg prepares it once per connection).
@@ -7,7 +8,28 @@ text (asyncpg prepares it once per connection).
 
 from __future__ import annotations
 
+from typing import Any, TypeAlias
+
+import asyncpg
+import asyncpg.pool
+
 from mqpy.store.claiming import CLAIM_COLUMNS
+
+# What a pooled connection is to the type checker (the stubs make it generic).
+PgConnection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+
+
+async def one(conn: PgConnection, query: str, *args: Any) -> asyncpg.Record:
+    """The one row a query always returns (aggregates, sub-selects)."""
+    row = await conn.fetchrow(query, *args)
+    assert row is not None, query
+    return row
+
+
+def row_count(status: str) -> int:
+    """Rows changed, from a command tag such as `UPDATE 3`."""
+    return int(status.rsplit(" ", 1)[-1])
+
 
 # A batch of messages and all their deliveries, the topics they name, their publish
 # counts (in the transaction's slot) and the stored-message tally: one statement.
