@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
+from mqpy.domain import SchemaTooNew, StoreUnavailable
 from mqpy.store.base import Store
 from mqpy.store.postgres import PostgresStore
+from mqpy.store.postgres_schema import MIGRATIONS
 from tests.store.conformance import StoreConformance
 from tests.store.support import (
     LEASE,
@@ -206,3 +209,34 @@ class TestTwoNodesOnOneDatabase:
 
         await asyncio.gather(drain(a), drain(b), drain(a), drain(b))
         assert len(handed) == len(set(handed)) == 300
+
+
+async def test_nodes_opening_an_empty_database_together_migrate_it_once(
+    stores: OpenStores,
+) -> None:
+    opened = await asyncio.gather(*(stores.open() for _ in range(4)))
+    for store in opened:
+        await store.ping()
+    conn = await asyncpg.connect(stores.url)
+    try:
+        versions = await conn.fetch("SELECT version FROM mqpy_schema ORDER BY version")
+    finally:
+        await conn.close()
+    assert [row[0] for row in versions] == list(range(1, len(MIGRATIONS) + 1))
+
+
+async def test_a_database_from_a_newer_mq_py_is_refused(stores: OpenStores) -> None:
+    await (await stores.open()).ping()
+    conn = await asyncpg.connect(stores.url)
+    try:
+        await conn.execute("INSERT INTO mqpy_schema (version) VALUES ($1)", len(MIGRATIONS) + 1)
+    finally:
+        await conn.close()
+    with pytest.raises(SchemaTooNew, match="newer mq-py"):
+        await stores.open()
+
+
+async def test_an_unreachable_database_is_unavailable_not_a_crash(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url.replace(postgres_url.split("/")[2], "127.0.0.1:1"))
+    with pytest.raises(StoreUnavailable, match="cannot reach PostgreSQL"):
+        await store.open()
