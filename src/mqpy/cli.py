@@ -9,6 +9,7 @@ Flags are accepted Go-style (`-port 8080`, as MQ Go took them) and GNU-style
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from mqpy import __version__
@@ -24,6 +25,7 @@ from mqpy.commands import (
 )
 from mqpy.config import Option, SettingError, format_duration, options, parse_duration, resolve
 from mqpy.logging_setup import configure_logging
+from mqpy.supervisor import process_slot, supervise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +100,7 @@ def _show(option: Option) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "serve":
@@ -109,7 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = resolve({o.name: getattr(args, o.name, None) for o in options()})
     except SettingError as exc:
         parser.exit(2, f"mqpy serve: {exc}\n")
-    configure_logging(settings.log_level, settings.log_format)
+    slot = process_slot()
+    configure_logging(
+        settings.log_level,
+        settings.log_format,
+        process_slot=f"{slot}/{settings.processes}" if slot else "",
+    )
+    if settings.processes > 1 and slot is None:
+        # The supervisor starts the processes with this same command line.
+        return supervise(settings, argv)
     from mqpy.server import run
 
     return run(settings)

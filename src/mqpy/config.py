@@ -119,6 +119,12 @@ class Settings:
         "127.0.0.1", str, "interface to listen on (loopback unless you mean to expose it)"
     )
     port: int = _setting(8080, _port, "listening port (0 picks a free one)")
+    processes: int = _setting(
+        1,
+        _positive_int,
+        "broker processes to run on this machine, sharing --port and the store; above 1 "
+        "needs a PostgreSQL --store and a fixed --port",
+    )
     jobs: int = _setting(
         5, _non_negative_int, "deliveries claimed from the store and waiting in memory for a worker"
     )

@@ -144,7 +144,15 @@ async def _serve_with_store(
     await runner.setup()
     sweeper = asyncio.create_task(sweep_forever(store, settings), name="mqpy-sweeper")
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, ssl_context=tls)
+        site = web.TCPSite(
+            runner,
+            settings.host,
+            settings.port,
+            backlog=1024,
+            ssl_context=tls,
+            # One of --processes N: all N listen on this one port (SO_REUSEPORT).
+            reuse_port=settings.processes > 1,
+        )
         await site.start()
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)

@@ -1,0 +1,267 @@
+"""`mqpy serve --processes N`: N broker processes on one machine, one port, one store.
+
+The parent serves nothing itself. It runs its own command line again once per process,
+with `MQPY_PROCESS_SLOT` saying which process each child is; a child is then a full
+node (its own store pool, dispatcher and heartbeat), just as if started by hand, that
+binds the shared port with SO_REUSEPORT so the kernel spreads connections among them.
+
+The parent forwards SIGTERM and SIGINT to the children and waits for their graceful
+stop. A child that dies is replaced, after a pause that grows while replacements keep
+failing to start, so a crash loop does not spin; a first child that cannot start (a
+refused setting, an unreachable store, a busy port) stops them all with its status.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+from mqpy.config import Settings
+from mqpy.domain import StoreCannotOpen
+from mqpy.store import StoreLocation
+
+log = logging.getLogger("mqpy.supervisor")
+
+# Set in each child's environment: which of the N processes it is, 1 to N.
+SLOT_ENV = "MQPY_PROCESS_SLOT"
+# A child that exits sooner than this after its start failed to start.
+STARTUP_SECONDS = 5.0
+# The pause before a replacement: doubled for each start in a row that failed.
+FIRST_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 10.0
+# One process failing to start this many times in a row stops them all.
+MAX_FAILED_STARTS = 5
+# A child stops within twice --shutdown-grace (HTTP, then deliveries), plus closing
+# its store; this much more before it is killed.
+STOP_MARGIN_SECONDS = 10.0
+POLL_SECONDS = 0.1
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def process_slot(environ: Mapping[str, str] | None = None) -> int | None:
+    """Which process of a `--processes N` group this one is, or None if it is the
+    first (and maybe only) process a user started."""
+    raw = (os.environ if environ is None else environ).get(SLOT_ENV, "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else None
+
+
+def refusal(settings: Settings) -> str | None:
+    """Why these settings cannot run `--processes` above 1, or None if they can."""
+    try:
+        location = StoreLocation.parse(settings.store, settings.data_dir)
+    except StoreCannotOpen as exc:
+        return str(exc)
+    count = settings.processes
+    if location.backend == "sqlite":
+        return (
+            f"--processes {count} needs a PostgreSQL store: the SQLite store takes an "
+            f"exclusive lock on its data directory ({location.target}), so only one "
+            "process can use it; run one process, or give --store postgresql://... "
+            "to run several"
+        )
+    if settings.port == 0:
+        return (
+            f"--processes {count} cannot share port 0: each process would pick a port of "
+            "its own; give a fixed --port"
+        )
+    return None
+
+
+def supervise(settings: Settings, argv: Sequence[str]) -> int:
+    """Run `mqpy <argv>` as `settings.processes` children until SIGTERM or SIGINT; the
+    exit status: 0 after a clean stop, 2 for settings that cannot run several
+    processes, else the status of the children that kept failing."""
+    reason = refusal(settings)
+    if reason is not None:
+        log.error("%s", reason)
+        return 2
+    log.info("starting %d processes on %s:%d", settings.processes, settings.host, settings.port)
+    command = [sys.executable, "-m", "mqpy", *argv]
+    stop_timeout = 2 * settings.shutdown_grace + STOP_MARGIN_SECONDS
+    return Supervisor(command, settings.processes, stop_timeout).run()
+
+
+@dataclass
+class _Child:
+    slot: int
+    process: subprocess.Popen[bytes]
+    started: float
+    first: bool  # started with the group, not as a replacement
+
+
+class Supervisor:
+    """Keeps `count` copies of `command` running until told to stop."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        count: int,
+        stop_timeout: float,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.command = list(command)
+        self.count = count
+        self.stop_timeout = stop_timeout
+        self.environ = dict(os.environ if environ is None else environ)
+        self.children: dict[int, _Child] = {}
+        self.failed_starts = dict.fromkeys(range(1, count + 1), 0)
+        self.restart_at: dict[int, float] = {}
+        self.stop_signal: int | None = None
+
+    def run(self) -> int:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
+        try:
+            for slot in range(1, self.count + 1):
+                self._start(slot, first=True)
+            gave_up = self._watch()
+            clean = self._stop()
+            if gave_up is not None:
+                return gave_up
+            log.info("stopped")
+            return 0 if clean else 1
+        finally:
+            if self.children:  # something went wrong above: leave no child behind
+                self._stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = signum
+
+    def _watch(self) -> int | None:
+        """Keep every process running until a stop signal (None), or until they keep
+        failing to start (the exit status to give up with)."""
+        while self.stop_signal is None:
+            for child in list(self.children.values()):
+                returncode = child.process.poll()
+                if returncode is not None:
+                    gave_up = self._exited(child, returncode)
+                    if gave_up is not None:
+                        return gave_up
+            now = time.monotonic()
+            for slot, due in list(self.restart_at.items()):
+                if now >= due and self.stop_signal is None:
+                    del self.restart_at[slot]
+                    self._start(slot, first=False)
+            time.sleep(POLL_SECONDS)
+        log.info(
+            "%s: stopping %d processes", signal.Signals(self.stop_signal).name, len(self.children)
+        )
+        return None
+
+    def _exited(self, child: _Child, returncode: int) -> int | None:
+        """Schedule a replacement for a child that exited; the status to give up with
+        instead, if it should not be replaced."""
+        del self.children[child.slot]
+        lived = time.monotonic() - child.started
+        failed_start = lived < STARTUP_SECONDS
+        name = f"process {child.slot}/{self.count} (pid {child.process.pid})"
+        how = _how(returncode)
+        # A first process, or any with a refused setting (2), that exits with a status
+        # at once will do so again: the settings are the same for every start.
+        if failed_start and returncode > 0 and (child.first or returncode == 2):
+            log.error("%s %s at startup; stopping the others", name, how)
+            return returncode
+        self.failed_starts[child.slot] = self.failed_starts[child.slot] + 1 if failed_start else 0
+        failures = self.failed_starts[child.slot]
+        if failures >= MAX_FAILED_STARTS:
+            log.error(
+                "%s %s: %d starts in a row failed within %gs; stopping the others",
+                name,
+                how,
+                failures,
+                STARTUP_SECONDS,
+            )
+            return returncode if returncode > 0 else 1
+        delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2**failures)
+        log.warning("%s %s after %.1fs; starting another in %gs", name, how, lived, delay)
+        self.restart_at[child.slot] = time.monotonic() + delay
+        return None
+
+    def _start(self, slot: int, *, first: bool) -> None:
+        process = subprocess.Popen(
+            self.command,
+            env={**self.environ, SLOT_ENV: str(slot)},
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_parent_death_signal(),
+        )
+        self.children[slot] = _Child(slot, process, time.monotonic(), first)
+        log.info("process %d/%d started (pid %d)", slot, self.count, process.pid)
+
+    def _stop(self) -> bool:
+        """Pass the stop signal (SIGTERM if none came) on to every child and wait for
+        them, killing any still running after `stop_timeout`; whether all stopped cleanly."""
+        sent = self.stop_signal or signal.SIGTERM
+        self.restart_at.clear()
+        for child in self.children.values():
+            child.process.send_signal(sent)
+        deadline = time.monotonic() + self.stop_timeout
+        clean = True
+        while self.children:
+            for child in list(self.children.values()):
+                returncode = child.process.poll()
+                if returncode is None:
+                    continue
+                del self.children[child.slot]
+                # One signalled before it could catch the signal dies of it: no harm.
+                if returncode not in (0, -sent):
+                    clean = False
+                    log.warning(
+                        "process %d/%d (pid %d) %s while stopping",
+                        child.slot,
+                        self.count,
+                        child.process.pid,
+                        _how(returncode),
+                    )
+            if self.children and time.monotonic() > deadline:
+                for child in self.children.values():
+                    log.error(
+                        "process %d/%d (pid %d) did not stop within %gs; killing it",
+                        child.slot,
+                        self.count,
+                        child.process.pid,
+                        self.stop_timeout,
+                    )
+                    child.process.kill()
+                    child.process.wait()
+                self.children.clear()
+                return False
+            time.sleep(POLL_SECONDS)
+        return clean
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _how(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with status {returncode}"
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """On Linux, arrange for a child to get SIGTERM when the supervisor dies, even by
+    SIGKILL, so that no node goes on serving the port unsupervised."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    supervisor = os.getpid()
+
+    def arm() -> None:  # runs in the child between fork and exec
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != supervisor:  # it died before the signal was armed
+            os._exit(1)
+
+    return arm
