@@ -1,9 +1,11 @@
 """Group commit for an async store: callers queue work, one flush serves them all.
 
-A caller submits an item and awaits its result. If no flush is running, one starts
-at once with whatever is waiting; items that arrive while it runs wait for the next,
-so under load each transaction (and each fsync, and each round trip) serves many
-callers, and when idle nothing waits for a timer.
+A caller submits an item and awaits its result. If fewer than `max_concurrent`
+flushes are running, one starts at once with whatever is waiting; items that arrive
+while they run wait for the next, so under load each transaction (and each fsync,
+and each round trip) serves many callers, and when idle nothing waits for a timer.
+More than one flush at a time keeps a database that commits transactions side by
+side (PostgreSQL) busy while one of them waits for its fsync.
 """
 
 from __future__ import annotations
@@ -23,26 +25,32 @@ Flush = Callable[[Sequence[Item]], Awaitable[Sequence[Result | BaseException]]]
 class Batcher(Generic[Item, Result]):
     """Queues items and runs `flush` on batches of at most `max_batch` of them."""
 
-    def __init__(self, flush: Flush[Item, Result], *, max_batch: int = 1000) -> None:
+    def __init__(
+        self, flush: Flush[Item, Result], *, max_batch: int = 1000, max_concurrent: int = 1
+    ) -> None:
         self._flush = flush
         self._max_batch = max_batch
+        self._max_concurrent = max_concurrent
         self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
-        self._runner: asyncio.Task[None] | None = None
+        self._runners: set[asyncio.Task[None]] = set()
         # Called after each flush with its size and duration (metrics); must not raise.
         self.on_flush: Callable[[int, float], None] | None = None
 
     async def submit(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if self._runner is None or self._runner.done():
-            self._runner = asyncio.create_task(self._run(), name="mqpy-batch")
+        # A runner is done the moment its loop found nothing waiting (no await between
+        # the two), so one that is not done yet will still see this item.
+        self._runners = {runner for runner in self._runners if not runner.done()}
+        if len(self._runners) < self._max_concurrent:
+            self._runners.add(asyncio.create_task(self._run(), name="mqpy-batch"))
         return await future
 
     async def close(self) -> None:
         """Let the running flushes finish (what is queued still gets written)."""
-        if self._runner is not None:
+        for runner in list(self._runners):
             with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+                await runner
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

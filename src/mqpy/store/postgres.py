@@ -100,7 +100,11 @@ log = logging.getLogger("mqpy.store")
 
 # Delivered messages (and expired idempotency keys) forgotten per transaction.
 SWEEP_CHUNK = 500
-POOL_SIZE = 10
+# Publish and outcome transactions in flight at once, and the connections for them,
+# the claim, lease renewals, heartbeats and API reads.
+PUBLISH_FLUSHES = 3
+OUTCOME_FLUSHES = 2
+POOL_SIZE = 12
 # What tells us the database is out of reach (or refusing work for now), as opposed
 # to a statement of ours being wrong: the caller hears StoreUnavailable (HTTP 503).
 _UNAVAILABLE = (
@@ -143,10 +147,14 @@ class PostgresStore(Store):
         self.node = node_name()
         self._routes = RouteTable()
         self._routes_version: int | None = None
+        # A few transactions at a time: while one waits for its commit's fsync, the
+        # next batch is already on its way.
         self._publishes: Batcher[PublishRequest, list[Published]] = Batcher(
-            self._flush_publishes, max_batch=256
+            self._flush_publishes, max_batch=256, max_concurrent=PUBLISH_FLUSHES
         )
-        self._outcomes: Batcher[_Outcome, None] = Batcher(self._flush_outcomes, max_batch=1000)
+        self._outcomes: Batcher[_Outcome, None] = Batcher(
+            self._flush_outcomes, max_batch=1000, max_concurrent=OUTCOME_FLUSHES
+        )
         self._listener: Listener | None = None
         self._clock_offset = 0.0  # the database's clock minus ours
 
@@ -183,7 +191,7 @@ class PostgresStore(Store):
         return time.time() + self._clock_offset
 
     async def _read_clock(self) -> None:
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             before = time.time()
             database = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())")
             after = time.time()
@@ -191,7 +199,7 @@ class PostgresStore(Store):
         self._clock_offset = float(database) - (before + after) / 2
 
     async def catalog_version(self) -> int:
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             return int(await conn.fetchval("SELECT version FROM catalog"))
 
     async def heartbeat(self, node: NodeInfo) -> None:
@@ -209,7 +217,7 @@ class PostgresStore(Store):
         await self._read_clock()
 
     async def nodes(self, *, seen_since: float) -> list[NodeInfo]:
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             rows = await conn.fetch(
                 "SELECT name, started_at, seen_at, address, held, in_flight FROM nodes "
                 "WHERE seen_at >= $1 ORDER BY name",
@@ -218,19 +226,37 @@ class PostgresStore(Store):
         return [NodeInfo(*row) for row in rows]
 
     @contextlib.asynccontextmanager
-    async def _transaction(self, *, durable: bool = True) -> AsyncIterator[PgConnection]:
-        """A transaction on a pooled connection; `durable=False` for bookkeeping whose
-        loss in a crash only means a delivery is made again (claims, outcomes): its
-        commit does not wait for the WAL flush."""
+    async def _connection(self) -> AsyncIterator[PgConnection]:
+        """A pooled connection, for a single statement (it is its own transaction)."""
         if self._closed or self._pool is None:
             raise StoreUnavailable("the store is closed")
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                if not durable:
-                    await conn.execute("SET LOCAL synchronous_commit = off")
+            async with self._pool.acquire() as conn:
                 yield conn
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"the store could not be reached: {exc}") from None
+
+    @contextlib.asynccontextmanager
+    async def _transaction(
+        self, *, durable: bool = True, first: str = ""
+    ) -> AsyncIterator[PgConnection]:
+        """A transaction on a pooled connection. `durable=False` is for bookkeeping
+        whose loss in a crash only means a delivery is made again (claims, outcomes):
+        its commit does not wait for the WAL flush. `first` is a statement without
+        parameters to run at once: it travels with BEGIN, in the same round trip."""
+        begin = "BEGIN" if durable else "BEGIN; SET LOCAL synchronous_commit = off"
+        if first:
+            begin = f"{begin}; {first}"
+        async with self._connection() as conn:
+            await conn.execute(begin)
+            try:
+                yield conn
+            except BaseException:
+                # A broken connection cannot roll back; the pool resets it on release.
+                with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError):
+                    await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
 
     async def _catalog_change(self, conn: PgConnection) -> None:
         """Serialise a change to subscriptions, groups or keys against every publish
@@ -306,7 +332,7 @@ class PostgresStore(Store):
             return subscription
 
     async def subscription(self, subscription_id: int) -> Subscription | None:
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             return await fetch_subscription(conn, subscription_id)
 
     async def subscriptions(
@@ -461,7 +487,7 @@ class PostgresStore(Store):
         await _add_tallies(conn, stored=-finished)
 
     async def connection(self, connection_id: int) -> Connection | None:
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             row = await conn.fetchrow(
                 f"SELECT {CONNECTION_COLUMNS} FROM connections "
                 "WHERE id = $1 AND disconnected_at IS NULL",
@@ -470,7 +496,7 @@ class PostgresStore(Store):
         return None if row is None else connection_from_row(row)
 
     async def connections(self) -> list[Connection]:
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {CONNECTION_COLUMNS} FROM connections WHERE disconnected_at IS NULL"
             )
@@ -512,11 +538,12 @@ class PostgresStore(Store):
     async def _publish_together(
         self, requests: Sequence[PublishRequest]
     ) -> list[list[Published] | BaseException]:
-        async with self._transaction() as conn:
-            # Shared: publishes on every node go side by side, and a subscription
-            # change waits until they commit (and they for it), so no message is
-            # routed by a table that a committed change has made stale.
-            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", CATALOG_LOCK)
+        # Shared: publishes on every node go side by side, and a subscription change
+        # waits until they commit (and they for it), so no message is routed by a table
+        # that a committed change has made stale.
+        async with self._transaction(
+            first=f"SELECT pg_advisory_xact_lock_shared({CATALOG_LOCK})"
+        ) as conn:
             version, stored = await one(
                 conn,
                 "SELECT (SELECT version FROM catalog), (SELECT sum(stored)::bigint FROM tallies)",
@@ -732,7 +759,7 @@ class PostgresStore(Store):
             )
 
     async def keys(self) -> list[ApiKey]:
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             rows = await conn.fetch(
                 "SELECT id, role, topics, secret_hash, created_at FROM api_keys "
                 "WHERE revoked_at IS NULL ORDER BY created_at, id"
@@ -766,7 +793,7 @@ class PostgresStore(Store):
             "AND ($3::bigint IS NULL OR d.subscription_id = $3) "
             "ORDER BY d.dead_at, d.id LIMIT $4"
         )
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             rows = await conn.fetch(query, dead_at, delivery_id, subscription_id, limit + 1)
         page = rows[:limit]
         letters = [
@@ -879,11 +906,11 @@ class PostgresStore(Store):
         )
 
     async def ping(self) -> None:
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             await conn.fetchval("SELECT 1")
 
     async def topic_backlogs(self) -> list[TopicBacklog]:
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             rows = await conn.fetch(
                 "SELECT topic, count(*), min(published_at) FROM messages m WHERE NOT routed "
                 "OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_seq = m.seq "
@@ -892,7 +919,7 @@ class PostgresStore(Store):
         return [TopicBacklog(topic, count, oldest) for topic, count, oldest in rows]
 
     async def dead_letter_count(self) -> int:
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             return int(await conn.fetchval("SELECT count(*) FROM deliveries WHERE state = 'dead'"))
 
 
