@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -226,17 +227,36 @@ async def test_two_processes_share_one_port_and_deliver_every_publish_once(
     assert any(e["message"] == f"starting 2 processes on 127.0.0.1:{server.port}" for e in entries)
 
 
-async def test_sigterm_stops_every_process_and_exits_0(
-    start_server: ServerFactory, postgres_url: str
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_stops_every_process_and_exits_0(
+    start_server: ServerFactory, postgres_url: str, stop: signal.Signals
 ) -> None:
     server, pids = start_processes(start_server, postgres_url, 2)
-    assert server.terminate() == 0
+    os.kill(started_pid(server), stop)
+    deadline = time.monotonic() + 30
+    while server.running:
+        assert time.monotonic() < deadline, server.log
+        time.sleep(0.1)
+    assert server.terminate() == 0  # it has exited: this only reads its status
     assert not any(alive(pid) for pid in pids)
     log = server.log
     assert f"starting 2 processes on 127.0.0.1:{server.port}" in log
-    for slot, pid in zip(("1/2", "2/2"), sorted(pids), strict=True):
-        assert f"[process {slot}, pid {pid}]: stopped" in log, log
-    assert "SIGTERM: stopping 2 processes" in log
+    stopped = re.findall(r"\[process (\d/2), pid (\d+)\]: stopped$", log, re.MULTILINE)
+    assert len(stopped) == 2 and {slot for slot, _ in stopped} == {"1/2", "2/2"}, log
+    assert {int(pid) for _, pid in stopped} == pids, log
+    assert f"{stop.name}: stopping 2 processes" in log
+    assert "Traceback" not in log
+
+
+def test_processes_stop_when_their_supervisor_is_killed(
+    start_server: ServerFactory, postgres_url: str
+) -> None:
+    server, pids = start_processes(start_server, postgres_url, 2)
+    server.kill()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"{pids} outlived their supervisor"
+        time.sleep(0.1)
 
 
 async def test_a_killed_process_is_replaced_and_service_goes_on(

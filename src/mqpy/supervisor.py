@@ -192,6 +192,9 @@ class Supervisor:
             self.command,
             env={**self.environ, SLOT_ENV: str(slot)},
             stdin=subprocess.DEVNULL,
+            # Out of the terminal's process group: Ctrl-C reaches the supervisor only,
+            # which passes it on once.
+            process_group=0,
             preexec_fn=_parent_death_signal(),
         )
         self.children[slot] = _Child(slot, process, time.monotonic(), first)
