@@ -240,3 +240,21 @@ async def test_an_unreachable_database_is_unavailable_not_a_crash(postgres_url: 
     store = PostgresStore(postgres_url.replace(postgres_url.split("/")[2], "127.0.0.1:1"))
     with pytest.raises(StoreUnavailable, match="cannot reach PostgreSQL"):
         await store.open()
+
+
+async def test_a_publish_or_a_catalog_change_on_one_node_wakes_the_other(
+    stores: OpenStores,
+) -> None:
+    a, b = await stores.open(), await stores.open()
+    due, catalog = asyncio.Event(), asyncio.Event()
+    b.watch(on_due=due.set, on_catalog=catalog.set)
+    # Once connected, the listener wakes both, for whatever it may have missed.
+    await asyncio.wait_for(asyncio.gather(due.wait(), catalog.wait()), 5.0)
+    due.clear()
+    catalog.clear()
+    await publish(a, "nobody takes this yet")  # no deliveries: no wake-up is owed
+    await subscribe(a)
+    await asyncio.wait_for(catalog.wait(), 2.0)
+    assert not due.is_set()
+    await publish(a, "for the new subscription")
+    await asyncio.wait_for(due.wait(), 2.0)

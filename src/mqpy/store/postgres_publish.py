@@ -88,11 +88,9 @@ class PublishPlan:
             secrets.randbelow(TALLY_SLOTS),
             [count for count, _ in self._topics.values()],
             len(messages),
+            DUE_CHANNEL,
+            bool(deliveries),
         )
-        if deliveries:
-            # One notification per transaction: NOTIFY serialises commits on a global
-            # lock, so never one per message.
-            await conn.execute("SELECT pg_notify($1, '')", DUE_CHANNEL)
 
 
 def _idempotency_of(message: NewMessage) -> tuple[str, str] | None:

@@ -32,8 +32,10 @@ def row_count(status: str) -> int:
 
 
 # A batch of messages and all their deliveries, the topics they name, their publish
-# counts (in the transaction's slot) and the stored-message tally: one statement.
-# Deliveries are inserted in the order given, so their ids follow publish order.
+# counts (in the transaction's slot), the stored-message tally and, when deliveries were
+# made, the wake-up for the other nodes: one statement. Deliveries are inserted in the
+# order given, so their ids follow publish order. One notification per transaction
+# ($20): NOTIFY serialises commits on a global lock, so never one per message.
 PUBLISH = """
 WITH new_messages AS (
     INSERT INTO messages (id, topic, body, publisher_id, published_at, routed, attributes,
@@ -58,7 +60,7 @@ WITH new_messages AS (
 ), tallied AS (
     UPDATE tallies SET stored = stored + $19 WHERE slot = $17 AND $19 <> 0
 )
-SELECT count(*) FROM new_messages
+SELECT pg_notify($20, '') FROM (SELECT 1) AS once WHERE $21
 """
 
 # Idempotency keys: the ones returned are ours (new, or older than the dedup window
