@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from mqpy.store.postgres import PostgresStore
 from tests.support.client import SeedClient
 from tests.support.postgres import PostgresCluster, postgres_available
 from tests.support.receiver import Behaviour, Receiver, accept
@@ -87,11 +89,37 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         cluster.cleanup()
 
 
-@pytest.fixture
-def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
-    """A fresh, empty database of its own for each test, dropped afterwards."""
+@pytest.fixture(scope="session")
+def postgres_template(postgres_cluster: PostgresCluster) -> str:
+    """A database that mq-py has migrated, copied for each test: a copy takes a tenth
+    of the time a migration does."""
     url = postgres_cluster.create_database()
+
+    async def migrate() -> None:
+        store = PostgresStore(url)
+        await store.open()
+        await store.close()
+
+    asyncio.run(migrate())
+    return url.rsplit("/", 1)[1]
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster, postgres_template: str) -> Iterator[str]:
+    """A fresh database of its own for each test, holding mq-py's schema and nothing
+    else, dropped afterwards."""
+    yield from _database(postgres_cluster, postgres_template)
+
+
+@pytest.fixture
+def postgres_empty_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """A fresh, empty database of its own (no schema: for migration tests)."""
+    yield from _database(postgres_cluster, None)
+
+
+def _database(cluster: PostgresCluster, template: str | None) -> Iterator[str]:
+    url = cluster.create_database(template)
     yield url
-    if not postgres_cluster.running():  # a crash test left it down: the next test needs it
-        postgres_cluster.start()
-    postgres_cluster.drop_database(url.rsplit("/", 1)[1])
+    if not cluster.running():  # a crash test left it down: the next test needs it
+        cluster.start()
+    cluster.drop_database(url.rsplit("/", 1)[1])

@@ -45,16 +45,16 @@ def database_names(cluster: PostgresCluster) -> set[str]:
 
 @pytest.mark.parametrize("turn", ["first", "second"])
 def test_each_test_gets_an_empty_database_of_its_own(
-    postgres_cluster: PostgresCluster, postgres_url: str, turn: str
+    postgres_cluster: PostgresCluster, postgres_empty_url: str, turn: str
 ) -> None:
-    name = postgres_url.rsplit("/", 1)[1]
-    assert postgres_url == f"postgresql://postgres@127.0.0.1:{postgres_cluster.port}/{name}"
+    name = postgres_empty_url.rsplit("/", 1)[1]
+    assert postgres_empty_url == f"postgresql://postgres@127.0.0.1:{postgres_cluster.port}/{name}"
     assert name not in _given
     assert not _given & database_names(postgres_cluster), "an earlier test's database is left"
     tables = "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"
-    assert sql(postgres_cluster, postgres_url, tables) == ["0"]
+    assert sql(postgres_cluster, postgres_empty_url, tables) == ["0"]
     # Leave something behind: the other turn must not see it.
-    sql(postgres_cluster, postgres_url, f"CREATE TABLE left_by_{turn} (x int)")
+    sql(postgres_cluster, postgres_empty_url, f"CREATE TABLE left_by_{turn} (x int)")
     _given.add(name)
 
 
@@ -117,3 +117,10 @@ def wait_for_backend(cluster: PostgresCluster, url: str, timeout: float = 10.0) 
     while sql(cluster, url, sleeping) != ["1"]:
         assert time.monotonic() < deadline, "psql's pg_sleep never started"
         time.sleep(0.05)
+
+
+def test_postgres_url_holds_the_schema_and_no_rows(
+    postgres_cluster: PostgresCluster, postgres_url: str
+) -> None:
+    counts = "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM subscriptions)"
+    assert sql(postgres_cluster, postgres_url, counts) == ["0"]

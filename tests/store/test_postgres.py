@@ -212,8 +212,9 @@ class TestTwoNodesOnOneDatabase:
 
 
 async def test_nodes_opening_an_empty_database_together_migrate_it_once(
-    stores: OpenStores,
+    postgres_empty_url: str,
 ) -> None:
+    stores = OpenStores(postgres_empty_url)
     opened = await asyncio.gather(*(stores.open() for _ in range(4)))
     for store in opened:
         await store.ping()
@@ -222,6 +223,7 @@ async def test_nodes_opening_an_empty_database_together_migrate_it_once(
         versions = await conn.fetch("SELECT version FROM mqpy_schema ORDER BY version")
     finally:
         await conn.close()
+        await stores.close_all()
     assert [row[0] for row in versions] == list(range(1, len(MIGRATIONS) + 1))
 
 

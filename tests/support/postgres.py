@@ -205,10 +205,16 @@ class PostgresCluster:
 
     # --- databases --------------------------------------------------------------------
 
-    def create_database(self) -> str:
-        """A new, empty database with a unique name; returns its URL."""
+    def create_database(self, template: str | None = None) -> str:
+        """A new database with a unique name, empty or a copy of `template` (a database
+        of this cluster nobody is connected to); returns its URL."""
         name = f"test_{uuid.uuid4().hex[:16]}"
-        self.psql(f'CREATE DATABASE "{name}"')
+        if template is None:
+            self.psql(f'CREATE DATABASE "{name}"')
+        else:
+            if not _is_plain_name(template):
+                raise PostgresError(f"not a database name: {template!r}")
+            self.psql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return self.url(name)
 
     def drop_database(self, name: str) -> None:
