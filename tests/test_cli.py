@@ -390,10 +390,6 @@ def test_a_postgresql_store_is_logged_without_its_password(
     assert "hunter2" not in server.log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PostgresStore hands the DSN to asyncpg, which takes URLs only, not conninfo",
-)
 def test_a_conninfo_string_reaches_postgresql(
     start_server: ServerFactory, postgres_url: str
 ) -> None:

@@ -66,6 +66,7 @@ from mqpy.store.postgres_catalog import (
     new_id,
 )
 from mqpy.store.postgres_claim import claim_rounds
+from mqpy.store.postgres_dsn import connect_arguments
 from mqpy.store.postgres_listen import Listener
 from mqpy.store.postgres_publish import PublishPlan, PublishRequest, held_idempotency_keys
 from mqpy.store.postgres_schema import (
@@ -140,7 +141,8 @@ class PostgresStore(Store):
     """The `Store` interface on a PostgreSQL database that several nodes share."""
 
     def __init__(self, dsn: str, *, pool_size: int = POOL_SIZE) -> None:
-        self._dsn = dsn
+        # Parsed here, so a conninfo string that is not one stops the start at once.
+        self._dsn, self._connect_options = connect_arguments(dsn)
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._closed = False
@@ -162,12 +164,14 @@ class PostgresStore(Store):
 
     async def open(self) -> None:
         try:
-            conn = await asyncpg.connect(self._dsn)
+            conn = await asyncpg.connect(self._dsn, **self._connect_options)
             try:
                 await migrate(conn)
             finally:
                 await conn.close()
-            self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size)
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=self._pool_size, **self._connect_options
+            )
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot reach PostgreSQL: {exc}") from None
 
@@ -182,7 +186,11 @@ class PostgresStore(Store):
         self._publishes.on_flush = callback
 
     def watch(self, on_due: Callable[[], None], on_catalog: Callable[[], None]) -> None:
-        self._listener = Listener(self._dsn, {DUE_CHANNEL: on_due, CATALOG_CHANNEL: on_catalog})
+        self._listener = Listener(
+            self._dsn,
+            self._connect_options,
+            {DUE_CHANNEL: on_due, CATALOG_CHANNEL: on_catalog},
+        )
         self._listener.start()
 
     def clock(self) -> float:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import asyncpg
 
@@ -24,8 +25,14 @@ RECONNECT_SECONDS = 1.0
 class Listener:
     """Calls a callback per channel on each notification, while `run` runs."""
 
-    def __init__(self, dsn: str, callbacks: Mapping[str, Callable[[], None]]) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        connect_options: Mapping[str, Any],
+        callbacks: Mapping[str, Callable[[], None]],
+    ) -> None:
         self._dsn = dsn
+        self._connect_options = dict(connect_options)
         self._callbacks = dict(callbacks)
         self._task: asyncio.Task[None] | None = None
 
@@ -42,7 +49,7 @@ class Listener:
         warned = False
         while True:
             try:
-                conn = await asyncpg.connect(self._dsn)
+                conn = await asyncpg.connect(self._dsn, **self._connect_options)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 if not warned:
                     log.warning("cannot LISTEN for wake-ups (%s); polling meanwhile", exc)
