@@ -172,10 +172,13 @@ MIGRATIONS: list[str] = [
 async def migrate(conn: asyncpg.Connection) -> int:
     """Bring the database up to the newest schema; returns the resulting version.
 
-    Holds a session-wide advisory lock meanwhile, so nodes starting together migrate
-    one at a time: the first does the work, the others find it done."""
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
-    try:
+    One transaction under a transaction-scoped advisory lock (safe behind PgBouncer in
+    transaction mode, where a session lock could outlive its session's connection):
+    nodes starting together migrate one at a time, the first does the work, the
+    others find it done. PostgreSQL's DDL is transactional, so a migration that fails
+    leaves nothing half done."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
         await conn.execute("CREATE TABLE IF NOT EXISTS mqpy_schema (version integer NOT NULL)")
         version = await conn.fetchval("SELECT max(version) FROM mqpy_schema") or 0
         if version > len(MIGRATIONS):
@@ -184,9 +187,6 @@ async def migrate(conn: asyncpg.Connection) -> int:
                 f"knows {len(MIGRATIONS)}); upgrade mq-py to use it"
             )
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            async with conn.transaction():
-                await conn.execute(script)
-                await conn.execute("INSERT INTO mqpy_schema (version) VALUES ($1)", number)
-        return len(MIGRATIONS)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+            await conn.execute(script)
+            await conn.execute("INSERT INTO mqpy_schema (version) VALUES ($1)", number)
+    return len(MIGRATIONS)
