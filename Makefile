@@ -32,8 +32,10 @@ pytest: $(STAMP)
 	$(BIN)/pytest
 
 ## Measure publish and delivery throughput and latency; prints a table, writes JSON.
+## Flags go in ARGS: make bench ARGS="--postgres --processes 2" (see bench/README.md).
+ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) mqpy-data .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,5 @@
-"""The load generator: `/send` requests over raw keep-alive HTTP/1.1 connections.
+"""The load generator: `/send` requests (or, with `--topic`, the native
+`POST /v1/topics/{topic}/messages`) over raw keep-alive HTTP/1.1 connections.
 
 Client, broker and sink share two cores, so the client must cost little: like wrk,
 it is callback-driven (`asyncio.Protocol`, no task per request), writes request
@@ -19,7 +20,7 @@ Two shapes of load:
   its slowness (no coordinated omission). `--warmup` seconds of the same load go
   first with bodies the sink does not count.
 
-    python -m bench.loadgen closed --port P --sender-id ID [--connections 64] ...
+    python -m bench.loadgen closed --port P (--sender-id ID | --topic T) [--connections 64] ...
 """
 
 from __future__ import annotations
@@ -33,22 +34,38 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import cast
 
-from bench.cpu import Meter
+from bench.cpu import Meter, Watch, parse_watch
 from bench.sink import run_event_loop
 
 HEADER_END = b"\r\n\r\n"
 CONTENT_LENGTH = b"\r\ncontent-length:"
 HOST = "127.0.0.1"
+# A message accepted: the seed /send answers 200, the native publish 201.
+ACCEPTED = (200, 201)
 # Responses are small JSON objects; a head past this is a broken peer.
 MAX_HEAD_BYTES = 64 * 1024
 
 
-def send_request(port: int, sender_id: int, body: str) -> bytes:
-    """The raw bytes of one `POST /send` (the body must need no JSON escaping)."""
-    payload = b'{"id":%d,"body":"%s"}' % (sender_id, body.encode())
+@dataclass(frozen=True)
+class Target:
+    """Where messages go: the seed `POST /send` as a connected sender, or (with a
+    topic) the native `POST /v1/topics/{topic}/messages`, which needs no connection."""
+
+    sender_id: int | None = None
+    topic: str | None = None
+
+
+def send_request(port: int, target: Target, body: str) -> bytes:
+    """The raw bytes of one publish (the body must need no JSON escaping)."""
+    if target.topic is not None:
+        path = b"/v1/topics/%s/messages" % target.topic.encode()
+        payload = b'{"body":"%s"}' % body.encode()
+    else:
+        path = b"/send"
+        payload = b'{"id":%d,"body":"%s"}' % (target.sender_id or 0, body.encode())
     return (
-        b"POST /send HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (HOST.encode(), port, len(payload), payload)
+        b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (path, HOST.encode(), port, len(payload), payload)
     )
 
 
@@ -62,14 +79,14 @@ class Result:
     statuses: dict[str, int] = field(default_factory=dict)
     failures: int = 0  # connections lost or responses that could not be parsed
     elapsed_s: float = 0.0
-    rate: float = 0.0  # 200s per second over elapsed_s
+    rate: float = 0.0  # messages accepted (200 or 201) per second over elapsed_s
     max_lag_ms: float = 0.0  # paced: how late the latest request went out
     # When the counted run began, on the monotonic clock all processes share (the sink
     # stamps arrivals on it too).
     started_ns: int = 0
     timed_out: bool = False
-    # Cores used over the counted run: this process ("loadgen"), each --watch process
-    # and the whole machine ("machine").
+    # Cores used over the counted run: this process ("loadgen"), each --watch and the
+    # whole machine ("machine"); and the run's length as the meter saw it ("seconds").
     usage: dict[str, float] = field(default_factory=dict)
 
 
@@ -166,7 +183,7 @@ class Load:
         self.busy -= 1
         if connection.counted:
             result = self.result
-            if status == 200:
+            if status in ACCEPTED:
                 result.ok += 1
             else:
                 key = str(status)
@@ -235,10 +252,10 @@ class ClosedLoad(Load):
 class PacedLoad(Load):
     """Requests leave on a fixed schedule; one waits for a free connection if need be."""
 
-    def __init__(self, port: int, sender_id: int, rate: float, count: int, warmup: int) -> None:
+    def __init__(self, port: int, target: Target, rate: float, count: int, warmup: int) -> None:
         super().__init__("paced")
         self._port = port
-        self._sender_id = sender_id
+        self._target = target
         self._interval_ns = round(1e9 / rate)
         self._count = count
         self._warmup = warmup
@@ -283,7 +300,7 @@ class PacedLoad(Load):
             self.result.sent += 1
             self.result.max_lag_ms = max(self.result.max_lag_ms, lag_ms)
         self.busy += 1
-        connection.send(send_request(self._port, self._sender_id, f"{mark}{due_ns}"))
+        connection.send(send_request(self._port, self._target, f"{mark}{due_ns}"))
 
     def lost(self, connection: Connection) -> None:
         if connection in self._idle:
@@ -303,12 +320,12 @@ async def run_load(args: argparse.Namespace) -> Result:
     if args.mode == "paced":
         count = round(args.rate * args.duration)
         warmup = round(args.rate * args.warmup)
-        paced = PacedLoad(args.port, args.sender_id, args.rate, count, warmup)
+        paced = PacedLoad(args.port, args.target, args.rate, count, warmup)
         await paced.open(args.port, args.connections)
         result = await _drive(paced, args.warmup + args.duration + args.timeout, args.watch)
         paced.close()
         return result
-    request = send_request(args.port, args.sender_id, "x" * args.body_bytes)
+    request = send_request(args.port, args.target, "x" * args.body_bytes)
     warmup_load = ClosedLoad(request, round(args.warmup), args.duration)
     await warmup_load.open(args.port, args.connections)
     connections = warmup_load.connections
@@ -322,7 +339,7 @@ async def run_load(args: argparse.Namespace) -> Result:
 
 
 async def _drive(
-    load: ClosedLoad | PacedLoad, budget: float, watch: dict[str, int] | None = None
+    load: ClosedLoad | PacedLoad, budget: float, watch: dict[str, Watch] | None = None
 ) -> Result:
     meter = Meter({**(watch or {}), "loadgen": os.getpid()}).start()
     load.result.started_ns = time.monotonic_ns()
@@ -340,7 +357,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Load mq-py's /send; prints a JSON result.")
     parser.add_argument("mode", choices=["closed", "paced"])
     parser.add_argument("--port", type=int, required=True, help="the broker's port on 127.0.0.1")
-    parser.add_argument("--sender-id", type=int, required=True, help="a connected sender's id")
+    parser.add_argument("--sender-id", type=int, help="a connected sender's id, for /send")
+    parser.add_argument(
+        "--topic", help="publish to this topic through POST /v1/topics/TOPIC/messages instead"
+    )
     parser.add_argument("--connections", type=int, default=64, help="keep-alive connections")
     parser.add_argument("--count", type=int, default=20_000, help="closed: requests at most")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load at most")
@@ -359,11 +379,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--watch",
         action="append",
         default=[],
-        metavar="NAME=PID",
-        help="report the CPU that process PID used over the counted run, as NAME",
+        metavar="NAME=WATCH",
+        help="report the CPU used over the counted run, as NAME, by process WATCH and its "
+        "descendants, or (WATCH comm:postgres) by every process with that command name",
     )
     args = parser.parse_args(argv)
-    args.watch = {name: int(pid) for name, _, pid in (w.partition("=") for w in args.watch)}
+    if (args.sender_id is None) == (args.topic is None):
+        parser.error("give one of --sender-id (seed /send) and --topic (native publish)")
+    args.target = Target(args.sender_id, args.topic)
+    args.watch = {name: parse_watch(w) for name, _, w in (w.partition("=") for w in args.watch)}
     return args
 
 

@@ -1,11 +1,13 @@
 """`make bench`: measure mq-py's publish and delivery throughput and its latency.
 
 Every figure gets a fresh broker (`python -m mqpy serve --port 0` on a new data
-directory), a fresh sink receiver (`bench.sink`) and, for the load, `bench.loadgen`,
-each in its own process. The runner itself only starts them, makes a few control
-calls, and waits; it prints a table and writes the figures as JSON.
+directory, or on a new PostgreSQL database with `--store`/`--postgres`), a fresh sink
+receiver (`bench.sink`) and, for the load, `bench.loadgen`, each in its own process.
+The runner itself only starts them, makes a few control calls, and waits; it prints a
+table and writes the figures as JSON.
 
     python -m bench.run [--quick] [--only publish,delivery,latency]
+                        [--store postgresql://... | --postgres] [--processes N]
                         [--server-args "--jobs 64"] [--profile DIR]
 
 See bench/README.md for what each figure means.
@@ -22,6 +24,7 @@ import select
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +35,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from bench.cpu import Meter, machine_seconds
+from bench.cpu import Meter, Watch, machine_seconds
+from bench.stores import (
+    FigureStore,
+    PostgresStores,
+    SQLiteStores,
+    StoreError,
+    Stores,
+    ThrowawayPostgres,
+    is_postgres_url,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -40,11 +52,15 @@ HOST = "127.0.0.1"
 LISTENING = f"listening on http://{HOST}:"
 PHASES = ("publish", "delivery", "latency", "routing")
 ROUTING_TOPIC = "bench.routing"
+DEFAULT_TOPIC = "default"  # the seed's: where a sender or receiver without a topic is
 # Every broker runs with these unless --server-args says otherwise (later flags win).
 DEFAULT_SERVER_ARGS = ("--workers", "64")
 # Without a proxy handler urllib would honour http_proxy even for 127.0.0.1.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 POLL_SECONDS = 0.05
+# With --processes above 1, a connection made through one node is in force on the
+# others within a second (the store tells them); the load waits that long.
+SETTLE_SECONDS = 1.5
 
 
 @dataclass(frozen=True)
@@ -106,10 +122,12 @@ FLOORS: dict[str, Floor] = {
 class Usage:
     """CPU used during a measured stretch, in cores (1.0 = one core busy throughout)."""
 
-    server: float = 0.0
+    server: float = 0.0  # the broker: with --processes, its supervisor and every node
+    database: float | None = None  # PostgreSQL's processes; None with SQLite
     sink: float = 0.0
     loadgen: float = 0.0
     machine: float = 0.0  # every process on the machine, ours included
+    seconds: float = 0.0  # how long the measured stretch was
 
     @classmethod
     def of(cls, readings: dict[str, float]) -> Usage:
@@ -118,7 +136,16 @@ class Usage:
     @property
     def others(self) -> float:
         """What processes other than the bench's used: the noise in the figures."""
-        return max(0.0, self.machine - self.server - self.sink - self.loadgen)
+        ours = self.server + (self.database or 0.0) + self.sink + self.loadgen
+        return max(0.0, self.machine - ours)
+
+    def per_item_us(self, items: int) -> dict[str, float | None]:
+        """CPU microseconds per message (or delivery) of the server and the database."""
+        if items <= 0 or self.seconds <= 0:
+            return {"server_us_per_message": None, "database_us_per_message": None}
+        scale = self.seconds / items * 1e6
+        database = None if self.database is None else self.database * scale
+        return {"server_us_per_message": self.server * scale, "database_us_per_message": database}
 
 
 @dataclass
@@ -137,13 +164,26 @@ class Figure:
 
 
 class Server:
-    """One `mqpy serve` on a fresh data directory and an ephemeral port."""
+    """One `mqpy serve` on a fresh store: on an ephemeral port, or, as `processes`
+    nodes under a supervisor, on a fixed port that was free a moment ago."""
 
-    def __init__(self, workdir: Path, name: str, args: Sequence[str]) -> None:
-        self.data_dir = workdir / f"{name}-data"
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        args: Sequence[str],
+        store: FigureStore,
+        release: Callable[[FigureStore], None],
+        processes: int = 1,
+    ) -> None:
+        self.store = store
+        self._release: Callable[[FigureStore], None] | None = release
+        self.processes = processes
         self.log_path = workdir / f"{name}-server.log"
-        command = [sys.executable, "-m", "mqpy", "serve", "--port", "0"]
-        command += ["--data-dir", str(self.data_dir), *args]
+        # Several nodes cannot share port 0 (each would get a port of its own).
+        port = 0 if processes == 1 else free_port()
+        command = [sys.executable, "-m", "mqpy", "serve", "--port", str(port)]
+        command += [*store.server_args, *args]
         self.command = command
         with open(self.log_path, "wb") as log:
             self.process = _start(command, stdout=subprocess.DEVNULL, stderr=log)
@@ -155,11 +195,17 @@ class Server:
         return self.process.pid
 
     def _wait_for_port(self, timeout: float) -> int:
+        """The port, once every node has logged that it listens on it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in self.log_path.read_text(errors="replace").splitlines():
-                if LISTENING in line:
-                    return int(line.split(LISTENING, 1)[1].split()[0].strip("/"))
+            lines = self.log_path.read_text(errors="replace").splitlines()
+            ports = [
+                int(line.split(LISTENING, 1)[1].split()[0].strip("/"))
+                for line in lines
+                if LISTENING in line
+            ]
+            if len(ports) >= self.processes:
+                return ports[0]
             if self.process.poll() is not None:
                 break
             time.sleep(POLL_SECONDS)
@@ -182,7 +228,19 @@ class Server:
         return int(answer["id"])
 
     def stop(self) -> None:
+        """Stop the broker, then remove its store (a PostgreSQL database is dropped)."""
         _stop_process(self.process)
+        if self._release is not None:
+            release, self._release = self._release, None
+            release(self.store)
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago (the broker binds it next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 class Sink:
@@ -273,14 +331,18 @@ def http_json(method: str, url: str, payload: object = None, timeout: float = 30
 
 
 def run_loadgen(
-    server: Server, sender_id: int, args: Sequence[str], budget: float, sink: Sink | None = None
+    server: Server,
+    target: Sequence[str],
+    args: Sequence[str],
+    budget: float,
+    watches: dict[str, Watch],
 ) -> Any:
-    """Run `bench.loadgen` against `server` and return its JSON result."""
-    command = [sys.executable, "-m", "bench.loadgen", *args]
-    command += ["--port", str(server.port), "--sender-id", str(sender_id)]
-    command += ["--watch", f"server={server.pid}"]
-    if sink is not None:
-        command += ["--watch", f"sink={sink.pid}"]
+    """Run `bench.loadgen` against `server`, publishing to `target` (its --sender-id or
+    --topic), and return its JSON result; it meters `watches` over its counted run."""
+    command = [sys.executable, "-m", "bench.loadgen", *args, *target]
+    command += ["--port", str(server.port)]
+    for name, watch in watches.items():
+        command += ["--watch", f"{name}={watch}"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=budget + 60.0)
     if done.returncode != 0:
         raise RuntimeError(f"the load generator failed: {done.stderr.decode()[-2000:]}")
@@ -293,9 +355,12 @@ def run_loadgen(
 class Profiler:
     """Runs `py-spy record` on the server for the measured part of each figure."""
 
-    def __init__(self, directory: Path | None, output_format: str) -> None:
+    def __init__(
+        self, directory: Path | None, output_format: str, subprocesses: bool = False
+    ) -> None:
         self.directory = directory
         self.output_format = output_format
+        self.subprocesses = subprocesses  # --processes N: the nodes are the supervisor's
         self.py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if directory is not None:
             if not Path(self.py_spy).exists():
@@ -311,6 +376,8 @@ class Profiler:
         output = self.directory / f"{name}.{suffix}"
         command = [self.py_spy, "record", "--pid", str(pid), "--rate", "200", "--nonblocking"]
         command += ["--threads", "--format", self.output_format, "--output", str(output)]
+        if self.subprocesses:
+            command.append("--subprocesses")
         spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(0.5)  # let it attach
         try:
@@ -334,14 +401,61 @@ class Bench:
     server_args: list[str]
     workdir: Path
     profiler: Profiler
+    stores: Stores = field(default_factory=SQLiteStores)
+    processes: int = 1
+    publish_api: str = "seed"  # or "native": POST /v1/topics/{topic}/messages
     servers_started: int = 0
 
     def server(self, name: str, *extra: str) -> Server:
-        """A broker on a data directory of its own: connections survive a restart, so
-        a reused directory would bring back the receivers of an earlier run."""
-        self.servers_started += 1
+        """A broker on a store of its own: connections survive a restart, so a reused
+        store would bring back the receivers of an earlier run."""
         args = [*DEFAULT_SERVER_ARGS, *extra, *self.server_args]
-        return Server(self.workdir, f"{self.servers_started}-{name}", args)
+        for attempt in range(3):
+            self.servers_started += 1
+            label = f"{self.servers_started}-{name}"
+            store = self.stores.open(self.workdir, label)
+            try:
+                return Server(self.workdir, label, args, store, self.stores.release, self.processes)
+            except RuntimeError:
+                # A fixed port was free when chosen; someone may have taken it since.
+                if attempt == 2 or self.processes == 1 or not self._lost_port(label):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _lost_port(self, label: str) -> bool:
+        log = self.workdir / f"{label}-server.log"
+        return log.exists() and "cannot listen on" in log.read_text(errors="replace")
+
+    def publisher(self, server: Server, topic: str | None = None) -> list[str]:
+        """The load generator's target: a sender connected for /send (on `topic`), or,
+        publishing natively, the topic itself."""
+        if self.publish_api == "native":
+            return ["--topic", topic or DEFAULT_TOPIC]
+        return ["--sender-id", str(server.connect("send", topic=topic))]
+
+    def _hint(self, result: dict[str, Any]) -> str:
+        """Why a multi-process broker may answer 404 to /send."""
+        if self.processes > 1 and self.publish_api == "seed" and "404" in result["statuses"]:
+            return (
+                " (with --processes, a sender is known to the node that took its /connect; "
+                "/send through another node answers 404 unknown-connection; "
+                "--publish-api native publishes through any node)"
+            )
+        return ""
+
+    def settle(self) -> None:
+        """Let every node learn of the connections just made through one of them."""
+        if self.processes > 1:
+            time.sleep(SETTLE_SECONDS)
+
+    def watches(self, server: Server, sink: Sink | None = None) -> dict[str, Watch]:
+        """What to meter: the broker's process tree, the database, the sink."""
+        watches: dict[str, Watch] = {"server": server.pid}
+        if self.stores.database_watch is not None:
+            watches["database"] = self.stores.database_watch
+        if sink is not None:
+            watches["sink"] = sink.pid
+        return watches
 
     def publish(self) -> Figure:
         """200s per second from /send, `publishers` keep-alive connections, no receiver."""
@@ -349,12 +463,14 @@ class Bench:
         figure = Figure("publish", unit="msg/s")
         server = self.server("publish")
         try:
-            sender = server.connect("send")
+            sender = self.publisher(server)
+            self.settle()
             args = ["closed", "--connections", str(plan.publishers)]
             args += ["--count", str(plan.publish_count), "--duration", str(plan.publish_seconds)]
             args += ["--warmup", str(plan.publish_warmup), "--body-bytes", str(plan.body_bytes)]
             with self.profiler.record(server.pid, "publish"):
-                result = run_loadgen(server, sender, args, plan.publish_seconds)
+                watches = self.watches(server)
+                result = run_loadgen(server, sender, args, plan.publish_seconds, watches)
             figure.usage = Usage.of(result["usage"])
             figure.value = result["rate"]
             figure.details = {
@@ -366,21 +482,26 @@ class Bench:
                 "seconds": result["elapsed_s"],
                 "body_bytes": plan.body_bytes,
                 "warmup_requests": plan.publish_warmup,
+                **figure.usage.per_item_us(result["ok"]),
             }
-            _note_errors(figure, result)
+            _note_errors(figure, result, self._hint(result))
         finally:
             server.stop()
         return figure
 
-    def preload(self, server: Server, messages: int) -> int:
-        """Publish `messages` from 64 connections; returns the sender's id."""
-        sender = server.connect("send")
+    def preload(self, server: Server, messages: int) -> None:
+        """Publish `messages` from 64 connections."""
+        sender = self.publisher(server)
+        self.settle()
         args = ["closed", "--connections", str(self.plan.publishers), "--count", str(messages)]
         args += ["--duration", "600", "--body-bytes", str(self.plan.body_bytes)]
-        result = run_loadgen(server, sender, args, 600.0)
+        result = run_loadgen(server, sender, args, 600.0, self.watches(server))
         if result["ok"] != messages:
-            raise RuntimeError(f"pre-loading {messages} messages got {result['ok']} 200s")
-        return sender
+            answers = _answers(result)
+            raise RuntimeError(
+                f"pre-loading {messages} messages got {result['ok']} accepted ({answers})"
+                f"{self._hint(result)}"
+            )
 
     def delivery_to_one(self) -> Figure:
         """Pre-load N messages with nobody connected, connect one receiver, time the drain."""
@@ -391,13 +512,14 @@ class Bench:
         try:
             self.preload(server, plan.delivery_messages)
             with self.profiler.record(server.pid, "delivery_1"):
-                meter = Meter({"server": server.pid, "sink": sink.pid}).start()
+                meter = Meter(self.watches(server, sink)).start()
                 started_ns = time.monotonic_ns()
                 server.connect("receive", sink.receiver_url())
                 connected_ns = time.monotonic_ns()
                 stats = sink.wait_for(plan.delivery_messages, plan.delivery_timeout)
                 figure.usage = Usage.of(meter.usage())
             _delivery_figure(figure, stats, plan.delivery_messages, started_ns, held=0)
+            figure.details.update(figure.usage.per_item_us(stats["count"]))
             figure.details["connect_ms"] = (connected_ns - started_ns) / 1e6
             figure.details["first_delivery_ms"] = (stats["first_ns"] - started_ns) / 1e6
         finally:
@@ -431,12 +553,13 @@ class Bench:
             time.sleep(0.5)  # let the dispatcher fill its workers and stop
             with self.profiler.record(server.pid, figure.name):
                 held = sink.stats()["held"]
-                meter = Meter({"server": server.pid, "sink": sink.pid}).start()
+                meter = Meter(self.watches(server, sink)).start()
                 started_ns = time.monotonic_ns()
                 sink.control("resume")
                 stats = sink.wait_for(expected, plan.delivery_timeout)
                 figure.usage = Usage.of(meter.usage())
             _delivery_figure(figure, stats, expected, started_ns, held=held)
+            figure.details.update(figure.usage.per_item_us(stats["count"] - held))
             figure.details["receivers"] = receivers
             figure.details["messages"] = messages
             figure.details["per_receiver_min"] = min(stats["by_path"].values(), default=0)
@@ -473,23 +596,26 @@ class Bench:
             alone = [f"u{r}" for r in range(plan.routing_receivers)]
             for name in alone:
                 server.connect("receive", sink.path_url(name), ROUTING_TOPIC)
-            sender = server.connect("send", topic=ROUTING_TOPIC)
+            sender = self.publisher(server, ROUTING_TOPIC)
+            self.settle()
             args = ["closed", "--connections", str(plan.publishers), "--count", str(messages)]
             args += ["--duration", "600", "--body-bytes", str(plan.body_bytes)]
             with self.profiler.record(server.pid, "routing"):
-                meter = Meter({"server": server.pid, "sink": sink.pid}).start()
-                result = run_loadgen(server, sender, args, 600.0)
+                meter = Meter(self.watches(server, sink)).start()
+                result = run_loadgen(server, sender, args, 600.0, {})
                 stats = sink.wait_for(expected, plan.delivery_timeout)
                 # The load generator's own CPU, so that "others" is only other processes.
                 loadgen = result["usage"].get("loadgen", 0.0)
                 figure.usage = Usage.of({**meter.usage(), "loadgen": loadgen})
             _delivery_figure(figure, stats, expected, result["started_ns"], held=0)
             _routing_details(figure, stats, result, messages, groups, alone)
+            # Per message published: its publish and its fan-out's deliveries.
+            figure.details.update(figure.usage.per_item_us(result["ok"]))
             figure.details["groups_and_receivers"] = (
                 f"{plan.routing_groups} groups of {plan.routing_members} "
                 f"+ {plan.routing_receivers} receivers"
             )
-            _note_errors(figure, result)
+            _note_errors(figure, result, self._hint(result))
         finally:
             sink.stop()
             server.stop()
@@ -503,13 +629,14 @@ class Bench:
         sink = Sink(max_seconds=plan.latency_seconds + 600)
         try:
             server.connect("receive", sink.receiver_url())
-            sender = server.connect("send")
+            sender = self.publisher(server)
+            self.settle()
             args = ["paced", "--rate", str(plan.latency_rate)]
             args += ["--duration", str(plan.latency_seconds), "--warmup", str(plan.latency_warmup)]
             args += ["--connections", str(plan.latency_connections)]
             with self.profiler.record(server.pid, "latency"):
                 budget = plan.latency_seconds + plan.latency_warmup
-                result = run_loadgen(server, sender, args, budget, sink)
+                result = run_loadgen(server, sender, args, budget, self.watches(server, sink))
                 stats = sink.wait_for(result["sent"], 10.0, key="latencies")
             figure.usage = Usage.of(result["usage"])
             latencies = sorted(ns / 1e6 for ns in sink.latencies_ns())
@@ -526,11 +653,16 @@ class Bench:
                 "p90_ms": _percentile(latencies, 90),
                 "p99_ms": _percentile(latencies, 99),
                 "max_ms": latencies[-1] if latencies else None,
+                # The meter saw the warm-up's messages too.
+                **figure.usage.per_item_us(
+                    result["ok"] + round(plan.latency_rate * plan.latency_warmup)
+                ),
             }
             figure.value = figure.details["p99_ms"]
-            _note_errors(figure, result)
-            if len(latencies) < result["sent"]:
-                figure.error = f"{result['sent'] - len(latencies)} messages were not delivered"
+            _note_errors(figure, result, self._hint(result))
+            if len(latencies) < result["ok"]:
+                lost = f"{result['ok'] - len(latencies)} accepted messages were not delivered"
+                figure.error = lost if figure.error is None else f"{figure.error}; {lost}"
         finally:
             sink.stop()
             server.stop()
@@ -611,10 +743,15 @@ def _routing_details(
         figure.error = f"{', '.join(short)} got fewer than the {messages:,} messages published"
 
 
-def _note_errors(figure: Figure, result: dict[str, Any]) -> None:
+def _answers(result: dict[str, Any]) -> str:
+    other = ", ".join(f"{count:,} {status}s" for status, count in result["statuses"].items())
+    return f"other answers: {other or 'none'}; {result['failures']} connections lost"
+
+
+def _note_errors(figure: Figure, result: dict[str, Any], hint: str = "") -> None:
     problems = []
     if result["statuses"]:
-        problems.append(f"non-200 answers {result['statuses']}")
+        problems.append(f"non-200 answers {result['statuses']}{hint}")
     if result["failures"]:
         problems.append(f"{result['failures']} connections lost")
     if result["timed_out"]:
@@ -642,47 +779,63 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{value:,.0f} {unit}"
 
 
-def render_table(figures: dict[str, Figure], header: str, publishers: int) -> str:
-    rows: list[tuple[str, str, str, str]] = [("figure", "result", "floor", "verdict")]
+TABLE_HEADINGS = ("figure", "result", "floor", "verdict", "server µs", "db µs")
 
-    def row(label: str, key: str, value: float | None, unit: str, failed: bool) -> None:
+
+def render_table(figures: dict[str, Figure], header: str, publishers: int) -> str:
+    """The figures, one row each, with the server's and the database's CPU per message
+    (per delivery for the delivery figures) in the last two columns."""
+    rows: list[tuple[str, ...]] = [TABLE_HEADINGS]
+
+    def row(
+        label: str, key: str, value: float | None, unit: str, figure: Figure, cpu: bool = True
+    ) -> None:
         floor = FLOORS.get(key)
         verdict = floor.verdict(value) if floor else "-"
-        if failed and value is None:
+        if figure.error is not None and value is None:
             verdict = "ERROR"  # the line below the table says what went wrong
-        rows.append((label, _fmt(value, unit), floor.text if floor else "-", verdict))
+        d = figure.details
+        server = _fmt_us(d.get("server_us_per_message")) if cpu else ""
+        database = _fmt_us(d.get("database_us_per_message")) if cpu else ""
+        floor_text = floor.text if floor else "-"
+        rows.append((label, _fmt(value, unit), floor_text, verdict, server, database))
 
     for name, figure in figures.items():
-        failed = figure.error is not None
         if name == "publish":
             label = f"publish, {publishers} publishers, durable"
-            row(label, "publish", figure.value, figure.unit, failed)
+            row(label, "publish", figure.value, figure.unit, figure)
         elif name.startswith("delivery_"):
             receivers = name.split("_")[1]
             noun = "receiver" if receivers == "1" else "receivers"
-            row(f"delivery to {receivers} {noun}", name, figure.value, figure.unit, failed)
+            row(f"delivery to {receivers} {noun}", name, figure.value, figure.unit, figure)
         elif name == "routing":
             d = figure.details
             label = f"routing to {d.get('groups_and_receivers', 'groups and receivers')}"
-            row(label, name, figure.value, figure.unit, failed)
-            row("  publish rate meanwhile", name, d.get("publish_rate"), "msg/s", failed)
+            row(label, name, figure.value, figure.unit, figure, cpu=False)
+            row("  publish rate meanwhile", name, d.get("publish_rate"), "msg/s", figure)
         elif name == "latency":
             rate = figure.details.get("rate", 0)
             for p in ("p50", "p99"):
                 value = figure.details.get(f"{p}_ms")
-                row(f"latency {p} at {rate:,.0f} msg/s", f"latency_{p}_ms", value, "ms", failed)
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+                label = f"latency {p} at {rate:,.0f} msg/s"
+                row(label, f"latency_{p}_ms", value, "ms", figure, cpu=p == "p50")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADINGS))]
     lines = [header, ""]
     for number, r in enumerate(rows):
         lines.append(
-            f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip()
+            f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  "
+            f"{r[3]:<{widths[3]}}  {r[4]:>{widths[4]}}  {r[5]:>{widths[5]}}".rstrip()
         )
         if number == 0:
-            lines.append("-" * (sum(widths) + 6 + 2))
+            lines.append("-" * (sum(widths) + 2 * (len(widths) - 1)))
     lines.append("")
     for name, figure in figures.items():
         lines.append(f"{name}: {_describe(figure)}")
     return "\n".join(lines)
+
+
+def _fmt_us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def _describe(figure: Figure) -> str:
@@ -690,7 +843,7 @@ def _describe(figure: Figure) -> str:
     u = figure.usage
     parts: list[str] = []
     if figure.name == "publish" and d:
-        parts.append(f"{d['ok']:,} of {d['sent']:,} answered 200 in {d['seconds']:.2f} s")
+        parts.append(f"{d['ok']:,} of {d['sent']:,} accepted in {d['seconds']:.2f} s")
     elif figure.name.startswith("delivery") and d:
         parts.append(f"{d['delivered']:,} deliveries ({d['distinct']:,} distinct)")
         parts.append(f"in {d['seconds']:.2f} s")
@@ -699,7 +852,7 @@ def _describe(figure: Figure) -> str:
     elif figure.name == "routing" and d:
         parts.append(f"{d['delivered']:,} deliveries ({d['distinct']:,} distinct)")
         parts.append(f"of {d['messages']:,} messages in {d['seconds']:.2f} s")
-        parts.append(f"publish {d['publish_ok']:,} of {d['publish_sent']:,} answered 200")
+        parts.append(f"publish {d['publish_ok']:,} of {d['publish_sent']:,} accepted")
         groups = ", ".join(f"{g} {n:,}" for g, n in d["group_totals"].items())
         parts.append(f"per group {groups}; least-served member {d['member_min']:,}")
     elif figure.name == "latency" and d:
@@ -708,10 +861,17 @@ def _describe(figure: Figure) -> str:
             parts.append(f"p90 {d['p90_ms']:.1f} ms, max {d['max_ms']:.1f} ms")
         parts.append(f"loadgen max lag {d['loadgen_max_lag_ms']:.1f} ms")
     if d:
+        database = "" if u.database is None else f"database {u.database:.2f}, "
         parts.append(
-            f"CPU cores: server {u.server:.2f}, sink {u.sink:.2f}, loadgen {u.loadgen:.2f}, "
-            f"others {u.others:.2f}"
+            f"CPU cores: server {u.server:.2f}, {database}sink {u.sink:.2f}, "
+            f"loadgen {u.loadgen:.2f}, others {u.others:.2f}"
         )
+        per = d.get("server_us_per_message")
+        if per is not None:
+            noun = "delivery" if figure.name.startswith("delivery") else "message"
+            db = d.get("database_us_per_message")
+            in_db = "" if db is None else f", database {db:,.0f} µs"
+            parts.append(f"CPU per {noun}: server {per:,.0f} µs{in_db}")
     if len(d.get("runs", [])) > 1:
         shown = ", ".join(_fmt(value, figure.unit) for value in d["runs"])
         parts.append(f"median of runs {shown}")
@@ -788,6 +948,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="extra `mqpy serve` flags, after the defaults "
         f"{' '.join(DEFAULT_SERVER_ARGS)} (later flags win); write --server-args='--jobs 64'",
     )
+    parser.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="run every figure on a fresh database on this PostgreSQL server "
+        "(postgresql://user@host:port/db; it must be allowed to CREATE DATABASE); "
+        "default: a fresh SQLite data directory per figure",
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="start a throwaway PostgreSQL cluster (Debian's packages, fsync on) for the "
+        "run and use it as --store",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="run each broker as N processes on one fixed port (mqpy serve --processes N; "
+        "needs --store or --postgres)",
+    )
+    parser.add_argument(
+        "--publish-api",
+        choices=["seed", "native"],
+        default="seed",
+        help="how the load publishes: seed (POST /send as a connected sender; default) or "
+        "native (POST /v1/topics/TOPIC/messages, no connection: any node takes it)",
+    )
     parser.add_argument("--receivers", type=int, default=16, help="receivers of the fan-out figure")
     parser.add_argument(
         "--publish-count",
@@ -838,7 +1026,54 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.phases = phases
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.store is not None and args.postgres:
+        parser.error("--store and --postgres both name a store: give one")
+    if args.store is not None and not is_postgres_url(args.store):
+        parser.error(
+            "--store takes a PostgreSQL URL (postgresql://user@host:port/db); without it "
+            "every figure runs on a fresh SQLite data directory"
+        )
+    server_args = shlex.split(args.server_args)
+    try:
+        named = processes_in(server_args)
+    except ValueError as exc:
+        parser.error(f"--server-args: {exc}")
+    if args.processes is not None and args.processes < 1:
+        parser.error("--processes must be at least 1")
+    if args.processes is not None and named is None:
+        server_args += ["--processes", str(args.processes)]
+    args.server_arg_list = server_args
+    args.process_count = named or args.processes or 1
+    if args.process_count > 1 and args.store is None and not args.postgres:
+        parser.error(
+            f"--processes {args.process_count} needs a PostgreSQL store (one SQLite data "
+            "directory takes one process): add --postgres, or --store postgresql://..."
+        )
     return args
+
+
+def processes_in(server_args: Sequence[str]) -> int | None:
+    """The `--processes N` among broker flags (the last one wins, as in mqpy serve)."""
+    found: int | None = None
+    for number, arg in enumerate(server_args):
+        value: str | None = None
+        if arg in ("--processes", "-processes"):
+            value = server_args[number + 1] if number + 1 < len(server_args) else ""
+        elif arg.startswith(("--processes=", "-processes=")):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"--processes takes a number of processes, not {value!r}")
+            found = int(value)
+    return found
+
+
+def open_stores(args: argparse.Namespace) -> Stores:
+    if args.postgres:
+        return ThrowawayPostgres(keep=args.keep)
+    if args.store is not None:
+        return PostgresStores.at(args.store, keep=args.keep)
+    return SQLiteStores()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -859,13 +1094,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()
     source = _mqpy_source()
     elsewhere = "" if source == str(ROOT / "src") else f" (but mqpy from {source})"
-    header = (
-        f"mq-py bench {time.strftime('%Y-%m-%d %H:%M')}, commit {_git_commit()}{elsewhere}, "
-        f"{os.cpu_count()} CPUs, load average {load_before[0]:.2f}, "
-        f"Python {platform.python_version()}{', uvloop' if _has_uvloop() else ''}\n"
-        f"server flags: {' '.join([*DEFAULT_SERVER_ARGS, *shlex.split(args.server_args)])}"
-        f"{' (quick)' if args.quick else ''}"
-    )
+    processes = args.process_count
+    profiler = Profiler(args.profile, args.profile_format, subprocesses=processes > 1)
+    try:
+        stores = open_stores(args)
+    except StoreError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _measure(args, plan, stores, profiler, load_before, elsewhere)
+    finally:
+        stores.close()
+
+
+def _measure(
+    args: argparse.Namespace,
+    plan: Plan,
+    stores: Stores,
+    profiler: Profiler,
+    load_before: tuple[float, float, float],
+    elsewhere: str,
+) -> int:
+    processes = args.process_count
     # The load average trails by a minute (and counts our own last run); what the
     # machine does right now is what matters.
     busy = _busy_now(2.0)
@@ -875,9 +1125,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             "figures may come out low",
             file=sys.stderr,
         )
+    header = (
+        f"mq-py bench {time.strftime('%Y-%m-%d %H:%M')}, commit {_git_commit()}{elsewhere}, "
+        f"{os.cpu_count()} CPUs, load average {load_before[0]:.2f}, "
+        f"{busy:.2f} cores busy just before, Python {platform.python_version()}"
+        f"{', uvloop' if _has_uvloop() else ''}\n"
+        f"store: {stores.label}\n"
+        f"broker: {processes} process{'es' if processes > 1 else ''}, publishing through "
+        f"{'/send' if args.publish_api == 'seed' else '/v1/topics/{topic}/messages'}; "
+        "server flags: "
+        f"{' '.join([*DEFAULT_SERVER_ARGS, *args.server_arg_list])}"
+        f"{' (quick)' if args.quick else ''}"
+    )
     workdir = Path(tempfile.mkdtemp(prefix="mqpy-bench-"))
     bench = Bench(
-        plan, shlex.split(args.server_args), workdir, Profiler(args.profile, args.profile_format)
+        plan,
+        args.server_arg_list,
+        workdir,
+        profiler,
+        stores,
+        processes,
+        args.publish_api,
     )
     steps: dict[str, list[tuple[str, Callable[[], Figure]]]] = {
         "publish": [("publish", bench.publish)],
@@ -909,7 +1177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     table = render_table(figures, header, plan.publishers)
     print(table)
-    _write_json(args.output, plan, args, figures, load_before)
+    _write_json(args.output, plan, args, figures, load_before, stores.label, busy)
     print(f"\nfigures written to {args.output}")
     return 0
 
@@ -924,6 +1192,8 @@ def _write_json(
     args: argparse.Namespace,
     figures: dict[str, Figure],
     load_before: tuple[float, float, float],
+    store: str,
+    busy_before: float,
 ) -> None:
     document = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -933,12 +1203,16 @@ def _write_json(
             "cpus": os.cpu_count(),
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
+            "cores_busy_before": busy_before,
             "python": platform.python_version(),
             "uvloop": _has_uvloop(),
         },
         "plan": asdict(plan),
         "quick": args.quick,
-        "server_args": [*DEFAULT_SERVER_ARGS, *shlex.split(args.server_args)],
+        "server_args": [*DEFAULT_SERVER_ARGS, *args.server_arg_list],
+        "store": store,
+        "processes": args.process_count,
+        "publish_api": args.publish_api,
         "floors": {name: asdict(floor) for name, floor in FLOORS.items()},
         "figures": {
             name: {
