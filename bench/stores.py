@@ -80,7 +80,10 @@ class PostgresStores:
     @classmethod
     def at(cls, url: str, keep: bool) -> PostgresStores:
         """The server at `url` (checked now, so a wrong URL fails before any figure)."""
-        version = _run(_fetch_version(url))
+        try:
+            version = _run(_fetch_version(url))
+        except StoreError as exc:
+            raise StoreError(f"--store: cannot reach PostgreSQL at {redact(url)}: {exc}") from exc
         host = urlsplit(url).hostname or ""
         local = host in LOCAL_HOSTS
         where = "on this machine" if local else "elsewhere (its CPU is not measured)"
