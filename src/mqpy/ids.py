@@ -7,7 +7,9 @@ store indexes append-mostly and makes logs easy to follow.
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 import time
 
 MAX_CONNECTION_ID = 2**53 - 1
@@ -26,3 +28,9 @@ def new_message_id() -> str:
 def new_lease_token() -> str:
     """An unguessable token naming one claim of deliveries."""
     return secrets.token_hex(12)
+
+
+def node_name() -> str:
+    """This process's name in leases and the node list: host, pid and a random tag
+    (a pid is reused after a restart; the tag tells the two lives apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"

@@ -50,6 +50,9 @@ class TopicBacklog:
 class Store(abc.ABC):
     """Durable state of one broker (or of several sharing one database)."""
 
+    # This process's name (host:pid:tag): in the leases it writes and its heartbeats.
+    node: str
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Create or migrate the schema and get ready for use."""

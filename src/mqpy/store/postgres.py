@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import secrets
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,7 +48,7 @@ from mqpy.domain import (
     TopicInfo,
     int_cursor,
 )
-from mqpy.ids import new_lease_token
+from mqpy.ids import new_lease_token, node_name
 from mqpy.store import postgres_sql as sql
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Batcher
@@ -130,11 +128,6 @@ class _Outcome:
     error: str | None = None
     due_at: float | None = None
     dead: bool = False
-
-
-def node_name() -> str:
-    """This process's name in leases and the node list: host, pid and a random tag."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class PostgresStore(Store):

@@ -41,7 +41,7 @@ from mqpy.domain import (
     int_cursor,
 )
 from mqpy.filters import matches as filter_matches
-from mqpy.ids import new_connection_id
+from mqpy.ids import new_connection_id, node_name
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.routes import (
     GROUP_ROUTE_COLUMNS,
@@ -90,6 +90,7 @@ class SQLiteStore(Store):
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.path = data_dir / DATABASE_FILE
+        self.node = node_name()
         self._writer = GroupCommitWriter(self.path, _configure)
         self._routes = RouteTable()
         self._tallies = Tallies()
