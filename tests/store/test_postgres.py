@@ -4,12 +4,14 @@ only a shared database has (several store objects, as several nodes, at once).""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
 from mqpy.domain import SchemaTooNew, StoreUnavailable
+from mqpy.store import postgres as postgres_module
 from mqpy.store.base import Store
 from mqpy.store.postgres import PostgresStore
 from mqpy.store.postgres_schema import MIGRATIONS
@@ -260,3 +262,37 @@ async def test_a_publish_or_a_catalog_change_on_one_node_wakes_the_other(
     assert not due.is_set()
     await publish(a, "for the new subscription")
     await asyncio.wait_for(due.wait(), 2.0)
+
+
+class _HostClockAnHourAhead:
+    """The `time` module as a host whose clock runs an hour ahead of the database's."""
+
+    @staticmethod
+    def time() -> float:
+        return time.time() + 3600.0
+
+
+async def test_the_clock_follows_the_databases_from_the_open_on(
+    stores: OpenStores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres_module, "time", _HostClockAnHourAhead)
+    store = await stores.open()
+    # No heartbeat yet: the first claims already lease by the database's clock.
+    assert abs(store.clock() - time.time()) < 1.0
+
+
+async def test_closing_the_store_stops_listening(stores: OpenStores) -> None:
+    store = await stores.open()
+    heard = asyncio.Event()
+    store.watch(on_due=heard.set, on_catalog=heard.set)
+    await asyncio.wait_for(heard.wait(), 5.0)  # the listener is connected
+    await stores.close(store)
+    conn = await asyncpg.connect(stores.url)
+    try:
+        others = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    assert others == 0, "a connection of the closed store is still open"

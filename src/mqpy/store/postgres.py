@@ -167,9 +167,14 @@ class PostgresStore(Store):
             )
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot reach PostgreSQL: {exc}") from None
+        # Before anything leases by `clock`: a host whose clock runs ahead of the
+        # database's would otherwise take over live leases on its first claims.
+        await self._read_clock()
 
     async def close(self) -> None:
         self._closed = True
+        if self._listener is not None:
+            await self._listener.stop()
         await self._publishes.close()
         await self._outcomes.close()
         if self._pool is not None:
