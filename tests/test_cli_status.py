@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from mqpy.commands.status import (
+    NODE_COLUMNS,
     RECEIVER_COLUMNS,
     TOPIC_COLUMNS,
     decode_feed,
@@ -227,8 +228,53 @@ def test_a_feed_from_a_server_before_groups_still_prints() -> None:
             }
         ],
     }
-    (row,) = table(format_status(decode_feed(old)), RECEIVER_COLUMNS)
+    shown = format_status(decode_feed(old))
+    (row,) = table(shown, RECEIVER_COLUMNS)
     assert (row["ID"], row["GROUP"], row["STATE"]) == ("7", "-", "healthy")
+    assert "NODE" not in shown and "nodes" not in shown, "no nodes table without nodes"
+
+
+def test_nodes_print_one_line_each_with_the_answering_one_marked() -> None:
+    def node(name: str, address: str, uptime: float, seen: float, held: int) -> dict[str, Any]:
+        return {
+            "name": name,
+            "address": address,
+            "started_at": 1000.0 - uptime,
+            "seen_at": 1000.0 - seen,
+            "uptime_seconds": uptime,
+            "seen_age_seconds": seen,
+            "held": held,
+            "in_flight": held // 2,
+        }
+
+    feed = {
+        "at": 1000.0,
+        **dict.fromkeys(("readers", "writers", "queue_length", "completed_sends"), 0),
+        "dead_letters": 0,
+        "topics": [],
+        "receivers": [],
+        "node": "b:2:bb",
+        "nodes": [
+            node("a:1:aa" + CSI + "2J", "", 3725, 1.4, 7),
+            node("b:2:bb", "http://10.0.0.2:8080", 59, 0.2, 0),
+        ],
+    }
+    shown = format_status(decode_feed(feed))
+    assert CSI not in shown
+    assert table(shown, NODE_COLUMNS) == [
+        dict(zip(NODE_COLUMNS, ("a:1:aa\\x9b2J", "-", "1h02m", "7", "3", "1s ago"), strict=True)),
+        dict(
+            zip(
+                NODE_COLUMNS,
+                ("b:2:bb (answered)", "http://10.0.0.2:8080", "59s", "0", "0", "0s ago"),
+                strict=True,
+            )
+        ),
+    ]
+    feed["nodes"] = []
+    assert format_status(decode_feed(feed)).endswith(
+        "\n\nno live nodes: none sent a heartbeat in the last 10s"
+    )
 
 
 async def test_status_needs_an_admin_key_once_keys_exist(

@@ -1,4 +1,5 @@
-"""`mqpy status`: a running broker's topics and receivers, from its GET /v1/status feed.
+"""`mqpy status`: a running broker's topics, receivers and nodes, from its GET /v1/status
+feed.
 
 The feed is decoded into this module's own types rather than the server's
 (`mqpy.observability.feed`): they name only the fields shown, and take a receiver's
@@ -37,6 +38,9 @@ RECEIVER_COLUMNS = (
     "FAILURES",
     "LAST FAILURE",
 )
+NODE_COLUMNS = ("NODE", "ADDRESS", "UPTIME", "HELD", "IN FLIGHT", "LAST SEEN")
+# After the name of the node whose feed this is: the others' come from the store.
+ANSWERED = " (answered)"
 _URL_WIDTH = 50
 _GROUP_WIDTH = 30
 _REASON_WIDTH = 60
@@ -67,6 +71,15 @@ class _Receiver(msgspec.Struct):
     group: str | None = None  # absent from the feeds of servers before consumer groups
 
 
+class _Node(msgspec.Struct):
+    name: str
+    address: str
+    uptime_seconds: float
+    seen_age_seconds: float
+    held: int
+    in_flight: int
+
+
 class _Feed(msgspec.Struct):
     at: float
     readers: int
@@ -76,19 +89,24 @@ class _Feed(msgspec.Struct):
     dead_letters: int
     topics: list[_Topic]
     receivers: list[_Receiver]
+    # Absent from the feeds of servers before nodes shared a store: no table then.
+    node: str | None = None
+    nodes: list[_Node] | None = None
 
 
 def register(subparsers: Any) -> None:
     """Add `status` to the `mqpy` parser's subparsers."""
     parser = subparsers.add_parser(
         "status",
-        help="show a running broker's topics and receivers",
+        help="show a running broker's topics, receivers and nodes",
         description="Show a running broker as GET /v1/status reports it: the dashboard's "
         "four figures and the dead-letter count, then a table of topics (backlog, age of "
         "the oldest undelivered message, publish and delivery rates over the last minute, "
         "receivers) and a table of receivers (consumer group; state: healthy, retrying, "
         "failing or paused; deliveries in flight; last success; consecutive failures; the "
-        "latest failure's reason). Needs an admin key (--key "
+        "latest failure's reason), then a table of the live nodes sharing its store (those "
+        "heard from in the last 10 s; the one that answered is marked: address, uptime, "
+        "deliveries held and in flight, last heartbeat). Needs an admin key (--key "
         f"or {KEY_ENV}) unless the server has none configured. Exit codes: 0 done, 1 the "
         "server refused, 2 usage error, 3 server unreachable.",
         allow_abbrev=False,
@@ -139,7 +157,27 @@ def format_status(feed: _Feed) -> str:
         if feed.receivers
         else "no receivers connected"
     )
-    return f"{header}\n\n{topics}\n\n{receivers}"
+    sections = [header, topics, receivers]
+    if feed.nodes is not None:
+        sections.append(_nodes_table(feed.nodes, feed.node))
+    return "\n\n".join(sections)
+
+
+def _nodes_table(nodes: list[_Node], answered: str | None) -> str:
+    if not nodes:
+        return "no live nodes: none sent a heartbeat in the last 10s"
+    return format_table(NODE_COLUMNS, [_node_row(node, answered) for node in nodes])
+
+
+def _node_row(node: _Node, answered: str | None) -> tuple[str, ...]:
+    return (
+        visible(node.name) + (ANSWERED if node.name == answered else ""),
+        _shortened(node.address, _URL_WIDTH) if node.address else "-",
+        format_age(node.uptime_seconds),
+        str(node.held),
+        str(node.in_flight),
+        format_age(node.seen_age_seconds) + " ago",
+    )
 
 
 def _topic_row(topic: _Topic) -> tuple[str, ...]:

@@ -39,8 +39,25 @@ class ReceiverStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """A broker process sharing the store, as its last heartbeat described it. Times and
+    ages are by the store's clock (the database's, on PostgreSQL), which every node's
+    heartbeat is written by, so they hold even when the hosts' clocks disagree."""
+
+    name: str  # host:pid:tag
+    address: str  # where it serves HTTP, as it reports it; "" if it did not say
+    started_at: float  # Unix time, by the store's clock
+    seen_at: float  # its last heartbeat, Unix time by the store's clock
+    uptime_seconds: float
+    seen_age_seconds: float  # how long ago its last heartbeat was
+    held: int  # deliveries it has claimed and not yet settled
+    in_flight: int  # of those, being sent right now
+
+
+@dataclass(frozen=True, slots=True)
 class StatusFeed:
     at: float  # Unix time the feed was made
+    node: str  # the name of the node that answered, as in `nodes`
     readers: int
     writers: int
     queue_length: int
@@ -49,3 +66,4 @@ class StatusFeed:
     topics: list[TopicStatus]
     receivers: list[ReceiverStatus]
     throughput: list[ThroughputPoint]  # one point a second, oldest first
+    nodes: list[NodeStatus]  # the live nodes sharing the store, by name

@@ -11,11 +11,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mqpy.domain import BrokerStats
+from mqpy.domain import BrokerStats, NodeInfo
 from mqpy.store import Store
 from mqpy.store.base import TopicBacklog
 
 MAX_AGE_SECONDS = 1.0
+# A node is live while its last heartbeat is at most this old: five missed heartbeats
+# (a node beats every 2 s, mqpy.peers.HEARTBEAT_SECONDS). A busy node or a slow store
+# write is not taken for a dead one, and a node that did die drops off within ~10 s.
+LIVE_NODE_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +27,7 @@ class StoreFigures:
     stats: BrokerStats
     backlogs: list[TopicBacklog]
     dead_letters: int
+    nodes: list[NodeInfo]  # live ones (see LIVE_NODE_SECONDS), by name
 
 
 class StoreFiguresCache:
@@ -45,11 +50,13 @@ class StoreFiguresCache:
         """Fresh figures; raises StoreUnavailable if the store cannot be read."""
         async with self._lock:  # callers arriving during a read wait for its result
             if self._figures is None or self._clock() - self._read_at >= self._max_age:
-                stats, backlogs, dead_letters = await asyncio.gather(
+                seen_since = self._store.clock() - LIVE_NODE_SECONDS
+                stats, backlogs, dead_letters, nodes = await asyncio.gather(
                     self._store.stats(),
                     self._store.topic_backlogs(),
                     self._store.dead_letter_count(),
+                    self._store.nodes(seen_since=seen_since),
                 )
-                self._figures = StoreFigures(stats, backlogs, dead_letters)
+                self._figures = StoreFigures(stats, backlogs, dead_letters, nodes)
                 self._read_at = self._clock()
             return self._figures

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from mqpy.broker import Broker
-from mqpy.domain import Delivery, StoreUnavailable, Subscription
-from mqpy.observability.feed import ReceiverStatus, StatusFeed, TopicStatus
+from mqpy.domain import Delivery, NodeInfo, StoreUnavailable, Subscription
+from mqpy.observability.feed import NodeStatus, ReceiverStatus, StatusFeed, TopicStatus
 from mqpy.observability.figures import StoreFigures, StoreFiguresCache
 from mqpy.observability.metrics import Gauges, LiveGauges, Metrics, TopicFigures
 from mqpy.observability.rates import RATE_SECONDS, SecondCounts, Throughput, TopicActivity
@@ -157,6 +157,7 @@ class Observer:
             )
         return StatusFeed(
             at=now,
+            node=self._store.node,
             readers=figures.stats.receivers,
             writers=figures.stats.senders,
             queue_length=figures.stats.queue_length,
@@ -165,6 +166,7 @@ class Observer:
             topics=topics,
             receivers=[self._receiver_status(s) for s in receivers],
             throughput=self._throughput.series(now),
+            nodes=_node_statuses(figures.nodes, self._store.clock()),
         )
 
     def topic_rates(self, name: str) -> tuple[float, float]:
@@ -231,6 +233,23 @@ class Observer:
         """Topics come and go; keep memory bounded by what was active lately."""
         for name in [n for n, a in self._topics.items() if n not in keep and a.idle(now)]:
             del self._topics[name]
+
+
+def _node_statuses(nodes: list[NodeInfo], now: float) -> list[NodeStatus]:
+    """`now` by the store's clock, the one the nodes' heartbeats are written by."""
+    return [
+        NodeStatus(
+            name=node.name,
+            address=node.address,
+            started_at=node.started_at,
+            seen_at=node.seen_at,
+            uptime_seconds=_age(now, node.started_at),
+            seen_age_seconds=_age(now, node.seen_at),
+            held=node.held,
+            in_flight=node.in_flight,
+        )
+        for node in sorted(nodes, key=lambda node: node.name)
+    ]
 
 
 def _age(now: float, since: float) -> float:
