@@ -220,3 +220,14 @@ def test_each_receiver_state_has_its_own_style() -> None:
         rules[state] = rule.group(1).strip()
         assert f'["{state.value}", ' in script, f"the script does not know {state.value}"
     assert len(set(rules.values())) == len(rules), rules
+
+
+async def test_the_nodes_table_has_a_column_for_each_heartbeat_figure(
+    http: aiohttp.ClientSession, server: ServerProcess
+) -> None:
+    _, html = await get_page(http, server.url)
+    table = re.search(r'<table id="nodes".*?</thead>', html, re.DOTALL)
+    assert table is not None
+    headers = re.findall(r"<th[^>]*>([^<]*)</th>", table.group(0))
+    assert headers == ["Node", "Address", "Uptime", "Held", "In flight", "Last seen"], headers
+    assert 'id="nodes-empty"' in html

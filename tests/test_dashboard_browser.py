@@ -187,6 +187,18 @@ async def test_the_dashboard_follows_the_broker_without_a_reload(
     published_line = page.locator("path.line-published")
     assert await busy_seconds(published_line) == 0
 
+    # One node on SQLite: this one, marked as the one answering.
+    this_node = await node_name(http, server.url)
+    node_row = page.locator("#nodes tbody tr")
+    await expect(node_row).to_have_count(1, timeout=WAIT_MS)
+    await expect(node_row).to_have_attribute("data-node", this_node)
+    await expect(node_row).to_have_attribute("data-answering", "true")
+    await expect(node_row.locator(".node-name")).to_have_text(this_node)
+    await expect(node_row.locator(".here")).to_be_visible()
+    await expect(node_row.locator("td").nth(1)).to_contain_text(str(server.port))
+    await expect(node_row.locator("td").nth(5)).to_have_text(re.compile("ago|just now"))
+    await expect(page.locator("#nodes-empty")).to_be_hidden()
+
     healthy_id = await client.connect_receiver(healthy.url)
     failing_id = await client.connect_receiver(failing.url)
     sender = await client.connect_sender()
@@ -285,6 +297,49 @@ async def test_the_dashboard_follows_the_broker_without_a_reload(
     await expect(page.get_by_role("button", name="Redrive all")).to_be_disabled()
     assert "once more" in [received.text for received in failing.received]
 
+    assert tab.errors == []
+
+
+async def node_name(http: aiohttp.ClientSession, base_url: str) -> str:
+    """The name of the node serving `base_url`, as its status feed gives it."""
+    async with http.get(base_url + "/v1/status") as response:
+        assert response.status == 200, await response.text()
+        return str((await response.json())["node"])
+
+
+async def test_the_nodes_panel_lists_every_node_sharing_the_store(
+    browser: Browser,
+    start_server: ServerFactory,
+    http: aiohttp.ClientSession,
+    postgres_url: str,
+) -> None:
+    first = start_server("--store", postgres_url)
+    second = start_server("--store", postgres_url)
+    here, there = await node_name(http, first.url), await node_name(http, second.url)
+
+    tab = await open_tab(browser)
+    page = tab.page
+    await page.goto(first.url + "/dashboard")
+    rows = page.locator("#nodes tbody tr")
+    await expect(rows).to_have_count(2, timeout=WAIT_MS)
+    await expect(rows.locator(".node-name")).to_have_text(sorted([here, there]))
+    answering = page.locator('#nodes tr[data-answering="true"]')
+    await expect(answering).to_have_count(1)
+    await expect(answering).to_have_attribute("data-node", here)
+    other = page.locator(f'#nodes tr[data-node="{there}"]')
+    await expect(other.locator(".here")).to_be_hidden()
+    await expect(other.locator("td").nth(1)).to_contain_text(str(second.port))
+    ARTIFACTS.mkdir(exist_ok=True)
+    await (
+        page.locator("#nodes")
+        .locator("xpath=..")
+        .screenshot(path=str(ARTIFACTS / "dashboard-nodes.png"))
+    )
+
+    # A node that dies drops off once its heartbeats are over ten seconds old.
+    second.kill()
+    await expect(rows).to_have_count(1, timeout=WAIT_MS)
+    await expect(rows).to_have_attribute("data-node", here)
     assert tab.errors == []
 
 

@@ -74,12 +74,12 @@ _PAGE = """<!doctype html>
 <div class="live-only" hidden><dt>Dead letters</dt><dd id="dead-letter-count"></dd></div>
 </dl>
 <p id="no-script" class="card notice">These figures are as of page load. The live view
-(topics, receivers, throughput and dead letters) needs JavaScript.</p>
+(topics, receivers, nodes, throughput and dead letters) needs JavaScript.</p>
 <section id="key-panel" class="card notice"{key_panel_hidden} aria-labelledby="key-title">
 <h2 id="key-title">Admin key needed</h2>
-<p>This server uses API keys. Topics, receivers, throughput and dead letters are shown
-with an admin key. It stays in this browser tab (session storage) and is sent only to
-this server, as an <code>Authorization</code> header.</p>
+<p>This server uses API keys. Topics, receivers, nodes, throughput and dead letters are
+shown with an admin key. It stays in this browser tab (session storage) and is sent only
+to this server, as an <code>Authorization</code> header.</p>
 <form id="key-form" class="key-form">
 <label for="key-input">Admin key</label>
 <input id="key-input" type="password" autocomplete="off" spellcheck="false">
@@ -127,6 +127,17 @@ receiver is connected.</p>
 <tbody></tbody>
 </table>
 <p class="empty" id="receivers-empty" hidden>No receiver is connected.</p>
+</section>
+<section class="card" aria-labelledby="nodes-title">
+<h2 id="nodes-title">Nodes</h2>
+<table id="nodes" class="data">
+<thead><tr><th>Node</th><th>Address</th><th class="num">Uptime</th>
+<th class="num">Held</th><th class="num">In flight</th><th>Last seen</th></tr></thead>
+<tbody></tbody>
+</table>
+<p class="empty" id="nodes-empty" hidden>No node has sent a heartbeat in the last 10 s.</p>
+<p class="footnote">The broker processes sharing this store, each as its last heartbeat
+(every 2 s) told it. Held: deliveries it has claimed and not yet settled.</p>
 </section>
 <section class="card" aria-labelledby="dead-letters-title">
 <div class="card-head">

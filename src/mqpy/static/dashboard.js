@@ -13,6 +13,8 @@
   const MAX_RETRY_MS = 10000;
   const LETTERS_SHOWN_PER_RECEIVER = 10;
   const BODY_PREVIEW_CHARS = 160;
+  // Nodes beat every 2 s: one heard from longer ago than two beats is running late.
+  const NODE_LATE_SECONDS = 5;
   const SVG_NS = "http://www.w3.org/2000/svg";
   // Drawn in this order: published, dashed, stays visible over an equal delivered line.
   const SERIES = ["delivered", "published", "failed"];
@@ -198,6 +200,7 @@
     drawThroughput();
     renderTopics(feed);
     renderReceivers(feed);
+    renderNodes(feed);
     renderDeadLetters(feed, letters);
     setStatus("live", "Live · updated " + clock(feed.at));
   }
@@ -330,6 +333,45 @@
     success.title = last === null ? "" : new Date(last * 1000).toLocaleString();
     setNumber(failures, receiver.consecutive_failures);
     renderFailures(recent, receiver.recent_failures, now);
+  }
+
+  function renderNodes(feed) {
+    // Left out by servers before nodes shared a store: nothing to show then.
+    const nodes = feed.nodes || [];
+    showTable("nodes", nodes.length > 0);
+    const rows = $("nodes").tBodies[0];
+    const update = (tr, node) => updateNodeRow(tr, node, feed.node);
+    syncChildren(rows, nodes, (node) => node.name, buildNodeRow, update);
+  }
+
+  function buildNodeRow() {
+    const tr = row(6);
+    tr.cells[0].append(element("span", "node-name"), " ");
+    tr.cells[0].append(element("span", "here", "answering"));
+    tr.cells[1].append(element("span", "url"));
+    return tr;
+  }
+
+  function updateNodeRow(tr, node, answering) {
+    const [name, address, uptime, held, inFlight, seen] = tr.cells;
+    const here = node.name === answering;
+    tr.dataset.node = node.name;
+    tr.dataset.answering = String(here);
+    name.querySelector(".node-name").textContent = node.name;
+    const mark = name.querySelector(".here");
+    mark.hidden = !here;
+    mark.title = here ? "the node that answered this page's requests" : "";
+    const url = address.querySelector(".url");
+    url.textContent = node.address || "—";
+    url.title = node.address;
+    setNumber(uptime, formatDuration(node.uptime_seconds));
+    uptime.title = "since " + new Date(node.started_at * 1000).toLocaleString();
+    setNumber(held, node.held);
+    setNumber(inFlight, node.in_flight);
+    const late = node.seen_age_seconds > NODE_LATE_SECONDS;
+    seen.className = late ? "late" : "";
+    seen.textContent = ago(node.seen_age_seconds);
+    seen.title = late ? "its heartbeats are late: it may be stuck or gone" : "";
   }
 
   function renderFailures(cell, failures, now) {
