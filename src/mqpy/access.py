@@ -1,14 +1,16 @@
 """Who is calling, and what they may do.
 
 `Access` recognises API keys (the bootstrap admin key from the environment, and the
-stored ones, cached here because this process is the only one that changes them) and
-answers the broker's questions about a caller. With no key configured at all, access
+stored ones, cached here so a request costs no store read; `Keyring.reload` brings
+them in line with the store when another node created or revoked one) and answers
+the broker's questions about a caller. With no key configured at all, access
 is open: every caller is an anonymous admin (and the server stays on loopback).
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from mqpy.domain import ApiKey, Role
@@ -50,9 +52,17 @@ class Access:
         # turn a server into an open one (it may be listening beyond loopback).
         self._required = self._admin_key is not None
 
-    def load(self, keys: list[ApiKey]) -> None:
-        self._keys = {key.id: key for key in keys}
+    def load(self, keys: list[ApiKey], *, keep: Collection[str] = ()) -> None:
+        """Know exactly `keys`, except those named in `keep`, which stay as they are
+        here (created or revoked by this process while `keys` was being read)."""
+        fresh = {key.id: key for key in keys if key.id not in keep}
+        fresh.update((key_id, self._keys[key_id]) for key_id in keep if key_id in self._keys)
+        self._keys = fresh
         self._required = self._required or bool(self._keys)
+
+    def key_ids(self) -> set[str]:
+        """The stored keys known (the bootstrap admin key is not one)."""
+        return set(self._keys)
 
     def added(self, key: ApiKey) -> None:
         self._keys[key.id] = key

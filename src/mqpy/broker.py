@@ -5,6 +5,7 @@ Plain async Python between the HTTP API and the store; no HTTP types in or out.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -127,8 +128,10 @@ class Limits:
 class Broker:
     """The broker's operations (the seed protocol's and the native API's) on a store.
 
-    Connections and subscriptions are cached in memory: `/send` checks its sender on
-    every call, and this process is the only one that changes them in its store.
+    Connections and subscriptions are cached in memory, since `/send` checks its sender
+    on every call. The store is the truth: other nodes sharing it change them too, so
+    `reload` (called by `peers.CatalogSync` when the store's catalog version moves)
+    brings the cache back in line, and a sender missing from it is looked up.
     """
 
     def __init__(
@@ -145,20 +148,85 @@ class Broker:
         self._clock = clock
         self._connections: dict[int, Connection] = {}
         self._subscriptions: dict[int, Subscription] = {}
+        # Connections per key, of those in `_connections`, always.
         self._per_key: Counter[str | None] = Counter()
+        # While `reload` reads the store: the ids this process changed in the cache
+        # meanwhile, whose cached state may be newer than what the reload read.
+        self._touched: set[int] | None = None
         self._publish_rate = RateLimiter(limits.publish_rate, limits.publish_burst, clock)
 
     async def start(self) -> None:
-        self._connections = {c.id: c for c in await self._store.connections()}
-        self._per_key = Counter(c.key_id for c in self._connections.values())
-        self._subscriptions = {}
+        await self.reload()
+
+    async def reload(self) -> bool:
+        """Read connections and subscriptions from the store again, and tell the
+        dispatcher what changed. Ids this process changed while the store was read keep
+        their cached state; False if there were any (a later reload settles them)."""
+        self._touched = set()
+        try:
+            connections = await self._store.connections()
+            subscriptions = await self._all_subscriptions()
+            touched = self._touched
+        finally:
+            self._touched = None
+        self._replace_connections({c.id: c for c in connections}, touched)
+        self._replace_subscriptions({s.id: s for s in subscriptions}, touched)
+        return not touched
+
+    async def _all_subscriptions(self) -> list[Subscription]:
+        found: list[Subscription] = []
         cursor: str | None = None
         while True:
             page = await self._store.subscriptions(cursor=cursor, limit=1000)
-            self._subscriptions.update((s.id, s) for s in page.items)
+            found.extend(page.items)
             cursor = page.next_cursor
             if cursor is None:
-                break
+                return found
+
+    def _replace_connections(self, stored: dict[int, Connection], touched: set[int]) -> None:
+        fresh = {i: c for i, c in stored.items() if i not in touched}
+        fresh.update((i, self._connections[i]) for i in touched if i in self._connections)
+        self._connections = fresh
+        self._per_key = Counter(c.key_id for c in fresh.values())
+
+    def _replace_subscriptions(self, stored: dict[int, Subscription], touched: set[int]) -> None:
+        old = self._subscriptions
+        fresh = {i: s for i, s in stored.items() if i not in touched}
+        fresh.update((i, old[i]) for i in touched if i in old)
+        self._subscriptions = fresh
+        changed = [s for i, s in fresh.items() if old.get(i) != s]
+        gone = [i for i in old if i not in fresh]
+        for subscription in changed:
+            self._listener.subscription_changed(subscription)
+        for subscription_id in gone:
+            self._listener.forget_subscription(subscription_id)
+        if changed or gone:
+            self._listener.notify()
+
+    # The cache, changed by this process: each change is noted for a reload under way.
+
+    def _put_connection(self, connection: Connection) -> None:
+        if connection.id not in self._connections:
+            self._per_key[connection.key_id] += 1
+        self._connections[connection.id] = connection
+        self._touch(connection.id)
+
+    def _drop_connection(self, connection_id: int) -> None:
+        connection = self._connections.pop(connection_id, None)
+        if connection is not None:
+            self._per_key[connection.key_id] -= 1
+            if self._per_key[connection.key_id] <= 0:
+                del self._per_key[connection.key_id]
+        self._touch(connection_id)
+
+    def _put_subscription(self, subscription: Subscription) -> None:
+        self._subscriptions[subscription.id] = subscription
+        self._touch(subscription.id)
+        self._listener.subscription_changed(subscription)
+
+    def _touch(self, item_id: int) -> None:
+        if self._touched is not None:
+            self._touched.add(item_id)
 
     def set_delivery_listener(self, listener: DeliveryListener) -> None:
         self._listener = listener
@@ -199,8 +267,7 @@ class Broker:
             group=group if mode is Mode.RECEIVE else None,
             filter=filter if mode is Mode.RECEIVE else None,
         )
-        self._connections[connection.id] = connection
-        self._per_key[principal.key_id] += 1
+        self._put_connection(connection)
         if mode is Mode.RECEIVE:
             await self._cache_subscription(connection.id)
             self._listener.notify()
@@ -214,8 +281,7 @@ class Broker:
     async def _cache_subscription(self, subscription_id: int) -> None:
         subscription = await self._store.subscription(subscription_id)
         if subscription is not None:
-            self._subscriptions[subscription_id] = subscription
-            self._listener.subscription_changed(subscription)
+            self._put_subscription(subscription)
 
     def _check_may_connect(self, mode: Mode, topic: str, principal: Principal) -> None:
         wanted = "publisher" if mode is Mode.SEND else "subscriber"
@@ -234,7 +300,7 @@ class Broker:
             raise Forbidden(f"this key may not use the topic {topic!r}")
 
     async def disconnect(self, connection_id: int, principal: Principal) -> Connection:
-        self._owned(connection_id, principal)
+        await self._owned(connection_id, principal)
         connection = await self._remove(connection_id)
         if connection is None:
             raise UnknownConnection(connection_id)
@@ -242,26 +308,30 @@ class Broker:
 
     async def disconnect_key(self, key_id: str) -> int:
         """Disconnect every connection and end every subscription a (revoked) key
-        made; returns how many connections."""
-        owned = [c.id for c in self._connections.values() if c.key_id == key_id]
+        made; returns how many connections. Read from the store, not the cache: some
+        may have been made through another node a moment ago."""
+        owned = [c.id for c in await self._store.connections() if c.key_id == key_id]
         for connection_id in owned:
             await self._remove(connection_id)
-        for subscription in list(self._subscriptions.values()):
-            if subscription.key_id == key_id:
-                await self._end_subscription(subscription.id)
+        for subscription in await self._all_subscriptions():
+            if subscription.key_id == key_id and subscription.connection_id is None:
+                with contextlib.suppress(UnknownSubscription):  # another node ended it
+                    await self._end_subscription(subscription.id)
         return len(owned)
 
     async def _remove(self, connection_id: int) -> Connection | None:
+        cached = self._connections.get(connection_id)
         connection = await self._store.remove_connection(connection_id, self._clock())
-        self._connections.pop(connection_id, None)
-        if connection is not None:
-            self._per_key[connection.key_id] -= 1
-            if connection.mode is Mode.RECEIVE:
-                self._forget(connection_id)
+        self._drop_connection(connection_id)
+        # Gone either way: removed now, or already through another node.
+        removed = connection or cached
+        if removed is not None and removed.mode is Mode.RECEIVE:
+            self._forget(connection_id)
         return connection
 
     def _forget(self, subscription_id: int) -> None:
         self._subscriptions.pop(subscription_id, None)
+        self._touch(subscription_id)
         self._listener.forget_subscription(subscription_id)
         # A group member's deliveries stay for the others, due now.
         self._listener.notify()
@@ -274,7 +344,7 @@ class Broker:
         topic: str | None = None,
     ) -> Published:
         """Publish from a connected sender, to its topic unless `topic` is given."""
-        sender = self._owned(sender_id, principal)
+        sender = await self._owned(sender_id, principal)
         if sender.mode is not Mode.SEND:
             raise NotASender(
                 f"connection {sender_id} is a receiver; connect with mode 'send' to publish"
@@ -356,8 +426,7 @@ class Broker:
         subscription = await self._store.add_subscription(
             spec, self._clock(), key_id=principal.key_id, secret=secret
         )
-        self._subscriptions[subscription.id] = subscription
-        self._listener.subscription_changed(subscription)
+        self._put_subscription(subscription)
         self._listener.notify()
         return subscription, secret
 
@@ -409,15 +478,14 @@ class Broker:
     def _changed(self, subscription_id: int, updated: Subscription | None) -> Subscription:
         if updated is None:
             raise UnknownSubscription(subscription_id)
-        self._subscriptions[subscription_id] = updated
-        self._listener.subscription_changed(updated)
+        self._put_subscription(updated)
         self._listener.notify()
         return updated
 
     async def delete_subscription(self, subscription_id: int, principal: Principal) -> None:
         subscription = await self.subscription(subscription_id, principal)
-        if subscription.connection_id is not None and subscription.connection_id in (
-            self._connections
+        if subscription.connection_id is not None and (
+            await self._known_connection(subscription.connection_id) is not None
         ):
             await self._remove(subscription.connection_id)
             return
@@ -439,13 +507,13 @@ class Broker:
     async def rotate_secret(self, receiver_id: int, principal: Principal) -> str:
         """A new signing secret for a receiver; the old one keeps signing for the
         overlap window so the receiver can switch without losing a delivery."""
-        connection = self._connections.get(receiver_id)
+        connection = await self._known_connection(receiver_id)
         if connection is not None:
-            self._owned(receiver_id, principal)
+            _check_owner(connection, principal)
             if connection.mode is not Mode.RECEIVE:
                 raise UnknownConnection(receiver_id)
         else:
-            subscription = self._subscriptions.get(receiver_id)
+            subscription = await self._store.subscription(receiver_id)
             if subscription is None or not _may_manage(subscription, principal):
                 raise UnknownConnection(receiver_id)
         secret = generate_secret()
@@ -454,12 +522,21 @@ class Broker:
         )
         return secret
 
-    def _owned(self, connection_id: int, principal: Principal) -> Connection:
-        connection = self._connections.get(connection_id)
+    async def _owned(self, connection_id: int, principal: Principal) -> Connection:
+        connection = await self._known_connection(connection_id)
         if connection is None:
             raise UnknownConnection(connection_id)
-        if not principal.is_admin and connection.key_id != principal.key_id:
-            raise Forbidden(f"connection {connection_id} belongs to another key")
+        _check_owner(connection, principal)
+        return connection
+
+    async def _known_connection(self, connection_id: int) -> Connection | None:
+        """A connection from the cache, else from the store: it may have been made
+        through another node since the last reload."""
+        connection = self._connections.get(connection_id)
+        if connection is None:
+            connection = await self._store.connection(connection_id)
+            if connection is not None:
+                self._put_connection(connection)
         return connection
 
     def connection(self, connection_id: int) -> Connection | None:
@@ -533,6 +610,11 @@ def _deliver_at(publication: Publication, now: float) -> float | None:
     if publication.delay_seconds:
         return now + publication.delay_seconds
     return None
+
+
+def _check_owner(connection: Connection, principal: Principal) -> None:
+    if not principal.is_admin and connection.key_id != principal.key_id:
+        raise Forbidden(f"connection {connection.id} belongs to another key")
 
 
 def _may_manage(subscription: Subscription, principal: Principal) -> bool:

@@ -13,7 +13,10 @@ from mqpy.store import Store
 
 
 class Keyring:
-    """Keys in the store, mirrored into `Access` so requests are checked in memory."""
+    """Keys in the store, mirrored into `Access` so requests are checked in memory.
+
+    Other nodes sharing the store create and revoke keys too: `reload` (called by
+    `peers.CatalogSync` when the store's catalog version moves) mirrors them again."""
 
     def __init__(
         self,
@@ -26,9 +29,33 @@ class Keyring:
         self._access = access
         self._broker = broker
         self._clock = clock
+        # While `reload` reads the store: the keys this process created or revoked
+        # meanwhile, whose state here may be newer than what the reload read.
+        self._touched: set[str] | None = None
 
     async def start(self) -> None:
-        self._access.load(await self._store.keys())
+        await self.reload()
+
+    async def reload(self) -> bool:
+        """Mirror the store's keys again. A key another node revoked is refused from
+        now on, and what it connected is disconnected here too (a connection made
+        through this node just before the revocation reached it would otherwise
+        stay). False if this process changed keys while the store was read."""
+        self._touched = set()
+        try:
+            keys = await self._store.keys()
+            touched = self._touched
+        finally:
+            self._touched = None
+        known = self._access.key_ids()
+        self._access.load(keys, keep=touched)
+        for key_id in sorted(known - self._access.key_ids()):
+            await self._broker.disconnect_key(key_id)
+        return not touched
+
+    def _touch(self, key_id: str) -> None:
+        if self._touched is not None:
+            self._touched.add(key_id)
 
     async def create(
         self, principal: Principal, role: Role, topics: tuple[str, ...]
@@ -37,6 +64,7 @@ class Keyring:
         record, token = new_key(role, topics, self._clock())
         await self._store.add_key(record)
         self._access.added(record)
+        self._touch(record.id)
         return record, token
 
     async def list(self, principal: Principal) -> list[ApiKey]:
@@ -47,6 +75,7 @@ class Keyring:
         require_admin(principal)
         revoked = await self._store.revoke_key(key_id, self._clock())
         self._access.revoked(key_id)
+        self._touch(key_id)
         if revoked:
             # A revoked key's receivers would otherwise go on being pushed messages.
             await self._broker.disconnect_key(key_id)
