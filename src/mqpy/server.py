@@ -9,7 +9,6 @@ import ipaddress
 import logging
 import signal
 import ssl
-import time
 
 import aiohttp
 from aiohttp import web
@@ -28,6 +27,7 @@ from mqpy.delivery.sender import Sender
 from mqpy.domain import StoreCannotOpen, StoreError
 from mqpy.keyring import Keyring
 from mqpy.observability import Observer
+from mqpy.peers import CatalogSync, Heartbeat, node_address
 from mqpy.store import Store, StoreLocation, open_store
 
 log = logging.getLogger("mqpy.server")
@@ -89,12 +89,15 @@ async def serve(settings: Settings) -> int:
 async def _serve_with_store(
     settings: Settings, store: Store, location: StoreLocation, stop: asyncio.Event
 ) -> int:
+    # Every time that decides a message's fate is read from the store's clock: on a
+    # shared database it is the database's, so nodes on several hosts agree on leases.
+    clock = store.clock
     access = Access(settings.admin_key)
-    broker = Broker(store, limits(settings))
+    broker = Broker(store, limits(settings), clock=clock)
     # A registry of this server's own: no global state shared between instances.
     observer = Observer(store, broker, CollectorRegistry())
     broker.set_publish_observer(observer)
-    keyring = Keyring(store, access, broker)
+    keyring = Keyring(store, access, broker, clock=clock)
     await keyring.start()
     check_exposure(settings, access)
     tls = server_tls(settings)
@@ -119,9 +122,16 @@ async def _serve_with_store(
         receiver_concurrency=settings.effective_receiver_concurrency,
         lease_seconds=settings.lease_seconds,
         observer=observer,
+        clock=clock,
     )
     broker.set_delivery_listener(dispatcher)
     await dispatcher.start()
+    heartbeat = Heartbeat(store, dispatcher)
+    # What other nodes change of connections, subscriptions and keys: keys first, so
+    # a revoked key is refused before anything else is reloaded.
+    sync = CatalogSync(store, [keyring.reload, broker.reload])
+    store.watch(on_due=dispatcher.notify, on_catalog=sync.poke)
+    sync.start()
     runner = ProblemAppRunner(
         create_app(
             broker,
@@ -158,8 +168,12 @@ async def _serve_with_store(
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
         await _stop_sweeping(sweeper)
         await _shut_down(runner, dispatcher, sender, settings)
+        await sync.stop()
         return 1
     scheme = "https" if tls else "http"
+    # Listed among the nodes before it says it listens: whoever waits for that line
+    # finds it in the list at once.
+    await heartbeat.start(node_address(scheme, runner.addresses))
     for address in runner.addresses:
         log.info("listening on %s://%s:%d", scheme, *address[:2])
     log.info(
@@ -173,6 +187,11 @@ async def _serve_with_store(
     log.info("shutting down")
     await _stop_sweeping(sweeper)
     await _shut_down(runner, dispatcher, sender, settings)
+    # Last: requests still being answered and deliveries still finishing go by the
+    # other nodes' latest changes (a key revoked meanwhile), and heartbeats show the
+    # node draining. Both stop before the caller closes the store.
+    await sync.stop()
+    await heartbeat.stop()
     log.info("stopped")
     return 0
 
@@ -195,7 +214,7 @@ async def sweep_forever(store: Store, settings: Settings) -> None:
     interval = sweep_interval(settings)
     while True:
         await asyncio.sleep(interval)
-        now = time.time()
+        now = store.clock()
         try:
             removed = await store.sweep(
                 delivered_before=now - settings.message_retention,
