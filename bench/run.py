@@ -437,9 +437,9 @@ class Bench:
         """Why a multi-process broker may answer 404 to /send."""
         if self.processes > 1 and self.publish_api == "seed" and "404" in result["statuses"]:
             return (
-                " (with --processes, a sender is known to the node that took its /connect; "
-                "/send through another node answers 404 unknown-connection; "
-                "--publish-api native publishes through any node)"
+                " (with --processes, a node that does not know the sender answers /send "
+                "with 404 unknown-connection: before 7e6cb11 a sender was known only to the "
+                "node that took its /connect; --publish-api native publishes through any node)"
             )
         return ""
 
