@@ -86,6 +86,12 @@ class Receiver:
                 await self._changed.wait_for(lambda: len(self.received) >= count)
         return self.received
 
+    async def wait_until(self, done: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Wait until `done()` holds, checked after every delivery; fails on timeout."""
+        async with asyncio.timeout(timeout):
+            async with self._changed:
+                await self._changed.wait_for(done)
+
     async def wait_for_attempts(self, count: int, timeout: float = 30.0) -> list[Received]:
         async with asyncio.timeout(timeout):
             async with self._changed:

@@ -281,6 +281,9 @@ class Dispatcher:
             outcome = await self._sender.send(delivery)
         finally:
             self._observer.attempt_ended(delivery.subscription_id, time.perf_counter() - started)
+            # Settling it now: a renewal racing the outcome's commit would find the
+            # lease gone and report it lost to another node.
+            self._holding.pop(delivery.delivery_id, None)
         if outcome.ok:
             acked_at = self._clock()
             self._health.succeeded(delivery.subscription_id)

@@ -115,6 +115,9 @@ _UNAVAILABLE = (
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
     asyncpg.TransactionRollbackError,
+    # A pooled connection the server closed under it (a restart) can report this
+    # instead of a closed connection.
+    asyncpg.InternalClientError,
 )
 
 
