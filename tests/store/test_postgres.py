@@ -175,6 +175,40 @@ class TestTwoNodesOnOneDatabase:
         assert sorted(bodies(await claim(b, T0))) == ["after", "before"]
         assert {d.subscription_id for d in (await claim(a, T0 + LEASE + 1)).deliveries} == {made.id}
 
+    async def test_receivers_connecting_on_one_node_as_the_other_publishes_get_what_follows(
+        self, nodes: tuple[PostgresStore, PostgresStore]
+    ) -> None:
+        # What a benchmark with several processes does: receivers connect through one
+        # node while the other node publishes and claims, its route table in use.
+        a, b = nodes
+        connected = 0  # receivers whose connect has returned
+        stop = asyncio.Event()
+        short: list[tuple[int, int]] = []
+
+        async def publisher(worker: int) -> None:
+            n = 0
+            while not stop.is_set():
+                expected = connected
+                n += 1
+                got = await publish_count(b, message(f"w{worker}-{n}"))
+                if got < expected:
+                    short.append((expected, got))
+
+        async def claimer() -> None:
+            while not stop.is_set():
+                await claim(b, T0, limit=10)
+
+        tasks = [asyncio.create_task(publisher(w)) for w in range(8)]
+        tasks.append(asyncio.create_task(claimer()))
+        for _ in range(16):
+            await receiver(a)
+            connected += 1
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.gather(*tasks)
+        assert short == []
+
     async def test_the_last_two_deliveries_acked_on_two_nodes_finish_the_message(
         self, nodes: tuple[PostgresStore, PostgresStore]
     ) -> None:

@@ -84,7 +84,10 @@ from mqpy.store.routes import (
     build_routes,
 )
 from mqpy.store.rows import (
+    DEAD_LETTER_QUERY,
     changed_spec,
+    dead_letter_cursor,
+    dead_letter_page,
     delivery_status,
     dump_filter,
     dump_settings,
@@ -793,34 +796,15 @@ class PostgresStore(Store):
     async def dead_letters(
         self, *, subscription_id: int | None = None, cursor: str | None = None, limit: int = 100
     ) -> Page[DeadLetter]:
-        dead_at, delivery_id = _dead_letter_cursor(cursor)
+        dead_at, delivery_id = dead_letter_cursor(cursor)
         query = (
-            "SELECT m.id, d.subscription_id, d.attempts, d.last_error, d.dead_at, m.body, "
-            "m.topic, d.last_status, m.attributes, d.id "
-            "FROM deliveries d JOIN messages m ON m.seq = d.message_seq "
-            "WHERE d.state = 'dead' AND (d.dead_at, d.id) > ($1, $2) "
+            f"{DEAD_LETTER_QUERY} AND (d.dead_at, d.id) > ($1, $2) "
             "AND ($3::bigint IS NULL OR d.subscription_id = $3) "
             "ORDER BY d.dead_at, d.id LIMIT $4"
         )
         async with self._connection() as conn:
             rows = await conn.fetch(query, dead_at, delivery_id, subscription_id, limit + 1)
-        page = rows[:limit]
-        letters = [
-            DeadLetter(
-                message_id=row[0],
-                receiver_id=row[1],
-                attempts=row[2],
-                last_error=row[3],
-                dead_at=row[4],
-                body=row[5],
-                topic=row[6],
-                last_status=row[7],
-                attributes=load_attributes(row[8]),
-            )
-            for row in page
-        ]
-        more = len(rows) > limit
-        return Page(letters, f"{page[-1][4]!r}:{page[-1][9]}" if more else None)
+        return dead_letter_page(rows, limit)
 
     async def redrive(self, now: float, receiver_id: int | None = None) -> int:
         async with self._transaction() as conn:
@@ -968,13 +952,3 @@ def _outcome_arrays(outcomes: Sequence[_Outcome], *, due: bool) -> list[list[Any
         [o.error for o in outcomes],
         [o.status for o in outcomes],
     ]
-
-
-def _dead_letter_cursor(cursor: str | None) -> tuple[float, int]:
-    if cursor is None:
-        return (float("-inf"), 0)
-    try:
-        dead_at, delivery_id = cursor.split(":")
-        return (float(dead_at), int(delivery_id))
-    except ValueError:
-        raise BadCursor(f"the cursor {cursor!r} was not handed out by this list") from None

@@ -4,14 +4,17 @@ SQLite and PostgreSQL, so both stores share these conversions."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
 from mqpy.domain import (
+    BadCursor,
+    DeadLetter,
     DeliveryState,
     DeliveryStatus,
     Filter,
+    Page,
     RetryOverrides,
     Subscription,
     SubscriptionChanges,
@@ -127,3 +130,45 @@ def delivery_status(
         next_attempt_at=next_attempt,
         delivered_at=delivered_at,
     )
+
+
+# A dead letter with what its page's cursor is made of; the SQL stores add their
+# own WHERE (after the cursor, and for one subscription) and ORDER BY d.dead_at, d.id.
+DEAD_LETTER_QUERY = (
+    "SELECT m.id, d.subscription_id, d.attempts, d.last_error, d.dead_at, m.body, "
+    "m.topic, d.last_status, m.attributes, d.id "
+    "FROM deliveries d JOIN messages m ON m.seq = d.message_seq WHERE d.state = 'dead'"
+)
+
+
+def dead_letter_cursor(cursor: str | None) -> tuple[float, int]:
+    """Where a page of dead letters starts: after this (dead at, delivery id)."""
+    if cursor is None:
+        return (float("-inf"), 0)
+    try:
+        dead_at, delivery_id = cursor.split(":")
+        return (float(dead_at), int(delivery_id))
+    except ValueError:
+        raise BadCursor(f"the cursor {cursor!r} was not handed out by this list") from None
+
+
+def dead_letter_page(rows: Sequence[Any], limit: int) -> Page[DeadLetter]:
+    """A page from up to `limit + 1` rows of DEAD_LETTER_QUERY: one row more than the
+    page holds says that another page follows."""
+    page = rows[:limit]
+    letters = [
+        DeadLetter(
+            message_id=row[0],
+            receiver_id=row[1],
+            attempts=row[2],
+            last_error=row[3],
+            dead_at=row[4],
+            body=row[5],
+            topic=row[6],
+            last_status=row[7],
+            attributes=load_attributes(row[8]),
+        )
+        for row in page
+    ]
+    more = len(rows) > limit
+    return Page(letters, f"{page[-1][4]!r}:{page[-1][9]}" if more else None)

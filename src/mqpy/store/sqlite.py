@@ -52,9 +52,12 @@ from mqpy.store.routes import (
     build_routes,
 )
 from mqpy.store.rows import (
+    DEAD_LETTER_QUERY,
     SUBSCRIPTION_COLUMNS,
     SUBSCRIPTIONS_FROM,
     changed_spec,
+    dead_letter_cursor,
+    dead_letter_page,
     delivery_status,
     dump_attributes,
     dump_filter,
@@ -591,39 +594,17 @@ class SQLiteStore(Store):
     async def dead_letters(
         self, *, subscription_id: int | None = None, cursor: str | None = None, limit: int = 100
     ) -> Page[DeadLetter]:
-        after = _dead_letter_cursor(cursor)
+        after = dead_letter_cursor(cursor)
 
         def operation(conn: sqlite3.Connection) -> Page[DeadLetter]:
-            sql = (
-                "SELECT m.id, d.subscription_id, d.attempts, d.last_error, d.dead_at, m.body, "
-                "m.topic, d.last_status, m.attributes, d.id "
-                "FROM deliveries d JOIN messages m ON m.seq = d.message_seq "
-                "WHERE d.state = 'dead' AND (d.dead_at, d.id) > (?, ?)"
-            )
+            sql = f"{DEAD_LETTER_QUERY} AND (d.dead_at, d.id) > (?, ?)"
             params: list[Any] = list(after)
             if subscription_id is not None:
                 sql += " AND d.subscription_id = ?"
                 params.append(subscription_id)
             sql += " ORDER BY d.dead_at, d.id LIMIT ?"
             params.append(limit + 1)
-            rows = conn.execute(sql, params).fetchall()
-            page = rows[:limit]
-            letters = [
-                DeadLetter(
-                    message_id=row[0],
-                    receiver_id=row[1],
-                    attempts=row[2],
-                    last_error=row[3],
-                    dead_at=row[4],
-                    body=row[5],
-                    topic=row[6],
-                    last_status=row[7],
-                    attributes=load_attributes(row[8]),
-                )
-                for row in page
-            ]
-            more = len(rows) > limit
-            return Page(letters, f"{page[-1][4]!r}:{page[-1][9]}" if more else None)
+            return dead_letter_page(conn.execute(sql, params).fetchall(), limit)
 
         return await self._writer.run(operation)
 
@@ -971,16 +952,6 @@ def _stored_message(conn: sqlite3.Connection, message_id: str, now: float) -> St
         deliver_at=deliver_at,
         deliveries=deliveries,
     )
-
-
-def _dead_letter_cursor(cursor: str | None) -> tuple[float, int]:
-    if cursor is None:
-        return (float("-inf"), 0)
-    try:
-        dead_at, delivery_id = cursor.split(":")
-        return (float(dead_at), int(delivery_id))
-    except ValueError:
-        raise BadCursor(f"the cursor {cursor!r} was not handed out by this list") from None
 
 
 _CONNECTION_COLUMNS = "id, mode, client_url, topic, connected_at, key_id"
