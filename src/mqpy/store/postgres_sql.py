@@ -77,6 +77,7 @@ HELD_IDEMPOTENCY_KEYS = """
 SELECT k.key_id, k.idempotency_key, k.message_id FROM idempotency_keys k
 JOIN unnest($1::text[], $2::text[]) AS w (key_id, idempotency_key)
     ON k.key_id = w.key_id AND k.idempotency_key = w.idempotency_key
+WHERE k.key_id = ANY($1::text[]) AND k.idempotency_key = ANY($2::text[])  -- see LEASE
 """
 
 # One key's deliveries leave in publish order: each publish takes a transaction-long
@@ -144,11 +145,15 @@ SELECT min(due) FROM (
 ) AS next
 """
 
+# The batch statements below name their ids twice: joined to the unnest that carries
+# each row's values, and as `= ANY`, which gives the planner an index condition. With
+# the join alone, a generic plan made while the table looked small scans the whole
+# table on every call (measured: 2 ms per ack batch at 2,500 messages, growing).
 LEASE = """
 UPDATE deliveries d SET attempts = d.attempts + 1, due_at = $1, lease = $2, leased_by = $3,
     subscription_id = u.member
 FROM unnest($4::bigint[], $5::bigint[]) AS u (id, member)
-WHERE d.id = u.id
+WHERE d.id = ANY($4::bigint[]) AND d.id = u.id
 """
 
 # Outcomes: each applies only while the claim's lease token is still the delivery's.
@@ -156,7 +161,7 @@ ACK = """
 UPDATE deliveries d SET state = 'delivered', delivered_at = u.at, lease = NULL,
     leased_by = NULL, last_status = u.status, last_error = NULL
 FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::integer[]) AS u (id, lease, at, status)
-WHERE d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
+WHERE d.id = ANY($1::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
 RETURNING d.message_seq, u.at
 """
 RETRY = """
@@ -164,25 +169,25 @@ UPDATE deliveries d SET due_at = u.due_at, lease = NULL, leased_by = NULL,
     last_error = u.error, last_status = u.status
 FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::integer[])
     AS u (id, lease, due_at, error, status)
-WHERE d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
+WHERE d.id = ANY($1::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
 """
 DEAD_LETTER = """
 UPDATE deliveries d SET state = 'dead', dead_at = u.at, lease = NULL, leased_by = NULL,
     last_error = u.error, last_status = u.status
 FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::integer[])
     AS u (id, lease, at, error, status)
-WHERE d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
+WHERE d.id = ANY($1::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
 """
 RENEW = """
 UPDATE deliveries d SET due_at = $1
 FROM unnest($2::bigint[], $3::text[]) AS u (id, lease)
-WHERE d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
+WHERE d.id = ANY($2::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
 RETURNING d.id
 """
 RELEASE = """
 UPDATE deliveries d SET due_at = $1, lease = NULL, leased_by = NULL, attempts = d.attempts - 1
 FROM unnest($2::bigint[], $3::text[]) AS u (id, lease)
-WHERE d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
+WHERE d.id = ANY($2::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
 """
 
 HEARTBEAT = """
@@ -202,7 +207,7 @@ LOCK_MESSAGES = "SELECT seq FROM messages WHERE seq = ANY($1::bigint[]) ORDER BY
 FINISH_MESSAGES = """
 UPDATE messages m SET done_at = u.at
 FROM unnest($1::bigint[], $2::float8[]) AS u (seq, at)
-WHERE m.seq = u.seq AND m.routed AND m.done_at IS NULL
+WHERE m.seq = ANY($1::bigint[]) AND m.seq = u.seq AND m.routed AND m.done_at IS NULL
     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_seq = m.seq
         AND d.state IN ('pending', 'dead'))
 RETURNING m.seq
