@@ -3,7 +3,8 @@
 A backend asks `ClaimBuilder` how many due deliveries to read for each ungrouped
 subscription and each group (what their room allows), reads them its own way (one
 query per target on SQLite, one statement for all on PostgreSQL), hands the rows
-back, and leases what `finish` chooses. The builder shares a group's deliveries out
+back, and leases what `finish` chooses (or, on PostgreSQL, has `assign` choose the
+members first and leases as it reads). The builder shares a group's deliveries out
 to its members in turn, caps each receiver at its room and the whole claim at
 `limit`, oldest due first, and works out when the next delivery falls due.
 
@@ -108,6 +109,40 @@ class ClaimBuilder:
             delivery = _delivery(row, member, self._lease, self._secrets_of(member))
             self._candidates.append(_Candidate(row[2], delivery))
         self._routes.turn[group_id] = start + len(rows)
+
+    def assign(self, targets: Sequence[tuple[bool, int]]) -> list[int]:
+        """The member to lease each of these chosen deliveries to, before they are read
+        (is group, subscription or group id; in due order): a group's go to its members
+        in turn. Each takes room; `add_leased` or `give_back` follows for each."""
+        members = self._routes.members
+        free: dict[int, list[Member]] = {}  # per group, its members with room at the start
+        assigned = []
+        for is_group, target in targets:
+            if not is_group:
+                member_id = target
+            else:
+                if target not in free:
+                    free[target] = [
+                        members[m]
+                        for m in self._routes.group_members[target]
+                        if self._room.get(m, 0) > 0
+                    ]
+                turn = self._routes.turn.get(target, 0)
+                member_id = self._next_member(free[target], turn).id
+                self._routes.turn[target] = turn + 1
+            self._room[member_id] -= 1
+            assigned.append(member_id)
+        return assigned
+
+    def add_leased(self, member_id: int, row: Sequence[Any]) -> None:
+        """A delivery `assign` gave to this member, leased and read."""
+        member = self._routes.members[member_id]
+        delivery = _delivery(row, member, self._lease, self._secrets_of(member))
+        self._candidates.append(_Candidate(row[2], delivery))
+
+    def give_back(self, member_id: int) -> None:
+        """A delivery `assign` gave to this member went to another node meanwhile."""
+        self._room[member_id] += 1
 
     def finish(self) -> Claim:
         """The oldest due of what was read, at most `limit`; the rest stays due."""

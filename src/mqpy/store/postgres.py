@@ -63,7 +63,7 @@ from mqpy.store.postgres_catalog import (
     insert_subscription,
     new_id,
 )
-from mqpy.store.postgres_claim import claim_rounds
+from mqpy.store.postgres_claim import Lease, claim_rounds
 from mqpy.store.postgres_dsn import connect_arguments
 from mqpy.store.postgres_listen import Listener
 from mqpy.store.postgres_publish import PublishPlan, PublishRequest, held_idempotency_keys
@@ -506,8 +506,7 @@ class PostgresStore(Store):
                 "AND state <> 'delivered' RETURNING message_seq",
                 subscription_id,
             )
-        finished = await _finish_messages(conn, {row[0]: now for row in rows})
-        await _add_tallies(conn, stored=-finished)
+        await _finish_messages(conn, {row[0]: now for row in rows})
 
     async def connection(self, connection_id: int) -> Connection | None:
         async with self._connection() as conn:
@@ -676,28 +675,14 @@ class PostgresStore(Store):
                 per_subscription_limit=per_subscription_limit,
                 busy=busy,
             )
-            more_due_now = await claim_rounds(conn, builder, routes, limit=limit, now=now)
-            if more_due_now:
-                builder.consider(now)
-            else:
-                builder.consider(
-                    await conn.fetchval(
-                        sql.NEXT_DUE,
-                        [member.id for member, _ in builder.subscription_takes()],
-                        [group_id for group_id, _ in builder.group_takes()],
-                        now,
-                    )
-                )
+            await claim_rounds(
+                conn,
+                builder,
+                Lease(now + lease_seconds, lease, self.node),
+                limit=limit,
+                now=now,
+            )
             claimed = builder.finish()
-            if claimed.deliveries:
-                await conn.execute(
-                    sql.LEASE,
-                    now + lease_seconds,
-                    lease,
-                    self.node,
-                    [d.delivery_id for d in claimed.deliveries],
-                    [d.subscription_id for d in claimed.deliveries],
-                )
             return claimed
 
     async def ack(self, delivery: Delivery, *, now: float = 0.0, status: int | None = None) -> None:
@@ -738,8 +723,9 @@ class PostgresStore(Store):
                     [o.at for o in acks],
                     [o.status for o in acks],
                 )
-                finished = await _finish_messages(conn, {row[0]: row[1] for row in acked})
-                await _add_tallies(conn, stored=-finished, delivered=len(acked))
+                await _finish_messages(
+                    conn, {row[0]: row[1] for row in acked}, delivered=len(acked), locked=True
+                )
         return [None] * len(outcomes)
 
     async def renew(
@@ -840,8 +826,7 @@ class PostgresStore(Store):
                 "AND ($1::bigint IS NULL OR subscription_id = $1) RETURNING message_seq",
                 subscription_id,
             )
-            finished = await _finish_messages(conn, {row[0]: now for row in rows})
-            await _add_tallies(conn, stored=-finished)
+            await _finish_messages(conn, {row[0]: now for row in rows})
         return len(rows)
 
     # Topics and figures.
@@ -939,28 +924,25 @@ def _never_stale() -> Routes:
     raise AssertionError("routes are loaded before they are read")
 
 
-async def _finish_messages(conn: PgConnection, done_at: dict[int, float]) -> int:
-    """Mark messages with nothing left to deliver as done (at the time given for each),
-    and return how many: they stay for the retention window, and the caller counts
-    them off the backlog."""
+async def _finish_messages(
+    conn: PgConnection, done_at: dict[int, float], *, delivered: int = 0, locked: bool = False
+) -> None:
+    """Mark messages with nothing left to deliver as done (at the time given for each):
+    they stay for the retention window, and come off the stored-message tally.
+    `delivered` acks go on the tally too. `locked`: the caller holds the messages' row
+    locks already (the ack statement takes them)."""
     if not done_at:
-        return 0
+        return
     seqs = sorted(done_at)
-    await conn.execute(sql.LOCK_MESSAGES, seqs)
-    finished = await conn.fetch(sql.FINISH_MESSAGES, seqs, [done_at[s] for s in seqs])
-    return len(finished)
-
-
-async def _add_tallies(conn: PgConnection, *, stored: int = 0, delivered: int = 0) -> None:
-    """Count into one slot of the spread tallies; last in its transaction, so its row
-    lock is held only for the commit."""
-    if stored or delivered:
-        await conn.execute(
-            "UPDATE tallies SET stored = stored + $1, delivered = delivered + $2 WHERE slot = $3",
-            stored,
-            delivered,
-            secrets.randbelow(TALLY_SLOTS),
-        )
+    if not locked:
+        await conn.execute(sql.LOCK_MESSAGES, seqs)
+    await conn.execute(
+        sql.FINISH_MESSAGES,
+        seqs,
+        [done_at[s] for s in seqs],
+        delivered,
+        secrets.randbelow(TALLY_SLOTS),
+    )
 
 
 def _outcome_arrays(outcomes: Sequence[_Outcome], *, due: bool) -> list[list[Any]]:

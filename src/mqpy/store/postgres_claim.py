@@ -1,35 +1,47 @@
-"""Claiming on PostgreSQL: choose due deliveries with a plain read, then lock only the
-chosen ones (`FOR UPDATE SKIP LOCKED`), so a claim never holds rows it will not lease
-and nodes claiming at once each get their share.
+"""Claiming on PostgreSQL: choose due deliveries with a plain read, then lock and lease
+only the chosen ones (`FOR UPDATE SKIP LOCKED`, in the same statement), so a claim
+never holds rows it will not lease and nodes claiming at once each get their share.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import asyncpg
 
 from mqpy.store import postgres_sql as sql
 from mqpy.store.claiming import ClaimBuilder
 from mqpy.store.postgres_sql import PgConnection
-from mqpy.store.routes import Routes
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What a claim's leases say: until when, the token, and the node holding them."""
+
+    until: float
+    token: str
+    node: str
 
 
 async def claim_rounds(
-    conn: PgConnection, builder: ClaimBuilder, routes: Routes, *, limit: int, now: float
-) -> bool:
-    """Choose due deliveries, lock what no other node is taking, and hand those to the
-    builder; choose again in place of any another node took meanwhile. Returns
-    whether more were due than this claim could take."""
-    # Chosen in an earlier round: taken by us (still 'pending' to our own reads until
-    # the lease is written) or by another node. Never choose one again.
+    conn: PgConnection, builder: ClaimBuilder, lease: Lease, *, limit: int, now: float
+) -> None:
+    """Choose due deliveries, lease what no other node is taking, and hand those to
+    the builder; choose again in place of any another node took meanwhile. Tells the
+    builder when the next delivery falls due (now, if more are due than it took)."""
+    # Chosen in an earlier round: taken by us or by another node. Never choose one
+    # again (our own leases are not visible to our reads until this transaction ends).
     chosen_before: list[int] = []
+    first = True
     while True:
         members = builder.subscription_takes()
         groups = builder.group_takes()
         left = limit - builder.taken
         if left <= 0 or not (members or groups):
-            return left <= 0 and bool(members or groups)
+            if left <= 0 and (members or groups):
+                builder.consider(now)
+            return
         # One row beyond what a target takes tells whether more are due right now.
         rows = await conn.fetch(
             sql.DUE,
@@ -39,24 +51,32 @@ async def claim_rounds(
             [take + 1 for _, take in groups],
             now,
             chosen_before,
+            first,
         )
+        if first:
+            # The one row with no target: when the next delivery falls due after now.
+            builder.consider(next(row[3] for row in rows if row[0] is None))
+            rows = [row for row in rows if row[0] is not None]
+            first = False
         takes = {(False, m.id): take for m, take in members}
         takes.update({(True, g): take for g, take in groups})
         chosen, more_due_now = _oldest_due(rows, takes, left)
+        if more_due_now:
+            builder.consider(now)
         if not chosen:
-            return more_due_now
-        locked = {row[0]: row for row in await conn.fetch(sql.LOCK_DUE, list(chosen), now)}
-        chosen_before.extend(chosen)
-        for delivery_id, (is_group, target) in chosen.items():
-            row = locked.get(delivery_id)
-            if row is None:
-                continue  # another node took it meanwhile
-            if is_group:
-                builder.add_group_rows(target, [tuple(row)])
-            else:
-                builder.add_subscription_rows(routes.members[target], [tuple(row)])
-        if len(locked) == len(chosen):
-            return more_due_now
+            return
+        ids = list(chosen)
+        assigned = dict(zip(ids, builder.assign(list(chosen.values())), strict=True))
+        leased = await conn.fetch(
+            sql.LEASE_DUE, ids, now, lease.until, lease.token, lease.node, list(assigned.values())
+        )
+        chosen_before.extend(ids)
+        for row in leased:
+            builder.add_leased(assigned.pop(row[0]), tuple(row))
+        for member_id in assigned.values():  # another node took these meanwhile
+            builder.give_back(member_id)
+        if not assigned:
+            return
 
 
 def _oldest_due(

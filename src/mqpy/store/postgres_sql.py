@@ -77,7 +77,7 @@ HELD_IDEMPOTENCY_KEYS = """
 SELECT k.key_id, k.idempotency_key, k.message_id FROM idempotency_keys k
 JOIN unnest($1::text[], $2::text[]) AS w (key_id, idempotency_key)
     ON k.key_id = w.key_id AND k.idempotency_key = w.idempotency_key
-WHERE k.key_id = ANY($1::text[]) AND k.idempotency_key = ANY($2::text[])  -- see LEASE
+WHERE k.key_id = ANY($1::text[]) AND k.idempotency_key = ANY($2::text[])  -- see LEASE_DUE
 """
 
 # One key's deliveries leave in publish order: each publish takes a transaction-long
@@ -100,7 +100,9 @@ _HEAD_OF_GROUP = """
 # Due deliveries of every target with room: per target at most `take` rows, oldest
 # due first, on the index that matches the ORDER BY. A plain read, without locks:
 # locking here would hold every row read (more than a claim takes) away from the
-# other nodes' claims for the length of this transaction.
+# other nodes' claims for the length of this transaction. When $7, one more row, with
+# no target, says when the next of these targets' deliveries falls due after $5 (a
+# retry, a delayed message, another node's lease running out), in the same round trip.
 DUE = f"""
 SELECT t.id, false, x.id, x.due_at
 FROM unnest($1::bigint[], $2::integer[]) AS t (id, take)
@@ -119,50 +121,57 @@ CROSS JOIN LATERAL (
         AND d.id <> ALL($6::bigint[]) AND {_HEAD_OF_GROUP}
     ORDER BY d.due_at, d.id LIMIT t.take
 ) AS x
-"""
-
-# Of the deliveries chosen, those still due that no other node is taking right now,
-# locked until this transaction leases them.
-LOCK_DUE = f"""
-SELECT {CLAIM_COLUMNS}
-FROM deliveries d JOIN messages m ON m.seq = d.message_seq
-WHERE d.id = ANY($1::bigint[]) AND d.state = 'pending' AND d.due_at <= $2
-ORDER BY d.due_at, d.id
-FOR UPDATE OF d SKIP LOCKED
-"""
-
-# When the next of these targets' deliveries falls due (after `now`).
-NEXT_DUE = """
-SELECT min(due) FROM (
+UNION ALL
+SELECT NULL, NULL, NULL, min(due) FROM (
     SELECT (SELECT d.due_at FROM deliveries d WHERE d.subscription_id = t.id
-        AND d.group_id IS NULL AND d.state = 'pending' AND d.due_at > $3
+        AND d.group_id IS NULL AND d.state = 'pending' AND d.due_at > $5
         ORDER BY d.due_at LIMIT 1) AS due
     FROM unnest($1::bigint[]) AS t (id)
     UNION ALL
     SELECT (SELECT d.due_at FROM deliveries d WHERE d.group_id = t.id
-        AND d.state = 'pending' AND d.due_at > $3 ORDER BY d.due_at LIMIT 1)
-    FROM unnest($2::bigint[]) AS t (id)
+        AND d.state = 'pending' AND d.due_at > $5 ORDER BY d.due_at LIMIT 1)
+    FROM unnest($3::bigint[]) AS t (id)
 ) AS next
+WHERE $7 HAVING $7
 """
 
 # The batch statements below name their ids twice: joined to the unnest that carries
 # each row's values, and as `= ANY`, which gives the planner an index condition. With
 # the join alone, a generic plan made while the table looked small scans the whole
 # table on every call (measured: 2 ms per ack batch at 2,500 messages, growing).
-LEASE = """
-UPDATE deliveries d SET attempts = d.attempts + 1, due_at = $1, lease = $2, leased_by = $3,
-    subscription_id = u.member
-FROM unnest($4::bigint[], $5::bigint[]) AS u (id, member)
-WHERE d.id = ANY($4::bigint[]) AND d.id = u.id
+
+# Of the deliveries chosen, those still due that no other node is taking right now:
+# lock them (skipping what another node has locked) and lease them to the member
+# given for each ($6), in one statement. Returns CLAIM_COLUMNS, with the attempts and
+# due time from before the lease.
+LEASE_DUE = f"""
+WITH locked AS (
+    SELECT d.id, d.attempts, d.due_at FROM deliveries d
+    WHERE d.id = ANY($1::bigint[]) AND d.state = 'pending' AND d.due_at <= $2
+    FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE deliveries d SET attempts = d.attempts + 1, due_at = $3, lease = $4,
+        leased_by = $5, subscription_id = u.member
+    FROM locked JOIN unnest($1::bigint[], $6::bigint[]) AS u (id, member) ON u.id = locked.id
+    WHERE d.id = ANY($1::bigint[]) AND d.id = locked.id
+    RETURNING d.id, locked.attempts, locked.due_at, d.message_seq
+)
+SELECT {CLAIM_COLUMNS} FROM leased d JOIN messages m ON m.seq = d.message_seq
 """
 
-# Outcomes: each applies only while the claim's lease token is still the delivery's.
+# An ack also locks the acked deliveries' messages (in seq order, so two batches never
+# wait on each other in a cycle), for FINISH_MESSAGES to decide on next: one row per
+# acked delivery.
 ACK = """
-UPDATE deliveries d SET state = 'delivered', delivered_at = u.at, lease = NULL,
-    leased_by = NULL, last_status = u.status, last_error = NULL
-FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::integer[]) AS u (id, lease, at, status)
-WHERE d.id = ANY($1::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
-RETURNING d.message_seq, u.at
+WITH acked AS (
+    UPDATE deliveries d SET state = 'delivered', delivered_at = u.at, lease = NULL,
+        leased_by = NULL, last_status = u.status, last_error = NULL
+    FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::integer[]) AS u (id, lease, at, status)
+    WHERE d.id = ANY($1::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
+    RETURNING d.message_seq, u.at
+)
+SELECT m.seq, a.at FROM messages m JOIN acked a ON a.message_seq = m.seq
+ORDER BY m.seq FOR UPDATE OF m
 """
 RETRY = """
 UPDATE deliveries d SET due_at = u.due_at, lease = NULL, leased_by = NULL,
@@ -201,14 +210,25 @@ FORGET_NODES = "DELETE FROM nodes WHERE seen_at < $1"
 
 # A message is done once none of its deliveries is pending or dead. Two nodes may
 # finish a message's last two deliveries at once, each still seeing the other's as
-# pending: so lock the messages first (in seq order, never in a cycle), and decide in
-# the next statement, which sees whatever the other transaction committed meanwhile.
+# pending: so lock the messages first (LOCK_MESSAGES, or ACK), and decide in the next
+# statement, which sees whatever the other transaction committed meanwhile. The
+# finished messages come off the stored tally and the acks go on the delivered one,
+# in the same statement: last in the transaction, so the tally's row lock is held
+# only for the commit.
 LOCK_MESSAGES = "SELECT seq FROM messages WHERE seq = ANY($1::bigint[]) ORDER BY seq FOR UPDATE"
 FINISH_MESSAGES = """
-UPDATE messages m SET done_at = u.at
-FROM unnest($1::bigint[], $2::float8[]) AS u (seq, at)
-WHERE m.seq = ANY($1::bigint[]) AND m.seq = u.seq AND m.routed AND m.done_at IS NULL
-    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_seq = m.seq
-        AND d.state IN ('pending', 'dead'))
-RETURNING m.seq
+WITH finished AS (
+    UPDATE messages m SET done_at = u.at
+    FROM unnest($1::bigint[], $2::float8[]) AS u (seq, at)
+    WHERE m.seq = ANY($1::bigint[]) AND m.seq = u.seq AND m.routed AND m.done_at IS NULL
+        AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_seq = m.seq
+            AND d.state IN ('pending', 'dead'))
+    RETURNING m.seq
+), counted AS (
+    SELECT count(*) AS finished FROM finished
+), tallied AS (
+    UPDATE tallies t SET stored = t.stored - c.finished, delivered = t.delivered + $3
+    FROM counted c WHERE t.slot = $4 AND (c.finished > 0 OR $3 > 0)
+)
+SELECT finished FROM counted
 """
