@@ -347,16 +347,22 @@ async def test_workers_bound_deliveries_in_flight(
     start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
 ) -> None:
     target = 128
+    # The receiver's own bound is above --workers, so only --workers holds it back.
     server = start_server(
-        "--workers", str(target), "--receiver-concurrency", str(target), *FAST_RETRIES
+        "--workers", str(target), "--receiver-concurrency", str(2 * target), *FAST_RETRIES
     )
     client = SeedClient(http, server.url)
     in_flight = 0
     peak = 0
+    crowding = False
     reached = asyncio.Event()
 
     async def hold_until_crowded(request: web.Request, number: int) -> web.StreamResponse:
         nonlocal in_flight, peak
+        if not crowding:
+            # Answers in 0.1 s, to a backlog: its window grows past --workers.
+            await asyncio.sleep(0.1)
+            return web.Response(status=204)
         in_flight += 1
         peak = max(peak, in_flight)
         if peak >= target:
@@ -372,6 +378,9 @@ async def test_workers_bound_deliveries_in_flight(
     receiver = await start_receiver(hold_until_crowded)
     await client.connect_receiver(receiver.url)
     sender = await client.connect_sender()
-    ids = await publish_many(client, sender, [f"crowd {n}" for n in range(target)])
+    warm = await publish_many(client, sender, [f"warm {n}" for n in range(3000)])
+    await wait_for_ids(receiver, warm, timeout=40)
+    crowding = True
+    ids = await publish_many(client, sender, [f"crowd {n}" for n in range(2 * target)])
     await wait_for_ids(receiver, ids, timeout=40)
     assert peak == target, f"at most {peak} deliveries were in flight at once, not {target}"

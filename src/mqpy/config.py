@@ -126,13 +126,17 @@ class Settings:
         "needs a PostgreSQL --store and a fixed --port",
     )
     jobs: int = _setting(
-        5, _non_negative_int, "deliveries claimed from the store and waiting in memory for a worker"
+        64,
+        _non_negative_int,
+        "deliveries claimed from the store and waiting in memory for a worker",
     )
-    workers: int = _setting(3, _positive_int, "deliveries in flight at once")
+    workers: int = _setting(64, _positive_int, "deliveries in flight at once, to all receivers")
     receiver_concurrency: int = _setting(
         0,
         _non_negative_int,
-        "deliveries one receiver may hold at once (0: half of --workers, at least 1)",
+        "most deliveries one receiver may hold at once; each receiver's share adapts up "
+        "to it, growing while it answers quickly and shrinking when it fails or slows "
+        "(0: half of --workers, at least 2 when --workers is 3 or more)",
     )
     store: str = _setting(
         "",
@@ -232,9 +236,12 @@ class Settings:
 
     @property
     def effective_receiver_concurrency(self) -> int:
+        """The most one receiver's window may grow to. By default half of --workers
+        (and at least 2 when there are 3 or more), so that however slow a receiver is,
+        it leaves workers for the others."""
         if self.receiver_concurrency > 0:
             return self.receiver_concurrency
-        return max(1, self.workers // 2)
+        return max(1, min(2, self.workers - 1), self.workers // 2)
 
 
 @dataclass(frozen=True)

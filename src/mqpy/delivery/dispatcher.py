@@ -1,10 +1,13 @@
 """The dispatcher: claims due deliveries from the store and hands them to workers.
 
 At most `workers` deliveries are in flight and at most `jobs` more wait in memory for a
-worker, as in MQ Go. Each receiver has its own cap (`receiver_concurrency`) on what it
-holds of both, so a slow receiver fills its own slots and no others. Everything else
-(when to retry, what is dead) lives in the store and the retry policy: a restart loses
-no schedule.
+worker, as in MQ Go. What each receiver may hold of both is its adaptive window
+(`window.py`): it grows while the receiver answers quickly and shrinks when it fails or
+slows down, up to its cap (the subscription's `max_concurrency`, else
+`receiver_concurrency`), so a slow receiver fills its own few slots and no others. The
+claim loop claims again as soon as a share of the room is free, so the next deliveries
+are in memory before the current ones finish. Everything else (when to retry, what is
+dead) lives in the store and the retry policy: a restart loses no schedule.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from mqpy.delivery.health import ReceiverHealth
 from mqpy.delivery.pace import Pace
 from mqpy.delivery.retry import RetryPolicy
 from mqpy.delivery.sender import Outcome, Sender
+from mqpy.delivery.window import ReceiverWindows
 from mqpy.domain import Delivery, StoreUnavailable, Subscription
 from mqpy.observability import Observer
 from mqpy.store import Store
@@ -53,7 +56,8 @@ class Dispatcher:
         self._policy = policy
         self._workers = workers
         self._capacity = workers + jobs
-        self._receiver_concurrency = receiver_concurrency
+        # A receiver's window grows up to this, unless its subscription says otherwise.
+        self._max_window = receiver_concurrency
         # How long a claim lasts before another claimer may take the delivery over.
         self._lease_seconds = lease_seconds
         self._clock = clock
@@ -68,7 +72,7 @@ class Dispatcher:
         self._renewer: asyncio.Task[None] | None = None
         self._worker_tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._health = ReceiverHealth(policy.backoff)
+        self._windows = ReceiverWindows(policy.backoff)
         # Receivers disconnected while deliveries for them were claimed; those are
         # skipped rather than sent. An id leaves the set once nothing is held for it.
         self._forgotten: set[int] = set()
@@ -98,7 +102,7 @@ class Dispatcher:
         self._forgotten.add(subscription_id)
         self._paces.pop(subscription_id, None)
         self._own_caps.pop(subscription_id, None)
-        self._health.forget(subscription_id)
+        self._windows.forget(subscription_id)
         self._observer.forget(subscription_id)
 
     @property
@@ -147,7 +151,7 @@ class Dispatcher:
                         limit=room,
                         now=now,
                         lease_seconds=self._lease_seconds,
-                        per_subscription_limit=self._receiver_concurrency,
+                        per_subscription_limit=self._windows.first(self._max_window),
                         busy=self._busy(now),
                     )
                 except StoreUnavailable as exc:
@@ -166,7 +170,7 @@ class Dispatcher:
                 self._forgotten = {s for s in self._forgotten if self._held[s] > 0}
                 if claim.next_due_at is not None:
                     timeout = min(timeout, max(0.0, claim.next_due_at - now))
-                resume_at = self._health.next_resume_at(now)
+                resume_at = self._windows.next_resume_at(now)
                 if resume_at is not None:
                     timeout = min(timeout, max(0.0, resume_at - now))
                 for pace in self._paces.values():
@@ -197,23 +201,31 @@ class Dispatcher:
                 log.warning("lost the lease of %d deliveries to another node", len(lost))
 
     def _busy(self, now: float) -> dict[int, int]:
-        """What each receiver holds, as the store's claim counts it against the
-        receiver's cap (its own max_concurrency, else --receiver-concurrency): a paused
-        receiver counts as full, one being probed as holding all but one slot, and one
-        at its own pace (max_per_second) as holding all but what it may start now."""
-        busy = dict(self._held)
-        for subscription_id in self._health.paused_or_probing():
-            cap = self._cap_of(subscription_id)
-            allowed = self._health.allowance(subscription_id, now, cap)
-            busy[subscription_id] = max(busy.get(subscription_id, 0), cap - allowed)
-        for subscription_id, pace in self._paces.items():
-            cap = self._cap_of(subscription_id)
-            allowed = pace.available(now)
-            busy[subscription_id] = max(busy.get(subscription_id, 0), cap - allowed)
+        """What the store's claim should count each known receiver as holding, so that
+        it hands the receiver no more than its room: its window (none while paused, one
+        as a probe) less what it holds, and no more than its own pace (max_per_second)
+        lets it start now.
+
+        The store gives a receiver `cap - busy`, where `cap` is the subscription's own
+        max_concurrency, else the first window (`per_subscription_limit`, for receivers
+        this node has not seen yet); a receiver whose window outgrew that cap is counted
+        as holding less than nothing."""
+        first_window = self._windows.first(self._max_window)
+        busy: dict[int, int] = {}
+        for subscription_id in {*self._windows.receivers(), *self._held, *self._paces}:
+            held = self._held.get(subscription_id, 0)
+            room = self._windows.allowance(subscription_id, now, self._cap_of(subscription_id))
+            room -= held
+            pace = self._paces.get(subscription_id)
+            if pace is not None:
+                room = min(room, pace.available(now))
+            store_cap = self._own_caps.get(subscription_id, first_window)
+            busy[subscription_id] = store_cap - max(room, 0)
         return busy
 
     def _cap_of(self, subscription_id: int) -> int:
-        return self._own_caps.get(subscription_id, self._receiver_concurrency)
+        """The most a receiver's window may grow to."""
+        return self._own_caps.get(subscription_id, self._max_window)
 
     def _paced(self, delivery: Delivery, now: float) -> None:
         """Count a claimed delivery against its receiver's max_per_second."""
@@ -277,6 +289,7 @@ class Dispatcher:
     async def _deliver(self, delivery: Delivery) -> None:
         self._observer.attempt_started(delivery.subscription_id)
         started = time.perf_counter()
+        sent_at = self._clock()
         try:
             outcome = await self._sender.send(delivery)
         finally:
@@ -284,9 +297,16 @@ class Dispatcher:
             # Settling it now: a renewal racing the outcome's commit would find the
             # lease gone and report it lost to another node.
             self._holding.pop(delivery.delivery_id, None)
+        subscription_id = delivery.subscription_id
         if outcome.ok:
             acked_at = self._clock()
-            self._health.succeeded(delivery.subscription_id)
+            self._windows.succeeded(
+                subscription_id,
+                sent_at=sent_at,
+                now=acked_at,
+                held=self._held[subscription_id],
+                cap=self._cap_of(subscription_id),
+            )
             await self._store.ack(delivery, now=acked_at, status=outcome.status)
             self._observer.delivered(delivery, acked_at)
             return
@@ -295,8 +315,13 @@ class Dispatcher:
             retry_after = outcome.retry_after
             if retry_after is not None:
                 retry_after = min(retry_after, policy.max_delay)
-            self._health.failed(
-                delivery.subscription_id, self._clock(), retry_after, policy.backoff
+            self._windows.failed(
+                subscription_id,
+                sent_at=sent_at,
+                now=self._clock(),
+                cap=self._cap_of(subscription_id),
+                retry_after=retry_after,
+                backoff=policy.backoff,
             )
         await self._settle_failure(delivery, outcome)
 
@@ -324,7 +349,7 @@ class Dispatcher:
             at=now,
             reason=error,
             status=outcome.status,
-            paused=self._health.failures(delivery.subscription_id) > 0,
+            unavailable=self._windows.failures(delivery.subscription_id) > 0,
             dead=due_at is None,
         )
         if due_at is None:

@@ -172,8 +172,8 @@ def _families() -> tuple[
         GaugeMetricFamily(
             "mqpy_receivers",
             "Connected receivers by state: healthy, retrying (recent attempts failed), "
-            "failing (paused after failing for want of the receiver) or paused (by an "
-            "operator).",
+            "failing (failing for want of the receiver: given fewer at once, paused after "
+            "a run of failures) or paused (by an operator).",
             labels=["state"],
         ),
         GaugeMetricFamily(

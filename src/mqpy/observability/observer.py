@@ -94,11 +94,12 @@ class Observer:
         at: float,
         reason: str,
         status: int | None,
-        paused: bool,
+        unavailable: bool,
         dead: bool,
     ) -> None:
-        """An attempt failed; `paused` if the receiver as a whole is now paused, `dead`
-        if the delivery was dead-lettered rather than scheduled for a retry."""
+        """An attempt failed; `unavailable` if it failed for want of the receiver (no
+        connection, no answer, 5xx, 429) since the receiver's last success, `dead` if the
+        delivery was dead-lettered rather than scheduled for a retry."""
         if dead:
             self._metrics.dead_lettered()
         else:
@@ -107,7 +108,7 @@ class Observer:
         receiver = self._receivers.get(delivery.subscription_id)
         if receiver is not None:
             failure = Failure(at, delivery.message_id, delivery.attempt, reason, status)
-            receiver.failed(failure, paused=paused)
+            receiver.failed(failure, unavailable=unavailable)
 
     def forget(self, subscription_id: int) -> None:
         """The receiver disconnected."""

@@ -12,7 +12,9 @@ RECENT_FAILURES = 10
 class ReceiverState(enum.StrEnum):
     HEALTHY = "healthy"  # the last attempt succeeded, or none was made yet
     RETRYING = "retrying"  # its latest attempts failed; each delivery retries on its own
-    FAILING = "failing"  # down as a whole: held back, then probed (delivery/health.py)
+    # Its latest attempts failed for want of the receiver (no connection, 5xx, 429):
+    # it gets fewer at once, and after a run of them is paused and probed (window.py).
+    FAILING = "failing"
     # Paused by an operator (POST /v1/subscriptions/{id}/pause): nothing is sent to it
     # until it is resumed, whatever its last attempts did.
     PAUSED = "paused"
@@ -36,30 +38,30 @@ class ReceiverActivity:
         "consecutive_failures",
         "in_flight",
         "last_success_at",
-        "paused",
         "recent_failures",
+        "unavailable",
     )
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.last_success_at: float | None = None
         self.consecutive_failures = 0
-        self.paused = False
+        self.unavailable = False
         self.recent_failures: deque[Failure] = deque(maxlen=RECENT_FAILURES)
 
     def succeeded(self, at: float) -> None:
         self.last_success_at = at
         self.consecutive_failures = 0
-        self.paused = False
+        self.unavailable = False
 
-    def failed(self, failure: Failure, *, paused: bool) -> None:
+    def failed(self, failure: Failure, *, unavailable: bool) -> None:
         self.consecutive_failures += 1
-        self.paused = paused
+        self.unavailable = unavailable
         self.recent_failures.append(failure)
 
     @property
     def state(self) -> ReceiverState:
-        if self.paused:
+        if self.unavailable:
             return ReceiverState.FAILING
         if self.consecutive_failures:
             return ReceiverState.RETRYING

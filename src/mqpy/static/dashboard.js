@@ -23,7 +23,7 @@
   const RECEIVER_STATES = new Map([
     ["healthy", "its last attempt succeeded, or none was made yet"],
     ["retrying", "its latest attempts failed; each delivery is retried"],
-    ["failing", "down as a whole: held back, then probed"],
+    ["failing", "failing for want of the receiver: given fewer at once, paused after a run of failures"],
     ["paused", "paused: nothing is sent to it until it is resumed; its messages wait"],
   ]);
   const RECEIVER_KINDS = new Map([

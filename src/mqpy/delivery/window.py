@@ -1,0 +1,193 @@
+"""Adaptive concurrency per receiver: how many deliveries each receiver may hold.
+
+No fixed number suits every receiver: one answers in a millisecond and takes a hundred
+at once, another serialises its requests and drowns in four. So each receiver gets a
+window, as a TCP sender has a congestion window (and as Pub/Sub push has its push
+window), that starts small and follows what the receiver shows it can take:
+
+- **Growing.** A quick 2xx while the receiver was using its whole window adds one to
+  the window until the first sign of trouble (slow start: the window doubles each round
+  trip), and one per window's worth afterwards (congestion avoidance), except below
+  `INITIAL_WINDOW`, where it always grows by one per success. A receiver that
+  is not using its window (the work is not there) does not grow it.
+- **Shrinking.** A failure for want of the receiver (no connection, no answer in time,
+  a 5xx, a 429) takes the window down to `DECREASE` of itself, and so does an answer
+  much slower than the receiver's usual one (`SLOW_FACTOR` times its fastest recent
+  answer, and at least `SLOW_MARGIN` more). Only once per round trip: the outcomes of
+  deliveries sent before the last decrease do not shrink it again, so one bad moment
+  costs one decrease, not one per delivery that was out at the time.
+- **Never to nothing.** The window stays at one or more, so a flaky receiver keeps
+  getting deliveries, fewer at once. Only a receiver that failed `DEAD_AFTER` times in
+  a row with its window down to one is paused as a whole, for a backoff that grows with
+  each pause; when it ends, one delivery goes as a probe, and the first success lifts
+  the pause. A `Retry-After` in a failure pauses the receiver for that long, as asked.
+
+The window counts what the receiver holds: deliveries claimed for it, waiting in memory
+or in flight. It is bounded above by the caller's cap (the subscription's
+`max_concurrency`, else `--receiver-concurrency`, by default half of `--workers`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Where a receiver's window starts: small, as Pub/Sub push's does; slow start doubles
+# it every round trip while the receiver keeps up.
+INITIAL_WINDOW = 4
+# What a failure or a slow answer leaves of the window (CUBIC's beta: gentler than
+# TCP Reno's half, since one failed delivery is weaker evidence than a lost packet).
+DECREASE = 0.7
+# An answer is slow when it took this many times the receiver's fastest recent one...
+SLOW_FACTOR = 4.0
+# ...and at least this much longer in seconds: a fast receiver's answers vary by
+# milliseconds with the broker's own load, which says nothing about the receiver.
+SLOW_MARGIN = 0.05
+# The fastest answer is remembered for one to two of these periods, so a receiver
+# whose normal pace changed for good is judged by its new pace before long.
+FASTEST_PERIOD_SECONDS = 10.0
+# Failures in a row, with the window down to one, after which the receiver is paused.
+# A receiver that refuses connections fails this many within milliseconds, which costs
+# each of a few messages one attempt; one that fails three attempts in five at random
+# does it once in 60 outcomes (0.6 ** 8), and with three in a row (0.6 ** 3) it would
+# spend much of its time paused.
+DEAD_AFTER = 8
+
+
+@dataclass(slots=True)
+class _Window:
+    limit: float
+    threshold: float  # slow start ends here
+    shrunk_at: float = -math.inf  # when it last shrank
+    streak: int = 0  # failures since the last success
+    pauses: int = 0  # pauses since the last success
+    paused_until: float = -math.inf
+    fastest: float = math.inf  # the fastest answer of this period...
+    fastest_before: float = math.inf  # ...and of the one before
+    period_started: float = -math.inf
+
+    @property
+    def size(self) -> int:
+        return max(1, int(self.limit))
+
+    def shrink(self, sent_at: float, now: float) -> None:
+        if sent_at < self.shrunk_at:
+            return  # sent before the last decrease: part of the same bad moment
+        self.limit = max(1.0, self.limit * DECREASE)
+        # Below the first window it grows back as fast as a new receiver's would: a
+        # receiver failing at random (not for load) then keeps a few at once.
+        self.threshold = max(self.limit, float(INITIAL_WINDOW))
+        self.shrunk_at = now
+
+    def grow(self, cap: int) -> None:
+        step = 1.0 if self.limit < self.threshold else 1.0 / self.limit
+        self.limit = min(float(cap), self.limit + step)
+
+    def is_slow(self, took: float, now: float) -> bool:
+        """Whether an answer that took `took` seconds was slow for this receiver; it
+        also counts towards the receiver's fastest answer."""
+        if now - self.period_started >= FASTEST_PERIOD_SECONDS:
+            self.fastest_before, self.fastest = self.fastest, math.inf
+            self.period_started = now
+        usual = min(self.fastest, self.fastest_before)
+        self.fastest = min(self.fastest, took)
+        return took > max(usual * SLOW_FACTOR, usual + SLOW_MARGIN)
+
+
+class ReceiverWindows:
+    """Each receiver's window, and which receivers are paused."""
+
+    def __init__(self, backoff: Callable[[int], float], *, initial: int = INITIAL_WINDOW) -> None:
+        self._backoff = backoff
+        self._initial = initial
+        self._windows: dict[int, _Window] = {}
+
+    def _of(self, subscription_id: int, cap: int) -> _Window:
+        window = self._windows.get(subscription_id)
+        if window is None:
+            window = _Window(limit=float(min(self._initial, cap)), threshold=float(cap))
+            self._windows[subscription_id] = window
+        return window
+
+    def first(self, cap: int) -> int:
+        """The window of a receiver not seen yet."""
+        return min(self._initial, cap)
+
+    def allowance(self, subscription_id: int, now: float, cap: int) -> int:
+        """How many deliveries the receiver may hold now: its window (within `cap`),
+        none while paused, one (the probe) once a pause is over."""
+        window = self._windows.get(subscription_id)
+        if window is None:
+            return self.first(cap)
+        if window.pauses:
+            return 0 if now < window.paused_until else min(1, cap)
+        return min(window.size, cap)
+
+    def succeeded(
+        self, subscription_id: int, *, sent_at: float, now: float, held: int, cap: int
+    ) -> None:
+        """A 2xx for a delivery sent at `sent_at`, while the receiver held `held`
+        deliveries (this one included)."""
+        window = self._of(subscription_id, cap)
+        window.streak = 0
+        window.pauses = 0
+        window.paused_until = -math.inf
+        if window.is_slow(now - sent_at, now):
+            window.shrink(sent_at, now)
+        elif held >= window.size:
+            window.grow(cap)
+
+    def failed(
+        self,
+        subscription_id: int,
+        *,
+        sent_at: float,
+        now: float,
+        cap: int,
+        retry_after: float | None = None,
+        backoff: Callable[[int], float] | None = None,
+    ) -> None:
+        """The receiver failed a delivery sent at `sent_at` for want of itself.
+        `backoff` is the receiver's own, when its subscription sets one."""
+        window = self._of(subscription_id, cap)
+        window.streak += 1
+        window.shrink(sent_at, now)
+        pause = 0.0
+        if window.streak >= DEAD_AFTER and window.size == 1:
+            window.pauses += 1
+            pause = (backoff or self._backoff)(window.pauses)
+        if retry_after is not None:
+            window.pauses = max(window.pauses, 1)
+            pause = max(pause, retry_after)
+        if pause > 0 or window.pauses:
+            window.paused_until = max(window.paused_until, now + pause)
+
+    def forget(self, subscription_id: int) -> None:
+        self._windows.pop(subscription_id, None)
+
+    def receivers(self) -> list[int]:
+        """The receivers with a window of their own."""
+        return list(self._windows)
+
+    def size(self, subscription_id: int) -> int | None:
+        """The receiver's window now, if it has one."""
+        window = self._windows.get(subscription_id)
+        return None if window is None else window.size
+
+    def failures(self, subscription_id: int) -> int:
+        """Failures since the receiver's last success."""
+        window = self._windows.get(subscription_id)
+        return 0 if window is None else window.streak
+
+    def paused(self, subscription_id: int) -> bool:
+        """Whether the receiver is paused as a whole (or waiting for its probe's answer)."""
+        window = self._windows.get(subscription_id)
+        return window is not None and window.pauses > 0
+
+    def next_resume_at(self, now: float) -> float | None:
+        """When the earliest paused receiver may be probed, if any is paused."""
+        upcoming = [
+            w.paused_until for w in self._windows.values() if w.pauses and w.paused_until > now
+        ]
+        return min(upcoming, default=None)

@@ -1,0 +1,173 @@
+"""Adaptive concurrency per receiver, end to end, on a broker with its default flags: a
+fast receiver is given more deliveries at once, one that slows down fewer, one that
+fails everything is probed one delivery at a time, a flaky one keeps getting what it
+can take, and none of them holds up the others."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import aiohttp
+from aiohttp import web
+
+from mqpy.delivery.window import INITIAL_WINDOW
+from tests.conftest import ReceiverFactory, ServerFactory
+from tests.support.client import SeedClient
+from tests.support.load import FAST_RETRIES, publish_many, wait_for_ids, wait_until
+
+
+class Crowd:
+    """A receiver's behaviour that answers after `delay` seconds with `status`, and
+    counts how many deliveries it holds at once: the peak since `reset()`."""
+
+    def __init__(self, delay: float, status: int = 204) -> None:
+        self.delay = delay
+        self.status = status
+        self.now = 0
+        self.peak = 0
+        self.answered = 0
+
+    def reset(self) -> None:
+        self.peak = self.now
+
+    async def __call__(self, request: web.Request, number: int) -> web.StreamResponse:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.now -= 1
+            self.answered += 1
+        return web.Response(status=self.status)
+
+
+async def test_a_fast_receiver_is_given_more_deliveries_at_once(
+    start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
+) -> None:
+    client = SeedClient(http, start_server().url)
+    crowd = Crowd(delay=0.02)
+    receiver = await start_receiver(crowd)
+    await client.connect_receiver(receiver.url)
+    sender = await client.connect_sender()
+    ids = await publish_many(client, sender, [f"fast {n}" for n in range(1500)])
+    await wait_for_ids(receiver, ids, timeout=60)
+    print(f"a receiver answering in 20 ms held up to {crowd.peak} deliveries at once")
+    assert crowd.peak >= 4 * INITIAL_WINDOW, (
+        f"a receiver answering every delivery in 20 ms, with a backlog, never held more "
+        f"than {crowd.peak} at once (its window starts at {INITIAL_WINDOW})"
+    )
+
+
+async def test_a_receiver_that_slows_down_is_given_fewer(
+    start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
+) -> None:
+    client = SeedClient(http, start_server().url)
+    crowd = Crowd(delay=0.01)
+    receiver = await start_receiver(crowd)
+    await client.connect_receiver(receiver.url)
+    sender = await client.connect_sender()
+    ids = await publish_many(client, sender, [f"quick {n}" for n in range(1500)])
+    await wait_for_ids(receiver, ids, timeout=60)
+    quick_peak = crowd.peak
+    assert quick_peak >= 4 * INITIAL_WINDOW, f"the quick receiver peaked at {quick_peak}"
+    # Now every answer takes 30 times as long: the receiver is struggling.
+    crowd.delay = 0.3
+    await publish_many(client, sender, [f"struggling {n}" for n in range(400)])
+    await asyncio.sleep(4.0)  # a dozen round trips of 0.3 s: time for the window to shrink
+    crowd.reset()
+    await asyncio.sleep(2.0)
+    print(f"held {quick_peak} at once while answering in 10 ms, {crowd.peak} at 300 ms")
+    assert crowd.peak <= quick_peak // 4, (
+        f"a receiver that went from 10 ms to 300 ms per answer still held {crowd.peak} "
+        f"deliveries at once (it held {quick_peak} while quick)"
+    )
+    assert crowd.peak >= 1, "the slow receiver must still get deliveries"
+
+
+async def test_a_receiver_that_fails_everything_is_probed_one_at_a_time(
+    start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
+) -> None:
+    server = start_server(*FAST_RETRIES)
+    client = SeedClient(http, server.url)
+    crowd = Crowd(delay=0.005, status=503)
+    receiver = await start_receiver(crowd)
+    await client.connect_receiver(receiver.url)
+    sender = await client.connect_sender()
+    await publish_many(client, sender, [f"doomed {n}" for n in range(200)])
+    await wait_until(lambda: crowd.answered >= 20, 10, "the first failed attempts")
+    crowd.reset()
+    before = crowd.answered
+    await asyncio.sleep(3.0)
+    probes = crowd.answered - before
+    print(f"{probes} probes in 3 s, at most {crowd.peak} at once")
+    assert crowd.peak <= 1, f"a receiver failing everything was sent {crowd.peak} at once"
+    assert probes >= 1, "a failing receiver must still be probed"
+    # Paused between probes (pauses of up to 0.5 s with these flags), not hammered.
+    assert probes <= 60, f"{probes} attempts in 3 s: the failing receiver was not paused"
+    async with http.get(server.url + "/v1/status") as answer:
+        status = await answer.json()
+    states = {r["id"]: r["state"] for r in status["receivers"]}
+    assert "failing" in states.values(), states
+
+
+async def test_a_flaky_receiver_keeps_getting_what_it_can_take(
+    start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
+) -> None:
+    """Three answers in five fail at random (500, 503, 429, a dropped connection);
+    every message gets through, several at a time, without the receiver being shut out."""
+    server = start_server(*FAST_RETRIES, "--max-attempts", "30")
+    client = SeedClient(http, server.url)
+    luck = random.Random(9)
+    in_flight = 0
+    peak = 0
+
+    async def flaky(request: web.Request, number: int) -> web.StreamResponse:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.005)
+            roll = luck.random()
+            if roll < 0.15:
+                assert request.transport is not None
+                request.transport.close()  # the connection drops, no answer
+            elif roll < 0.60:
+                return web.Response(status=luck.choice((500, 503, 429)))
+            return web.Response(status=204)
+        finally:
+            in_flight -= 1
+        return web.Response(status=204)
+
+    receiver = await start_receiver(flaky)
+    await client.connect_receiver(receiver.url)
+    sender = await client.connect_sender()
+    started = time.monotonic()
+    ids = await publish_many(client, sender, [f"flaky {n}" for n in range(500)])
+    await wait_for_ids(receiver, ids, timeout=90)
+    took = time.monotonic() - started
+    print(
+        f"500 messages through a receiver failing 60% of attempts: {took:.1f} s, "
+        f"{len(receiver.attempts)} attempts, up to {peak} at once"
+    )
+    assert peak >= 2, "a flaky receiver should still get several deliveries at once"
+
+
+async def test_failing_and_struggling_receivers_do_not_hold_up_a_fast_one(
+    start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
+) -> None:
+    client = SeedClient(http, start_server(*FAST_RETRIES).url)
+    failing = await start_receiver(Crowd(delay=0.001, status=500))
+    struggling = await start_receiver(Crowd(delay=2.0))
+    fast = await start_receiver()
+    for receiver in (failing, struggling, fast):
+        await client.connect_receiver(receiver.url)
+    sender = await client.connect_sender()
+    started = time.monotonic()
+    ids = await publish_many(client, sender, [f"mixed {n}" for n in range(1000)])
+    await wait_for_ids(fast, ids, timeout=30)
+    took = time.monotonic() - started
+    print(f"the fast receiver had all 1,000 in {took:.2f} s beside a failing and a slow one")
+    assert len(struggling.attempts) < 100, "the 2 s receiver should have been given few"
+    assert took < 15, f"the fast receiver took {took:.1f} s for 1,000 messages"
