@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -43,17 +44,29 @@ class Crowd:
         return web.Response(status=self.status)
 
 
+async def receiver_states(http: aiohttp.ClientSession, url: str) -> dict[int, dict[str, Any]]:
+    async with http.get(url + "/v1/status") as answer:
+        assert answer.status == 200
+        feed = await answer.json()
+    return {receiver["id"]: receiver for receiver in feed["receivers"]}
+
+
 async def test_a_fast_receiver_is_given_more_deliveries_at_once(
     start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
 ) -> None:
-    client = SeedClient(http, start_server().url)
+    server = start_server()
+    client = SeedClient(http, server.url)
     crowd = Crowd(delay=0.02)
     receiver = await start_receiver(crowd)
-    await client.connect_receiver(receiver.url)
+    receiver_id = await client.connect_receiver(receiver.url)
+    before = await receiver_states(http, server.url)
+    assert before[receiver_id]["window"] is None, "no window before its first answer"
     sender = await client.connect_sender()
     ids = await publish_many(client, sender, [f"fast {n}" for n in range(1500)])
     await wait_for_ids(receiver, ids, timeout=60)
-    print(f"a receiver answering in 20 ms held up to {crowd.peak} deliveries at once")
+    window = (await receiver_states(http, server.url))[receiver_id]["window"]
+    print(f"a receiver answering in 20 ms held up to {crowd.peak} at once; window {window}")
+    assert window >= crowd.peak, "the status shows the window the receiver was given"
     assert crowd.peak >= 4 * INITIAL_WINDOW, (
         f"a receiver answering every delivery in 20 ms, with a backlog, never held more "
         f"than {crowd.peak} at once (its window starts at {INITIAL_WINDOW})"
@@ -106,10 +119,8 @@ async def test_a_receiver_that_fails_everything_is_probed_one_at_a_time(
     assert probes >= 1, "a failing receiver must still be probed"
     # Paused between probes (pauses of up to 0.5 s with these flags), not hammered.
     assert probes <= 60, f"{probes} attempts in 3 s: the failing receiver was not paused"
-    async with http.get(server.url + "/v1/status") as answer:
-        status = await answer.json()
-    states = {r["id"]: r["state"] for r in status["receivers"]}
-    assert "failing" in states.values(), states
+    (shown,) = (await receiver_states(http, server.url)).values()
+    assert (shown["state"], shown["window"]) == ("failing", 1), shown
 
 
 async def test_a_flaky_receiver_keeps_getting_what_it_can_take(

@@ -34,6 +34,7 @@ RECEIVER_COLUMNS = (
     "GROUP",
     "STATE",
     "IN FLIGHT",
+    "WINDOW",
     "LAST SUCCESS",
     "FAILURES",
     "LAST FAILURE",
@@ -69,6 +70,7 @@ class _Receiver(msgspec.Struct):
     consecutive_failures: int
     recent_failures: list[_Failure]  # newest first
     group: str | None = None  # absent from the feeds of servers before consumer groups
+    window: int | None = None  # absent before adaptive concurrency; None before an answer
 
 
 class _Node(msgspec.Struct):
@@ -202,6 +204,7 @@ def _receiver_row(now: float, receiver: _Receiver) -> tuple[str, ...]:
         "-" if not receiver.group else _shortened(receiver.group, _GROUP_WIDTH),
         visible(receiver.state),
         str(receiver.in_flight),
+        "-" if receiver.window is None else str(receiver.window),
         "never" if last_success is None else format_age(now - last_success) + " ago",
         str(receiver.consecutive_failures),
         _shortened(reason, _REASON_WIDTH),

@@ -307,6 +307,7 @@ class Dispatcher:
                 held=self._held[subscription_id],
                 cap=self._cap_of(subscription_id),
             )
+            self._observer.window_changed(subscription_id, self._windows.size(subscription_id))
             await self._store.ack(delivery, now=acked_at, status=outcome.status)
             self._observer.delivered(delivery, acked_at)
             return
@@ -323,6 +324,7 @@ class Dispatcher:
                 retry_after=retry_after,
                 backoff=policy.backoff,
             )
+            self._observer.window_changed(subscription_id, self._windows.size(subscription_id))
         await self._settle_failure(delivery, outcome)
 
     async def _settle_failure(self, delivery: Delivery, outcome: Outcome) -> None:

@@ -33,6 +33,9 @@ class ReceiverStatus:
     group: str | None  # its consumer group, if any
     state: ReceiverState
     in_flight: int
+    # How many deliveries this node lets it hold at once now (its adaptive window,
+    # delivery/window.py); None until it first answered one.
+    window: int | None
     last_success_at: float | None  # Unix time; None if none since the server started
     consecutive_failures: int
     recent_failures: list[Failure]  # newest first, at most the last 10

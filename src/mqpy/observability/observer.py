@@ -76,6 +76,12 @@ class Observer:
         if receiver is not None:  # None if it disconnected meanwhile
             receiver.in_flight -= 1
 
+    def window_changed(self, subscription_id: int, size: int | None) -> None:
+        """The receiver's adaptive window after an answer (delivery/window.py)."""
+        receiver = self._receivers.get(subscription_id)
+        if receiver is not None:  # None if it disconnected meanwhile
+            receiver.window = size
+
     def delivered(self, delivery: Delivery, acked_at: float) -> None:
         # From when it was due: a delayed message's delay is not delivery latency.
         due = max(delivery.published_at, delivery.deliver_at or 0.0)
@@ -189,6 +195,7 @@ class Observer:
             group=subscription.spec.group,
             state=self._state(subscription),
             in_flight=activity.in_flight,
+            window=activity.window,
             last_success_at=activity.last_success_at,
             consecutive_failures=activity.consecutive_failures,
             recent_failures=list(reversed(activity.recent_failures)),

@@ -40,6 +40,7 @@ class ReceiverActivity:
         "last_success_at",
         "recent_failures",
         "unavailable",
+        "window",
     )
 
     def __init__(self) -> None:
@@ -47,6 +48,7 @@ class ReceiverActivity:
         self.last_success_at: float | None = None
         self.consecutive_failures = 0
         self.unavailable = False
+        self.window: int | None = None
         self.recent_failures: deque[Failure] = deque(maxlen=RECENT_FAILURES)
 
     def succeeded(self, at: float) -> None:
