@@ -28,6 +28,7 @@ from playwright.async_api import (
     expect,
 )
 
+from mqpy.delivery.window import INITIAL_WINDOW
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
 
@@ -220,7 +221,9 @@ async def test_the_dashboard_follows_the_broker_without_a_reload(
     await expect(failing_row.locator("summary")).to_contain_text("receiver answered HTTP 500")
     await expect(failing_row).to_contain_text(failing.url)
     await expect(healthy_row.locator(".badge")).to_have_text("healthy")
-    await expect(healthy_row.locator("td").nth(5)).to_contain_text(re.compile("ago|just now"))
+    await expect(healthy_row.locator("td").nth(6)).to_contain_text(re.compile("ago|just now"))
+    # Its window: where every receiver starts, since one message never filled it.
+    await expect(healthy_row.locator("td").nth(5)).to_have_text(str(INITIAL_WINDOW))
     await expect(healthy_row.locator(".kind")).to_have_text("seed")
     await expect(healthy_row.locator("td").nth(2)).to_have_text("—")
 

@@ -122,6 +122,8 @@ receiver is connected.</p>
 <table id="receivers" class="data">
 <thead><tr><th>Receiver</th><th>Topic</th><th>Group</th><th>State</th>
 <th class="num">In flight</th>
+<th class="num" title="How many deliveries this node lets it hold at once now: it grows
+while the receiver answers quickly and shrinks when it fails or slows down">Window</th>
 <th>Last success</th><th class="num">Failures in a row</th><th>Recent failures</th></tr>
 </thead>
 <tbody></tbody>

@@ -294,18 +294,18 @@
   }
 
   function buildReceiverRow() {
-    const tr = row(8);
+    const tr = row(9);
     tr.cells[0].append(element("span", "rid"), " ", element("span", "kind"), " ");
     tr.cells[0].append(element("span", "url"));
     tr.cells[3].append(element("span", "badge"));
     const details = element("details", "failures");
     details.append(element("summary"), element("ol"));
-    tr.cells[7].append(element("span", "muted none", "—"), details);
+    tr.cells[8].append(element("span", "muted none", "—"), details);
     return tr;
   }
 
   function updateReceiverRow(tr, receiver, now) {
-    const [who, topic, group, state, inFlight, success, failures, recent] = tr.cells;
+    const [who, topic, group, state, inFlight, windowSize, success, failures, recent] = tr.cells;
     tr.dataset.receiverId = String(receiver.id);
     tr.dataset.state = receiver.state;
     who.querySelector(".rid").textContent = "#" + receiver.id;
@@ -328,6 +328,8 @@
     badge.textContent = receiver.state;
     badge.title = RECEIVER_STATES.get(receiver.state) || "";
     setNumber(inFlight, receiver.in_flight);
+    // Null until it first answered; left out by servers before adaptive windows.
+    setNumber(windowSize, receiver.window ?? "—");
     const last = receiver.last_success_at;
     success.textContent = last === null ? "none yet" : ago(now - last);
     success.title = last === null ? "" : new Date(last * 1000).toLocaleString();
