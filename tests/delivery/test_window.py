@@ -157,3 +157,17 @@ def test_a_forgotten_receiver_leaves_no_state() -> None:
     windows.forget(1)
     assert windows.receivers() == []
     assert windows.next_resume_at(100.0) is None
+
+
+def test_a_delivery_unanswered_past_the_receivers_patience_shrinks_the_window_once() -> None:
+    windows = ReceiverWindows(doubling)
+    assert windows.patience(1) == float("inf"), "no patience to judge by before an answer"
+    now = answer_quickly(windows, 1, 0.0, 16)  # 20, fastest answer 1 ms
+    assert windows.patience(1) == FAST + 0.05
+    # Three sent together are all overdue: one decrease, as for one slow answer.
+    for _ in range(3):
+        windows.overdue(1, sent_at=now, now=now + 0.1)
+    assert windows.allowance(1, now + 0.1, CAP) == 14
+    # When the late answer comes it does not shrink the window again.
+    windows.succeeded(1, sent_at=now, now=now + 2.0, held=14, cap=CAP)
+    assert windows.allowance(1, now + 2.0, CAP) == 14

@@ -66,6 +66,10 @@ class Dispatcher:
         self._in_flight: dict[asyncio.Task[None], Delivery] = {}
         # Every delivery claimed and not yet settled, whose leases the renewer extends.
         self._holding: dict[int, Delivery] = {}
+        # Deliveries being sent: their receiver and when they went, and which of them
+        # are overdue (unanswered past their receiver's patience, window.py).
+        self._sending: dict[int, tuple[int, float]] = {}
+        self._overdue: set[int] = set()
         self._wake = asyncio.Event()
         self._all_settled = asyncio.Event()  # set when nothing is in flight at shutdown
         self._claimer: asyncio.Task[None] | None = None
@@ -147,12 +151,13 @@ class Dispatcher:
             if room > 0:
                 now = self._clock()
                 try:
+                    overdue, next_overdue_at = self._find_overdue(now)
                     claim = await self._store.claim(
                         limit=room,
                         now=now,
                         lease_seconds=self._lease_seconds,
                         per_subscription_limit=self._windows.first(self._max_window),
-                        busy=self._busy(now),
+                        busy=self._busy(now, overdue),
                     )
                 except StoreUnavailable as exc:
                     log.error("cannot claim deliveries: %s; trying again shortly", exc)
@@ -170,6 +175,8 @@ class Dispatcher:
                 self._forgotten = {s for s in self._forgotten if self._held[s] > 0}
                 if claim.next_due_at is not None:
                     timeout = min(timeout, max(0.0, claim.next_due_at - now))
+                if next_overdue_at is not None:
+                    timeout = min(timeout, max(0.0, next_overdue_at - now))
                 resume_at = self._windows.next_resume_at(now)
                 if resume_at is not None:
                     timeout = min(timeout, max(0.0, resume_at - now))
@@ -200,11 +207,27 @@ class Dispatcher:
                 # Another node may be delivering these now; our outcome will not count.
                 log.warning("lost the lease of %d deliveries to another node", len(lost))
 
-    def _busy(self, now: float) -> dict[int, int]:
+    def _find_overdue(self, now: float) -> tuple[Counter[int], float | None]:
+        """Per receiver, its deliveries out past its patience (each newly overdue one
+        shrinks its window once); and when the next one will be, if any is out."""
+        overdue: Counter[int] = Counter()
+        next_at: float | None = None
+        for delivery_id, (subscription_id, sent_at) in self._sending.items():
+            due_at = sent_at + self._windows.patience(subscription_id)
+            if now < due_at:
+                next_at = due_at if next_at is None else min(next_at, due_at)
+                continue
+            overdue[subscription_id] += 1
+            if delivery_id not in self._overdue:
+                self._overdue.add(delivery_id)
+                self._windows.overdue(subscription_id, sent_at=sent_at, now=now)
+        return overdue, next_at
+
+    def _busy(self, now: float, overdue: Counter[int]) -> dict[int, int]:
         """What the store's claim should count each known receiver as holding, so that
         it hands the receiver no more than its room: its window (none while paused, one
-        as a probe) less what it holds, and no more than its own pace (max_per_second)
-        lets it start now.
+        as a probe) less what it holds, not counting up to a window's worth of overdue
+        deliveries, and no more than its own pace (max_per_second) lets it start now.
 
         The store gives a receiver `cap - busy`, where `cap` is the subscription's own
         max_concurrency, else the first window (`per_subscription_limit`, for receivers
@@ -213,9 +236,12 @@ class Dispatcher:
         first_window = self._windows.first(self._max_window)
         busy: dict[int, int] = {}
         for subscription_id in {*self._windows.receivers(), *self._held, *self._paces}:
+            cap = self._cap_of(subscription_id)
+            window = self._windows.allowance(subscription_id, now, cap)
             held = self._held.get(subscription_id, 0)
-            room = self._windows.allowance(subscription_id, now, self._cap_of(subscription_id))
-            room -= held
+            # Overdue ones are presumed hung: up to a window's worth do not count, but
+            # everything held still counts against the receiver's cap.
+            room = min(window - held + min(overdue[subscription_id], window), cap - held)
             pace = self._paces.get(subscription_id)
             if pace is not None:
                 room = min(room, pace.available(now))
@@ -290,9 +316,12 @@ class Dispatcher:
         self._observer.attempt_started(delivery.subscription_id)
         started = time.perf_counter()
         sent_at = self._clock()
+        self._sending[delivery.delivery_id] = (delivery.subscription_id, sent_at)
         try:
             outcome = await self._sender.send(delivery)
         finally:
+            del self._sending[delivery.delivery_id]
+            self._overdue.discard(delivery.delivery_id)
             self._observer.attempt_ended(delivery.subscription_id, time.perf_counter() - started)
             # Settling it now: a renewal racing the outcome's commit would find the
             # lease gone and report it lost to another node.

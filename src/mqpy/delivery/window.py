@@ -16,6 +16,12 @@ window), that starts small and follows what the receiver shows it can take:
   answer, and at least `SLOW_MARGIN` more). Only once per round trip: the outcomes of
   deliveries sent before the last decrease do not shrink it again, so one bad moment
   costs one decrease, not one per delivery that was out at the time.
+- **Overdue.** A delivery out for longer than an answer would take to count as slow is
+  presumed hung: the window shrinks then (once per round trip, as above), without
+  waiting for the timeout, and the delivery stops counting against the window (up to
+  the window's size again, so at most twice the window is ever out). A receiver that
+  hangs on some requests at random keeps getting deliveries meanwhile, as far as its cap
+  allows, while one that slowed down as a whole still gets fewer.
 - **Never to nothing.** The window stays at one or more, so a flaky receiver keeps
   getting deliveries, fewer at once. Only a receiver that failed `DEAD_AFTER` times in
   a row with its window down to one is paused as a whole, for a backoff that grows with
@@ -84,15 +90,21 @@ class _Window:
         step = 1.0 if self.limit < self.threshold else 1.0 / self.limit
         self.limit = min(float(cap), self.limit + step)
 
+    @property
+    def patience(self) -> float:
+        """How long an answer may take before it is slow (infinite before any answer)."""
+        usual = min(self.fastest, self.fastest_before)
+        return max(usual * SLOW_FACTOR, usual + SLOW_MARGIN)
+
     def is_slow(self, took: float, now: float) -> bool:
         """Whether an answer that took `took` seconds was slow for this receiver; it
         also counts towards the receiver's fastest answer."""
         if now - self.period_started >= FASTEST_PERIOD_SECONDS:
             self.fastest_before, self.fastest = self.fastest, math.inf
             self.period_started = now
-        usual = min(self.fastest, self.fastest_before)
+        patience = self.patience
         self.fastest = min(self.fastest, took)
-        return took > max(usual * SLOW_FACTOR, usual + SLOW_MARGIN)
+        return took > patience
 
 
 class ReceiverWindows:
@@ -162,6 +174,18 @@ class ReceiverWindows:
             pause = max(pause, retry_after)
         if pause > 0 or window.pauses:
             window.paused_until = max(window.paused_until, now + pause)
+
+    def patience(self, subscription_id: int) -> float:
+        """How long a delivery to the receiver may be out before it is overdue."""
+        window = self._windows.get(subscription_id)
+        return math.inf if window is None else window.patience
+
+    def overdue(self, subscription_id: int, *, sent_at: float, now: float) -> None:
+        """A delivery sent at `sent_at` is still unanswered past the receiver's patience:
+        the window shrinks as for a slow answer, without waiting for the timeout."""
+        window = self._windows.get(subscription_id)
+        if window is not None:
+            window.shrink(sent_at, now)
 
     def forget(self, subscription_id: int) -> None:
         self._windows.pop(subscription_id, None)
