@@ -171,3 +171,12 @@ def test_a_delivery_unanswered_past_the_receivers_patience_shrinks_the_window_on
     # When the late answer comes it does not shrink the window again.
     windows.succeeded(1, sent_at=now, now=now + 2.0, held=14, cap=CAP)
     assert windows.allowance(1, now + 2.0, CAP) == 14
+
+
+def test_a_receiver_is_responsive_while_it_answers_quickly() -> None:
+    windows = ReceiverWindows(doubling)
+    assert not windows.responsive(1, now=0.0)
+    now = answer_quickly(windows, 1, 0.0, 4)
+    assert windows.responsive(1, now + 0.5)
+    windows.succeeded(1, sent_at=now + 1, now=now + 2, held=4, cap=CAP)  # slow
+    assert not windows.responsive(1, now + 2), "a slow answer is not a quick one"

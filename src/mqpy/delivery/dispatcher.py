@@ -226,8 +226,8 @@ class Dispatcher:
     def _busy(self, now: float, overdue: Counter[int]) -> dict[int, int]:
         """What the store's claim should count each known receiver as holding, so that
         it hands the receiver no more than its room: its window (none while paused, one
-        as a probe) less what it holds, not counting up to a window's worth of overdue
-        deliveries, and no more than its own pace (max_per_second) lets it start now.
+        as a probe) less what it holds, not counting overdue deliveries (window.py), and
+        no more than its own pace (max_per_second) lets it start now.
 
         The store gives a receiver `cap - busy`, where `cap` is the subscription's own
         max_concurrency, else the first window (`per_subscription_limit`, for receivers
@@ -239,9 +239,13 @@ class Dispatcher:
             cap = self._cap_of(subscription_id)
             window = self._windows.allowance(subscription_id, now, cap)
             held = self._held.get(subscription_id, 0)
-            # Overdue ones are presumed hung: up to a window's worth do not count, but
-            # everything held still counts against the receiver's cap.
-            room = min(window - held + min(overdue[subscription_id], window), cap - held)
+            # Overdue ones are presumed hung and do not count against the window: all
+            # of them while the receiver answers others quickly, else a window's worth.
+            # Everything held still counts against the receiver's cap.
+            hung = overdue[subscription_id]
+            if not self._windows.responsive(subscription_id, now):
+                hung = min(hung, window)
+            room = min(window - held + hung, cap - held)
             pace = self._paces.get(subscription_id)
             if pace is not None:
                 room = min(room, pace.available(now))

@@ -18,10 +18,11 @@ window), that starts small and follows what the receiver shows it can take:
   costs one decrease, not one per delivery that was out at the time.
 - **Overdue.** A delivery out for longer than an answer would take to count as slow is
   presumed hung: the window shrinks then (once per round trip, as above), without
-  waiting for the timeout, and the delivery stops counting against the window (up to
-  the window's size again, so at most twice the window is ever out). A receiver that
-  hangs on some requests at random keeps getting deliveries meanwhile, as far as its cap
-  allows, while one that slowed down as a whole still gets fewer.
+  waiting for the timeout, and the delivery stops counting against the window. While
+  the receiver still answers others quickly (within `RESPONSIVE_SECONDS`), all of its
+  hung deliveries stop counting, up to its cap: one that hangs on some requests at
+  random keeps getting the rest. Otherwise only a window's worth stop counting, so a
+  receiver that slowed down as a whole has at most twice its window out.
 - **Never to nothing.** The window stays at one or more, so a flaky receiver keeps
   getting deliveries, fewer at once. Only a receiver that failed `DEAD_AFTER` times in
   a row with its window down to one is paused as a whole, for a backoff that grows with
@@ -53,6 +54,9 @@ SLOW_MARGIN = 0.05
 # The fastest answer is remembered for one to two of these periods, so a receiver
 # whose normal pace changed for good is judged by its new pace before long.
 FASTEST_PERIOD_SECONDS = 10.0
+# A receiver whose last quick 2xx is at most this old is answering: its overdue
+# deliveries are hung requests, not a receiver that slowed down as a whole.
+RESPONSIVE_SECONDS = 1.0
 # Failures in a row, with the window down to one, after which the receiver is paused.
 # A receiver that refuses connections fails this many within milliseconds, which costs
 # each of a few messages one attempt; one that fails three attempts in five at random
@@ -72,6 +76,7 @@ class _Window:
     fastest: float = math.inf  # the fastest answer of this period...
     fastest_before: float = math.inf  # ...and of the one before
     period_started: float = -math.inf
+    answered_quickly_at: float = -math.inf  # its last 2xx that was not slow
 
     @property
     def size(self) -> int:
@@ -147,7 +152,9 @@ class ReceiverWindows:
         window.paused_until = -math.inf
         if window.is_slow(now - sent_at, now):
             window.shrink(sent_at, now)
-        elif held >= window.size:
+            return
+        window.answered_quickly_at = now
+        if held >= window.size:
             window.grow(cap)
 
     def failed(
@@ -186,6 +193,11 @@ class ReceiverWindows:
         window = self._windows.get(subscription_id)
         if window is not None:
             window.shrink(sent_at, now)
+
+    def responsive(self, subscription_id: int, now: float) -> bool:
+        """Whether the receiver answered quickly within the last `RESPONSIVE_SECONDS`."""
+        window = self._windows.get(subscription_id)
+        return window is not None and now - window.answered_quickly_at <= RESPONSIVE_SECONDS
 
     def forget(self, subscription_id: int) -> None:
         self._windows.pop(subscription_id, None)
