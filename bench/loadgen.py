@@ -53,6 +53,8 @@ class Target:
 
     sender_id: int | None = None
     topic: str | None = None
+    batch: int = 0  # with a topic: this many messages per request, as one batch
+    send_path: str = "/send"  # MQ Go serves it as /send/ (and redirects /send there)
 
 
 def send_request(port: int, target: Target, body: str) -> bytes:
@@ -60,8 +62,10 @@ def send_request(port: int, target: Target, body: str) -> bytes:
     if target.topic is not None:
         path = b"/v1/topics/%s/messages" % target.topic.encode()
         payload = b'{"body":"%s"}' % body.encode()
+        if target.batch:
+            payload = b'{"messages":[%s]}' % b",".join([payload] * target.batch)
     else:
-        path = b"/send"
+        path = target.send_path.encode()
         payload = b'{"id":%d,"body":"%s"}' % (target.sender_id or 0, body.encode())
     return (
         b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
@@ -361,6 +365,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--topic", help="publish to this topic through POST /v1/topics/TOPIC/messages instead"
     )
+    parser.add_argument(
+        "--send-path", default="/send", help="the seed publish route's path (MQ Go: /send/)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=0, help="with --topic: messages per request, as one batch"
+    )
     parser.add_argument("--connections", type=int, default=64, help="keep-alive connections")
     parser.add_argument("--count", type=int, default=20_000, help="closed: requests at most")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load at most")
@@ -386,7 +396,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.sender_id is None) == (args.topic is None):
         parser.error("give one of --sender-id (seed /send) and --topic (native publish)")
-    args.target = Target(args.sender_id, args.topic)
+    if args.batch and args.topic is None:
+        parser.error("--batch needs --topic (batches are a native publish)")
+    args.target = Target(args.sender_id, args.topic, args.batch, args.send_path)
     args.watch = {name: parse_watch(w) for name, _, w in (w.partition("=") for w in args.watch)}
     return args
 

@@ -6,9 +6,15 @@ receiver (`bench.sink`) and, for the load, `bench.loadgen`, each in its own proc
 The runner itself only starts them, makes a few control calls, and waits; it prints a
 table and writes the figures as JSON.
 
-    python -m bench.run [--quick] [--only publish,delivery,latency]
+    python -m bench.run [--quick] [--only publish,delivery,latency,batch]
                         [--store postgresql://... | --postgres] [--processes N]
                         [--server-args "--jobs 64"] [--profile DIR]
+                        [--compare 'NAME=COMMAND --port {port}']
+
+Every broker runs with mq-py's defaults unless --server-args says otherwise. With
+--compare, another broker that speaks the seed protocol (MQ Go, say) is measured on
+the same figures in the same run, alternating with mq-py, and a second table shows
+both and their ratio.
 
 See bench/README.md for what each figure means.
 """
@@ -20,6 +26,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import select
 import shlex
 import shutil
@@ -29,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,11 +58,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 HOST = "127.0.0.1"
 LISTENING = f"listening on http://{HOST}:"
-PHASES = ("publish", "delivery", "latency", "routing")
+PHASES = ("publish", "delivery", "stream", "latency", "routing", "batch")
+# What a broker speaking only the seed protocol can be measured on (--compare).
+SEED_PHASES = ("publish", "delivery", "stream", "latency")
+BATCH_TOPIC = "bench.batch"
 ROUTING_TOPIC = "bench.routing"
 DEFAULT_TOPIC = "default"  # the seed's: where a sender or receiver without a topic is
-# Every broker runs with these unless --server-args says otherwise (later flags win).
-DEFAULT_SERVER_ARGS = ("--workers", "64")
+# Every broker runs with mq-py's own defaults: the figures are what `mqpy serve` does
+# with no flags, unless --server-args says otherwise.
+DEFAULT_SERVER_ARGS: tuple[str, ...] = ()
 # Without a proxy handler urllib would honour http_proxy even for 127.0.0.1.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 POLL_SECONDS = 0.05
@@ -78,6 +90,9 @@ class Plan:
     latency_seconds: float = 10.0
     latency_warmup: float = 1.0
     latency_connections: int = 32
+    batch_size: int = 1_000  # messages per batch publish (the most a batch may hold)
+    batch_connections: int = 16
+    batch_requests: int = 200
     delivery_timeout: float = 120.0
     routing_groups: int = 3
     routing_members: int = 2  # receivers in each group
@@ -93,6 +108,7 @@ class Plan:
             latency_seconds=3.0,
             latency_warmup=0.5,
             delivery_timeout=30.0,
+            batch_requests=20,
         )
 
 
@@ -233,6 +249,70 @@ class Server:
         if self._release is not None:
             release, self._release = self._release, None
             release(self.store)
+
+
+class ForeignServer(Server):
+    """A broker that is not mq-py (`--compare`): started from a command with `{port}` in
+    it, on a port that was free a moment ago, and spoken to in the seed protocol only
+    (`/connect`, `/send`). It has no store of ours; whatever it keeps dies with it."""
+
+    def __init__(self, workdir: Path, name: str, template: str) -> None:
+        self.store = FigureStore(server_args=[], where="its own")
+        self.processes = 1
+        self.log_path = workdir / f"{name}-server.log"
+        self.port = free_port()
+        self.command = shlex.split(template.replace("{port}", str(self.port)))
+        with open(self.log_path, "wb") as log:
+            self.process = _start(self.command, stdout=log, stderr=log)
+        self._wait_for_connections(timeout=30.0)
+        self.url = f"http://{HOST}:{self.port}"
+        # MQ Go serves its routes as /connect/ and /send/, and redirects /connect there.
+        self.slash = "/" if _redirects_to_slash(f"{self.url}/connect") else ""
+
+    def _wait_for_connections(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                socket.create_connection((HOST, self.port), timeout=1.0).close()
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(POLL_SECONDS)
+        self.stop()
+        raise RuntimeError(f"{self.command[0]} did not start: {self.log_tail()}")
+
+    def connect(
+        self, mode: str, client_url: str = "", topic: str | None = None, group: str | None = None
+    ) -> int:
+        if topic is not None or group is not None:
+            raise RuntimeError("a compared broker speaks the seed protocol: no topics or groups")
+        request = json.dumps({"ClientURL": client_url, "mode": mode}).encode()
+        post = urllib.request.Request(f"{self.url}/connect{self.slash}", data=request)
+        with _HTTP.open(post, timeout=30.0) as response:
+            answer = response.read().decode(errors="replace")
+        # MQ Go answers {'id': 3}, which is not JSON: take the number.
+        found = re.search(r"id\W+(\d+)", answer)
+        if found is None:
+            raise RuntimeError(f"/connect answered {answer!r}: no id in it")
+        return int(found.group(1))
+
+    def stop(self) -> None:
+        _stop_process(self.process)
+
+
+def _redirects_to_slash(url: str) -> bool:
+    """Whether a POST to `url` is redirected to `url/`."""
+
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirects())
+    try:
+        with opener.open(urllib.request.Request(url, data=b"{}"), timeout=10.0):
+            return False
+    except urllib.error.HTTPError as answer:
+        return answer.code in (301, 307, 308) and answer.headers.get("Location", "").endswith("/")
 
 
 def free_port() -> int:
@@ -405,10 +485,15 @@ class Bench:
     processes: int = 1
     publish_api: str = "seed"  # or "native": POST /v1/topics/{topic}/messages
     servers_started: int = 0
+    foreign: str | None = None  # --compare: the command of the broker measured instead
 
     def server(self, name: str, *extra: str) -> Server:
         """A broker on a store of its own: connections survive a restart, so a reused
-        store would bring back the receivers of an earlier run."""
+        store would bring back the receivers of an earlier run. (With `foreign`, that
+        broker instead; `extra` are mq-py flags, which it does not take.)"""
+        if self.foreign is not None:
+            self.servers_started += 1
+            return ForeignServer(self.workdir, f"{self.servers_started}-{name}", self.foreign)
         args = [*DEFAULT_SERVER_ARGS, *extra, *self.server_args]
         for attempt in range(3):
             self.servers_started += 1
@@ -431,7 +516,10 @@ class Bench:
         publishing natively, the topic itself."""
         if self.publish_api == "native":
             return ["--topic", topic or DEFAULT_TOPIC]
-        return ["--sender-id", str(server.connect("send", topic=topic))]
+        sender = ["--sender-id", str(server.connect("send", topic=topic))]
+        if isinstance(server, ForeignServer) and server.slash:
+            sender += ["--send-path", "/send/"]
+        return sender
 
     def _hint(self, result: dict[str, Any]) -> str:
         """Why a multi-process broker may answer 404 to /send."""
@@ -485,6 +573,43 @@ class Bench:
                 **figure.usage.per_item_us(result["ok"]),
             }
             _note_errors(figure, result, self._hint(result))
+        finally:
+            server.stop()
+        return figure
+
+    def batch_publish(self) -> Figure:
+        """Messages per second published in batches of `batch_size` through the native
+        batch route, from `batch_connections` keep-alive connections; each request is
+        answered once its batch is committed."""
+        plan = self.plan
+        figure = Figure("batch", unit="msg/s")
+        server = self.server("batch")
+        try:
+            args = ["closed", "--connections", str(plan.batch_connections)]
+            args += ["--count", str(plan.batch_requests), "--duration", str(plan.publish_seconds)]
+            args += ["--batch", str(plan.batch_size), "--body-bytes", str(plan.body_bytes)]
+            args += ["--warmup", str(plan.batch_connections)]
+            with self.profiler.record(server.pid, "batch"):
+                watches = self.watches(server)
+                result = run_loadgen(
+                    server, ["--topic", BATCH_TOPIC], args, plan.publish_seconds, watches
+                )
+            figure.usage = Usage.of(result["usage"])
+            messages = result["ok"] * plan.batch_size
+            figure.value = result["rate"] * plan.batch_size
+            figure.details = {
+                "batch_size": plan.batch_size,
+                "connections": plan.batch_connections,
+                "requests": result["ok"],
+                "requests_per_second": result["rate"],
+                "messages": messages,
+                "other_statuses": result["statuses"],
+                "failures": result["failures"],
+                "seconds": result["elapsed_s"],
+                "body_bytes": plan.body_bytes,
+                **figure.usage.per_item_us(messages),
+            }
+            _note_errors(figure, result)
         finally:
             server.stop()
         return figure
@@ -563,6 +688,42 @@ class Bench:
             figure.details["receivers"] = receivers
             figure.details["messages"] = messages
             figure.details["per_receiver_min"] = min(stats["by_path"].values(), default=0)
+        finally:
+            sink.stop()
+            server.stop()
+        return figure
+
+    def streamed(self, receivers: int) -> Figure:
+        """Deliveries per second to `receivers` receivers while the messages are being
+        published: everyone connects first, then the load generator publishes from
+        `publishers` connections, and the figure is the deliveries divided by the time
+        from the first publish to the last delivery. No backlog waits in a store first,
+        so a broker that keeps messages only in memory is measured the same way."""
+        plan = self.plan
+        messages = max(1, plan.delivery_messages // receivers)
+        expected = messages * receivers
+        figure = Figure(f"stream_{receivers}", unit="deliv/s")
+        server = self.server(f"stream{receivers}")
+        sink = Sink(max_seconds=plan.delivery_timeout + 600)
+        try:
+            for number in range(receivers):
+                server.connect("receive", sink.receiver_url(number))
+            sender = self.publisher(server)
+            self.settle()
+            args = ["closed", "--connections", str(plan.publishers), "--count", str(messages)]
+            args += ["--duration", "600", "--body-bytes", str(plan.body_bytes)]
+            with self.profiler.record(server.pid, figure.name):
+                meter = Meter(self.watches(server, sink)).start()
+                result = run_loadgen(server, sender, args, 600.0, {})
+                stats = sink.wait_for(expected, plan.delivery_timeout)
+                loadgen = result["usage"].get("loadgen", 0.0)
+                figure.usage = Usage.of({**meter.usage(), "loadgen": loadgen})
+            _delivery_figure(figure, stats, expected, result["started_ns"], held=0)
+            figure.details.update(figure.usage.per_item_us(stats["count"]))
+            figure.details["receivers"] = receivers
+            figure.details["messages"] = messages
+            figure.details["publish_rate"] = result["rate"]
+            _note_errors(figure, result, self._hint(result))
         finally:
             sink.stop()
             server.stop()
@@ -808,11 +969,19 @@ def render_table(figures: dict[str, Figure], header: str, publishers: int) -> st
             receivers = name.split("_")[1]
             noun = "receiver" if receivers == "1" else "receivers"
             row(f"delivery to {receivers} {noun}", name, figure.value, figure.unit, figure)
+        elif name.startswith("stream_"):
+            receivers = name.split("_")[1]
+            noun = "receiver" if receivers == "1" else "receivers"
+            label = f"delivery to {receivers} {noun}, publishing"
+            row(label, name, figure.value, figure.unit, figure)
         elif name == "routing":
             d = figure.details
             label = f"routing to {d.get('groups_and_receivers', 'groups and receivers')}"
             row(label, name, figure.value, figure.unit, figure, cpu=False)
             row("  publish rate meanwhile", name, d.get("publish_rate"), "msg/s", figure)
+        elif name == "batch":
+            size = figure.details.get("batch_size", 0)
+            row(f"batch publish, {size:,} per request", name, figure.value, figure.unit, figure)
         elif name == "latency":
             rate = figure.details.get("rate", 0)
             for p in ("p50", "p99"):
@@ -844,7 +1013,13 @@ def _describe(figure: Figure) -> str:
     parts: list[str] = []
     if figure.name == "publish" and d:
         parts.append(f"{d['ok']:,} of {d['sent']:,} accepted in {d['seconds']:.2f} s")
-    elif figure.name.startswith("delivery") and d:
+    elif figure.name == "batch" and d:
+        parts.append(
+            f"{d['requests']:,} batches of {d['batch_size']:,} ({d['messages']:,} messages) "
+            f"from {d['connections']} connections in {d['seconds']:.2f} s, "
+            f"{d['requests_per_second']:,.1f} requests/s"
+        )
+    elif figure.name.startswith(("delivery", "stream")) and d:
         parts.append(f"{d['delivered']:,} deliveries ({d['distinct']:,} distinct)")
         parts.append(f"in {d['seconds']:.2f} s")
         if "connect_ms" in d:
@@ -868,7 +1043,7 @@ def _describe(figure: Figure) -> str:
         )
         per = d.get("server_us_per_message")
         if per is not None:
-            noun = "delivery" if figure.name.startswith("delivery") else "message"
+            noun = "delivery" if figure.name.startswith(("delivery", "stream")) else "message"
             db = d.get("database_us_per_message")
             in_db = "" if db is None else f", database {db:,.0f} µs"
             parts.append(f"CPU per {noun}: server {per:,.0f} µs{in_db}")
@@ -1017,6 +1192,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=1,
         help="measure each figure this many times and report the median run",
     )
+    parser.add_argument(
+        "--compare",
+        default=None,
+        metavar="[NAME=]COMMAND",
+        help="also measure another broker that speaks the seed protocol, started by "
+        "COMMAND with {port} where its port goes (on 127.0.0.1), on the figures "
+        f"{', '.join(SEED_PHASES)}, alternating with mq-py; e.g. "
+        "'mq-go=/tmp/mqgo/mq-go -port {port}'",
+    )
     parser.add_argument("--keep", action="store_true", help="keep data directories and logs")
     args = parser.parse_args(argv)
     phases = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -1024,6 +1208,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--only: unknown figure {unknown[0]!r}; choose from {', '.join(PHASES)}")
     args.phases = phases
+    args.compare_name, args.compare_command = None, None
+    if args.compare is not None:
+        name, equals, command = args.compare.partition("=")
+        if not equals or " " in name or not name:
+            name, command = Path(shlex.split(args.compare)[0]).name, args.compare
+        if "{port}" not in command:
+            parser.error("--compare: the command must say where its port goes, as {port}")
+        args.compare_name, args.compare_command = name, command
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.store is not None and args.postgres:
@@ -1134,9 +1326,11 @@ def _measure(
         f"broker: {processes} process{'es' if processes > 1 else ''}, publishing through "
         f"{'/send' if args.publish_api == 'seed' else '/v1/topics/{topic}/messages'}; "
         "server flags: "
-        f"{' '.join([*DEFAULT_SERVER_ARGS, *args.server_arg_list])}"
+        f"{' '.join([*DEFAULT_SERVER_ARGS, *args.server_arg_list]) or '(none: the defaults)'}"
         f"{' (quick)' if args.quick else ''}"
     )
+    if args.compare_command is not None:
+        header += f"\ncompared with {args.compare_name}: {args.compare_command}"
     workdir = Path(tempfile.mkdtemp(prefix="mqpy-bench-"))
     bench = Bench(
         plan,
@@ -1153,22 +1347,41 @@ def _measure(
             ("delivery_1", bench.delivery_to_one),
             (f"delivery_{plan.receivers}", bench.delivery_to_many),
         ],
+        "stream": [
+            ("stream_1", lambda: bench.streamed(1)),
+            (f"stream_{plan.receivers}", lambda: bench.streamed(plan.receivers)),
+        ],
         "latency": [("latency", bench.latency)],
         "routing": [("routing", bench.routing)],
+        "batch": [("batch", bench.batch_publish)],
+    }
+    # The other broker, if any, on the figures it can take, each right after mq-py's:
+    # both see the machine as it is at that moment.
+    theirs = Bench(plan, [], workdir, Profiler(None, "raw"), foreign=args.compare_command)
+    their_steps = {
+        "publish": [theirs.publish],
+        "delivery": [theirs.delivery_to_one, theirs.delivery_to_many],
+        "stream": [lambda: theirs.streamed(1), lambda: theirs.streamed(plan.receivers)],
+        "latency": [theirs.latency],
     }
     figures: dict[str, Figure] = {}
+    compared: dict[str, Figure] = {}
     try:
         for phase in args.phases:
-            for name, step in steps[phase]:
+            for index, (name, step) in enumerate(steps[phase]):
                 runs: list[Figure] = []
+                their_runs: list[Figure] = []
+                compare = args.compare_command is not None and phase in SEED_PHASES
                 for number in range(args.repeat):
                     of = f" ({number + 1} of {args.repeat})" if args.repeat > 1 else ""
                     print(f"measuring {name}{of} ...", file=sys.stderr)
-                    try:
-                        runs.append(step())
-                    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-                        runs.append(Figure(name, error=str(exc)))
+                    runs.append(_attempt(name, step))
+                    if compare:
+                        print(f"measuring {name}{of} on {args.compare_name} ...", file=sys.stderr)
+                        their_runs.append(_attempt(name, their_steps[phase][index]))
                 figures[name] = _median(runs)
+                if their_runs:
+                    compared[name] = _median(their_runs)
     finally:
         stop_children()
         if args.keep:
@@ -1177,9 +1390,56 @@ def _measure(
             shutil.rmtree(workdir, ignore_errors=True)
     table = render_table(figures, header, plan.publishers)
     print(table)
-    _write_json(args.output, plan, args, figures, load_before, stores.label, busy)
+    if compared:
+        print()
+        print(render_comparison(figures, compared, args.compare_name or "other"))
+    _write_json(args.output, plan, args, figures, load_before, stores.label, busy, compared)
     print(f"\nfigures written to {args.output}")
     return 0
+
+
+def _attempt(name: str, step: Callable[[], Figure]) -> Figure:
+    try:
+        return step()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        return Figure(name, error=str(exc))
+
+
+def render_comparison(ours: dict[str, Figure], theirs: dict[str, Figure], name: str) -> str:
+    """mq-py's figures beside the other broker's, and mq-py's as a multiple of theirs
+    (for latency, theirs divided by ours: above 1 is mq-py ahead on every row)."""
+    rows: list[tuple[str, ...]] = [("figure", "mq-py", name, "mq-py ahead by")]
+    for key, figure in theirs.items():
+        mine = ours[key]
+        if key == "latency":
+            for p in ("p50", "p99"):
+                a, b = mine.details.get(f"{p}_ms"), figure.details.get(f"{p}_ms")
+                ratio = None if not a or b is None else b / a
+                rows.append((f"latency {p} (ms)", _fmt(a, "ms"), _fmt(b, "ms"), _ratio(ratio)))
+            continue
+        ratio = None if not figure.value or mine.value is None else mine.value / figure.value
+        label = {"publish": "publish"}.get(key) or _comparison_label(key)
+        rows.append(
+            (label, _fmt(mine.value, mine.unit), _fmt(figure.value, figure.unit), _ratio(ratio))
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [
+        f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}"
+        for r in rows
+    ]
+    lines.insert(1, "-" * (sum(widths) + 6))
+    lines.append("")
+    lines.extend(f"{key} on {name}: {_describe(figure)}" for key, figure in theirs.items())
+    return "\n".join(lines)
+
+
+def _comparison_label(key: str) -> str:
+    kind, receivers = key.split("_", 1)
+    return f"delivery to {receivers}" + (", publishing" if kind == "stream" else "")
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
@@ -1194,6 +1454,7 @@ def _write_json(
     load_before: tuple[float, float, float],
     store: str,
     busy_before: float,
+    compared: dict[str, Figure],
 ) -> None:
     document = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -1223,6 +1484,12 @@ def _write_json(
             for name, figure in figures.items()
         },
     }
+    if compared:
+        document["compared_with"] = {
+            "name": args.compare_name,
+            "command": args.compare_command,
+            "figures": {name: asdict(figure) for name, figure in compared.items()},
+        }
     if "latency" in figures:
         value = figures["latency"].details.get("p99_ms")
         document["figures"]["latency"]["verdict"] = FLOORS["latency_p99_ms"].verdict(value)

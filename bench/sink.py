@@ -6,7 +6,8 @@ ends (the header block and Content-Length), so a delivery costs it a few
 microseconds. For each delivery it records, per path, the arrival and the
 `webhook-id` (so duplicates can be told apart), and, when the delivered body is
 `t<nanoseconds>` (a send time on the shared monotonic clock), the send-to-delivery
-latency.
+latency: mq-py delivers the body as `{"body": "t..."}`, MQ Go (under `--compare`) as the
+bare text.
 
 The runner talks to it over the same port:
 
@@ -78,13 +79,15 @@ class Recorder:
         start = body.find(BODY_KEY)
         if start >= 0:
             start += len(BODY_KEY)
-            if start < len(body) and body[start] == LATENCY_MARK:
-                end = body.find(b'"', start)
-                try:
-                    sent_ns = int(body[start + 1 : end])
-                except ValueError:
-                    return
-                self.latencies_ns.append(now_ns - sent_ns)
+            end = body.find(b'"', start)
+        else:
+            start, end = 0, len(body)  # a bare text body, as MQ Go sends it
+        if start < len(body) and body[start] == LATENCY_MARK:
+            try:
+                sent_ns = int(body[start + 1 : end])
+            except ValueError:
+                return
+            self.latencies_ns.append(now_ns - sent_ns)
 
     def stats(self) -> dict[str, Any]:
         return {
