@@ -710,15 +710,9 @@ class Bench:
                 server.connect("receive", sink.receiver_url(number))
             sender = self.publisher(server)
             self.settle()
-            args = ["closed", "--connections", str(plan.publishers), "--count", str(messages)]
-            args += ["--duration", "600", "--body-bytes", str(plan.body_bytes)]
-            with self.profiler.record(server.pid, figure.name):
-                meter = Meter(self.watches(server, sink)).start()
-                result = run_loadgen(server, sender, args, 600.0, {})
-                stats = sink.wait_for(expected, plan.delivery_timeout)
-                loadgen = result["usage"].get("loadgen", 0.0)
-                figure.usage = Usage.of({**meter.usage(), "loadgen": loadgen})
-            _delivery_figure(figure, stats, expected, result["started_ns"], held=0)
+            result, stats = self._publish_while_delivering(
+                figure, server, sink, sender, messages, expected
+            )
             figure.details.update(figure.usage.per_item_us(stats["count"]))
             figure.details["receivers"] = receivers
             figure.details["messages"] = messages
@@ -728,6 +722,31 @@ class Bench:
             sink.stop()
             server.stop()
         return figure
+
+    def _publish_while_delivering(
+        self,
+        figure: Figure,
+        server: Server,
+        sink: Sink,
+        sender: list[str],
+        messages: int,
+        expected: int,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Publish `messages` from `publishers` connections while the broker delivers,
+        until the sink has `expected` deliveries; fills in the figure's value and CPU
+        use, and returns the load generator's result and the sink's stats."""
+        plan = self.plan
+        args = ["closed", "--connections", str(plan.publishers), "--count", str(messages)]
+        args += ["--duration", "600", "--body-bytes", str(plan.body_bytes)]
+        with self.profiler.record(server.pid, figure.name):
+            meter = Meter(self.watches(server, sink)).start()
+            result = run_loadgen(server, sender, args, 600.0, {})
+            stats = sink.wait_for(expected, plan.delivery_timeout)
+            # The load generator's own CPU, so that "others" is only other processes.
+            loadgen = result["usage"].get("loadgen", 0.0)
+            figure.usage = Usage.of({**meter.usage(), "loadgen": loadgen})
+        _delivery_figure(figure, stats, expected, result["started_ns"], held=0)
+        return result, stats
 
     def routing(self) -> Figure:
         """Deliveries per second, and the publish rate meanwhile, on one topic taken by
@@ -759,16 +778,9 @@ class Bench:
                 server.connect("receive", sink.path_url(name), ROUTING_TOPIC)
             sender = self.publisher(server, ROUTING_TOPIC)
             self.settle()
-            args = ["closed", "--connections", str(plan.publishers), "--count", str(messages)]
-            args += ["--duration", "600", "--body-bytes", str(plan.body_bytes)]
-            with self.profiler.record(server.pid, "routing"):
-                meter = Meter(self.watches(server, sink)).start()
-                result = run_loadgen(server, sender, args, 600.0, {})
-                stats = sink.wait_for(expected, plan.delivery_timeout)
-                # The load generator's own CPU, so that "others" is only other processes.
-                loadgen = result["usage"].get("loadgen", 0.0)
-                figure.usage = Usage.of({**meter.usage(), "loadgen": loadgen})
-            _delivery_figure(figure, stats, expected, result["started_ns"], held=0)
+            result, stats = self._publish_while_delivering(
+                figure, server, sink, sender, messages, expected
+            )
             _routing_details(figure, stats, result, messages, groups, alone)
             # Per message published: its publish and its fan-out's deliveries.
             figure.details.update(figure.usage.per_item_us(result["ok"]))
