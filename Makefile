@@ -34,7 +34,13 @@ pytest: $(STAMP)
 ## Measure publish and delivery throughput and latency; prints a table, writes JSON.
 ## Flags go in ARGS: make bench ARGS="--postgres --processes 2" (see bench/README.md).
 ARGS ?=
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run $(ARGS)
 
 clean:

@@ -444,7 +444,10 @@ class Profiler:
         self.py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if directory is not None:
             if not Path(self.py_spy).exists():
-                raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+                raise SystemExit(
+                    "--profile needs py-spy: make bench installs it, or "
+                    ".venv/bin/pip install -e '.[dev,bench]'"
+                )
             directory.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
