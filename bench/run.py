@@ -1356,29 +1356,11 @@ def _measure(
         processes,
         args.publish_api,
     )
-    steps: dict[str, list[tuple[str, Callable[[], Figure]]]] = {
-        "publish": [("publish", bench.publish)],
-        "delivery": [
-            ("delivery_1", bench.delivery_to_one),
-            (f"delivery_{plan.receivers}", bench.delivery_to_many),
-        ],
-        "stream": [
-            ("stream_1", lambda: bench.streamed(1)),
-            (f"stream_{plan.receivers}", lambda: bench.streamed(plan.receivers)),
-        ],
-        "latency": [("latency", bench.latency)],
-        "routing": [("routing", bench.routing)],
-        "batch": [("batch", bench.batch_publish)],
-    }
+    steps = figure_steps(bench)
     # The other broker, if any, on the figures it can take, each right after mq-py's:
     # both see the machine as it is at that moment.
     theirs = Bench(plan, [], workdir, Profiler(None, "raw"), foreign=args.compare_command)
-    their_steps = {
-        "publish": [theirs.publish],
-        "delivery": [theirs.delivery_to_one, theirs.delivery_to_many],
-        "stream": [lambda: theirs.streamed(1), lambda: theirs.streamed(plan.receivers)],
-        "latency": [theirs.latency],
-    }
+    their_steps = figure_steps(theirs)
     figures: dict[str, Figure] = {}
     compared: dict[str, Figure] = {}
     try:
@@ -1393,7 +1375,7 @@ def _measure(
                     runs.append(_attempt(name, step))
                     if compare:
                         print(f"measuring {name}{of} on {args.compare_name} ...", file=sys.stderr)
-                        their_runs.append(_attempt(name, their_steps[phase][index]))
+                        their_runs.append(_attempt(name, their_steps[phase][index][1]))
                 figures[name] = _median(runs)
                 if their_runs:
                     compared[name] = _median(their_runs)
@@ -1411,6 +1393,25 @@ def _measure(
     _write_json(args.output, plan, args, figures, load_before, stores.label, busy, compared)
     print(f"\nfigures written to {args.output}")
     return 0
+
+
+def figure_steps(bench: Bench) -> dict[str, list[tuple[str, Callable[[], Figure]]]]:
+    """Per phase of --only, its figures: each one's name and how `bench` measures it."""
+    receivers = bench.plan.receivers
+    return {
+        "publish": [("publish", bench.publish)],
+        "delivery": [
+            ("delivery_1", bench.delivery_to_one),
+            (f"delivery_{receivers}", bench.delivery_to_many),
+        ],
+        "stream": [
+            ("stream_1", lambda: bench.streamed(1)),
+            (f"stream_{receivers}", lambda: bench.streamed(receivers)),
+        ],
+        "latency": [("latency", bench.latency)],
+        "routing": [("routing", bench.routing)],
+        "batch": [("batch", bench.batch_publish)],
+    }
 
 
 def _attempt(name: str, step: Callable[[], Figure]) -> Figure:
