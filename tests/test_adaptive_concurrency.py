@@ -17,31 +17,7 @@ from mqpy.delivery.window import INITIAL_WINDOW
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
 from tests.support.load import FAST_RETRIES, publish_many, wait_for_ids, wait_until
-
-
-class Crowd:
-    """A receiver's behaviour that answers after `delay` seconds with `status`, and
-    counts how many deliveries it holds at once: the peak since `reset()`."""
-
-    def __init__(self, delay: float, status: int = 204) -> None:
-        self.delay = delay
-        self.status = status
-        self.now = 0
-        self.peak = 0
-        self.answered = 0
-
-    def reset(self) -> None:
-        self.peak = self.now
-
-    async def __call__(self, request: web.Request, number: int) -> web.StreamResponse:
-        self.now += 1
-        self.peak = max(self.peak, self.now)
-        try:
-            await asyncio.sleep(self.delay)
-        finally:
-            self.now -= 1
-            self.answered += 1
-        return web.Response(status=self.status)
+from tests.support.receiver import Crowd
 
 
 async def receiver_states(http: aiohttp.ClientSession, url: str) -> dict[int, dict[str, Any]]:

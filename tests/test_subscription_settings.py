@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from tests.conftest import ReceiverFactory, ServerFactory
-from tests.support.receiver import Behaviour, Receiver
+from tests.support.receiver import Behaviour, Crowd, Receiver
 from tests.support.routing import SETTLE_SECONDS, Broker, texts, wait_for_texts
 
 
@@ -47,25 +47,6 @@ def failing_first(failures: int, status: int = 422) -> Behaviour:
         return web.Response(status=status if number <= failures else 204)
 
     return behaviour
-
-
-class Slow:
-    """A receiver behaviour that takes `latency` seconds per delivery and records the
-    most deliveries it held at once."""
-
-    def __init__(self, latency: float) -> None:
-        self.latency = latency
-        self.now = 0
-        self.most = 0
-
-    async def __call__(self, request: web.Request, number: int) -> web.StreamResponse:
-        self.now += 1
-        self.most = max(self.most, self.now)
-        try:
-            await asyncio.sleep(self.latency)
-        finally:
-            self.now -= 1
-        return web.Response(status=204)
 
 
 async def message(broker: Broker, message_id: str) -> dict[str, Any]:
@@ -193,7 +174,7 @@ async def test_max_concurrency_caps_deliveries_in_flight(
     start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
 ) -> None:
     broker = Broker(http, start_server("--workers", "32", "--jobs", "32").url)
-    capped_behaviour, free_behaviour = Slow(0.2), Slow(0.2)
+    capped_behaviour, free_behaviour = Crowd(0.2), Crowd(0.2)
     capped = await start_receiver(capped_behaviour)
     free = await start_receiver(free_behaviour)
     await broker.subscribe(capped.url, "slow", max_concurrency=2)
@@ -205,10 +186,10 @@ async def test_max_concurrency_caps_deliveries_in_flight(
     await wait_for_texts(free, bodies, timeout=10)
     await wait_for_texts(capped, bodies, timeout=10)
     took = time.monotonic() - started
-    print(f"most in flight: capped {capped_behaviour.most}, free {free_behaviour.most}")
+    print(f"most in flight: capped {capped_behaviour.peak}, free {free_behaviour.peak}")
     print(f"the capped subscription took {took:.2f} s")
-    assert capped_behaviour.most == 2, f"{capped_behaviour.most} in flight with max_concurrency 2"
-    assert free_behaviour.most > 2, f"only {free_behaviour.most} in flight without a cap"
+    assert capped_behaviour.peak == 2, f"{capped_behaviour.peak} in flight with max_concurrency 2"
+    assert free_behaviour.peak > 2, f"only {free_behaviour.peak} in flight without a cap"
     assert took >= 10 * 0.2 / 2 - 0.05, took
 
 
@@ -217,15 +198,15 @@ async def test_max_concurrency_above_the_brokers_receiver_concurrency(
 ) -> None:
     flags = ("--workers", "32", "--jobs", "32", "--receiver-concurrency", "2")
     broker = Broker(http, start_server(*flags).url)
-    behaviour = Slow(0.2)
+    behaviour = Crowd(0.2)
     receiver = await start_receiver(behaviour)
     created = await broker.subscribe(receiver.url, "wide", max_concurrency=6)
     assert created["max_concurrency"] == 6, created
     bodies = [f"w-{n}" for n in range(12)]
     await broker.publish_texts("wide", bodies)
     await wait_for_texts(receiver, bodies, timeout=10)
-    print(f"most in flight with max_concurrency 6: {behaviour.most}")
-    assert behaviour.most == 6, f"{behaviour.most} in flight with max_concurrency 6"
+    print(f"most in flight with max_concurrency 6: {behaviour.peak}")
+    assert behaviour.peak == 6, f"{behaviour.peak} in flight with max_concurrency 6"
 
 
 # -- max_per_second --------------------------------------------------------------------------

@@ -32,6 +32,32 @@ async def accept(request: web.Request, number: int) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+class Crowd:
+    """A receiver's behaviour that answers after `delay` seconds with `status`, and
+    counts how many deliveries it holds at once: the peak since `reset()` (or ever),
+    and how many it answered."""
+
+    def __init__(self, delay: float, status: int = 204) -> None:
+        self.delay = delay
+        self.status = status
+        self.now = 0
+        self.peak = 0
+        self.answered = 0
+
+    def reset(self) -> None:
+        self.peak = self.now
+
+    async def __call__(self, request: web.Request, number: int) -> web.StreamResponse:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.now -= 1
+            self.answered += 1
+        return web.Response(status=self.status)
+
+
 class Receiver:
     """An aiohttp server on 127.0.0.1 with an ephemeral port.
 

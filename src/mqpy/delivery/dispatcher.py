@@ -18,6 +18,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from mqpy.delivery.pace import Pace
 from mqpy.delivery.retry import RetryPolicy
@@ -66,10 +67,8 @@ class Dispatcher:
         self._in_flight: dict[asyncio.Task[None], Delivery] = {}
         # Every delivery claimed and not yet settled, whose leases the renewer extends.
         self._holding: dict[int, Delivery] = {}
-        # Deliveries being sent: their receiver and when they went, and which of them
-        # are overdue (unanswered past their receiver's patience, window.py).
-        self._sending: dict[int, tuple[int, float]] = {}
-        self._overdue: set[int] = set()
+        # Deliveries being sent, by delivery id.
+        self._sending: dict[int, _Sending] = {}
         self._wake = asyncio.Event()
         self._all_settled = asyncio.Event()  # set when nothing is in flight at shutdown
         self._claimer: asyncio.Task[None] | None = None
@@ -212,15 +211,16 @@ class Dispatcher:
         shrinks its window once); and when the next one will be, if any is out."""
         overdue: Counter[int] = Counter()
         next_at: float | None = None
-        for delivery_id, (subscription_id, sent_at) in self._sending.items():
-            due_at = sent_at + self._windows.patience(subscription_id)
+        for sending in self._sending.values():
+            subscription_id = sending.subscription_id
+            due_at = sending.sent_at + self._windows.patience(subscription_id)
             if now < due_at:
                 next_at = due_at if next_at is None else min(next_at, due_at)
                 continue
             overdue[subscription_id] += 1
-            if delivery_id not in self._overdue:
-                self._overdue.add(delivery_id)
-                self._windows.overdue(subscription_id, sent_at=sent_at, now=now)
+            if not sending.overdue:
+                sending.overdue = True
+                self._windows.overdue(subscription_id, sent_at=sending.sent_at, now=now)
         return overdue, next_at
 
     def _busy(self, now: float, overdue: Counter[int]) -> dict[int, int]:
@@ -320,12 +320,11 @@ class Dispatcher:
         self._observer.attempt_started(delivery.subscription_id)
         started = time.perf_counter()
         sent_at = self._clock()
-        self._sending[delivery.delivery_id] = (delivery.subscription_id, sent_at)
+        self._sending[delivery.delivery_id] = _Sending(delivery.subscription_id, sent_at)
         try:
             outcome = await self._sender.send(delivery)
         finally:
             del self._sending[delivery.delivery_id]
-            self._overdue.discard(delivery.delivery_id)
             self._observer.attempt_ended(delivery.subscription_id, time.perf_counter() - started)
             # Settling it now: a renewal racing the outcome's commit would find the
             # lease gone and report it lost to another node.
@@ -408,6 +407,16 @@ class Dispatcher:
             extra={**fields, "outcome": "retried", "retry_in": round(due_at - now, 3)},
         )
         await self._store.retry(delivery, due_at=due_at, error=error, status=outcome.status)
+
+
+@dataclass(slots=True)
+class _Sending:
+    """A delivery being sent: to whom, since when, and whether it is overdue yet
+    (unanswered past its receiver's patience, window.py)."""
+
+    subscription_id: int
+    sent_at: float
+    overdue: bool = False
 
 
 def _drain(queue: asyncio.Queue[Delivery]) -> list[Delivery]:
