@@ -11,16 +11,15 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from ipaddress import ip_address
 
-import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from mqpy.delivery.connections import DeliveryFailed, ReceiverConnections
 from mqpy.delivery.guard import (
     AddressPolicy,
     GuardedResolver,
     ReceiverRefused,
     check_receiver_url,
-    guarded_connector,
 )
 from tests.support.receiver import Receiver
 
@@ -244,66 +243,82 @@ async def test_connect_check_refuses_urls_without_a_host() -> None:
     assert "has no host" in reason
 
 
-SessionFactory = Callable[[aiohttp.TCPConnector], aiohttp.ClientSession]
+ConnectionsFactory = Callable[..., ReceiverConnections]
 
 
 @pytest.fixture
-async def session_for() -> AsyncIterator[SessionFactory]:
-    sessions: list[aiohttp.ClientSession] = []
+async def connections_for() -> AsyncIterator[ConnectionsFactory]:
+    made: list[ReceiverConnections] = []
 
-    def make(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
-        sessions.append(aiohttp.ClientSession(connector=connector))
-        return sessions[-1]
+    def make(
+        policy: AddressPolicy, resolver: AbstractResolver | None = None
+    ) -> ReceiverConnections:
+        made.append(ReceiverConnections(policy, resolver=resolver))
+        return made[-1]
 
     yield make
-    for session in sessions:
-        await session.close()
+    for connections in made:
+        await connections.close()
 
 
-async def post(session: aiohttp.ClientSession, url: str) -> int:
-    async with session.post(url, json={"body": "hi"}, allow_redirects=False) as response:
-        return response.status
+async def post(connections: ReceiverConnections, url: str) -> int:
+    headers = [("Content-Type", "application/json")]
+    async with asyncio.timeout(5):
+        answer = await connections.post(url, b'{"body": "hi"}', headers)
+    return answer.status
 
 
 async def test_real_post_refused_with_deny_private_and_delivered_without(
-    receiver: Receiver, session_for: SessionFactory
+    receiver: Receiver, connections_for: ConnectionsFactory
 ) -> None:
     by_name = f"http://localhost:{receiver.port}/hook"
-    denied = session_for(guarded_connector(DENY_PRIVATE))
+    denied = connections_for(DENY_PRIVATE)
     for url, kind in [(receiver.url, "literal"), (by_name, "name")]:
-        with pytest.raises(aiohttp.ClientConnectorError) as refused:
+        with pytest.raises(DeliveryFailed) as refused:
             await post(denied, url)
-        assert isinstance(refused.value.os_error, ReceiverRefused), kind
-        assert "is loopback" in str(refused.value), kind
-        assert "--deny-private-receivers" in (refused.value.strerror or ""), kind
+        assert refused.value.reason.startswith("cannot connect to "), kind
+        assert "receiver address refused: " in refused.value.reason, kind
+        assert "is loopback" in refused.value.reason, kind
+        assert "--deny-private-receivers" in refused.value.reason, kind
     assert receiver.attempts == [], "nothing reached the receiver"
 
-    allowed = session_for(guarded_connector(DEFAULT))
+    allowed = connections_for(DEFAULT)
     assert await post(allowed, receiver.url) == 204
     assert await post(allowed, by_name) == 204
     assert len(receiver.received) == 2
 
 
-async def test_connector_refuses_a_name_answering_good_and_bad(
-    receiver: Receiver, session_for: SessionFactory
+async def test_client_refuses_a_name_answering_good_and_bad(
+    receiver: Receiver, connections_for: ConnectionsFactory
 ) -> None:
     # 0.0.0.0 is always refused and, were it tried, would stay on this host.
     upstream = FakeUpstream(["127.0.0.1", "0.0.0.0"], ["127.0.0.1"])
-    session = session_for(guarded_connector(DEFAULT, resolver=upstream))
+    connections = connections_for(DEFAULT, upstream)
     url = f"http://receiver.test:{receiver.port}/hook"
-    with pytest.raises(aiohttp.ClientConnectorDNSError, match=r"resolves to 0\.0\.0\.0"):
-        await post(session, url)
+    with pytest.raises(DeliveryFailed, match=r"resolves to 0\.0\.0\.0"):
+        await post(connections, url)
     assert receiver.attempts == []
-    assert await post(session, url) == 204, "a refusal is not cached"
+    assert await post(connections, url) == 204, "a refusal is not cached"
     assert upstream.lookups == [("receiver.test", receiver.port)] * 2
 
 
-async def test_connector_judges_ip_literals_without_the_resolver(
-    receiver: Receiver, session_for: SessionFactory
+async def test_client_judges_ip_literals_without_the_resolver(
+    receiver: Receiver, connections_for: ConnectionsFactory
 ) -> None:
     upstream = FakeUpstream(["93.184.216.34"])
-    session = session_for(guarded_connector(DENY_PRIVATE, resolver=upstream))
-    with pytest.raises(aiohttp.ClientConnectorError, match=r"127\.0\.0\.1 is loopback"):
-        await post(session, receiver.url)
-    assert upstream.lookups == [], "aiohttp does not resolve IP literals"
+    connections = connections_for(DENY_PRIVATE, upstream)
+    with pytest.raises(DeliveryFailed, match=r"127\.0\.0\.1 is loopback"):
+        await post(connections, receiver.url)
+    assert upstream.lookups == [], "IP literals are never looked up"
     assert receiver.attempts == []
+
+
+async def test_client_looks_a_name_up_once_for_deliveries_that_start_together(
+    receiver: Receiver, connections_for: ConnectionsFactory
+) -> None:
+    upstream = FakeUpstream(["127.0.0.1"])
+    connections = connections_for(DEFAULT, upstream)
+    url = f"http://receiver.test:{receiver.port}/hook"
+    statuses = await asyncio.gather(*(post(connections, url) for _ in range(8)))
+    assert statuses == [204] * 8
+    assert upstream.lookups == [("receiver.test", receiver.port)], "one lookup, then cached"

@@ -1,14 +1,14 @@
 """Keeps the broker from being aimed at addresses it must never reach (SSRF).
 
 A receiver URL is judged when it is registered (`check_receiver_url`) and again at every
-connection the delivery client opens (`guarded_connector`). The second check is the one
+connection the delivery client opens (`connections.py`). The second check is the one
 that holds: a hostname's DNS answer can change between the two (DNS rebinding), so the
-connector judges the very addresses it is about to connect to.
+client judges the very addresses it is about to connect to.
 
-The connector judges twice. Its resolver refuses a hostname when any address in the
-answer is refused, since whoever controls the name controls the whole answer. Its socket
-factory judges every address right before the socket is made, which also covers IP
-literals: aiohttp never hands those to the resolver.
+The client judges twice. Its `GuardedResolver` refuses a hostname when any address in
+the answer is refused, since whoever controls the name controls the whole answer. Then
+`address_refusal` judges every address right before its socket is made, which also
+covers IP literals, which never pass through a resolver.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-import ssl as _ssl
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
@@ -27,10 +26,10 @@ from yarl import URL
 IPAddress = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
 
-# A cached answer has already passed the policy, and the socket factory judges every
-# connection again, so the cache cannot let a refused address through. It only delays
-# noticing that a receiver moved; it saves a thread-pool lookup per new connection and
-# folds concurrent lookups of one name into one.
+# A cached answer has already passed the policy, and the client judges every
+# connection's address again, so the cache cannot let a refused address through. It
+# only delays noticing that a receiver moved; it saves a thread-pool lookup per new
+# connection.
 DNS_CACHE_SECONDS = 5
 
 # At /connect a slow DNS server must not hold up the request; an answer that does not
@@ -118,9 +117,8 @@ class AddressPolicy:
 class ReceiverRefused(OSError):
     """A receiver address the policy refuses.
 
-    An OSError, so aiohttp's connector wraps it into a `ClientConnectorError` (a
-    `ClientConnectorDNSError` when raised by the resolver) whose `strerror` is this
-    message and whose `os_error` is this exception.
+    An OSError, as a failed lookup or connect is, so a client reports it the same way:
+    `cannot connect to host:port: receiver address refused: ...`.
     """
 
     def __init__(self, reason: str) -> None:
@@ -175,7 +173,7 @@ async def check_receiver_url(
     host = parsed.raw_host
     if not host:
         return f"{url!r} has no host"
-    literal = _parse_ip(host)
+    literal = parse_ip(host)
     if literal is not None:
         return policy.refusal(literal)
     try:
@@ -188,57 +186,24 @@ async def check_receiver_url(
     return _answers_refusal(policy, host, answers)
 
 
-def guarded_connector(
-    policy: AddressPolicy,
-    *,
-    ssl: _ssl.SSLContext | bool = True,
-    resolver: AbstractResolver | None = None,
-) -> aiohttp.TCPConnector:
-    """A connector for deliveries that only ever connects where `policy` allows.
-
-    `resolver` is the upstream to guard (default: `aiohttp.ThreadedResolver`). Call
-    this inside a running event loop. Connections go straight to receivers: a proxy
-    (`trust_env=True`) would be judged instead of the receiver behind it.
-    """
-    return aiohttp.TCPConnector(
-        # The dispatcher's worker count already bounds what is in flight.
-        limit=0,
-        resolver=GuardedResolver(policy, resolver),
-        use_dns_cache=True,
-        ttl_dns_cache=DNS_CACHE_SECONDS,
-        socket_factory=_guarded_socket_factory(policy),
-        ssl=ssl,
-    )
-
-
-def _guarded_socket_factory(policy: AddressPolicy) -> aiohttp.SocketFactoryType:
-    def open_socket(addr_info: aiohttp.AddrInfoType) -> socket.socket:
-        family, kind, proto, _, sockaddr = addr_info
-        address = str(sockaddr[0])
-        reason = _address_refusal(policy, address)
-        if reason is not None:
-            raise ReceiverRefused(reason)
-        return socket.socket(family=family, type=kind, proto=proto)
-
-    return open_socket
-
-
 def _answers_refusal(policy: AddressPolicy, host: str, answers: list[ResolveResult]) -> str | None:
     for answer in answers:
-        reason = _address_refusal(policy, answer["host"])
+        reason = address_refusal(policy, answer["host"])
         if reason is not None:
             return f"{host} resolves to {answer['host']}; {reason}"
     return None
 
 
-def _address_refusal(policy: AddressPolicy, address: str) -> str | None:
-    ip = _parse_ip(address)
+def address_refusal(policy: AddressPolicy, address: str) -> str | None:
+    """Why the IP address written as `address` may not be reached, or None if it may."""
+    ip = parse_ip(address)
     if ip is None:
         return f"{address!r} is not an IP address"
     return policy.refusal(ip)
 
 
-def _parse_ip(text: str) -> IPAddress | None:
+def parse_ip(text: str) -> IPAddress | None:
+    """`text` as an IP address, or None if it is not one (a name, say)."""
     try:
         return ip_address(text)
     except ValueError:
