@@ -297,6 +297,38 @@ class StoreConformance(
         await store.ack(current)
         assert (await store.stats()).completed == 1
 
+    async def test_outcomes_arriving_together_are_each_recorded(self, store: Store) -> None:
+        # A store may record outcomes that arrive at once together; each must still
+        # count as if it came alone, whatever else shares its batch.
+        await receiver(store)
+        await receiver(store)
+        for n in range(60):
+            await publish(store, f"m{n}")
+        (stale,) = (await claim(store, T0, limit=1)).deliveries
+        rest = (await claim(store, T0 + 1, limit=1000)).deliveries
+        assert len(rest) == 119
+        retried, dead, *acked = sorted(rest, key=lambda d: d.delivery_id)
+        taken_over = await claim_one(store, T0 + LEASE + 0.5)  # only stale's lease ran out
+        assert taken_over.delivery_id == stale.delivery_id
+        now = T0 + 2
+        await asyncio.gather(
+            store.ack(stale, now=now, status=200),
+            store.retry(retried, due_at=T0 + LEASE + 50, error="HTTP 503", status=503),
+            store.dead_letter(dead, now=now, error="HTTP 500", status=500),
+            *(store.ack(d, now=now, status=200) for d in acked),
+            *(store.ack(d, now=now, status=200) for d in acked[:5]),  # acked twice
+        )
+        stats = await store.stats()
+        assert stats.completed == len(acked)
+        assert stats.queue_length == 2, "pending: the taken-over and the retried delivery"
+        letters = await all_dead_letters(store)
+        assert [(d.message_id, d.last_error) for d in letters] == [(dead.message_id, "HTTP 500")]
+        # The delivery taken over is its new holder's to settle, and the retry is due.
+        await store.ack(taken_over, now=now)
+        assert (await store.stats()).completed == len(acked) + 1
+        again = await claim(store, T0 + LEASE + 50, limit=1000)
+        assert [d.delivery_id for d in again.deliveries] == [retried.delivery_id]
+
     # Retrying.
 
     async def test_retry_reschedules_and_gives_up_the_lease(self, store: Store) -> None:

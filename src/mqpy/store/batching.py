@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from mqpy.domain import Delivery
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -76,3 +79,16 @@ class Batcher(Generic[Item, Result]):
                     future.set_result(outcome)
             if self.on_flush is not None:
                 self.on_flush(len(batch), loop.time() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """How one attempt ended, as both stores batch it: an ack (`due_at` None, `dead`
+    False), a retry (`due_at` set) or a dead letter (`dead`)."""
+
+    delivery: Delivery
+    at: float
+    status: int | None
+    error: str | None = None
+    due_at: float | None = None
+    dead: bool = False

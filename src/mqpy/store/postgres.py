@@ -19,7 +19,6 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -51,7 +50,7 @@ from mqpy.domain import (
 from mqpy.ids import new_lease_token, node_name
 from mqpy.store import postgres_sql as sql
 from mqpy.store.base import Store, TopicBacklog
-from mqpy.store.batching import Batcher
+from mqpy.store.batching import Batcher, Settlement
 from mqpy.store.claiming import ClaimBuilder
 from mqpy.store.postgres_catalog import (
     CONNECTION_COLUMNS,
@@ -130,18 +129,6 @@ _UNAVAILABLE = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    """An ack (`due_at` None, `dead` False), a retry or a dead letter."""
-
-    delivery: Delivery
-    at: float
-    status: int | None
-    error: str | None = None
-    due_at: float | None = None
-    dead: bool = False
-
-
 class PostgresStore(Store):
     """The `Store` interface on a PostgreSQL database that several nodes share."""
 
@@ -159,7 +146,7 @@ class PostgresStore(Store):
         self._publishes: Batcher[PublishRequest, list[Published]] = Batcher(
             self._flush_publishes, max_batch=256, max_concurrent=PUBLISH_FLUSHES
         )
-        self._outcomes: Batcher[_Outcome, None] = Batcher(
+        self._outcomes: Batcher[Settlement, None] = Batcher(
             self._flush_outcomes, max_batch=1000, max_concurrent=OUTCOME_FLUSHES
         )
         self._listener: Listener | None = None
@@ -686,24 +673,24 @@ class PostgresStore(Store):
             return claimed
 
     async def ack(self, delivery: Delivery, *, now: float = 0.0, status: int | None = None) -> None:
-        await self._settle(_Outcome(delivery, now, status))
+        await self._settle(Settlement(delivery, now, status))
 
     async def retry(
         self, delivery: Delivery, *, due_at: float, error: str, status: int | None
     ) -> None:
-        await self._settle(_Outcome(delivery, due_at, status, error, due_at=due_at))
+        await self._settle(Settlement(delivery, due_at, status, error, due_at=due_at))
 
     async def dead_letter(
         self, delivery: Delivery, *, now: float, error: str, status: int | None
     ) -> None:
-        await self._settle(_Outcome(delivery, now, status, error, dead=True))
+        await self._settle(Settlement(delivery, now, status, error, dead=True))
 
-    async def _settle(self, outcome: _Outcome) -> None:
+    async def _settle(self, outcome: Settlement) -> None:
         if self._closed:
             raise StoreUnavailable("the store is closed")
         await self._outcomes.submit(outcome)
 
-    async def _flush_outcomes(self, outcomes: Sequence[_Outcome]) -> list[None]:
+    async def _flush_outcomes(self, outcomes: Sequence[Settlement]) -> list[None]:
         acks = sorted(
             (o for o in outcomes if o.due_at is None and not o.dead),
             key=lambda o: o.delivery.delivery_id,
@@ -945,7 +932,7 @@ async def _finish_messages(
     )
 
 
-def _outcome_arrays(outcomes: Sequence[_Outcome], *, due: bool) -> list[list[Any]]:
+def _outcome_arrays(outcomes: Sequence[Settlement], *, due: bool) -> list[list[Any]]:
     return [
         [o.delivery.delivery_id for o in outcomes],
         [o.delivery.lease for o in outcomes],

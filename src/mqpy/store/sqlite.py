@@ -43,6 +43,7 @@ from mqpy.domain import (
 from mqpy.filters import matches as filter_matches
 from mqpy.ids import new_connection_id, node_name
 from mqpy.store.base import Store, TopicBacklog
+from mqpy.store.batching import Batcher, Settlement
 from mqpy.store.routes import (
     GROUP_ROUTE_COLUMNS,
     SUBSCRIPTION_ROUTE_COLUMNS,
@@ -67,6 +68,7 @@ from mqpy.store.rows import (
 )
 from mqpy.store.sqlite_claim import claim as claim_due
 from mqpy.store.sqlite_schema import migrate
+from mqpy.store.sqlite_settle import finish_messages, settle
 from mqpy.store.sqlite_tallies import Tallies
 from mqpy.store.sqlite_writer import GroupCommitWriter, WriterClosed
 from mqpy.topics import TOPIC_NAME, is_pattern
@@ -97,6 +99,11 @@ class SQLiteStore(Store):
         self._writer = GroupCommitWriter(self.path, _configure)
         self._routes = RouteTable()
         self._tallies = Tallies()
+        # Acks, retries and dead letters that arrive while the writer is busy are
+        # recorded together, in one operation (sqlite_settle.py).
+        self._settlements: Batcher[Settlement, None] = Batcher(
+            self._flush_settlements, max_batch=1000
+        )
         self._writer.before_commit = self._tallies.flush
         self._writer.on_rollback = self._tallies.rolled_back
         self._lock_file: IO[str] | None = None
@@ -135,6 +142,7 @@ class SQLiteStore(Store):
             raise
 
     async def close(self) -> None:
+        await self._settlements.close()
         await self._writer.stop()
         self._unlock()
 
@@ -379,7 +387,7 @@ class SQLiteStore(Store):
             f"DELETE FROM deliveries WHERE {doomed} AND state != 'delivered' RETURNING message_seq",
             (key,),
         ).fetchall()
-        self._tallies.add_stored(conn, -_finish_messages(conn, {seq for (seq,) in seqs}, now))
+        self._tallies.add_stored(conn, -finish_messages(conn, {seq for (seq,) in seqs}, now))
 
     async def connection(self, connection_id: int) -> Connection | None:
         def operation(conn: sqlite3.Connection) -> Connection | None:
@@ -489,43 +497,21 @@ class SQLiteStore(Store):
         return await self._writer.run(operation, durable=False)
 
     async def ack(self, delivery: Delivery, *, now: float = 0.0, status: int | None = None) -> None:
-        def operation(conn: sqlite3.Connection) -> None:
-            row = conn.execute(
-                "UPDATE deliveries SET state = 'delivered', delivered_at = ?, lease = NULL, "
-                "last_status = ?, last_error = NULL WHERE id = ? AND lease = ? "
-                "AND state = 'pending' RETURNING message_seq",
-                (now, status, delivery.delivery_id, delivery.lease),
-            ).fetchone()
-            if row is None:
-                return  # the lease was lost; whoever holds it now reports the outcome
-            conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'delivered'")
-            self._tallies.add_stored(conn, -_finish_messages(conn, {row[0]}, now))
-
-        await self._writer.run(operation, durable=False)
+        await self._settlements.submit(Settlement(delivery, now, status))
 
     async def retry(
         self, delivery: Delivery, *, due_at: float, error: str, status: int | None
     ) -> None:
-        await self._writer.run(
-            lambda conn: conn.execute(
-                "UPDATE deliveries SET due_at = ?, lease = NULL, last_error = ?, "
-                "last_status = ? WHERE id = ? AND lease = ?",
-                (due_at, error, status, delivery.delivery_id, delivery.lease),
-            ),
-            durable=False,
-        )
+        await self._settlements.submit(Settlement(delivery, due_at, status, error, due_at=due_at))
 
     async def dead_letter(
         self, delivery: Delivery, *, now: float, error: str, status: int | None
     ) -> None:
-        await self._writer.run(
-            lambda conn: conn.execute(
-                "UPDATE deliveries SET state = 'dead', dead_at = ?, lease = NULL, "
-                "last_error = ?, last_status = ? WHERE id = ? AND lease = ?",
-                (now, error, status, delivery.delivery_id, delivery.lease),
-            ),
-            durable=False,
-        )
+        await self._settlements.submit(Settlement(delivery, now, status, error, dead=True))
+
+    async def _flush_settlements(self, settlements: Sequence[Settlement]) -> list[None]:
+        await self._writer.run(lambda conn: settle(conn, settlements, self._tallies), durable=False)
+        return [None] * len(settlements)
 
     async def renew(
         self, deliveries: Sequence[Delivery], *, now: float, lease_seconds: float
@@ -633,7 +619,7 @@ class SQLiteStore(Store):
                 sql += " AND subscription_id = ?"
                 params = (subscription_id,)
             seqs = conn.execute(sql + " RETURNING message_seq", params).fetchall()
-            self._tallies.add_stored(conn, -_finish_messages(conn, {seq for (seq,) in seqs}, now))
+            self._tallies.add_stored(conn, -finish_messages(conn, {seq for (seq,) in seqs}, now))
             return len(seqs)
 
         return await self._writer.run(operation)
@@ -908,20 +894,6 @@ def _publish_one(
         [(seq, t.subscription_id, t.group_id, message.ordering_key, due) for t in targets],
     )
     return Published(message.id, deliveries=len(targets))
-
-
-def _finish_messages(conn: sqlite3.Connection, seqs: set[int], now: float) -> int:
-    """Mark messages with nothing left to deliver as done, and return how many: they
-    stay for the retention window, and the caller counts them off the backlog."""
-    done = 0
-    for seq in seqs:
-        done += conn.execute(
-            "UPDATE messages SET done_at = ? WHERE seq = ? AND routed = 1 AND done_at IS NULL "
-            "AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_seq = ? "
-            "AND state IN ('pending', 'dead'))",
-            (now, seq, seq),
-        ).rowcount
-    return done
 
 
 def _stored_message(conn: sqlite3.Connection, message_id: str, now: float) -> StoredMessage | None:
