@@ -43,7 +43,7 @@ from mqpy.domain import (
 from mqpy.filters import matches as filter_matches
 from mqpy.ids import new_connection_id, node_name
 from mqpy.store.base import Store, TopicBacklog
-from mqpy.store.batching import Batcher, Settlement
+from mqpy.store.batching import Settlement
 from mqpy.store.routes import (
     GROUP_ROUTE_COLUMNS,
     SUBSCRIPTION_ROUTE_COLUMNS,
@@ -68,7 +68,7 @@ from mqpy.store.rows import (
 )
 from mqpy.store.sqlite_claim import claim as claim_due
 from mqpy.store.sqlite_schema import migrate
-from mqpy.store.sqlite_settle import finish_messages, settle
+from mqpy.store.sqlite_settle import SettlementQueue, finish_messages
 from mqpy.store.sqlite_tallies import Tallies
 from mqpy.store.sqlite_writer import GroupCommitWriter, WriterClosed
 from mqpy.topics import TOPIC_NAME, is_pattern
@@ -99,11 +99,8 @@ class SQLiteStore(Store):
         self._writer = GroupCommitWriter(self.path, _configure)
         self._routes = RouteTable()
         self._tallies = Tallies()
-        # Acks, retries and dead letters that arrive while the writer is busy are
-        # recorded together, in one operation (sqlite_settle.py).
-        self._settlements: Batcher[Settlement, None] = Batcher(
-            self._flush_settlements, max_batch=1000
-        )
+        # Acks, retries and dead letters waiting for the writer are recorded together.
+        self._settlements = SettlementQueue(self._writer, self._tallies)
         self._writer.before_commit = self._tallies.flush
         self._writer.on_rollback = self._tallies.rolled_back
         self._lock_file: IO[str] | None = None
@@ -142,7 +139,6 @@ class SQLiteStore(Store):
             raise
 
     async def close(self) -> None:
-        await self._settlements.close()
         await self._writer.stop()
         self._unlock()
 
@@ -508,10 +504,6 @@ class SQLiteStore(Store):
         self, delivery: Delivery, *, now: float, error: str, status: int | None
     ) -> None:
         await self._settlements.submit(Settlement(delivery, now, status, error, dead=True))
-
-    async def _flush_settlements(self, settlements: Sequence[Settlement]) -> list[None]:
-        await self._writer.run(lambda conn: settle(conn, settlements, self._tallies), durable=False)
-        return [None] * len(settlements)
 
     async def renew(
         self, deliveries: Sequence[Delivery], *, now: float, lease_seconds: float

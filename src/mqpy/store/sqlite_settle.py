@@ -1,19 +1,22 @@
 """Recording how attempts ended, many at a time: acks, retries and dead letters.
 
-The dispatcher settles each delivery on its own; the store gathers what arrives while
-the writer is busy (`batching.Batcher`) and records it in one operation. An ack alone
-took six statements (its savepoint, the delivery, the message, two counters); a batch of
-acks takes one statement for all their deliveries, one for their messages and one per
+The dispatcher settles each delivery on its own. An ack alone took six statements (its
+savepoint, the delivery, the message, two counters); `SettlementQueue` gathers every
+settlement that arrives before the writer gets to them and records them in one
+operation: one statement for all the acks' deliveries, one for their messages, one per
 counter.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from collections.abc import Collection, Sequence
 
 from mqpy.store.batching import Settlement
 from mqpy.store.sqlite_tallies import Tallies
+from mqpy.store.sqlite_writer import GroupCommitWriter
 
 # Rows per statement: 4 parameters each stays far below SQLite's 32,766.
 _CHUNK = 500
@@ -26,6 +29,65 @@ _DEAD_LETTER = (
     "UPDATE deliveries SET state = 'dead', dead_at = ?, lease = NULL, last_error = ?, "
     "last_status = ? WHERE id = ? AND lease = ?"
 )
+
+
+class SettlementQueue:
+    """Settlements waiting for the writer, recorded together by one operation.
+
+    The operation takes whatever is waiting when the writer runs it, not when it was
+    queued: settlements that arrive while it waits in the writer's queue join it, and
+    one that arrives while it runs gets the next operation. So they reach the earliest
+    transaction that can take them, without a trip back to the event loop between two.
+    """
+
+    def __init__(self, writer: GroupCommitWriter, tallies: Tallies) -> None:
+        self._writer = writer
+        self._tallies = tallies
+        self._lock = threading.Lock()  # the event loop adds, the writer thread takes
+        self._waiting: list[_Waiting] = []
+        self._queued = False  # an operation that will take them is in the writer's queue
+
+    async def submit(self, settlement: Settlement) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._waiting.append((settlement, future))
+            queue_one = not self._queued
+            self._queued = True
+        if queue_one:
+            taken: list[_Waiting] = []  # filled by the operation, in the writer thread
+            try:
+                operation = self._writer.submit(
+                    lambda conn: self._record(conn, taken), durable=False
+                )
+            except BaseException:
+                with self._lock:
+                    self._queued = False
+                    self._waiting.remove((settlement, future))
+                raise
+            operation.add_done_callback(lambda done: _answer(done, taken))
+        await future
+
+    def _record(self, conn: sqlite3.Connection, taken: list[_Waiting]) -> None:
+        with self._lock:
+            taken.extend(self._waiting)
+            self._waiting = []
+            self._queued = False
+        settle(conn, [settlement for settlement, _ in taken], self._tallies)
+
+
+_Waiting = tuple[Settlement, "asyncio.Future[None]"]
+
+
+def _answer(operation: asyncio.Future[None], taken: list[_Waiting]) -> None:
+    """On the event loop, once the operation's transaction committed or failed."""
+    failure = operation.exception() if not operation.cancelled() else None
+    for _, future in taken:
+        if future.done():
+            continue
+        if failure is None:
+            future.set_result(None)
+        else:
+            future.set_exception(failure)
 
 
 def settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], tallies: Tallies) -> None:

@@ -79,11 +79,18 @@ class GroupCommitWriter:
         is made again (claims, acks, retries): a batch of only such operations commits
         without an fsync, and the next durable commit's fsync covers it (WAL frames are
         written in order)."""
+        return await self.submit(operation, durable=durable)
+
+    def submit(
+        self, operation: Callable[[sqlite3.Connection], T], *, durable: bool = True
+    ) -> asyncio.Future[T]:
+        """Queue `operation` as `run` does, without waiting: the future is settled
+        once its transaction commits."""
         if self._closed or self._loop is None:
             raise WriterClosed("the store is closed")
         future: asyncio.Future[T] = self._loop.create_future()
         self._queue.put((operation, future, durable))
-        return await future
+        return future
 
     async def stop(self) -> None:
         """Finish every queued operation, then close the connection."""
