@@ -38,7 +38,7 @@ from mqpy.domain import (
     UnknownTopic,
     int_cursor,
 )
-from mqpy.ids import new_message_id
+from mqpy.ids import new_message_ids
 from mqpy.ratelimit import RateLimiter
 from mqpy.signing import generate_secret
 from mqpy.store import Store
@@ -378,9 +378,10 @@ class Broker:
         if wait > 0:
             raise RateLimited(wait, self._limits.publish_rate)
         now = self._clock()
+        ids = new_message_ids(len(publications))
         messages = [
             NewMessage(
-                id=new_message_id(),
+                id=message_id,
                 topic=topic,
                 body=p.body,
                 published_at=now,
@@ -391,7 +392,7 @@ class Broker:
                 idempotency_key=p.idempotency_key,
                 publisher_key=principal.key_id,
             )
-            for p in publications
+            for message_id, p in zip(ids, publications, strict=True)
         ]
         published = await self._store.publish(
             messages,

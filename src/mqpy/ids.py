@@ -20,9 +20,13 @@ def new_connection_id() -> int:
     return secrets.randbelow(MAX_CONNECTION_ID) + 1
 
 
-def new_message_id() -> str:
-    """`msg_` followed by 12 hex digits of milliseconds and 20 random hex digits."""
-    return f"msg_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+def new_message_ids(count: int) -> list[str]:
+    """`count` message ids, each `msg_` followed by 12 hex digits of milliseconds and 20
+    random hex digits. They are made together: one read of the system's random source for
+    them all, which a batch of 1,000 would otherwise spend a tenth of its CPU on."""
+    prefix = f"msg_{time.time_ns() // 1_000_000:012x}"
+    random = secrets.token_bytes(10 * count).hex()
+    return [prefix + random[20 * n : 20 * n + 20] for n in range(count)]
 
 
 def new_lease_token() -> str:
