@@ -383,7 +383,7 @@ class SQLiteStore(Store):
             f"DELETE FROM deliveries WHERE {doomed} AND state != 'delivered' RETURNING message_seq",
             (key,),
         ).fetchall()
-        self._tallies.add_stored(conn, -finish_messages(conn, {seq for (seq,) in seqs}, now))
+        self._tallies.add_stored(-finish_messages(conn, {seq for (seq,) in seqs}, now))
 
     async def connection(self, connection_id: int) -> Connection | None:
         def operation(conn: sqlite3.Connection) -> Connection | None:
@@ -432,7 +432,7 @@ class SQLiteStore(Store):
             routes = self._routes_in(conn)
             published = [_publish_one(conn, routes, message, dedup_since) for message in messages]
             fresh = [m for m, p in zip(messages, published, strict=True) if not p.duplicate]
-            tallies.add_stored(conn, len(fresh))
+            tallies.add_stored(len(fresh))
             for message in fresh:
                 tallies.published(message.topic, 1, message.published_at)
             return published
@@ -611,7 +611,7 @@ class SQLiteStore(Store):
                 sql += " AND subscription_id = ?"
                 params = (subscription_id,)
             seqs = conn.execute(sql + " RETURNING message_seq", params).fetchall()
-            self._tallies.add_stored(conn, -finish_messages(conn, {seq for (seq,) in seqs}, now))
+            self._tallies.add_stored(-finish_messages(conn, {seq for (seq,) in seqs}, now))
             return len(seqs)
 
         return await self._writer.run(operation)

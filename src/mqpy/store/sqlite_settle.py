@@ -127,7 +127,7 @@ def settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], tallies:
             conn.execute(
                 "UPDATE counters SET value = value + ? WHERE name = 'delivered'", (len(rows),)
             )
-    tallies.add_stored(conn, -finish_messages(conn, seqs, max(s.at for s in acks)))
+    tallies.add_stored(-finish_messages(conn, seqs, max(s.at for s in acks)))
 
 
 def finish_messages(conn: sqlite3.Connection, seqs: Collection[int], now: float) -> int:
