@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 HOST = "127.0.0.1"
 LISTENING = f"listening on http://{HOST}:"
-PHASES = ("publish", "delivery", "stream", "latency", "routing", "batch")
+PHASES = ("publish", "delivery", "stream", "latency", "routing", "batch", "flaky")
 # What a broker speaking only the seed protocol can be measured on (--compare).
 SEED_PHASES = ("publish", "delivery", "stream", "latency")
 BATCH_TOPIC = "bench.batch"
@@ -97,6 +97,8 @@ class Plan:
     routing_groups: int = 3
     routing_members: int = 2  # receivers in each group
     routing_receivers: int = 3  # receivers in no group
+    flaky_messages: int = 300
+    flaky_timeout: float = 2.0  # --delivery-timeout: how long a hang holds a delivery
 
     @classmethod
     def quick(cls) -> Plan:
@@ -109,6 +111,7 @@ class Plan:
             latency_warmup=0.5,
             delivery_timeout=30.0,
             batch_requests=20,
+            flaky_messages=100,
         )
 
 
@@ -617,6 +620,66 @@ class Bench:
             server.stop()
         return figure
 
+    def flaky_receiver(self) -> Figure:
+        """Acknowledgements per second from a receiver that fails 60% of deliveries at
+        random (bench/sink.py), on the issue's flags `--retry-max 1 --max-attempts 8`:
+        the time runs from the first publish until every message is acknowledged or
+        dead-lettered."""
+        plan = self.plan
+        figure = Figure("flaky", unit="acks/s")
+        flags = ["--retry-max", "1", "--max-attempts", "8"]
+        flags += ["--delivery-timeout", f"{plan.flaky_timeout:g}s"]
+        server = self.server("flaky", *flags)
+        sink = Sink(max_seconds=plan.delivery_timeout + 600)
+        try:
+            server.connect("receive", sink.path_url("flaky"))
+            sender = self.publisher(server)
+            self.settle()
+            args = ["closed", "--connections", str(plan.publishers)]
+            args += ["--count", str(plan.flaky_messages), "--duration", "600"]
+            args += ["--body-bytes", str(plan.body_bytes)]
+            with self.profiler.record(server.pid, figure.name):
+                meter = Meter(self.watches(server, sink)).start()
+                result = run_loadgen(server, sender, args, 600.0, {})
+                acked, dead, stats = self._settled(server, sink, plan.flaky_messages)
+                ended_ns = time.monotonic_ns()
+                loadgen = result["usage"].get("loadgen", 0.0)
+                figure.usage = Usage.of({**meter.usage(), "loadgen": loadgen})
+            seconds = (ended_ns - result["started_ns"]) / 1e9
+            if acked + dead >= plan.flaky_messages:
+                figure.value = acked / seconds
+            else:
+                figure.error = (
+                    f"after {seconds:.0f} s, {acked} acknowledged and {dead} dead-lettered "
+                    f"of {plan.flaky_messages}"
+                )
+            figure.details = {
+                "messages": plan.flaky_messages,
+                "acknowledged": acked,
+                "dead_lettered": dead,
+                "seconds": seconds,
+                "receiver_did": stats["flaky"],
+                "most_hanging_at_once": stats["most_hanging"],
+                "delivery_timeout_s": plan.flaky_timeout,
+                **figure.usage.per_item_us(acked),
+            }
+            _note_errors(figure, result)
+        finally:
+            sink.stop()
+            server.stop()
+        return figure
+
+    def _settled(self, server: Server, sink: Sink, messages: int) -> tuple[int, int, Any]:
+        """Acknowledged and dead-lettered counts once they add up to `messages`, or at
+        the deadline (dead letters as `/v1/status` counts them, up to a second late)."""
+        deadline = time.monotonic() + self.plan.delivery_timeout
+        while True:
+            stats = sink.stats()
+            dead = int(http_json("GET", f"{server.url}/v1/status")["dead_letters"])
+            if stats["distinct"] + dead >= messages or time.monotonic() > deadline:
+                return stats["distinct"], dead, stats
+            time.sleep(POLL_SECONDS * 4)
+
     def preload(self, server: Server, messages: int) -> None:
         """Publish `messages` from 64 connections."""
         sender = self.publisher(server)
@@ -997,6 +1060,8 @@ def render_table(figures: dict[str, Figure], header: str, publishers: int) -> st
         elif name == "batch":
             size = figure.details.get("batch_size", 0)
             row(f"batch publish, {size:,} per request", name, figure.value, figure.unit, figure)
+        elif name == "flaky":
+            row("a receiver failing 60% at random", name, figure.value, figure.unit, figure)
         elif name == "latency":
             rate = figure.details.get("rate", 0)
             for p in ("p50", "p99"):
@@ -1045,6 +1110,17 @@ def _describe(figure: Figure) -> str:
         parts.append(f"publish {d['publish_ok']:,} of {d['publish_sent']:,} accepted")
         groups = ", ".join(f"{g} {n:,}" for g, n in d["group_totals"].items())
         parts.append(f"per group {groups}; least-served member {d['member_min']:,}")
+    elif figure.name == "flaky" and d:
+        parts.append(
+            f"{d['acknowledged']:,} acknowledged and {d['dead_lettered']:,} dead-lettered "
+            f"of {d['messages']:,} in {d['seconds']:.1f} s"
+        )
+        did = ", ".join(f"{kind} {n:,}" for kind, n in d["receiver_did"].items())
+        parts.append(f"the receiver's answers: {did}")
+        parts.append(
+            f"at most {d['most_hanging_at_once']} hanging at once "
+            f"(--delivery-timeout {d['delivery_timeout_s']:g}s)"
+        )
     elif figure.name == "latency" and d:
         parts.append(f"{d['delivered']:,} of {d['sent']:,} delivered")
         if d["p90_ms"] is not None:
@@ -1411,6 +1487,7 @@ def figure_steps(bench: Bench) -> dict[str, list[tuple[str, Callable[[], Figure]
         "latency": [("latency", bench.latency)],
         "routing": [("routing", bench.routing)],
         "batch": [("batch", bench.batch_publish)],
+        "flaky": [("flaky", bench.flaky_receiver)],
     }
 
 

@@ -18,6 +18,12 @@ The runner talks to it over the same port:
 - `POST /_resume`: answer every held delivery now and stop holding;
 - `POST /_reset`: forget everything recorded.
 
+Deliveries to a path starting `/flaky` meet a receiver that fails 60% of them, as
+issue 10 describes one: in equal shares 500, 503 and 429 answers, hangs (never
+answered; the broker's delivery timeout gives up) and dropped connections. The rest are
+answered 204 and recorded. The draws come from a seeded generator, so every run of the
+sink meets the same sequence; `_stats` counts each kind under `flaky`.
+
     python -m bench.sink [--port 0] [--max-seconds 900]
 
 prints `listening <port>` on stdout once it accepts connections, and exits on SIGTERM,
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import signal
 import sys
 import time
@@ -42,6 +49,9 @@ CONTENT_LENGTH = b"\r\ncontent-length:"
 WEBHOOK_ID = b"\r\nwebhook-id:"
 BODY_KEY = b'"body":"'
 CONTROL_PREFIX = b"/_"
+FLAKY_PREFIX = b"/flaky"
+FLAKY_FAILURES = (b"500", b"503", b"429", b"hang", b"drop")
+FLAKY_SUCCESS_SHARE = 0.4
 LATENCY_MARK = ord("t")
 # A request head larger than this is not a delivery; the connection is dropped.
 MAX_HEAD_BYTES = 64 * 1024
@@ -63,6 +73,22 @@ class Recorder:
         self.bad_requests = 0
         self.paused = False
         self.held: list[tuple[asyncio.Transport, bytes, bytes, bytes]] = []
+        self.flaky: dict[bytes, int] = {}
+        self.hanging = 0  # flaky deliveries left unanswered until the broker gives up
+        self.most_hanging = 0
+        self._chance = random.Random(10)
+
+    def flaky_outcome(self) -> bytes:
+        """What the flaky receiver does with the next delivery: b"ok" or a failure."""
+        if self._chance.random() < FLAKY_SUCCESS_SHARE:
+            outcome = b"ok"
+        else:
+            outcome = self._chance.choice(FLAKY_FAILURES)
+        self.flaky[outcome] = self.flaky.get(outcome, 0) + 1
+        if outcome == b"hang":
+            self.hanging += 1
+            self.most_hanging = max(self.most_hanging, self.hanging)
+        return outcome
 
     def arrive(self, now_ns: int, path: bytes, head: bytes, body: bytes) -> None:
         """Record one delivery that is being answered now."""
@@ -100,6 +126,8 @@ class Recorder:
             "paused": self.paused,
             "bad_requests": self.bad_requests,
             "latencies": len(self.latencies_ns),
+            "flaky": {kind.decode(): n for kind, n in sorted(self.flaky.items())},
+            "most_hanging": self.most_hanging,
         }
 
     def resume(self) -> None:
@@ -121,6 +149,7 @@ class SinkProtocol(asyncio.Protocol):
         self._stop = stop
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
+        self._hanging = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
@@ -128,6 +157,8 @@ class SinkProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if self._hanging:
+            self._recorder.hanging -= 1
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -160,6 +191,18 @@ class SinkProtocol(asyncio.Protocol):
             self._transport.write(self._control(parts[0], path))
             return
         recorder = self._recorder
+        if path.startswith(FLAKY_PREFIX):
+            outcome = recorder.flaky_outcome()
+            if outcome == b"hang":
+                self._hanging = True  # the broker gives up after its timeout and closes
+                return
+            if outcome == b"drop":
+                self._transport.close()
+                self._transport = None
+                return
+            if outcome != b"ok":
+                self._transport.write(b"HTTP/1.1 %s Failing\r\nContent-Length: 0\r\n\r\n" % outcome)
+                return
         if recorder.paused:
             recorder.held.append((self._transport, path, head, body))
             return
