@@ -109,6 +109,23 @@ def test_a_flaky_receiver_keeps_getting_deliveries() -> None:
     assert not windows.paused(1)
 
 
+def test_hung_deliveries_timing_out_together_do_not_pause_a_receiver_that_answers() -> None:
+    # Twenty deliveries hang; meanwhile a later one succeeds; then the twenty time out
+    # one after another, as they do at the end of the delivery timeout.
+    windows = ReceiverWindows(doubling)
+    windows.succeeded(1, sent_at=1.0, now=1.0 + FAST, held=1, cap=CAP)
+    hung_at = [1.01 + n * 0.001 for n in range(20)]
+    windows.succeeded(1, sent_at=1.05, now=1.05 + FAST, held=1, cap=CAP)
+    for sent_at in hung_at:
+        windows.failed(1, sent_at=sent_at, now=3.02 + sent_at, cap=CAP)
+    assert not windows.paused(1), "the receiver answered after these were sent"
+    assert windows.failures(1) == 0
+    # Failures of deliveries sent after its last success do count.
+    for n in range(DEAD_AFTER + 3):
+        windows.failed(1, sent_at=5.0 + n, now=5.001 + n, cap=CAP)
+    assert windows.paused(1)
+
+
 def test_a_receiver_that_fails_every_time_is_paused_then_probed() -> None:
     windows = ReceiverWindows(doubling)
     now = 100.0

@@ -25,9 +25,10 @@ window), that starts small and follows what the receiver shows it can take:
   receiver that slowed down as a whole has at most twice its window out.
 - **Never to nothing.** The window stays at one or more, so a flaky receiver keeps
   getting deliveries, fewer at once. Only a receiver that failed `DEAD_AFTER` times in
-  a row with its window down to one is paused as a whole, for a backoff that grows with
-  each pause; when it ends, one delivery goes as a probe, and the first success lifts
-  the pause. A `Retry-After` in a failure pauses the receiver for that long, as asked.
+  a row with its window down to one is paused as a whole (in a row by the order they
+  were sent: a delivery sent before one that succeeded does not count), for a backoff
+  that grows with each pause; when it ends, one delivery goes as a probe, and the first
+  success lifts the pause. A `Retry-After` in a failure pauses the receiver for that long, as asked.
 
 The window counts what the receiver holds: deliveries claimed for it, waiting in memory
 or in flight. It is bounded above by the caller's cap (the subscription's
@@ -70,7 +71,8 @@ class _Window:
     limit: float
     threshold: float  # slow start ends here
     shrunk_at: float = -math.inf  # when it last shrank
-    streak: int = 0  # failures since the last success
+    streak: int = 0  # failures in a row, in the order they were sent
+    latest_success_sent_at: float = -math.inf  # the latest-sent delivery that succeeded
     pauses: int = 0  # pauses since the last success
     paused_until: float = -math.inf
     fastest: float = math.inf  # the fastest answer of this period...
@@ -148,6 +150,7 @@ class ReceiverWindows:
         deliveries (this one included)."""
         window = self._of(subscription_id, cap)
         window.streak = 0
+        window.latest_success_sent_at = max(window.latest_success_sent_at, sent_at)
         window.pauses = 0
         window.paused_until = -math.inf
         if window.is_slow(now - sent_at, now):
@@ -170,7 +173,12 @@ class ReceiverWindows:
         """The receiver failed a delivery sent at `sent_at` for want of itself.
         `backoff` is the receiver's own, when its subscription sets one."""
         window = self._of(subscription_id, cap)
-        window.streak += 1
+        if sent_at > window.latest_success_sent_at:
+            # A failure of a delivery sent before one that succeeded does not count
+            # towards the streak: the receiver was up after it was sent. Hung
+            # deliveries time out together, and counted as they end they would look
+            # like a receiver that stopped answering.
+            window.streak += 1
         window.shrink(sent_at, now)
         pause = 0.0
         if window.streak >= DEAD_AFTER and window.size == 1:
