@@ -174,15 +174,18 @@ async def test_a_timeout_counts_as_a_failed_attempt(
     assert second.at - first.at >= 0.25, "the retry came before the 0.3 s timeout expired"
 
 
+@pytest.mark.parametrize("retry_max", ["5", "0.5"])
 @pytest.mark.parametrize("status", [429, 503])
 async def test_retry_after_is_honoured(
     status: int,
+    retry_max: str,
     start_server: ServerFactory,
     http: aiohttp.ClientSession,
     start_receiver: ReceiverFactory,
 ) -> None:
-    # Without Retry-After the next attempt would come within --retry-base (50 ms).
-    server = start_server("--retry-base", "0.05", "--retry-max", "5")
+    # Without Retry-After the next attempt would come within --retry-base (50 ms); the
+    # receiver's Retry-After holds even when it is longer than --retry-max.
+    server = start_server("--retry-base", "0.05", "--retry-max", retry_max)
     client = SeedClient(http, server.url)
 
     async def busy_once(request: web.Request, number: int) -> web.StreamResponse:
@@ -198,6 +201,32 @@ async def test_retry_after_is_honoured(
     first, second = receiver.attempts[:2]
     assert attempt_numbers([first, second]) == ["1", "2"]
     assert second.at - first.at >= 0.95
+
+
+async def test_retry_after_pauses_the_receiver_past_retry_max(
+    start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
+) -> None:
+    # The receiver as a whole is paused for as long as it asked, not --retry-max: a
+    # message published during the pause waits for it too.
+    server = start_server("--retry-base", "0.05", "--retry-max", "0.5")
+    client = SeedClient(http, server.url)
+
+    async def busy_once(request: web.Request, number: int) -> web.StreamResponse:
+        if number == 1:
+            return web.Response(status=503, headers={"Retry-After": "1"})
+        return web.Response(status=204)
+
+    receiver = await start_receiver(busy_once)
+    await client.connect_receiver(receiver.url)
+    sender = await client.connect_sender()
+    await client.send(sender, "first")
+    (refused,) = await receiver.wait_for_attempts(1)
+    await client.send(sender, "second, during the pause")
+    await receiver.wait_for(2, timeout=15)
+    after = receiver.attempts[1:]
+    assert min(record.at for record in after) - refused.at >= 0.95, [
+        (record.text, round(record.at - refused.at, 3)) for record in after
+    ]
 
 
 async def test_redirects_are_not_followed(

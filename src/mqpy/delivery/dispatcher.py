@@ -345,15 +345,12 @@ class Dispatcher:
             return
         if outcome.receiver_unavailable:
             policy = self._policy.overridden_by(delivery.retry)
-            retry_after = outcome.retry_after
-            if retry_after is not None:
-                retry_after = min(retry_after, policy.max_delay)
             self._windows.failed(
                 subscription_id,
                 sent_at=sent_at,
                 now=self._clock(),
                 cap=self._cap_of(subscription_id),
-                retry_after=retry_after,
+                retry_after=policy.retry_after_wait(outcome.retry_after),
                 backoff=policy.backoff,
             )
             self._observer.window_changed(subscription_id, self._windows.size(subscription_id))
