@@ -249,6 +249,54 @@ async def test_redirects_are_not_followed(
     assert elsewhere.attempts == [], "the broker followed the receiver's redirect"
 
 
+async def test_a_paused_subscriptions_message_expires_at_max_age(
+    start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
+) -> None:
+    # Nothing is ever attempted for a paused subscription, so no failure judges the
+    # message's age: it must dead-letter on time all the same.
+    server = start_server("--max-age", "2s", *FAST_RETRIES)
+    client = SeedClient(http, server.url)
+    receiver = await start_receiver()
+    receiver_id = await client.connect_receiver(receiver.url)
+    async with http.post(f"{server.url}/v1/subscriptions/{receiver_id}/pause") as response:
+        assert response.status == 200, await response.text()
+    sender = await client.connect_sender()
+    published = time.time()
+    message_id = (await client.send(sender, "nobody will try me"))["message_id"]
+    (dead,) = await wait_for_dead_letters(client, 1, timeout=10)
+    assert dead["message_id"] == message_id
+    assert (dead["attempts"], dead["receiver_id"]) == (0, receiver_id)
+    assert "max-age" in dead["last_error"], dead
+    # On time: after its two seconds, and within the second the check takes.
+    assert 2.0 <= dead["dead_at"] - published <= 4.0, dead["dead_at"] - published
+    assert receiver.attempts == []
+
+
+async def test_a_message_held_back_by_a_receivers_pause_expires_at_max_age(
+    start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
+) -> None:
+    # A receiver that asked for an hour's pause gets nothing meanwhile; what waits for
+    # it dead-letters at --max-age, not when the pause ends.
+    server = start_server("--max-age", "2s", *FAST_RETRIES)
+    client = SeedClient(http, server.url)
+
+    async def busy(request: web.Request, number: int) -> web.StreamResponse:
+        return web.Response(status=503, headers={"Retry-After": "3600"})
+
+    receiver = await start_receiver(busy)
+    await client.connect_receiver(receiver.url)
+    sender = await client.connect_sender()
+    await client.send(sender, "asks for the pause")
+    await receiver.wait_for_attempts(1)
+    published = time.time()
+    waiting = (await client.send(sender, "waits out the pause"))["message_id"]
+    letters = await wait_for_dead_letters(client, 2, timeout=10)
+    (dead,) = [letter for letter in letters if letter["message_id"] == waiting]
+    assert dead["attempts"] == 0
+    assert 2.0 <= dead["dead_at"] - published <= 4.0, dead["dead_at"] - published
+    assert len(receiver.attempts) == 1
+
+
 async def test_dead_letters_are_listed_and_redriven(
     start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
 ) -> None:

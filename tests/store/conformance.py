@@ -23,6 +23,7 @@ import pytest
 
 from mqpy.domain import Mode, StoreUnavailable
 from mqpy.store.base import Store, TopicBacklog
+from tests.store.conformance_expiry import ExpiryConformance
 from tests.store.conformance_groups import GroupConformance
 from tests.store.conformance_inspection import InspectionConformance
 from tests.store.conformance_nodes import NodeConformance
@@ -56,6 +57,7 @@ class StoreConformance(
     SubscriptionConformance,
     InspectionConformance,
     NodeConformance,
+    ExpiryConformance,
 ):
     """Every behaviour of the `Store` interface. Subclass once per backend."""
 

@@ -213,6 +213,15 @@ class Store(abc.ABC):
         nothing to do meanwhile."""
 
     @abc.abstractmethod
+    async def expire(self, *, now: float, max_age: float) -> int:
+        """Dead-letter the pending deliveries that nobody holds under a live lease and
+        whose message is older than the max-age of its subscription (its retry
+        policy's `max_age_seconds`, else `max_age`; a group's: its members' longest),
+        counted from its deliver_at for a delayed message: those the retry policy never
+        judged because they were never attempted (paused, or stuck in a backlog).
+        Returns how many. Nodes sharing a store may all call it."""
+
+    @abc.abstractmethod
     async def claim(
         self,
         *,

@@ -53,6 +53,7 @@ from mqpy.store import postgres_sql as sql
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Batcher
 from mqpy.store.claiming import ClaimBuilder
+from mqpy.store.expiry import EXPIRE_CHUNK, expiry_targets
 from mqpy.store.postgres_catalog import (
     CONNECTION_COLUMNS,
     SUBSCRIPTION_COLUMNS,
@@ -654,6 +655,31 @@ class PostgresStore(Store):
                 return removed
 
     # Claiming and settling deliveries.
+
+    async def expire(self, *, now: float, max_age: float) -> int:
+        async with self._connection() as conn:
+            routes = await self._current_routes(conn)
+        expired = 0
+        for target in expiry_targets(routes, now=now, max_age=max_age):
+            grouped = target.group_id is not None
+            while True:
+                # Chunk by chunk, each its own short transaction, as in `sweep`.
+                async with self._transaction(durable=False) as conn:
+                    count = row_count(
+                        await conn.execute(
+                            sql.EXPIRE_FOR_GROUP if grouped else sql.EXPIRE_FOR_SUBSCRIPTION,
+                            now,
+                            target.error,
+                            target.subscription_id,
+                            target.group_id if grouped else target.subscription_id,
+                            target.cutoff,
+                            EXPIRE_CHUNK,
+                        )
+                    )
+                expired += count
+                if count < EXPIRE_CHUNK:
+                    break
+        return expired
 
     async def claim(
         self,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +44,7 @@ from mqpy.domain import (
 from mqpy.filters import matches as filter_matches
 from mqpy.ids import new_connection_id, node_name
 from mqpy.store.base import Store, TopicBacklog
+from mqpy.store.expiry import EXPIRE_CHUNK, ExpiryTarget, expiry_targets
 from mqpy.store.routes import (
     GROUP_ROUTE_COLUMNS,
     SUBSCRIPTION_ROUTE_COLUMNS,
@@ -466,6 +468,23 @@ class SQLiteStore(Store):
             if messages < SWEEP_CHUNK and keys < SWEEP_CHUNK:
                 return removed
 
+    async def expire(self, *, now: float, max_age: float) -> int:
+        targets = await self._writer.run(
+            lambda conn: expiry_targets(self._routes_in(conn), now=now, max_age=max_age),
+            durable=False,
+        )
+        expired = 0
+        for target in targets:
+            while True:
+                # Chunk by chunk, each its own writer operation, as in `sweep`.
+                count = await self._writer.run(
+                    functools.partial(_expire, target=target, now=now), durable=False
+                )
+                expired += count
+                if count < EXPIRE_CHUNK:
+                    break
+        return expired
+
     async def claim(
         self,
         *,
@@ -761,6 +780,33 @@ def _load_routes(conn: sqlite3.Connection) -> Routes:
         ),
         conn.execute(f"SELECT {GROUP_ROUTE_COLUMNS} FROM groups WHERE active = 1 ORDER BY id"),
     )
+
+
+_EXPIRE = (
+    "UPDATE deliveries SET state = 'dead', dead_at = ?, lease = NULL, last_error = ?, "
+    "subscription_id = COALESCE(subscription_id, ?) WHERE id IN (SELECT d.id FROM "
+    "deliveries d JOIN messages m ON m.seq = d.message_seq WHERE {target} "
+    "AND d.state = 'pending' AND (d.lease IS NULL OR d.due_at <= ?) "
+    "AND MAX(m.published_at, COALESCE(m.deliver_at, 0)) < ? LIMIT ?)"
+)
+_EXPIRE_FOR_SUBSCRIPTION = _EXPIRE.format(target="d.subscription_id = ? AND d.group_id IS NULL")
+_EXPIRE_FOR_GROUP = _EXPIRE.format(target="d.group_id = ?")
+
+
+def _expire(conn: sqlite3.Connection, target: ExpiryTarget, now: float) -> int:
+    grouped = target.group_id is not None
+    return conn.execute(
+        _EXPIRE_FOR_GROUP if grouped else _EXPIRE_FOR_SUBSCRIPTION,
+        (
+            now,
+            target.error,
+            target.subscription_id,
+            target.group_id if grouped else target.subscription_id,
+            now,
+            target.cutoff,
+            EXPIRE_CHUNK,
+        ),
+    ).rowcount
 
 
 def _release_orphaned_leases(conn: sqlite3.Connection) -> None:
