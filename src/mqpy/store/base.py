@@ -322,7 +322,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Return once the store has served a trivial operation the way it serves
-        publishes; raise `StoreUnavailable` if it cannot (for example once closed)."""
+        publishes; raise `StoreUnavailable` if it cannot (for example once closed), or
+        while its writes fail (a full disk) and none has succeeded since."""
 
     @abc.abstractmethod
     async def topic_backlogs(self) -> list[TopicBacklog]:

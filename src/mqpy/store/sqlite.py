@@ -78,6 +78,9 @@ DATABASE_FILE = "mqpy.sqlite3"
 # Delivered messages (and expired idempotency keys) forgotten per writer transaction.
 SWEEP_CHUNK = 500
 LOCK_FILE = "mqpy.lock"
+# After a failed write, the store is ready again only with this much free disk: a
+# full disk still takes a small write into the WAL's spare room, not a publish.
+READY_FREE_BYTES = 1 << 20
 
 
 def _configure(conn: sqlite3.Connection) -> None:
@@ -720,11 +723,27 @@ class SQLiteStore(Store):
         return await self._writer.run(operation)
 
     async def ping(self) -> None:
-        # Through the writer, as a publish goes: a wedged writer means not ready.
+        # Through the writer, as a publish goes: a wedged writer means not ready. After
+        # a failed write (a full disk fails writes while reads still succeed), a small
+        # write instead: only one that succeeds makes the store ready again, and a
+        # broker taken out of service gets no publish that could do it.
+        failed = self._writer.write_failure
+        if failed is not None:
+            free = _free_bytes(self.data_dir)
+            if free < READY_FREE_BYTES:
+                raise StoreUnavailable(
+                    f"the store cannot write: {failed}; {free} bytes free on the disk "
+                    f"holding {self.data_dir}"
+                )
         try:
-            await self._writer.run(lambda conn: conn.execute("SELECT 1 FROM counters").fetchone())
+            await self._writer.run(_ping if failed is None else _probe_write)
         except WriterClosed:
             raise StoreUnavailable("the store is closed") from None
+        except StoreUnavailable:
+            pass  # the reason is the writer's, reported below
+        failed = self._writer.write_failure
+        if failed is not None:
+            raise StoreUnavailable(f"the store cannot write: {failed}")
 
     async def topic_backlogs(self) -> list[TopicBacklog]:
         rows = await self._read(
@@ -807,6 +826,20 @@ def _expire(conn: sqlite3.Connection, target: ExpiryTarget, now: float) -> int:
             EXPIRE_CHUNK,
         ),
     ).rowcount
+
+
+def _free_bytes(path: Path) -> int:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+def _ping(conn: sqlite3.Connection) -> None:
+    conn.execute("SELECT 1 FROM counters").fetchone()
+
+
+def _probe_write(conn: sqlite3.Connection) -> None:
+    # Rewrites one row as it is: a real page write, and nothing changes.
+    conn.execute("UPDATE counters SET value = value WHERE name = 'delivered'")
 
 
 def _release_orphaned_leases(conn: sqlite3.Connection) -> None:
