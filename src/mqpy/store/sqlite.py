@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import functools
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -74,6 +75,8 @@ from mqpy.store.sqlite_writer import GroupCommitWriter, WriterClosed
 from mqpy.topics import TOPIC_NAME, is_pattern
 from mqpy.topics import matches as topic_matches
 
+log = logging.getLogger("mqpy.store")
+
 DATABASE_FILE = "mqpy.sqlite3"
 # Delivered messages (and expired idempotency keys) forgotten per writer transaction.
 SWEEP_CHUNK = 500
@@ -134,10 +137,23 @@ class SQLiteStore(Store):
         self._lock_file = _lock_data_dir(self.data_dir)
         try:
             await self._writer.start()
-            await self._writer.run(_release_orphaned_leases)
+            await self._release_orphaned_leases()
         except BaseException:
             self._unlock()
             raise
+
+    async def _release_orphaned_leases(self) -> None:
+        try:
+            await self._writer.run(_release_orphaned_leases)
+        except StoreUnavailable as exc:
+            # A write on a full disk: exiting would only be restarted into the same
+            # failure for ever. The leases run out on their own, and until the store
+            # can write, publishes answer 503 and readiness says why.
+            log.error(
+                "cannot release the claims of the process that ran before: %s; starting "
+                "anyway (its deliveries are due again once their leases expire)",
+                exc,
+            )
 
     async def close(self) -> None:
         await self._writer.stop()
