@@ -399,6 +399,15 @@ class StoreConformance(
         again = await claim(store, T0 + 1)
         assert [(d.body, d.attempt) for d in again.deliveries] == [("m0", 1)]
 
+    async def test_release_of_attempted_deliveries_keeps_their_attempt(self, store: Store) -> None:
+        # In flight at shutdown: the receiver may have had it, so it was an attempt.
+        await receiver(store)
+        await publish(store, "m0")
+        (first,) = (await claim(store, T0)).deliveries
+        await store.release([first], T0 + 1, attempted=True)
+        again = await claim_one(store, T0 + 1)
+        assert (again.body, again.attempt) == ("m0", 2)
+
     # Disconnecting receivers.
 
     async def test_removing_a_receiver_drops_only_its_pending_deliveries(

@@ -139,7 +139,11 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._worker_tasks, return_exceptions=True)
         if queued or unfinished:
-            await self._store.release(queued + unfinished, self._clock())
+            now = self._clock()
+            if queued:
+                await self._store.release(queued, now)
+            if unfinished:  # being sent: the receiver may have it, so the attempt counts
+                await self._store.release(unfinished, now, attempted=True)
             log.info("released %d deliveries for after the restart", len(queued) + len(unfinished))
 
     async def _claim_loop(self) -> None:

@@ -268,8 +268,12 @@ class Store(abc.ABC):
         the delivery, or it was settled): those can no longer be settled by this claim."""
 
     @abc.abstractmethod
-    async def release(self, deliveries: Sequence[Delivery], now: float) -> None:
-        """Give claimed deliveries back unattempted (shutdown): due now, attempt undone."""
+    async def release(
+        self, deliveries: Sequence[Delivery], now: float, *, attempted: bool = False
+    ) -> None:
+        """Give claimed deliveries back (shutdown): due now. Their attempt is undone,
+        unless `attempted`: one that was being sent may have reached the receiver, so
+        it counts, and the next try carries the next attempt number."""
 
     # API keys.
 

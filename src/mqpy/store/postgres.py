@@ -769,13 +769,16 @@ class PostgresStore(Store):
             }
         return [d.delivery_id for d in deliveries if d.delivery_id not in kept]
 
-    async def release(self, deliveries: Sequence[Delivery], now: float) -> None:
+    async def release(
+        self, deliveries: Sequence[Delivery], now: float, *, attempted: bool = False
+    ) -> None:
         async with self._transaction(durable=False) as conn:
             await conn.execute(
                 sql.RELEASE,
                 now,
                 [d.delivery_id for d in deliveries],
                 [d.lease for d in deliveries],
+                0 if attempted else 1,
             )
 
     # API keys.

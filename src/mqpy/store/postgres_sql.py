@@ -208,7 +208,8 @@ WHERE d.id = ANY($2::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state
 RETURNING d.id
 """
 RELEASE = """
-UPDATE deliveries d SET due_at = $1, lease = NULL, leased_by = NULL, attempts = d.attempts - 1
+UPDATE deliveries d SET due_at = $1, lease = NULL, leased_by = NULL,
+    attempts = d.attempts - $4
 FROM unnest($2::bigint[], $3::text[]) AS u (id, lease)
 WHERE d.id = ANY($2::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
 """

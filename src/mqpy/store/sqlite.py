@@ -582,11 +582,14 @@ class SQLiteStore(Store):
 
         return await self._writer.run(operation, durable=False)
 
-    async def release(self, deliveries: Sequence[Delivery], now: float) -> None:
-        params = [(now, d.delivery_id, d.lease) for d in deliveries]
+    async def release(
+        self, deliveries: Sequence[Delivery], now: float, *, attempted: bool = False
+    ) -> None:
+        undone = 0 if attempted else 1
+        params = [(now, undone, d.delivery_id, d.lease) for d in deliveries]
         await self._writer.run(
             lambda conn: conn.executemany(
-                "UPDATE deliveries SET due_at = ?, lease = NULL, attempts = attempts - 1 "
+                "UPDATE deliveries SET due_at = ?, lease = NULL, attempts = attempts - ? "
                 "WHERE id = ? AND lease = ?",
                 params,
             ),
