@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -434,3 +435,49 @@ def test_generated_bodies_never_get_a_5xx(
         assert response.status < 500, (path, body, response)
         if response.status >= 400:
             check_problem(response.status, response.content_type, response.body, response.status)
+
+
+ENCODED_BODIES = {
+    "gzip-garbage": ("gzip", b"this is not gzip", 400),
+    "deflate-garbage": ("deflate", b"this is not deflate", 400),
+    "br": ("br", b"\x0b\x02\x80hello\x03", 415),
+    "compress": ("compress", b"anything", 415),
+    "two-encodings": ("gzip, br", b"anything", 415),
+}
+
+
+@pytest.mark.parametrize("name", ENCODED_BODIES)
+def test_a_bad_or_unsupported_content_encoding_is_refused_without_a_traceback(
+    start_server: ServerFactory, name: str
+) -> None:
+    server = start_server()
+    sender = raw_http.post_json(server.url, "/connect", {"mode": "send"}).json()["id"]
+    encoding, body, status = ENCODED_BODIES[name]
+    response = raw_http.request(
+        server.url, "POST", "/send", body, headers={"Content-Encoding": encoding}
+    )
+    problem = check_problem(response.status, response.content_type, response.body, status)
+    assert "Content-Encoding" in problem["detail"], problem
+    assert "Brotli" not in problem["detail"], problem
+    # A good request on a fresh connection still works, and nothing was logged as an
+    # error: any client could otherwise flood the log.
+    assert raw_http.post_json(server.url, "/send", {"id": sender, "body": "ok"}).status == 200
+    server.terminate()
+    assert "Traceback" not in server.log and "Unhandled exception" not in server.log, server.log
+
+
+def test_a_compressed_body_is_read(server: ServerProcess) -> None:
+    sender = raw_http.post_json(server.url, "/connect", {"mode": "send"}).json()["id"]
+    message = json.dumps({"id": sender, "body": "squeezed"}).encode()
+    for encoding, body in (("gzip", gzip.compress(message)), ("deflate", zlib.compress(message))):
+        response = raw_http.request(
+            server.url, "POST", "/send", body, headers={"Content-Encoding": encoding}
+        )
+        assert response.status == 200, (encoding, response)
+    # The limit holds for what the body becomes, not what it weighs on the wire.
+    bomb = gzip.compress(b'{"id": %d, "body": "' % sender + b"x" * (2 * DEFAULT_MAX_BYTES) + b'"}')
+    assert len(bomb) < DEFAULT_MAX_BYTES
+    response = raw_http.request(
+        server.url, "POST", "/send", bomb, headers={"Content-Encoding": "gzip"}
+    )
+    check_problem(response.status, response.content_type, response.body, 413)

@@ -7,12 +7,15 @@ failure message); a missing message is the failure.
 from __future__ import annotations
 
 import asyncio
+import socket
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
+from tests.support.full_disk import fill, free, tiny_tmpfs
 from tests.support.load import (
     FAST_RETRIES,
     duplicates,
@@ -80,3 +83,36 @@ async def test_kill_9_during_active_delivery_loses_nothing(
     assert counts.keys() == set(ids), (
         f"{len(set(ids) - counts.keys())} missing, {duplicates(counts)} duplicates"
     )
+
+
+async def test_a_crash_on_a_full_disk_restarts_and_refuses_publishes(
+    start_server: ServerFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # Start-up gives a dead process's claims back, which is a write: on a full disk it
+    # failed, the broker exited, and a supervisor restarted it for ever.
+    with tiny_tmpfs(tmp_path / "disk") as disk, socket.socket() as silent:
+        # Takes connections (the kernel's backlog) and never answers: deliveries stay
+        # claimed until the crash.
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(100)
+        server = start_server("--delivery-timeout", "20s", data_dir=disk / "data")
+        client = SeedClient(http, server.url)
+        await client.connect_receiver(f"http://127.0.0.1:{silent.getsockname()[1]}/hook")
+        sender = await client.connect_sender()
+        for number in range(20):
+            await client.send(sender, f"claimed {number}")
+        await asyncio.sleep(0.5)  # claimed and sent by now
+        fill(disk)
+        server.kill()
+        await asyncio.to_thread(server.restart)
+        assert server.running
+        releases = [line for line in server.lines if "starting anyway" in line]
+        assert len(releases) == 1, server.log
+        async with http.post(server.url + "/send", json={"id": sender, "body": "no room"}) as r:
+            assert r.status == 503, await r.text()
+            assert (await r.json())["type"].endswith("store-unavailable")
+        async with http.get(server.url + "/readyz") as response:
+            assert response.status == 503
+        free(disk)
+        await client.send(sender, "room again")
+        server.kill()

@@ -174,15 +174,18 @@ async def test_a_timeout_counts_as_a_failed_attempt(
     assert second.at - first.at >= 0.25, "the retry came before the 0.3 s timeout expired"
 
 
+@pytest.mark.parametrize("retry_max", ["5", "0.5"])
 @pytest.mark.parametrize("status", [429, 503])
 async def test_retry_after_is_honoured(
     status: int,
+    retry_max: str,
     start_server: ServerFactory,
     http: aiohttp.ClientSession,
     start_receiver: ReceiverFactory,
 ) -> None:
-    # Without Retry-After the next attempt would come within --retry-base (50 ms).
-    server = start_server("--retry-base", "0.05", "--retry-max", "5")
+    # Without Retry-After the next attempt would come within --retry-base (50 ms); the
+    # receiver's Retry-After holds even when it is longer than --retry-max.
+    server = start_server("--retry-base", "0.05", "--retry-max", retry_max)
     client = SeedClient(http, server.url)
 
     async def busy_once(request: web.Request, number: int) -> web.StreamResponse:
@@ -198,6 +201,32 @@ async def test_retry_after_is_honoured(
     first, second = receiver.attempts[:2]
     assert attempt_numbers([first, second]) == ["1", "2"]
     assert second.at - first.at >= 0.95
+
+
+async def test_retry_after_pauses_the_receiver_past_retry_max(
+    start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
+) -> None:
+    # The receiver as a whole is paused for as long as it asked, not --retry-max: a
+    # message published during the pause waits for it too.
+    server = start_server("--retry-base", "0.05", "--retry-max", "0.5")
+    client = SeedClient(http, server.url)
+
+    async def busy_once(request: web.Request, number: int) -> web.StreamResponse:
+        if number == 1:
+            return web.Response(status=503, headers={"Retry-After": "1"})
+        return web.Response(status=204)
+
+    receiver = await start_receiver(busy_once)
+    await client.connect_receiver(receiver.url)
+    sender = await client.connect_sender()
+    await client.send(sender, "first")
+    (refused,) = await receiver.wait_for_attempts(1)
+    await client.send(sender, "second, during the pause")
+    await receiver.wait_for(2, timeout=15)
+    after = receiver.attempts[1:]
+    assert min(record.at for record in after) - refused.at >= 0.95, [
+        (record.text, round(record.at - refused.at, 3)) for record in after
+    ]
 
 
 async def test_redirects_are_not_followed(
@@ -218,6 +247,54 @@ async def test_redirects_are_not_followed(
     assert delivery.message_id == message_id
     assert attempt_numbers(receiver.attempts) == ["1", "2"], "a 307 is a failed attempt"
     assert elsewhere.attempts == [], "the broker followed the receiver's redirect"
+
+
+async def test_a_paused_subscriptions_message_expires_at_max_age(
+    start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
+) -> None:
+    # Nothing is ever attempted for a paused subscription, so no failure judges the
+    # message's age: it must dead-letter on time all the same.
+    server = start_server("--max-age", "2s", *FAST_RETRIES)
+    client = SeedClient(http, server.url)
+    receiver = await start_receiver()
+    receiver_id = await client.connect_receiver(receiver.url)
+    async with http.post(f"{server.url}/v1/subscriptions/{receiver_id}/pause") as response:
+        assert response.status == 200, await response.text()
+    sender = await client.connect_sender()
+    published = time.time()
+    message_id = (await client.send(sender, "nobody will try me"))["message_id"]
+    (dead,) = await wait_for_dead_letters(client, 1, timeout=10)
+    assert dead["message_id"] == message_id
+    assert (dead["attempts"], dead["receiver_id"]) == (0, receiver_id)
+    assert "max-age" in dead["last_error"], dead
+    # On time: after its two seconds, and within the second the check takes.
+    assert 2.0 <= dead["dead_at"] - published <= 4.0, dead["dead_at"] - published
+    assert receiver.attempts == []
+
+
+async def test_a_message_held_back_by_a_receivers_pause_expires_at_max_age(
+    start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
+) -> None:
+    # A receiver that asked for an hour's pause gets nothing meanwhile; what waits for
+    # it dead-letters at --max-age, not when the pause ends.
+    server = start_server("--max-age", "2s", *FAST_RETRIES)
+    client = SeedClient(http, server.url)
+
+    async def busy(request: web.Request, number: int) -> web.StreamResponse:
+        return web.Response(status=503, headers={"Retry-After": "3600"})
+
+    receiver = await start_receiver(busy)
+    await client.connect_receiver(receiver.url)
+    sender = await client.connect_sender()
+    await client.send(sender, "asks for the pause")
+    await receiver.wait_for_attempts(1)
+    published = time.time()
+    waiting = (await client.send(sender, "waits out the pause"))["message_id"]
+    letters = await wait_for_dead_letters(client, 2, timeout=10)
+    (dead,) = [letter for letter in letters if letter["message_id"] == waiting]
+    assert dead["attempts"] == 0
+    assert 2.0 <= dead["dead_at"] - published <= 4.0, dead["dead_at"] - published
+    assert len(receiver.attempts) == 1
 
 
 async def test_dead_letters_are_listed_and_redriven(
@@ -343,6 +420,11 @@ async def test_sigterm_releases_deliveries_it_cannot_finish(
     await asyncio.to_thread(server.restart)
     counts = await wait_for_ids(receiver, ids, timeout=30)
     assert counts.keys() == set(ids)
+    # One that was in flight may have reached the receiver: it counted as an attempt,
+    # so its next try carries the next number, never the same one again.
+    tries = [(record.message_id, record.headers["mq-attempt"]) for record in receiver.attempts]
+    repeated = sorted(pair for pair in set(tries) if tries.count(pair) > 1)
+    assert repeated == [], f"attempt numbers sent twice: {repeated}"
 
 
 async def test_workers_bound_deliveries_in_flight(

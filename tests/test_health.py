@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from pathlib import Path
 
 import aiohttp
 
 from mqpy.store.sqlite import DATABASE_FILE
 from tests.conftest import ServerFactory
+from tests.support.client import SeedClient
+from tests.support.full_disk import fill, free, tiny_tmpfs
 from tests.support.problems import check_problem
 from tests.support.server import ServerProcess
 
@@ -61,3 +64,36 @@ async def test_not_ready_while_the_store_cannot_write(
     while (await get(http, server.url + "/readyz"))[0] != 200:
         assert time.monotonic() < deadline, "still not ready after the lock was released"
         await asyncio.sleep(0.2)
+
+
+async def test_not_ready_while_the_disk_is_full_and_ready_once_it_is_freed(
+    start_server: ServerFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # A full disk fails every publish while reads still work: a plain ping said ready,
+    # and a load balancer kept sending publishes that could not be stored.
+    with tiny_tmpfs(tmp_path / "disk") as disk:
+        server = start_server(data_dir=disk / "data")
+        client = SeedClient(http, server.url)
+        sender = await client.connect_sender()
+        assert (await get(http, server.url + "/readyz"))[0] == 200
+        fill(disk)
+        statuses = []
+        for number in range(200):  # the WAL's spare room may take a few first
+            async with http.post(
+                server.url + "/send", json={"id": sender, "body": f"{number}" + "x" * 8000}
+            ) as response:
+                statuses.append(response.status)
+                if response.status == 503:
+                    break
+        assert statuses[-1] == 503, f"no publish failed on a full disk: {statuses}"
+        status, content_type, body = await get(http, server.url + "/readyz")
+        problem = check_problem(status, content_type, body, 503)
+        assert "cannot write" in problem["detail"], problem
+        assert (await get(http, server.url + "/healthz"))[0] == 200
+        free(disk)
+        deadline = time.monotonic() + 15
+        while (await get(http, server.url + "/readyz"))[0] != 200:
+            assert time.monotonic() < deadline, "still not ready after the disk was freed"
+            await asyncio.sleep(0.2)
+        await client.send(sender, "stored again")
+        server.kill()

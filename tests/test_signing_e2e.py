@@ -118,7 +118,7 @@ async def test_each_receiver_gets_its_own_secret(
 async def test_a_retry_carries_a_fresh_valid_signature_with_the_same_webhook_id(
     start_server: ServerFactory, start_receiver: ReceiverFactory, http: aiohttp.ClientSession
 ) -> None:
-    # The receiver's Retry-After (capped by --retry-max) puts at least a second between
+    # The receiver's Retry-After puts at least a second between
     # the two attempts, so the retry's timestamp, and so its signature, must differ.
     server = start_server("--retry-base", "0.05", "--retry-max", "1s")
     client = SeedClient(http, server.url)

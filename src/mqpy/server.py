@@ -37,6 +37,10 @@ log = logging.getLogger("mqpy.server")
 # at least twice per retention so a short one is kept to within half of itself.
 SWEEP_INTERVAL_SECONDS = 30.0
 MIN_SWEEP_INTERVAL_SECONDS = 0.5
+# How often deliveries never attempted are checked against --max-age: a tenth of it,
+# within these bounds, so one is dead-lettered at most that late.
+MIN_EXPIRY_INTERVAL_SECONDS = 1.0
+MAX_EXPIRY_INTERVAL_SECONDS = 30.0
 # The least a lease may outlast --delivery-timeout: a claim, the POST's own setup and
 # recording its outcome all happen under the lease too.
 LEASE_MARGIN_SECONDS = 5.0
@@ -45,6 +49,11 @@ LEASE_MARGIN_SECONDS = 5.0
 def sweep_interval(settings: Settings) -> float:
     shortest = min(settings.message_retention, settings.dedup_window) / 2
     return max(MIN_SWEEP_INTERVAL_SECONDS, min(SWEEP_INTERVAL_SECONDS, shortest))
+
+
+def expiry_interval(settings: Settings) -> float:
+    tenth = settings.max_age / 10
+    return max(MIN_EXPIRY_INTERVAL_SECONDS, min(MAX_EXPIRY_INTERVAL_SECONDS, tenth))
 
 
 class StartupRefused(Exception):
@@ -152,7 +161,10 @@ async def _serve_with_store(
         max_field_size=settings.max_header_bytes,
     )
     await runner.setup()
-    sweeper = asyncio.create_task(sweep_forever(store, settings), name="mqpy-sweeper")
+    sweeper = asyncio.gather(
+        asyncio.create_task(sweep_forever(store, settings), name="mqpy-sweeper"),
+        asyncio.create_task(expire_forever(store, settings), name="mqpy-expiry"),
+    )
     try:
         site = web.TCPSite(
             runner,
@@ -227,7 +239,23 @@ async def sweep_forever(store: Store, settings: Settings) -> None:
             log.debug("forgot %d delivered messages past --message-retention", removed)
 
 
-async def _stop_sweeping(sweeper: asyncio.Task[None]) -> None:
+async def expire_forever(store: Store, settings: Settings) -> None:
+    """Dead-letter, every `expiry_interval`, the deliveries past their max-age that no
+    failed attempt judged (paused receivers, backlogs). A failure is logged and tried
+    again next time."""
+    interval = expiry_interval(settings)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            expired = await store.expire(now=store.clock(), max_age=settings.max_age)
+        except StoreError as exc:
+            log.error("cannot dead-letter deliveries past --max-age: %s", exc)
+            continue
+        if expired:
+            log.warning("dead-lettered %d deliveries past their max-age, unattempted", expired)
+
+
+async def _stop_sweeping(sweeper: asyncio.Future[tuple[None, None]]) -> None:
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mqpy.delivery.retry import RetryPolicy
+from mqpy.delivery.retry import MAX_RETRY_AFTER_SECONDS, RetryPolicy
 from mqpy.retry_after import parse_retry_after
 
 POLICY = RetryPolicy(base=0.5, max_delay=300.0, max_attempts=10, max_age=86400.0)
@@ -123,12 +123,24 @@ def test_retry_after_wins_over_the_backoff() -> None:
     assert (longer, shorter) == (now + 7.0, now + 1.0)
 
 
-def test_retry_after_is_capped_at_max_delay() -> None:
+def test_retry_after_outlasts_max_delay() -> None:
+    # The receiver said when it will be back; --retry-max bounds our own guesses only.
+    now = PUBLISHED + 1
+    brief = RetryPolicy(max_delay=0.5)
+    due = brief.next_attempt_at(attempt=1, published_at=PUBLISHED, now=now, retry_after=1.0)
+    assert due == now + 1.0
+    assert brief.retry_after_wait(1.0) == 1.0
+
+
+def test_retry_after_is_capped_at_an_hour() -> None:
     now = PUBLISHED + 1
     due = POLICY.next_attempt_at(
         attempt=1, published_at=PUBLISHED, now=now, retry_after=10_000_000.0
     )
-    assert due == now + 300.0
+    assert due == now + MAX_RETRY_AFTER_SECONDS
+    patient = RetryPolicy(max_delay=2 * MAX_RETRY_AFTER_SECONDS)
+    assert patient.retry_after_wait(10_000_000.0) == 2 * MAX_RETRY_AFTER_SECONDS
+    assert POLICY.retry_after_wait(None) is None
 
 
 def test_retry_after_cannot_outlast_the_retry_budget() -> None:
@@ -161,7 +173,8 @@ def test_next_attempt_is_soon_enough_and_within_budget(
     if attempt >= POLICY.max_attempts or now - PUBLISHED > POLICY.max_age:
         assert due is None
     if due is not None:
-        assert now <= due <= now + POLICY.max_delay
+        longest = POLICY.max_delay if retry_after is None else MAX_RETRY_AFTER_SECONDS
+        assert now <= due <= now + longest
         assert due - PUBLISHED <= POLICY.max_age
 
 

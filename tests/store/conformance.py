@@ -23,6 +23,7 @@ import pytest
 
 from mqpy.domain import Mode, StoreUnavailable
 from mqpy.store.base import Store, TopicBacklog
+from tests.store.conformance_expiry import ExpiryConformance
 from tests.store.conformance_groups import GroupConformance
 from tests.store.conformance_inspection import InspectionConformance
 from tests.store.conformance_nodes import NodeConformance
@@ -56,6 +57,7 @@ class StoreConformance(
     SubscriptionConformance,
     InspectionConformance,
     NodeConformance,
+    ExpiryConformance,
 ):
     """Every behaviour of the `Store` interface. Subclass once per backend."""
 
@@ -428,6 +430,15 @@ class StoreConformance(
         await store.release(first[:1], T0 + 1)
         again = await claim(store, T0 + 1)
         assert [(d.body, d.attempt) for d in again.deliveries] == [("m0", 1)]
+
+    async def test_release_of_attempted_deliveries_keeps_their_attempt(self, store: Store) -> None:
+        # In flight at shutdown: the receiver may have had it, so it was an attempt.
+        await receiver(store)
+        await publish(store, "m0")
+        (first,) = (await claim(store, T0)).deliveries
+        await store.release([first], T0 + 1, attempted=True)
+        again = await claim_one(store, T0 + 1)
+        assert (again.body, again.attempt) == ("m0", 2)
 
     # Disconnecting receivers.
 

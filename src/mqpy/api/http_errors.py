@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -54,7 +55,12 @@ class ProblemServer(web.Server):
 
 
 class ProblemAppRunner(web.AppRunner):
-    """An AppRunner whose connections answer malformed HTTP with problem+json."""
+    """An AppRunner whose connections answer malformed HTTP with problem+json, and
+    leave request bodies as sent: `encodings.py` decompresses them, not aiohttp."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        kwargs.setdefault("auto_decompress", False)
+        super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()

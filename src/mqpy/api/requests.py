@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import msgspec
 from aiohttp import web
 
+from mqpy.api.encodings import content_coding, decode
 from mqpy.api.fields import (
     Attributes,
     DelaySeconds,
@@ -93,6 +94,7 @@ async def read_object(
     (default --max-message-bytes). Keys are lower-cased as Go matched them
     (`fold_case`, for the seed protocol); the native API takes them as written."""
     limit = request.app[MAX_MESSAGE_BYTES] if max_bytes is None else max_bytes
+    coding = content_coding(request)  # before reading: a 415 need not wait for it
     try:
         if request.content.is_eof():
             # The whole body came with the headers (the usual case): no timer needed.
@@ -114,9 +116,10 @@ async def read_object(
             400, "incomplete-body", "the connection closed before the whole body arrived"
         ) from None
     except web.RequestPayloadError as exc:
-        # A body that cannot be read as sent, such as a Content-Encoding: gzip body
-        # that is not gzip.
+        # A body that cannot be read as sent (a broken chunked encoding).
         raise invalid_body(f"the body could not be read: {exc.__cause__ or exc}") from None
+    if coding is not None:
+        raw = decode(raw, coding, limit, lambda: body_too_large(limit, limit_flag))
     if allow_empty and not raw.strip():
         return {}
     try:

@@ -139,7 +139,11 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._worker_tasks, return_exceptions=True)
         if queued or unfinished:
-            await self._store.release(queued + unfinished, self._clock())
+            now = self._clock()
+            if queued:
+                await self._store.release(queued, now)
+            if unfinished:  # being sent: the receiver may have it, so the attempt counts
+                await self._store.release(unfinished, now, attempted=True)
             log.info("released %d deliveries for after the restart", len(queued) + len(unfinished))
 
     async def _claim_loop(self) -> None:
@@ -345,15 +349,12 @@ class Dispatcher:
             return
         if outcome.receiver_unavailable:
             policy = self._policy.overridden_by(delivery.retry)
-            retry_after = outcome.retry_after
-            if retry_after is not None:
-                retry_after = min(retry_after, policy.max_delay)
             self._windows.failed(
                 subscription_id,
                 sent_at=sent_at,
                 now=self._clock(),
                 cap=self._cap_of(subscription_id),
-                retry_after=retry_after,
+                retry_after=policy.retry_after_wait(outcome.retry_after),
                 backoff=policy.backoff,
             )
             self._observer.window_changed(subscription_id, self._windows.size(subscription_id))

@@ -13,6 +13,11 @@ from dataclasses import dataclass, replace
 
 from mqpy.domain import RetryOverrides
 
+# The longest a receiver's Retry-After may put off its next attempt (and pause it), when
+# --retry-max is shorter. The receiver knows best when it will be back, so its answer
+# wins over --retry-max; this only stops a receiver parking a delivery for a year.
+MAX_RETRY_AFTER_SECONDS = 3600.0
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -42,6 +47,13 @@ class RetryPolicy:
         ceiling = min(self.max_delay, self.base * 2.0 ** min(attempt - 1, 60))
         return rand() * ceiling
 
+    def retry_after_wait(self, retry_after: float | None) -> float | None:
+        """How long a receiver's Retry-After holds: as asked, up to an hour (or
+        `max_delay`, when that is longer); None when it gave none."""
+        if retry_after is None:
+            return None
+        return min(retry_after, max(MAX_RETRY_AFTER_SECONDS, self.max_delay))
+
     def next_attempt_at(
         self,
         *,
@@ -54,16 +66,13 @@ class RetryPolicy:
         """When to make the next attempt after attempt `attempt` failed, or None when
         the delivery should be dead-lettered.
 
-        `retry_after` is the receiver's own Retry-After, which wins over the backoff
-        (bounded by `max_delay`, so a receiver cannot park a delivery for a year).
+        `retry_after` is the receiver's own Retry-After, which wins over the backoff,
+        longer than `max_delay` too (bounded by `retry_after_wait`).
         """
         if attempt >= self.max_attempts:
             return None
-        delay = (
-            min(retry_after, self.max_delay)
-            if retry_after is not None
-            else self.backoff(attempt, rand)
-        )
+        wait = self.retry_after_wait(retry_after)
+        delay = wait if wait is not None else self.backoff(attempt, rand)
         due_at = now + delay
         if due_at - published_at > self.max_age:
             return None

@@ -213,6 +213,15 @@ class Store(abc.ABC):
         nothing to do meanwhile."""
 
     @abc.abstractmethod
+    async def expire(self, *, now: float, max_age: float) -> int:
+        """Dead-letter the pending deliveries that nobody holds under a live lease and
+        whose message is older than the max-age of its subscription (its retry
+        policy's `max_age_seconds`, else `max_age`; a group's: its members' longest),
+        counted from its deliver_at for a delayed message: those the retry policy never
+        judged because they were never attempted (paused, or stuck in a backlog).
+        Returns how many. Nodes sharing a store may all call it."""
+
+    @abc.abstractmethod
     async def claim(
         self,
         *,
@@ -259,8 +268,12 @@ class Store(abc.ABC):
         the delivery, or it was settled): those can no longer be settled by this claim."""
 
     @abc.abstractmethod
-    async def release(self, deliveries: Sequence[Delivery], now: float) -> None:
-        """Give claimed deliveries back unattempted (shutdown): due now, attempt undone."""
+    async def release(
+        self, deliveries: Sequence[Delivery], now: float, *, attempted: bool = False
+    ) -> None:
+        """Give claimed deliveries back (shutdown): due now. Their attempt is undone,
+        unless `attempted`: one that was being sent may have reached the receiver, so
+        it counts, and the next try carries the next attempt number."""
 
     # API keys.
 
@@ -313,7 +326,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Return once the store has served a trivial operation the way it serves
-        publishes; raise `StoreUnavailable` if it cannot (for example once closed)."""
+        publishes; raise `StoreUnavailable` if it cannot (for example once closed), or
+        while its writes fail (a full disk) and none has succeeded since."""
 
     @abc.abstractmethod
     async def topic_backlogs(self) -> list[TopicBacklog]:

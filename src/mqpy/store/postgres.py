@@ -52,6 +52,7 @@ from mqpy.store import postgres_sql as sql
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Batcher, Settlement
 from mqpy.store.claiming import ClaimBuilder
+from mqpy.store.expiry import EXPIRE_CHUNK, expiry_targets
 from mqpy.store.postgres_catalog import (
     CONNECTION_COLUMNS,
     SUBSCRIPTION_COLUMNS,
@@ -642,6 +643,31 @@ class PostgresStore(Store):
 
     # Claiming and settling deliveries.
 
+    async def expire(self, *, now: float, max_age: float) -> int:
+        async with self._connection() as conn:
+            routes = await self._current_routes(conn)
+        expired = 0
+        for target in expiry_targets(routes, now=now, max_age=max_age):
+            grouped = target.group_id is not None
+            while True:
+                # Chunk by chunk, each its own short transaction, as in `sweep`.
+                async with self._transaction(durable=False) as conn:
+                    count = row_count(
+                        await conn.execute(
+                            sql.EXPIRE_FOR_GROUP if grouped else sql.EXPIRE_FOR_SUBSCRIPTION,
+                            now,
+                            target.error,
+                            target.subscription_id,
+                            target.group_id if grouped else target.subscription_id,
+                            target.cutoff,
+                            EXPIRE_CHUNK,
+                        )
+                    )
+                expired += count
+                if count < EXPIRE_CHUNK:
+                    break
+        return expired
+
     async def claim(
         self,
         *,
@@ -730,13 +756,16 @@ class PostgresStore(Store):
             }
         return [d.delivery_id for d in deliveries if d.delivery_id not in kept]
 
-    async def release(self, deliveries: Sequence[Delivery], now: float) -> None:
+    async def release(
+        self, deliveries: Sequence[Delivery], now: float, *, attempted: bool = False
+    ) -> None:
         async with self._transaction(durable=False) as conn:
             await conn.execute(
                 sql.RELEASE,
                 now,
                 [d.delivery_id for d in deliveries],
                 [d.lease for d in deliveries],
+                0 if attempted else 1,
             )
 
     # API keys.

@@ -187,6 +187,20 @@ FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::integer[])
     AS u (id, lease, at, error, status)
 WHERE d.id = ANY($1::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
 """
+# Never-attempted deliveries past their max-age (expiry.py), one target at a time;
+# rows a claim holds are skipped, not waited for.
+_EXPIRE = """
+UPDATE deliveries d SET state = 'dead', dead_at = $1, lease = NULL, leased_by = NULL,
+    last_error = $2, subscription_id = COALESCE(d.subscription_id, $3)
+WHERE d.id IN (
+    SELECT e.id FROM deliveries e JOIN messages m ON m.seq = e.message_seq
+    WHERE {target} AND e.state = 'pending' AND (e.lease IS NULL OR e.due_at <= $1)
+        AND GREATEST(m.published_at, COALESCE(m.deliver_at, 0)) < $5
+    LIMIT $6 FOR UPDATE OF e SKIP LOCKED
+)
+"""
+EXPIRE_FOR_SUBSCRIPTION = _EXPIRE.format(target="e.subscription_id = $4 AND e.group_id IS NULL")
+EXPIRE_FOR_GROUP = _EXPIRE.format(target="e.group_id = $4")
 RENEW = """
 UPDATE deliveries d SET due_at = $1
 FROM unnest($2::bigint[], $3::text[]) AS u (id, lease)
@@ -194,7 +208,8 @@ WHERE d.id = ANY($2::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state
 RETURNING d.id
 """
 RELEASE = """
-UPDATE deliveries d SET due_at = $1, lease = NULL, leased_by = NULL, attempts = d.attempts - 1
+UPDATE deliveries d SET due_at = $1, lease = NULL, leased_by = NULL,
+    attempts = d.attempts - $4
 FROM unnest($2::bigint[], $3::text[]) AS u (id, lease)
 WHERE d.id = ANY($2::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
 """

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +46,7 @@ from mqpy.filters import matches as filter_matches
 from mqpy.ids import new_connection_id, node_name
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Settlement
+from mqpy.store.expiry import EXPIRE_CHUNK, ExpiryTarget, expiry_targets
 from mqpy.store.routes import (
     GROUP_ROUTE_COLUMNS,
     SUBSCRIPTION_ROUTE_COLUMNS,
@@ -74,10 +77,15 @@ from mqpy.store.sqlite_writer import GroupCommitWriter, WriterClosed
 from mqpy.topics import TOPIC_NAME, is_pattern
 from mqpy.topics import matches as topic_matches
 
+log = logging.getLogger("mqpy.store")
+
 DATABASE_FILE = "mqpy.sqlite3"
 # Delivered messages (and expired idempotency keys) forgotten per writer transaction.
 SWEEP_CHUNK = 500
 LOCK_FILE = "mqpy.lock"
+# After a failed write, the store is ready again only with this much free disk: a
+# full disk still takes a small write into the WAL's spare room, not a publish.
+READY_FREE_BYTES = 1 << 20
 
 
 def _configure(conn: sqlite3.Connection) -> None:
@@ -133,10 +141,23 @@ class SQLiteStore(Store):
         self._lock_file = _lock_data_dir(self.data_dir)
         try:
             await self._writer.start()
-            await self._writer.run(_release_orphaned_leases)
+            await self._release_orphaned_leases()
         except BaseException:
             self._unlock()
             raise
+
+    async def _release_orphaned_leases(self) -> None:
+        try:
+            await self._writer.run(_release_orphaned_leases)
+        except StoreUnavailable as exc:
+            # A write on a full disk: exiting would only be restarted into the same
+            # failure for ever. The leases run out on their own, and until the store
+            # can write, publishes answer 503 and readiness says why.
+            log.error(
+                "cannot release the claims of the process that ran before: %s; starting "
+                "anyway (its deliveries are due again once their leases expire)",
+                exc,
+            )
 
     async def close(self) -> None:
         await self._writer.stop()
@@ -470,6 +491,23 @@ class SQLiteStore(Store):
             if messages < SWEEP_CHUNK and keys < SWEEP_CHUNK:
                 return removed
 
+    async def expire(self, *, now: float, max_age: float) -> int:
+        targets = await self._writer.run(
+            lambda conn: expiry_targets(self._routes_in(conn), now=now, max_age=max_age),
+            durable=False,
+        )
+        expired = 0
+        for target in targets:
+            while True:
+                # Chunk by chunk, each its own writer operation, as in `sweep`.
+                count = await self._writer.run(
+                    functools.partial(_expire, target=target, now=now), durable=False
+                )
+                expired += count
+                if count < EXPIRE_CHUNK:
+                    break
+        return expired
+
     async def claim(
         self,
         *,
@@ -522,11 +560,14 @@ class SQLiteStore(Store):
 
         return await self._writer.run(operation, durable=False)
 
-    async def release(self, deliveries: Sequence[Delivery], now: float) -> None:
-        params = [(now, d.delivery_id, d.lease) for d in deliveries]
+    async def release(
+        self, deliveries: Sequence[Delivery], now: float, *, attempted: bool = False
+    ) -> None:
+        undone = 0 if attempted else 1
+        params = [(now, undone, d.delivery_id, d.lease) for d in deliveries]
         await self._writer.run(
             lambda conn: conn.executemany(
-                "UPDATE deliveries SET due_at = ?, lease = NULL, attempts = attempts - 1 "
+                "UPDATE deliveries SET due_at = ?, lease = NULL, attempts = attempts - ? "
                 "WHERE id = ? AND lease = ?",
                 params,
             ),
@@ -679,11 +720,27 @@ class SQLiteStore(Store):
         return await self._writer.run(operation)
 
     async def ping(self) -> None:
-        # Through the writer, as a publish goes: a wedged writer means not ready.
+        # Through the writer, as a publish goes: a wedged writer means not ready. After
+        # a failed write (a full disk fails writes while reads still succeed), a small
+        # write instead: only one that succeeds makes the store ready again, and a
+        # broker taken out of service gets no publish that could do it.
+        failed = self._writer.write_failure
+        if failed is not None:
+            free = _free_bytes(self.data_dir)
+            if free < READY_FREE_BYTES:
+                raise StoreUnavailable(
+                    f"the store cannot write: {failed}; {free} bytes free on the disk "
+                    f"holding {self.data_dir}"
+                )
         try:
-            await self._writer.run(lambda conn: conn.execute("SELECT 1 FROM counters").fetchone())
+            await self._writer.run(_ping if failed is None else _probe_write)
         except WriterClosed:
             raise StoreUnavailable("the store is closed") from None
+        except StoreUnavailable:
+            pass  # the reason is the writer's, reported below
+        failed = self._writer.write_failure
+        if failed is not None:
+            raise StoreUnavailable(f"the store cannot write: {failed}")
 
     async def topic_backlogs(self) -> list[TopicBacklog]:
         rows = await self._read(
@@ -739,6 +796,47 @@ def _load_routes(conn: sqlite3.Connection) -> Routes:
         ),
         conn.execute(f"SELECT {GROUP_ROUTE_COLUMNS} FROM groups WHERE active = 1 ORDER BY id"),
     )
+
+
+_EXPIRE = (
+    "UPDATE deliveries SET state = 'dead', dead_at = ?, lease = NULL, last_error = ?, "
+    "subscription_id = COALESCE(subscription_id, ?) WHERE id IN (SELECT d.id FROM "
+    "deliveries d JOIN messages m ON m.seq = d.message_seq WHERE {target} "
+    "AND d.state = 'pending' AND (d.lease IS NULL OR d.due_at <= ?) "
+    "AND MAX(m.published_at, COALESCE(m.deliver_at, 0)) < ? LIMIT ?)"
+)
+_EXPIRE_FOR_SUBSCRIPTION = _EXPIRE.format(target="d.subscription_id = ? AND d.group_id IS NULL")
+_EXPIRE_FOR_GROUP = _EXPIRE.format(target="d.group_id = ?")
+
+
+def _expire(conn: sqlite3.Connection, target: ExpiryTarget, now: float) -> int:
+    grouped = target.group_id is not None
+    return conn.execute(
+        _EXPIRE_FOR_GROUP if grouped else _EXPIRE_FOR_SUBSCRIPTION,
+        (
+            now,
+            target.error,
+            target.subscription_id,
+            target.group_id if grouped else target.subscription_id,
+            now,
+            target.cutoff,
+            EXPIRE_CHUNK,
+        ),
+    ).rowcount
+
+
+def _free_bytes(path: Path) -> int:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+def _ping(conn: sqlite3.Connection) -> None:
+    conn.execute("SELECT 1 FROM counters").fetchone()
+
+
+def _probe_write(conn: sqlite3.Connection) -> None:
+    # Rewrites one row as it is: a real page write, and nothing changes.
+    conn.execute("UPDATE counters SET value = value WHERE name = 'delivered'")
 
 
 def _release_orphaned_leases(conn: sqlite3.Connection) -> None:

@@ -53,6 +53,10 @@ class GroupCommitWriter:
         self._synchronous_full = True  # what the configured connection starts with
         self.batches = 0
         self.operations = 0
+        # Why the last write failed, until a write succeeds again: a full disk fails
+        # every publish while reads (and so a plain ping) still succeed. Set and
+        # cleared in the writer thread, read by readiness; one reference, no lock.
+        self.write_failure: str | None = None
         # Called in the writer thread after each commit with the batch's size and how
         # long its transaction took (metrics); it must be quick and must not raise.
         self.on_commit: Callable[[int, float], None] | None = None
@@ -148,6 +152,8 @@ class GroupCommitWriter:
     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         started = time.perf_counter()
+        changes_before = conn.total_changes
+        failure: str | None = None
         self._set_synchronous(conn, full=any(durable for _, _, durable in batch))
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -163,6 +169,7 @@ class GroupCommitWriter:
                     if self.on_rollback is not None:
                         self.on_rollback(False)
                     if isinstance(exc, sqlite3.OperationalError):
+                        failure = str(exc)
                         exc = StoreUnavailable(f"the store could not write: {exc}")
                     results.append((future, None, exc))
                 else:
@@ -179,8 +186,13 @@ class GroupCommitWriter:
                 conn.execute("ROLLBACK")
             if self.on_rollback is not None:
                 self.on_rollback(True)
-            failure = StoreUnavailable(f"the store could not commit: {exc}")
-            return [(future, None, failure) for _, future, _ in batch]
+            self.write_failure = str(exc)
+            unavailable = StoreUnavailable(f"the store could not commit: {exc}")
+            return [(future, None, unavailable) for _, future, _ in batch]
+        if failure is not None:
+            self.write_failure = failure
+        elif conn.total_changes > changes_before:
+            self.write_failure = None  # something was written: the disk takes writes again
         self.batches += 1
         self.operations += len(batch)
         if self.on_commit is not None:
