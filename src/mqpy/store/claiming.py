@@ -1,10 +1,10 @@
 """What a claim hands out, decided the same way on every backend.
 
 A backend asks `ClaimBuilder` how many due deliveries to read for each ungrouped
-subscription and each group (what their room allows), reads them its own way (one
-query per target on SQLite, one statement for all on PostgreSQL), hands the rows
-back, and leases what `finish` chooses (or, on PostgreSQL, has `assign` choose the
-members first and leases as it reads). The builder shares a group's deliveries out
+subscription and each group (what their room allows), reads their ids and due times its
+own way (one query per target on SQLite, one statement for all on PostgreSQL), keeps
+the oldest due (`oldest_due`), has `assign` choose the member for each, and only then
+leases and reads the chosen ones in full. The builder shares a group's deliveries out
 to its members in turn, caps each receiver at its room and the whole claim at
 `limit`, oldest due first, and works out when the next delivery falls due.
 
@@ -13,7 +13,7 @@ A row is `CLAIM_COLUMNS`, in order, read from deliveries `d` joined to messages 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +51,7 @@ class ClaimBuilder:
         self._routes = routes
         self._limit = limit
         self._now = now
-        self._lease = lease
+        self.lease = lease
         # A subscription's own max_concurrency replaces the caller's default cap.
         self._room = {
             member.id: (member.max_concurrency or per_subscription_limit) - busy.get(member.id, 0)
@@ -89,27 +89,6 @@ class ClaimBuilder:
         """Deliveries handed to the builder so far."""
         return len(self._candidates)
 
-    def add_subscription_rows(self, member: Member, rows: Sequence[Sequence[Any]]) -> None:
-        self._room[member.id] -= len(rows)
-        secrets = self._secrets_of(member)
-        self._candidates.extend(
-            _Candidate(row[2], _delivery(row, member, self._lease, secrets)) for row in rows
-        )
-
-    def add_group_rows(self, group_id: int, rows: Sequence[Sequence[Any]]) -> None:
-        """Share a group's due rows out to its members with room, in turn."""
-        members = self._routes.members
-        free = [
-            members[m] for m in self._routes.group_members[group_id] if self._room.get(m, 0) > 0
-        ]
-        start = self._routes.turn.get(group_id, 0)
-        for index, row in enumerate(rows):
-            member = self._next_member(free, start + index)
-            self._room[member.id] -= 1
-            delivery = _delivery(row, member, self._lease, self._secrets_of(member))
-            self._candidates.append(_Candidate(row[2], delivery))
-        self._routes.turn[group_id] = start + len(rows)
-
     def assign(self, targets: Sequence[tuple[bool, int]]) -> list[int]:
         """The member to lease each of these chosen deliveries to, before they are read
         (is group, subscription or group id; in due order): a group's go to its members
@@ -137,7 +116,7 @@ class ClaimBuilder:
     def add_leased(self, member_id: int, row: Sequence[Any]) -> None:
         """A delivery `assign` gave to this member, leased and read."""
         member = self._routes.members[member_id]
-        delivery = _delivery(row, member, self._lease, self._secrets_of(member))
+        delivery = _delivery(row, member, self.lease, self._secrets_of(member))
         self._candidates.append(_Candidate(row[2], delivery))
 
     def give_back(self, member_id: int) -> None:
@@ -199,3 +178,24 @@ def _delivery(row: Sequence[Any], member: Member, lease: str, secrets: tuple[str
         max_concurrency=member.max_concurrency,
         deliver_at=deliver_at,
     )
+
+
+def oldest_due(
+    rows: Iterable[Iterable[Any]], takes: Mapping[tuple[bool, int], int], left: int
+) -> tuple[dict[int, tuple[bool, int]], bool]:
+    """The oldest due of `rows` (target id, is group, delivery id, due at), at most
+    each target's take and `left` in all, in due order; and whether any were left
+    over, that is, whether more are due right now than were chosen."""
+    per_target: dict[tuple[bool, int], list[tuple[float, int]]] = {}
+    for target, is_group, delivery_id, due_at in rows:
+        per_target.setdefault((is_group, target), []).append((due_at, delivery_id))
+    more = False
+    candidates: list[tuple[float, int, tuple[bool, int]]] = []
+    for target, found in per_target.items():
+        found.sort()
+        take = takes[target]
+        more = more or len(found) > take
+        candidates.extend((due_at, delivery_id, target) for due_at, delivery_id in found[:take])
+    candidates.sort()
+    more = more or len(candidates) > left
+    return {delivery_id: target for _, delivery_id, target in candidates[:left]}, more

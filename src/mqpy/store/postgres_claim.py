@@ -5,13 +5,10 @@ never holds rows it will not lease and nodes claiming at once each get their sha
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import asyncpg
-
 from mqpy.store import postgres_sql as sql
-from mqpy.store.claiming import ClaimBuilder
+from mqpy.store.claiming import ClaimBuilder, oldest_due
 from mqpy.store.postgres_sql import PgConnection
 
 
@@ -60,7 +57,7 @@ async def claim_rounds(
             first = False
         takes = {(False, m.id): take for m, take in members}
         takes.update({(True, g): take for g, take in groups})
-        chosen, more_due_now = _oldest_due(rows, takes, left)
+        chosen, more_due_now = oldest_due(rows, takes, left)
         if more_due_now:
             builder.consider(now)
         if not chosen:
@@ -77,24 +74,3 @@ async def claim_rounds(
             builder.give_back(member_id)
         if not assigned:
             return
-
-
-def _oldest_due(
-    rows: Sequence[asyncpg.Record], takes: Mapping[tuple[bool, int], int], left: int
-) -> tuple[dict[int, tuple[bool, int]], bool]:
-    """The oldest due of `rows` (target id, is group, delivery id, due at), at most
-    each target's take and `left` in all, in due order; and whether any were left
-    over, that is, whether more are due right now than were chosen."""
-    per_target: dict[tuple[bool, int], list[tuple[float, int]]] = {}
-    for target, is_group, delivery_id, due_at in rows:
-        per_target.setdefault((is_group, target), []).append((due_at, delivery_id))
-    more = False
-    candidates: list[tuple[float, int, tuple[bool, int]]] = []
-    for target, found in per_target.items():
-        found.sort()
-        take = takes[target]
-        more = more or len(found) > take
-        candidates.extend((due_at, delivery_id, target) for due_at, delivery_id in found[:take])
-    candidates.sort()
-    more = more or len(candidates) > left
-    return {delivery_id: target for _, delivery_id, target in candidates[:left]}, more

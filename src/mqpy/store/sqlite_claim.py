@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from mqpy.domain import Claim
 from mqpy.ids import new_lease_token
 from mqpy.store.claiming import CLAIM_COLUMNS as _COLUMNS
-from mqpy.store.claiming import ClaimBuilder
+from mqpy.store.claiming import ClaimBuilder, oldest_due
 from mqpy.store.routes import Routes
 
 _FROM = "deliveries d JOIN messages m ON m.seq = d.message_seq"
@@ -30,13 +30,16 @@ _HEAD_OF_GROUP = (
     "WHERE e.ordering_key = d.ordering_key AND e.state = 'pending' AND e.id != d.id "
     "AND (e.id < d.id OR e.lease IS NOT NULL) AND e.group_id = d.group_id))"
 )
+# What is due, narrowly: ids and due times only. Only the chosen are read in full
+# (`_READ`), so a claim across many receivers does not read every receiver's bodies
+# to hand out a few of them.
 _DUE_FOR_SUBSCRIPTION = (
-    f"SELECT {_COLUMNS} FROM {_FROM} WHERE d.subscription_id = ? AND d.group_id IS NULL "
-    f"AND d.state = 'pending' AND d.due_at <= ? AND {_HEAD_OF_SUBSCRIPTION} "
-    "ORDER BY d.due_at, d.id LIMIT ?"
+    "SELECT d.id, d.due_at FROM deliveries d WHERE d.subscription_id = ? "
+    f"AND d.group_id IS NULL AND d.state = 'pending' AND d.due_at <= ? "
+    f"AND {_HEAD_OF_SUBSCRIPTION} ORDER BY d.due_at, d.id LIMIT ?"
 )
 _DUE_FOR_GROUP = (
-    f"SELECT {_COLUMNS} FROM {_FROM} WHERE d.group_id = ? AND d.state = 'pending' "
+    "SELECT d.id, d.due_at FROM deliveries d WHERE d.group_id = ? AND d.state = 'pending' "
     f"AND d.due_at <= ? AND {_HEAD_OF_GROUP} ORDER BY d.due_at, d.id LIMIT ?"
 )
 _NEXT_FOR_SUBSCRIPTION = (
@@ -46,6 +49,11 @@ _NEXT_FOR_SUBSCRIPTION = (
 _NEXT_FOR_GROUP = (
     "SELECT MIN(due_at) FROM deliveries WHERE group_id = ? AND state = 'pending' AND due_at > ?"
 )
+_QUERIES = {  # is a group: what is due, and when the next falls due
+    False: (_DUE_FOR_SUBSCRIPTION, _NEXT_FOR_SUBSCRIPTION),
+    True: (_DUE_FOR_GROUP, _NEXT_FOR_GROUP),
+}
+_CHUNK = 500  # ids per IN (...): far below SQLite's limit on parameters
 
 
 def claim(
@@ -58,37 +66,40 @@ def claim(
     per_subscription_limit: int,
     busy: Mapping[int, int],
 ) -> Claim:
-    lease = new_lease_token()
     builder = ClaimBuilder(
         routes,
         limit=limit,
         now=now,
-        lease=lease,
+        lease=new_lease_token(),
         per_subscription_limit=per_subscription_limit,
         busy=busy,
     )
-    for member, take in builder.subscription_takes():
-        rows = conn.execute(_DUE_FOR_SUBSCRIPTION, (member.id, now, take + 1)).fetchall()
+    due: list[tuple[int, bool, int, float]] = []  # target, is a group, delivery id, due at
+    takes: dict[tuple[bool, int], int] = {}
+    targets = [(False, member.id, take) for member, take in builder.subscription_takes()]
+    targets += [(True, group_id, take) for group_id, take in builder.group_takes()]
+    for is_group, target, take in targets:
+        select, after = _QUERIES[is_group]
         # The one row beyond what we take tells whether more are due right now.
-        if len(rows) > take:
-            builder.consider(now)
-        else:
-            builder.consider(conn.execute(_NEXT_FOR_SUBSCRIPTION, (member.id, now)).fetchone()[0])
-        builder.add_subscription_rows(member, rows[:take])
-    for group_id, total in builder.group_takes():
-        rows = conn.execute(_DUE_FOR_GROUP, (group_id, now, total + 1)).fetchall()
-        if len(rows) > total:
-            builder.consider(now)
-        else:
-            builder.consider(conn.execute(_NEXT_FOR_GROUP, (group_id, now)).fetchone()[0])
-        builder.add_group_rows(group_id, rows[:total])
-    claimed = builder.finish()
+        found = conn.execute(select, (target, now, take + 1)).fetchall()
+        if len(found) <= take:
+            builder.consider(conn.execute(after, (target, now)).fetchone()[0])
+        takes[(is_group, target)] = take
+        due.extend((target, is_group, delivery_id, due_at) for delivery_id, due_at in found)
+    chosen, more_due_now = oldest_due(due, takes, limit)
+    if more_due_now:
+        builder.consider(now)
+    ids = list(chosen)
+    assigned = dict(zip(ids, builder.assign(list(chosen.values())), strict=True))
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        # Read before the lease counts the attempt: a row carries the attempts so far.
+        for row in conn.execute(f"SELECT {_COLUMNS} FROM {_FROM} WHERE d.id IN ({marks})", chunk):
+            builder.add_leased(assigned[row[0]], row)
     conn.executemany(
         "UPDATE deliveries SET attempts = attempts + 1, due_at = ?, lease = ?, "
         "subscription_id = ? WHERE id = ?",
-        [
-            (now + lease_seconds, lease, d.subscription_id, d.delivery_id)
-            for d in claimed.deliveries
-        ],
+        [(now + lease_seconds, builder.lease, assigned[i], i) for i in ids],
     )
-    return claimed
+    return builder.finish()
