@@ -685,8 +685,7 @@ class SQLiteStore(Store):
             return None
         backlog, oldest = conn.execute(
             "SELECT COUNT(*), MIN(published_at) FROM messages m WHERE topic = ? "
-            "AND done_at IS NULL AND (routed = 0 OR EXISTS (SELECT 1 FROM deliveries d "
-            "WHERE d.message_seq = m.seq AND d.state = 'pending'))",
+            f"AND done_at IS NULL AND ({_WAITING_OR_PENDING})",
             (name,),
         ).fetchone()
         routes = self._routes_in(conn)
@@ -706,7 +705,7 @@ class SQLiteStore(Store):
             pending = conn.execute(
                 "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"
             ).fetchone()[0]
-            waiting = conn.execute("SELECT COUNT(*) FROM messages WHERE routed = 0").fetchone()[0]
+            waiting = conn.execute("SELECT COUNT(*) FROM waiting").fetchone()[0]
             delivered = conn.execute(
                 "SELECT value FROM counters WHERE name = 'delivered'"
             ).fetchone()[0]
@@ -744,9 +743,8 @@ class SQLiteStore(Store):
 
     async def topic_backlogs(self) -> list[TopicBacklog]:
         rows = await self._read(
-            "SELECT topic, COUNT(*), MIN(published_at) FROM messages m WHERE routed = 0 "
-            "OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_seq = m.seq "
-            "AND d.state = 'pending') GROUP BY topic ORDER BY topic"
+            "SELECT topic, COUNT(*), MIN(published_at) FROM messages m WHERE "
+            f"{_WAITING_OR_PENDING} GROUP BY topic ORDER BY topic"
         )
         return [TopicBacklog(topic, count, oldest) for topic, count, oldest in rows]
 
@@ -787,6 +785,14 @@ def _read_only(path: Path, sql: str) -> list[tuple[Any, ...]]:
             conn.close()
     except sqlite3.OperationalError as exc:
         raise StoreUnavailable(f"the store could not be read: {exc}") from None
+
+
+# A message some receiver has yet to get: one waiting for its first, or one with a
+# pending delivery (`m` is the message).
+_WAITING_OR_PENDING = (
+    "EXISTS (SELECT 1 FROM waiting w WHERE w.seq = m.seq) OR EXISTS (SELECT 1 FROM "
+    "deliveries d WHERE d.message_seq = m.seq AND d.state = 'pending')"
+)
 
 
 def _load_routes(conn: sqlite3.Connection) -> Routes:
@@ -917,17 +923,16 @@ def _route_waiting_messages(conn: sqlite3.Connection, target: Target, now: float
         # waiting messages take tens of milliseconds, not hundreds.
         conn.execute(
             "INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, "
-            "state, due_at) SELECT seq, ?, ?, ordering_key, 'pending', MAX(?, "
-            "COALESCE(deliver_at, 0)) FROM messages WHERE topic = ? AND routed = 0 ORDER BY seq",
+            "state, due_at) SELECT m.seq, ?, ?, m.ordering_key, 'pending', MAX(?, "
+            "COALESCE(m.deliver_at, 0)) FROM waiting w JOIN messages m ON m.seq = w.seq "
+            "WHERE w.topic = ? ORDER BY w.seq",
             (target.subscription_id, target.group_id, now, target.pattern),
         )
-        conn.execute(
-            "UPDATE messages SET routed = 1 WHERE topic = ? AND routed = 0", (target.pattern,)
-        )
+        conn.execute("DELETE FROM waiting WHERE topic = ?", (target.pattern,))
         return
     rows = conn.execute(
-        "SELECT seq, topic, attributes, ordering_key, deliver_at FROM messages "
-        "WHERE routed = 0 ORDER BY seq"
+        "SELECT m.seq, m.topic, m.attributes, m.ordering_key, m.deliver_at FROM waiting w "
+        "JOIN messages m ON m.seq = w.seq ORDER BY w.seq"
     ).fetchall()
     routed = []
     for seq, topic, attributes, ordering_key, deliver_at in rows:
@@ -941,7 +946,7 @@ def _route_waiting_messages(conn: sqlite3.Connection, target: Target, now: float
         "due_at) VALUES (?, ?, ?, ?, 'pending', ?)",
         routed,
     )
-    conn.executemany("UPDATE messages SET routed = 1 WHERE seq = ?", [(r[0],) for r in routed])
+    conn.executemany("DELETE FROM waiting WHERE seq = ?", [(r[0],) for r in routed])
 
 
 def _publish_one(
@@ -971,12 +976,14 @@ def _publish_one(
             message.body,
             message.publisher_id,
             message.published_at,
-            1 if targets else 0,
+            1,  # no longer read (schema 4): whether it waits is the `waiting` table's
             dump_attributes(message.attributes),
             message.ordering_key,
             message.deliver_at,
         ),
     ).lastrowid
+    if not targets:
+        conn.execute("INSERT INTO waiting (seq, topic) VALUES (?, ?)", (seq, message.topic))
     due = max(message.published_at, message.deliver_at or 0.0)
     conn.executemany(
         "INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, state, "

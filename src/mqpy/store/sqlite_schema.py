@@ -152,6 +152,17 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX idempotency_keys_age ON idempotency_keys (created_at);
     """,
+    # 4: messages waiting for a first receiver are listed in a table of their own. A
+    # connect then inserts their deliveries and deletes their list rows, instead of
+    # rewriting every waiting message, body and all, to flip its `routed` flag (2,000
+    # waiting 8 KB messages made one connect write 25 MB). messages.routed stays, no
+    # longer read: dropping it would rewrite the whole table once.
+    """
+    CREATE TABLE waiting (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL);
+    INSERT INTO waiting (seq, topic) SELECT seq, topic FROM messages WHERE routed = 0;
+    CREATE INDEX waiting_by_topic ON waiting (topic, seq);
+    DROP INDEX messages_waiting;
+    """,
 ]
 
 
