@@ -197,3 +197,36 @@ async def test_the_server_cuts_off_dribbling_clients(start_server: ServerFactory
     async with aiohttp.ClientSession() as http, http.get(server.url + "/dashboard") as response:
         assert response.status == 200
     assert server.running
+
+
+async def test_a_broken_chunked_body_after_the_headers_is_refused_at_once(
+    start_server: ServerFactory,
+) -> None:
+    # The headers first, then a chunk size that is not hex: the handler is already
+    # waiting for the body when the broken part comes. The default --body-timeout is
+    # 30 s; an answer well inside it shows the parse error was noticed, not waited out.
+    server = start_server()
+    for path in (b"/send", b"/v1/topics/orders/messages"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(b'7\r\n{"body"\r\nzz\r\nnot hex\r\n')
+        await writer.drain()
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(DEADLINE):
+                answer = await reader.read()  # to the end: the server closes the connection
+        finally:
+            writer.close()
+        took = time.monotonic() - started
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
+        assert b"application/problem+json" in head
+        assert b"the body could not be read: Invalid character in chunk size" in body
+        assert answer.count(b"HTTP/1.1 ") == 1, "one answer, not a second for the same bytes"
+        assert took < 10.0, f"answered and closed after {took:.1f} s"
+    assert "Traceback" not in server.log

@@ -116,8 +116,14 @@ async def read_object(
             400, "incomplete-body", "the connection closed before the whole body arrived"
         ) from None
     except web.RequestPayloadError as exc:
-        # A body that cannot be read as sent (a broken chunked encoding).
-        raise invalid_body(f"the body could not be read: {exc.__cause__ or exc}") from None
+        # A body that cannot be read as sent (a broken chunked encoding). What follows
+        # it on the connection cannot be framed either: answer, then close.
+        raise Problem(
+            400,
+            "invalid-request",
+            f"the body could not be read: {exc}",
+            close=True,
+        ) from None
     if coding is not None:
         raw = decode(raw, coding, limit, lambda: body_too_large(limit, limit_flag))
     if allow_empty and not raw.strip():
