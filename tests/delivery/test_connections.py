@@ -288,3 +288,15 @@ async def test_nobody_listening_reads_as_cannot_connect(connections: ReceiverCon
 async def test_a_header_with_a_line_break_is_refused(connections: ReceiverConnections) -> None:
     with pytest.raises(ValueError, match="line break"):
         await connections.post("http://127.0.0.1:9/hook", b"", [("mq-topic", "a\r\nX: y")])
+
+
+async def test_credentials_in_the_url_go_as_basic_auth(
+    scripted: Callable[[Script], ScriptedReceiver], connections: ReceiverConnections
+) -> None:
+    receiver = await start(scripted(lambda request, served: NO_CONTENT))
+    url = receiver.url.replace("http://", "http://hook%40svc:p%C3%A4ss@")
+    assert (await post(connections, url))[0] == 204
+    head = receiver.requests[0].head.decode("latin-1")
+    assert head.startswith("POST /hook?x=1 HTTP/1.1\r\n"), "no credentials on the line"
+    # base64 of "hook@svc:päss" in Latin-1, as aiohttp and curl send it.
+    assert "\r\nAuthorization: Basic aG9va0BzdmM6cORzcw==\r\n" in head
