@@ -636,6 +636,13 @@ def test_publish_batch_with_an_idempotency_key_publishes_no_line_twice(
         ["listen", "--group", "bad group"],
         ["listen", "--filter", "=value"],
         ["listen", "--filter", "a^=x", "--filter", "a=y"],
+        ["listen", "--filter", "kind==x"],
+        ["listen", "--filter", "kind!=x"],
+        ["listen", "--filter", "n>=3"],
+        ["listen", "--filter", "n>3"],
+        ["listen", "--filter", "!kind=x"],
+        ["listen", "--filter", "kind = x"],
+        ["listen", "--filter", "kind^==x"],
     ],
     ids=" ".join,
 )
@@ -643,3 +650,12 @@ def test_bad_topic_options_exit_2(args: list[str]) -> None:
     result = mqpy_run(*args, "--url", f"http://127.0.0.1:{unused_port()}")
     assert result.returncode == 2, result
     assert result.stderr.strip()
+
+
+def test_a_filter_that_does_not_parse_says_what_would() -> None:
+    """`kind==x` was taken as kind equal to "=x", which matched nothing the user meant."""
+    result = mqpy_run("listen", "--filter", "kind==x", "--url", f"http://127.0.0.1:{unused_port()}")
+    assert result.returncode == 2, result
+    assert result.stdout == "", result
+    assert result.stderr.startswith("mqpy listen: --filter 'kind==x' does not parse: write"), result
+    assert "NAME=VALUE" in result.stderr and "there is no ==" in result.stderr, result
