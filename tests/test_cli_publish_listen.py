@@ -425,8 +425,14 @@ def test_dead_letters_list_and_redrive(start_server: ServerFactory) -> None:
     assert table[1].startswith(f"{message_id}  {doomed.id}  1 ")
     assert table[1].endswith("nobody\\x1bhome")  # the escape is shown, not obeyed
 
-    other = succeeded(mqpy_run("dead-letters", "redrive", "--receiver", "1", "--json", *url))
-    assert json.loads(other) == {"redriven": 0}
+    # A receiver that does not exist is said to be so, not answered "redriven: 0".
+    for extra in ([], ["--json"]):
+        unknown = mqpy_run("dead-letters", "redrive", "--receiver", "1", *extra, *url)
+        assert unknown.returncode == 1, unknown
+        assert unknown.stdout == "", unknown
+        assert unknown.stderr.startswith(
+            "mqpy dead-letters redrive: there is no receiver with id 1"
+        ), unknown
     redriven = succeeded(mqpy_run("dead-letters", "redrive", "--receiver", str(doomed.id), *url))
     assert "redriven: 1" in redriven
     # Redriven, it is tried again, fails again and is back in the list, with the same id.
