@@ -425,8 +425,14 @@ def test_dead_letters_list_and_redrive(start_server: ServerFactory) -> None:
     assert table[1].startswith(f"{message_id}  {doomed.id}  1 ")
     assert table[1].endswith("nobody\\x1bhome")  # the escape is shown, not obeyed
 
-    other = succeeded(mqpy_run("dead-letters", "redrive", "--receiver", "1", "--json", *url))
-    assert json.loads(other) == {"redriven": 0}
+    # A receiver that does not exist is said to be so, not answered "redriven: 0".
+    for extra in ([], ["--json"]):
+        unknown = mqpy_run("dead-letters", "redrive", "--receiver", "1", *extra, *url)
+        assert unknown.returncode == 1, unknown
+        assert unknown.stdout == "", unknown
+        assert unknown.stderr.startswith(
+            "mqpy dead-letters redrive: there is no receiver with id 1"
+        ), unknown
     redriven = succeeded(mqpy_run("dead-letters", "redrive", "--receiver", str(doomed.id), *url))
     assert "redriven: 1" in redriven
     # Redriven, it is tried again, fails again and is back in the list, with the same id.
@@ -636,6 +642,13 @@ def test_publish_batch_with_an_idempotency_key_publishes_no_line_twice(
         ["listen", "--group", "bad group"],
         ["listen", "--filter", "=value"],
         ["listen", "--filter", "a^=x", "--filter", "a=y"],
+        ["listen", "--filter", "kind==x"],
+        ["listen", "--filter", "kind!=x"],
+        ["listen", "--filter", "n>=3"],
+        ["listen", "--filter", "n>3"],
+        ["listen", "--filter", "!kind=x"],
+        ["listen", "--filter", "kind = x"],
+        ["listen", "--filter", "kind^==x"],
     ],
     ids=" ".join,
 )
@@ -643,3 +656,12 @@ def test_bad_topic_options_exit_2(args: list[str]) -> None:
     result = mqpy_run(*args, "--url", f"http://127.0.0.1:{unused_port()}")
     assert result.returncode == 2, result
     assert result.stderr.strip()
+
+
+def test_a_filter_that_does_not_parse_says_what_would() -> None:
+    """`kind==x` was taken as kind equal to "=x", which matched nothing the user meant."""
+    result = mqpy_run("listen", "--filter", "kind==x", "--url", f"http://127.0.0.1:{unused_port()}")
+    assert result.returncode == 2, result
+    assert result.stdout == "", result
+    assert result.stderr.startswith("mqpy listen: --filter 'kind==x' does not parse: write"), result
+    assert "NAME=VALUE" in result.stderr and "there is no ==" in result.stderr, result

@@ -20,6 +20,7 @@ from tests.support.server import ServerProcess
 ADMIN_KEY = "native-api-admin-key-5c0e1a"
 # Never called: nothing is published to the topics these subscriptions take.
 NOWHERE = "http://127.0.0.1:9/hook"
+REDRIVE = "/v1/dead-letters/redrive"
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +282,24 @@ async def test_one_subscriptions_dead_letters_are_listed_redriven_and_purged(
     assert ok(call(base, "DELETE", path)) == {"purged": 1}
     assert dead() == []
     assert ok(call(base, "GET", "/v1/dead-letters"))["dead_letters"] == []
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_redriving_a_receiver_that_does_not_exist_is_404(
+    start_server: ServerFactory, store: str, request: pytest.FixtureRequest
+) -> None:
+    """`{"receiver_id": N}` for no receiver was `{"redriven": 0}`, so a mistyped id
+    looked like a redrive that had nothing to do; even to an admin it is a 404 now."""
+    args = [] if store == "sqlite" else ["--store", request.getfixturevalue("postgres_url")]
+    base = start_server(*args).url
+    sub = ok(call(base, "POST", "/v1/subscriptions", subscription_body(NOWHERE, topic="x")), 201)
+    assert ok(call(base, "POST", REDRIVE, {"receiver_id": sub["id"]})) == {"redriven": 0}
+    never = problem(call(base, "POST", REDRIVE, {"receiver_id": sub["id"] + 1}), 404)
+    assert never["type"].endswith("unknown-subscription"), never
+    assert never["detail"] == f"there is no subscription with id {sub['id'] + 1}", never
+    ok(call(base, "DELETE", f"/v1/subscriptions/{sub['id']}"), 204)
+    gone = problem(call(base, "POST", REDRIVE, {"receiver_id": sub["id"]}), 404)
+    assert gone["type"].endswith("unknown-subscription"), gone
 
 
 # -- rights ------------------------------------------------------------------------------------

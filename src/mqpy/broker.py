@@ -574,9 +574,10 @@ class Broker:
     async def _check_dead_letter_rights(
         self, principal: Principal, subscription_id: int | None
     ) -> None:
-        """Every dead letter needs an admin; one subscription's, its owner will do."""
-        if subscription_id is None or principal.is_admin:
-            # An admin may name a receiver that is gone: nothing of it is left to act on.
+        """Every dead letter needs an admin; one subscription's, its owner will do. A
+        subscription that does not exist is UnknownSubscription even to an admin: a
+        mistyped id answered `redriven: 0` looked like success."""
+        if subscription_id is None:
             require_admin(principal)
         else:
             await self.subscription(subscription_id, principal)

@@ -9,6 +9,7 @@ Flags are accepted Go-style (`-port 8080`, as MQ Go took them) and GNU-style
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -102,12 +103,39 @@ def _show(option: Option) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command != "serve":
-        if hasattr(args, "run"):  # a command that talks to a running server
-            return int(args.run(args))
-        parser.print_help()
-        return 2
+    try:
+        try:
+            args = parser.parse_args(argv)
+            if args.command != "serve":
+                return _run_command(parser, args)
+        finally:
+            # Flushed here, not at exit, so a reader that is gone surfaces below.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_gone()
+    return _serve(parser, args, argv)
+
+
+def _run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if hasattr(args, "run"):  # a command that talks to a running server
+        return int(args.run(args))
+    parser.print_help()
+    return 2
+
+
+def _reader_gone() -> int:
+    """Whoever read our output stopped reading (`mqpy status | head -8`): that is the
+    reader's choice, not our failure, so exit 0 as `mqpy listen | head -1` does, and
+    under `set -o pipefail` the pipeline still succeeds. What is still buffered goes to
+    devnull, else the interpreter's own flush at exit would raise again (the Python
+    docs' recipe for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
+
+
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
     try:
         settings = resolve({o.name: getattr(args, o.name, None) for o in options()})
     except SettingError as exc:

@@ -8,10 +8,12 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from mqpy.client import DeadLetter, MQError
+from mqpy.client import DeadLetter, MQError, NotFound
 from mqpy.commands import (
     EXIT_OK,
+    EXIT_REFUSED,
     KEY_ENV,
+    CommandFailed,
     add_server_options_with_epilog,
     print_json,
     print_usage,
@@ -89,6 +91,12 @@ def redrive_dead_letters(args: argparse.Namespace) -> int:
     with sync_client(args) as client:
         try:
             count = client.redrive(args.receiver)
+        except NotFound:
+            raise CommandFailed(
+                EXIT_REFUSED,
+                f"there is no receiver with id {args.receiver} (`mqpy subscriptions list` "
+                "shows the receivers' ids)",
+            ) from None
         except MQError as error:
             raise failure(error) from None
     if args.json:

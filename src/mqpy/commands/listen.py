@@ -61,6 +61,7 @@ examples:
 
 --filter NAME=VALUE: the attribute equals VALUE (repeat for any of several values);
 NAME^=PREFIX: it starts with PREFIX; NAME: the message has it; !NAME: it has not.
+Nothing else parses: kind==x, kind!=x or n>3 is refused.
 Members of one group must give the same filter.
 
 environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key; a subscriber or admin key)""",

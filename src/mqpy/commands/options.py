@@ -16,6 +16,14 @@ from mqpy.topics import TOPIC_NAME, is_valid_pattern
 GROUP_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 MAX_DELAY_SECONDS = 31_536_000  # one year, the broker's limit
 _PREFIX = "^="
+# Kept out of a --filter NAME, so a comparison this syntax does not have is refused.
+_OPERATOR_CHARACTERS = frozenset("=!<>~^")
+_FILTER_FORMS = (
+    "write NAME=VALUE (equals; repeat for any of several values), NAME^=PREFIX (starts "
+    "with), NAME (has the attribute) or !NAME (lacks it), where NAME has no spaces "
+    "around it and none of = ! < > ~ ^, and VALUE does not start with '=' (there is no "
+    "==, != or >=)"
+)
 
 
 def topic_name(text: str) -> str:
@@ -137,19 +145,30 @@ def filter_of(items: list[str]) -> dict[str, Any] | None:
 
 
 def _condition(item: str) -> tuple[str, Any]:
+    name, condition = _split_condition(item)
+    # `kind==x`, `kind!=x`, `n>=3`, `n>3` would otherwise pass as conditions on odd
+    # names (`kind!`) or odd values (`=x`) and silently match nothing the user meant.
+    text = condition if isinstance(condition, str) else condition.get("prefix", "")
+    if (
+        not name
+        or name != name.strip()
+        or any(char in _OPERATOR_CHARACTERS for char in name)
+        or text.startswith("=")
+    ):
+        raise _usage(f"--filter {item!r} does not parse: {_FILTER_FORMS}")
+    return name, condition
+
+
+def _split_condition(item: str) -> tuple[str, str | dict[str, Any]]:
     if _PREFIX in item:
         name, _, prefix = item.partition(_PREFIX)
-        if name:
-            return name, {"prefix": prefix}
-    elif "=" in item:
+        return name, {"prefix": prefix}
+    if "=" in item:
         name, _, value = item.partition("=")
-        if name:
-            return name, value
-    elif item.startswith("!") and len(item) > 1:
+        return name, value
+    if item.startswith("!"):
         return item[1:], {"exists": False}
-    elif item:
-        return item, {"exists": True}
-    raise _usage(f"--filter {item!r}: write NAME=VALUE, NAME^=PREFIX, NAME or !NAME")
+    return item, {"exists": True}
 
 
 def _usage(message: str) -> CommandFailed:

@@ -36,6 +36,7 @@ from mqpy.commands.topics import (
 _FILTER_HELP = """\
 --filter NAME=VALUE: the attribute equals VALUE (repeat for any of several values);
 NAME^=PREFIX: it starts with PREFIX; NAME: the message has it; !NAME: it has not.
+Nothing else parses: kind==x, kind!=x or n>3 is refused.
 Members of one group must give the same filter."""
 
 
