@@ -4,9 +4,9 @@ SQLite and PostgreSQL, so both stores share these conversions."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from mqpy.domain import (
     BadCursor,
@@ -172,3 +172,16 @@ def dead_letter_page(rows: Sequence[Any], limit: int) -> Page[DeadLetter]:
     ]
     more = len(rows) > limit
     return Page(letters, f"{page[-1][4]!r}:{page[-1][9]}" if more else None)
+
+
+T = TypeVar("T")
+
+# Items per statement that binds a list of them (`IN (...)`, `VALUES (...), ...`): far
+# below SQLite's limit on parameters, and a bounded statement on PostgreSQL.
+CHUNK = 500
+
+
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    """`items` in slices of at most `size`, in order."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

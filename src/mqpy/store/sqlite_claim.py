@@ -15,6 +15,7 @@ from mqpy.ids import new_lease_token
 from mqpy.store.claiming import CLAIM_COLUMNS as _COLUMNS
 from mqpy.store.claiming import ClaimBuilder, oldest_due
 from mqpy.store.routes import Routes
+from mqpy.store.rows import chunks
 
 _FROM = "deliveries d JOIN messages m ON m.seq = d.message_seq"
 # Blocked by an older unfinished delivery of the key, or by any of the key's that is in
@@ -53,7 +54,6 @@ _QUERIES = {  # is a group: what is due, and when the next falls due
     False: (_DUE_FOR_SUBSCRIPTION, _NEXT_FOR_SUBSCRIPTION),
     True: (_DUE_FOR_GROUP, _NEXT_FOR_GROUP),
 }
-_CHUNK = 500  # ids per IN (...): far below SQLite's limit on parameters
 
 
 def claim(
@@ -91,8 +91,7 @@ def claim(
         builder.consider(now)
     ids = list(chosen)
     assigned = dict(zip(ids, builder.assign(list(chosen.values())), strict=True))
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
+    for chunk in chunks(ids):
         marks = ", ".join("?" * len(chunk))
         # Read before the lease counts the attempt: a row carries the attempts so far.
         for row in conn.execute(f"SELECT {_COLUMNS} FROM {_FROM} WHERE d.id IN ({marks})", chunk):

@@ -15,11 +15,9 @@ import threading
 from collections.abc import Collection, Sequence
 
 from mqpy.store.batching import Settlement
+from mqpy.store.rows import chunks
 from mqpy.store.sqlite_tallies import Tallies
 from mqpy.store.sqlite_writer import GroupCommitWriter
-
-# Rows per statement: 4 parameters each stays far below SQLite's 32,766.
-_CHUNK = 500
 
 _RETRY = (
     "UPDATE deliveries SET due_at = ?, lease = NULL, last_error = ?, last_status = ? "
@@ -106,8 +104,7 @@ def settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], tallies:
     if not acks:
         return
     seqs: set[int] = set()
-    for start in range(0, len(acks), _CHUNK):
-        chunk = acks[start : start + _CHUNK]
+    for chunk in chunks(acks):
         values = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
         params = [
             value
@@ -135,8 +132,7 @@ def finish_messages(conn: sqlite3.Connection, seqs: Collection[int], now: float)
     stay for the retention window, and the caller counts them off the backlog."""
     ordered = sorted(seqs)
     done = 0
-    for start in range(0, len(ordered), _CHUNK):
-        chunk = ordered[start : start + _CHUNK]
+    for chunk in chunks(ordered):
         marks = ", ".join("?" * len(chunk))
         done += conn.execute(
             f"UPDATE messages SET done_at = ? WHERE seq IN ({marks}) AND done_at IS NULL "
