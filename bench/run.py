@@ -1232,8 +1232,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--processes",
         type=int,
         default=None,
-        help="run each broker as N processes on one fixed port (mqpy serve --processes N; "
-        "needs --store or --postgres)",
+        help="run each broker as N processes on one fixed port (mqpy serve --processes N), "
+        "on SQLite or on --store/--postgres",
     )
     parser.add_argument(
         "--publish-api",
@@ -1327,11 +1327,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         server_args += ["--processes", str(args.processes)]
     args.server_arg_list = server_args
     args.process_count = named or args.processes or 1
-    if args.process_count > 1 and args.store is None and not args.postgres:
-        parser.error(
-            f"--processes {args.process_count} needs a PostgreSQL store (one SQLite data "
-            "directory takes one process): add --postgres, or --store postgresql://..."
-        )
     return args
 
 

@@ -1,6 +1,7 @@
 """The live nodes in GET /v1/status and `mqpy status`, through real servers: one on
-SQLite lists itself; two on one PostgreSQL database each list both, and the survivor
-stops listing a killed one once its heartbeats are over ten seconds old."""
+SQLite lists itself, a group of processes on SQLite lists each of them; two on one
+PostgreSQL database each list both, and the survivor stops listing a killed one once
+its heartbeats are over ten seconds old."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from mqpy.observability.figures import LIVE_NODE_SECONDS
 from tests.conftest import ServerFactory
 from tests.support.server import ServerProcess
 from tests.test_cli_status import mqpy_status, succeeded, table
+from tests.test_processes import free_port
 
 NODE_FIELDS = {
     "name",
@@ -116,3 +118,16 @@ async def test_on_postgresql_each_node_lists_both_until_one_dies(
     # Its last heartbeat was at most 2 s before the kill: dropping it much sooner than
     # ten seconds after would take a node that missed a beat or two for a dead one.
     assert dropped_after >= LIVE_NODE_SECONDS - 3, dropped_after
+
+
+async def test_a_sqlite_group_lists_each_of_its_processes(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    port = free_port()
+    server = start_server("--processes", "2", "--port", str(port))
+    feed = await status_until(http, server, lambda feed: len(feed["nodes"]) == 2, timeout=15)
+    assert feed["node"] in names(feed)
+    pids = {node["name"].split(":")[1] for node in feed["nodes"]}
+    assert len(pids) == 2 and str(server.pid) not in pids  # the children, not the supervisor
+    for node in feed["nodes"]:
+        check_node(node, server)

@@ -122,8 +122,8 @@ class Settings:
     processes: int = _setting(
         1,
         _positive_int,
-        "broker processes to run on this machine, sharing --port and the store; above 1 "
-        "needs a PostgreSQL --store and a fixed --port",
+        "broker processes to run on this machine, sharing --port and the store (SQLite "
+        "or PostgreSQL); above 1 needs a fixed --port",
     )
     jobs: int = _setting(
         64,

@@ -29,6 +29,7 @@ from mqpy.keyring import Keyring
 from mqpy.observability import Observer
 from mqpy.peers import CatalogSync, Heartbeat, node_address
 from mqpy.store import Store, StoreLocation, open_store
+from mqpy.supervisor import inherited_data_lock
 
 log = logging.getLogger("mqpy.server")
 
@@ -77,7 +78,7 @@ async def serve(settings: Settings) -> int:
     try:
         check_lease(settings)
         location = StoreLocation.parse(settings.store, settings.data_dir)
-        store = open_store(location)
+        store = open_store(location, data_lock=inherited_data_lock())
     except (StartupRefused, StoreCannotOpen) as exc:
         log.error("%s", exc)
         return 2

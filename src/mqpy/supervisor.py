@@ -2,8 +2,11 @@
 
 The parent serves nothing itself. It runs its own command line again once per process,
 with `MQPY_PROCESS_SLOT` saying which process each child is; a child is then a full
-node (its own store pool, dispatcher and heartbeat), just as if started by hand, that
-binds the shared port with SO_REUSEPORT so the kernel spreads connections among them.
+node (its own store connections, dispatcher and heartbeat), just as if started by
+hand, that binds the shared port with SO_REUSEPORT so the kernel spreads connections
+among them. On SQLite the parent first takes the data directory's lock for the whole
+group and releases what the processes before it left claimed, then hands each child
+the lock's descriptor (`MQPY_DATA_LOCK_FD`).
 
 The parent forwards SIGTERM and SIGINT to the children and waits for their graceful
 stop. A child that dies is replaced, after a pause that grows while replacements keep
@@ -22,16 +25,21 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
+from typing import IO
 
 from mqpy.config import Settings
-from mqpy.domain import StoreCannotOpen
+from mqpy.domain import StoreCannotOpen, StoreError
 from mqpy.store import StoreLocation
+from mqpy.store.sqlite import prepare_group
 
 log = logging.getLogger("mqpy.supervisor")
 
 # Set in each child's environment: which of the N processes it is, 1 to N.
 SLOT_ENV = "MQPY_PROCESS_SLOT"
+# And on SQLite, the descriptor of the data directory's lock, which the parent holds.
+DATA_LOCK_ENV = "MQPY_DATA_LOCK_FD"
 # A child that exits sooner than this after its start failed to start.
 STARTUP_SECONDS = 5.0
 # The pause before a replacement: doubled for each start in a row that failed.
@@ -53,20 +61,21 @@ def process_slot(environ: Mapping[str, str] | None = None) -> int | None:
     return int(raw) if raw.isdigit() and int(raw) > 0 else None
 
 
+def inherited_data_lock(environ: Mapping[str, str] | None = None) -> int | None:
+    """The descriptor of the SQLite data directory's lock this process's supervisor
+    handed down, or None if it is not one of a group on SQLite."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(DATA_LOCK_ENV, "")
+    return int(raw) if process_slot(environ) is not None and raw.isdigit() else None
+
+
 def refusal(settings: Settings) -> str | None:
     """Why these settings cannot run `--processes` above 1, or None if they can."""
     try:
-        location = StoreLocation.parse(settings.store, settings.data_dir)
+        StoreLocation.parse(settings.store, settings.data_dir)
     except StoreCannotOpen as exc:
         return str(exc)
     count = settings.processes
-    if location.backend == "sqlite":
-        return (
-            f"--processes {count} needs a PostgreSQL store: the SQLite store takes an "
-            f"exclusive lock on its data directory ({location.target}), so only one "
-            "process can use it; run one process, or give --store postgresql://... "
-            "to run several"
-        )
     if settings.port == 0:
         return (
             f"--processes {count} cannot share port 0: each process would pick a port of "
@@ -83,10 +92,24 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
     if reason is not None:
         log.error("%s", reason)
         return 2
+    location = StoreLocation.parse(settings.store, settings.data_dir)
+    environ = dict(os.environ)
+    data_lock: IO[str] | None = None
+    if location.backend == "sqlite":
+        try:
+            data_lock = prepare_group(Path(location.target))
+        except StoreError as exc:
+            log.error("%s", exc)
+            return 1
+        environ[DATA_LOCK_ENV] = str(data_lock.fileno())
     log.info("starting %d processes on %s:%d", settings.processes, settings.host, settings.port)
     command = [sys.executable, "-m", "mqpy", *argv]
     stop_timeout = 2 * settings.shutdown_grace + STOP_MARGIN_SECONDS
-    return Supervisor(command, settings.processes, stop_timeout).run()
+    try:
+        return Supervisor(command, settings.processes, stop_timeout, environ).run()
+    finally:
+        if data_lock is not None:
+            data_lock.close()
 
 
 @dataclass
@@ -188,9 +211,11 @@ class Supervisor:
         return None
 
     def _start(self, slot: int, *, first: bool) -> None:
+        lock = self.environ.get(DATA_LOCK_ENV, "")
         process = subprocess.Popen(
             self.command,
             env={**self.environ, SLOT_ENV: str(slot)},
+            pass_fds=(int(lock),) if lock.isdigit() else (),
             stdin=subprocess.DEVNULL,
             # Out of the terminal's process group: Ctrl-C reaches the supervisor only,
             # which passes it on once.

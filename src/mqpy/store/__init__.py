@@ -79,10 +79,12 @@ class StoreLocation:
         return f"StoreLocation({self.backend!r}, {str(self)!r})"
 
 
-def open_store(location: StoreLocation) -> Store:
-    """The store at `location`, not opened yet (`await store.open()` does that)."""
+def open_store(location: StoreLocation, *, data_lock: int | None = None) -> Store:
+    """The store at `location`, not opened yet (`await store.open()` does that).
+    `data_lock`: the SQLite data directory's lock, held by the supervisor of a group of
+    processes this one belongs to (`mqpy serve --processes N`)."""
     if location.backend == "sqlite":
-        return SQLiteStore(Path(location.target))
+        return SQLiteStore(Path(location.target), group_lock=data_lock)
     try:
         # Imported only when asked for: the embedded default needs no PostgreSQL driver.
         from mqpy.store.postgres import PostgresStore

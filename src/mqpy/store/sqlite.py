@@ -1,7 +1,11 @@
 """The embedded store: SQLite in WAL mode, every write through one group-commit thread.
 
-Only this process may use a data directory at a time (it holds a lock file), which is
-what lets it release leases left behind by a crashed predecessor at start.
+One broker uses a data directory at a time: it holds a lock file, which is what lets
+it release leases left behind by a crashed predecessor at start. That broker is one
+process, or a group of them started by `mqpy serve --processes N`: then the supervisor
+holds the lock and releases old leases before the group starts (`prepare_group`), and
+each process takes turns at the file, one transaction at a time, and reads at the start
+of each what the others changed (`SQLiteStore._begin`).
 """
 
 from __future__ import annotations
@@ -83,6 +87,8 @@ DATABASE_FILE = "mqpy.sqlite3"
 # Delivered messages (and expired idempotency keys) forgotten per writer transaction.
 SWEEP_CHUNK = 500
 LOCK_FILE = "mqpy.lock"
+# Processes of one group hold this one around each transaction (GroupCommitWriter).
+WRITE_LOCK_FILE = "mqpy.write-lock"
 # After a failed write, the store is ready again only with this much free disk: a
 # full disk still takes a small write into the WAL's spare room, not a publish.
 READY_FREE_BYTES = 1 << 20
@@ -100,26 +106,53 @@ def _configure(conn: sqlite3.Connection) -> None:
 class SQLiteStore(Store):
     """The `Store` interface on one SQLite file under a data directory."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, group_lock: int | None = None) -> None:
+        """`group_lock`: for one process of a group, the descriptor of the data
+        directory's lock file that the group's supervisor holds (`prepare_group`)."""
         self.data_dir = data_dir
         self.path = data_dir / DATABASE_FILE
         self.node = node_name()
-        self._writer = GroupCommitWriter(self.path, _configure)
+        self._group_lock = group_lock
+        self._writer = GroupCommitWriter(
+            self.path,
+            _configure,
+            shared_lock=None if group_lock is None else data_dir / WRITE_LOCK_FILE,
+        )
         self._routes = RouteTable()
         self._tallies = Tallies()
         # Acks, retries and dead letters waiting for the writer are recorded together.
         self._settlements = SettlementQueue(self._writer, self._tallies)
         self._writer.before_commit = self._tallies.flush
         self._writer.on_rollback = self._tallies.rolled_back
+        if group_lock is not None:
+            self._writer.after_begin = self._begin
         self._lock_file: IO[str] | None = None
         self._catalog_version = 0
-        self._nodes: dict[str, NodeInfo] = {}  # this process alone: the file is locked
+        # A process on its own keeps the list of nodes (itself) in memory; a group's
+        # processes keep it in the file.
+        self._nodes: dict[str, NodeInfo] = {}
 
-    def _catalog_changed(self) -> None:
-        """Connections, subscriptions or keys changed: routes are stale. Only this
-        process uses the file, so the version lives in memory."""
+    @property
+    def shared(self) -> bool:
+        """Whether other processes of a group share the file."""
+        return self._group_lock is not None
+
+    def _catalog_changed(self, conn: sqlite3.Connection) -> None:
+        """Connections, subscriptions or keys changed: routes are stale, here and in
+        any other process sharing the file (see `_begin`)."""
         self._routes.invalidate()
+        conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'catalog'")
         self._catalog_version += 1
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """The writer's `after_begin` in a group of processes: what this process keeps
+        in memory of the file (routes, the stored-message count) may have been changed
+        by another since this process's last transaction."""
+        self._tallies.forget()
+        version = _catalog_version(conn)
+        if version != self._catalog_version:
+            self._routes.invalidate()
+            self._catalog_version = version
 
     def _routes_in(self, conn: sqlite3.Connection) -> Routes:
         return self._routes.get(lambda: _load_routes(conn))
@@ -138,6 +171,11 @@ class SQLiteStore(Store):
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self.path.exists():
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        if self._group_lock is not None:
+            # The supervisor holds the lock for the group and released old leases.
+            _check_group_lock(self.data_dir, self._group_lock)
+            await self._writer.start()
+            return
         self._lock_file = _lock_data_dir(self.data_dir)
         try:
             await self._writer.start()
@@ -181,7 +219,7 @@ class SQLiteStore(Store):
         filter: Filter | None = None,
     ) -> Connection:
         def operation(conn: sqlite3.Connection) -> Connection:
-            self._catalog_changed()
+            self._catalog_changed(conn)
             connection_id = _new_id(conn)
             conn.execute(
                 "INSERT INTO connections (id, mode, client_url, topic, connected_at, key_id) "
@@ -219,7 +257,7 @@ class SQLiteStore(Store):
         secret: str | None,
         connection_id: int | None,
     ) -> None:
-        self._catalog_changed()
+        self._catalog_changed(conn)
         group_id = None
         new_target = True
         if spec.group is not None:
@@ -294,7 +332,7 @@ class SQLiteStore(Store):
             spec = changed_spec(current.spec, changes)
             if spec.filter != current.spec.filter and spec.group is not None:
                 _change_group_filter(conn, subscription_id, spec)
-            self._catalog_changed()
+            self._catalog_changed(conn)
             conn.execute(
                 "UPDATE subscriptions SET url = ?, filter = ?, settings = ? WHERE id = ?",
                 (spec.url, dump_filter(spec.filter), dump_settings(spec), subscription_id),
@@ -310,7 +348,7 @@ class SQLiteStore(Store):
 
     async def set_paused(self, subscription_id: int, paused: bool) -> Subscription | None:
         def operation(conn: sqlite3.Connection) -> Subscription | None:
-            self._catalog_changed()
+            self._catalog_changed(conn)
             conn.execute(
                 "UPDATE subscriptions SET paused = ? WHERE id = ? AND active = 1",
                 (int(paused), subscription_id),
@@ -339,7 +377,7 @@ class SQLiteStore(Store):
         self, subscription_id: int, secret: str, *, now: float, overlap_seconds: float
     ) -> bool:
         def operation(conn: sqlite3.Connection) -> bool:
-            self._catalog_changed()
+            self._catalog_changed(conn)
             changed = conn.execute(
                 "UPDATE subscriptions SET previous_secret = secret, "
                 "previous_secret_until = ?, secret = ? WHERE id = ? AND active = 1",
@@ -358,7 +396,7 @@ class SQLiteStore(Store):
             ).fetchone()
             if row is None:
                 return None
-            self._catalog_changed()
+            self._catalog_changed(conn)
             conn.execute(
                 "UPDATE connections SET disconnected_at = ? WHERE id = ?", (now, connection_id)
             )
@@ -370,7 +408,7 @@ class SQLiteStore(Store):
         return await self._writer.run(operation)
 
     def _end_subscription(self, conn: sqlite3.Connection, subscription_id: int, now: float) -> None:
-        self._catalog_changed()
+        self._catalog_changed(conn)
         row = conn.execute(
             "UPDATE subscriptions SET active = 0 WHERE id = ? AND active = 1 RETURNING group_id",
             (subscription_id,),
@@ -418,15 +456,30 @@ class SQLiteStore(Store):
         return await self._writer.run(operation)
 
     async def catalog_version(self) -> int:
-        return self._catalog_version
+        if not self.shared:
+            return self._catalog_version  # every change went through this process
+        return await self._writer.run(_catalog_version, durable=False)
 
     async def heartbeat(self, node: NodeInfo) -> None:
-        self._nodes[node.name] = node
+        if not self.shared:
+            self._nodes[node.name] = node
+            return
+        await self._writer.run(functools.partial(_heartbeat, node=node), durable=False)
 
     async def nodes(self, *, seen_since: float) -> list[NodeInfo]:
-        return sorted(
-            (n for n in self._nodes.values() if n.seen_at >= seen_since), key=lambda n: n.name
+        if not self.shared:
+            return sorted(
+                (n for n in self._nodes.values() if n.seen_at >= seen_since),
+                key=lambda n: n.name,
+            )
+        rows = await self._writer.run(
+            lambda conn: conn.execute(
+                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE seen_at >= ? ORDER BY name",
+                (seen_since,),
+            ).fetchall(),
+            durable=False,
         )
+        return [NodeInfo(*row) for row in rows]
 
     async def connections(self) -> list[Connection]:
         def operation(conn: sqlite3.Connection) -> list[Connection]:
@@ -575,14 +628,15 @@ class SQLiteStore(Store):
         )
 
     async def add_key(self, key: ApiKey) -> None:
-        self._catalog_changed()
-        await self._writer.run(
-            lambda conn: conn.execute(
+        def operation(conn: sqlite3.Connection) -> None:
+            self._catalog_changed(conn)
+            conn.execute(
                 "INSERT INTO api_keys (id, role, topics, secret_hash, created_at) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (key.id, key.role.value, "\n".join(key.topics), key.secret_hash, key.created_at),
             )
-        )
+
+        await self._writer.run(operation)
 
     async def keys(self) -> list[ApiKey]:
         def operation(conn: sqlite3.Connection) -> list[ApiKey]:
@@ -599,7 +653,7 @@ class SQLiteStore(Store):
 
     async def revoke_key(self, key_id: str, now: float) -> bool:
         def operation(conn: sqlite3.Connection) -> bool:
-            self._catalog_changed()
+            self._catalog_changed(conn)
             return (
                 conn.execute(
                     "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
@@ -773,6 +827,70 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
     lock_file.write(f"{os.getpid()}\n")
     lock_file.flush()
     return lock_file
+
+
+def prepare_group(data_dir: Path) -> IO[str]:
+    """For the supervisor of `mqpy serve --processes N`, before it starts them: take
+    the data directory's lock for the whole group, bring the schema up to date, and
+    release the leases of the processes that ran before. The returned file holds the
+    lock; each process gets its descriptor (`SQLiteStore(group_lock=...)`)."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = data_dir / DATABASE_FILE
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    lock_file = _lock_data_dir(data_dir)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            _configure(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            _release_orphaned_leases(conn)
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            # As in `open`: a full disk must not become a crash loop.
+            log.error(
+                "cannot release the claims of the processes that ran before: %s; starting "
+                "anyway (their deliveries are due again once their leases expire)",
+                exc,
+            )
+        finally:
+            conn.close()
+    except BaseException:
+        lock_file.close()
+        raise
+    return lock_file
+
+
+def _check_group_lock(data_dir: Path, descriptor: int) -> None:
+    """Refuse a descriptor that is not the data directory's lock file."""
+    try:
+        held = os.fstat(descriptor)
+        expected = (data_dir / LOCK_FILE).stat()
+    except OSError as exc:
+        raise StoreLocked(
+            f"the data directory lock handed to this process is not usable: {exc}"
+        ) from None
+    if (held.st_dev, held.st_ino) != (expected.st_dev, expected.st_ino):
+        raise StoreLocked(
+            f"the lock handed to this process is not {data_dir / LOCK_FILE}; start the "
+            "group with mqpy serve --processes N"
+        )
+
+
+_NODE_COLUMNS = "name, started_at, seen_at, address, held, in_flight"
+
+
+def _catalog_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT value FROM counters WHERE name = 'catalog'").fetchone()[0])
+
+
+def _heartbeat(conn: sqlite3.Connection, node: NodeInfo) -> None:
+    conn.execute(
+        f"INSERT OR REPLACE INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+        (node.name, node.started_at, node.seen_at, node.address, node.held, node.in_flight),
+    )
+    # Processes that stopped a day ago are history no one asks about.
+    conn.execute("DELETE FROM nodes WHERE seen_at < ?", (node.seen_at - 86400.0,))
 
 
 def _read_only(path: Path, sql: str) -> list[tuple[Any, ...]]:

@@ -163,6 +163,20 @@ MIGRATIONS: list[str] = [
     CREATE INDEX waiting_by_topic ON waiting (topic, seq);
     DROP INDEX messages_waiting;
     """,
+    # 5: what processes sharing the file (`mqpy serve --processes N`) tell each other:
+    # a version that every change to connections, subscriptions or keys moves, so each
+    # knows its cached routes are stale, and the list of live processes.
+    """
+    INSERT INTO counters (name, value) VALUES ('catalog', 0);
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY,
+        started_at REAL NOT NULL,
+        seen_at REAL NOT NULL,
+        address TEXT NOT NULL,
+        held INTEGER NOT NULL,
+        in_flight INTEGER NOT NULL
+    );
+    """,
 ]
 
 

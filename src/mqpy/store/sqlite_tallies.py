@@ -26,6 +26,11 @@ class Tallies:
             self._stored = int(written.fetchone()[0]) + self._stored_change
         return self._stored
 
+    def forget(self) -> None:
+        """Read the count again when next asked: another process sharing the file may
+        have changed it. Between transactions only, when nothing is left unwritten."""
+        self._stored = None
+
     def add_stored(self, delta: int) -> None:
         """Call once an operation's writes are all done (not before: a failing operation
         must add nothing)."""

@@ -10,7 +10,9 @@ never blocks on SQLite.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -28,6 +30,7 @@ _Item = tuple[Operation, "asyncio.Future[Any]", bool]  # operation, its caller, 
 log = logging.getLogger("mqpy.store")
 
 _STOP = object()
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 
 
 class WriterClosed(RuntimeError):
@@ -42,10 +45,15 @@ class GroupCommitWriter:
         path: Path,
         configure: Callable[[sqlite3.Connection], None],
         max_batch: int = 1024,
+        *,
+        shared_lock: Path | None = None,
     ) -> None:
         self._path = path
         self._configure = configure
         self._max_batch = max_batch
+        # Processes sharing the file take this lock around each transaction (see
+        # `_execute_exclusively`); None: this process is the file's only writer.
+        self._shared_lock = shared_lock
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -60,6 +68,9 @@ class GroupCommitWriter:
         # Called in the writer thread after each commit with the batch's size and how
         # long its transaction took (metrics); it must be quick and must not raise.
         self.on_commit: Callable[[int, float], None] | None = None
+        # Called in the writer thread right after each BEGIN, inside the transaction:
+        # to notice what other processes sharing the file changed since the last one.
+        self.after_begin: Callable[[sqlite3.Connection], None] | None = None
         # Called in the writer thread just before each COMMIT, inside the transaction:
         # for writes several operations share (one per batch instead of one each).
         self.before_commit: Callable[[sqlite3.Connection], None] | None = None
@@ -107,9 +118,12 @@ class GroupCommitWriter:
     def _run(self, ready: asyncio.Future[None]) -> None:
         assert self._loop is not None
         conn: sqlite3.Connection | None = None
+        lock: int | None = None
         try:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=True)
             self._configure(conn)
+            if self._shared_lock is not None:
+                lock = os.open(self._shared_lock, _LOCK_FLAGS, 0o600)
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting opener
             if conn is not None:
                 conn.close()  # e.g. a schema from a newer mq-py: do not leak the handle
@@ -120,11 +134,28 @@ class GroupCommitWriter:
             while True:
                 batch, stop = self._take_batch()
                 if batch:
-                    self._loop.call_soon_threadsafe(_settle_all, self._execute(conn, batch))
+                    results = self._execute_exclusively(conn, batch, lock)
+                    self._loop.call_soon_threadsafe(_settle_all, results)
                 if stop:
                     break
         finally:
             conn.close()
+            if lock is not None:
+                os.close(lock)
+
+    def _execute_exclusively(
+        self, conn: sqlite3.Connection, batch: list[_Item], lock: int | None
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """`_execute`, holding the processes' shared lock if there is one. SQLite's own
+        lock would do for correctness, but a process that finds it taken polls for it in
+        sleeps of 1 to 100 ms; one waiting in `flock` is woken the moment it is free."""
+        if lock is None:
+            return self._execute(conn, batch)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # releases the GIL while it waits
+        try:
+            return self._execute(conn, batch)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _take_batch(self) -> tuple[list[_Item], bool]:
         item = self._queue.get()
@@ -157,6 +188,8 @@ class GroupCommitWriter:
         self._set_synchronous(conn, full=any(durable for _, _, durable in batch))
         try:
             conn.execute("BEGIN IMMEDIATE")
+            if self.after_begin is not None:
+                self.after_begin(conn)
             for operation, future, _ in batch:
                 # A savepoint per operation: one failing operation is rolled back and
                 # reported to its own caller without spoiling the others in the batch.
