@@ -424,3 +424,44 @@ sys.exit(1)
     assert len((tmp_path / "starts-2").read_text().split()) == 1
     assert "was killed by SIGKILL" in caplog.text
     assert f"{supervisor.MAX_FAILED_STARTS} starts in a row failed within 5s" in caplog.text
+
+
+async def test_a_sqlite_group_takes_up_at_once_what_a_killed_broker_had_claimed(
+    start_server: ServerFactory, start_receiver: ReceiverFactory, tmp_path: Path
+) -> None:
+    """Claims left by a broker killed mid-delivery are released when a group starts on
+    its data directory, not when their lease (a minute here) runs out."""
+    answering = asyncio.Event()
+    finished = asyncio.Event()
+    hanging = 0
+
+    async def hangs_then_answers(request: web.Request, number: int) -> web.StreamResponse:
+        nonlocal hanging
+        if not answering.is_set():
+            hanging += 1
+            await finished.wait()  # answers once the test is over: the broker was killed
+        return web.Response(status=204)
+
+    receiver = await start_receiver(hangs_then_answers)
+    data = tmp_path / "data"
+    lease = ("--lease-seconds", "60s", "--delivery-timeout", "50s")
+    alone = start_server(*lease, data_dir=data)
+    async with aiohttp.ClientSession() as http:
+        client = SeedClient(http, alone.url)
+        await client.connect_receiver(receiver.url)
+        sender = await client.connect_sender()
+        published = {str((await client.send(sender, f"m{i}"))["message_id"]) for i in range(5)}
+    deadline = time.monotonic() + 30
+    while hanging == 0:  # claimed, and hanging (as many as the receiver's first window)
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    alone.kill()
+    answering.set()
+    started = time.monotonic()
+    server = start_server(*lease, "--processes", "2", "--port", str(free_port()), data_dir=data)
+    serving(server, 2)
+    await receiver.wait_for(5, timeout=20)
+    assert time.monotonic() - started < 20  # well inside the 60 s lease
+    assert {r.message_id for r in receiver.received} == published
+    finished.set()
