@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from mqpy.domain import BacklogFull, Published
@@ -149,6 +151,33 @@ class PublishConformance:
             Published(batch[0].id, duplicate=True),
         ]
         assert bodies(await claim(store, T0)) == ["first", "plain"]
+
+    async def test_repeats_arriving_together_are_one_message(self, store: Store) -> None:
+        # A store may write publishes that arrive at once together: a key repeated
+        # among them is still one message, whichever of them the store takes first.
+        await subscribe(store)
+        repeats = [message(f"try {n}", idempotency_key="k1", publisher_key="p") for n in range(8)]
+        answers = await asyncio.gather(*(store.publish([m]) for m in repeats))
+        fresh = [a for (a,) in answers if not a.duplicate]
+        assert len(fresh) == 1 and fresh[0].deliveries == 1
+        assert {a.id for (a,) in answers} == {fresh[0].id}
+        assert len((await claim(store, T0)).deliveries) == 1
+
+    async def test_publishes_and_a_new_subscription_arriving_together(self, store: Store) -> None:
+        # Messages published beside a subscription's creation either reach it as
+        # deliveries or wait for it and are routed to it: none is left waiting.
+        for rounds in range(3):
+            topic = f"t{rounds}"
+            batch = [message(f"{topic}-m{n}", topic=topic) for n in range(20)]
+            await asyncio.gather(
+                *(store.publish([m]) for m in batch[:10]),
+                subscribe(store, topic),
+                *(store.publish([m]) for m in batch[10:]),
+            )
+            claimed = await claim(store, T0 + 1, limit=100)
+            assert sorted(bodies(claimed)) == sorted(m.body for m in batch)
+            await ack_all(store, claimed.deliveries, T0 + 1)
+        assert (await store.stats()).queue_length == 0
 
     async def test_a_duplicate_answers_the_first_id_after_it_was_delivered(
         self, store: Store

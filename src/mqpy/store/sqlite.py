@@ -67,13 +67,13 @@ from mqpy.store.rows import (
     dead_letter_cursor,
     dead_letter_page,
     delivery_status,
-    dump_attributes,
     dump_filter,
     dump_settings,
     load_attributes,
     subscription_from_row,
 )
 from mqpy.store.sqlite_claim import claim as claim_due
+from mqpy.store.sqlite_publish import PublishBuffer
 from mqpy.store.sqlite_schema import migrate
 from mqpy.store.sqlite_settle import SettlementQueue, finish_messages
 from mqpy.store.sqlite_tallies import Tallies
@@ -122,8 +122,11 @@ class SQLiteStore(Store):
         self._tallies = Tallies()
         # Acks, retries and dead letters waiting for the writer are recorded together.
         self._settlements = SettlementQueue(self._writer, self._tallies)
+        # New messages and their deliveries are written together (sqlite_publish.py).
+        self._publishing = PublishBuffer()
+        self._writer.flush_buffered = self._publishing.flush
         self._writer.before_commit = self._tallies.flush
-        self._writer.on_rollback = self._tallies.rolled_back
+        self._writer.on_rollback = self._rolled_back
         if group_lock is not None:
             self._writer.after_begin = self._begin
         self._lock_file: IO[str] | None = None
@@ -131,6 +134,12 @@ class SQLiteStore(Store):
         # A process on its own keeps the list of nodes (itself) in memory; a group's
         # processes keep it in the file.
         self._nodes: dict[str, NodeInfo] = {}
+
+    def _rolled_back(self, whole_transaction: bool) -> None:
+        """The writer's on_rollback: memory that mirrors the transaction is void."""
+        self._tallies.rolled_back(whole_transaction)
+        if whole_transaction:
+            self._publishing.clear()
 
     @property
     def shared(self) -> bool:
@@ -504,14 +513,14 @@ class SQLiteStore(Store):
                     f"the broker holds {max_backlog} undelivered messages, its --max-backlog"
                 )
             routes = self._routes_in(conn)
-            published = [_publish_one(conn, routes, message, dedup_since) for message in messages]
+            published = self._publishing.publish(conn, routes, messages, dedup_since)
             fresh = [m for m, p in zip(messages, published, strict=True) if not p.duplicate]
             tallies.add_stored(len(fresh))
             for message in fresh:
                 tallies.published(message.topic, 1, message.published_at)
             return published
 
-        return await self._writer.run(operation)
+        return await self._writer.run(operation, buffered=True)
 
     async def message(self, message_id: str, now: float) -> StoredMessage | None:
         return await self._writer.run(lambda conn: _stored_message(conn, message_id, now))
@@ -1065,50 +1074,6 @@ def _route_waiting_messages(conn: sqlite3.Connection, target: Target, now: float
         routed,
     )
     conn.executemany("DELETE FROM waiting WHERE seq = ?", [(r[0],) for r in routed])
-
-
-def _publish_one(
-    conn: sqlite3.Connection, routes: Routes, message: NewMessage, dedup_since: float
-) -> Published:
-    key_id = message.publisher_key or ""
-    if message.idempotency_key is not None:
-        row = conn.execute(
-            "SELECT message_id FROM idempotency_keys WHERE key_id = ? AND idempotency_key = ? "
-            "AND created_at >= ?",
-            (key_id, message.idempotency_key, dedup_since),
-        ).fetchone()
-        if row is not None:
-            return Published(row[0], duplicate=True)
-        conn.execute(
-            "INSERT OR REPLACE INTO idempotency_keys (key_id, idempotency_key, message_id, "
-            "created_at) VALUES (?, ?, ?, ?)",
-            (key_id, message.idempotency_key, message.id, message.published_at),
-        )
-    targets = routes.for_message(message.topic, message.attributes)
-    seq = conn.execute(
-        "INSERT INTO messages (id, topic, body, publisher_id, published_at, routed, "
-        "attributes, ordering_key, deliver_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            message.id,
-            message.topic,
-            message.body,
-            message.publisher_id,
-            message.published_at,
-            1,  # no longer read (schema 4): whether it waits is the `waiting` table's
-            dump_attributes(message.attributes),
-            message.ordering_key,
-            message.deliver_at,
-        ),
-    ).lastrowid
-    if not targets:
-        conn.execute("INSERT INTO waiting (seq, topic) VALUES (?, ?)", (seq, message.topic))
-    due = max(message.published_at, message.deliver_at or 0.0)
-    conn.executemany(
-        "INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, state, "
-        "due_at) VALUES (?, ?, ?, ?, 'pending', ?)",
-        [(seq, t.subscription_id, t.group_id, message.ordering_key, due) for t in targets],
-    )
-    return Published(message.id, deliveries=len(targets))
 
 
 def _stored_message(conn: sqlite3.Connection, message_id: str, now: float) -> StoredMessage | None:

@@ -25,7 +25,8 @@ from mqpy.domain import StoreUnavailable
 
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
-_Item = tuple[Operation, "asyncio.Future[Any]", bool]  # operation, its caller, durable
+# An operation, its caller, whether it must be durable, whether it only buffers.
+_Item = tuple[Operation, "asyncio.Future[Any]", bool, bool]
 
 log = logging.getLogger("mqpy.store")
 
@@ -71,6 +72,9 @@ class GroupCommitWriter:
         # Called in the writer thread right after each BEGIN, inside the transaction:
         # to notice what other processes sharing the file changed since the last one.
         self.after_begin: Callable[[sqlite3.Connection], None] | None = None
+        # Called in the writer thread, inside the transaction, before each operation
+        # that is not `buffered` and before the commit: writes what buffered ones left.
+        self.flush_buffered: Callable[[sqlite3.Connection], None] | None = None
         # Called in the writer thread just before each COMMIT, inside the transaction:
         # for writes several operations share (one per batch instead of one each).
         self.before_commit: Callable[[sqlite3.Connection], None] | None = None
@@ -87,24 +91,39 @@ class GroupCommitWriter:
         self._thread.start()
         await ready
 
-    async def run(self, operation: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+    async def run(
+        self,
+        operation: Callable[[sqlite3.Connection], T],
+        *,
+        durable: bool = True,
+        buffered: bool = False,
+    ) -> T:
         """Run `operation` in the next transaction and return its result once committed.
 
         `durable=False` is for bookkeeping whose loss in a crash only means a delivery
         is made again (claims, acks, retries): a batch of only such operations commits
         without an fsync, and the next durable commit's fsync covers it (WAL frames are
-        written in order)."""
-        return await self.submit(operation, durable=durable)
+        written in order).
+
+        `buffered=True` is for an operation that writes nothing itself: it reads, and
+        adds rows to a buffer that `flush_buffered` writes before the next operation
+        that is not buffered, and before the commit. Having written nothing when it
+        fails, it needs no savepoint of its own."""
+        return await self.submit(operation, durable=durable, buffered=buffered)
 
     def submit(
-        self, operation: Callable[[sqlite3.Connection], T], *, durable: bool = True
+        self,
+        operation: Callable[[sqlite3.Connection], T],
+        *,
+        durable: bool = True,
+        buffered: bool = False,
     ) -> asyncio.Future[T]:
         """Queue `operation` as `run` does, without waiting: the future is settled
         once its transaction commits."""
         if self._closed or self._loop is None:
             raise WriterClosed("the store is closed")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((operation, future, durable))
+        self._queue.put((operation, future, durable, buffered))
         return future
 
     async def stop(self) -> None:
@@ -185,29 +204,25 @@ class GroupCommitWriter:
         started = time.perf_counter()
         changes_before = conn.total_changes
         failure: str | None = None
-        self._set_synchronous(conn, full=any(durable for _, _, durable in batch))
+        self._set_synchronous(conn, full=any(item[2] for item in batch))
         try:
             conn.execute("BEGIN IMMEDIATE")
             if self.after_begin is not None:
                 self.after_begin(conn)
-            for operation, future, _ in batch:
-                # A savepoint per operation: one failing operation is rolled back and
-                # reported to its own caller without spoiling the others in the batch.
-                conn.execute("SAVEPOINT op")
+            for operation, future, _, buffered in batch:
+                if not buffered and self.flush_buffered is not None:
+                    self.flush_buffered(conn)
                 try:
-                    result = operation(conn)
+                    result = self._operate(conn, operation, savepoint=not buffered)
                 except Exception as exc:  # noqa: BLE001 - handed to its caller, who decides
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    if self.on_rollback is not None:
-                        self.on_rollback(False)
                     if isinstance(exc, sqlite3.OperationalError):
                         failure = str(exc)
                         exc = StoreUnavailable(f"the store could not write: {exc}")
                     results.append((future, None, exc))
                 else:
-                    conn.execute("RELEASE op")
                     results.append((future, result, None))
+            if self.flush_buffered is not None:
+                self.flush_buffered(conn)
             if self.before_commit is not None:
                 self.before_commit(conn)
             conn.execute("COMMIT")
@@ -221,7 +236,7 @@ class GroupCommitWriter:
                 self.on_rollback(True)
             self.write_failure = str(exc)
             unavailable = StoreUnavailable(f"the store could not commit: {exc}")
-            return [(future, None, unavailable) for _, future, _ in batch]
+            return [(item[1], None, unavailable) for item in batch]
         if failure is not None:
             self.write_failure = failure
         elif conn.total_changes > changes_before:
@@ -231,6 +246,23 @@ class GroupCommitWriter:
         if self.on_commit is not None:
             self.on_commit(len(batch), time.perf_counter() - started)
         return results
+
+    def _operate(self, conn: sqlite3.Connection, operation: Operation, *, savepoint: bool) -> Any:
+        """Run one operation of the batch. With a savepoint, one that fails is rolled
+        back and reported to its own caller without spoiling the others in the batch."""
+        if not savepoint:
+            return operation(conn)
+        conn.execute("SAVEPOINT op")
+        try:
+            result = operation(conn)
+        except Exception:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            if self.on_rollback is not None:
+                self.on_rollback(False)
+            raise
+        conn.execute("RELEASE op")
+        return result
 
 
 def _settle_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
