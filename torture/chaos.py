@@ -31,7 +31,7 @@ SETTLE_SECONDS = 180.0
 
 async def run(ctx: Context) -> Outcome:
     outcome = Outcome("chaotic receivers")
-    messages = 50 if ctx.short else 1000
+    messages = 50 if ctx.short else 300
     sink = ctx.sink()
     server = ctx.server(
         "chaos",

@@ -109,15 +109,15 @@ async def run_faults(args: argparse.Namespace, workdir: Path) -> list[Outcome]:
 
 
 def render(outcomes: Sequence[Outcome]) -> str:
-    lines = [f"{'fault':<28} {'verdict':<8} {'time':>7}  figures", "-" * 90]
+    lines = [f"{'fault':<31} {'verdict':<8} {'time':>7}  figures", "-" * 90]
     for outcome in outcomes:
         figures = "; ".join(f"{name} {value}" for name, value in outcome.figures.items())
         if outcome.skipped:
             figures = outcome.skipped
         lines.append(
-            f"{outcome.fault:<28} {outcome.verdict:<8} {outcome.seconds:>6.0f}s  {figures}"
+            f"{outcome.fault:<31} {outcome.verdict:<8} {outcome.seconds:>6.0f}s  {figures}"
         )
-        lines += [f"{'':<46}failed: {failure}" for failure in outcome.failures]
+        lines += [f"{'':<49}failed: {failure}" for failure in outcome.failures]
     return "\n".join(lines)
 
 
