@@ -26,6 +26,15 @@ async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str, bytes]:
         return response.status, response.content_type, await response.read()
 
 
+async def wait_ready(http: aiohttp.ClientSession, url: str, after: str) -> None:
+    """Poll /readyz until it answers 200; fails saying what it should have been ready
+    after."""
+    deadline = time.monotonic() + 15
+    while (await get(http, url + "/readyz"))[0] != 200:
+        assert time.monotonic() < deadline, f"still not ready after {after}"
+        await asyncio.sleep(0.2)
+
+
 async def test_probes_answer_without_a_key(
     start_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -61,10 +70,7 @@ async def test_not_ready_while_the_store_cannot_write(
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    deadline = time.monotonic() + 15
-    while (await get(http, server.url + "/readyz"))[0] != 200:
-        assert time.monotonic() < deadline, "still not ready after the lock was released"
-        await asyncio.sleep(0.2)
+    await wait_ready(http, server.url, "the lock was released")
 
 
 async def test_not_ready_while_the_disk_is_full_and_ready_once_it_is_freed(
@@ -92,10 +98,7 @@ async def test_not_ready_while_the_disk_is_full_and_ready_once_it_is_freed(
         assert "cannot write" in problem["detail"], problem
         assert (await get(http, server.url + "/healthz"))[0] == 200
         free(disk)
-        deadline = time.monotonic() + 15
-        while (await get(http, server.url + "/readyz"))[0] != 200:
-            assert time.monotonic() < deadline, "still not ready after the disk was freed"
-            await asyncio.sleep(0.2)
+        await wait_ready(http, server.url, "the disk was freed")
         await client.send(sender, "stored again")
         server.kill()
 
@@ -137,8 +140,5 @@ async def test_postgres_not_ready_while_the_database_refuses_writes(
     problem = check_problem(status, content_type, body, 503)
     assert "cannot write" in problem["detail"], problem
     read_only(False)
-    deadline = time.monotonic() + 15
-    while (await get(http, server.url + "/readyz"))[0] != 200:
-        assert time.monotonic() < deadline, "still not ready after writes were allowed again"
-        await asyncio.sleep(0.2)
+    await wait_ready(http, server.url, "writes were allowed again")
     await client.send(sender, "stored again")
