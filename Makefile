@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench install clean
+.PHONY: run test lint typecheck pytest bench torture install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,8 @@ run: $(STAMP)
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench torture
+	$(BIN)/ruff format --check src tests bench torture
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -42,6 +42,12 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run $(ARGS)
+
+## Try the broker against faults (kill -9, chaotic receivers, a full disk, failing fsync,
+## SIGTERM, a soak, PostgreSQL faults); not part of `make test`. Flags go in ARGS:
+## make torture ARGS="--short" or ARGS="--only kill9 --trials 20" (see torture/README.md).
+torture: $(STAMP)
+	$(BIN)/python -m torture.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) mqpy-data .mypy_cache .ruff_cache .pytest_cache

@@ -12,7 +12,9 @@ bare text.
 The runner talks to it over the same port:
 
 - `GET /_stats`: counts and first/last arrival times, as JSON;
-- `GET /_latencies`: every recorded latency in nanoseconds, as a JSON list;
+- `GET /_latencies`: every recorded latency in nanoseconds, as a JSON list
+  (`/_latencies?path=/r0`: that path's only);
+- `GET /_ids?path=/r0&since=N`: that path's distinct webhook-ids from the N-th on;
 - `POST /_pause`: hold deliveries unanswered until `POST /_resume` (the broker's
   workers then wait, and its backlog stays in the store);
 - `POST /_resume`: answer every held delivery now and stop holding;
@@ -22,7 +24,15 @@ Deliveries to a path starting `/flaky` meet a receiver that fails 60% of them, a
 issue 10 describes one: in equal shares 500, 503 and 429 answers, hangs (never
 answered; the broker's delivery timeout gives up) and dropped connections. The rest are
 answered 204 and recorded. The draws come from a seeded generator, so every run of the
-sink meets the same sequence; `_stats` counts each kind under `flaky`.
+sink meets the same sequence; `_stats` counts each kind under `flaky`. A path starting
+`/chaos` draws the same way, but its 503 and 429 answers carry `Retry-After: 1` (the
+torture suite's chaotic receiver). A path starting `/slow` answers each delivery
+`SLOW_SECONDS` after it arrived; `_stats` says how many it holds now (`slow_held`).
+
+For the torture suite, which checks every acknowledged message arrived, the sink also
+keeps, per path, each distinct `webhook-id` in order of first arrival, and counts the
+repeats that came with an `mq-attempt` the id already came with (`same_attempt_repeats`:
+one attempt handed out twice, rather than a retry, which counts one higher).
 
     python -m bench.sink [--port 0] [--max-seconds 900]
 
@@ -50,6 +60,10 @@ WEBHOOK_ID = b"\r\nwebhook-id:"
 BODY_KEY = b'"body":"'
 CONTROL_PREFIX = b"/_"
 FLAKY_PREFIX = b"/flaky"
+CHAOS_PREFIX = b"/chaos"
+SLOW_PREFIX = b"/slow"
+SLOW_SECONDS = 0.05
+MQ_ATTEMPT = b"\r\nmq-attempt:"
 FLAKY_FAILURES = (b"500", b"503", b"429", b"hang", b"drop")
 FLAKY_SUCCESS_SHARE = 0.4
 LATENCY_MARK = ord("t")
@@ -66,8 +80,14 @@ class Recorder:
     def reset(self) -> None:
         self.count = 0
         self.by_path: dict[bytes, int] = {}
-        self.seen: set[tuple[bytes, bytes]] = set()
-        self.latencies_ns: list[int] = []
+        # (path, webhook-id) -> the mq-attempt it first came with; per path, the ids in
+        # order of first arrival; for ids that came again, every attempt number seen.
+        self.seen: dict[tuple[bytes, bytes], int] = {}
+        self.repeated: dict[tuple[bytes, bytes], set[int]] = {}
+        self.ids: dict[bytes, list[str]] = {}
+        self.same_attempt_repeats = 0
+        self.latencies_ns: dict[bytes, list[int]] = {}
+        self.slow_held = 0
         self.first_ns = 0
         self.last_ns = 0
         self.bad_requests = 0
@@ -97,11 +117,9 @@ class Recorder:
         if self.first_ns == 0:
             self.first_ns = now_ns
         self.last_ns = now_ns
-        start = head.find(WEBHOOK_ID)
-        if start >= 0:
-            start += len(WEBHOOK_ID)
-            end = head.find(b"\r\n", start)
-            self.seen.add((path, head[start : end if end >= 0 else len(head)].strip()))
+        message_id = _header(head, WEBHOOK_ID)
+        if message_id is not None:
+            self._note_id(path, message_id, _header(head, MQ_ATTEMPT))
         start = body.find(BODY_KEY)
         if start >= 0:
             start += len(BODY_KEY)
@@ -113,19 +131,38 @@ class Recorder:
                 sent_ns = int(body[start + 1 : end])
             except ValueError:
                 return
-            self.latencies_ns.append(now_ns - sent_ns)
+            self.latencies_ns.setdefault(path, []).append(now_ns - sent_ns)
+
+    def _note_id(self, path: bytes, message_id: bytes, attempt_text: bytes | None) -> None:
+        attempt = int(attempt_text) if attempt_text and attempt_text.isdigit() else 0
+        key = (path, message_id)
+        first = self.seen.get(key)
+        if first is None:
+            self.seen[key] = attempt
+            self.ids.setdefault(path, []).append(message_id.decode())
+            return
+        attempts = self.repeated.setdefault(key, {first})
+        if attempt in attempts:
+            self.same_attempt_repeats += 1
+        attempts.add(attempt)
+
+    def all_latencies(self) -> list[int]:
+        return [latency for latencies in self.latencies_ns.values() for latency in latencies]
 
     def stats(self) -> dict[str, Any]:
         return {
             "count": self.count,
             "distinct": len(self.seen),
             "by_path": {path.decode(): n for path, n in sorted(self.by_path.items())},
+            "distinct_by_path": {path.decode(): len(ids) for path, ids in self.ids.items()},
+            "same_attempt_repeats": self.same_attempt_repeats,
+            "slow_held": self.slow_held,
             "first_ns": self.first_ns,
             "last_ns": self.last_ns,
             "held": len(self.held),
             "paused": self.paused,
             "bad_requests": self.bad_requests,
-            "latencies": len(self.latencies_ns),
+            "latencies": sum(len(latencies) for latencies in self.latencies_ns.values()),
             "flaky": {kind.decode(): n for kind, n in sorted(self.flaky.items())},
             "most_hanging": self.most_hanging,
         }
@@ -191,7 +228,7 @@ class SinkProtocol(asyncio.Protocol):
             self._transport.write(self._control(parts[0], path))
             return
         recorder = self._recorder
-        if path.startswith(FLAKY_PREFIX):
+        if path.startswith((FLAKY_PREFIX, CHAOS_PREFIX)):
             outcome = recorder.flaky_outcome()
             if outcome == b"hang":
                 self._hanging = True  # the broker gives up after its timeout and closes
@@ -201,21 +238,51 @@ class SinkProtocol(asyncio.Protocol):
                 self._transport = None
                 return
             if outcome != b"ok":
-                self._transport.write(b"HTTP/1.1 %s Failing\r\nContent-Length: 0\r\n\r\n" % outcome)
+                pause = b"Retry-After: 1\r\n" if path.startswith(CHAOS_PREFIX) else b""
+                if outcome == b"500":
+                    pause = b""
+                self._transport.write(
+                    b"HTTP/1.1 %s Failing\r\n%sContent-Length: 0\r\n\r\n" % (outcome, pause)
+                )
                 return
         if recorder.paused:
             recorder.held.append((self._transport, path, head, body))
             return
+        if path.startswith(SLOW_PREFIX):
+            recorder.slow_held += 1
+            asyncio.get_running_loop().call_later(
+                SLOW_SECONDS, self._answer_slow, self._transport, path, head, body
+            )
+            return
         recorder.arrive(time.monotonic_ns(), path, head, body)
         self._transport.write(NO_CONTENT)
 
-    def _control(self, method: bytes, path: bytes) -> bytes:
+    def _answer_slow(
+        self, transport: asyncio.Transport, path: bytes, head: bytes, body: bytes
+    ) -> None:
+        self._recorder.slow_held -= 1
+        if transport.is_closing():
+            return  # the broker gave up on it (or stopped): not acknowledged
+        self._recorder.arrive(time.monotonic_ns(), path, head, body)
+        transport.write(NO_CONTENT)
+
+    def _control(self, method: bytes, target: bytes) -> bytes:
         recorder = self._recorder
         payload: Any = {"ok": True}
+        path, _, query = target.partition(b"?")
+        params = dict(pair.partition(b"=")[::2] for pair in query.split(b"&") if pair)
         if path == b"/_stats":
             payload = recorder.stats()
         elif path == b"/_latencies":
-            payload = recorder.latencies_ns
+            wanted = params.get(b"path")
+            payload = (
+                recorder.all_latencies()
+                if wanted is None
+                else recorder.latencies_ns.get(wanted, [])
+            )
+        elif path == b"/_ids":
+            since = int(params.get(b"since", b"0") or 0)
+            payload = recorder.ids.get(params.get(b"path", b"/"), [])[since:]
         elif path == b"/_pause" and method == b"post":
             recorder.paused = True
         elif path == b"/_resume" and method == b"post":
@@ -241,6 +308,16 @@ class SinkProtocol(asyncio.Protocol):
         self._transport.write(CLOSE_WITH_ERROR)
         self._transport.close()
         self._transport = None
+
+
+def _header(head: bytes, name: bytes) -> bytes | None:
+    """The value of header `name` (given as b"\\r\\nname:") in a lower-cased head."""
+    start = head.find(name)
+    if start < 0:
+        return None
+    start += len(name)
+    end = head.find(b"\r\n", start)
+    return head[start : end if end >= 0 else len(head)].strip()
 
 
 def _content_length(head: bytes) -> int | None:

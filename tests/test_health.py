@@ -14,6 +14,7 @@ from mqpy.store.sqlite import DATABASE_FILE
 from tests.conftest import ServerFactory
 from tests.support.client import SeedClient
 from tests.support.full_disk import fill, free, tiny_tmpfs
+from tests.support.postgres import PostgresCluster
 from tests.support.problems import check_problem
 from tests.support.server import ServerProcess
 
@@ -23,6 +24,15 @@ ADMIN_ENV = {"MQPY_ADMIN_KEY": "test-admin-key-health-9c1d"}
 async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str, bytes]:
     async with http.get(url) as response:
         return response.status, response.content_type, await response.read()
+
+
+async def wait_ready(http: aiohttp.ClientSession, url: str, after: str) -> None:
+    """Poll /readyz until it answers 200; fails saying what it should have been ready
+    after."""
+    deadline = time.monotonic() + 15
+    while (await get(http, url + "/readyz"))[0] != 200:
+        assert time.monotonic() < deadline, f"still not ready after {after}"
+        await asyncio.sleep(0.2)
 
 
 async def test_probes_answer_without_a_key(
@@ -60,10 +70,7 @@ async def test_not_ready_while_the_store_cannot_write(
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    deadline = time.monotonic() + 15
-    while (await get(http, server.url + "/readyz"))[0] != 200:
-        assert time.monotonic() < deadline, "still not ready after the lock was released"
-        await asyncio.sleep(0.2)
+    await wait_ready(http, server.url, "the lock was released")
 
 
 async def test_not_ready_while_the_disk_is_full_and_ready_once_it_is_freed(
@@ -91,9 +98,47 @@ async def test_not_ready_while_the_disk_is_full_and_ready_once_it_is_freed(
         assert "cannot write" in problem["detail"], problem
         assert (await get(http, server.url + "/healthz"))[0] == 200
         free(disk)
-        deadline = time.monotonic() + 15
-        while (await get(http, server.url + "/readyz"))[0] != 200:
-            assert time.monotonic() < deadline, "still not ready after the disk was freed"
-            await asyncio.sleep(0.2)
+        await wait_ready(http, server.url, "the disk was freed")
         await client.send(sender, "stored again")
         server.kill()
+
+
+async def test_postgres_not_ready_while_the_database_refuses_writes(
+    start_server: ServerFactory,
+    http: aiohttp.ClientSession,
+    postgres_url: str,
+    postgres_cluster: PostgresCluster,
+) -> None:
+    # The PostgreSQL twin of the full disk above: reads work, writes do not (here the
+    # database is made read-only, as a demoted primary is). A plain SELECT 1 said ready.
+    database = postgres_url.rsplit("/", 1)[1]
+    server = start_server("--store", postgres_url)
+    client = SeedClient(http, server.url)
+    sender = await client.connect_sender()
+    assert (await get(http, server.url + "/readyz"))[0] == 200
+
+    def read_only(on: bool) -> None:
+        setting = "SET default_transaction_read_only = on" if on else "RESET ALL"
+        postgres_cluster.psql(f'ALTER DATABASE "{database}" {setting}')
+        # The setting takes hold on new sessions: end the broker's.
+        postgres_cluster.psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+        )
+
+    read_only(True)
+    deadline = time.monotonic() + 15
+    while True:  # a publish on a terminated session may fail for that reason instead
+        status, answer = await client.post("/send", {"id": sender, "body": "refused"})
+        assert status == 503, answer
+        assert answer["type"].endswith("store-unavailable"), answer
+        status, content_type, body = await get(http, server.url + "/readyz")
+        if status != 200:
+            break
+        assert time.monotonic() < deadline, "ready while every publish is refused"
+        await asyncio.sleep(0.1)
+    problem = check_problem(status, content_type, body, 503)
+    assert "cannot write" in problem["detail"], problem
+    read_only(False)
+    await wait_ready(http, server.url, "writes were allowed again")
+    await client.send(sender, "stored again")

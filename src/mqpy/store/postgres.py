@@ -123,11 +123,15 @@ _UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
+    asyncpg.ReadOnlySQLTransactionError,
     asyncpg.TransactionRollbackError,
     # A pooled connection the server closed under it (a restart) can report this
     # instead of a closed connection.
     asyncpg.InternalClientError,
 )
+# What says the database takes reads but refuses writes for now: a full disk, or a
+# primary demoted to a read-only standby. Readiness then probes with a write.
+_WRITES_REFUSED = (asyncpg.InsufficientResourcesError, asyncpg.ReadOnlySQLTransactionError)
 
 
 class PostgresStore(Store):
@@ -139,6 +143,8 @@ class PostgresStore(Store):
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._closed = False
+        # Why the last write was refused, until a durable commit succeeds (readiness).
+        self._write_failure: str | None = None
         self.node = node_name()
         self._routes = RouteTable()
         self._routes_version: int | None = None
@@ -262,12 +268,16 @@ class PostgresStore(Store):
             await conn.execute(begin)
             try:
                 yield conn
-            except BaseException:
+                await conn.execute("COMMIT")
+            except BaseException as exc:
+                if isinstance(exc, _WRITES_REFUSED):
+                    self._write_failure = str(exc)
                 # A broken connection cannot roll back; the pool resets it on release.
                 with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError):
                     await conn.execute("ROLLBACK")
                 raise
-            await conn.execute("COMMIT")
+        if durable:
+            self._write_failure = None  # a durable commit: the database takes writes
 
     async def _catalog_change(self, conn: PgConnection) -> None:
         """Serialise a change to subscriptions, groups or keys against every publish
@@ -911,8 +921,18 @@ class PostgresStore(Store):
         )
 
     async def ping(self) -> None:
-        async with self._connection() as conn:
-            await conn.fetchval("SELECT 1")
+        # After writes were refused while reads still work, a write instead: only one
+        # that commits makes the store ready again (as the SQLite store does).
+        failed = self._write_failure
+        if failed is None:
+            async with self._connection() as conn:
+                await conn.fetchval("SELECT 1")
+            return
+        try:
+            async with self._transaction() as conn:
+                await conn.execute("UPDATE catalog SET version = version")
+        except StoreUnavailable:
+            raise StoreUnavailable(f"the store cannot write: {self._write_failure}") from None
 
     async def topic_backlogs(self) -> list[TopicBacklog]:
         async with self._connection() as conn:

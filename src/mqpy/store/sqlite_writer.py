@@ -81,6 +81,9 @@ class GroupCommitWriter:
         # Called in the writer thread when an operation was rolled back (False) or the
         # whole transaction was (True): memory that mirrors the database is stale.
         self.on_rollback: Callable[[bool], None] | None = None
+        # A write that changes nothing (the store's own), run after a COMMIT failed to
+        # bury that transaction's frames: see _bury_failed_commit.
+        self.harmless_write: Operation | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -230,8 +233,8 @@ class GroupCommitWriter:
             # The commit itself failed (disk full, I/O error): nothing in the batch is
             # durable, so every caller hears about it.
             log.error("store transaction failed: %s", exc)
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _roll_back(conn)
+            self._bury_failed_commit(conn)
             if self.on_rollback is not None:
                 self.on_rollback(True)
             self.write_failure = str(exc)
@@ -263,6 +266,32 @@ class GroupCommitWriter:
             raise
         conn.execute("RELEASE op")
         return result
+
+    def _bury_failed_commit(self, conn: sqlite3.Connection) -> None:
+        """A COMMIT whose fsync failed (EIO) leaves the transaction's frames in the WAL
+        file, checksummed and ending in a commit frame; SQLite only kept them out of its
+        index. Should the process die before the next commit, a restart's WAL recovery
+        reads them back as committed, and publishes answered 503 are delivered after
+        all. A small commit without an fsync (synchronous NORMAL writes WAL frames
+        without syncing them) goes where those frames begin and breaks their checksum
+        chain, so recovery stops before them. If it fails too (a full disk), there is
+        nothing more to do here: the failure is already being reported."""
+        if self.harmless_write is None:
+            return
+        try:
+            self._set_synchronous(conn, full=False)
+            conn.execute("BEGIN IMMEDIATE")
+            self.harmless_write(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.warning("could not overwrite the failed transaction in the WAL: %s", exc)
+            _roll_back(conn)
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """End the transaction a failure left open (SQLite may have ended it already)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def _settle_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
