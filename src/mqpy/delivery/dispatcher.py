@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from asyncio import FIRST_COMPLETED
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,9 +121,10 @@ class Dispatcher:
             asyncio.create_task(self._work(), name=f"mqpy-worker-{n}") for n in range(self._workers)
         ]
 
-    async def stop(self, grace: float) -> None:
+    async def stop(self, grace: float, interrupt: asyncio.Event | None = None) -> None:
         """Stop claiming, give queued deliveries back, let those in flight finish for up
-        to `grace` seconds, and give back whatever is still unfinished."""
+        to `grace` seconds (or until `interrupt` is set), and give back whatever is still
+        unfinished."""
         self._stopping = True
         for task in (self._claimer, self._renewer):
             if task is not None:
@@ -132,8 +134,7 @@ class Dispatcher:
         queued = _drain(self._queue)
         if self._in_flight:
             self._all_settled.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_settled.wait(), grace)
+            await self._wait_for_in_flight(grace, interrupt or asyncio.Event())
         unfinished = list(self._in_flight.values())
         for task in self._worker_tasks:
             task.cancel()
@@ -145,6 +146,23 @@ class Dispatcher:
             if unfinished:  # being sent: the receiver may have it, so the attempt counts
                 await self._store.release(unfinished, now, attempted=True)
             log.info("released %d deliveries for after the restart", len(queued) + len(unfinished))
+
+    async def _wait_for_in_flight(self, grace: float, interrupt: asyncio.Event) -> None:
+        """Until every delivery in flight settles, `grace` runs out or `interrupt` is set;
+        saying what it waits for, since a slow receiver can make that the whole grace."""
+        receivers = len({delivery.subscription_id for delivery in self._in_flight.values()})
+        log.info(
+            "waiting up to %s for %d deliveries in flight to %d receivers; stop again to "
+            "give them back now (they are delivered again after the restart)",
+            f"{grace:g} s",
+            len(self._in_flight),
+            receivers,
+        )
+        settled = asyncio.create_task(self._all_settled.wait())
+        interrupted = asyncio.create_task(interrupt.wait())
+        await asyncio.wait({settled, interrupted}, timeout=grace, return_when=FIRST_COMPLETED)
+        for task in (settled, interrupted):
+            task.cancel()
 
     async def _claim_loop(self) -> None:
         while not self._stopping:
