@@ -416,16 +416,38 @@ class Dispatcher:
             )
             await self._store.dead_letter(delivery, now=now, error=error, status=outcome.status)
             return
+        next_try, retry_in = self._next_try(delivery.subscription_id, due_at, now)
         log.info(
-            "delivery of %s to receiver %d failed (attempt %d): %s; next try in %.1f s",
+            "delivery of %s to receiver %d failed (attempt %d): %s; %s",
             delivery.message_id,
             delivery.subscription_id,
             delivery.attempt,
             error,
-            due_at - now,
-            extra={**fields, "outcome": "retried", "retry_in": round(due_at - now, 3)},
+            next_try,
+            extra={**fields, "outcome": "retried", "retry_in": round(retry_in, 3)},
         )
         await self._store.retry(delivery, due_at=due_at, error=error, status=outcome.status)
+
+    def _next_try(self, subscription_id: int, due_at: float, now: float) -> tuple[str, float]:
+        """When the next try will really be, said for the log, and in how many seconds
+        at the earliest: a paused receiver holds its deliveries past their own schedule."""
+        resume_at = self._windows.paused_until(subscription_id)
+        if resume_at is None:
+            return f"next try in {due_at - now:.1f} s", due_at - now
+        how = "then one delivery goes as a probe, and the others once one succeeds"
+        if resume_at <= now:
+            return f"next try once the receiver's probe succeeds (it is paused; {how})", 0.0
+        if due_at <= resume_at:
+            return (
+                f"next try in {resume_at - now:.1f} s at the earliest, not {due_at - now:.1f} s: "
+                f"the receiver is paused until then ({how})",
+                resume_at - now,
+            )
+        return (
+            f"next try in {due_at - now:.1f} s if the receiver is back by then: it is paused "
+            f"for {resume_at - now:.1f} s ({how})",
+            due_at - now,
+        )
 
 
 @dataclass(slots=True)
