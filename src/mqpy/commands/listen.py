@@ -12,10 +12,11 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from mqpy.client import MQError, NotFound
+from mqpy.client import ConnectionFailed, MQError, NotFound
 from mqpy.commands import (
     EXIT_OK,
     EXIT_REFUSED,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     KEY_ENV,
     URL_ENV,
@@ -196,6 +197,15 @@ async def _disconnect(client: AsyncClient, receiver_id: int) -> None:
     except NotFound:
         print(f"receiver {receiver_id} was already disconnected", file=sys.stderr)
         return
+    except ConnectionFailed as error:
+        # The broker keeps the receiver, and keeps routing messages to it, until told.
+        raise CommandFailed(
+            EXIT_UNREACHABLE,
+            f"{error}, so receiver {receiver_id} is still registered there: the broker "
+            "keeps its messages and retries them until they are dead letters. Once the "
+            f"broker is back, remove it with: mqpy subscriptions delete {receiver_id} "
+            "(with the same --url and key)",
+        ) from None
     print(f"disconnected receiver {receiver_id}", file=sys.stderr)
 
 
