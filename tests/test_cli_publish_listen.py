@@ -682,3 +682,10 @@ def test_listen_stopped_while_the_broker_is_down_says_how_to_remove_its_receiver
     assert figures(server)["readers"] == 1
     succeeded(mqpy_run(*removal.split()[1:], "--url", server.url))
     assert figures(server)["readers"] == 0
+
+
+def test_listen_without_connecting_needs_the_secret_to_check_deliveries() -> None:
+    result = mqpy_run("listen", "--no-connect", "--port", str(unused_port()))
+    assert result.returncode == 2, result
+    assert "--no-connect needs the receiver's signing secret" in result.stderr, result.stderr
+    assert "--secret" in result.stderr
