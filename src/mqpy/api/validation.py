@@ -54,14 +54,12 @@ _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]+)`")
 _BYTE = re.compile(r"\(byte (\d+)\)")
 
-EXAMPLE = '{"id": 123, "body": "hello"}'
-
 
 def json_error(message: str, raw: bytes) -> Problem:
     """A 400 for a body that is not JSON: where it goes wrong and what to send."""
     if message == "Input data was truncated":
         if not raw.strip():
-            return invalid_body(f"the body is empty; send a JSON object such as {EXAMPLE}")
+            return invalid_body("the body is empty; send a JSON object of this request's fields")
         return invalid_body(
             f"the body stops before its JSON is complete ({len(raw)} bytes arrived, "
             "a closing quote, ] or } is missing); send the whole JSON object"
