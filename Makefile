@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: run test lint typecheck pytest bench torture install clean
 
 $(STAMP): pyproject.toml
+	@echo "first use (or pyproject.toml changed): installing mq-py and its dev tools into $(VENV); this takes about a minute"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -15,8 +16,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## Start the broker on 127.0.0.1:8080 with its embedded SQLite store in ./mqpy-data.
+## Flags go in ARGS: make run ARGS="--max-attempts 3".
 run: $(STAMP)
-	$(BIN)/mqpy serve
+	$(BIN)/mqpy serve $(ARGS)
 
 ## Lint, type-check and run every test.
 test: lint typecheck pytest

@@ -665,3 +665,27 @@ def test_a_filter_that_does_not_parse_says_what_would() -> None:
     assert result.stdout == "", result
     assert result.stderr.startswith("mqpy listen: --filter 'kind==x' does not parse: write"), result
     assert "NAME=VALUE" in result.stderr and "there is no ==" in result.stderr, result
+
+
+def test_listen_stopped_while_the_broker_is_down_says_how_to_remove_its_receiver(
+    server: ServerProcess, listeners: Callable[..., Listener]
+) -> None:
+    listener = listeners("--url", server.url)
+    assert server.terminate() == 0
+    assert listener.stop(signal.SIGINT) == 3
+    said = "".join(listener.errors)
+    assert f"receiver {listener.receiver_id} is still registered there" in said, said
+    removal = f"mqpy subscriptions delete {listener.receiver_id}"
+    assert removal in said, said
+    # And the command it gives does remove it, once the broker is back.
+    server.restart()
+    assert figures(server)["readers"] == 1
+    succeeded(mqpy_run(*removal.split()[1:], "--url", server.url))
+    assert figures(server)["readers"] == 0
+
+
+def test_listen_without_connecting_needs_the_secret_to_check_deliveries() -> None:
+    result = mqpy_run("listen", "--no-connect", "--port", str(unused_port()))
+    assert result.returncode == 2, result
+    assert "--no-connect needs the receiver's signing secret" in result.stderr, result.stderr
+    assert "--secret" in result.stderr

@@ -35,6 +35,7 @@ from mqpy.retry_after import parse_retry_after
 from mqpy.signing import generate_secret, webhook_headers
 from tests.conftest import ServerFactory
 from tests.support import raw_http
+from tests.support.api import call, ok
 from tests.support.dashboard import dashboard_figures
 from tests.support.load import FAST_RETRIES, unused_port
 from tests.support.receiver import Receiver
@@ -110,6 +111,34 @@ def test_doc_example_runs(
     # Every example cleans up after itself: no connection is left behind.
     assert figures(server)["writers"] == 0
     assert figures(server)["readers"] == (1 if dead_message else 0)
+
+
+# A receiver (it keeps the secret /connect answered) that publishes what it waits for.
+RECEIVES_AND_PUBLISHES = [e for e in EXAMPLES if ".secret" in e[1] and "publish" in e[1]]
+
+
+@pytest.mark.parametrize(
+    "example", RECEIVES_AND_PUBLISHES, ids=[example_id(e) for e in RECEIVES_AND_PUBLISHES]
+)
+def test_an_example_that_receives_and_publishes_says_it_needs_an_admin_key(
+    example: tuple[str, str], start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Under a subscriber key it fails as the page says it does; the page names the key."""
+    heading, code = example
+    assert "an admin key" in code.lower(), heading
+    server = start_server(*FAST_RETRIES, env={"MQPY_ADMIN_KEY": ADMIN_KEY})
+    created = call(server.url, "POST", "/v1/keys", {"role": "subscriber"}, key=ADMIN_KEY)
+    subscriber_key = ok(created, 201)["key"]
+    script = tmp_path / "example.py"
+    script.write_text(code.replace(DOC_URL, server.url))
+    env = {**example_env(), "MQPY_KEY": subscriber_key}
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode != 0
+    said = "needs a publisher or admin key"
+    assert "Forbidden" in result.stderr and said in result.stderr, result.stderr
+    assert said in " ".join(DOCS.read_text().split())  # the page quotes it
 
 
 def make_dead_letter(server: ServerProcess) -> str:

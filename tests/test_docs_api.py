@@ -21,17 +21,16 @@ import pytest
 from mqpy.api.app import ROUTES
 from tests.conftest import ServerFactory
 from tests.support import raw_http
+from tests.support.docs import fenced_blocks, shell_env
 from tests.support.load import FAST_RETRIES
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 DOC_URL = "http://127.0.0.1:8080"
 DOC_KEY = "change-me-to-your-admin-key"
 ADMIN_KEY = "docs-api-test-admin-key-5be1"
-_SH_BLOCK = re.compile(r"^```sh\n(.*?)^```", re.MULTILINE | re.DOTALL)
 _ANNOUNCED = re.compile(r"#\s*answers\s+((?:\d{3}(?:\s*(?:,|or)\s*)?)+)")
 _STATUS_LINE = re.compile(r"^mqpy-docs-status (\d{3})$", re.MULTILINE)
 _BLOCK_LINE = re.compile(r"^mqpy-docs-block (\d+)$", re.MULTILINE)
-_PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 # Each curl reports its status on stderr, whatever the example does with stdout.
 _PRELUDE = r"""set -euo pipefail
 curl() {
@@ -47,7 +46,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def sh_blocks() -> list[str]:
-    return [match.group(1) for match in _SH_BLOCK.finditer(DOCS.read_text())]
+    return [block.text for block in fenced_blocks(DOCS.read_text(), "sh")]
 
 
 @dataclass(frozen=True)
@@ -117,11 +116,7 @@ def test_the_examples_run_in_order(start_server: ServerFactory, tmp_path: Path) 
     )
     script = script.replace(DOC_URL, server.url).replace(DOC_KEY, ADMIN_KEY)
     (tmp_path / "examples.sh").write_text(script)
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("MQPY_") and name.lower() not in _PROXY_VARIABLES
-    }
+    env = shell_env()
     done = subprocess.run(
         ["bash", str(tmp_path / "examples.sh")],
         capture_output=True,

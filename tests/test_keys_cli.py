@@ -241,3 +241,27 @@ def test_top_level_help_names_the_keys_command() -> None:
         env=clean_env(),
     )
     assert "keys" in succeeded(result)
+
+
+def test_the_first_key_on_a_keyless_server_says_authentication_is_now_on(
+    start_server: ServerFactory,
+) -> None:
+    keyless = start_server()
+    result = mqpy_keys("create", "--role", "publisher", "--url", keyless.url)
+    key = succeeded(result).strip()
+    assert "authentication is now ON" in result.stderr, result.stderr
+    assert "senders and receivers already connected get 401" in result.stderr, result.stderr
+    assert "no admin key exists" in result.stderr and "MQPY_ADMIN_KEY" in result.stderr
+    line = keyless.wait_for_log("is the first key: API keys are now on")
+    assert "every caller needs one" in line, line
+    assert status_with(keyless, "") == 401  # as the warning said
+    assert status_with(keyless, key) == 200
+
+
+def test_a_key_on_a_server_with_keys_says_nothing_of_authentication(
+    secured: ServerProcess,
+) -> None:
+    result = as_admin(secured, "create", "--role", "admin", "--json")
+    assert json.loads(succeeded(result))["authentication_turned_on"] is False
+    assert "authentication" not in result.stderr, result.stderr
+    assert "is the first key" not in secured.log

@@ -146,3 +146,47 @@ def test_an_unknown_log_format_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert "--log-format" in result.stderr and "human, json" in result.stderr, result.stderr
+
+
+async def test_a_failure_while_the_receiver_is_paused_logs_when_it_will_really_go(
+    json_servers: list[JsonLogServer],
+    tmp_path: Path,
+    start_receiver: ReceiverFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Two deliveries out at once: the first answer pauses the receiver for 30 s
+    (503, Retry-After), the second fails without one. Its own schedule says a few
+    milliseconds, but nothing goes before the pause ends: the log says so."""
+    server = start_json_server(
+        json_servers, tmp_path / "data", *("--log-format", "json", "--retry-base", "0.05")
+    )
+    client = SeedClient(http, server.url)
+    sender = await client.connect_sender()
+    for text in ("one", "two"):  # no receiver yet: both wait, then go out together
+        await client.send(sender, text)
+
+    def failures() -> list[dict[str, Any]]:
+        return [e for e in server.entries() if e.get("outcome") == "retried"]
+
+    async def pause_then_fail(request: web.Request, number: int) -> web.StreamResponse:
+        if number == 1:
+            return web.Response(status=503, headers={"Retry-After": "30"})
+        for _ in range(500):  # answer once the pause is in force (10 s at most)
+            if failures():
+                break
+            await asyncio.sleep(0.02)
+        return web.Response(status=500)
+
+    receiver = await start_receiver(pause_then_fail)
+    receiver_id = await client.connect_receiver(receiver.url)
+    await receiver.wait_for_attempts(2)
+    deadline = time.monotonic() + 10
+    while len(failures()) < 2:
+        assert time.monotonic() < deadline, server.log
+        await asyncio.sleep(0.05)
+    paused = next(e for e in failures() if e["status"] == 500)
+    assert paused["receiver_id"] == receiver_id
+    assert "at the earliest" in paused["message"], paused
+    assert "the receiver is paused until then" in paused["message"], paused
+    assert "one delivery goes as a probe" in paused["message"], paused
+    assert paused["retry_in"] > 20, paused  # the pause, not the message's own schedule

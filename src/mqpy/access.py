@@ -71,6 +71,13 @@ class Access:
     def revoked(self, key_id: str) -> None:
         self._keys.pop(key_id, None)
 
+    def describe(self) -> str:
+        """Which keys are configured, for the log: never a key itself."""
+        sources = ["MQPY_ADMIN_KEY"] if self._admin_key else []
+        if self._keys:
+            sources.append(f"{len(self._keys)} stored keys")
+        return " and ".join(sources) or "none"
+
     @property
     def enabled(self) -> bool:
         """Keys are required once any key is configured, until the process ends."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -10,6 +11,8 @@ from mqpy.broker import Broker, require_admin
 from mqpy.domain import ApiKey, Role
 from mqpy.keys import new_key
 from mqpy.store import Store
+
+log = logging.getLogger("mqpy.server")
 
 
 class Keyring:
@@ -48,7 +51,13 @@ class Keyring:
         finally:
             self._touched = None
         known = self._access.key_ids()
+        was_open = not self._access.enabled
         self._access.load(keys, keep=touched)
+        if was_open and self._access.enabled:
+            log.warning(
+                "another node created the first key: API keys are now on, and every caller "
+                "needs one from now on (401 without)"
+            )
         for key_id in sorted(known - self._access.key_ids()):
             await self._broker.disconnect_key(key_id)
         return not touched
@@ -62,9 +71,18 @@ class Keyring:
     ) -> tuple[ApiKey, str]:
         require_admin(principal)
         record, token = new_key(role, topics, self._clock())
+        was_open = not self._access.enabled
         await self._store.add_key(record)
         self._access.added(record)
         self._touch(record.id)
+        if was_open:
+            log.warning(
+                "key %s (%s) is the first key: API keys are now on, and every caller needs "
+                "one from now on, senders and receivers already connected included (401 "
+                "without)",
+                record.id,
+                role.value,
+            )
         return record, token
 
     async def list(self, principal: Principal) -> list[ApiKey]:

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import signal
 import ssl
 
 import aiohttp
@@ -28,6 +27,7 @@ from mqpy.domain import StoreCannotOpen, StoreError
 from mqpy.keyring import Keyring
 from mqpy.observability import Observer
 from mqpy.peers import CatalogSync, Heartbeat, node_address
+from mqpy.stopping import StopSignals
 from mqpy.store import Store, StoreLocation, open_store
 from mqpy.supervisor import inherited_data_lock
 
@@ -71,10 +71,8 @@ def run(settings: Settings) -> int:
 
 
 async def serve(settings: Settings) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = StopSignals()
+    stop.install(asyncio.get_running_loop())
     try:
         check_lease(settings)
         location = StoreLocation.parse(settings.store, settings.data_dir)
@@ -97,7 +95,7 @@ async def serve(settings: Settings) -> int:
 
 
 async def _serve_with_store(
-    settings: Settings, store: Store, location: StoreLocation, stop: asyncio.Event
+    settings: Settings, store: Store, location: StoreLocation, stop: StopSignals
 ) -> int:
     # Every time that decides a message's fate is read from the store's clock: on a
     # shared database it is the database's, so nodes on several hosts agree on leases.
@@ -180,7 +178,7 @@ async def _serve_with_store(
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
         await _stop_sweeping(sweeper)
-        await _shut_down(runner, dispatcher, sender, settings)
+        await _shut_down(runner, dispatcher, sender, settings, stop)
         await sync.stop()
         return 1
     scheme = "https" if tls else "http"
@@ -196,15 +194,17 @@ async def _serve_with_store(
         settings.jobs,
         settings.effective_receiver_concurrency,
     )
-    await stop.wait()
-    log.info("shutting down")
+    await log_work_in_hand(store, "resuming")
+    await stop.requested.wait()
+    log.info("shutting down (a second Ctrl-C or SIGTERM stops at once)")
     await _stop_sweeping(sweeper)
-    await _shut_down(runner, dispatcher, sender, settings)
+    await _shut_down(runner, dispatcher, sender, settings, stop)
     # Last: requests still being answered and deliveries still finishing go by the
     # other nodes' latest changes (a key revoked meanwhile), and heartbeats show the
     # node draining. Both stop before the caller closes the store.
     await sync.stop()
     await heartbeat.stop()
+    await log_work_in_hand(store, "left for the next start")
     log.info("stopped")
     return 0
 
@@ -277,11 +277,15 @@ def check_lease(settings: Settings) -> None:
 
 def check_exposure(settings: Settings, access: Access) -> None:
     """Protected mode: with no API key configured, listen on loopback only."""
-    if is_loopback(settings.host):
-        if not access.enabled:
-            log.info("no API key configured: every route is open, on loopback only")
-        return
     if access.enabled:
+        log.info(
+            "API keys are on (%s): every request but the dashboard, /metrics and the "
+            "probes needs 'Authorization: Bearer <key>'",
+            access.describe(),
+        )
+        return
+    if is_loopback(settings.host):
+        log.info("no API key configured: every route is open, on loopback only")
         return
     if not settings.allow_unauthenticated:
         raise StartupRefused(
@@ -332,10 +336,32 @@ def receiver_tls(settings: Settings) -> ssl.SSLContext | None:
 
 
 async def _shut_down(
-    runner: web.AppRunner, dispatcher: Dispatcher, sender: Sender, settings: Settings
+    runner: web.AppRunner,
+    dispatcher: Dispatcher,
+    sender: Sender,
+    settings: Settings,
+    stop: StopSignals,
 ) -> None:
     # HTTP first, so nothing new is accepted; then deliveries. The store is closed by
     # the caller, once nobody can write to it any more.
     await runner.cleanup()
-    await dispatcher.stop(settings.shutdown_grace)
+    await dispatcher.stop(settings.shutdown_grace, stop.forced)
     await sender.close()
+
+
+async def log_work_in_hand(store: Store, when: str) -> None:
+    """How much the store holds undelivered, so an operator knows what a start resumes
+    and what a stop leaves (on a shared store: all nodes' work, not only this one's)."""
+    try:
+        stats = await store.stats()
+        dead = await store.dead_letter_count()
+    except StoreError as exc:
+        log.warning("cannot count the deliveries pending %s: %s", when, exc)
+        return
+    log.info(
+        "%s: queue length %d (deliveries pending, and messages waiting for a receiver), "
+        "%d dead letters",
+        when,
+        stats.queue_length,
+        dead,
+    )

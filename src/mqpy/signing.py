@@ -99,6 +99,13 @@ def verify(
     (any casing) and your secret, or several secrets while you rotate yours. The timestamp
     window stops an intercepted delivery from being replayed later.
     """
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise TypeError(
+            f"verify needs the request body as bytes, exactly as received, not a "
+            f"{type(body).__name__}: pass the raw bytes (`await request.read()` in aiohttp, "
+            "`request.get_data()` in Flask, `await request.body()` in Starlette), never "
+            "text decoded or JSON re-serialised from them"
+        )
     found = _lower_keys(headers)
     message_id = _required(found, ID_HEADER)
     timestamp = _check_timestamp(_required(found, TIMESTAMP_HEADER), tolerance, now)
@@ -123,7 +130,8 @@ def _mac(key: bytes, message_id: str, timestamp: int, body: bytes) -> bytes:
 
 def _secret_keys(secret: str | Sequence[str]) -> list[bytes]:
     """One secret, or several while a receiver rotates (a bare str is one secret, not many)."""
-    keys = [_secret_key(secret)] if isinstance(secret, str) else [_secret_key(s) for s in secret]
+    single = isinstance(secret, str | bytes | bytearray)
+    keys = [_secret_key(secret)] if single else [_secret_key(s) for s in secret]  # type: ignore[arg-type]
     if not keys:
         raise ValueError("verify needs at least one secret")
     return keys
@@ -131,6 +139,11 @@ def _secret_keys(secret: str | Sequence[str]) -> list[bytes]:
 
 def _secret_key(secret: str) -> bytes:
     """The HMAC key: the secret's base64 part, decoded (padding is optional, as in the spec)."""
+    if not isinstance(secret, str):
+        raise TypeError(
+            f"a signing secret is a str such as 'whsec_...', as /connect answered, not a "
+            f"{type(secret).__name__}"
+        )
     encoded = secret.removeprefix(SECRET_PREFIX)
     try:
         key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)

@@ -16,6 +16,7 @@ refused setting, an unreachable store, a busy port) stops them all with its stat
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -159,6 +160,11 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.stop_signal is None:
             self.stop_signal = signum
+            return
+        # A second signal: every node stops at once, giving back what is in flight.
+        for child in list(self.children.values()):
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(signum)
 
     def _watch(self) -> int | None:
         """Keep every process running until a stop signal (None), or until they keep

@@ -91,6 +91,25 @@ class ServerProcess:
             self._process.send_signal(signal.SIGTERM)
         return self._wait(timeout)
 
+    def signal(self, sig: signal.Signals) -> None:
+        """Send `sig` (SIGINT is what Ctrl-C sends) without waiting."""
+        assert self._process is not None
+        self._process.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """The exit code, once it exits; subprocess.TimeoutExpired after `timeout`."""
+        return self._wait(timeout)
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> str:
+        """The first log line holding `text`, once one is written; fails after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((line for line in list(self.lines) if text in line), None)
+            if found is not None:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"no log line with {text!r} within {timeout:g} s:\n{self.log}")
+
     def _wait(self, timeout: float = 30.0) -> int:
         assert self._process is not None
         code = self._process.wait(timeout)

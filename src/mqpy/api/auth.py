@@ -32,6 +32,7 @@ _PUBLIC = (
 PUBLIC_PATHS = frozenset(_PUBLIC + tuple(path + "/" for path in _PUBLIC))
 
 _CHALLENGE = 'Bearer realm="mq-py"'
+_INVALID_KEY = "the API key is not valid (unknown, revoked or mistyped)"
 
 
 @web.middleware
@@ -40,14 +41,34 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     token = bearer_token(request)
     principal = request.app[ACCESS].authenticate(token)
     if principal is None and request.path not in PUBLIC_PATHS:
-        if token is None:
-            detail = "this server needs an API key: send it as 'Authorization: Bearer <key>'"
-        else:
-            detail = "the API key is not valid (unknown, revoked or mistyped)"
+        detail = _refusal(request) if token is None else _INVALID_KEY
         raise Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": _CHALLENGE})
     if principal is not None:
         set_principal(request, principal)
     return await handler(request)
+
+
+def _refusal(request: web.Request) -> str:
+    """Why a request without a usable bearer key is refused: none sent, or one sent
+    without its scheme (a bare key, or another scheme such as Basic)."""
+    header = request.headers.get("Authorization", "").strip()
+    if not header:
+        return "this server needs an API key: send it as 'Authorization: Bearer <key>'"
+    scheme, _, rest = header.partition(" ")
+    if not rest.strip():
+        if scheme.lower() == "bearer":
+            return (
+                "the Authorization header says Bearer but no key follows it: "
+                "send 'Authorization: Bearer <key>'"
+            )
+        return (
+            "the Authorization header has a key but not its scheme: send it as "
+            "'Authorization: Bearer <key>', with 'Bearer ' before the key"
+        )
+    return (
+        f"the Authorization header uses the {scheme[:20]!r} scheme, which this server does not "
+        "take: send the API key as 'Authorization: Bearer <key>'"
+    )
 
 
 def bearer_token(request: web.Request) -> str | None:

@@ -10,7 +10,7 @@ from aiohttp import web
 from mqpy.api.problems import Problem, invalid_field
 from mqpy.api.requests import convert, read_object
 from mqpy.api.responses import json_response
-from mqpy.api.state import keyring_of, principal_of
+from mqpy.api.state import ACCESS, keyring_of, principal_of
 from mqpy.domain import ApiKey, Role
 from mqpy.topics import is_valid_pattern
 
@@ -32,10 +32,13 @@ async def create_key(request: web.Request) -> web.Response:
             raise invalid_field(
                 "topics", f"{pattern!r} is not a topic pattern (like orders, orders.* or orders.>)"
             )
+    # The first key on a server that had none makes every caller need one.
+    turns_on = not request.app[ACCESS].enabled
     record, token = await keyring_of(request).create(
         principal_of(request), role, tuple(body.topics)
     )
-    return json_response({**_describe(record), "key": token}, status=201)
+    answer = {**_describe(record), "key": token, "authentication_turned_on": turns_on}
+    return json_response(answer, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:

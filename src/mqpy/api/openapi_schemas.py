@@ -143,7 +143,21 @@ def components() -> dict[str, dict[str, Any]]:
     _, generated = msgspec.json.schema_components(_GENERATED, ref_template=REF)
     schemas = {**generated, **_HANDWRITTEN}
     schemas["CreatedKey"] = {
-        "allOf": [ref("Key"), _obj({"key": {"type": "string", "description": "shown once"}}, "key")]
+        "allOf": [
+            ref("Key"),
+            _obj(
+                {
+                    "key": {"type": "string", "description": "shown once"},
+                    "authentication_turned_on": {
+                        "type": "boolean",
+                        "description": "true for the first key on a server that had none: "
+                        "from now on every caller needs a key",
+                    },
+                },
+                "key",
+                "authentication_turned_on",
+            ),
+        ]
     }
     _describe_seed_connect(schemas["ConnectRequest"])
     return schemas

@@ -26,20 +26,16 @@ from mqpy.api.fields import (
 )
 from mqpy.api.problems import Problem, invalid_body, invalid_field
 from mqpy.api.state import BODY_TIMEOUT, MAX_MESSAGE_BYTES
+from mqpy.api.validation import json_error, validation_problem
 from mqpy.domain import Mode
 from mqpy.ids import MAX_CONNECTION_ID
 
 S = TypeVar("S", bound=msgspec.Struct)
 
-# The field names a user wrote in the seed protocol, for error messages.
-DISPLAY_NAMES = {"clienturl": "ClientURL"}
-
 _decode_any = msgspec.json.Decoder().decode
 # A DNS name (letters of any script, digits, dots, hyphens, underscores) or an IP
 # literal (urlsplit strips an IPv6 literal's brackets).
 _HOST = re.compile(r"[\w.\-]+|[0-9A-Fa-f:.]+(%[\w.\-]+)?")
-_FIELD_IN_ERROR = re.compile(r"`\$\.([^`.\[]+)")
-_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
 # Read in pieces this size, so a body over its route's limit is refused as soon as it
 # is, without holding more than that in memory.
 _CHUNK_BYTES = 64 * 1024
@@ -131,7 +127,7 @@ async def read_object(
     try:
         data = _decode_any(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise invalid_body(f"the body is not valid JSON ({exc}); send a JSON object") from None
+        raise json_error(str(exc), raw) from None
     except RecursionError:
         raise invalid_body("the body is nested too deeply; send a flat JSON object") from None
     if not isinstance(data, dict):
@@ -172,22 +168,7 @@ def convert(data: Any, kind: type[S]) -> S:
     try:
         return msgspec.convert(data, kind)
     except msgspec.ValidationError as exc:
-        raise _invalid(str(exc)) from None
-
-
-def _invalid(text: str) -> Problem:
-    unknown = _UNKNOWN_FIELD.search(text)
-    if unknown is not None:
-        field = unknown.group(1)
-        return invalid_field(field, f"`{field}` is not a field of this request; check its spelling")
-    match = _FIELD_IN_ERROR.search(text)
-    missing = re.search(r"missing required field `([^`]+)`", text)
-    field = match.group(1) if match else missing.group(1) if missing else None
-    if field is None:
-        return invalid_body(text)
-    shown = DISPLAY_NAMES.get(field, field)
-    detail = text.replace(f"`$.{field}`", f"`{shown}`").replace(f"`{field}`", f"`{shown}`")
-    return invalid_field(shown, detail)
+        raise validation_problem(str(exc), data) from None
 
 
 def parse_mode(value: str) -> Mode:
@@ -212,7 +193,7 @@ def parse_client_url(value: str, mode: Mode, field: str = "ClientURL") -> str:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError as exc:
-        raise invalid_field(field, f"{field} {value!r} is not a valid URL: {exc}") from None
+        raise invalid_field(field, _bad_url(field, value, str(exc))) from None
     if parts.scheme.lower() not in ("http", "https"):
         raise invalid_field(
             field, f"{field} must be an http:// or https:// URL, not {parts.scheme}://"
@@ -222,6 +203,22 @@ def parse_client_url(value: str, mode: Mode, field: str = "ClientURL") -> str:
     if not _HOST.fullmatch(parts.hostname) or any(_forbidden(c) for c in value):
         raise invalid_field(field, f"{field} {value!r} has characters no URL may contain unencoded")
     return value
+
+
+def _bad_url(field: str, value: str, reason: str) -> str:
+    """urlsplit's complaint about `value`, as a sentence about the field."""
+    if "Port" in reason:
+        port = urlsplit(value).netloc.rpartition(":")[2]
+        return (
+            f"{field} {value!r} has the port {port!r}, which is not a number from 0 to "
+            "65535; write host:port, such as http://127.0.0.1:9000/hook"
+        )
+    if "IPv6" in reason:
+        return (
+            f"{field} {value!r} has an unclosed [ in its host; write an IPv6 address "
+            "in brackets, such as http://[::1]:9000/hook"
+        )
+    return f"{field} {value!r} is not a URL; send one such as http://127.0.0.1:9000/hook"
 
 
 def _forbidden(char: str) -> bool:

@@ -24,7 +24,7 @@ from mqpy.client.calls import (
     Mode,
     Published,
 )
-from mqpy.client.errors import ConnectionFailed, MQError, NotFound
+from mqpy.client.errors import ConnectionFailed, MQError, NotFound, describe_failure
 from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy
 from mqpy.retry_after import parse_retry_after
 
@@ -230,11 +230,11 @@ class AsyncClient:
                 body = await response.read()
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
             raise ConnectionFailed(
-                f"cannot reach {self.url}: {_describe(error)}", request_sent=False
+                f"cannot reach {self.url}: {describe_failure(error)}", request_sent=False
             ) from None
         except (aiohttp.ClientError, TimeoutError) as error:
             raise ConnectionFailed(
-                f"no answer from {self.url}: {_describe(error)}; the server may or may not "
+                f"no answer from {self.url}: {describe_failure(error)}; the server may or may not "
                 "have acted on the request",
                 request_sent=True,
             ) from None
@@ -257,9 +257,3 @@ class AsyncClient:
                 trust_env=False,
             )
         return self._session
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, TimeoutError):
-        return "timed out"
-    return str(error) or type(error).__name__

@@ -171,3 +171,19 @@ def _phrase(status: int | None) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "HTTP status"
+
+
+def describe_failure(error: BaseException) -> str:
+    """Why no answer came, as a sentence: what the socket or TLS layer said, with what
+    to do where the cause is a common slip (https:// to a plain HTTP port)."""
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    text = str(error) or type(error).__name__
+    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+        return (
+            "it does not speak TLS on that port (the TLS handshake got a plain HTTP answer); "
+            "use http:// instead of https://, or start the server with --tls-cert and --tls-key"
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return f"its TLS certificate is not trusted here ({text})"
+    return text

@@ -33,7 +33,7 @@ from mqpy.client.calls import (
     Mode,
     Published,
 )
-from mqpy.client.errors import ConnectionFailed, MQError, NotFound
+from mqpy.client.errors import ConnectionFailed, MQError, NotFound, describe_failure
 from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy
 from mqpy.retry_after import parse_retry_after
 
@@ -320,11 +320,13 @@ class _KeepAlive:
         where = self._endpoint.url
         if request_sent:
             return ConnectionFailed(
-                f"no answer from {where}: {_describe(error)}; the server may or may not have "
-                "acted on the request",
+                f"no answer from {where}: {describe_failure(error)}; the server may or may "
+                "not have acted on the request",
                 request_sent=True,
             )
-        return ConnectionFailed(f"cannot reach {where}: {_describe(error)}", request_sent=False)
+        return ConnectionFailed(
+            f"cannot reach {where}: {describe_failure(error)}", request_sent=False
+        )
 
 
 def _closed_by_peer(sock: socket.socket | None) -> bool:
@@ -336,9 +338,3 @@ def _closed_by_peer(sock: socket.socket | None) -> bool:
     except (OSError, ValueError):  # closed underneath us
         return True
     return bool(readable)
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, TimeoutError):
-        return "timed out"
-    return str(error) or type(error).__name__

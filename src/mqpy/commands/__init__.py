@@ -25,6 +25,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from mqpy import __version__
+from mqpy.client.errors import describe_failure
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -157,9 +158,10 @@ class ServerClient:
         return headers
 
     def _unreachable(self, reason: object) -> CommandFailed:
+        text = describe_failure(reason) if isinstance(reason, BaseException) else reason
         return CommandFailed(
             EXIT_UNREACHABLE,
-            f"cannot reach the server at {self.base_url}: {reason} "
+            f"cannot reach the server at {self.base_url}: {text} "
             f"(is it running? set the address with --url or {URL_ENV})",
         )
 

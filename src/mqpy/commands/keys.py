@@ -109,7 +109,24 @@ def create_key(args: argparse.Namespace) -> int:
         f"{_topics(answer.get('topics'))}); it is shown only this once, store it now",
         file=sys.stderr,
     )
+    if answer.get("authentication_turned_on"):
+        print(_turned_on(answer.get("role")), file=sys.stderr)
     return EXIT_OK
+
+
+def _turned_on(role: object) -> str:
+    """What the first key on a keyless server changes, for everyone using it."""
+    warning = (
+        "authentication is now ON: this server had no key, and from now on every "
+        "request needs 'Authorization: Bearer <key>'; senders and receivers already "
+        "connected get 401 until they send a key"
+    )
+    if role != Role.ADMIN.value:
+        warning += (
+            f"; this is a {role} key and no admin key exists, so no more keys can be "
+            "created: to manage keys, restart the server with MQPY_ADMIN_KEY set"
+        )
+    return warning
 
 
 def list_keys(args: argparse.Namespace) -> int:

@@ -12,10 +12,11 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from mqpy.client import MQError, NotFound
+from mqpy.client import ConnectionFailed, MQError, NotFound
 from mqpy.commands import (
     EXIT_OK,
     EXIT_REFUSED,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     KEY_ENV,
     URL_ENV,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # imported when run: they load aiohttp, which `mqpy --help` n
     from mqpy.receiver import Delivery, ReceiverServer
 
 EXIT_INTERRUPTED = 130
+SECRET_ENV = "MQPY_SECRET"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -58,6 +60,7 @@ examples:
   mqpy listen --topic orders.eu --group billing        # run it twice: they share the work
   mqpy listen --topic orders.eu --filter kind=created --filter kind=paid
   mqpy listen --filter region^=eu- --filter '!test'
+  mqpy listen --no-connect --port 9000 --path /hook --secret whsec_...   # you connect it
 
 --filter NAME=VALUE: the attribute equals VALUE (repeat for any of several values);
 NAME^=PREFIX: it starts with PREFIX; NAME: the message has it; !NAME: it has not.
@@ -108,6 +111,19 @@ environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key; a subscriber 
         action="store_true",
         help='print one JSON object per message: {"message_id", "attempt", "body"}',
     )
+    parser.add_argument(
+        "--no-connect",
+        action="store_true",
+        help="only listen: do not connect to the broker (connect the receiver yourself, "
+        "with POST /connect, and give --secret from its answer); Ctrl-C just stops",
+    )
+    parser.add_argument(
+        "--secret",
+        default=os.environ.get(SECRET_ENV),
+        metavar="SECRET",
+        help=f"with --no-connect, the signing secret deliveries are checked with: the "
+        f"whsec_... that /connect answered (or {SECRET_ENV})",
+    )
     add_server_options(parser)
     set_handler(parser, listen)
 
@@ -121,9 +137,11 @@ def listen(args: argparse.Namespace) -> int:
             f"--host {args.host} is not an address the broker can POST to; "
             "give the receiver's reachable address with --client-url",
         )
+    logging.basicConfig(level=logging.WARNING, format="mqpy listen: %(message)s")
+    if args.no_connect:
+        return _listen_only(args)
     settings = client_settings(args)
     args.filter_object = filter_of(args.filter)
-    logging.basicConfig(level=logging.WARNING, format="mqpy listen: %(message)s")
     try:
         return asyncio.run(_listen(args, settings))
     except KeyboardInterrupt:  # a Ctrl-C before the handlers were set, or a second one
@@ -138,12 +156,7 @@ async def _listen(args: argparse.Namespace, settings: ClientSettings) -> int:
     _stop_on_signals(stop)
     printer = _Printer(args.json, stop)
     server = ReceiverServer(printer.show, host=args.host, port=args.port, path=args.path)
-    try:
-        await server.start()
-    except OSError as error:
-        raise CommandFailed(
-            EXIT_USAGE, f"cannot listen on {args.host}:{args.port}: {error.strerror or error}"
-        ) from None
+    await _start(server, args)
     try:
         async with AsyncClient(settings.url, key=settings.key) as client:
             receiver_id = await _connect(client, server, args)
@@ -159,6 +172,59 @@ async def _listen(args: argparse.Namespace, settings: ClientSettings) -> int:
     finally:
         await server.close()
     return EXIT_OK
+
+
+def _listen_only(args: argparse.Namespace) -> int:
+    """--no-connect: a receiver someone else connected, checking deliveries with the
+    secret its /connect answered."""
+    if not args.secret:
+        raise CommandFailed(
+            EXIT_USAGE,
+            f"--no-connect needs the receiver's signing secret, to check deliveries: give "
+            f"--secret with the whsec_... that /connect answered (or set {SECRET_ENV})",
+        )
+    if args.topic or args.group or args.filter:
+        raise CommandFailed(
+            EXIT_USAGE,
+            "--topic, --group and --filter are sent when listen connects; with "
+            "--no-connect, give them in your own POST /connect",
+        )
+    try:
+        return asyncio.run(_serve_only(args))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+async def _serve_only(args: argparse.Namespace) -> int:
+    from mqpy.receiver import ReceiverServer
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    printer = _Printer(args.json, stop)
+    server = ReceiverServer(
+        printer.show, host=args.host, port=args.port, path=args.path, secret=args.secret
+    )
+    await _start(server, args)
+    try:
+        print(
+            f"listening on {server.url}, not connected (connect it with POST /connect); "
+            "Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        await server.close()
+    return EXIT_OK
+
+
+async def _start(server: ReceiverServer, args: argparse.Namespace) -> None:
+    try:
+        await server.start()
+    except OSError as error:
+        raise CommandFailed(
+            EXIT_USAGE, f"cannot listen on {args.host}:{args.port}: {error.strerror or error}"
+        ) from None
 
 
 async def _connect(client: AsyncClient, server: ReceiverServer, args: argparse.Namespace) -> int:
@@ -196,6 +262,15 @@ async def _disconnect(client: AsyncClient, receiver_id: int) -> None:
     except NotFound:
         print(f"receiver {receiver_id} was already disconnected", file=sys.stderr)
         return
+    except ConnectionFailed as error:
+        # The broker keeps the receiver, and keeps routing messages to it, until told.
+        raise CommandFailed(
+            EXIT_UNREACHABLE,
+            f"{error}, so receiver {receiver_id} is still registered there: the broker "
+            "keeps its messages and retries them until they are dead letters. Once the "
+            f"broker is back, remove it with: mqpy subscriptions delete {receiver_id} "
+            "(with the same --url and key)",
+        ) from None
     print(f"disconnected receiver {receiver_id}", file=sys.stderr)
 
 

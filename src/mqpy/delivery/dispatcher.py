@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from asyncio import FIRST_COMPLETED
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,9 +121,10 @@ class Dispatcher:
             asyncio.create_task(self._work(), name=f"mqpy-worker-{n}") for n in range(self._workers)
         ]
 
-    async def stop(self, grace: float) -> None:
+    async def stop(self, grace: float, interrupt: asyncio.Event | None = None) -> None:
         """Stop claiming, give queued deliveries back, let those in flight finish for up
-        to `grace` seconds, and give back whatever is still unfinished."""
+        to `grace` seconds (or until `interrupt` is set), and give back whatever is still
+        unfinished."""
         self._stopping = True
         for task in (self._claimer, self._renewer):
             if task is not None:
@@ -132,8 +134,7 @@ class Dispatcher:
         queued = _drain(self._queue)
         if self._in_flight:
             self._all_settled.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_settled.wait(), grace)
+            await self._wait_for_in_flight(grace, interrupt or asyncio.Event())
         unfinished = list(self._in_flight.values())
         for task in self._worker_tasks:
             task.cancel()
@@ -145,6 +146,23 @@ class Dispatcher:
             if unfinished:  # being sent: the receiver may have it, so the attempt counts
                 await self._store.release(unfinished, now, attempted=True)
             log.info("released %d deliveries for after the restart", len(queued) + len(unfinished))
+
+    async def _wait_for_in_flight(self, grace: float, interrupt: asyncio.Event) -> None:
+        """Until every delivery in flight settles, `grace` runs out or `interrupt` is set;
+        saying what it waits for, since a slow receiver can make that the whole grace."""
+        receivers = len({delivery.subscription_id for delivery in self._in_flight.values()})
+        log.info(
+            "waiting up to %s for %d deliveries in flight to %d receivers; stop again to "
+            "give them back now (they are delivered again after the restart)",
+            f"{grace:g} s",
+            len(self._in_flight),
+            receivers,
+        )
+        settled = asyncio.create_task(self._all_settled.wait())
+        interrupted = asyncio.create_task(interrupt.wait())
+        await asyncio.wait({settled, interrupted}, timeout=grace, return_when=FIRST_COMPLETED)
+        for task in (settled, interrupted):
+            task.cancel()
 
     async def _claim_loop(self) -> None:
         while not self._stopping:
@@ -398,16 +416,38 @@ class Dispatcher:
             )
             await self._store.dead_letter(delivery, now=now, error=error, status=outcome.status)
             return
+        next_try, retry_in = self._next_try(delivery.subscription_id, due_at, now)
         log.info(
-            "delivery of %s to receiver %d failed (attempt %d): %s; next try in %.1f s",
+            "delivery of %s to receiver %d failed (attempt %d): %s; %s",
             delivery.message_id,
             delivery.subscription_id,
             delivery.attempt,
             error,
-            due_at - now,
-            extra={**fields, "outcome": "retried", "retry_in": round(due_at - now, 3)},
+            next_try,
+            extra={**fields, "outcome": "retried", "retry_in": round(retry_in, 3)},
         )
         await self._store.retry(delivery, due_at=due_at, error=error, status=outcome.status)
+
+    def _next_try(self, subscription_id: int, due_at: float, now: float) -> tuple[str, float]:
+        """When the next try will really be, said for the log, and in how many seconds
+        at the earliest: a paused receiver holds its deliveries past their own schedule."""
+        resume_at = self._windows.paused_until(subscription_id)
+        if resume_at is None:
+            return f"next try in {due_at - now:.1f} s", due_at - now
+        how = "then one delivery goes as a probe, and the others once one succeeds"
+        if resume_at <= now:
+            return f"next try once the receiver's probe succeeds (it is paused; {how})", 0.0
+        if due_at <= resume_at:
+            return (
+                f"next try in {resume_at - now:.1f} s at the earliest, not {due_at - now:.1f} s: "
+                f"the receiver is paused until then ({how})",
+                resume_at - now,
+            )
+        return (
+            f"next try in {due_at - now:.1f} s if the receiver is back by then: it is paused "
+            f"for {resume_at - now:.1f} s ({how})",
+            due_at - now,
+        )
 
 
 @dataclass(slots=True)

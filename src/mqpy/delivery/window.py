@@ -229,6 +229,13 @@ class ReceiverWindows:
         window = self._windows.get(subscription_id)
         return window is not None and window.pauses > 0
 
+    def paused_until(self, subscription_id: int) -> float | None:
+        """Until when the receiver is paused as a whole, if it is (a time already past
+        while its probe is out): no delivery goes before then, then only the probe, and
+        the others once a probe succeeds."""
+        window = self._windows.get(subscription_id)
+        return window.paused_until if window is not None and window.pauses else None
+
     def next_resume_at(self, now: float) -> float | None:
         """When the earliest paused receiver may be probed, if any is paused."""
         upcoming = [
