@@ -143,6 +143,27 @@ class DeliveryState(enum.StrEnum):
     DEAD = "dead"
 
 
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt of a delivery ended."""
+
+    DELIVERED = "delivered"  # the receiver acknowledged it
+    RETRY = "retry"  # it failed and will be tried again
+    DEAD = "dead"  # it failed and no tries were left: a dead letter
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt of a delivery, as its history keeps it."""
+
+    attempt: int  # its number, counted from 1 again after a redrive
+    subscription_id: int  # who it was sent to (a group's member)
+    at: float  # when it was sent
+    duration: float | None  # seconds until the answer or the failure
+    outcome: AttemptOutcome
+    status: int | None  # the receiver's HTTP status, if it answered
+    error: str | None  # why it failed, if it did
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryStatus:
     """One message's delivery to one subscription, as an operator sees it."""
@@ -155,6 +176,7 @@ class DeliveryStatus:
     last_error: str | None
     next_attempt_at: float | None
     delivered_at: float | None = None
+    history: tuple[Attempt, ...] = ()  # its latest attempts, oldest first
 
 
 @dataclass(frozen=True, slots=True)

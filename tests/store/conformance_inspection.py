@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mqpy.domain import DeliveryState, DeliveryStatus, TopicInfo
 from mqpy.store.base import Store
 from tests.store.support import (
@@ -43,9 +45,10 @@ def status(
 
 
 async def deliveries_of(store: Store, message_id: str, now: float) -> list[DeliveryStatus]:
+    """Where each delivery stands, without its attempt history (conformance_history)."""
     kept = await store.message(message_id, now)
     assert kept is not None
-    return kept.deliveries
+    return [replace(delivery, history=()) for delivery in kept.deliveries]
 
 
 async def states(store: Store, message_id: str, now: float) -> list[DeliveryState]:

@@ -36,6 +36,7 @@ from mqpy.domain import (
     SubscriptionSpec,
     TopicInfo,
 )
+from mqpy.store.batching import Settlement
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +204,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def message(self, message_id: str, now: float) -> StoredMessage | None:
-        """A kept message with the state of each of its deliveries as of `now`."""
+        """A kept message with the state of each of its deliveries as of `now`, and
+        each delivery's kept attempts."""
 
     @abc.abstractmethod
     async def sweep(self, *, delivered_before: float, dedup_before: float) -> int:
@@ -243,21 +245,74 @@ class Store(abc.ABC):
         unacknowledged the delivery is due again and may be claimed by anyone.
         """
 
-    @abc.abstractmethod
-    async def ack(self, delivery: Delivery, *, now: float = 0.0, status: int | None = None) -> None:
-        """The receiver took it (answering `status` at `now`): the delivery is done."""
+    # Each settlement also adds the attempt to the delivery's history (`attempted_at`:
+    # when it was sent, the store's clock if not given; `duration`: until its outcome),
+    # in the same transaction; a delivery keeps its newest attempts (store/history.py).
 
-    @abc.abstractmethod
+    async def ack(
+        self,
+        delivery: Delivery,
+        *,
+        now: float = 0.0,
+        status: int | None = None,
+        attempted_at: float | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """The receiver took it (answering `status` at `now`): the delivery is done."""
+        sent_at = self._sent_at(attempted_at)
+        await self._settle(
+            Settlement(delivery, now, status, attempted_at=sent_at, duration=duration)
+        )
+
     async def retry(
-        self, delivery: Delivery, *, due_at: float, error: str, status: int | None
+        self,
+        delivery: Delivery,
+        *,
+        due_at: float,
+        error: str,
+        status: int | None,
+        attempted_at: float | None = None,
+        duration: float | None = None,
     ) -> None:
         """The attempt failed: try again at `due_at`."""
+        sent_at = self._sent_at(attempted_at)
+        await self._settle(
+            Settlement(
+                delivery,
+                due_at,
+                status,
+                error,
+                due_at=due_at,
+                attempted_at=sent_at,
+                duration=duration,
+            )
+        )
 
-    @abc.abstractmethod
     async def dead_letter(
-        self, delivery: Delivery, *, now: float, error: str, status: int | None
+        self,
+        delivery: Delivery,
+        *,
+        now: float,
+        error: str,
+        status: int | None,
+        attempted_at: float | None = None,
+        duration: float | None = None,
     ) -> None:
         """The attempt failed and no retries are left: keep it as a dead letter."""
+        sent_at = self._sent_at(attempted_at)
+        await self._settle(
+            Settlement(
+                delivery, now, status, error, dead=True, attempted_at=sent_at, duration=duration
+            )
+        )
+
+    @abc.abstractmethod
+    async def _settle(self, settlement: Settlement) -> None:
+        """Record how an attempt ended (acks, retries and dead letters alike), only if
+        its lease still holds; settlements may be batched with others."""
+
+    def _sent_at(self, attempted_at: float | None) -> float:
+        return self.clock() if attempted_at is None else attempted_at
 
     @abc.abstractmethod
     async def renew(

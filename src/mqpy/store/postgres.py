@@ -53,6 +53,13 @@ from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Batcher, Settlement
 from mqpy.store.claiming import ClaimBuilder
 from mqpy.store.expiry import EXPIRE_CHUNK, expiry_targets
+from mqpy.store.history import (
+    HISTORY_COLUMNS,
+    MAX_ATTEMPTS_KEPT,
+    attempt_row,
+    failures,
+    histories,
+)
 from mqpy.store.postgres_catalog import (
     CONNECTION_COLUMNS,
     SUBSCRIPTION_COLUMNS,
@@ -85,6 +92,7 @@ from mqpy.store.routes import (
 )
 from mqpy.store.rows import (
     DEAD_LETTER_QUERY,
+    DELIVERY_STATUS_COLUMNS,
     changed_spec,
     dead_letter_cursor,
     dead_letter_page,
@@ -592,10 +600,16 @@ class PostgresStore(Store):
             if row is None:
                 return None
             rows = await conn.fetch(
-                "SELECT d.subscription_id, g.name, d.state, d.attempts, d.last_status, "
-                "d.last_error, d.due_at, d.lease, d.delivered_at FROM deliveries d "
+                f"SELECT d.id, {DELIVERY_STATUS_COLUMNS} FROM deliveries d "
                 "LEFT JOIN groups g ON g.id = d.group_id WHERE d.message_seq = $1 ORDER BY d.id",
                 row["seq"],
+            )
+            kept = histories(
+                await conn.fetch(
+                    f"SELECT {HISTORY_COLUMNS} FROM delivery_attempts WHERE message_seq = $1 "
+                    "ORDER BY delivery_id, id",
+                    row["seq"],
+                )
             )
         return StoredMessage(
             id=message_id,
@@ -605,7 +619,10 @@ class PostgresStore(Store):
             ordering_key=row["ordering_key"],
             published_at=row["published_at"],
             deliver_at=row["deliver_at"],
-            deliveries=[delivery_status(now, *delivery) for delivery in rows],
+            deliveries=[
+                delivery_status(now, *delivery, history=kept.get(delivery_id, ()))
+                for delivery_id, *delivery in rows
+            ],
         )
 
     async def sweep(self, *, delivered_before: float, dedup_before: float) -> int:
@@ -624,9 +641,12 @@ class PostgresStore(Store):
                     delivered_before,
                     SWEEP_CHUNK,
                 )
+                swept = [row[0] for row in seqs]
                 await conn.execute(
-                    "DELETE FROM deliveries WHERE message_seq = ANY($1::bigint[])",
-                    [row[0] for row in seqs],
+                    "DELETE FROM deliveries WHERE message_seq = ANY($1::bigint[])", swept
+                )
+                await conn.execute(
+                    "DELETE FROM delivery_attempts WHERE message_seq = ANY($1::bigint[])", swept
                 )
                 keys = row_count(
                     await conn.execute(
@@ -698,19 +718,6 @@ class PostgresStore(Store):
             claimed = builder.finish()
             return claimed
 
-    async def ack(self, delivery: Delivery, *, now: float = 0.0, status: int | None = None) -> None:
-        await self._settle(Settlement(delivery, now, status))
-
-    async def retry(
-        self, delivery: Delivery, *, due_at: float, error: str, status: int | None
-    ) -> None:
-        await self._settle(Settlement(delivery, due_at, status, error, due_at=due_at))
-
-    async def dead_letter(
-        self, delivery: Delivery, *, now: float, error: str, status: int | None
-    ) -> None:
-        await self._settle(Settlement(delivery, now, status, error, dead=True))
-
     async def _settle(self, outcome: Settlement) -> None:
         if self._closed:
             raise StoreUnavailable("the store is closed")
@@ -724,6 +731,11 @@ class PostgresStore(Store):
         retries = [o for o in outcomes if o.due_at is not None]
         deaths = [o for o in outcomes if o.dead]
         async with self._transaction(durable=False) as conn:
+            columns = zip(*map(attempt_row, outcomes), strict=True)
+            await conn.execute(sql.RECORD_ATTEMPTS, *map(list, columns))
+            trimmed = failures(outcomes)
+            if trimmed:
+                await conn.execute(sql.TRIM_ATTEMPTS, trimmed, MAX_ATTEMPTS_KEPT)
             if retries:
                 await conn.execute(sql.RETRY, *_outcome_arrays(retries, due=True))
             if deaths:

@@ -166,6 +166,25 @@ MIGRATIONS: list[str] = [
         autovacuum_vacuum_threshold = 1000);
     ALTER TABLE topic_counts SET (fillfactor = 50);
     """,
+    # 2: each delivery's attempts (store/history.py), written with the settlements
+    # they record. By message: a message's journey is read, and swept, by its seq.
+    """
+    CREATE TABLE delivery_attempts (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        message_seq bigint NOT NULL,
+        delivery_id bigint NOT NULL,
+        attempt integer NOT NULL,
+        subscription_id bigint NOT NULL,
+        sent_at double precision NOT NULL,
+        duration double precision,
+        outcome text NOT NULL,
+        status integer,
+        error text
+    );
+    CREATE INDEX delivery_attempts_by_message ON delivery_attempts (message_seq, delivery_id, id);
+    ALTER TABLE delivery_attempts SET (autovacuum_vacuum_scale_factor = 0.01,
+        autovacuum_vacuum_insert_scale_factor = 0.01, autovacuum_analyze_scale_factor = 0.02);
+    """,
 ]
 
 

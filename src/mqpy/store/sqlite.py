@@ -47,6 +47,7 @@ from mqpy.ids import new_connection_id, node_name
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Settlement
 from mqpy.store.expiry import EXPIRE_CHUNK, ExpiryTarget, expiry_targets
+from mqpy.store.history import HISTORY_COLUMNS, histories
 from mqpy.store.routes import (
     GROUP_ROUTE_COLUMNS,
     SUBSCRIPTION_ROUTE_COLUMNS,
@@ -57,6 +58,7 @@ from mqpy.store.routes import (
 )
 from mqpy.store.rows import (
     DEAD_LETTER_QUERY,
+    DELIVERY_STATUS_COLUMNS,
     SUBSCRIPTION_COLUMNS,
     SUBSCRIPTIONS_FROM,
     changed_spec,
@@ -473,6 +475,7 @@ class SQLiteStore(Store):
                 )
             ]
             conn.executemany("DELETE FROM deliveries WHERE message_seq = ?", seqs)
+            conn.executemany("DELETE FROM delivery_attempts WHERE message_seq = ?", seqs)
             conn.executemany("DELETE FROM messages WHERE seq = ?", seqs)
             keys = conn.execute(
                 "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM "
@@ -530,18 +533,8 @@ class SQLiteStore(Store):
 
         return await self._writer.run(operation, durable=False)
 
-    async def ack(self, delivery: Delivery, *, now: float = 0.0, status: int | None = None) -> None:
-        await self._settlements.submit(Settlement(delivery, now, status))
-
-    async def retry(
-        self, delivery: Delivery, *, due_at: float, error: str, status: int | None
-    ) -> None:
-        await self._settlements.submit(Settlement(delivery, due_at, status, error, due_at=due_at))
-
-    async def dead_letter(
-        self, delivery: Delivery, *, now: float, error: str, status: int | None
-    ) -> None:
-        await self._settlements.submit(Settlement(delivery, now, status, error, dead=True))
+    async def _settle(self, settlement: Settlement) -> None:
+        await self._settlements.submit(settlement)
 
     async def renew(
         self, deliveries: Sequence[Delivery], *, now: float, lease_seconds: float
@@ -1002,11 +995,17 @@ def _stored_message(conn: sqlite3.Connection, message_id: str, now: float) -> St
     if row is None:
         return None
     seq, topic, body, attributes, ordering_key, published_at, deliver_at = row
+    kept = histories(
+        conn.execute(
+            f"SELECT {HISTORY_COLUMNS} FROM delivery_attempts WHERE message_seq = ? "
+            "ORDER BY delivery_id, id",
+            (seq,),
+        )
+    )
     deliveries = [
-        delivery_status(now, *delivery)
-        for delivery in conn.execute(
-            "SELECT d.subscription_id, g.name, d.state, d.attempts, d.last_status, "
-            "d.last_error, d.due_at, d.lease, d.delivered_at FROM deliveries d "
+        delivery_status(now, *delivery, history=kept.get(delivery_id, ()))
+        for delivery_id, *delivery in conn.execute(
+            f"SELECT d.id, {DELIVERY_STATUS_COLUMNS} FROM deliveries d "
             "LEFT JOIN groups g ON g.id = d.group_id WHERE d.message_seq = ? ORDER BY d.id",
             (seq,),
         )

@@ -163,6 +163,23 @@ MIGRATIONS: list[str] = [
     CREATE INDEX waiting_by_topic ON waiting (topic, seq);
     DROP INDEX messages_waiting;
     """,
+    # 5: each delivery's attempts (store/history.py), written with the settlements
+    # they record. By message: a message's journey is read, and swept, by its seq.
+    """
+    CREATE TABLE delivery_attempts (
+        id INTEGER PRIMARY KEY,
+        message_seq INTEGER NOT NULL,
+        delivery_id INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        subscription_id INTEGER NOT NULL,
+        sent_at REAL NOT NULL,
+        duration REAL,
+        outcome TEXT NOT NULL,
+        status INTEGER,
+        error TEXT
+    );
+    CREATE INDEX delivery_attempts_by_message ON delivery_attempts (message_seq, delivery_id);
+    """,
 ]
 
 
