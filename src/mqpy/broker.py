@@ -416,16 +416,22 @@ class Broker:
     # Push subscriptions.
 
     async def create_subscription(
-        self, spec: SubscriptionSpec, principal: Principal
+        self,
+        spec: SubscriptionSpec,
+        principal: Principal,
+        *,
+        secret: str | None = None,
+        paused: bool = False,
     ) -> tuple[Subscription, str]:
-        """A new push subscription and its signing secret (returned once)."""
+        """A new push subscription and its signing secret (the caller's, else a new
+        one, returned once); `paused`: nothing is delivered to it until resumed."""
         if not principal.is_admin and principal.role is not Role.SUBSCRIBER:
             raise Forbidden("creating a subscription needs a subscriber or admin key")
         self._check_topic(spec.topic, principal)
         await self._check_receiver(spec.url)
-        secret = generate_secret()
+        secret = secret or generate_secret()
         subscription = await self._store.add_subscription(
-            spec, self._clock(), key_id=principal.key_id, secret=secret
+            spec, self._clock(), key_id=principal.key_id, secret=secret, paused=paused
         )
         self._put_subscription(subscription)
         self._listener.notify()

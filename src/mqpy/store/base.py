@@ -121,9 +121,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def add_subscription(
-        self, spec: SubscriptionSpec, now: float, *, key_id: str | None, secret: str | None
+        self,
+        spec: SubscriptionSpec,
+        now: float,
+        *,
+        key_id: str | None,
+        secret: str | None,
+        paused: bool = False,
     ) -> Subscription:
-        """Create a push subscription under a new random id never issued before.
+        """Create a push subscription under a new random id never issued before;
+        `paused`: created paused, so no claim hands out its deliveries until resumed.
 
         Messages of matching topics published while nobody was subscribed become its
         deliveries (or its group's). A member of an existing group must carry the

@@ -340,12 +340,22 @@ class PostgresStore(Store):
             return Connection(connection_id, mode, client_url, topic, now, key_id)
 
     async def add_subscription(
-        self, spec: SubscriptionSpec, now: float, *, key_id: str | None, secret: str | None
+        self,
+        spec: SubscriptionSpec,
+        now: float,
+        *,
+        key_id: str | None,
+        secret: str | None,
+        paused: bool = False,
     ) -> Subscription:
         async with self._transaction() as conn:
             await self._catalog_change(conn)
             subscription_id = await new_id(conn)
             await insert_subscription(conn, subscription_id, spec, now, key_id, secret, None)
+            if paused:
+                await conn.execute(
+                    "UPDATE subscriptions SET paused = true WHERE id = $1", subscription_id
+                )
             subscription = await fetch_subscription(conn, subscription_id)
             assert subscription is not None
             return subscription

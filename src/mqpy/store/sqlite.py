@@ -200,11 +200,19 @@ class SQLiteStore(Store):
         return await self._writer.run(operation)
 
     async def add_subscription(
-        self, spec: SubscriptionSpec, now: float, *, key_id: str | None, secret: str | None
+        self,
+        spec: SubscriptionSpec,
+        now: float,
+        *,
+        key_id: str | None,
+        secret: str | None,
+        paused: bool = False,
     ) -> Subscription:
         def operation(conn: sqlite3.Connection) -> Subscription:
             subscription_id = _new_id(conn)
             self._insert_subscription(conn, subscription_id, spec, now, key_id, secret, None)
+            if paused:
+                conn.execute("UPDATE subscriptions SET paused = 1 WHERE id = ?", (subscription_id,))
             subscription = _subscription(conn, subscription_id)
             assert subscription is not None
             return subscription
