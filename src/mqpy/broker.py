@@ -33,6 +33,7 @@ from mqpy.domain import (
     SubscriptionSpec,
     TopicInfo,
     UnknownConnection,
+    UnknownDeadLetter,
     UnknownMessage,
     UnknownSubscription,
     UnknownTopic,
@@ -576,6 +577,26 @@ class Broker:
     ) -> int:
         await self._check_dead_letter_rights(principal, subscription_id)
         return await self._store.purge_dead_letters(subscription_id, now=self._clock())
+
+    async def redrive_dead_letter(
+        self, principal: Principal, subscription_id: int, message_id: str
+    ) -> None:
+        """Queue one subscription's dead letter of one message again, from attempt 1."""
+        await self._check_dead_letter_rights(principal, subscription_id)
+        if not await self._store.redrive(self._clock(), subscription_id, message_id=message_id):
+            raise UnknownDeadLetter(subscription_id, message_id)
+        self._listener.notify()
+
+    async def drop_dead_letter(
+        self, principal: Principal, subscription_id: int, message_id: str
+    ) -> None:
+        """Drop one subscription's dead letter of one message for good."""
+        await self._check_dead_letter_rights(principal, subscription_id)
+        dropped = await self._store.purge_dead_letters(
+            subscription_id, now=self._clock(), message_id=message_id
+        )
+        if not dropped:
+            raise UnknownDeadLetter(subscription_id, message_id)
 
     async def _check_dead_letter_rights(
         self, principal: Principal, subscription_id: int | None

@@ -337,6 +337,18 @@ class UnknownMessage(BrokerError):
         self.message_id = message_id
 
 
+class UnknownDeadLetter(BrokerError):
+    """A subscription has no dead letter of this message (never, or no longer)."""
+
+    def __init__(self, subscription_id: int, message_id: str) -> None:
+        super().__init__(
+            f"subscription {subscription_id} has no dead letter of message {message_id!r} "
+            f"(GET /v1/subscriptions/{subscription_id}/dead-letters lists those it has)"
+        )
+        self.subscription_id = subscription_id
+        self.message_id = message_id
+
+
 class UnknownTopic(BrokerError):
     """No message was ever published to this topic and no subscription names it."""
 

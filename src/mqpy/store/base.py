@@ -360,16 +360,26 @@ class Store(abc.ABC):
         """Dead letters, oldest first (all, or one subscription's)."""
 
     @abc.abstractmethod
-    async def redrive(self, now: float, receiver_id: int | None = None) -> int:
-        """Queue dead letters again from attempt 1 (all, or one subscription's).
+    async def redrive(
+        self, now: float, receiver_id: int | None = None, *, message_id: str | None = None
+    ) -> int:
+        """Queue dead letters again from attempt 1: all, one subscription's, one
+        message's, or with both the one dead letter of that message for that
+        subscription.
 
         Returns how many were queued.
         """
 
     @abc.abstractmethod
-    async def purge_dead_letters(self, subscription_id: int | None = None, *, now: float) -> int:
-        """Drop dead letters for good (all, or one subscription's); returns how many.
-        A message left with nothing to deliver is done as of `now`."""
+    async def purge_dead_letters(
+        self,
+        subscription_id: int | None = None,
+        *,
+        now: float,
+        message_id: str | None = None,
+    ) -> int:
+        """Drop dead letters for good (chosen as `redrive` chooses them); returns how
+        many. A message left with nothing to deliver is done as of `now`."""
 
     @abc.abstractmethod
     async def topics(self, *, cursor: str | None = None, limit: int = 100) -> Page[TopicInfo]:

@@ -841,7 +841,9 @@ class PostgresStore(Store):
             rows = await conn.fetch(query, dead_at, delivery_id, subscription_id, limit + 1)
         return dead_letter_page(rows, limit)
 
-    async def redrive(self, now: float, receiver_id: int | None = None) -> int:
+    async def redrive(
+        self, now: float, receiver_id: int | None = None, *, message_id: str | None = None
+    ) -> int:
         async with self._transaction() as conn:
             status = await conn.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, due_at = $1, "
@@ -849,20 +851,29 @@ class PostgresStore(Store):
                 "(group_id IS NULL AND subscription_id IN "
                 "(SELECT id FROM subscriptions WHERE active)) OR "
                 "group_id IN (SELECT id FROM groups WHERE active)) "
-                "AND ($2::bigint IS NULL OR subscription_id = $2)",
+                f"AND {_ONE_OR_ALL_DEAD_LETTERS.format(subscription='$2', message='$3')}",
                 now,
                 receiver_id,
+                message_id,
             )
             if row_count(status):
                 await conn.execute("SELECT pg_notify($1, '')", DUE_CHANNEL)
         return row_count(status)
 
-    async def purge_dead_letters(self, subscription_id: int | None = None, *, now: float) -> int:
+    async def purge_dead_letters(
+        self,
+        subscription_id: int | None = None,
+        *,
+        now: float,
+        message_id: str | None = None,
+    ) -> int:
         async with self._transaction() as conn:
             rows = await conn.fetch(
-                "DELETE FROM deliveries WHERE state = 'dead' "
-                "AND ($1::bigint IS NULL OR subscription_id = $1) RETURNING message_seq",
+                "DELETE FROM deliveries WHERE state = 'dead' AND "
+                f"{_ONE_OR_ALL_DEAD_LETTERS.format(subscription='$1', message='$2')} "
+                "RETURNING message_seq",
                 subscription_id,
+                message_id,
             )
             await _finish_messages(conn, {row[0]: now for row in rows})
         return len(rows)
@@ -948,6 +959,14 @@ class PostgresStore(Store):
     async def dead_letter_count(self) -> int:
         async with self._connection() as conn:
             return int(await conn.fetchval("SELECT count(*) FROM deliveries WHERE state = 'dead'"))
+
+
+# Dead letters of one subscription, of one message, or both (the one dead letter); a
+# null parameter leaves that condition out.
+_ONE_OR_ALL_DEAD_LETTERS = (
+    "({subscription}::bigint IS NULL OR subscription_id = {subscription}) AND "
+    "({message}::text IS NULL OR message_seq = (SELECT seq FROM messages WHERE id = {message}))"
+)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -628,7 +628,9 @@ class SQLiteStore(Store):
 
         return await self._writer.run(operation)
 
-    async def redrive(self, now: float, receiver_id: int | None = None) -> int:
+    async def redrive(
+        self, now: float, receiver_id: int | None = None, *, message_id: str | None = None
+    ) -> int:
         def operation(conn: sqlite3.Connection) -> int:
             sql = (
                 "UPDATE deliveries SET state = 'pending', attempts = 0, due_at = ?, "
@@ -637,22 +639,24 @@ class SQLiteStore(Store):
                 "(SELECT id FROM subscriptions WHERE active = 1)) OR "
                 "group_id IN (SELECT id FROM groups WHERE active = 1))"
             )
-            params: tuple[float, ...] | tuple[float, int] = (now,)
-            if receiver_id is not None:
-                sql += " AND subscription_id = ?"
-                params = (now, receiver_id)
-            return conn.execute(sql, params).rowcount
+            where, params = _dead_letters_of(receiver_id, message_id)
+            return conn.execute(sql + where, (now, *params)).rowcount
 
         return await self._writer.run(operation)
 
-    async def purge_dead_letters(self, subscription_id: int | None = None, *, now: float) -> int:
+    async def purge_dead_letters(
+        self,
+        subscription_id: int | None = None,
+        *,
+        now: float,
+        message_id: str | None = None,
+    ) -> int:
         def operation(conn: sqlite3.Connection) -> int:
-            sql = "DELETE FROM deliveries WHERE state = 'dead'"
-            params: tuple[int, ...] = ()
-            if subscription_id is not None:
-                sql += " AND subscription_id = ?"
-                params = (subscription_id,)
-            seqs = conn.execute(sql + " RETURNING message_seq", params).fetchall()
+            where, params = _dead_letters_of(subscription_id, message_id)
+            seqs = conn.execute(
+                f"DELETE FROM deliveries WHERE state = 'dead'{where} RETURNING message_seq",
+                params,
+            ).fetchall()
             self._tallies.add_stored(-finish_messages(conn, {seq for (seq,) in seqs}, now))
             return len(seqs)
 
@@ -758,6 +762,22 @@ class SQLiteStore(Store):
         worker thread: WAL lets it read beside the writer, so a scan of a large backlog
         never holds up a group commit."""
         return await asyncio.to_thread(_read_only, self.path, sql)
+
+
+def _dead_letters_of(
+    subscription_id: int | None, message_id: str | None
+) -> tuple[str, tuple[int | str, ...]]:
+    """The WHERE conditions (after `state = 'dead'`) that pick one subscription's dead
+    letters, one message's, or both: the one dead letter."""
+    where = ""
+    params: list[int | str] = []
+    if subscription_id is not None:
+        where += " AND subscription_id = ?"
+        params.append(subscription_id)
+    if message_id is not None:
+        where += " AND message_seq = (SELECT seq FROM messages WHERE id = ?)"
+        params.append(message_id)
+    return where, tuple(params)
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:
