@@ -278,6 +278,27 @@ class NodeInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiverHealth:
+    """How a receiver's attempts went, as the nodes last saved it: what `mqpy status`
+    shows of it after a restart. Its latest failure is described if it has one."""
+
+    subscription_id: int
+    last_success_at: float | None
+    last_failure_at: float | None
+    consecutive_failures: int
+    unavailable: bool  # its latest failures were for want of the receiver (5xx, 429, none)
+    last_error: str | None = None
+    last_status: int | None = None
+    last_message_id: str | None = None
+    last_attempt: int | None = None
+
+    @property
+    def changed_at(self) -> float:
+        """When its latest attempt ended: the newer of two saves wins."""
+        return max(self.last_success_at or 0.0, self.last_failure_at or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerStats:
     """The seed dashboard's four figures."""
 

@@ -30,6 +30,7 @@ from mqpy.domain import (
     NodeInfo,
     Page,
     Published,
+    ReceiverHealth,
     StoredMessage,
     Subscription,
     SubscriptionChanges,
@@ -87,6 +88,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def nodes(self, *, seen_since: float) -> list[NodeInfo]:
         """Nodes whose last heartbeat is at or after `seen_since`, by name."""
+
+    @abc.abstractmethod
+    async def save_receiver_health(self, health: Sequence[ReceiverHealth]) -> None:
+        """Keep each receiver's health for after a restart. Callers save what changed
+        every few seconds and at shutdown, not per attempt. Of two saves of one
+        receiver (two nodes) the one with the later `changed_at` stays."""
+
+    @abc.abstractmethod
+    async def receiver_health(self) -> list[ReceiverHealth]:
+        """The saved health of every active subscription that has any, by id."""
 
     # Not abstract on purpose: a backend may have nothing to report.
     def observe_commits(self, callback: Callable[[int, float], None]) -> None:  # noqa: B027

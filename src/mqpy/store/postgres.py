@@ -38,6 +38,7 @@ from mqpy.domain import (
     NodeInfo,
     Page,
     Published,
+    ReceiverHealth,
     Role,
     StoredMessage,
     StoreUnavailable,
@@ -53,6 +54,13 @@ from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Batcher, Settlement
 from mqpy.store.claiming import ClaimBuilder
 from mqpy.store.expiry import EXPIRE_CHUNK, expiry_targets
+from mqpy.store.health import (
+    HEALTH_COLUMNS,
+    health_from_rows,
+    health_row,
+    load_health_sql,
+    save_health_sql,
+)
 from mqpy.store.history import (
     HISTORY_COLUMNS,
     MAX_ATTEMPTS_KEPT,
@@ -234,6 +242,16 @@ class PostgresStore(Store):
             )
             await conn.execute(sql.FORGET_NODES, node.seen_at - 86400.0)
         await self._read_clock()
+
+    async def save_receiver_health(self, health: Sequence[ReceiverHealth]) -> None:
+        async with self._transaction(durable=False) as conn:
+            # By id, so two nodes saving the same receivers lock them in one order.
+            rows = sorted((health_row(h) for h in health), key=lambda row: row[0])
+            await conn.executemany(_SAVE_HEALTH, rows)
+
+    async def receiver_health(self) -> list[ReceiverHealth]:
+        async with self._connection() as conn:
+            return health_from_rows(await conn.fetch(load_health_sql("true")))
 
     async def nodes(self, *, seen_since: float) -> list[NodeInfo]:
         async with self._connection() as conn:
@@ -960,6 +978,8 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             return int(await conn.fetchval("SELECT count(*) FROM deliveries WHERE state = 'dead'"))
 
+
+_SAVE_HEALTH = save_health_sql([f"${n}" for n in range(1, len(HEALTH_COLUMNS) + 2)])
 
 # Dead letters of one subscription, of one message, or both (the one dead letter); a
 # null parameter leaves that condition out.

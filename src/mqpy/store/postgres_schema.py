@@ -185,6 +185,22 @@ MIGRATIONS: list[str] = [
     ALTER TABLE delivery_attempts SET (autovacuum_vacuum_scale_factor = 0.01,
         autovacuum_vacuum_insert_scale_factor = 0.01, autovacuum_analyze_scale_factor = 0.02);
     """,
+    # 3: each receiver's health (domain.ReceiverHealth), saved every few seconds and at
+    # shutdown by each node, so `mqpy status` still knows it after a restart.
+    """
+    CREATE TABLE receiver_health (
+        subscription_id bigint PRIMARY KEY,
+        last_success_at double precision,
+        last_failure_at double precision,
+        consecutive_failures integer NOT NULL,
+        unavailable boolean NOT NULL,
+        last_error text,
+        last_status integer,
+        last_message_id text,
+        last_attempt integer,
+        changed_at double precision NOT NULL
+    );
+    """,
 ]
 
 

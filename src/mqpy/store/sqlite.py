@@ -32,6 +32,7 @@ from mqpy.domain import (
     NodeInfo,
     Page,
     Published,
+    ReceiverHealth,
     Role,
     StoredMessage,
     StoreLocked,
@@ -47,6 +48,13 @@ from mqpy.ids import new_connection_id, node_name
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Settlement
 from mqpy.store.expiry import EXPIRE_CHUNK, ExpiryTarget, expiry_targets
+from mqpy.store.health import (
+    HEALTH_COLUMNS,
+    health_from_rows,
+    health_row,
+    load_health_sql,
+    save_health_sql,
+)
 from mqpy.store.history import HISTORY_COLUMNS, histories
 from mqpy.store.routes import (
     GROUP_ROUTE_COLUMNS,
@@ -438,6 +446,20 @@ class SQLiteStore(Store):
             (n for n in self._nodes.values() if n.seen_at >= seen_since), key=lambda n: n.name
         )
 
+    async def save_receiver_health(self, health: Sequence[ReceiverHealth]) -> None:
+        rows = [health_row(h) for h in health]
+
+        def operation(conn: sqlite3.Connection) -> None:
+            conn.executemany(_SAVE_HEALTH, rows)
+
+        # Not durable: a crash loses at most the last few seconds of health.
+        await self._writer.run(operation, durable=False)
+
+    async def receiver_health(self) -> list[ReceiverHealth]:
+        return await self._writer.run(
+            lambda conn: health_from_rows(conn.execute(load_health_sql("1")))
+        )
+
     async def connections(self) -> list[Connection]:
         def operation(conn: sqlite3.Connection) -> list[Connection]:
             rows = conn.execute(
@@ -762,6 +784,9 @@ class SQLiteStore(Store):
         worker thread: WAL lets it read beside the writer, so a scan of a large backlog
         never holds up a group commit."""
         return await asyncio.to_thread(_read_only, self.path, sql)
+
+
+_SAVE_HEALTH = save_health_sql(["?"] * (len(HEALTH_COLUMNS) + 1))
 
 
 def _dead_letters_of(

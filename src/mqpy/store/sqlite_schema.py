@@ -180,6 +180,22 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX delivery_attempts_by_message ON delivery_attempts (message_seq, delivery_id);
     """,
+    # 6: each receiver's health (domain.ReceiverHealth), saved every few seconds and at
+    # shutdown, so `mqpy status` still knows it after a restart.
+    """
+    CREATE TABLE receiver_health (
+        subscription_id INTEGER PRIMARY KEY,
+        last_success_at REAL,
+        last_failure_at REAL,
+        consecutive_failures INTEGER NOT NULL,
+        unavailable INTEGER NOT NULL,
+        last_error TEXT,
+        last_status INTEGER,
+        last_message_id TEXT,
+        last_attempt INTEGER,
+        changed_at REAL NOT NULL
+    );
+    """,
 ]
 
 
