@@ -11,6 +11,8 @@ from aiohttp import web
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.api import call, ok, subscription_body, wait_for
 from tests.support.load import FAST_RETRIES
+from tests.test_cli_pipes import ADMIN_KEY as PIPES_ADMIN_KEY
+from tests.test_cli_pipes import into_closed_pipe
 from tests.test_cli_topics_subscriptions import as_json, mqpy, refused, succeeded
 
 ATTEMPTS_HEADER = re.compile(r"^\s+ATTEMPT\s+SENT AT\s+TOOK\s+OUTCOME\s+STATUS\s+ERROR$")
@@ -83,3 +85,10 @@ async def test_a_message_nobody_subscribed_to_and_an_unknown_one(
         mqpy("messages", "show", "msg_nope", "--url", server.url),
         "no message with id 'msg_nope' is kept",
     )
+
+
+def test_messages_show_into_a_closed_pipe_stops_quietly(start_server: ServerFactory) -> None:
+    server = start_server(env={"MQPY_ADMIN_KEY": PIPES_ADMIN_KEY})
+    answer = call(server.url, "POST", "/v1/topics/p/messages", {"body": "x"}, key=PIPES_ADMIN_KEY)
+    result = into_closed_pipe("messages", "show", ok(answer, 201)["id"], url=server.url)
+    assert (result.returncode, result.stderr) == (0, "")
