@@ -2,8 +2,10 @@
 Playwright (never a browser Playwright downloads).
 
 A real broker and real receivers; the page is loaded once and must follow the broker
-by itself. Every wait is for something the page shows; no sleep decides an outcome.
-The busy page is saved as artifacts/dashboard.png.
+by itself, and acts on it: pause, resume and delete a receiver, look up a message's
+journey, redrive, drop and purge dead letters. Every wait is for something the page
+shows; no sleep decides an outcome. The busy page, with a message's journey looked up
+and a topic that no receiver takes, is saved as artifacts/dashboard.png.
 """
 
 from __future__ import annotations
@@ -213,6 +215,9 @@ async def test_the_dashboard_follows_the_broker_without_a_reload(
     await expect(page.locator("#completed-sends")).to_have_text("1", timeout=WAIT_MS)
     await expect(page.locator("#tp-published")).to_have_text("1", timeout=WAIT_MS)
     assert await busy_seconds(published_line) == 1, "the published line shows the message"
+    # Binned: 5 s a point over the default 5 min, not 300 one-second spikes.
+    assert len(chart_heights(await published_line.get_attribute("d"))) == 300 // 5
+    await expect(page.locator("#tp-summary")).to_contain_text("averaged over 5 s")
 
     failing_row = page.locator(f'#receivers tr[data-receiver-id="{failing_id}"]')
     healthy_row = page.locator(f'#receivers tr[data-receiver-id="{healthy_id}"]')
@@ -233,6 +238,46 @@ async def test_the_dashboard_follows_the_broker_without_a_reload(
     assert await page.locator("#dead-letter-groups img, #dead-letter-groups b").count() == 0
     assert await page.evaluate("document.body.dataset.pwned") is None
 
+    # The dead letter's message id looks up its journey: dead at the failing receiver
+    # after one HTTP 500, delivered to the healthy one.
+    await group.locator("button.message-link").click()
+    journeys = page.locator("#lookup-deliveries section.journey")
+    await expect(journeys).to_have_count(2, timeout=WAIT_MS)
+    dead_journey = journeys.filter(has_text=f"Receiver #{failing_id}")
+    await expect(dead_journey.locator(".badge")).to_have_text("dead")
+    await expect(dead_journey.locator("tbody tr")).to_have_count(1)
+    await expect(dead_journey.locator("tbody td").nth(3)).to_have_text("dead")
+    await expect(dead_journey.locator("tbody td").nth(4)).to_have_text("500")
+    await expect(dead_journey.locator("tbody td").nth(5)).to_have_text("receiver answered HTTP 500")
+    done_journey = journeys.filter(has_text=f"Receiver #{healthy_id}")
+    await expect(done_journey.locator("tbody td").nth(3)).to_have_text("delivered")
+    await expect(page.locator("#lookup-fields")).to_contain_text(hostile)
+    assert await page.locator("#lookup-result img, #lookup-result b").count() == 0
+    lookup = page.get_by_label("Message id")
+    await lookup.fill("msg_not_kept")
+    await page.get_by_role("button", name="Look up").click()
+    await expect(page.locator("#lookup-error")).to_contain_text(
+        "no message with id 'msg_not_kept' is kept"
+    )
+    await lookup.fill(str(group_message_id := await dead_message_id(client, failing_id)))
+    await page.get_by_role("button", name="Look up").click()
+    await expect(journeys).to_have_count(2, timeout=WAIT_MS)
+    await expect(page.locator("#lookup-fields")).to_contain_text(group_message_id)
+
+    # A topic with a backlog and no receiver stands out; one with receivers does not.
+    async with http.post(
+        server.url + "/v1/topics/orphans/messages", json={"body": "nobody takes this"}
+    ) as response:
+        assert response.status == 201
+    orphan = page.locator('#topics tr[data-key="orphans"]')
+    await expect(orphan).to_have_attribute("data-orphan", "true", timeout=WAIT_MS)
+    await expect(orphan.locator(".orphan-badge")).to_have_text("no receiver")
+    await expect(page.locator('#topics tr[data-key="default"]')).to_have_attribute(
+        "data-orphan", "false"
+    )
+    await expect(page.locator("#topics thead")).to_contain_text("Published/s")
+    await expect(page.locator("#topics thead")).to_contain_text("Delivered/s")
+
     # A subscription in a consumer group, paused by an operator: paused, not failing.
     paused_id = await subscribe(http, server.url, healthy.url, topic="orders", group="billing")
     paused_row = page.locator(f'#receivers tr[data-receiver-id="{paused_id}"]')
@@ -240,7 +285,11 @@ async def test_the_dashboard_follows_the_broker_without_a_reload(
     await expect(paused_row.locator(".kind")).to_have_text("push")
     await expect(paused_row.locator("td").nth(1)).to_have_text("orders")
     await expect(paused_row.locator("td").nth(2)).to_have_text("billing")
-    await set_paused(http, server.url, paused_id, paused=True)
+    # Paused from the page.
+    await paused_row.get_by_role("button", name="Pause").click()
+    await expect(page.locator("#receiver-result")).to_have_text(
+        f"Receiver #{paused_id} paused: its messages wait until it is resumed."
+    )
     await expect(paused_row.locator(".badge")).to_have_text("paused", timeout=WAIT_MS)
     await expect(paused_row.locator(".badge")).to_have_class(re.compile("state-paused"))
     await expect(paused_row).to_have_attribute("data-state", "paused")
@@ -259,7 +308,8 @@ async def test_the_dashboard_follows_the_broker_without_a_reload(
     ]
     try:
         # Some seconds of traffic, so the chart shows a stretch of it.
-        await wait_for_chart(published_line, seconds=8)
+        await wait_for_chart(published_line, seconds=4)  # points of 2 s over 1 min
+        assert len(chart_heights(await published_line.get_attribute("d"))) == 60 // 2
         await expect(group.locator(".count")).not_to_have_text("1 dead letter", timeout=WAIT_MS)
         await expect(page.locator("#completed-sends")).not_to_have_text("1")
         ARTIFACTS.mkdir(exist_ok=True)
@@ -268,24 +318,32 @@ async def test_the_dashboard_follows_the_broker_without_a_reload(
         stop.set()
         await asyncio.gather(*publishers)
 
-    await set_paused(http, server.url, paused_id, paused=False)
+    await paused_row.get_by_role("button", name="Resume").click()
     await expect(paused_row.locator(".badge")).to_have_text("healthy", timeout=WAIT_MS)
     await expect(paused_row.locator(".badge")).to_have_class(re.compile("state-healthy"))
+    # Deleted from the page: a first click asks, the second deletes.
+    delete = paused_row.get_by_role("button", name="Delete")
+    await delete.click()
+    await expect(paused_row.get_by_role("button", name="Delete? Click again")).to_be_visible()
+    await paused_row.get_by_role("button", name="Delete? Click again").click()
+    await expect(paused_row).to_have_count(0, timeout=WAIT_MS)
+    await expect(page.locator("#receiver-result")).to_contain_text(f"#{paused_id} deleted")
 
     # The receiver recovers; its dead letters go back once redriven.
     flaky.broken = False
     await expect(failing_row.locator(".badge")).to_have_text("healthy", timeout=WAIT_MS)
     dead = int((await page.locator("#dead-letter-count").text_content()) or "0")
     assert dead > 1
-    await group.get_by_role("button", name="Redrive").click()
+    await group.get_by_role("button", name="Redrive", exact=True).click()
     await expect(page.locator("#redrive-result")).to_have_text(
         re.compile(rf"Sent \d+ dead letters? back to receiver #{failing_id}\.")
     )
     await expect(group).to_have_count(0, timeout=WAIT_MS)
     await expect(page.locator("#dead-letters-empty")).to_have_text("No dead letters.")
     await expect(page.locator("#dead-letter-count")).to_have_text("0", timeout=WAIT_MS)
-    # Everything the failing receiver missed reaches it now, one delivery at a time.
-    await expect(page.locator("#queue-length")).to_have_text("0", timeout=2 * WAIT_MS)
+    # Everything the failing receiver missed reaches it now, one delivery at a time;
+    # only the message to the topic nobody takes still waits.
+    await expect(page.locator("#queue-length")).to_have_text("1", timeout=2 * WAIT_MS)
     assert hostile in [received.text for received in failing.received]
 
     # "Redrive all" too, for a new dead letter.
@@ -300,7 +358,55 @@ async def test_the_dashboard_follows_the_broker_without_a_reload(
     await expect(page.get_by_role("button", name="Redrive all")).to_be_disabled()
     assert "once more" in [received.text for received in failing.received]
 
-    assert tab.errors == []
+    # One dead letter dropped alone, another redriven alone, each from its row.
+    flaky.broken = True
+    await client.send(sender, "dropped alone")
+    await client.send(sender, "redriven alone")
+    await expect(group.locator(".count")).to_have_text("2 dead letters", timeout=WAIT_MS)
+    flaky.broken = False
+    doomed = group.locator("tbody tr").filter(has_text="dropped alone")
+    dropped = await doomed.get_attribute("data-message-id")
+    await doomed.get_by_role("button", name=f"Drop message {dropped}").click()
+    await expect(page.locator("#redrive-result")).to_have_text(
+        f"Message {dropped}: dropped for good for receiver #{failing_id}."
+    )
+    await expect(group.locator(".count")).to_have_text("1 dead letter", timeout=WAIT_MS)
+    await expect(page.locator("#dead-letter-count")).to_have_text("1", timeout=WAIT_MS)
+    await group.get_by_role("button", name=re.compile("^Redrive message msg_")).click()
+    await expect(group).to_have_count(0, timeout=WAIT_MS)
+    await expect(page.locator("#redrive-result")).to_contain_text("sent back to receiver")
+    assert "redriven alone" in [received.text for received in failing.received]
+    assert "dropped alone" not in [received.text for received in failing.received]
+
+    # Purged: one receiver's, then all, each after a second click.
+    flaky.broken = True
+    await client.send(sender, "purged with its receiver's")
+    await expect(group.locator(".count")).to_have_text("1 dead letter", timeout=WAIT_MS)
+    await group.get_by_role("button", name="Purge", exact=True).click()
+    await group.get_by_role("button", name="Purge? Click again").click()
+    await expect(group).to_have_count(0, timeout=WAIT_MS)
+    await expect(page.locator("#redrive-result")).to_have_text(
+        f"Dropped 1 dead letter of receiver #{failing_id}."
+    )
+    await client.send(sender, "purged with all")
+    await expect(group.locator(".count")).to_have_text("1 dead letter", timeout=WAIT_MS)
+    await page.get_by_role("button", name="Purge all").click()
+    await page.get_by_role("button", name="Purge all? Click again").click()
+    await expect(page.locator("#redrive-result")).to_have_text("Dropped 1 dead letter for good.")
+    await expect(page.locator("#dead-letter-count")).to_have_text("0", timeout=WAIT_MS)
+    await expect(page.get_by_role("button", name="Purge all")).to_be_disabled()
+    received = [r.text for r in failing.received]
+    assert "purged with its receiver's" not in received and "purged with all" not in received
+
+    # The browser logs the 404 of the lookup that found nothing; nothing else went wrong.
+    assert [error for error in tab.errors if "msg_not_kept" not in error] == []
+
+
+async def dead_message_id(client: SeedClient, receiver_id: int) -> str:
+    """The message id of one of a receiver's dead letters, as the API lists them."""
+    letters = [d for d in await client.dead_letters() if d["receiver_id"] == receiver_id]
+    assert letters, "the receiver has no dead letter"
+    return str(letters[0]["message_id"])
 
 
 async def node_name(http: aiohttp.ClientSession, base_url: str) -> str:
@@ -396,6 +502,12 @@ async def test_with_keys_the_live_view_asks_for_an_admin_key(
         assert response.status == 200
     await expect(page.locator("#readers")).to_have_text("1", timeout=WAIT_MS)
     await expect(page.locator("#receivers tbody tr")).to_contain_text(receiver.url)
+    # The page's actions carry the key too.
+    row = page.locator("#receivers tbody tr")
+    await row.get_by_role("button", name="Pause").click()
+    await expect(row.locator(".badge")).to_have_text("paused", timeout=WAIT_MS)
+    await row.get_by_role("button", name="Resume").click()
+    await expect(row.locator(".badge")).to_have_text("healthy", timeout=WAIT_MS)
 
     # The key lasts for the tab's session, and can be forgotten.
     await page.reload()

@@ -136,6 +136,9 @@ def test_real_answers_match_the_document(base: str, document: dict[str, Any]) ->
     check("GET", dead, f"/v1/subscriptions/{sid}/dead-letters", expect=200)
     check("POST", dead + "/redrive", f"/v1/subscriptions/{sid}/dead-letters/redrive", expect=200)
     check("DELETE", dead, f"/v1/subscriptions/{sid}/dead-letters", expect=200)
+    one_dead = f"/v1/subscriptions/{sid}/dead-letters/msg_none"
+    check("POST", dead + "/{message_id}/redrive", one_dead + "/redrive", expect=404)
+    check("DELETE", dead + "/{message_id}", one_dead, expect=404)
     # Publishing, topics, messages.
     publish = "/v1/topics/{topic}/messages"
     published = check("POST", publish, "/v1/topics/doc.one/messages", {"body": "a"}, expect=201)

@@ -33,6 +33,7 @@ from mqpy.domain import (
     SubscriptionSpec,
     TopicInfo,
     UnknownConnection,
+    UnknownDeadLetter,
     UnknownMessage,
     UnknownSubscription,
     UnknownTopic,
@@ -416,16 +417,22 @@ class Broker:
     # Push subscriptions.
 
     async def create_subscription(
-        self, spec: SubscriptionSpec, principal: Principal
+        self,
+        spec: SubscriptionSpec,
+        principal: Principal,
+        *,
+        secret: str | None = None,
+        paused: bool = False,
     ) -> tuple[Subscription, str]:
-        """A new push subscription and its signing secret (returned once)."""
+        """A new push subscription and its signing secret (the caller's, else a new
+        one, returned once); `paused`: nothing is delivered to it until resumed."""
         if not principal.is_admin and principal.role is not Role.SUBSCRIBER:
             raise Forbidden("creating a subscription needs a subscriber or admin key")
         self._check_topic(spec.topic, principal)
         await self._check_receiver(spec.url)
-        secret = generate_secret()
+        secret = secret or generate_secret()
         subscription = await self._store.add_subscription(
-            spec, self._clock(), key_id=principal.key_id, secret=secret
+            spec, self._clock(), key_id=principal.key_id, secret=secret, paused=paused
         )
         self._put_subscription(subscription)
         self._listener.notify()
@@ -570,6 +577,26 @@ class Broker:
     ) -> int:
         await self._check_dead_letter_rights(principal, subscription_id)
         return await self._store.purge_dead_letters(subscription_id, now=self._clock())
+
+    async def redrive_dead_letter(
+        self, principal: Principal, subscription_id: int, message_id: str
+    ) -> None:
+        """Queue one subscription's dead letter of one message again, from attempt 1."""
+        await self._check_dead_letter_rights(principal, subscription_id)
+        if not await self._store.redrive(self._clock(), subscription_id, message_id=message_id):
+            raise UnknownDeadLetter(subscription_id, message_id)
+        self._listener.notify()
+
+    async def drop_dead_letter(
+        self, principal: Principal, subscription_id: int, message_id: str
+    ) -> None:
+        """Drop one subscription's dead letter of one message for good."""
+        await self._check_dead_letter_rights(principal, subscription_id)
+        dropped = await self._store.purge_dead_letters(
+            subscription_id, now=self._clock(), message_id=message_id
+        )
+        if not dropped:
+            raise UnknownDeadLetter(subscription_id, message_id)
 
     async def _check_dead_letter_rights(
         self, principal: Principal, subscription_id: int | None

@@ -19,6 +19,7 @@ from mqpy.commands import (
     dead_letters,
     keys,
     listen,
+    messages,
     publish,
     status,
     subscriptions,
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.register(commands)
     listen.register(commands)
     dead_letters.register(commands)
+    messages.register(commands)
     status.register(commands)
     topics.register(commands)
     subscriptions.register(commands)

@@ -143,6 +143,27 @@ class DeliveryState(enum.StrEnum):
     DEAD = "dead"
 
 
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt of a delivery ended."""
+
+    DELIVERED = "delivered"  # the receiver acknowledged it
+    RETRY = "retry"  # it failed and will be tried again
+    DEAD = "dead"  # it failed and no tries were left: a dead letter
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt of a delivery, as its history keeps it."""
+
+    attempt: int  # its number, counted from 1 again after a redrive
+    subscription_id: int  # who it was sent to (a group's member)
+    at: float  # when it was sent
+    duration: float | None  # seconds until the answer or the failure
+    outcome: AttemptOutcome
+    status: int | None  # the receiver's HTTP status, if it answered
+    error: str | None  # why it failed, if it did
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryStatus:
     """One message's delivery to one subscription, as an operator sees it."""
@@ -155,6 +176,7 @@ class DeliveryStatus:
     last_error: str | None
     next_attempt_at: float | None
     delivered_at: float | None = None
+    history: tuple[Attempt, ...] = ()  # its latest attempts, oldest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +278,27 @@ class NodeInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiverHealth:
+    """How a receiver's attempts went, as the nodes last saved it: what `mqpy status`
+    shows of it after a restart. Its latest failure is described if it has one."""
+
+    subscription_id: int
+    last_success_at: float | None
+    last_failure_at: float | None
+    consecutive_failures: int
+    unavailable: bool  # its latest failures were for want of the receiver (5xx, 429, none)
+    last_error: str | None = None
+    last_status: int | None = None
+    last_message_id: str | None = None
+    last_attempt: int | None = None
+
+    @property
+    def changed_at(self) -> float:
+        """When its latest attempt ended: the newer of two saves wins."""
+        return max(self.last_success_at or 0.0, self.last_failure_at or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerStats:
     """The seed dashboard's four figures."""
 
@@ -312,6 +355,18 @@ class UnknownMessage(BrokerError):
             f"no message with id {message_id!r} is kept; delivered messages are kept "
             "for --message-retention"
         )
+        self.message_id = message_id
+
+
+class UnknownDeadLetter(BrokerError):
+    """A subscription has no dead letter of this message (never, or no longer)."""
+
+    def __init__(self, subscription_id: int, message_id: str) -> None:
+        super().__init__(
+            f"subscription {subscription_id} has no dead letter of message {message_id!r} "
+            f"(GET /v1/subscriptions/{subscription_id}/dead-letters lists those it has)"
+        )
+        self.subscription_id = subscription_id
         self.message_id = message_id
 
 

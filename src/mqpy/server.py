@@ -26,6 +26,7 @@ from mqpy.delivery.sender import Sender
 from mqpy.domain import StoreCannotOpen, StoreError
 from mqpy.keyring import Keyring
 from mqpy.observability import Observer
+from mqpy.observability.health_keeper import HealthKeeper
 from mqpy.peers import CatalogSync, Heartbeat, node_address
 from mqpy.stopping import StopSignals
 from mqpy.store import Store, StoreLocation, open_store
@@ -133,6 +134,9 @@ async def _serve_with_store(
         clock=clock,
     )
     broker.set_delivery_listener(dispatcher)
+    # Receivers' health from before the restart, before the first attempt changes it.
+    health = HealthKeeper(store, observer)
+    await health.start()
     await dispatcher.start()
     heartbeat = Heartbeat(store, dispatcher)
     # What other nodes change of connections, subscriptions and keys: keys first, so
@@ -179,6 +183,7 @@ async def _serve_with_store(
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
         await _stop_sweeping(sweeper)
         await _shut_down(runner, dispatcher, sender, settings, stop)
+        await health.stop()
         await sync.stop()
         return 1
     scheme = "https" if tls else "http"
@@ -199,6 +204,8 @@ async def _serve_with_store(
     log.info("shutting down (a second Ctrl-C or SIGTERM stops at once)")
     await _stop_sweeping(sweeper)
     await _shut_down(runner, dispatcher, sender, settings, stop)
+    # Once no attempt can end any more: the health it saves is the last word.
+    await health.stop()
     # Last: requests still being answered and deliveries still finishing go by the
     # other nodes' latest changes (a key revoked meanwhile), and heartbeats show the
     # node draining. Both stop before the caller closes the store.

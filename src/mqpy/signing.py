@@ -28,6 +28,7 @@ __all__ = [
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
     "InvalidSignature",
+    "check_secret",
     "generate_secret",
     "sign",
     "signature_header",
@@ -43,6 +44,8 @@ DEFAULT_TOLERANCE = 300.0  # seconds; the standard's recommended replay window
 
 _VERSION = "v1"
 _SECRET_BYTES = 32  # the standard asks for 24 to 64 random bytes
+_MIN_SECRET_BYTES = 24
+_MAX_SECRET_BYTES = 64
 
 
 class InvalidSignature(ValueError):
@@ -52,6 +55,23 @@ class InvalidSignature(ValueError):
 def generate_secret() -> str:
     """A fresh signing secret for one receiver, in the standard's ``whsec_<base64>`` form."""
     return SECRET_PREFIX + base64.b64encode(token_bytes(_SECRET_BYTES)).decode("ascii")
+
+
+def check_secret(secret: str) -> str | None:
+    """Why `secret` is not one the broker would have generated (``whsec_`` and the
+    base64 of 24 to 64 bytes), or None if it is fine."""
+    if not secret.startswith(SECRET_PREFIX):
+        return f"it must start with '{SECRET_PREFIX}'"
+    encoded = secret.removeprefix(SECRET_PREFIX)
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error:
+        return f"what follows '{SECRET_PREFIX}' must be base64 (A-Z, a-z, 0-9, +, /, =)"
+    if not _MIN_SECRET_BYTES <= len(key) <= _MAX_SECRET_BYTES:
+        return (
+            f"it must hold {_MIN_SECRET_BYTES} to {_MAX_SECRET_BYTES} random bytes, not {len(key)}"
+        )
+    return None
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:

@@ -25,6 +25,8 @@ from mqpy.domain import Mode, StoreUnavailable
 from mqpy.store.base import Store, TopicBacklog
 from tests.store.conformance_expiry import ExpiryConformance
 from tests.store.conformance_groups import GroupConformance
+from tests.store.conformance_health import HealthConformance
+from tests.store.conformance_history import HistoryConformance
 from tests.store.conformance_inspection import InspectionConformance
 from tests.store.conformance_nodes import NodeConformance
 from tests.store.conformance_ordering import OrderingConformance
@@ -50,6 +52,8 @@ from tests.store.support import (
 
 
 class StoreConformance(
+    HealthConformance,
+    HistoryConformance,
     RoutingConformance,
     GroupConformance,
     OrderingConformance,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mqpy.domain import DeliveryState, DeliveryStatus, TopicInfo
 from mqpy.store.base import Store
 from tests.store.support import (
@@ -43,9 +45,10 @@ def status(
 
 
 async def deliveries_of(store: Store, message_id: str, now: float) -> list[DeliveryStatus]:
+    """Where each delivery stands, without its attempt history (conformance_history)."""
     kept = await store.message(message_id, now)
     assert kept is not None
-    return kept.deliveries
+    return [replace(delivery, history=()) for delivery in kept.deliveries]
 
 
 async def states(store: Store, message_id: str, now: float) -> list[DeliveryState]:
@@ -54,6 +57,42 @@ async def states(store: Store, message_id: str, now: float) -> list[DeliveryStat
 
 class InspectionConformance:
     # Dead letters.
+
+    async def test_one_dead_letter_is_redriven_or_dropped_alone(self, store: Store) -> None:
+        one = await subscribe(store)
+        two = await subscribe(store)
+        first = await publish(store, "first")
+        second = await publish(store, "second")
+        await dead_letter_everything(store, T0)
+        assert len(await all_dead_letters(store)) == 4
+        # Nothing matches: a message that is not a dead letter there, or no message.
+        assert await store.redrive(T0 + 1, one.id, message_id="msg_never_published") == 0
+        assert await store.purge_dead_letters(two.id, now=T0 + 1, message_id="msg_nope") == 0
+        assert await store.redrive(T0 + 1, one.id, message_id=first.id) == 1
+        redriven = await claim_one(store, T0 + 1)
+        assert (redriven.subscription_id, redriven.message_id, redriven.attempt) == (
+            one.id,
+            first.id,
+            1,
+        )
+        assert await store.purge_dead_letters(two.id, now=T0 + 2, message_id=second.id) == 1
+        left = {(d.receiver_id, d.message_id) for d in await all_dead_letters(store)}
+        assert left == {(one.id, second.id), (two.id, first.id)}
+        # Redriven or dropped, it is no dead letter any more.
+        assert await store.redrive(T0 + 3, one.id, message_id=first.id) == 0
+        assert await store.purge_dead_letters(two.id, now=T0 + 3, message_id=second.id) == 0
+
+    async def test_dropping_a_messages_last_dead_letter_finishes_it(self, store: Store) -> None:
+        sub = await subscribe(store)
+        kept = await publish(store, "kept")
+        dropped = await publish(store, "dropped")
+        await dead_letter_everything(store, T0)
+        assert await store.purge_dead_letters(sub.id, now=T0 + 1, message_id=dropped.id) == 1
+        assert await store.dead_letter_count() == 1
+        # Done as of the drop: swept with the retention, unlike the one still dead.
+        assert await store.sweep(delivered_before=T0 + 2, dedup_before=0.0) == 1
+        assert await store.message(dropped.id, T0 + 2) is None
+        assert await store.message(kept.id, T0 + 2) is not None
 
     async def test_dead_letters_page_across_pages_oldest_first(self, store: Store) -> None:
         await subscribe(store)

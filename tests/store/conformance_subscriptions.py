@@ -124,6 +124,20 @@ class SubscriptionConformance:
         }
         assert await store.set_paused(12345, True) is None
 
+    async def test_a_subscription_created_paused_gets_nothing_until_resumed(
+        self, store: Store
+    ) -> None:
+        # Published before anyone subscribed: routed to it the moment it is created.
+        assert await publish_count(store, message("early")) == 0
+        made = await subscribe(store, paused=True)
+        assert made.paused
+        kept = await store.subscription(made.id)
+        assert kept is not None and kept.paused
+        assert await publish_count(store, message("later")) == 1
+        assert (await claim(store, T0)).deliveries == []
+        await store.set_paused(made.id, False)
+        assert by_subscription((await claim(store, T0)).deliveries) == {made.id: ["early", "later"]}
+
     # Concurrency caps.
 
     async def test_max_concurrency_caps_what_one_claim_gives(self, store: Store) -> None:

@@ -53,6 +53,7 @@ async def subscribe(
     max_per_second: float | None = None,
     secret: str | None = None,
     key_id: str | None = None,
+    paused: bool = False,
 ) -> Subscription:
     spec = SubscriptionSpec(
         url=new_url(),
@@ -63,7 +64,7 @@ async def subscribe(
         max_concurrency=max_concurrency,
         max_per_second=max_per_second,
     )
-    return await store.add_subscription(spec, now, key_id=key_id, secret=secret)
+    return await store.add_subscription(spec, now, key_id=key_id, secret=secret, paused=paused)
 
 
 _message_numbers = itertools.count(1)

@@ -42,6 +42,7 @@ from mqpy.domain import (
     NotASender,
     StoreUnavailable,
     UnknownConnection,
+    UnknownDeadLetter,
     UnknownMessage,
     UnknownSubscription,
     UnknownTopic,
@@ -99,6 +100,16 @@ ROUTES: list[tuple[str, str, Handler]] = [
         "DELETE",
         "/v1/subscriptions/{subscription_id}/dead-letters",
         dead_letters.purge_for_subscription,
+    ),
+    (
+        "POST",
+        "/v1/subscriptions/{subscription_id}/dead-letters/{message_id}/redrive",
+        dead_letters.redrive_one,
+    ),
+    (
+        "DELETE",
+        "/v1/subscriptions/{subscription_id}/dead-letters/{message_id}",
+        dead_letters.drop_one,
     ),
 ]
 
@@ -180,6 +191,14 @@ def _problem_for(error: BrokerError) -> Problem:
         return Problem(404, "unknown-subscription", str(error), id=error.subscription_id)
     if isinstance(error, UnknownMessage):
         return Problem(404, "unknown-message", str(error), id=error.message_id)
+    if isinstance(error, UnknownDeadLetter):
+        return Problem(
+            404,
+            "unknown-dead-letter",
+            str(error),
+            id=error.message_id,
+            subscription_id=error.subscription_id,
+        )
     if isinstance(error, UnknownTopic):
         return Problem(404, "unknown-topic", str(error), topic=error.topic)
     if isinstance(error, Conflict):

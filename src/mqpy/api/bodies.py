@@ -62,6 +62,10 @@ class CreateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):
     retry_policy: RetryPolicyBody | None = None
     max_concurrency: MaxConcurrency | None = None
     max_per_second: MaxPerSecond | None = None
+    # The signing secret to use (Standard Webhooks `whsec_` base64, as the broker makes
+    # them), so the receiver knows it before the first delivery; else one is generated.
+    secret: str | None = None
+    paused: bool = False  # created paused: nothing is delivered until it is resumed
 
 
 class UpdateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -105,17 +105,32 @@ to this server, as an <code>Authorization</code> header.</p>
 </ul>
 <svg id="throughput-chart" class="chart" role="img" aria-label="Throughput"></svg>
 </section>
+<section class="card" aria-labelledby="lookup-title">
+<h2 id="lookup-title">Message lookup</h2>
+<form id="lookup-form" class="key-form">
+<label for="lookup-input">Message id</label>
+<input id="lookup-input" autocomplete="off" spellcheck="false" placeholder="msg_…">
+<button type="submit">Look up</button>
+</form>
+<p id="lookup-error" class="error" role="alert"></p>
+<div id="lookup-result" hidden>
+<dl id="lookup-fields" class="message-fields"></dl>
+<div id="lookup-deliveries"></div>
+</div>
+</section>
 <section class="card" aria-labelledby="topics-title">
 <h2 id="topics-title">Topics</h2>
 <table id="topics" class="data">
 <thead><tr><th>Topic</th><th class="num">Receivers</th><th class="num">Backlog</th>
-<th class="num">Oldest undelivered</th><th class="num">Published</th>
-<th class="num">Delivered</th></tr></thead>
+<th class="num">Oldest undelivered</th><th class="num">Published/s</th>
+<th class="num">Delivered/s</th></tr></thead>
 <tbody></tbody>
 </table>
 <p class="empty" id="topics-empty" hidden>No topics yet: nothing was published and no
 receiver is connected.</p>
-<p class="footnote">Rates are per second, averaged over the last minute.</p>
+<p class="footnote">Published/s and Delivered/s: messages per second, averaged over the
+last minute. A topic marked <span class="badge orphan-badge">no receiver</span> has a
+backlog that nothing is subscribed to take.</p>
 </section>
 <section class="card" aria-labelledby="receivers-title">
 <h2 id="receivers-title">Receivers</h2>
@@ -124,10 +139,12 @@ receiver is connected.</p>
 <th class="num">In flight</th>
 <th class="num" title="How many deliveries this node lets it hold at once now: it grows
 while the receiver answers quickly and shrinks when it fails or slows down">Window</th>
-<th>Last success</th><th class="num">Failures in a row</th><th>Recent failures</th></tr>
+<th>Last success</th><th class="num">Failures in a row</th><th>Recent failures</th>
+<th>Actions</th></tr>
 </thead>
 <tbody></tbody>
 </table>
+<p id="receiver-result" class="result" role="status"></p>
 <p class="empty" id="receivers-empty" hidden>No receiver is connected.</p>
 </section>
 <section class="card" aria-labelledby="nodes-title">
@@ -144,7 +161,10 @@ while the receiver answers quickly and shrinks when it fails or slows down">Wind
 <section class="card" aria-labelledby="dead-letters-title">
 <div class="card-head">
 <h2 id="dead-letters-title">Dead letters</h2>
+<div class="actions">
 <button type="button" id="redrive-all" class="redrive" disabled>Redrive all</button>
+<button type="button" id="purge-all" class="danger" disabled>Purge all</button>
+</div>
 </div>
 <p id="redrive-result" class="result" role="status"></p>
 <div id="dead-letter-groups"></div>

@@ -1,5 +1,6 @@
 """Dead letters: see what could not be delivered, send it again, or drop it; all of them
-(/v1/dead-letters, admin only) or one subscription's (its owner may too)."""
+(/v1/dead-letters, admin only), one subscription's, or one subscription's dead letter of
+one message (its owner may too)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,20 @@ async def purge_for_subscription(request: web.Request) -> web.Response:
     subscription_id = await _subscription_id(request)
     count = await broker_of(request).purge_dead_letters(principal_of(request), subscription_id)
     return json_response(PurgedView(purged=count))
+
+
+async def redrive_one(request: web.Request) -> web.Response:
+    subscription_id = parse_subscription_id(request.match_info["subscription_id"])
+    message_id = request.match_info["message_id"]
+    await broker_of(request).redrive_dead_letter(principal_of(request), subscription_id, message_id)
+    return json_response(RedrivenView(redriven=1))
+
+
+async def drop_one(request: web.Request) -> web.Response:
+    subscription_id = parse_subscription_id(request.match_info["subscription_id"])
+    message_id = request.match_info["message_id"]
+    await broker_of(request).drop_dead_letter(principal_of(request), subscription_id, message_id)
+    return json_response(PurgedView(purged=1))
 
 
 async def _list(request: web.Request, subscription_id: int | None) -> web.Response:

@@ -262,6 +262,9 @@ def _operations_paths() -> dict[str, dict[str, Any]]:
     }
 
 
+_DEAD_MESSAGE = _param("message_id", "path", _STR, "the dead letter's message id, as listed")
+
+
 def _dead_letter_paths() -> dict[str, dict[str, Any]]:
     return {
         "/v1/dead-letters": {
@@ -310,6 +313,24 @@ def _dead_letter_paths() -> dict[str, dict[str, Any]]:
                 {"200": _json("RedrivenView", "how many were queued")},
                 (*PROTECTED, 404),
                 params=[_SUBSCRIPTION],
+            )
+        },
+        "/v1/subscriptions/{subscription_id}/dead-letters/{message_id}": {
+            "delete": _operation(
+                "Drop one subscription's dead letter of one message for good",
+                "dead letters",
+                {"200": _json("PurgedView", "1: it was dropped")},
+                (*PROTECTED, 404),
+                params=[_SUBSCRIPTION, _DEAD_MESSAGE],
+            ),
+        },
+        "/v1/subscriptions/{subscription_id}/dead-letters/{message_id}/redrive": {
+            "post": _operation(
+                "Queue one subscription's dead letter of one message again",
+                "dead letters",
+                {"200": _json("RedrivenView", "1: it was queued")},
+                (*PROTECTED, 404),
+                params=[_SUBSCRIPTION, _DEAD_MESSAGE],
             )
         },
     }

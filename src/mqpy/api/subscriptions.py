@@ -32,6 +32,7 @@ from mqpy.domain import (
     UnknownConnection,
     UnknownSubscription,
 )
+from mqpy.signing import check_secret
 
 # What PATCH cannot change: the subscription would be another one.
 _FIXED_FIELDS = ("topic", "group")
@@ -52,10 +53,25 @@ async def create(request: web.Request) -> web.Response:
         max_concurrency=body.max_concurrency,
         max_per_second=body.max_per_second,
     )
-    subscription, secret = await broker_of(request).create_subscription(spec, principal_of(request))
+    subscription, secret = await broker_of(request).create_subscription(
+        spec, principal_of(request), secret=_chosen_secret(body.secret), paused=body.paused
+    )
     response = json_response(created_subscription_view(subscription, secret), status=201)
     response.headers["Location"] = f"/v1/subscriptions/{subscription.id}"
     return response
+
+
+def _chosen_secret(secret: str | None) -> str | None:
+    if secret is None:
+        return None
+    wrong = check_secret(secret)
+    if wrong is not None:
+        raise invalid_field(
+            "secret",
+            f"the secret is not a Standard Webhooks signing secret: {wrong}; leave it out "
+            "and the broker makes one (such as whsec_ and 32 random bytes in base64)",
+        )
+    return secret
 
 
 def retry_overrides(policy: RetryPolicyBody | None) -> RetryOverrides:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import msgspec
 
 from mqpy.domain import (
+    Attempt,
     DeadLetter,
     DeliveryStatus,
     StoredMessage,
@@ -84,6 +85,18 @@ class TopicPageView(msgspec.Struct):
     next_cursor: str | None
 
 
+class AttemptView(msgspec.Struct):
+    """One attempt of a delivery: when it was sent, how long it took, how it ended."""
+
+    attempt: int
+    subscription_id: int
+    sent_at: Time
+    duration_ms: float | None
+    outcome: Literal["delivered", "retry", "dead"]
+    status: int | None
+    error: str | None
+
+
 class DeliveryView(msgspec.Struct):
     subscription_id: int | None
     group: str | None
@@ -93,6 +106,8 @@ class DeliveryView(msgspec.Struct):
     last_error: str | None
     next_attempt_at: Time | None
     delivered_at: Time | None
+    # Its newest attempts, oldest first (up to 20, and the success that ended them).
+    history: list[AttemptView]
 
 
 class MessageView(msgspec.Struct):
@@ -219,6 +234,19 @@ def _delivery_view(status: DeliveryStatus) -> DeliveryView:
         last_error=status.last_error,
         next_attempt_at=_maybe_time(status.next_attempt_at),
         delivered_at=_maybe_time(status.delivered_at),
+        history=[_attempt_view(attempt) for attempt in status.history],
+    )
+
+
+def _attempt_view(attempt: Attempt) -> AttemptView:
+    return AttemptView(
+        attempt=attempt.attempt,
+        subscription_id=attempt.subscription_id,
+        sent_at=rfc3339(attempt.at),
+        duration_ms=None if attempt.duration is None else round(attempt.duration * 1000, 1),
+        outcome=attempt.outcome.value,
+        status=attempt.status,
+        error=attempt.error,
     )
 
 

@@ -1,4 +1,5 @@
-"""`mqpy dead-letters list|redrive`: inspect and requeue deliveries that ran out of attempts."""
+"""`mqpy dead-letters list|redrive|drop`: inspect, requeue and drop deliveries that ran
+out of attempts: all of them, one receiver's, or one receiver's dead letter of one message."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from mqpy.client import DeadLetter, MQError, NotFound
 from mqpy.commands import (
     EXIT_OK,
     EXIT_REFUSED,
+    EXIT_USAGE,
     KEY_ENV,
     CommandFailed,
+    ServerClient,
     add_server_options_with_epilog,
     print_json,
     print_usage,
@@ -57,9 +61,16 @@ def register(subparsers: Any) -> None:
     redrive = commands.add_parser(
         "redrive",
         help="queue dead letters for delivery again",
-        description="Queue dead letters again, all of them or one receiver's. Each gets a "
+        description="Queue dead letters again: all of them, one receiver's (--receiver), or "
+        "one message's dead letter for one receiver (MESSAGE_ID --receiver ID). Each gets a "
         "fresh attempt budget and is due at once.",
         allow_abbrev=False,
+    )
+    redrive.add_argument(
+        "message_id",
+        nargs="?",
+        metavar="MESSAGE_ID",
+        help="only this message's dead letter (needs --receiver: the list shows both)",
     )
     redrive.add_argument(
         "--receiver",
@@ -72,6 +83,27 @@ def register(subparsers: Any) -> None:
     )
     add_server_options_with_epilog(redrive)
     set_handler(redrive, redrive_dead_letters)
+
+    drop = commands.add_parser(
+        "drop",
+        help="drop one dead letter for good",
+        description="Drop one receiver's dead letter of one message for good: it will not "
+        "be delivered to that receiver. (DELETE /v1/dead-letters drops them all.)",
+        allow_abbrev=False,
+    )
+    drop.add_argument("message_id", metavar="MESSAGE_ID", help="the message id, as listed")
+    drop.add_argument(
+        "--receiver",
+        type=int,
+        metavar="ID",
+        required=True,
+        help="the receiver whose dead letter it is (as the list shows)",
+    )
+    drop.add_argument(
+        "--json", action="store_true", help='print {"purged": 1} instead of a sentence'
+    )
+    add_server_options_with_epilog(drop)
+    set_handler(drop, drop_dead_letter)
 
 
 def list_dead_letters(args: argparse.Namespace) -> int:
@@ -88,6 +120,8 @@ def list_dead_letters(args: argparse.Namespace) -> int:
 
 
 def redrive_dead_letters(args: argparse.Namespace) -> int:
+    if args.message_id is not None:
+        return _one_dead_letter(args, "POST", "/redrive", "queued for delivery again")
     with sync_client(args) as client:
         try:
             count = client.redrive(args.receiver)
@@ -104,6 +138,26 @@ def redrive_dead_letters(args: argparse.Namespace) -> int:
     else:
         whose = "" if args.receiver is None else f" of receiver {args.receiver}"
         print(f"redriven: {count} dead letter(s){whose} queued for delivery again")
+    return EXIT_OK
+
+
+def drop_dead_letter(args: argparse.Namespace) -> int:
+    return _one_dead_letter(args, "DELETE", "", "dropped")
+
+
+def _one_dead_letter(args: argparse.Namespace, method: str, action: str, done: str) -> int:
+    if args.receiver is None:
+        raise CommandFailed(
+            EXIT_USAGE,
+            f"give --receiver with the message id {args.message_id}: a message has a dead "
+            "letter per receiver (`mqpy dead-letters list` shows both)",
+        )
+    path = f"/v1/subscriptions/{args.receiver}/dead-letters/{quote(args.message_id, safe='')}"
+    answer = ServerClient.from_args(args).call(method, path + action)
+    if args.json:
+        print(json.dumps(answer))
+    else:
+        print(f"{done}: the dead letter of {args.message_id} for receiver {args.receiver}")
     return EXIT_OK
 
 

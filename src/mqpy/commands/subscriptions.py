@@ -131,6 +131,18 @@ def register(subparsers: Any) -> None:
         help="deliveries started per second, such as 50 or 0.5 (at most 100000; default: no limit)",
     )
     create.add_argument(
+        "--secret",
+        help="sign its deliveries with this secret (whsec_ and base64, as the broker makes "
+        "them; python -c 'import mqpy.signing as s; print(s.generate_secret())' makes "
+        "one), so the receiver can have it before the first delivery (default: a new one; "
+        "a flag shows in `ps`)",
+    )
+    create.add_argument(
+        "--paused",
+        action="store_true",
+        help="create it paused: its messages wait until `mqpy subscriptions resume ID`",
+    )
+    create.add_argument(
         "--json",
         action="store_true",
         help="print the server's whole answer as JSON (the secret included)",
@@ -255,6 +267,10 @@ def create_subscription(args: argparse.Namespace) -> int:
             body[field] = value
     if args.max_attempts is not None:
         body["retry_policy"] = {"max_attempts": args.max_attempts}
+    if args.secret is not None:
+        body["secret"] = args.secret
+    if args.paused:
+        body["paused"] = True
     answer = _object(ServerClient.from_args(args).call("POST", "/v1/subscriptions", body))
     if not isinstance(answer.get("secret"), str):
         raise CommandFailed(EXIT_REFUSED, f"unexpected answer from the server: {answer!r}")
@@ -263,12 +279,21 @@ def create_subscription(args: argparse.Namespace) -> int:
     else:
         print(f"id      {text(answer.get('id'))}")
         print(f"secret  {text(answer['secret'])}")
-    print(
-        f"created subscription {text(answer.get('id'))} on {text(answer.get('topic'))}; "
-        "its signing secret is shown only this once, store it now",
-        file=sys.stderr,
-    )
+    print(_created_note(answer, chosen_secret=args.secret is not None), file=sys.stderr)
     return EXIT_OK
+
+
+def _created_note(answer: dict[str, Any], *, chosen_secret: bool) -> str:
+    """What to do next, on stderr: store the secret, and resume a paused one."""
+    sid = text(answer.get("id"))
+    note = f"created subscription {sid} on {text(answer.get('topic'))}; "
+    if chosen_secret:
+        note += "its deliveries are signed with the secret you gave"
+    else:
+        note += "its signing secret is shown only this once, store it now"
+    if answer.get("paused"):
+        note += f"; it is paused: resume it with `mqpy subscriptions resume {sid}`"
+    return note
 
 
 def show_subscription(args: argparse.Namespace) -> int:

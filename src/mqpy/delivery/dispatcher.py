@@ -347,7 +347,8 @@ class Dispatcher:
             outcome = await self._sender.send(delivery)
         finally:
             del self._sending[delivery.delivery_id]
-            self._observer.attempt_ended(delivery.subscription_id, time.perf_counter() - started)
+            took = time.perf_counter() - started
+            self._observer.attempt_ended(delivery.subscription_id, took)
             # Settling it now: a renewal racing the outcome's commit would find the
             # lease gone and report it lost to another node.
             self._holding.pop(delivery.delivery_id, None)
@@ -362,7 +363,9 @@ class Dispatcher:
                 cap=self._cap_of(subscription_id),
             )
             self._observer.window_changed(subscription_id, self._windows.size(subscription_id))
-            await self._store.ack(delivery, now=acked_at, status=outcome.status)
+            await self._store.ack(
+                delivery, now=acked_at, status=outcome.status, attempted_at=sent_at, duration=took
+            )
             self._observer.delivered(delivery, acked_at)
             return
         if outcome.receiver_unavailable:
@@ -376,9 +379,9 @@ class Dispatcher:
                 backoff=policy.backoff,
             )
             self._observer.window_changed(subscription_id, self._windows.size(subscription_id))
-        await self._settle_failure(delivery, outcome)
+        await self._settle_failure(delivery, outcome, _Timing(sent_at, took))
 
-    async def _settle_failure(self, delivery: Delivery, outcome: Outcome) -> None:
+    async def _settle_failure(self, delivery: Delivery, outcome: Outcome, timing: _Timing) -> None:
         now = self._clock()
         error = outcome.error or "delivery failed"
         due_at = self._policy.overridden_by(delivery.retry).next_attempt_at(
@@ -414,7 +417,14 @@ class Dispatcher:
                 error,
                 extra={**fields, "outcome": "dead_lettered"},
             )
-            await self._store.dead_letter(delivery, now=now, error=error, status=outcome.status)
+            await self._store.dead_letter(
+                delivery,
+                now=now,
+                error=error,
+                status=outcome.status,
+                attempted_at=timing.sent_at,
+                duration=timing.took,
+            )
             return
         next_try, retry_in = self._next_try(delivery.subscription_id, due_at, now)
         log.info(
@@ -426,7 +436,14 @@ class Dispatcher:
             next_try,
             extra={**fields, "outcome": "retried", "retry_in": round(retry_in, 3)},
         )
-        await self._store.retry(delivery, due_at=due_at, error=error, status=outcome.status)
+        await self._store.retry(
+            delivery,
+            due_at=due_at,
+            error=error,
+            status=outcome.status,
+            attempted_at=timing.sent_at,
+            duration=timing.took,
+        )
 
     def _next_try(self, subscription_id: int, due_at: float, now: float) -> tuple[str, float]:
         """When the next try will really be, said for the log, and in how many seconds
@@ -458,6 +475,14 @@ class _Sending:
     subscription_id: int
     sent_at: float
     overdue: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Timing:
+    """When an attempt was sent and how long it took, for the delivery's history."""
+
+    sent_at: float
+    took: float
 
 
 def _drain(queue: asyncio.Queue[Delivery]) -> list[Delivery]:

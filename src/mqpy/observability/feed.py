@@ -36,7 +36,7 @@ class ReceiverStatus:
     # How many deliveries this node lets it hold at once now (its adaptive window,
     # delivery/window.py); None until it first answered one.
     window: int | None
-    last_success_at: float | None  # Unix time; None if none since the server started
+    last_success_at: float | None  # Unix time; None if it never answered 2xx (kept across restarts)
     consecutive_failures: int
     recent_failures: list[Failure]  # newest first, at most the last 10
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from mqpy.broker import Broker
-from mqpy.domain import Delivery, NodeInfo, StoreUnavailable, Subscription
+from mqpy.domain import Delivery, NodeInfo, ReceiverHealth, StoreUnavailable, Subscription
 from mqpy.observability.feed import NodeStatus, ReceiverStatus, StatusFeed, TopicStatus
 from mqpy.observability.figures import StoreFigures, StoreFiguresCache
 from mqpy.observability.metrics import Gauges, LiveGauges, Metrics, TopicFigures
@@ -48,6 +48,8 @@ class Observer:
         self._throughput = Throughput()
         self._topics: dict[str, TopicActivity] = {}
         self._receivers: dict[int, ReceiverActivity] = {}
+        # Receivers whose health changed since it was last saved (health_keeper.py).
+        self._health_changed: set[int] = set()
         self._in_flight = 0
         registry.register(LiveGauges(self._gauges))
         store.observe_commits(self._metrics.committed)
@@ -92,6 +94,7 @@ class Observer:
         receiver = self._receivers.get(delivery.subscription_id)
         if receiver is not None:
             receiver.succeeded(acked_at)
+            self._health_changed.add(delivery.subscription_id)
 
     def failed(
         self,
@@ -115,10 +118,30 @@ class Observer:
         if receiver is not None:
             failure = Failure(at, delivery.message_id, delivery.attempt, reason, status)
             receiver.failed(failure, unavailable=unavailable)
+            self._health_changed.add(delivery.subscription_id)
 
     def forget(self, subscription_id: int) -> None:
         """The receiver disconnected."""
         self._receivers.pop(subscription_id, None)
+        self._health_changed.discard(subscription_id)
+
+    # Receivers' health across restarts (health_keeper.py).
+
+    def restore_health(self, saved: list[ReceiverHealth]) -> None:
+        """Take up the health saved before a restart, for receivers not seen since."""
+        for health in saved:
+            if health.subscription_id not in self._receivers:
+                self._receivers[health.subscription_id] = ReceiverActivity.restored(health)
+
+    def changed_health(self) -> list[ReceiverHealth]:
+        """The health of receivers whose attempts ended since the last call."""
+        changed = sorted(self._health_changed)
+        self._health_changed.clear()
+        return [self._receivers[sid].health(sid) for sid in changed if sid in self._receivers]
+
+    def health_unsaved(self, health: list[ReceiverHealth]) -> None:
+        """Saving failed: save these again next time."""
+        self._health_changed.update(h.subscription_id for h in health)
 
     # Read by the routes.
 

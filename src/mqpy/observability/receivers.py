@@ -6,6 +6,8 @@ import enum
 from collections import deque
 from dataclasses import dataclass
 
+from mqpy.domain import ReceiverHealth
+
 RECENT_FAILURES = 10
 
 
@@ -37,6 +39,7 @@ class ReceiverActivity:
     __slots__ = (
         "consecutive_failures",
         "in_flight",
+        "last_failure_at",
         "last_success_at",
         "recent_failures",
         "unavailable",
@@ -46,6 +49,7 @@ class ReceiverActivity:
     def __init__(self) -> None:
         self.in_flight = 0
         self.last_success_at: float | None = None
+        self.last_failure_at: float | None = None
         self.consecutive_failures = 0
         self.unavailable = False
         self.window: int | None = None
@@ -57,9 +61,45 @@ class ReceiverActivity:
         self.unavailable = False
 
     def failed(self, failure: Failure, *, unavailable: bool) -> None:
+        self.last_failure_at = failure.at
         self.consecutive_failures += 1
         self.unavailable = unavailable
         self.recent_failures.append(failure)
+
+    @classmethod
+    def restored(cls, health: ReceiverHealth) -> ReceiverActivity:
+        """As saved before a restart: its last success, and its last failure if any."""
+        activity = cls()
+        activity.last_success_at = health.last_success_at
+        activity.last_failure_at = health.last_failure_at
+        activity.consecutive_failures = health.consecutive_failures
+        activity.unavailable = health.unavailable
+        if health.last_failure_at is not None and health.last_error is not None:
+            activity.recent_failures.append(
+                Failure(
+                    health.last_failure_at,
+                    health.last_message_id or "",
+                    health.last_attempt or 0,
+                    health.last_error,
+                    health.last_status,
+                )
+            )
+        return activity
+
+    def health(self, subscription_id: int) -> ReceiverHealth:
+        """What to save of it for after a restart."""
+        last = self.recent_failures[-1] if self.recent_failures else None
+        return ReceiverHealth(
+            subscription_id,
+            self.last_success_at,
+            self.last_failure_at,
+            self.consecutive_failures,
+            self.unavailable,
+            last.reason if last else None,
+            last.status if last else None,
+            last.message_id if last else None,
+            last.attempt if last else None,
+        )
 
     @property
     def state(self) -> ReceiverState:

@@ -16,6 +16,15 @@
   // Nodes beat every 2 s: one heard from longer ago than two beats is running late.
   const NODE_LATE_SECONDS = 5;
   const SVG_NS = "http://www.w3.org/2000/svg";
+  // The chart averages each series over bins of this many seconds, by range: at low
+  // traffic one-second points are a row of isolated spikes.
+  const BIN_SECONDS = new Map([
+    [60, 2],
+    [300, 5],
+    [600, 10],
+  ]);
+  // A second click within this long confirms what cannot be undone (purge, delete).
+  const CONFIRM_MS = 4000;
   // Drawn in this order: published, dashed, stays visible over an equal delivered line.
   const SERIES = ["delivered", "published", "failed"];
   // A receiver's states and kinds, each styled and explained; a newer server's others
@@ -94,6 +103,7 @@
       ...options,
       headers: { ...authHeaders(), ...(options.headers || {}) },
     });
+    if (response.status === 204) return null;
     if (!response.ok) {
       let detail = response.statusText;
       try {
@@ -185,6 +195,110 @@
     }
   }
 
+  // Run `work` for a button: busy while it runs, its outcome (a sentence) in `result`,
+  // then a poll so the page shows the change.
+  async function act(button, result, busyText, work) {
+    const label = button.dataset.label || button.textContent;
+    button.dataset.busy = "true";
+    button.disabled = true;
+    button.textContent = busyText;
+    try {
+      result.textContent = await work();
+      result.dataset.kind = "ok";
+    } catch (error) {
+      result.dataset.kind = "error";
+      result.textContent = error.message;
+    } finally {
+      button.textContent = label;
+      delete button.dataset.busy;
+      delete button.dataset.label;
+      button.disabled = false; // the next redraw disables it again if it no longer applies
+      poll();
+    }
+  }
+
+  // What cannot be undone asks first: the first click turns the button into the
+  // question, a second one within CONFIRM_MS does it.
+  function confirmed(button, question) {
+    if (button.dataset.confirm === "true") {
+      delete button.dataset.confirm;
+      return true;
+    }
+    button.dataset.confirm = "true";
+    button.dataset.label = button.textContent;
+    button.textContent = question;
+    setTimeout(() => {
+      if (button.dataset.confirm !== "true") return;
+      delete button.dataset.confirm;
+      button.textContent = button.dataset.label;
+      delete button.dataset.label;
+    }, CONFIRM_MS);
+    return false;
+  }
+
+  function purgeAll(button) {
+    if (!confirmed(button, "Purge all? Click again")) return;
+    act(button, $("redrive-result"), "Purging…", async () => {
+      const answer = await request("/v1/dead-letters", { method: "DELETE" });
+      return `Dropped ${plural(answer.purged, "dead letter")} for good.`;
+    });
+  }
+
+  function purgeReceiver(receiverId, button) {
+    if (!confirmed(button, "Purge? Click again")) return;
+    act(button, $("redrive-result"), "Purging…", async () => {
+      const path = `/v1/subscriptions/${receiverId}/dead-letters`;
+      const answer = await request(path, { method: "DELETE" });
+      return `Dropped ${plural(answer.purged, "dead letter")} of receiver #${receiverId}.`;
+    });
+  }
+
+  function oneDeadLetter(button, action) {
+    const tr = button.closest("tr");
+    const receiverId = tr.dataset.receiverId;
+    const messageId = tr.dataset.messageId;
+    const path = `/v1/subscriptions/${receiverId}/dead-letters/${encodeURIComponent(messageId)}`;
+    const redriving = action === "redrive";
+    act(button, $("redrive-result"), redriving ? "Redriving…" : "Dropping…", async () => {
+      if (redriving) await request(path + "/redrive", { method: "POST" });
+      else await request(path, { method: "DELETE" });
+      const done = redriving ? "sent back to" : "dropped for good for";
+      return `Message ${messageId}: ${done} receiver #${receiverId}.`;
+    });
+  }
+
+  function switchReceiver(tr, button) {
+    const id = tr.dataset.receiverId;
+    const resume = tr.dataset.state === "paused";
+    act(button, $("receiver-result"), resume ? "Resuming…" : "Pausing…", async () => {
+      await request(`/v1/subscriptions/${id}/${resume ? "resume" : "pause"}`, { method: "POST" });
+      return resume
+        ? `Receiver #${id} resumed: its messages are delivered again.`
+        : `Receiver #${id} paused: its messages wait until it is resumed.`;
+    });
+  }
+
+  function deleteReceiver(tr, button) {
+    if (!confirmed(button, "Delete? Click again")) return;
+    const id = tr.dataset.receiverId;
+    act(button, $("receiver-result"), "Deleting…", async () => {
+      await request(`/v1/subscriptions/${id}`, { method: "DELETE" });
+      return `Receiver #${id} deleted; its undelivered messages were dropped for it.`;
+    });
+  }
+
+  async function lookUp(messageId) {
+    const error = $("lookup-error");
+    error.textContent = "";
+    try {
+      const message = await request("/v1/messages/" + encodeURIComponent(messageId));
+      renderMessage(message);
+    } catch (failure) {
+      $("lookup-result").hidden = true;
+      error.textContent = failure.message;
+    }
+  }
+
   // -- drawing ------------------------------------------------------------------------
 
   function render(feed, letters) {
@@ -216,12 +330,15 @@
     // The feed's last point is the second still running: leave it out, or every
     // chart would end in a dip.
     const points = state.feed.throughput.slice(-state.windowSeconds - 1, -1);
+    const binSeconds = BIN_SECONDS.get(state.windowSeconds) || 1;
+    const bins = binned(points, binSeconds);
     const svg = $("throughput-chart");
     const width = Math.max(svg.clientWidth, 300);
     const height = Math.max(svg.clientHeight, 120);
     const box = { left: 44, right: 12, top: 10, bottom: 24 };
     const peak = Math.max(0, ...points.map((p) => Math.max(p.published, p.delivered, p.failed)));
-    const top = niceCeiling(Math.max(peak, 1));
+    const binPeak = Math.max(0, ...bins.map((b) => Math.max(b.published, b.delivered, b.failed)));
+    const top = niceCeiling(Math.max(binPeak, 0.5));
     const step = points.length > 1 ? (width - box.left - box.right) / (points.length - 1) : 0;
     const x = (i) => box.left + i * step;
     const y = (value) => box.top + (1 - value / top) * (height - box.top - box.bottom);
@@ -243,10 +360,10 @@
       const label = { class: "axis", x: at, y: height - 6, "text-anchor": anchor };
       parts.push(svgElement("text", label, back === 0 ? "now" : "−" + formatDuration(back)));
     }
-    if (points.length) {
-      const point = (i, value) => `${x(i).toFixed(1)},${y(value).toFixed(1)}`;
-      const line = (name) => points.map((p, i) => (i ? "L" : "M") + point(i, p[name])).join("");
-      const floor = `L${point(points.length - 1, 0)}L${point(0, 0)}Z`;
+    if (bins.length) {
+      const point = (at, value) => `${x(at).toFixed(1)},${y(value).toFixed(1)}`;
+      const line = (name) => bins.map((b, i) => (i ? "L" : "M") + point(b.at, b[name])).join("");
+      const floor = `L${point(bins[bins.length - 1].at, 0)}L${point(bins[0].at, 0)}Z`;
       parts.push(svgElement("path", { class: "area-delivered", d: line("delivered") + floor }));
       for (const name of SERIES) {
         parts.push(svgElement("path", { class: "line line-" + name, d: line(name) }));
@@ -261,12 +378,34 @@
       $("tp-" + name).textContent = formatCount(totals[name]);
     }
     const span = formatDuration(state.windowSeconds);
-    $("tp-summary").textContent = `in the last ${span} · peak ${formatCount(peak)}/s`;
+    const averaged = binSeconds > 1 ? ` · chart: per second, averaged over ${binSeconds} s` : "";
+    $("tp-summary").textContent = `in the last ${span} · peak ${formatCount(peak)}/s${averaged}`;
     svg.setAttribute(
       "aria-label",
       `Throughput over the last ${span}: ${totals.published} published, ` +
         `${totals.delivered} delivered, ${totals.failed} failed attempts`,
     );
+  }
+
+  // Each series averaged per second over bins of `size` seconds, the last bin ending at
+  // the newest point; `at` is where a bin is drawn, as an index into `points`.
+  function binned(points, size) {
+    const bins = [];
+    for (let end = points.length; end > 0; end -= size) {
+      const start = Math.max(0, end - size);
+      const bin = { at: (start + end - 1) / 2 };
+      for (const name of SERIES) {
+        let sum = 0;
+        for (let i = start; i < end; i += 1) sum += points[i][name];
+        bin[name] = sum / size;
+      }
+      bins.unshift(bin);
+    }
+    if (bins.length) {
+      bins[0].at = 0;
+      bins[bins.length - 1].at = points.length - 1;
+    }
+    return bins;
   }
 
   function renderTopics(feed) {
@@ -278,7 +417,15 @@
   function updateTopicRow(tr, topic) {
     const cells = tr.cells;
     const age = topic.oldest_undelivered_age_seconds;
-    cells[0].textContent = topic.topic;
+    // A backlog nobody is subscribed to take: it only grows.
+    const orphan = topic.backlog > 0 && topic.receivers === 0;
+    tr.dataset.orphan = String(orphan);
+    cells[0].replaceChildren(topic.topic);
+    if (orphan) {
+      const badge = element("span", "badge orphan-badge", "no receiver");
+      badge.title = "messages wait here: no receiver or subscription matches this topic";
+      cells[0].append(" ", badge);
+    }
     setNumber(cells[1], topic.receivers);
     setNumber(cells[2], topic.backlog);
     setNumber(cells[3], age === null ? "—" : formatDuration(age));
@@ -294,7 +441,15 @@
   }
 
   function buildReceiverRow() {
-    const tr = row(9);
+    const tr = row(10);
+    const pause = element("button", "switch", "Pause");
+    pause.type = "button";
+    pause.addEventListener("click", () => switchReceiver(tr, pause));
+    const remove = element("button", "danger delete", "Delete");
+    remove.type = "button";
+    remove.addEventListener("click", () => deleteReceiver(tr, remove));
+    tr.cells[9].className = "actions";
+    tr.cells[9].append(pause, " ", remove);
     tr.cells[0].append(element("span", "rid"), " ", element("span", "kind"), " ");
     tr.cells[0].append(element("span", "url"));
     tr.cells[3].append(element("span", "badge"));
@@ -305,7 +460,8 @@
   }
 
   function updateReceiverRow(tr, receiver, now) {
-    const [who, topic, group, state, inFlight, windowSize, success, failures, recent] = tr.cells;
+    const [who, topic, group, state, inFlight, windowSize, success, failures, recent, actions] =
+      tr.cells;
     tr.dataset.receiverId = String(receiver.id);
     tr.dataset.state = receiver.state;
     who.querySelector(".rid").textContent = "#" + receiver.id;
@@ -335,6 +491,14 @@
     success.title = last === null ? "" : new Date(last * 1000).toLocaleString();
     setNumber(failures, receiver.consecutive_failures);
     renderFailures(recent, receiver.recent_failures, now);
+    const pause = actions.querySelector("button.switch");
+    if (!pause.dataset.busy) pause.textContent = receiver.state === "paused" ? "Resume" : "Pause";
+    pause.title =
+      receiver.state === "paused"
+        ? "Deliver its messages again"
+        : "Stop delivering to it; its messages wait until it is resumed";
+    const remove = actions.querySelector("button.delete");
+    remove.title = "Delete it: its undelivered messages are dropped for it";
   }
 
   function renderNodes(feed) {
@@ -404,6 +568,8 @@
     $("dead-letters-empty").hidden = items.length > 0;
     const all = $("redrive-all");
     if (!all.dataset.busy) all.disabled = !items.some((item) => item.url !== undefined);
+    const purge = $("purge-all");
+    if (!purge.dataset.busy) purge.disabled = items.length === 0;
     const update = (section, item) => updateLetterGroup(section, item, feed.at);
     syncChildren($("dead-letter-groups"), items, (item) => item.id, buildLetterGroup, update);
   }
@@ -416,10 +582,13 @@
     const button = element("button", "redrive", "Redrive");
     button.type = "button";
     button.addEventListener("click", () => redrive(item.id, button));
-    head.append(title, element("span", "count muted"), button);
+    const purge = element("button", "danger purge", "Purge");
+    purge.type = "button";
+    purge.addEventListener("click", () => purgeReceiver(item.id, purge));
+    head.append(title, element("span", "count muted"), button, purge);
     const table = element("table", "data letters");
     const header = table.createTHead().insertRow();
-    for (const name of ["Message", "Attempts", "Last error", "Dead since", "Body"]) {
+    for (const name of ["Message", "Attempts", "Last error", "Dead since", "Body", "Actions"]) {
       header.append(element("th", name === "Attempts" ? "num" : "", name));
     }
     table.createTBody();
@@ -437,21 +606,60 @@
     section.querySelector(".count").textContent = plural(item.group.length, "dead letter");
     const button = section.querySelector("button.redrive");
     if (!button.dataset.busy) button.disabled = !connected;
+    const purge = section.querySelector("button.purge");
+    if (!purge.dataset.busy) purge.disabled = !connected;
+    purge.title = connected
+      ? "Drop these dead letters for good"
+      : "The receiver has disconnected: Purge all drops its dead letters";
     button.title = connected
       ? "Deliver these again, with a fresh retry budget"
       : "The receiver has disconnected: its dead letters cannot be redriven";
     const shown = item.group.slice(-LETTERS_SHOWN_PER_RECEIVER).reverse(); // newest first
-    const update = (tr, letter) => updateLetterRow(tr, letter, now);
+    const update = (tr, letter) => updateLetterRow(tr, letter, now, connected);
     const rows = section.querySelector("tbody");
-    syncChildren(rows, shown, (letter) => letter.message_id, () => row(5), update);
+    syncChildren(rows, shown, (letter) => letter.message_id, buildLetterRow, update);
     const older = item.group.length - shown.length;
     section.querySelector(".more").textContent = older > 0 ? `and ${older} older…` : "";
   }
 
-  function updateLetterRow(tr, letter, now) {
-    const [id, attempts, error, dead, body] = tr.cells;
+  function buildLetterRow() {
+    const tr = row(6);
+    const look = element("button", "link message-link");
+    look.type = "button";
+    look.title = "Look up this message's journey";
+    look.addEventListener("click", () => {
+      $("lookup-input").value = tr.dataset.messageId;
+      lookUp(tr.dataset.messageId);
+    });
+    tr.cells[0].append(look);
+    tr.cells[5].className = "actions";
+    for (const [action, label] of [
+      ["redrive", "Redrive"],
+      ["drop", "Drop"],
+    ]) {
+      const button = element("button", action === "drop" ? "danger one-drop" : "one-redrive", label);
+      button.type = "button";
+      button.addEventListener("click", () => oneDeadLetter(button, action));
+      tr.cells[5].append(button, " ");
+    }
+    return tr;
+  }
+
+  function updateLetterRow(tr, letter, now, connected) {
+    const [id, attempts, error, dead, body, actions] = tr.cells;
+    tr.dataset.receiverId = String(letter.receiver_id);
+    tr.dataset.messageId = letter.message_id;
     id.className = "mono";
-    id.textContent = letter.message_id;
+    id.querySelector(".message-link").textContent = letter.message_id;
+    for (const button of actions.querySelectorAll("button")) {
+      if (!button.dataset.busy) button.disabled = !connected;
+    }
+    const redrive = actions.querySelector(".one-redrive");
+    redrive.setAttribute("aria-label", "Redrive message " + letter.message_id);
+    redrive.title = "Deliver this one again, with a fresh retry budget";
+    const drop = actions.querySelector(".one-drop");
+    drop.setAttribute("aria-label", "Drop message " + letter.message_id);
+    drop.title = "Drop this one for good";
     setNumber(attempts, letter.attempts);
     error.className = "reason";
     error.textContent = letter.last_error || "—";
@@ -461,6 +669,74 @@
     body.className = "body";
     body.textContent = preview(letter.body);
     body.title = letter.body.length > BODY_PREVIEW_CHARS ? letter.body.slice(0, 2000) : "";
+  }
+
+  function renderMessage(message) {
+    const fields = [
+      ["Message", message.id],
+      ["Topic", message.topic],
+      ["Published", new Date(Date.parse(message.published_at)).toLocaleString()],
+      ["Attributes", Object.entries(message.attributes).map(([k, v]) => `${k}=${v}`).join(" ")],
+      ["Body", preview(message.body)],
+    ];
+    const list = $("lookup-fields");
+    list.replaceChildren();
+    for (const [name, value] of fields) {
+      const entry = element("div");
+      entry.append(element("dt", "", name), element("dd", "", value || "—"));
+      list.append(entry);
+    }
+    const deliveries = message.deliveries.map(renderDelivery);
+    if (!deliveries.length) {
+      deliveries.push(element("p", "empty", "No deliveries yet: nothing matched its topic."));
+    }
+    $("lookup-deliveries").replaceChildren(...deliveries);
+    $("lookup-result").hidden = false;
+  }
+
+  function renderDelivery(delivery) {
+    const section = element("section", "journey");
+    section.dataset.state = delivery.state;
+    const who =
+      delivery.group === null
+        ? `Receiver #${delivery.subscription_id}`
+        : `Group ${delivery.group}` +
+          (delivery.subscription_id === null ? "" : ` (member #${delivery.subscription_id})`);
+    const title = element("h3", "", who + " ");
+    title.append(element("span", "badge state-" + delivery.state, delivery.state));
+    title.append(" " + plural(delivery.attempts, "attempt"));
+    section.append(title);
+    const history = delivery.history || [];
+    if (!history.length) {
+      section.append(element("p", "muted", "Not attempted yet."));
+      return section;
+    }
+    const table = element("table", "data attempts");
+    const header = table.createTHead().insertRow();
+    for (const name of ["Attempt", "Sent", "Took", "Outcome", "Status", "Error"]) {
+      header.append(element("th", "", name));
+    }
+    const body = table.createTBody();
+    for (const attempt of history) {
+      const tr = row(6);
+      tr.dataset.outcome = attempt.outcome;
+      const took = attempt.duration_ms === null ? "—" : attempt.duration_ms.toFixed(1) + " ms";
+      const cells = [
+        String(attempt.attempt),
+        new Date(Date.parse(attempt.sent_at)).toLocaleTimeString([], { hour12: false }),
+        took,
+        attempt.outcome,
+        attempt.status === null ? "—" : String(attempt.status),
+        attempt.error || "—",
+      ];
+      cells.forEach((text, i) => {
+        tr.cells[i].textContent = text;
+      });
+      tr.cells[3].className = "outcome-" + attempt.outcome;
+      body.append(tr);
+    }
+    section.append(table);
+    return section;
   }
 
   // -- DOM helpers --------------------------------------------------------------------
@@ -587,6 +863,17 @@
   });
 
   $("redrive-all").addEventListener("click", (event) => redrive(null, event.currentTarget));
+  $("purge-all").addEventListener("click", (event) => purgeAll(event.currentTarget));
+
+  $("lookup-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const messageId = $("lookup-input").value.trim();
+    if (!messageId) {
+      $("lookup-error").textContent = "Paste a message id first (publishing returns it).";
+      return;
+    }
+    lookUp(messageId);
+  });
 
   for (const button of document.querySelectorAll(".range button")) {
     button.addEventListener("click", () => {

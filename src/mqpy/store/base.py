@@ -30,12 +30,14 @@ from mqpy.domain import (
     NodeInfo,
     Page,
     Published,
+    ReceiverHealth,
     StoredMessage,
     Subscription,
     SubscriptionChanges,
     SubscriptionSpec,
     TopicInfo,
 )
+from mqpy.store.batching import Settlement
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,16 @@ class Store(abc.ABC):
     async def nodes(self, *, seen_since: float) -> list[NodeInfo]:
         """Nodes whose last heartbeat is at or after `seen_since`, by name."""
 
+    @abc.abstractmethod
+    async def save_receiver_health(self, health: Sequence[ReceiverHealth]) -> None:
+        """Keep each receiver's health for after a restart. Callers save what changed
+        every few seconds and at shutdown, not per attempt. Of two saves of one
+        receiver (two nodes) the one with the later `changed_at` stays."""
+
+    @abc.abstractmethod
+    async def receiver_health(self) -> list[ReceiverHealth]:
+        """The saved health of every active subscription that has any, by id."""
+
     # Not abstract on purpose: a backend may have nothing to report.
     def observe_commits(self, callback: Callable[[int, float], None]) -> None:  # noqa: B027
         """Have `callback` called after each group-commit transaction with the number
@@ -120,9 +132,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def add_subscription(
-        self, spec: SubscriptionSpec, now: float, *, key_id: str | None, secret: str | None
+        self,
+        spec: SubscriptionSpec,
+        now: float,
+        *,
+        key_id: str | None,
+        secret: str | None,
+        paused: bool = False,
     ) -> Subscription:
-        """Create a push subscription under a new random id never issued before.
+        """Create a push subscription under a new random id never issued before;
+        `paused`: created paused, so no claim hands out its deliveries until resumed.
 
         Messages of matching topics published while nobody was subscribed become its
         deliveries (or its group's). A member of an existing group must carry the
@@ -203,7 +222,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def message(self, message_id: str, now: float) -> StoredMessage | None:
-        """A kept message with the state of each of its deliveries as of `now`."""
+        """A kept message with the state of each of its deliveries as of `now`, and
+        each delivery's kept attempts."""
 
     @abc.abstractmethod
     async def sweep(self, *, delivered_before: float, dedup_before: float) -> int:
@@ -243,21 +263,74 @@ class Store(abc.ABC):
         unacknowledged the delivery is due again and may be claimed by anyone.
         """
 
-    @abc.abstractmethod
-    async def ack(self, delivery: Delivery, *, now: float = 0.0, status: int | None = None) -> None:
-        """The receiver took it (answering `status` at `now`): the delivery is done."""
+    # Each settlement also adds the attempt to the delivery's history (`attempted_at`:
+    # when it was sent, the store's clock if not given; `duration`: until its outcome),
+    # in the same transaction; a delivery keeps its newest attempts (store/history.py).
 
-    @abc.abstractmethod
+    async def ack(
+        self,
+        delivery: Delivery,
+        *,
+        now: float = 0.0,
+        status: int | None = None,
+        attempted_at: float | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """The receiver took it (answering `status` at `now`): the delivery is done."""
+        sent_at = self._sent_at(attempted_at)
+        await self._settle(
+            Settlement(delivery, now, status, attempted_at=sent_at, duration=duration)
+        )
+
     async def retry(
-        self, delivery: Delivery, *, due_at: float, error: str, status: int | None
+        self,
+        delivery: Delivery,
+        *,
+        due_at: float,
+        error: str,
+        status: int | None,
+        attempted_at: float | None = None,
+        duration: float | None = None,
     ) -> None:
         """The attempt failed: try again at `due_at`."""
+        sent_at = self._sent_at(attempted_at)
+        await self._settle(
+            Settlement(
+                delivery,
+                due_at,
+                status,
+                error,
+                due_at=due_at,
+                attempted_at=sent_at,
+                duration=duration,
+            )
+        )
 
-    @abc.abstractmethod
     async def dead_letter(
-        self, delivery: Delivery, *, now: float, error: str, status: int | None
+        self,
+        delivery: Delivery,
+        *,
+        now: float,
+        error: str,
+        status: int | None,
+        attempted_at: float | None = None,
+        duration: float | None = None,
     ) -> None:
         """The attempt failed and no retries are left: keep it as a dead letter."""
+        sent_at = self._sent_at(attempted_at)
+        await self._settle(
+            Settlement(
+                delivery, now, status, error, dead=True, attempted_at=sent_at, duration=duration
+            )
+        )
+
+    @abc.abstractmethod
+    async def _settle(self, settlement: Settlement) -> None:
+        """Record how an attempt ended (acks, retries and dead letters alike), only if
+        its lease still holds; settlements may be batched with others."""
+
+    def _sent_at(self, attempted_at: float | None) -> float:
+        return self.clock() if attempted_at is None else attempted_at
 
     @abc.abstractmethod
     async def renew(
@@ -298,16 +371,26 @@ class Store(abc.ABC):
         """Dead letters, oldest first (all, or one subscription's)."""
 
     @abc.abstractmethod
-    async def redrive(self, now: float, receiver_id: int | None = None) -> int:
-        """Queue dead letters again from attempt 1 (all, or one subscription's).
+    async def redrive(
+        self, now: float, receiver_id: int | None = None, *, message_id: str | None = None
+    ) -> int:
+        """Queue dead letters again from attempt 1: all, one subscription's, one
+        message's, or with both the one dead letter of that message for that
+        subscription.
 
         Returns how many were queued.
         """
 
     @abc.abstractmethod
-    async def purge_dead_letters(self, subscription_id: int | None = None, *, now: float) -> int:
-        """Drop dead letters for good (all, or one subscription's); returns how many.
-        A message left with nothing to deliver is done as of `now`."""
+    async def purge_dead_letters(
+        self,
+        subscription_id: int | None = None,
+        *,
+        now: float,
+        message_id: str | None = None,
+    ) -> int:
+        """Drop dead letters for good (chosen as `redrive` chooses them); returns how
+        many. A message left with nothing to deliver is done as of `now`."""
 
     @abc.abstractmethod
     async def topics(self, *, cursor: str | None = None, limit: int = 100) -> Page[TopicInfo]:

@@ -84,7 +84,8 @@ class Batcher(Generic[Item, Result]):
 @dataclass(frozen=True, slots=True)
 class Settlement:
     """How one attempt ended, as both stores batch it: an ack (`due_at` None, `dead`
-    False), a retry (`due_at` set) or a dead letter (`dead`)."""
+    False), a retry (`due_at` set) or a dead letter (`dead`). `attempted_at` and
+    `duration` (None if unknown) go into the delivery's attempt history."""
 
     delivery: Delivery
     at: float
@@ -92,3 +93,5 @@ class Settlement:
     error: str | None = None
     due_at: float | None = None
     dead: bool = False
+    attempted_at: float = 0.0
+    duration: float | None = None

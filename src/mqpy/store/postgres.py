@@ -38,6 +38,7 @@ from mqpy.domain import (
     NodeInfo,
     Page,
     Published,
+    ReceiverHealth,
     Role,
     StoredMessage,
     StoreUnavailable,
@@ -53,6 +54,20 @@ from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Batcher, Settlement
 from mqpy.store.claiming import ClaimBuilder
 from mqpy.store.expiry import EXPIRE_CHUNK, expiry_targets
+from mqpy.store.health import (
+    HEALTH_COLUMNS,
+    health_from_rows,
+    health_row,
+    load_health_sql,
+    save_health_sql,
+)
+from mqpy.store.history import (
+    HISTORY_COLUMNS,
+    MAX_ATTEMPTS_KEPT,
+    attempt_row,
+    failures,
+    histories,
+)
 from mqpy.store.postgres_catalog import (
     CONNECTION_COLUMNS,
     SUBSCRIPTION_COLUMNS,
@@ -85,6 +100,7 @@ from mqpy.store.routes import (
 )
 from mqpy.store.rows import (
     DEAD_LETTER_QUERY,
+    DELIVERY_STATUS_COLUMNS,
     changed_spec,
     dead_letter_cursor,
     dead_letter_page,
@@ -233,6 +249,16 @@ class PostgresStore(Store):
             await conn.execute(sql.FORGET_NODES, node.seen_at - 86400.0)
         await self._read_clock()
 
+    async def save_receiver_health(self, health: Sequence[ReceiverHealth]) -> None:
+        async with self._transaction(durable=False) as conn:
+            # By id, so two nodes saving the same receivers lock them in one order.
+            rows = sorted((health_row(h) for h in health), key=lambda row: row[0])
+            await conn.executemany(_SAVE_HEALTH, rows)
+
+    async def receiver_health(self) -> list[ReceiverHealth]:
+        async with self._connection() as conn:
+            return health_from_rows(await conn.fetch(load_health_sql("true")))
+
     async def nodes(self, *, seen_since: float) -> list[NodeInfo]:
         async with self._connection() as conn:
             rows = await conn.fetch(
@@ -342,12 +368,22 @@ class PostgresStore(Store):
             return Connection(connection_id, mode, client_url, topic, now, key_id)
 
     async def add_subscription(
-        self, spec: SubscriptionSpec, now: float, *, key_id: str | None, secret: str | None
+        self,
+        spec: SubscriptionSpec,
+        now: float,
+        *,
+        key_id: str | None,
+        secret: str | None,
+        paused: bool = False,
     ) -> Subscription:
         async with self._transaction() as conn:
             await self._catalog_change(conn)
             subscription_id = await new_id(conn)
             await insert_subscription(conn, subscription_id, spec, now, key_id, secret, None)
+            if paused:
+                await conn.execute(
+                    "UPDATE subscriptions SET paused = true WHERE id = $1", subscription_id
+                )
             subscription = await fetch_subscription(conn, subscription_id)
             assert subscription is not None
             return subscription
@@ -602,10 +638,16 @@ class PostgresStore(Store):
             if row is None:
                 return None
             rows = await conn.fetch(
-                "SELECT d.subscription_id, g.name, d.state, d.attempts, d.last_status, "
-                "d.last_error, d.due_at, d.lease, d.delivered_at FROM deliveries d "
+                f"SELECT d.id, {DELIVERY_STATUS_COLUMNS} FROM deliveries d "
                 "LEFT JOIN groups g ON g.id = d.group_id WHERE d.message_seq = $1 ORDER BY d.id",
                 row["seq"],
+            )
+            kept = histories(
+                await conn.fetch(
+                    f"SELECT {HISTORY_COLUMNS} FROM delivery_attempts WHERE message_seq = $1 "
+                    "ORDER BY delivery_id, id",
+                    row["seq"],
+                )
             )
         return StoredMessage(
             id=message_id,
@@ -615,7 +657,10 @@ class PostgresStore(Store):
             ordering_key=row["ordering_key"],
             published_at=row["published_at"],
             deliver_at=row["deliver_at"],
-            deliveries=[delivery_status(now, *delivery) for delivery in rows],
+            deliveries=[
+                delivery_status(now, *delivery, history=kept.get(delivery_id, ()))
+                for delivery_id, *delivery in rows
+            ],
         )
 
     async def sweep(self, *, delivered_before: float, dedup_before: float) -> int:
@@ -634,9 +679,12 @@ class PostgresStore(Store):
                     delivered_before,
                     SWEEP_CHUNK,
                 )
+                swept = [row[0] for row in seqs]
                 await conn.execute(
-                    "DELETE FROM deliveries WHERE message_seq = ANY($1::bigint[])",
-                    [row[0] for row in seqs],
+                    "DELETE FROM deliveries WHERE message_seq = ANY($1::bigint[])", swept
+                )
+                await conn.execute(
+                    "DELETE FROM delivery_attempts WHERE message_seq = ANY($1::bigint[])", swept
                 )
                 keys = row_count(
                     await conn.execute(
@@ -708,19 +756,6 @@ class PostgresStore(Store):
             claimed = builder.finish()
             return claimed
 
-    async def ack(self, delivery: Delivery, *, now: float = 0.0, status: int | None = None) -> None:
-        await self._settle(Settlement(delivery, now, status))
-
-    async def retry(
-        self, delivery: Delivery, *, due_at: float, error: str, status: int | None
-    ) -> None:
-        await self._settle(Settlement(delivery, due_at, status, error, due_at=due_at))
-
-    async def dead_letter(
-        self, delivery: Delivery, *, now: float, error: str, status: int | None
-    ) -> None:
-        await self._settle(Settlement(delivery, now, status, error, dead=True))
-
     async def _settle(self, outcome: Settlement) -> None:
         if self._closed:
             raise StoreUnavailable("the store is closed")
@@ -734,6 +769,11 @@ class PostgresStore(Store):
         retries = [o for o in outcomes if o.due_at is not None]
         deaths = [o for o in outcomes if o.dead]
         async with self._transaction(durable=False) as conn:
+            columns = zip(*map(attempt_row, outcomes), strict=True)
+            await conn.execute(sql.RECORD_ATTEMPTS, *map(list, columns))
+            trimmed = failures(outcomes)
+            if trimmed:
+                await conn.execute(sql.TRIM_ATTEMPTS, trimmed, MAX_ATTEMPTS_KEPT)
             if retries:
                 await conn.execute(sql.RETRY, *_outcome_arrays(retries, due=True))
             if deaths:
@@ -829,7 +869,9 @@ class PostgresStore(Store):
             rows = await conn.fetch(query, dead_at, delivery_id, subscription_id, limit + 1)
         return dead_letter_page(rows, limit)
 
-    async def redrive(self, now: float, receiver_id: int | None = None) -> int:
+    async def redrive(
+        self, now: float, receiver_id: int | None = None, *, message_id: str | None = None
+    ) -> int:
         async with self._transaction() as conn:
             status = await conn.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, due_at = $1, "
@@ -837,20 +879,29 @@ class PostgresStore(Store):
                 "(group_id IS NULL AND subscription_id IN "
                 "(SELECT id FROM subscriptions WHERE active)) OR "
                 "group_id IN (SELECT id FROM groups WHERE active)) "
-                "AND ($2::bigint IS NULL OR subscription_id = $2)",
+                f"AND {_ONE_OR_ALL_DEAD_LETTERS.format(subscription='$2', message='$3')}",
                 now,
                 receiver_id,
+                message_id,
             )
             if row_count(status):
                 await conn.execute("SELECT pg_notify($1, '')", DUE_CHANNEL)
         return row_count(status)
 
-    async def purge_dead_letters(self, subscription_id: int | None = None, *, now: float) -> int:
+    async def purge_dead_letters(
+        self,
+        subscription_id: int | None = None,
+        *,
+        now: float,
+        message_id: str | None = None,
+    ) -> int:
         async with self._transaction() as conn:
             rows = await conn.fetch(
-                "DELETE FROM deliveries WHERE state = 'dead' "
-                "AND ($1::bigint IS NULL OR subscription_id = $1) RETURNING message_seq",
+                "DELETE FROM deliveries WHERE state = 'dead' AND "
+                f"{_ONE_OR_ALL_DEAD_LETTERS.format(subscription='$1', message='$2')} "
+                "RETURNING message_seq",
                 subscription_id,
+                message_id,
             )
             await _finish_messages(conn, {row[0]: now for row in rows})
         return len(rows)
@@ -946,6 +997,16 @@ class PostgresStore(Store):
     async def dead_letter_count(self) -> int:
         async with self._connection() as conn:
             return int(await conn.fetchval("SELECT count(*) FROM deliveries WHERE state = 'dead'"))
+
+
+_SAVE_HEALTH = save_health_sql([f"${n}" for n in range(1, len(HEALTH_COLUMNS) + 2)])
+
+# Dead letters of one subscription, of one message, or both (the one dead letter); a
+# null parameter leaves that condition out.
+_ONE_OR_ALL_DEAD_LETTERS = (
+    "({subscription}::bigint IS NULL OR subscription_id = {subscription}) AND "
+    "({message}::text IS NULL OR message_seq = (SELECT seq FROM messages WHERE id = {message}))"
+)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -166,6 +166,41 @@ MIGRATIONS: list[str] = [
         autovacuum_vacuum_threshold = 1000);
     ALTER TABLE topic_counts SET (fillfactor = 50);
     """,
+    # 2: each delivery's attempts (store/history.py), written with the settlements
+    # they record. By message: a message's journey is read, and swept, by its seq.
+    """
+    CREATE TABLE delivery_attempts (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        message_seq bigint NOT NULL,
+        delivery_id bigint NOT NULL,
+        attempt integer NOT NULL,
+        subscription_id bigint NOT NULL,
+        sent_at double precision NOT NULL,
+        duration double precision,
+        outcome text NOT NULL,
+        status integer,
+        error text
+    );
+    CREATE INDEX delivery_attempts_by_message ON delivery_attempts (message_seq, delivery_id, id);
+    ALTER TABLE delivery_attempts SET (autovacuum_vacuum_scale_factor = 0.01,
+        autovacuum_vacuum_insert_scale_factor = 0.01, autovacuum_analyze_scale_factor = 0.02);
+    """,
+    # 3: each receiver's health (domain.ReceiverHealth), saved every few seconds and at
+    # shutdown by each node, so `mqpy status` still knows it after a restart.
+    """
+    CREATE TABLE receiver_health (
+        subscription_id bigint PRIMARY KEY,
+        last_success_at double precision,
+        last_failure_at double precision,
+        consecutive_failures integer NOT NULL,
+        unavailable boolean NOT NULL,
+        last_error text,
+        last_status integer,
+        last_message_id text,
+        last_attempt integer,
+        changed_at double precision NOT NULL
+    );
+    """,
 ]
 
 

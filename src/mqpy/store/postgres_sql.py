@@ -180,6 +180,30 @@ FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::integer[])
     AS u (id, lease, due_at, error, status)
 WHERE d.id = ANY($1::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
 """
+# Each settled attempt into its delivery's history, while its lease still holds (before
+# the outcome statements clear it); the arrays are history.attempt_row()'s columns.
+RECORD_ATTEMPTS = """
+INSERT INTO delivery_attempts (message_seq, delivery_id, attempt, subscription_id, sent_at,
+    duration, outcome, status, error)
+SELECT d.message_seq, u.id, u.attempt, u.subscription_id, u.sent_at, u.duration, u.outcome,
+    u.status, u.error
+FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::bigint[], $5::float8[], $6::float8[],
+    $7::text[], $8::integer[], $9::text[])
+    AS u (id, lease, attempt, subscription_id, sent_at, duration, outcome, status, error)
+JOIN deliveries d ON d.id = u.id AND d.lease = u.lease
+"""
+# The failed deliveries' histories down to their newest $2 attempts.
+TRIM_ATTEMPTS = """
+DELETE FROM delivery_attempts WHERE id IN (
+    SELECT old.id FROM unnest($1::bigint[]) AS f (delivery_id)
+    JOIN deliveries d ON d.id = f.delivery_id
+    CROSS JOIN LATERAL (
+        SELECT a.id FROM delivery_attempts a
+        WHERE a.message_seq = d.message_seq AND a.delivery_id = f.delivery_id
+        ORDER BY a.id DESC OFFSET $2
+    ) AS old
+)
+"""
 DEAD_LETTER = """
 UPDATE deliveries d SET state = 'dead', dead_at = u.at, lease = NULL, leased_by = NULL,
     last_error = u.error, last_status = u.status

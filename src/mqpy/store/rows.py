@@ -9,6 +9,7 @@ from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
 from mqpy.domain import (
+    Attempt,
     BadCursor,
     DeadLetter,
     DeliveryState,
@@ -98,6 +99,13 @@ def changed_spec(spec: SubscriptionSpec, changes: SubscriptionChanges) -> Subscr
     )
 
 
+# What delivery_status() takes after `now`, from deliveries d LEFT JOIN groups g.
+DELIVERY_STATUS_COLUMNS = (
+    "d.subscription_id, g.name, d.state, d.attempts, d.last_status, d.last_error, "
+    "d.due_at, d.lease, d.delivered_at"
+)
+
+
 def delivery_status(
     now: float,
     subscription_id: int | None,
@@ -109,6 +117,8 @@ def delivery_status(
     due_at: float,
     lease: str | None,
     delivered_at: float | None,
+    *,
+    history: tuple[Attempt, ...] = (),
 ) -> DeliveryStatus:
     next_attempt: float | None = None
     if state == "pending":
@@ -129,6 +139,7 @@ def delivery_status(
         last_error=last_error,
         next_attempt_at=next_attempt,
         delivered_at=delivered_at,
+        history=history,
     )
 
 

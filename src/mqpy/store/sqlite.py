@@ -36,6 +36,7 @@ from mqpy.domain import (
     NodeInfo,
     Page,
     Published,
+    ReceiverHealth,
     Role,
     StoredMessage,
     StoreLocked,
@@ -51,6 +52,14 @@ from mqpy.ids import new_connection_id, node_name
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Settlement
 from mqpy.store.expiry import EXPIRE_CHUNK, ExpiryTarget, expiry_targets
+from mqpy.store.health import (
+    HEALTH_COLUMNS,
+    health_from_rows,
+    health_row,
+    load_health_sql,
+    save_health_sql,
+)
+from mqpy.store.history import HISTORY_COLUMNS, histories
 from mqpy.store.routes import (
     GROUP_ROUTE_COLUMNS,
     SUBSCRIPTION_ROUTE_COLUMNS,
@@ -61,6 +70,7 @@ from mqpy.store.routes import (
 )
 from mqpy.store.rows import (
     DEAD_LETTER_QUERY,
+    DELIVERY_STATUS_COLUMNS,
     SUBSCRIPTION_COLUMNS,
     SUBSCRIPTIONS_FROM,
     changed_spec,
@@ -246,11 +256,19 @@ class SQLiteStore(Store):
         return await self._writer.run(operation)
 
     async def add_subscription(
-        self, spec: SubscriptionSpec, now: float, *, key_id: str | None, secret: str | None
+        self,
+        spec: SubscriptionSpec,
+        now: float,
+        *,
+        key_id: str | None,
+        secret: str | None,
+        paused: bool = False,
     ) -> Subscription:
         def operation(conn: sqlite3.Connection) -> Subscription:
             subscription_id = _new_id(conn)
             self._insert_subscription(conn, subscription_id, spec, now, key_id, secret, None)
+            if paused:
+                conn.execute("UPDATE subscriptions SET paused = 1 WHERE id = ?", (subscription_id,))
             subscription = _subscription(conn, subscription_id)
             assert subscription is not None
             return subscription
@@ -491,6 +509,20 @@ class SQLiteStore(Store):
         )
         return [NodeInfo(*row) for row in rows]
 
+    async def save_receiver_health(self, health: Sequence[ReceiverHealth]) -> None:
+        rows = [health_row(h) for h in health]
+
+        def operation(conn: sqlite3.Connection) -> None:
+            conn.executemany(_SAVE_HEALTH, rows)
+
+        # Not durable: a crash loses at most the last few seconds of health.
+        await self._writer.run(operation, durable=False)
+
+    async def receiver_health(self) -> list[ReceiverHealth]:
+        return await self._writer.run(
+            lambda conn: health_from_rows(conn.execute(load_health_sql("1")))
+        )
+
     async def connections(self) -> list[Connection]:
         def operation(conn: sqlite3.Connection) -> list[Connection]:
             rows = conn.execute(
@@ -536,6 +568,7 @@ class SQLiteStore(Store):
                 )
             ]
             conn.executemany("DELETE FROM deliveries WHERE message_seq = ?", seqs)
+            conn.executemany("DELETE FROM delivery_attempts WHERE message_seq = ?", seqs)
             conn.executemany("DELETE FROM messages WHERE seq = ?", seqs)
             keys = conn.execute(
                 "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM "
@@ -593,18 +626,8 @@ class SQLiteStore(Store):
 
         return await self._writer.run(operation, durable=False)
 
-    async def ack(self, delivery: Delivery, *, now: float = 0.0, status: int | None = None) -> None:
-        await self._settlements.submit(Settlement(delivery, now, status))
-
-    async def retry(
-        self, delivery: Delivery, *, due_at: float, error: str, status: int | None
-    ) -> None:
-        await self._settlements.submit(Settlement(delivery, due_at, status, error, due_at=due_at))
-
-    async def dead_letter(
-        self, delivery: Delivery, *, now: float, error: str, status: int | None
-    ) -> None:
-        await self._settlements.submit(Settlement(delivery, now, status, error, dead=True))
+    async def _settle(self, settlement: Settlement) -> None:
+        await self._settlements.submit(settlement)
 
     async def renew(
         self, deliveries: Sequence[Delivery], *, now: float, lease_seconds: float
@@ -691,7 +714,9 @@ class SQLiteStore(Store):
 
         return await self._writer.run(operation)
 
-    async def redrive(self, now: float, receiver_id: int | None = None) -> int:
+    async def redrive(
+        self, now: float, receiver_id: int | None = None, *, message_id: str | None = None
+    ) -> int:
         def operation(conn: sqlite3.Connection) -> int:
             sql = (
                 "UPDATE deliveries SET state = 'pending', attempts = 0, due_at = ?, "
@@ -700,22 +725,24 @@ class SQLiteStore(Store):
                 "(SELECT id FROM subscriptions WHERE active = 1)) OR "
                 "group_id IN (SELECT id FROM groups WHERE active = 1))"
             )
-            params: tuple[float, ...] | tuple[float, int] = (now,)
-            if receiver_id is not None:
-                sql += " AND subscription_id = ?"
-                params = (now, receiver_id)
-            return conn.execute(sql, params).rowcount
+            where, params = _dead_letters_of(receiver_id, message_id)
+            return conn.execute(sql + where, (now, *params)).rowcount
 
         return await self._writer.run(operation)
 
-    async def purge_dead_letters(self, subscription_id: int | None = None, *, now: float) -> int:
+    async def purge_dead_letters(
+        self,
+        subscription_id: int | None = None,
+        *,
+        now: float,
+        message_id: str | None = None,
+    ) -> int:
         def operation(conn: sqlite3.Connection) -> int:
-            sql = "DELETE FROM deliveries WHERE state = 'dead'"
-            params: tuple[int, ...] = ()
-            if subscription_id is not None:
-                sql += " AND subscription_id = ?"
-                params = (subscription_id,)
-            seqs = conn.execute(sql + " RETURNING message_seq", params).fetchall()
+            where, params = _dead_letters_of(subscription_id, message_id)
+            seqs = conn.execute(
+                f"DELETE FROM deliveries WHERE state = 'dead'{where} RETURNING message_seq",
+                params,
+            ).fetchall()
             self._tallies.add_stored(-finish_messages(conn, {seq for (seq,) in seqs}, now))
             return len(seqs)
 
@@ -821,6 +848,25 @@ class SQLiteStore(Store):
         worker thread: WAL lets it read beside the writer, so a scan of a large backlog
         never holds up a group commit."""
         return await asyncio.to_thread(_read_only, self.path, sql)
+
+
+_SAVE_HEALTH = save_health_sql(["?"] * (len(HEALTH_COLUMNS) + 1))
+
+
+def _dead_letters_of(
+    subscription_id: int | None, message_id: str | None
+) -> tuple[str, tuple[int | str, ...]]:
+    """The WHERE conditions (after `state = 'dead'`) that pick one subscription's dead
+    letters, one message's, or both: the one dead letter."""
+    where = ""
+    params: list[int | str] = []
+    if subscription_id is not None:
+        where += " AND subscription_id = ?"
+        params.append(subscription_id)
+    if message_id is not None:
+        where += " AND message_seq = (SELECT seq FROM messages WHERE id = ?)"
+        params.append(message_id)
+    return where, tuple(params)
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:
@@ -1091,11 +1137,17 @@ def _stored_message(conn: sqlite3.Connection, message_id: str, now: float) -> St
     if row is None:
         return None
     seq, topic, body, attributes, ordering_key, published_at, deliver_at = row
+    kept = histories(
+        conn.execute(
+            f"SELECT {HISTORY_COLUMNS} FROM delivery_attempts WHERE message_seq = ? "
+            "ORDER BY delivery_id, id",
+            (seq,),
+        )
+    )
     deliveries = [
-        delivery_status(now, *delivery)
-        for delivery in conn.execute(
-            "SELECT d.subscription_id, g.name, d.state, d.attempts, d.last_status, "
-            "d.last_error, d.due_at, d.lease, d.delivered_at FROM deliveries d "
+        delivery_status(now, *delivery, history=kept.get(delivery_id, ()))
+        for delivery_id, *delivery in conn.execute(
+            f"SELECT d.id, {DELIVERY_STATUS_COLUMNS} FROM deliveries d "
             "LEFT JOIN groups g ON g.id = d.group_id WHERE d.message_seq = ? ORDER BY d.id",
             (seq,),
         )

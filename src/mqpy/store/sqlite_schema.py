@@ -163,7 +163,40 @@ MIGRATIONS: list[str] = [
     CREATE INDEX waiting_by_topic ON waiting (topic, seq);
     DROP INDEX messages_waiting;
     """,
-    # 5: what processes sharing the file (`mqpy serve --processes N`) tell each other:
+    # 5: each delivery's attempts (store/history.py), written with the settlements
+    # they record. By message: a message's journey is read, and swept, by its seq.
+    """
+    CREATE TABLE delivery_attempts (
+        id INTEGER PRIMARY KEY,
+        message_seq INTEGER NOT NULL,
+        delivery_id INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        subscription_id INTEGER NOT NULL,
+        sent_at REAL NOT NULL,
+        duration REAL,
+        outcome TEXT NOT NULL,
+        status INTEGER,
+        error TEXT
+    );
+    CREATE INDEX delivery_attempts_by_message ON delivery_attempts (message_seq, delivery_id);
+    """,
+    # 6: each receiver's health (domain.ReceiverHealth), saved every few seconds and at
+    # shutdown, so `mqpy status` still knows it after a restart.
+    """
+    CREATE TABLE receiver_health (
+        subscription_id INTEGER PRIMARY KEY,
+        last_success_at REAL,
+        last_failure_at REAL,
+        consecutive_failures INTEGER NOT NULL,
+        unavailable INTEGER NOT NULL,
+        last_error TEXT,
+        last_status INTEGER,
+        last_message_id TEXT,
+        last_attempt INTEGER,
+        changed_at REAL NOT NULL
+    );
+    """,
+    # 7: what processes sharing the file (`mqpy serve --processes N`) tell each other:
     # a version that every change to connections, subscriptions or keys moves, so each
     # knows its cached routes are stale, and the list of live processes.
     """

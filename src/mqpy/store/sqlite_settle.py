@@ -15,6 +15,7 @@ import threading
 from collections.abc import Collection, Sequence
 
 from mqpy.store.batching import Settlement
+from mqpy.store.history import MAX_ATTEMPTS_KEPT, attempt_row, failures
 from mqpy.store.rows import chunks
 from mqpy.store.sqlite_tallies import Tallies
 from mqpy.store.sqlite_writer import GroupCommitWriter
@@ -22,6 +23,19 @@ from mqpy.store.sqlite_writer import GroupCommitWriter
 _RETRY = (
     "UPDATE deliveries SET due_at = ?, lease = NULL, last_error = ?, last_status = ? "
     "WHERE id = ? AND lease = ?"
+)
+# An attempt's history row, for a delivery whose lease still holds (before the outcome
+# clears it). VALUES columns: attempt_row()'s.
+_RECORD_ATTEMPTS = (
+    "INSERT INTO delivery_attempts (message_seq, delivery_id, attempt, subscription_id, "
+    "sent_at, duration, outcome, status, error) SELECT d.message_seq, v.column1, v.column3, "
+    "v.column4, v.column5, v.column6, v.column7, v.column8, v.column9 FROM (VALUES {values}) "
+    "AS v JOIN deliveries d ON d.id = v.column1 AND d.lease = v.column2"
+)
+_TRIM_ATTEMPTS = (
+    "DELETE FROM delivery_attempts WHERE id IN (SELECT id FROM delivery_attempts "
+    "WHERE message_seq = (SELECT message_seq FROM deliveries WHERE id = ?1) "
+    f"AND delivery_id = ?1 ORDER BY id DESC LIMIT -1 OFFSET {MAX_ATTEMPTS_KEPT})"
 )
 _DEAD_LETTER = (
     "UPDATE deliveries SET state = 'dead', dead_at = ?, lease = NULL, last_error = ?, "
@@ -91,6 +105,7 @@ def _answer(operation: asyncio.Future[None], taken: list[_Waiting]) -> None:
 def settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], tallies: Tallies) -> None:
     """Record every settlement whose lease still holds; the others were taken over,
     and whoever holds the lease now reports the outcome."""
+    record_attempts(conn, settlements)
     retries = [s for s in settlements if s.due_at is not None]
     if retries:
         conn.executemany(_RETRY, [_failure_row(s, s.due_at) for s in retries])
@@ -125,6 +140,16 @@ def settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], tallies:
                 "UPDATE counters SET value = value + ? WHERE name = 'delivered'", (len(rows),)
             )
     tallies.add_stored(-finish_messages(conn, seqs, max(s.at for s in acks)))
+
+
+def record_attempts(conn: sqlite3.Connection, settlements: Sequence[Settlement]) -> None:
+    """Add each attempt to its delivery's history; trim the histories of the failed
+    ones to the newest MAX_ATTEMPTS_KEPT (an ack ends a journey: no trim needed)."""
+    for chunk in chunks(settlements, 200):  # 9 parameters each
+        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+        params = [value for s in chunk for value in attempt_row(s)]
+        conn.execute(_RECORD_ATTEMPTS.format(values=values), params)
+    conn.executemany(_TRIM_ATTEMPTS, [(delivery_id,) for delivery_id in failures(settlements)])
 
 
 def finish_messages(conn: sqlite3.Connection, seqs: Collection[int], now: float) -> int:
