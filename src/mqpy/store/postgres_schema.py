@@ -166,6 +166,11 @@ MIGRATIONS: list[str] = [
         autovacuum_vacuum_threshold = 1000);
     ALTER TABLE topic_counts SET (fillfactor = 50);
     """,
+    # 2: pull subscriptions: consumers ask for their deliveries instead of the broker
+    # POSTing them (their url is empty; their ack deadline is in settings).
+    """
+    ALTER TABLE subscriptions ADD COLUMN kind text NOT NULL DEFAULT 'push';
+    """,
 ]
 
 

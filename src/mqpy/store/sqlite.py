@@ -12,7 +12,7 @@ import functools
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -70,6 +70,7 @@ from mqpy.store.rows import (
     subscription_from_row,
 )
 from mqpy.store.sqlite_claim import claim as claim_due
+from mqpy.store.sqlite_claim import leased as leased_due
 from mqpy.store.sqlite_schema import migrate
 from mqpy.store.sqlite_settle import SettlementQueue, finish_messages
 from mqpy.store.sqlite_tallies import Tallies
@@ -226,7 +227,7 @@ class SQLiteStore(Store):
             group_id, new_target = _join_group(conn, spec, now)
         conn.execute(
             "INSERT INTO subscriptions (id, topic, url, created_at, secret, group_id, filter, "
-            "settings, key_id, connection_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "settings, key_id, connection_id, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 subscription_id,
                 spec.topic,
@@ -238,6 +239,7 @@ class SQLiteStore(Store):
                 dump_settings(spec),
                 key_id,
                 connection_id,
+                spec.kind.value,
             ),
         )
         if not is_pattern(spec.topic):
@@ -516,6 +518,7 @@ class SQLiteStore(Store):
         lease_seconds: float,
         per_subscription_limit: int,
         busy: Mapping[int, int],
+        for_subscription: int | None = None,
     ) -> Claim:
         def operation(conn: sqlite3.Connection) -> Claim:
             return claim_due(
@@ -526,9 +529,17 @@ class SQLiteStore(Store):
                 lease_seconds=lease_seconds,
                 per_subscription_limit=per_subscription_limit,
                 busy=busy,
+                for_subscription=for_subscription,
             )
 
         return await self._writer.run(operation, durable=False)
+
+    async def leased(
+        self, subscription_id: int, leases: Collection[tuple[int, str]], *, now: float
+    ) -> list[Delivery]:
+        return await self._writer.run(
+            lambda conn: leased_due(conn, self._routes_in(conn), subscription_id, leases, now)
+        )
 
     async def ack(self, delivery: Delivery, *, now: float = 0.0, status: int | None = None) -> None:
         await self._settlements.submit(Settlement(delivery, now, status))

@@ -163,6 +163,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX waiting_by_topic ON waiting (topic, seq);
     DROP INDEX messages_waiting;
     """,
+    # 5: pull subscriptions: consumers ask for their deliveries instead of the broker
+    # POSTing them (their url is empty; their ack deadline is in settings).
+    """
+    ALTER TABLE subscriptions ADD COLUMN kind TEXT NOT NULL DEFAULT 'push';
+    """,
 ]
 
 
