@@ -17,12 +17,14 @@ from mqpy.domain import (
     DEFAULT_TOPIC,
     BrokerError,
     BrokerStats,
+    Conflict,
     Connection,
     DeadLetter,
     Filter,
     Mode,
     NewMessage,
     NotASender,
+    NotPullable,
     Page,
     Publication,
     Published,
@@ -76,6 +78,25 @@ class DeliveryListener(Protocol):
 
     def subscription_changed(self, subscription: Subscription) -> None:
         """A subscription was made or its settings changed (pace, cap, pause)."""
+
+
+class DeliveryListeners:
+    """Several listeners told the same (the dispatcher, and pull consumers waiting)."""
+
+    def __init__(self, *listeners: DeliveryListener) -> None:
+        self._listeners = listeners
+
+    def notify(self) -> None:
+        for listener in self._listeners:
+            listener.notify()
+
+    def forget_subscription(self, subscription_id: int) -> None:
+        for listener in self._listeners:
+            listener.forget_subscription(subscription_id)
+
+    def subscription_changed(self, subscription: Subscription) -> None:
+        for listener in self._listeners:
+            listener.subscription_changed(subscription)
 
 
 class ReceiverGate(Protocol):
@@ -422,7 +443,8 @@ class Broker:
         if not principal.is_admin and principal.role is not Role.SUBSCRIBER:
             raise Forbidden("creating a subscription needs a subscriber or admin key")
         self._check_topic(spec.topic, principal)
-        await self._check_receiver(spec.url)
+        if not spec.is_pull:
+            await self._check_receiver(spec.url)
         secret = generate_secret()
         subscription = await self._store.add_subscription(
             spec, self._clock(), key_id=principal.key_id, secret=secret
@@ -460,10 +482,23 @@ class Broker:
             raise UnknownSubscription(subscription_id)
         return subscription
 
+    async def pullable(self, subscription_id: int, principal: Principal) -> Subscription:
+        """A pull subscription the caller may pull from and acknowledge: its own (or
+        any, for an admin). `NotPullable` for a push subscription."""
+        subscription = await self.subscription(subscription_id, principal)
+        if not subscription.spec.is_pull:
+            raise NotPullable(subscription_id)
+        return subscription
+
     async def update_subscription(
         self, subscription_id: int, changes: SubscriptionChanges, principal: Principal
     ) -> Subscription:
-        await self.subscription(subscription_id, principal)
+        current = await self.subscription(subscription_id, principal)
+        if changes.url is not None and current.spec.is_pull:
+            raise Conflict(
+                f"subscription {subscription_id} is a pull subscription, which has no url; "
+                "create a push subscription to have messages POSTed to a url"
+            )
         if changes.url is not None:
             await self._check_receiver(changes.url)
         updated = await self._store.update_subscription(subscription_id, changes)

@@ -15,6 +15,7 @@ from mqpy.api import (
     messages,
     metrics,
     openapi,
+    pull,
     receivers,
     seed,
     status,
@@ -31,6 +32,7 @@ from mqpy.api.state import (
     KEYRING,
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
+    PULLS,
 )
 from mqpy.api.types import Handler
 from mqpy.broker import Broker, Forbidden, RateLimited, ReceiverRefused
@@ -40,6 +42,7 @@ from mqpy.domain import (
     BrokerError,
     Conflict,
     NotASender,
+    NotPullable,
     StoreUnavailable,
     UnknownConnection,
     UnknownMessage,
@@ -48,6 +51,7 @@ from mqpy.domain import (
 )
 from mqpy.keyring import Keyring
 from mqpy.observability import Observer
+from mqpy.pull import PullService
 from mqpy.ratelimit import retry_after_header
 
 log = logging.getLogger("mqpy.api")
@@ -89,6 +93,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/subscriptions/{subscription_id}/pause", subscriptions.pause),
     ("POST", "/v1/subscriptions/{subscription_id}/resume", subscriptions.resume),
     ("POST", "/v1/subscriptions/{subscription_id}/rotate-secret", subscriptions.rotate_secret),
+    ("POST", "/v1/subscriptions/{subscription_id}/pull", pull.pull),
+    ("POST", "/v1/subscriptions/{subscription_id}/ack", pull.ack),
+    ("POST", "/v1/subscriptions/{subscription_id}/nack", pull.nack),
+    ("POST", "/v1/subscriptions/{subscription_id}/extend", pull.extend),
     ("GET", "/v1/subscriptions/{subscription_id}/dead-letters", dead_letters.list_for_subscription),
     (
         "POST",
@@ -108,6 +116,7 @@ def create_app(
     access: Access,
     keyring: Keyring,
     *,
+    pulls: PullService,
     observer: Observer,
     max_body_bytes: int,
     max_batch_bytes: int | None = None,
@@ -125,6 +134,7 @@ def create_app(
     app[BROKER] = broker
     app[ACCESS] = access
     app[KEYRING] = keyring
+    app[PULLS] = pulls
     app[status.OBSERVER] = observer
     app[BODY_TIMEOUT] = body_timeout
     for method, path, handler in ROUTES:
@@ -182,6 +192,8 @@ def _problem_for(error: BrokerError) -> Problem:
         return Problem(404, "unknown-message", str(error), id=error.message_id)
     if isinstance(error, UnknownTopic):
         return Problem(404, "unknown-topic", str(error), topic=error.topic)
+    if isinstance(error, NotPullable):
+        return Problem(409, "not-pullable", str(error), id=error.subscription_id)
     if isinstance(error, Conflict):
         return Problem(409, "conflict", str(error))
     if isinstance(error, BadCursor):
