@@ -10,6 +10,7 @@ from mqpy.access import Access
 from mqpy.api import (
     dashboard,
     dead_letters,
+    events,
     health,
     keys,
     messages,
@@ -97,6 +98,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/subscriptions/{subscription_id}/ack", pull.ack),
     ("POST", "/v1/subscriptions/{subscription_id}/nack", pull.nack),
     ("POST", "/v1/subscriptions/{subscription_id}/extend", pull.extend),
+    ("GET", "/v1/subscriptions/{subscription_id}/events", events.events),
     ("GET", "/v1/subscriptions/{subscription_id}/dead-letters", dead_letters.list_for_subscription),
     (
         "POST",
