@@ -23,6 +23,8 @@ from mqpy.client.calls import (
     Message,
     Mode,
     Published,
+    PulledMessage,
+    Settled,
 )
 from mqpy.client.errors import ConnectionFailed, MQError, NotFound
 from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy
@@ -166,6 +168,57 @@ class AsyncClient:
         batch = [calls.as_message(m) for m in messages]
         return await self._call(calls.publish_batch(topic, batch))
 
+    async def create_pull_subscription(
+        self,
+        topic: str = "default",
+        *,
+        group: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+        ack_deadline_seconds: float | None = None,
+    ) -> int:
+        """A pull subscription to `topic` (a name or pattern), in `group` and with
+        `filter` as a receiver takes them; returns its id, which `pull` takes. Pulled
+        messages stay leased for `ack_deadline_seconds` (1 to 600, default 30)."""
+        return await self._call(
+            calls.create_pull_subscription(topic, group, filter, ack_deadline_seconds)
+        )
+
+    async def delete_subscription(self, subscription_id: int) -> None:
+        """End a subscription; what it had not yet taken is dropped."""
+        return await self._call(calls.delete_subscription(subscription_id))
+
+    async def pull(
+        self, subscription_id: int, *, max_messages: int = 100, wait_seconds: float = 0
+    ) -> list[PulledMessage]:
+        """Up to `max_messages` messages of a pull subscription, waiting up to
+        `wait_seconds` for a first one; as `Client.pull`."""
+        return await self._call(calls.pull(subscription_id, max_messages, wait_seconds))
+
+    async def ack(self, subscription_id: int, messages: Sequence[str | PulledMessage]) -> Settled:
+        """Done with these pulled messages (or ack ids); as `Client.ack`."""
+        ack_ids = calls.ack_ids_of(messages)
+        return await self._call(calls.settle(subscription_id, "ack", ack_ids))
+
+    async def nack(
+        self,
+        subscription_id: int,
+        messages: Sequence[str | PulledMessage],
+        *,
+        delay_seconds: float | None = None,
+    ) -> Settled:
+        """Due again after `delay_seconds` (else the backoff); as `Client.nack`."""
+        ack_ids = calls.ack_ids_of(messages)
+        return await self._call(
+            calls.settle(subscription_id, "nack", ack_ids, delay_seconds=delay_seconds)
+        )
+
+    async def extend(
+        self, subscription_id: int, messages: Sequence[str | PulledMessage], seconds: float
+    ) -> Settled:
+        """Keep these leased for `seconds` from now; as `Client.extend`."""
+        ack_ids = calls.ack_ids_of(messages)
+        return await self._call(calls.settle(subscription_id, "extend", ack_ids, seconds=seconds))
+
     async def _publish_from_sender(self, body: str) -> str:
         sender_id = await self._publisher()
         try:
@@ -225,7 +278,12 @@ class AsyncClient:
         url = self.endpoint.url + call.path
         try:
             async with self._http().request(
-                call.method, url, data=payload, headers=headers, allow_redirects=False
+                call.method,
+                url,
+                data=payload,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeouts(call.wait),
             ) as response:
                 body = await response.read()
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
@@ -247,16 +305,20 @@ class AsyncClient:
                 connector=aiohttp.TCPConnector(
                     limit=_POOL_SIZE, keepalive_timeout=_KEEPALIVE_SECONDS, ssl=self._ssl
                 ),
-                # Per phase, not in total, so that as in the sync client a timeout while
-                # connecting means the request was never sent.
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=self._timeout, sock_read=self._timeout
-                ),
+                timeout=self._timeouts(0.0),
                 # The broker never redirects, and following one would carry the key away;
                 # proxies from the environment are not used (trust_env is off).
                 trust_env=False,
             )
         return self._session
+
+    def _timeouts(self, wait: float) -> aiohttp.ClientTimeout:
+        # Per phase, not in total, so that as in the sync client a timeout while
+        # connecting means the request was never sent. A long poll's answer may take
+        # `wait` longer on purpose.
+        return aiohttp.ClientTimeout(
+            total=None, connect=self._timeout, sock_read=self._timeout + wait
+        )
 
 
 def _describe(error: BaseException) -> str:
