@@ -96,6 +96,8 @@ async def test_a_pull_subscription_is_listed_with_its_kind_and_gets_no_push(api:
     assert (shown["group"], shown["filter"]) == ("g", {"region": "eu"})
     listed = await api.ok("GET", "/v1/subscriptions")
     assert [s["kind"] for s in listed["subscriptions"] if s["id"] == sid] == ["pull"]
+    feed = await api.ok("GET", "/v1/status")
+    assert [r["kind"] for r in feed["receivers"] if r["id"] == sid] == ["pull"]
     default = await api.ok("POST", "/v1/subscriptions", {"kind": "pull"}, status=201)
     assert default["ack_deadline_seconds"] == 30 and default["topic"] == "default"
 
