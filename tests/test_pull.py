@@ -324,3 +324,26 @@ async def test_a_pull_through_one_node_takes_what_another_node_accepted(
     acked = await through_b.settle(sid, "ack", [message["ack_id"]])
     assert acked["acked"] == [message["ack_id"]]
     assert await through_a.pull(sid, wait=DEADLINE + 1.5) == []
+
+
+async def test_ten_thousand_messages_pulled_500_at_a_time_none_lost_none_twice(
+    api: Api,
+) -> None:
+    deadline = 10
+    sid = await api.pull_subscription("bulk", ack_deadline_seconds=deadline)
+    published: list[str] = []
+    for start in range(0, 10_000, 1000):
+        batch = {"messages": [{"body": f"m{n}"} for n in range(start, start + 1000)]}
+        answer = await api.ok("POST", "/v1/topics/bulk/messages", batch)
+        published += [result["id"] for result in answer["results"]]
+    taken: list[str] = []
+    async with asyncio.timeout(120):
+        while len(taken) < len(published):
+            messages = await api.pull(sid, max_messages=500, wait=5)
+            assert len(messages) <= 500
+            acked = await api.settle(sid, "ack", [m["ack_id"] for m in messages])
+            assert acked["expired"] == []
+            taken += [m["message_id"] for m in messages]
+    assert len(taken) == len(set(taken)) == 10_000
+    assert set(taken) == set(published)
+    assert await api.pull(sid, wait=deadline + 1) == [], "an acked message came again"
