@@ -7,6 +7,7 @@ problem+json."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -347,3 +348,19 @@ async def test_ten_thousand_messages_pulled_500_at_a_time_none_lost_none_twice(
     assert len(taken) == len(set(taken)) == 10_000
     assert set(taken) == set(published)
     assert await api.pull(sid, wait=deadline + 1) == [], "an acked message came again"
+
+
+async def test_what_a_long_poll_took_for_a_client_that_left_is_due_again_at_once(
+    api: Api,
+) -> None:
+    sid = await api.pull_subscription("left", ack_deadline_seconds=600)
+    leaving = asyncio.create_task(api.pull(sid, wait=20))
+    await asyncio.sleep(0.3)
+    leaving.cancel()  # closes its connection while the server waits for a message
+    with contextlib.suppress(asyncio.CancelledError):
+        await leaving
+    await asyncio.sleep(0.3)
+    await api.publish("left", "for whoever stays")
+    # Not leased to the client that left for its 600 s deadline: the next pull has it.
+    (message,) = await api.pull_until(sid, 1)
+    assert (message["body"], message["attempt"]) == ("for whoever stays", 1)

@@ -6,7 +6,8 @@ JSON (what a pull answers). A comment line every HEARTBEAT_SECONDS keeps proxies
 closing an idle stream. With `?ack=auto` each message is acked once written to the
 stream (at most once: one written as the connection dropped is lost); otherwise the
 client acks through POST .../ack, and whatever it leaves unacked, on a stream that
-dropped too, comes again after the ack deadline.
+dropped too, comes again after the ack deadline. What was pulled for a stream but not
+yet written when it dropped is due again at once.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import msgspec
 from aiohttp import web
 
 from mqpy.api.problems import invalid_field
+from mqpy.api.pull import client_gone
 from mqpy.api.state import PULLS, broker_of, principal_of
 from mqpy.api.subscriptions import subscription_id
 from mqpy.api.views import pulled_message_view
-from mqpy.domain import NotPullable, UnknownSubscription
+from mqpy.domain import NotPullable, StoreUnavailable, UnknownSubscription
 from mqpy.pull import AckId, Pulled
 
 HEARTBEAT_SECONDS = 15.0
@@ -48,13 +50,13 @@ async def events(request: web.Request) -> web.StreamResponse:
     pulls = request.app[PULLS]
     try:
         await response.write(b": connected\n\n")
-        while not pulls.stopping and not _gone(request):
+        while not pulls.stopping and not client_gone(request):
             try:
                 pulled = await pulls.pull(
                     target, principal, max_messages=STREAM_BATCH, wait_seconds=HEARTBEAT_SECONDS
                 )
-            except (UnknownSubscription, NotPullable):
-                break  # deleted meanwhile: the stream ends
+            except (UnknownSubscription, NotPullable, StoreUnavailable):
+                break  # deleted meanwhile, or the store is down: the stream ends
             if not pulled:
                 await response.write(b": heartbeat\n\n")
                 continue
@@ -64,16 +66,14 @@ async def events(request: web.Request) -> web.StreamResponse:
                     await response.write(_event(message))
                     written.append(message.ack_id)
             finally:
+                # What the stream could not take is due again at once; what it took
+                # waits for its ack (or, with ack=auto, is acked now).
+                await pulls.give_back(pulled[len(written) :])
                 if auto_ack and written:
                     await pulls.ack(target, principal, written)
     except ConnectionResetError:
         pass  # the client went away; its unacked messages come again after the deadline
     return response
-
-
-def _gone(request: web.Request) -> bool:
-    """The client closed the connection: pull nothing more for it."""
-    return request.transport is None or request.transport.is_closing()
 
 
 def _ack_mode(request: web.Request) -> str:

@@ -16,12 +16,16 @@ from mqpy.pull import AckId
 
 async def pull(request: web.Request) -> web.Response:
     body = convert(await read_object(request, fold_case=False), PullBody)
-    pulled = await request.app[PULLS].pull(
+    pulls = request.app[PULLS]
+    pulled = await pulls.pull(
         subscription_id(request),
         principal_of(request),
         max_messages=body.max_messages,
         wait_seconds=body.wait_seconds,
     )
+    if client_gone(request):
+        # It gave up during the long poll: nobody would see these until the deadline.
+        await pulls.give_back(pulled)
     return json_response(PulledView(messages=[pulled_message_view(p) for p in pulled]))
 
 
@@ -52,6 +56,11 @@ async def extend(request: web.Request) -> web.Response:
     return json_response(
         ExtendedView(extended=_texts(settled.done), expired=_texts(settled.expired))
     )
+
+
+def client_gone(request: web.Request) -> bool:
+    """The client closed the connection: what it would be sent now is lost."""
+    return request.transport is None or request.transport.is_closing()
 
 
 def parse_ack_ids(texts: list[str]) -> list[AckId]:

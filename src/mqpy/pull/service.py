@@ -155,6 +155,13 @@ class PullService:
         await self._store.dead_letter(delivery, now=now, error=error, status=None)
         return True
 
+    async def give_back(self, pulled: Sequence[Pulled]) -> None:
+        """Messages pulled for a consumer that went away before they reached it: due
+        again at once, their attempt undone, rather than after the ack deadline."""
+        if pulled:
+            await self._store.release([p.delivery for p in pulled], self._clock())
+            self.notify()
+
     async def ack(
         self, subscription_id: int, principal: Principal, ack_ids: Sequence[AckId]
     ) -> Settled:
