@@ -4,6 +4,7 @@ client's timeout, ack, nack and extend with their per-id answers, and AsyncClien
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -56,3 +57,22 @@ async def test_the_async_client_pulls_what_is_published_while_it_waits(
         assert message.message_id == published.id
         assert (await client.ack(subscription, [message])).done == [message.ack_id]
         assert await client.pull(subscription, wait_seconds=1.5) == []
+
+
+async def test_the_async_client_streams_messages_and_refuses_a_push_subscription(
+    broker: ServerProcess,
+) -> None:
+    async with mqpy.AsyncClient(broker.url) as client:
+        subscription = await client.create_pull_subscription("feed", ack_deadline_seconds=60)
+        await client.publish_batch("feed", ["e1", "e2"])
+        got = []
+        async with asyncio.timeout(10), contextlib.aclosing(client.stream(subscription)) as events:
+            async for message in events:
+                got.append(message)
+                if len(got) == 2:
+                    break
+        assert [(m.body, m.attempt) for m in got] == [("e1", 1), ("e2", 1)]
+        assert (await client.ack(subscription, got)).done == [m.ack_id for m in got]
+        with pytest.raises(NotFound):
+            async for _ in client.stream(123):
+                pass

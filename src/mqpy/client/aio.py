@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -26,7 +26,7 @@ from mqpy.client.calls import (
     PulledMessage,
     Settled,
 )
-from mqpy.client.errors import ConnectionFailed, MQError, NotFound
+from mqpy.client.errors import ConnectionFailed, MQError, NotFound, error_from_answer
 from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy
 from mqpy.retry_after import parse_retry_after
 
@@ -218,6 +218,36 @@ class AsyncClient:
         """Keep these leased for `seconds` from now; as `Client.extend`."""
         ack_ids = calls.ack_ids_of(messages)
         return await self._call(calls.settle(subscription_id, "extend", ack_ids, seconds=seconds))
+
+    async def stream(
+        self, subscription_id: int, *, auto_ack: bool = False
+    ) -> AsyncGenerator[PulledMessage, None]:
+        """A pull subscription's messages as they come, over one Server-Sent Events
+        connection, until it ends (the subscription deleted, the broker stopping).
+        Ack them with `ack` (what is left unacked comes again after the deadline), or
+        pass `auto_ack` to have the broker ack each once sent (at most once)."""
+        query = "?ack=auto" if auto_ack else ""
+        url = f"{self.endpoint.url}/v1/subscriptions/{int(subscription_id)}/events{query}"
+        headers = {**calls.request_headers(self._key, False), "Accept": "text/event-stream"}
+        reader = calls.EventReader()
+        try:
+            async with self._http().get(
+                url,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeouts(calls.STREAM_HEARTBEAT_SECONDS),
+            ) as response:
+                if response.status != 200:
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    raise error_from_answer(response.status, await response.read(), retry_after)
+                async for line in response.content:
+                    message = reader.line(line)
+                    if message is not None:
+                        yield message
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise ConnectionFailed(
+                f"the stream from {self.url} broke: {_describe(error)}", request_sent=True
+            ) from None
 
     async def _publish_from_sender(self, body: str) -> str:
         sender_id = await self._publisher()

@@ -336,19 +336,42 @@ def _pull_path(subscription_id: int, verb: str) -> str:
 
 
 def _pulled(value: Any) -> list[PulledMessage]:
-    return [
-        PulledMessage(
-            ack_id=_text(m["ack_id"]),
-            message_id=_text(m["message_id"]),
-            topic=_text(m["topic"]),
-            body=_text(m["body"]),
-            attributes={str(k): str(v) for k, v in m["attributes"].items()},
-            ordering_key=m.get("ordering_key"),
-            published_at=_text(m["published_at"]),
-            attempt=_integer(m["attempt"]),
-        )
-        for m in value["messages"]
-    ]
+    return [pulled_message(m) for m in value["messages"]]
+
+
+def pulled_message(m: Any) -> PulledMessage:
+    """One message as a pull (or an event of a stream) shows it."""
+    return PulledMessage(
+        ack_id=_text(m["ack_id"]),
+        message_id=_text(m["message_id"]),
+        topic=_text(m["topic"]),
+        body=_text(m["body"]),
+        attributes={str(k): str(v) for k, v in m["attributes"].items()},
+        ordering_key=m.get("ordering_key"),
+        published_at=_text(m["published_at"]),
+        attempt=_integer(m["attempt"]),
+    )
+
+
+# The broker writes a comment line to an idle stream this often.
+STREAM_HEARTBEAT_SECONDS = 15.0
+
+
+class EventReader:
+    """Server-Sent Events, line by line, as the messages they carry."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def line(self, raw: bytes) -> PulledMessage | None:
+        """The message an event ends with at this line, if it ends here."""
+        line = raw.decode().rstrip("\r\n")
+        if line.startswith("data:"):
+            self._data.append(line[5:].removeprefix(" "))
+        elif not line and self._data:
+            data, self._data = "\n".join(self._data), []
+            return pulled_message(json.loads(data))
+        return None
 
 
 def _settled(done: str) -> Callable[[Any], Settled]:
