@@ -303,7 +303,10 @@ async def test_bad_pull_requests_answer_problems(api: Api, broker: ServerProcess
     ]
     for body in bad_subscriptions:
         await api.problem("POST", "/v1/subscriptions", body, 400)
-    await api.problem("PATCH", base, {"url": "http://127.0.0.1:9/h"}, 409)
+    for change in ({"url": "http://127.0.0.1:9/h"}, {"max_concurrency": 2}, {"max_per_second": 5}):
+        await api.problem("PATCH", base, change, 409)
+    changed = await api.ok("PATCH", base, {"retry_policy": {"max_attempts": 4}})
+    assert (changed["kind"], changed["retry_policy"]["max_attempts"]) == ("pull", 4)
     unknown = await api.settle(sid, "ack", ["1-" + "0" * 24])
     assert unknown == {"acked": [], "expired": ["1-" + "0" * 24]}
 

@@ -494,11 +494,8 @@ class Broker:
         self, subscription_id: int, changes: SubscriptionChanges, principal: Principal
     ) -> Subscription:
         current = await self.subscription(subscription_id, principal)
-        if changes.url is not None and current.spec.is_pull:
-            raise Conflict(
-                f"subscription {subscription_id} is a pull subscription, which has no url; "
-                "create a push subscription to have messages POSTed to a url"
-            )
+        if current.spec.is_pull:
+            _check_pull_changes(subscription_id, changes)
         if changes.url is not None:
             await self._check_receiver(changes.url)
         updated = await self._store.update_subscription(subscription_id, changes)
@@ -647,6 +644,22 @@ def _deliver_at(publication: Publication, now: float) -> float | None:
     if publication.delay_seconds:
         return now + publication.delay_seconds
     return None
+
+
+def _check_pull_changes(subscription_id: int, changes: SubscriptionChanges) -> None:
+    """A pull subscription has no url, and no pace or cap: its consumers take what they
+    ask for."""
+    pushing = {
+        "url": changes.url is not None,
+        "max_concurrency": changes.max_concurrency is not None,
+        "max_per_second": changes.max_per_second is not None,
+    }
+    for name, given in pushing.items():
+        if given:
+            raise Conflict(
+                f"subscription {subscription_id} is a pull subscription, which has no "
+                f"{name}: that is a push subscription's; create one to have messages POSTed"
+            )
 
 
 def _check_owner(connection: Connection, principal: Principal) -> None:
