@@ -58,7 +58,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 HOST = "127.0.0.1"
 LISTENING = f"listening on http://{HOST}:"
-PHASES = ("publish", "delivery", "stream", "latency", "routing", "batch", "flaky")
+PHASES = ("publish", "delivery", "stream", "latency", "routing", "batch", "flaky", "pull")
+# Messages per pull (and per ack) in the pull figure.
+PULL_BATCH = 500
 # What a broker speaking only the seed protocol can be measured on (--compare).
 SEED_PHASES = ("publish", "delivery", "stream", "latency")
 BATCH_TOPIC = "bench.batch"
@@ -718,6 +720,40 @@ class Bench:
             server.stop()
         return figure
 
+    def pulled(self) -> Figure:
+        """Messages per second one consumer pulls and acks, PULL_BATCH at a time, from a
+        pull subscription holding N messages published before."""
+        plan = self.plan
+        figure = Figure("pull", unit="msg/s")
+        server = self.server("pull")
+        try:
+            body = {"kind": "pull", "topic": DEFAULT_TOPIC}
+            subscription = http_json("POST", f"{server.url}/v1/subscriptions", body)["id"]
+            self.preload(server, plan.delivery_messages)
+            base = f"{server.url}/v1/subscriptions/{subscription}"
+            with self.profiler.record(server.pid, "pull"):
+                meter = Meter(self.watches(server)).start()
+                started = time.monotonic()
+                taken = 0
+                while taken < plan.delivery_messages:
+                    if time.monotonic() - started > plan.delivery_timeout:
+                        raise RuntimeError(f"pulled {taken} of {plan.delivery_messages} in time")
+                    ask = {"max_messages": PULL_BATCH, "wait_seconds": 5}
+                    messages = http_json("POST", f"{base}/pull", ask)["messages"]
+                    if messages:
+                        acks = {"ack_ids": [m["ack_id"] for m in messages]}
+                        if http_json("POST", f"{base}/ack", acks)["expired"]:
+                            raise RuntimeError("an ack id expired before its ack")
+                    taken += len(messages)
+                elapsed = time.monotonic() - started
+                figure.usage = Usage.of(meter.usage())
+            figure.value = taken / elapsed
+            figure.details.update(figure.usage.per_item_us(taken))
+            figure.details.update(messages=taken, batch=PULL_BATCH, seconds=elapsed)
+        finally:
+            server.stop()
+        return figure
+
     def delivery_to_many(self) -> Figure:
         """Deliveries per second to `receivers` receivers, every delivery counted.
 
@@ -1062,6 +1098,9 @@ def render_table(figures: dict[str, Figure], header: str, publishers: int) -> st
             row(f"batch publish, {size:,} per request", name, figure.value, figure.unit, figure)
         elif name == "flaky":
             row("a receiver failing 60% at random", name, figure.value, figure.unit, figure)
+        elif name == "pull":
+            label = f"pulled and acked, {PULL_BATCH} at a time"
+            row(label, name, figure.value, figure.unit, figure)
         elif name == "latency":
             rate = figure.details.get("rate", 0)
             for p in ("p50", "p99"):
@@ -1120,6 +1159,11 @@ def _describe(figure: Figure) -> str:
         parts.append(
             f"at most {d['most_hanging_at_once']} hanging at once "
             f"(--delivery-timeout {d['delivery_timeout_s']:g}s)"
+        )
+    elif figure.name == "pull" and d:
+        parts.append(
+            f"{d['messages']:,} messages pulled and acked {d['batch']} at a time "
+            f"in {d['seconds']:.2f} s"
         )
     elif figure.name == "latency" and d:
         parts.append(f"{d['delivered']:,} of {d['sent']:,} delivered")
@@ -1483,6 +1527,7 @@ def figure_steps(bench: Bench) -> dict[str, list[tuple[str, Callable[[], Figure]
         "routing": [("routing", bench.routing)],
         "batch": [("batch", bench.batch_publish)],
         "flaky": [("flaky", bench.flaky_receiver)],
+        "pull": [("pull", bench.pulled)],
     }
 
 

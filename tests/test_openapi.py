@@ -139,6 +139,16 @@ def test_real_answers_match_the_document(base: str, document: dict[str, Any]) ->
     one_dead = f"/v1/subscriptions/{sid}/dead-letters/msg_none"
     check("POST", dead + "/{message_id}/redrive", one_dead + "/redrive", expect=404)
     check("DELETE", dead + "/{message_id}", one_dead, expect=404)
+    # Pull subscriptions (a push one refuses to be pulled or streamed).
+    pulled = check("POST", "/v1/subscriptions", body={"kind": "pull", "topic": "doc.pull"})["id"]
+    check("POST", "/v1/topics/{topic}/messages", "/v1/topics/doc.pull/messages", {"body": "p"})
+    got = check("POST", one + "/pull", f"/v1/subscriptions/{pulled}/pull", {}, expect=200)
+    ack_ids = [got["messages"][0]["ack_id"]]
+    for verb, fields in (("extend", {"seconds": 5}), ("nack", {"delay_seconds": 0}), ("ack", {})):
+        path = f"/v1/subscriptions/{pulled}/{verb}"
+        check("POST", f"{one}/{verb}", path, {"ack_ids": ack_ids, **fields}, expect=200)
+    check("POST", one + "/pull", f"/v1/subscriptions/{sid}/pull", {}, expect=409)
+    check("GET", one + "/events", f"/v1/subscriptions/{sid}/events", expect=409)
     # Publishing, topics, messages.
     publish = "/v1/topics/{topic}/messages"
     published = check("POST", publish, "/v1/topics/doc.one/messages", {"body": "a"}, expect=201)

@@ -17,12 +17,14 @@ from mqpy.domain import (
     DEFAULT_TOPIC,
     BrokerError,
     BrokerStats,
+    Conflict,
     Connection,
     DeadLetter,
     Filter,
     Mode,
     NewMessage,
     NotASender,
+    NotPullable,
     Page,
     Publication,
     Published,
@@ -77,6 +79,25 @@ class DeliveryListener(Protocol):
 
     def subscription_changed(self, subscription: Subscription) -> None:
         """A subscription was made or its settings changed (pace, cap, pause)."""
+
+
+class DeliveryListeners:
+    """Several listeners told the same (the dispatcher, and pull consumers waiting)."""
+
+    def __init__(self, *listeners: DeliveryListener) -> None:
+        self._listeners = listeners
+
+    def notify(self) -> None:
+        for listener in self._listeners:
+            listener.notify()
+
+    def forget_subscription(self, subscription_id: int) -> None:
+        for listener in self._listeners:
+            listener.forget_subscription(subscription_id)
+
+    def subscription_changed(self, subscription: Subscription) -> None:
+        for listener in self._listeners:
+            listener.subscription_changed(subscription)
 
 
 class ReceiverGate(Protocol):
@@ -429,7 +450,8 @@ class Broker:
         if not principal.is_admin and principal.role is not Role.SUBSCRIBER:
             raise Forbidden("creating a subscription needs a subscriber or admin key")
         self._check_topic(spec.topic, principal)
-        await self._check_receiver(spec.url)
+        if not spec.is_pull:
+            await self._check_receiver(spec.url)
         secret = secret or generate_secret()
         subscription = await self._store.add_subscription(
             spec, self._clock(), key_id=principal.key_id, secret=secret, paused=paused
@@ -467,10 +489,20 @@ class Broker:
             raise UnknownSubscription(subscription_id)
         return subscription
 
+    async def pullable(self, subscription_id: int, principal: Principal) -> Subscription:
+        """A pull subscription the caller may pull from and acknowledge: its own (or
+        any, for an admin). `NotPullable` for a push subscription."""
+        subscription = await self.subscription(subscription_id, principal)
+        if not subscription.spec.is_pull:
+            raise NotPullable(subscription_id)
+        return subscription
+
     async def update_subscription(
         self, subscription_id: int, changes: SubscriptionChanges, principal: Principal
     ) -> Subscription:
-        await self.subscription(subscription_id, principal)
+        current = await self.subscription(subscription_id, principal)
+        if current.spec.is_pull:
+            _check_pull_changes(subscription_id, changes)
         if changes.url is not None:
             await self._check_receiver(changes.url)
         updated = await self._store.update_subscription(subscription_id, changes)
@@ -639,6 +671,22 @@ def _deliver_at(publication: Publication, now: float) -> float | None:
     if publication.delay_seconds:
         return now + publication.delay_seconds
     return None
+
+
+def _check_pull_changes(subscription_id: int, changes: SubscriptionChanges) -> None:
+    """A pull subscription has no url, and no pace or cap: its consumers take what they
+    ask for."""
+    pushing = {
+        "url": changes.url is not None,
+        "max_concurrency": changes.max_concurrency is not None,
+        "max_per_second": changes.max_per_second is not None,
+    }
+    for name, given in pushing.items():
+        if given:
+            raise Conflict(
+                f"subscription {subscription_id} is a pull subscription, which has no "
+                f"{name}: that is a push subscription's; create one to have messages POSTed"
+            )
 
 
 def _check_owner(connection: Connection, principal: Principal) -> None:

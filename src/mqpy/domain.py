@@ -94,9 +94,21 @@ class RetryOverrides:
     max_age_seconds: float | None = None
 
 
+class SubscriptionKind(enum.StrEnum):
+    """How a subscription's messages go out: the broker POSTs them to its `url`
+    (push), or consumers ask for them and acknowledge each (pull)."""
+
+    PUSH = "push"
+    PULL = "pull"
+
+
+# How long a pulled message stays leased to its consumer unless acked or extended.
+DEFAULT_ACK_DEADLINE_SECONDS = 30.0
+
+
 @dataclass(frozen=True, slots=True)
 class SubscriptionSpec:
-    """What a push subscription is asked to be."""
+    """What a subscription is asked to be. A pull subscription has no url (empty)."""
 
     url: str
     topic: str  # a topic name or a pattern (`orders.*`, `orders.>`)
@@ -105,6 +117,13 @@ class SubscriptionSpec:
     retry: RetryOverrides = RetryOverrides()
     max_concurrency: int | None = None  # deliveries in flight at once to this receiver
     max_per_second: float | None = None  # deliveries started per second
+    kind: SubscriptionKind = SubscriptionKind.PUSH
+    # Pull only: how long a pulled message is leased to its consumer.
+    ack_deadline_seconds: float = DEFAULT_ACK_DEADLINE_SECONDS
+
+    @property
+    def is_pull(self) -> bool:
+        return self.kind is SubscriptionKind.PULL
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +363,17 @@ class UnknownSubscription(BrokerError):
 
     def __init__(self, subscription_id: int) -> None:
         super().__init__(f"there is no subscription with id {subscription_id}")
+        self.subscription_id = subscription_id
+
+
+class NotPullable(BrokerError):
+    """Pull, ack and stream need a pull subscription; this one is pushed."""
+
+    def __init__(self, subscription_id: int) -> None:
+        super().__init__(
+            f"subscription {subscription_id} is a push subscription: the broker POSTs its "
+            'messages to its url. Create one with "kind": "pull" to pull messages'
+        )
         self.subscription_id = subscription_id
 
 

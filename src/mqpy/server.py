@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from mqpy.access import Access
 from mqpy.api.app import create_app
 from mqpy.api.http_errors import ProblemAppRunner
-from mqpy.broker import Broker, Limits
+from mqpy.broker import Broker, DeliveryListeners, Limits
 from mqpy.config import Settings, format_duration
 from mqpy.delivery.dispatcher import Dispatcher
 from mqpy.delivery.gate import ReceiverGate
@@ -28,6 +28,7 @@ from mqpy.keyring import Keyring
 from mqpy.observability import Observer
 from mqpy.observability.health_keeper import HealthKeeper
 from mqpy.peers import CatalogSync, Heartbeat, node_address
+from mqpy.pull import PullService
 from mqpy.stopping import StopSignals
 from mqpy.store import Store, StoreLocation, open_store
 from mqpy.supervisor import inherited_data_lock
@@ -117,15 +118,16 @@ async def _serve_with_store(
     broker.set_receiver_gate(
         ReceiverGate(policy, aiohttp.ThreadedResolver(), sender, verify=settings.verify_receivers)
     )
+    retry_policy = RetryPolicy(
+        base=settings.retry_base,
+        max_delay=settings.retry_max,
+        max_attempts=settings.max_attempts,
+        max_age=settings.max_age,
+    )
     dispatcher = Dispatcher(
         store,
         sender,
-        RetryPolicy(
-            base=settings.retry_base,
-            max_delay=settings.retry_max,
-            max_attempts=settings.max_attempts,
-            max_age=settings.max_age,
-        ),
+        retry_policy,
         workers=settings.workers,
         jobs=settings.jobs,
         receiver_concurrency=settings.effective_receiver_concurrency,
@@ -133,7 +135,9 @@ async def _serve_with_store(
         observer=observer,
         clock=clock,
     )
-    broker.set_delivery_listener(dispatcher)
+    # Pull consumers settle the same deliveries under the same retry policy.
+    pulls = PullService(store, broker, retry_policy, clock=clock, on_acked=observer.delivered)
+    broker.set_delivery_listener(DeliveryListeners(dispatcher, pulls))
     # Receivers' health from before the restart, before the first attempt changes it.
     health = HealthKeeper(store, observer)
     await health.start()
@@ -142,13 +146,14 @@ async def _serve_with_store(
     # What other nodes change of connections, subscriptions and keys: keys first, so
     # a revoked key is refused before anything else is reloaded.
     sync = CatalogSync(store, [keyring.reload, broker.reload])
-    store.watch(on_due=dispatcher.notify, on_catalog=sync.poke)
+    store.watch(on_due=DeliveryListeners(dispatcher, pulls).notify, on_catalog=sync.poke)
     sync.start()
     runner = ProblemAppRunner(
         create_app(
             broker,
             access,
             keyring,
+            pulls=pulls,
             observer=observer,
             max_body_bytes=settings.max_message_bytes,
             max_batch_bytes=settings.max_batch_bytes,
@@ -182,7 +187,7 @@ async def _serve_with_store(
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
         await _stop_sweeping(sweeper)
-        await _shut_down(runner, dispatcher, sender, settings, stop)
+        await _shut_down(runner, pulls, dispatcher, sender, settings, stop)
         await health.stop()
         await sync.stop()
         return 1
@@ -203,7 +208,7 @@ async def _serve_with_store(
     await stop.requested.wait()
     log.info("shutting down (a second Ctrl-C or SIGTERM stops at once)")
     await _stop_sweeping(sweeper)
-    await _shut_down(runner, dispatcher, sender, settings, stop)
+    await _shut_down(runner, pulls, dispatcher, sender, settings, stop)
     # Once no attempt can end any more: the health it saves is the last word.
     await health.stop()
     # Last: requests still being answered and deliveries still finishing go by the
@@ -344,13 +349,16 @@ def receiver_tls(settings: Settings) -> ssl.SSLContext | None:
 
 async def _shut_down(
     runner: web.AppRunner,
+    pulls: PullService,
     dispatcher: Dispatcher,
     sender: Sender,
     settings: Settings,
     stop: StopSignals,
 ) -> None:
-    # HTTP first, so nothing new is accepted; then deliveries. The store is closed by
+    # HTTP first, so nothing new is accepted (long polls answer and streams end at
+    # once rather than holding the shutdown); then deliveries. The store is closed by
     # the caller, once nobody can write to it any more.
+    pulls.stop()
     await runner.cleanup()
     await dispatcher.stop(settings.shutdown_grace, stop.forced)
     await sender.close()

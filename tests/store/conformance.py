@@ -31,6 +31,7 @@ from tests.store.conformance_inspection import InspectionConformance
 from tests.store.conformance_nodes import NodeConformance
 from tests.store.conformance_ordering import OrderingConformance
 from tests.store.conformance_publish import PublishConformance
+from tests.store.conformance_pull import PullConformance
 from tests.store.conformance_routing import RoutingConformance
 from tests.store.conformance_subscriptions import SubscriptionConformance
 from tests.store.support import (
@@ -62,6 +63,7 @@ class StoreConformance(
     InspectionConformance,
     NodeConformance,
     ExpiryConformance,
+    PullConformance,
 ):
     """Every behaviour of the `Store` interface. Subclass once per backend."""
 

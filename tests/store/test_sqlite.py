@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from mqpy.domain import BacklogFull, DeliveryState, SchemaTooNew, StoreLocked
+from mqpy.domain import (
+    BacklogFull,
+    DeliveryState,
+    SchemaTooNew,
+    StoreLocked,
+    SubscriptionKind,
+)
 from mqpy.store.base import Store
 from mqpy.store.sqlite import DATABASE_FILE, SWEEP_CHUNK, SQLiteStore
 from mqpy.store.sqlite_schema import MIGRATIONS
@@ -198,6 +204,7 @@ class TestSQLiteStore(StoreConformance):
             "orders",
             None,
         )
+        assert listed.spec.kind is SubscriptionKind.PUSH  # schema 8 made every old one push
         assert {c.id for c in await store.connections()} == {V2_RECEIVER, V2_SENDER}
         assert [d.message_id for d in (await store.dead_letters()).items] == ["msg_v2_dead"]
         topic = await store.topic("orders")

@@ -10,11 +10,13 @@ from mqpy.access import Access
 from mqpy.api import (
     dashboard,
     dead_letters,
+    events,
     health,
     keys,
     messages,
     metrics,
     openapi,
+    pull,
     receivers,
     seed,
     status,
@@ -31,6 +33,7 @@ from mqpy.api.state import (
     KEYRING,
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
+    PULLS,
 )
 from mqpy.api.types import Handler
 from mqpy.broker import Broker, Forbidden, RateLimited, ReceiverRefused
@@ -40,6 +43,7 @@ from mqpy.domain import (
     BrokerError,
     Conflict,
     NotASender,
+    NotPullable,
     StoreUnavailable,
     UnknownConnection,
     UnknownDeadLetter,
@@ -49,6 +53,7 @@ from mqpy.domain import (
 )
 from mqpy.keyring import Keyring
 from mqpy.observability import Observer
+from mqpy.pull import PullService
 from mqpy.ratelimit import retry_after_header
 
 log = logging.getLogger("mqpy.api")
@@ -90,6 +95,11 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/subscriptions/{subscription_id}/pause", subscriptions.pause),
     ("POST", "/v1/subscriptions/{subscription_id}/resume", subscriptions.resume),
     ("POST", "/v1/subscriptions/{subscription_id}/rotate-secret", subscriptions.rotate_secret),
+    ("POST", "/v1/subscriptions/{subscription_id}/pull", pull.pull),
+    ("POST", "/v1/subscriptions/{subscription_id}/ack", pull.ack),
+    ("POST", "/v1/subscriptions/{subscription_id}/nack", pull.nack),
+    ("POST", "/v1/subscriptions/{subscription_id}/extend", pull.extend),
+    ("GET", "/v1/subscriptions/{subscription_id}/events", events.events),
     ("GET", "/v1/subscriptions/{subscription_id}/dead-letters", dead_letters.list_for_subscription),
     (
         "POST",
@@ -119,6 +129,7 @@ def create_app(
     access: Access,
     keyring: Keyring,
     *,
+    pulls: PullService,
     observer: Observer,
     max_body_bytes: int,
     max_batch_bytes: int | None = None,
@@ -136,6 +147,7 @@ def create_app(
     app[BROKER] = broker
     app[ACCESS] = access
     app[KEYRING] = keyring
+    app[PULLS] = pulls
     app[status.OBSERVER] = observer
     app[BODY_TIMEOUT] = body_timeout
     for method, path, handler in ROUTES:
@@ -201,6 +213,8 @@ def _problem_for(error: BrokerError) -> Problem:
         )
     if isinstance(error, UnknownTopic):
         return Problem(404, "unknown-topic", str(error), topic=error.topic)
+    if isinstance(error, NotPullable):
+        return Problem(409, "not-pullable", str(error), id=error.subscription_id)
     if isinstance(error, Conflict):
         return Problem(409, "conflict", str(error))
     if isinstance(error, BadCursor):

@@ -6,7 +6,7 @@ misspelt optional field (`delay_second`) would otherwise be dropped without a wo
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -54,8 +54,25 @@ Url = Annotated[
 ]
 
 
+AckDeadline = Annotated[
+    float,
+    Meta(
+        ge=1,
+        le=600,
+        description="seconds a pulled message stays leased to its consumer before it "
+        "is delivered again, unless acked or extended",
+    ),
+]
+Kind = Annotated[
+    Literal["push", "pull"],
+    Meta(description="push: the broker POSTs each message to url; pull: consumers ask"),
+]
+
+
 class CreateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):
-    url: Url
+    url: Url | None = None  # push only, and required there
+    kind: Kind = "push"
+    ack_deadline_seconds: AckDeadline | None = None  # pull only; 30 when left out
     topic: TopicPattern = "default"
     group: GroupName | None = None
     filter: RawFilter = None
@@ -77,3 +94,38 @@ class UpdateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):
     retry_policy: RetryPolicyBody | UnsetType | None = UNSET
     max_concurrency: MaxConcurrency | UnsetType | None = UNSET
     max_per_second: MaxPerSecond | UnsetType | None = UNSET
+
+
+# Pull subscriptions: what a consumer asks for, and how it settles what it got.
+MAX_PULL_MESSAGES = 1000
+MAX_PULL_WAIT_SECONDS = 30
+AckIds = Annotated[
+    list[str],
+    Meta(
+        min_length=1,
+        max_length=MAX_PULL_MESSAGES,
+        description="ack ids as pulls handed them out",
+    ),
+]
+
+
+class PullBody(msgspec.Struct, forbid_unknown_fields=True):
+    max_messages: Annotated[int, Meta(ge=1, le=MAX_PULL_MESSAGES)] = 100
+    # How long to wait for a first message when none is due; 0 answers at once.
+    wait_seconds: Annotated[float, Meta(ge=0, le=MAX_PULL_WAIT_SECONDS)] = 0
+
+
+class AckBody(msgspec.Struct, forbid_unknown_fields=True):
+    ack_ids: AckIds
+
+
+class NackBody(msgspec.Struct, forbid_unknown_fields=True):
+    ack_ids: AckIds
+    # Due again after this long; left out, after the retry policy's backoff.
+    delay_seconds: Annotated[float, Meta(ge=0, le=3600)] | None = None
+
+
+class ExtendBody(msgspec.Struct, forbid_unknown_fields=True):
+    ack_ids: AckIds
+    # The new deadline, counted from now.
+    seconds: AckDeadline

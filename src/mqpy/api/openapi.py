@@ -402,7 +402,7 @@ def _subscription_paths() -> dict[str, dict[str, Any]]:
     return {
         "/v1/subscriptions": {
             "post": _operation(
-                "Create a push subscription; its signing secret is shown once",
+                "Create a push subscription (its signing secret is shown once) or a pull one",
                 "subscriptions",
                 {"201": _json("CreatedSubscriptionView", "created", _LOCATION)},
                 (*PROTECTED, 409),
@@ -458,7 +458,64 @@ def _subscription_paths() -> dict[str, dict[str, Any]]:
                 ("rotate-secret", "A new signing secret, shown once", "SecretView"),
             )
         },
+        **_pull_paths(),
     }
+
+
+def _pull_paths() -> dict[str, dict[str, Any]]:
+    """A pull subscription's consumers: 409 for a push subscription."""
+    pullable = (*PROTECTED, 404, 409)
+    paths = {
+        f"/v1/subscriptions/{{subscription_id}}/{action}": {
+            "post": _operation(
+                summary,
+                "pull",
+                {"200": _json(view, "done; `expired` lists the ack ids that no longer held")},
+                pullable,
+                body=body,
+                params=[_SUBSCRIPTION],
+            )
+        }
+        for action, summary, body, view in (
+            ("ack", "Done with pulled messages: they never come again", "AckBody", "AckedView"),
+            ("nack", "Hand pulled messages back: due again later", "NackBody", "NackedView"),
+            ("extend", "Keep pulled messages leased longer", "ExtendBody", "ExtendedView"),
+        )
+    }
+    paths["/v1/subscriptions/{subscription_id}/pull"] = {
+        "post": _operation(
+            "Take due messages, leased until the ack deadline; waits up to wait_seconds",
+            "pull",
+            {"200": _json("PulledView", "the messages (none after wait_seconds)")},
+            pullable,
+            body="PullBody",
+            body_required=False,
+            params=[_SUBSCRIPTION],
+        )
+    }
+    events = _operation(
+        "The messages as Server-Sent Events (id: the ack id, event: message, data: JSON)",
+        "pull",
+        {
+            "200": {
+                "description": "an endless stream; a comment line every 15 s as heartbeat",
+                "content": {"text/event-stream": {"schema": _STR}},
+            }
+        },
+        pullable,
+        params=[
+            _SUBSCRIPTION,
+            _param(
+                "ack",
+                "query",
+                {"type": "string", "enum": ["auto", "client"], "default": "client"},
+                "auto: each message is acked once written (at most once); client: ack "
+                "through POST .../ack",
+            ),
+        ],
+    )
+    paths["/v1/subscriptions/{subscription_id}/events"] = {"get": events}
+    return paths
 
 
 @cache

@@ -7,10 +7,12 @@ from aiohttp import web
 from mqpy.access import Access, Principal
 from mqpy.broker import Broker
 from mqpy.keyring import Keyring
+from mqpy.pull import PullService
 
 BROKER = web.AppKey("broker", Broker)
 ACCESS = web.AppKey("access", Access)
 KEYRING = web.AppKey("keyring", Keyring)
+PULLS = web.AppKey("pulls", PullService)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
 # The request body limit of every route but batch publish (--max-message-bytes), which
 # is also the limit on one message's body, and batch publish's own (--max-batch-bytes).

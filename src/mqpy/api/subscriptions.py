@@ -25,9 +25,11 @@ from mqpy.api.views import (
     subscription_view,
 )
 from mqpy.domain import (
+    DEFAULT_ACK_DEADLINE_SECONDS,
     Mode,
     RetryOverrides,
     SubscriptionChanges,
+    SubscriptionKind,
     SubscriptionSpec,
     UnknownConnection,
     UnknownSubscription,
@@ -44,14 +46,17 @@ def subscription_id(request: web.Request) -> int:
 
 async def create(request: web.Request) -> web.Response:
     body = convert(await read_object(request, fold_case=False), CreateSubscriptionBody)
+    check_kind_fields(body)
     spec = SubscriptionSpec(
-        url=parse_client_url(body.url, Mode.RECEIVE, field="url"),
+        url="" if body.url is None else parse_client_url(body.url, Mode.RECEIVE, field="url"),
         topic=check_topic_pattern(body.topic),
         group=check_group(body.group),
         filter=check_filter(body.filter),
         retry=retry_overrides(body.retry_policy),
         max_concurrency=body.max_concurrency,
         max_per_second=body.max_per_second,
+        kind=SubscriptionKind(body.kind),
+        ack_deadline_seconds=body.ack_deadline_seconds or DEFAULT_ACK_DEADLINE_SECONDS,
     )
     subscription, secret = await broker_of(request).create_subscription(
         spec, principal_of(request), secret=_chosen_secret(body.secret), paused=body.paused
@@ -72,6 +77,26 @@ def _chosen_secret(secret: str | None) -> str | None:
             "and the broker makes one (such as whsec_ and 32 random bytes in base64)",
         )
     return secret
+
+
+# Fields that only make sense for one kind of subscription.
+_PUSH_ONLY = ("url", "max_concurrency", "max_per_second")
+_PULL_ONLY = ("ack_deadline_seconds",)
+
+
+def check_kind_fields(body: CreateSubscriptionBody) -> None:
+    """A push subscription needs a url; a pull one has none, and no pace or cap (its
+    consumers take what they ask for); an ack deadline is a pull subscription's."""
+    if body.kind == "push" and body.url is None:
+        raise invalid_field(
+            "url", 'a push subscription needs a url to POST messages to (or use "kind": "pull")'
+        )
+    refused, other = (_PUSH_ONLY, "push") if body.kind == "pull" else (_PULL_ONLY, "pull")
+    for name in refused:
+        if getattr(body, name) is not None:
+            raise invalid_field(
+                name, f"{name} applies to {other} subscriptions only; this one is {body.kind}"
+            )
 
 
 def retry_overrides(policy: RetryPolicyBody | None) -> RetryOverrides:

@@ -21,8 +21,44 @@ from mqpy.domain import (
     Subscription,
     TopicInfo,
 )
+from mqpy.pull import Pulled
 
 Time = str  # RFC 3339 UTC with milliseconds, as `rfc3339` writes it
+
+
+class PulledMessageView(msgspec.Struct):
+    """A message handed to a pull consumer; `ack_id` settles it (ack, nack, extend)."""
+
+    ack_id: str
+    message_id: str
+    topic: str
+    body: str
+    attributes: dict[str, str]
+    ordering_key: str | None
+    published_at: Time
+    attempt: int
+
+
+class PulledView(msgspec.Struct):
+    messages: list[PulledMessageView]
+
+
+class AckedView(msgspec.Struct):
+    """Which ack ids took effect, and which had expired (lease ran out, or the message
+    was settled or pulled again since): those messages come again, or came already."""
+
+    acked: list[str]
+    expired: list[str]
+
+
+class NackedView(msgspec.Struct):
+    nacked: list[str]
+    expired: list[str]
+
+
+class ExtendedView(msgspec.Struct):
+    extended: list[str]
+    expired: list[str]
 
 
 class RetryPolicyView(msgspec.Struct):
@@ -36,8 +72,8 @@ class RetryPolicyView(msgspec.Struct):
 
 class SubscriptionView(msgspec.Struct):
     id: int
-    kind: Literal["push", "seed"]  # seed: made by /connect, which /disconnect ends
-    url: str
+    kind: Literal["push", "pull", "seed"]  # seed: made by /connect, which /disconnect ends
+    url: str | None  # none for pull
     topic: str
     group: str | None
     filter: dict[str, Any] | None
@@ -47,6 +83,7 @@ class SubscriptionView(msgspec.Struct):
     paused: bool
     created_at: Time
     connection_id: int | None
+    ack_deadline_seconds: float | None  # pull only
 
 
 class CreatedSubscriptionView(SubscriptionView):
@@ -173,8 +210,8 @@ def subscription_view(subscription: Subscription) -> SubscriptionView:
     spec = subscription.spec
     return SubscriptionView(
         id=subscription.id,
-        kind="push" if subscription.connection_id is None else "seed",
-        url=spec.url,
+        kind=_kind(subscription),
+        url=None if spec.is_pull else spec.url,
         topic=spec.topic,
         group=spec.group,
         filter=None if spec.filter is None else dict(spec.filter),
@@ -189,7 +226,14 @@ def subscription_view(subscription: Subscription) -> SubscriptionView:
         paused=subscription.paused,
         created_at=rfc3339(subscription.created_at),
         connection_id=subscription.connection_id,
+        ack_deadline_seconds=spec.ack_deadline_seconds if spec.is_pull else None,
     )
+
+
+def _kind(subscription: Subscription) -> Literal["push", "pull", "seed"]:
+    if subscription.connection_id is not None:
+        return "seed"
+    return "pull" if subscription.spec.is_pull else "push"
 
 
 def created_subscription_view(subscription: Subscription, secret: str) -> CreatedSubscriptionView:
@@ -279,3 +323,17 @@ def dead_letter_view(letter: DeadLetter) -> DeadLetterView:
 
 def _plain(attributes: Mapping[str, str]) -> dict[str, str]:
     return dict(attributes)
+
+
+def pulled_message_view(pulled: Pulled) -> PulledMessageView:
+    delivery = pulled.delivery
+    return PulledMessageView(
+        ack_id=str(pulled.ack_id),
+        message_id=delivery.message_id,
+        topic=delivery.topic,
+        body=delivery.body,
+        attributes=_plain(delivery.attributes),
+        ordering_key=delivery.ordering_key,
+        published_at=rfc3339(delivery.published_at),
+        attempt=delivery.attempt,
+    )

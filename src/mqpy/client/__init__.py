@@ -17,6 +17,8 @@ from mqpy.client.calls import (
     Message,
     Mode,
     Published,
+    PulledMessage,
+    Settled,
 )
 from mqpy.client.errors import (
     Conflict,
@@ -50,7 +52,9 @@ __all__ = [
     "Mode",
     "NotFound",
     "Published",
+    "PulledMessage",
     "RateLimited",
+    "Settled",
     "Unauthorized",
     "Unavailable",
 ]

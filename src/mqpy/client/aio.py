@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -23,8 +23,16 @@ from mqpy.client.calls import (
     Message,
     Mode,
     Published,
+    PulledMessage,
+    Settled,
 )
-from mqpy.client.errors import ConnectionFailed, MQError, NotFound, describe_failure
+from mqpy.client.errors import (
+    ConnectionFailed,
+    MQError,
+    NotFound,
+    describe_failure,
+    error_from_answer,
+)
 from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy
 from mqpy.retry_after import parse_retry_after
 
@@ -166,6 +174,87 @@ class AsyncClient:
         batch = [calls.as_message(m) for m in messages]
         return await self._call(calls.publish_batch(topic, batch))
 
+    async def create_pull_subscription(
+        self,
+        topic: str = "default",
+        *,
+        group: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+        ack_deadline_seconds: float | None = None,
+    ) -> int:
+        """A pull subscription to `topic` (a name or pattern), in `group` and with
+        `filter` as a receiver takes them; returns its id, which `pull` takes. Pulled
+        messages stay leased for `ack_deadline_seconds` (1 to 600, default 30)."""
+        return await self._call(
+            calls.create_pull_subscription(topic, group, filter, ack_deadline_seconds)
+        )
+
+    async def delete_subscription(self, subscription_id: int) -> None:
+        """End a subscription; what it had not yet taken is dropped."""
+        return await self._call(calls.delete_subscription(subscription_id))
+
+    async def pull(
+        self, subscription_id: int, *, max_messages: int = 100, wait_seconds: float = 0
+    ) -> list[PulledMessage]:
+        """Up to `max_messages` messages of a pull subscription, waiting up to
+        `wait_seconds` for a first one; as `Client.pull`."""
+        return await self._call(calls.pull(subscription_id, max_messages, wait_seconds))
+
+    async def ack(self, subscription_id: int, messages: Sequence[str | PulledMessage]) -> Settled:
+        """Done with these pulled messages (or ack ids); as `Client.ack`."""
+        ack_ids = calls.ack_ids_of(messages)
+        return await self._call(calls.settle(subscription_id, "ack", ack_ids))
+
+    async def nack(
+        self,
+        subscription_id: int,
+        messages: Sequence[str | PulledMessage],
+        *,
+        delay_seconds: float | None = None,
+    ) -> Settled:
+        """Due again after `delay_seconds` (else the backoff); as `Client.nack`."""
+        ack_ids = calls.ack_ids_of(messages)
+        return await self._call(
+            calls.settle(subscription_id, "nack", ack_ids, delay_seconds=delay_seconds)
+        )
+
+    async def extend(
+        self, subscription_id: int, messages: Sequence[str | PulledMessage], seconds: float
+    ) -> Settled:
+        """Keep these leased for `seconds` from now; as `Client.extend`."""
+        ack_ids = calls.ack_ids_of(messages)
+        return await self._call(calls.settle(subscription_id, "extend", ack_ids, seconds=seconds))
+
+    async def stream(
+        self, subscription_id: int, *, auto_ack: bool = False
+    ) -> AsyncGenerator[PulledMessage, None]:
+        """A pull subscription's messages as they come, over one Server-Sent Events
+        connection, until it ends (the subscription deleted, the broker stopping).
+        Ack them with `ack` (what is left unacked comes again after the deadline), or
+        pass `auto_ack` to have the broker ack each once sent (at most once)."""
+        query = "?ack=auto" if auto_ack else ""
+        url = f"{self.endpoint.url}/v1/subscriptions/{int(subscription_id)}/events{query}"
+        headers = {**calls.request_headers(self._key, False), "Accept": "text/event-stream"}
+        reader = calls.EventReader()
+        try:
+            async with self._http().get(
+                url,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeouts(calls.STREAM_HEARTBEAT_SECONDS),
+            ) as response:
+                if response.status != 200:
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    raise error_from_answer(response.status, await response.read(), retry_after)
+                async for line in response.content:
+                    message = reader.line(line)
+                    if message is not None:
+                        yield message
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise ConnectionFailed(
+                f"the stream from {self.url} broke: {describe_failure(error)}", request_sent=True
+            ) from None
+
     async def _publish_from_sender(self, body: str) -> str:
         sender_id = await self._publisher()
         try:
@@ -225,7 +314,12 @@ class AsyncClient:
         url = self.endpoint.url + call.path
         try:
             async with self._http().request(
-                call.method, url, data=payload, headers=headers, allow_redirects=False
+                call.method,
+                url,
+                data=payload,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeouts(call.wait),
             ) as response:
                 body = await response.read()
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
@@ -247,13 +341,17 @@ class AsyncClient:
                 connector=aiohttp.TCPConnector(
                     limit=_POOL_SIZE, keepalive_timeout=_KEEPALIVE_SECONDS, ssl=self._ssl
                 ),
-                # Per phase, not in total, so that as in the sync client a timeout while
-                # connecting means the request was never sent.
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=self._timeout, sock_read=self._timeout
-                ),
+                timeout=self._timeouts(0.0),
                 # The broker never redirects, and following one would carry the key away;
                 # proxies from the environment are not used (trust_env is off).
                 trust_env=False,
             )
         return self._session
+
+    def _timeouts(self, wait: float) -> aiohttp.ClientTimeout:
+        # Per phase, not in total, so that as in the sync client a timeout while
+        # connecting means the request was never sent. A long poll's answer may take
+        # `wait` longer on purpose.
+        return aiohttp.ClientTimeout(
+            total=None, connect=self._timeout, sock_read=self._timeout + wait
+        )

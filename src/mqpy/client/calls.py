@@ -84,6 +84,32 @@ class Published:
     duplicate: bool = False
 
 
+@dataclass(frozen=True)
+class PulledMessage:
+    """A message a pull handed out, leased to this consumer until its subscription's
+    ack deadline: settle it with `ack` (done), `nack` (again later) or `extend`, by
+    `ack_id`. Unsettled, it comes again after the deadline with `attempt` one higher."""
+
+    ack_id: str
+    message_id: str
+    topic: str
+    body: str
+    attributes: dict[str, str]
+    ordering_key: str | None
+    published_at: str  # RFC 3339
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What an ack, nack or extend did: the ack ids it applied to (`done`), and those
+    that had `expired` (the deadline passed, or the message was settled or handed out
+    again since): those messages come again, or came already."""
+
+    done: list[str]
+    expired: list[str]
+
+
 # What `publish_batch` gives for each message, in order: stored, or refused and why.
 BatchResult = Published | MQError
 
@@ -119,6 +145,9 @@ class Call(Generic[T]):
     body: dict[str, Any] | None
     idempotent: bool
     read: Callable[[Any], T]
+    # Seconds the broker may hold the answer back on purpose (a long poll), on top of
+    # the client's timeout.
+    wait: float = 0.0
 
     def payload(self) -> bytes | None:
         if self.body is None:
@@ -254,6 +283,107 @@ def dead_letters() -> Call[list[DeadLetter]]:
 def redrive(receiver_id: int | None) -> Call[int]:
     # Idempotent in effect: redriven letters leave the list, a repeat finds none of them.
     return Call("POST", "/v1/dead-letters/redrive", {"receiver_id": receiver_id}, True, _redriven)
+
+
+def create_pull_subscription(
+    topic: str,
+    group: str | None,
+    filter: Mapping[str, Any] | None,
+    ack_deadline_seconds: float | None,
+) -> Call[int]:
+    # Not idempotent: after a lost answer the subscription may exist; a retry would
+    # make a second one (which gets a second copy of every message).
+    body: dict[str, Any] = {"kind": "pull", "topic": topic}
+    if group is not None:
+        body["group"] = group
+    if filter is not None:
+        body["filter"] = dict(filter)
+    if ack_deadline_seconds is not None:
+        body["ack_deadline_seconds"] = ack_deadline_seconds
+    return Call("POST", "/v1/subscriptions", body, False, _subscription_id)
+
+
+def delete_subscription(subscription_id: int) -> Call[None]:
+    # Idempotent in effect: a repeat finds it gone (404).
+    return Call("DELETE", f"/v1/subscriptions/{int(subscription_id)}", None, True, _nothing)
+
+
+def pull(subscription_id: int, max_messages: int, wait_seconds: float) -> Call[list[PulledMessage]]:
+    # Not idempotent: messages a pull leased before its answer was lost are not handed
+    # out again until their deadline, so a retry would come back without them.
+    body = {"max_messages": max_messages, "wait_seconds": wait_seconds}
+    return Call("POST", _pull_path(subscription_id, "pull"), body, False, _pulled, wait_seconds)
+
+
+def settle(
+    subscription_id: int,
+    verb: Literal["ack", "nack", "extend"],
+    ack_ids: Sequence[str],
+    **fields: Any,
+) -> Call[Settled]:
+    # Idempotent in effect: a repeat finds them settled already (and calls them expired).
+    body = {"ack_ids": list(ack_ids), **{k: v for k, v in fields.items() if v is not None}}
+    done = {"ack": "acked", "nack": "nacked", "extend": "extended"}[verb]
+    return Call("POST", _pull_path(subscription_id, verb), body, True, _settled(done))
+
+
+def _subscription_id(value: Any) -> int:
+    return _integer(value["id"])
+
+
+def _pull_path(subscription_id: int, verb: str) -> str:
+    return f"/v1/subscriptions/{int(subscription_id)}/{verb}"
+
+
+def _pulled(value: Any) -> list[PulledMessage]:
+    return [pulled_message(m) for m in value["messages"]]
+
+
+def pulled_message(m: Any) -> PulledMessage:
+    """One message as a pull (or an event of a stream) shows it."""
+    return PulledMessage(
+        ack_id=_text(m["ack_id"]),
+        message_id=_text(m["message_id"]),
+        topic=_text(m["topic"]),
+        body=_text(m["body"]),
+        attributes={str(k): str(v) for k, v in m["attributes"].items()},
+        ordering_key=m.get("ordering_key"),
+        published_at=_text(m["published_at"]),
+        attempt=_integer(m["attempt"]),
+    )
+
+
+# The broker writes a comment line to an idle stream this often.
+STREAM_HEARTBEAT_SECONDS = 15.0
+
+
+class EventReader:
+    """Server-Sent Events, line by line, as the messages they carry."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def line(self, raw: bytes) -> PulledMessage | None:
+        """The message an event ends with at this line, if it ends here."""
+        line = raw.decode().rstrip("\r\n")
+        if line.startswith("data:"):
+            self._data.append(line[5:].removeprefix(" "))
+        elif not line and self._data:
+            data, self._data = "\n".join(self._data), []
+            return pulled_message(json.loads(data))
+        return None
+
+
+def _settled(done: str) -> Callable[[Any], Settled]:
+    def read(value: Any) -> Settled:
+        return Settled([_text(a) for a in value[done]], [_text(a) for a in value["expired"]])
+
+    return read
+
+
+def ack_ids_of(items: Sequence[str | PulledMessage]) -> list[str]:
+    """Ack ids, given as such or as the pulled messages themselves."""
+    return [item if isinstance(item, str) else item.ack_id for item in items]
 
 
 def _connection(value: Any) -> Connection:

@@ -32,6 +32,8 @@ from mqpy.client.calls import (
     Message,
     Mode,
     Published,
+    PulledMessage,
+    Settled,
 )
 from mqpy.client.errors import ConnectionFailed, MQError, NotFound, describe_failure
 from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy
@@ -196,6 +198,58 @@ class Client:
         """
         return self._call(calls.publish_batch(topic, [calls.as_message(m) for m in messages]))
 
+    def create_pull_subscription(
+        self,
+        topic: str = "default",
+        *,
+        group: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+        ack_deadline_seconds: float | None = None,
+    ) -> int:
+        """A pull subscription to `topic` (a name or pattern), in `group` and with
+        `filter` as a receiver takes them; returns its id, which `pull` takes. Pulled
+        messages stay leased for `ack_deadline_seconds` (1 to 600, default 30)."""
+        return self._call(
+            calls.create_pull_subscription(topic, group, filter, ack_deadline_seconds)
+        )
+
+    def delete_subscription(self, subscription_id: int) -> None:
+        """End a subscription; what it had not yet taken is dropped."""
+        return self._call(calls.delete_subscription(subscription_id))
+
+    def pull(
+        self, subscription_id: int, *, max_messages: int = 100, wait_seconds: float = 0
+    ) -> list[PulledMessage]:
+        """Up to `max_messages` (1 to 1,000) messages of a pull subscription, leased to
+        this consumer for its ack deadline. With none due, waits up to `wait_seconds`
+        (at most 30) for one to come, and answers as soon as one does, else with none."""
+        return self._call(calls.pull(subscription_id, max_messages, wait_seconds))
+
+    def ack(self, subscription_id: int, messages: Sequence[str | PulledMessage]) -> Settled:
+        """Done with these pulled messages (or ack ids): they never come again."""
+        return self._call(calls.settle(subscription_id, "ack", calls.ack_ids_of(messages)))
+
+    def nack(
+        self,
+        subscription_id: int,
+        messages: Sequence[str | PulledMessage],
+        *,
+        delay_seconds: float | None = None,
+    ) -> Settled:
+        """Could not take these: due again after `delay_seconds` (by default after the
+        retry policy's backoff); dead letters once their attempts are spent."""
+        ack_ids = calls.ack_ids_of(messages)
+        return self._call(
+            calls.settle(subscription_id, "nack", ack_ids, delay_seconds=delay_seconds)
+        )
+
+    def extend(
+        self, subscription_id: int, messages: Sequence[str | PulledMessage], seconds: float
+    ) -> Settled:
+        """Keep these leased for `seconds` (1 to 600) from now, for slow work."""
+        ack_ids = calls.ack_ids_of(messages)
+        return self._call(calls.settle(subscription_id, "extend", ack_ids, seconds=seconds))
+
     def _publish_from_sender(self, body: str) -> str:
         sender_id = self._publisher()
         try:
@@ -256,7 +310,7 @@ class Client:
         headers = calls.request_headers(self._key, payload is not None)
         with self._turn:
             status, retry_after, body = self._http.exchange(
-                call.method, self.endpoint.prefix + call.path, payload, headers
+                call.method, self.endpoint.prefix + call.path, payload, headers, call.wait
             )
         return calls.answer(call, status, body, parse_retry_after(retry_after))
 
@@ -277,11 +331,19 @@ class _KeepAlive:
         self._connection: http.client.HTTPConnection | None = None
 
     def exchange(
-        self, method: str, target: str, body: bytes | None, headers: dict[str, str]
+        self,
+        method: str,
+        target: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        wait: float = 0.0,
     ) -> tuple[int, str | None, bytes]:
-        """Status, Retry-After and body of one request; ConnectionFailed if no answer."""
+        """Status, Retry-After and body of one request; ConnectionFailed if no answer.
+        `wait`: seconds the answer may be held back on purpose, beyond the timeout."""
         connection = self._open()
         try:
+            if connection.sock is not None:
+                connection.sock.settimeout(self._timeout + wait)
             connection.request(method, target, body=body, headers=headers)
             response = connection.getresponse()
             content = response.read()

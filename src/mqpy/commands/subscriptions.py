@@ -1,5 +1,5 @@
-"""`mqpy subscriptions list|create|show|pause|resume|delete`: push subscriptions on a
-running broker (/v1/subscriptions)."""
+"""`mqpy subscriptions list|create|show|pause|resume|delete|pull`: push and pull
+subscriptions on a running broker (/v1/subscriptions)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from urllib.parse import quote
 from mqpy.commands import (
     EXIT_OK,
     EXIT_REFUSED,
+    EXIT_USAGE,
     KEY_ENV,
     URL_ENV,
     CommandFailed,
@@ -22,6 +23,7 @@ from mqpy.commands import (
     print_usage,
     set_handler,
 )
+from mqpy.commands import pull as pull_command
 from mqpy.commands.options import filter_of, group_name, topic_name, topic_pattern
 from mqpy.commands.terminal import format_table
 from mqpy.commands.topics import (
@@ -44,12 +46,12 @@ def register(subparsers: Any) -> None:
     """Add `subscriptions` and its subcommands to the `mqpy` parser's subparsers."""
     group = subparsers.add_parser(
         "subscriptions",
-        help="create, list, show, pause, resume and delete push subscriptions",
-        description="Manage the push subscriptions of a running broker: URLs it POSTs a "
-        "topic's messages to. Needs a subscriber key (which sees only its own "
-        f"subscriptions) or an admin key (--key or {KEY_ENV}) unless the server has none "
-        "configured. Exit codes: 0 done, 1 the server refused, 2 usage error, 3 server "
-        "unreachable.",
+        help="create, list, show, pause, resume, delete and pull subscriptions",
+        description="Manage the subscriptions of a running broker: push ones (URLs it "
+        "POSTs a topic's messages to) and pull ones (whose consumers ask). Needs a "
+        "subscriber key (which sees only its own subscriptions) or an admin key "
+        f"(--key or {KEY_ENV}) unless the server has none configured. Exit codes: 0 "
+        "done, 1 the server refused, 2 usage error, 3 server unreachable.",
         allow_abbrev=False,
     )
     group.set_defaults(run=lambda args: print_usage(group))
@@ -90,7 +92,23 @@ def register(subparsers: Any) -> None:
         allow_abbrev=False,
     )
     create.add_argument(
-        "receiver_url", metavar="URL", help="where messages are POSTed (http or https)"
+        "receiver_url",
+        metavar="URL",
+        nargs="?",
+        help="where messages are POSTed (http or https); none with --pull",
+    )
+    create.add_argument(
+        "--pull",
+        action="store_true",
+        help="a pull subscription: consumers take its messages with `mqpy subscriptions "
+        "pull ID` or POST /v1/subscriptions/ID/pull instead of having them POSTed",
+    )
+    create.add_argument(
+        "--ack-deadline",
+        type=_positive_int,
+        metavar="SECONDS",
+        help="with --pull: how long a pulled message stays leased before it comes again "
+        "unless acked (1-600; default: 30)",
     )
     create.add_argument(
         "--topic",
@@ -195,6 +213,8 @@ def register(subparsers: Any) -> None:
     add_server_options_with_epilog(delete)
     set_handler(delete, delete_subscription)
 
+    pull_command.register(commands, _add_id)
+
 
 def _add_id(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -254,7 +274,7 @@ def list_subscriptions(args: argparse.Namespace) -> int:
 
 
 def create_subscription(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"url": args.receiver_url}
+    body = _kind_fields(args)
     conditions = filter_of(args.filter)
     for field, value in (
         ("topic", args.topic),
@@ -272,6 +292,18 @@ def create_subscription(args: argparse.Namespace) -> int:
     if args.paused:
         body["paused"] = True
     answer = _object(ServerClient.from_args(args).call("POST", "/v1/subscriptions", body))
+    if args.pull:
+        if args.json:
+            print_json(answer)
+        else:
+            print(f"id      {text(answer.get('id'))}")
+        print(
+            f"created pull subscription {text(answer.get('id'))} on "
+            f"{text(answer.get('topic'))}; take its messages with `mqpy subscriptions pull "
+            f"{text(answer.get('id'))}`",
+            file=sys.stderr,
+        )
+        return EXIT_OK
     if not isinstance(answer.get("secret"), str):
         raise CommandFailed(EXIT_REFUSED, f"unexpected answer from the server: {answer!r}")
     if args.json:
@@ -294,6 +326,24 @@ def _created_note(answer: dict[str, Any], *, chosen_secret: bool) -> str:
     if answer.get("paused"):
         note += f"; it is paused: resume it with `mqpy subscriptions resume {sid}`"
     return note
+
+
+def _kind_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """A push subscription's URL, or a pull subscription's kind and deadline."""
+    if not args.pull:
+        if args.receiver_url is None or args.ack_deadline is not None:
+            raise CommandFailed(
+                EXIT_USAGE,
+                "give the URL messages are POSTed to, or --pull for a pull subscription "
+                "(--ack-deadline goes with --pull)",
+            )
+        return {"url": args.receiver_url}
+    if args.receiver_url is not None:
+        raise CommandFailed(EXIT_USAGE, "a pull subscription takes no URL; leave it out")
+    body: dict[str, Any] = {"kind": "pull"}
+    if args.ack_deadline is not None:
+        body["ack_deadline_seconds"] = args.ack_deadline
+    return body
 
 
 def show_subscription(args: argparse.Namespace) -> int:
@@ -345,6 +395,7 @@ def subscription_fields(subscription: dict[str, Any]) -> list[tuple[str, str]]:
         ("group", text(subscription.get("group"))),
         ("filter", filter_text(subscription.get("filter"))),
         ("paused", "yes" if subscription.get("paused") else "no"),
+        ("ack deadline seconds", text(subscription.get("ack_deadline_seconds"))),
         ("max attempts", setting(policy.get("max_attempts"))),
         ("min backoff seconds", setting(policy.get("min_backoff_seconds"))),
         ("max backoff seconds", setting(policy.get("max_backoff_seconds"))),

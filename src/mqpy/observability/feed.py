@@ -20,8 +20,9 @@ class TopicStatus:
     delivery_rate: float  # acknowledged deliveries per second over the last minute
 
 
-# How the receiver was made: "seed" by POST /connect, "push" by POST /v1/subscriptions.
-ReceiverKind = Literal["push", "seed"]
+# How the receiver was made: "seed" by POST /connect, "push" or "pull" (its consumers
+# ask; no url) by POST /v1/subscriptions.
+ReceiverKind = Literal["push", "pull", "seed"]
 
 
 @dataclass(frozen=True, slots=True)

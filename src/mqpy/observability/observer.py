@@ -16,7 +16,13 @@ from prometheus_client import CollectorRegistry
 
 from mqpy.broker import Broker
 from mqpy.domain import Delivery, NodeInfo, ReceiverHealth, StoreUnavailable, Subscription
-from mqpy.observability.feed import NodeStatus, ReceiverStatus, StatusFeed, TopicStatus
+from mqpy.observability.feed import (
+    NodeStatus,
+    ReceiverKind,
+    ReceiverStatus,
+    StatusFeed,
+    TopicStatus,
+)
 from mqpy.observability.figures import StoreFigures, StoreFiguresCache
 from mqpy.observability.metrics import Gauges, LiveGauges, Metrics, TopicFigures
 from mqpy.observability.rates import RATE_SECONDS, SecondCounts, Throughput, TopicActivity
@@ -212,7 +218,7 @@ class Observer:
         activity = self._receivers.get(subscription.id) or ReceiverActivity()
         return ReceiverStatus(
             id=subscription.id,
-            kind="push" if subscription.connection_id is None else "seed",
+            kind=_kind(subscription),
             url=subscription.spec.url,
             topic=subscription.spec.topic,
             group=subscription.spec.group,
@@ -289,3 +295,9 @@ def _age(now: float, since: float) -> float:
 
 def _rate(now: float, counts: SecondCounts) -> float:
     return round(counts.per_second(now, RATE_SECONDS), 3)
+
+
+def _kind(subscription: Subscription) -> ReceiverKind:
+    if subscription.connection_id is not None:
+        return "seed"
+    return "pull" if subscription.spec.is_pull else "push"

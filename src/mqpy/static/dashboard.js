@@ -38,6 +38,7 @@
   const RECEIVER_KINDS = new Map([
     ["seed", "connected through POST /connect"],
     ["push", "a subscription made through POST /v1/subscriptions"],
+    ["pull", "a pull subscription: its consumers ask for its messages"],
   ]);
 
   const $ = (id) => document.getElementById(id);

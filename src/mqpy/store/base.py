@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from mqpy.domain import (
@@ -250,8 +250,14 @@ class Store(abc.ABC):
         lease_seconds: float,
         per_subscription_limit: int,
         busy: Mapping[int, int],
+        for_subscription: int | None = None,
     ) -> Claim:
         """Lease up to `limit` due deliveries, oldest first.
+
+        Without `for_subscription` (the dispatcher's claim), push subscriptions' only.
+        With it (a consumer's pull), only that pull subscription's: its own and its
+        group's deliveries, up to `limit`, all leased to it; `busy` and
+        `per_subscription_limit` do not apply.
 
         A subscription gets at most `cap - busy[id]` of them, where `cap` is its own
         max_concurrency if it has one, else `per_subscription_limit`, so one slow
@@ -339,6 +345,15 @@ class Store(abc.ABC):
         """Extend the leases of claimed deliveries to `now + lease_seconds`; returns the
         ids of those whose lease is no longer theirs (it expired and another claim took
         the delivery, or it was settled): those can no longer be settled by this claim."""
+
+    @abc.abstractmethod
+    async def leased(
+        self, subscription_id: int, leases: Collection[tuple[int, str]], *, now: float
+    ) -> list[Delivery]:
+        """Of these deliveries (delivery id, lease), those that `subscription_id` holds
+        under that very lease, still live at `now`, as its claim handed them out: what
+        a pull consumer may still ack, nack or extend. A lease that ran out, was claimed
+        again or settled since is left out."""
 
     @abc.abstractmethod
     async def release(

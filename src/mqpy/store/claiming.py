@@ -13,7 +13,7 @@ A row is `CLAIM_COLUMNS`, in order, read from deliveries `d` joined to messages 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,17 +47,26 @@ class ClaimBuilder:
         lease: str,
         per_subscription_limit: int,
         busy: Mapping[int, int],
+        for_subscription: int | None = None,
     ) -> None:
         self._routes = routes
         self._limit = limit
         self._now = now
         self.lease = lease
-        # A subscription's own max_concurrency replaces the caller's default cap.
-        self._room = {
-            member.id: (member.max_concurrency or per_subscription_limit) - busy.get(member.id, 0)
-            for member in routes.members.values()
-            if not member.paused
-        }
+        if for_subscription is None:
+            # The dispatcher's claim: push subscriptions only, each up to its cap (its
+            # own max_concurrency, else the caller's). Pull deliveries wait for a pull.
+            self._room = {
+                member.id: (member.max_concurrency or per_subscription_limit)
+                - busy.get(member.id, 0)
+                for member in routes.members.values()
+                if not member.paused and not member.pull
+            }
+        else:
+            # A consumer's pull: its subscription (or its group) alone, up to `limit`.
+            member = routes.members.get(for_subscription)
+            pulls = member is not None and member.pull and not member.paused
+            self._room = {for_subscription: limit} if pulls else {}
         self._candidates: list[_Candidate] = []
         self._secrets: dict[int, tuple[str, ...]] = {}  # per member, once per claim
         self.next_due: float | None = None
@@ -116,7 +125,8 @@ class ClaimBuilder:
     def add_leased(self, member_id: int, row: Sequence[Any]) -> None:
         """A delivery `assign` gave to this member, leased and read."""
         member = self._routes.members[member_id]
-        delivery = _delivery(row, member, self.lease, self._secrets_of(member))
+        # Read before the lease counted this attempt.
+        delivery = _delivery(row, member, self.lease, self._secrets_of(member), row[1] + 1)
         self._candidates.append(_Candidate(row[2], delivery))
 
     def give_back(self, member_id: int) -> None:
@@ -147,10 +157,30 @@ class ClaimBuilder:
         return found
 
 
-def _delivery(row: Sequence[Any], member: Member, lease: str, secrets: tuple[str, ...]) -> Delivery:
+def leased_deliveries(
+    routes: Routes,
+    subscription_id: int,
+    rows: Iterable[Sequence[Any]],
+    leases: Collection[tuple[int, str]],
+) -> list[Delivery]:
+    """The deliveries of `rows` (`CLAIM_COLUMNS`, then the lease, read after their
+    claim) that `subscription_id` holds under a lease among `leases` (delivery id,
+    lease), as the claim handed them out."""
+    member = routes.members.get(subscription_id)
+    if member is None:
+        return []
+    wanted = set(leases)
+    return [
+        _delivery(row, member, row[-1], (), row[1]) for row in rows if (row[0], row[-1]) in wanted
+    ]
+
+
+def _delivery(
+    row: Sequence[Any], member: Member, lease: str, secrets: tuple[str, ...], attempt: int
+) -> Delivery:
     (
         delivery_id,
-        attempts,
+        _attempts,
         _due,
         message_id,
         body,
@@ -159,7 +189,7 @@ def _delivery(row: Sequence[Any], member: Member, lease: str, secrets: tuple[str
         attributes,
         key,
         deliver_at,
-    ) = row
+    ) = row[:10]
     return Delivery(
         delivery_id=delivery_id,
         lease=lease,
@@ -167,7 +197,7 @@ def _delivery(row: Sequence[Any], member: Member, lease: str, secrets: tuple[str
         subscription_id=member.id,
         url=member.url,
         body=body,
-        attempt=attempts + 1,
+        attempt=attempt,
         published_at=published_at,
         secrets=secrets,
         topic=topic,

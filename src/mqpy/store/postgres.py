@@ -18,7 +18,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -52,7 +52,7 @@ from mqpy.ids import new_lease_token, node_name
 from mqpy.store import postgres_sql as sql
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Batcher, Settlement
-from mqpy.store.claiming import ClaimBuilder
+from mqpy.store.claiming import ClaimBuilder, leased_deliveries
 from mqpy.store.expiry import EXPIRE_CHUNK, expiry_targets
 from mqpy.store.health import (
     HEALTH_COLUMNS,
@@ -70,8 +70,6 @@ from mqpy.store.history import (
 )
 from mqpy.store.postgres_catalog import (
     CONNECTION_COLUMNS,
-    SUBSCRIPTION_COLUMNS,
-    SUBSCRIPTIONS_FROM,
     change_group_filter,
     connection_from_row,
     fetch_subscription,
@@ -101,6 +99,8 @@ from mqpy.store.routes import (
 from mqpy.store.rows import (
     DEAD_LETTER_QUERY,
     DELIVERY_STATUS_COLUMNS,
+    SUBSCRIPTION_COLUMNS,
+    SUBSCRIPTIONS_FROM,
     changed_spec,
     dead_letter_cursor,
     dead_letter_page,
@@ -734,6 +734,7 @@ class PostgresStore(Store):
         lease_seconds: float,
         per_subscription_limit: int,
         busy: Mapping[int, int],
+        for_subscription: int | None = None,
     ) -> Claim:
         lease = new_lease_token()
         async with self._transaction(durable=False) as conn:
@@ -745,6 +746,7 @@ class PostgresStore(Store):
                 lease=lease,
                 per_subscription_limit=per_subscription_limit,
                 busy=busy,
+                for_subscription=for_subscription,
             )
             await claim_rounds(
                 conn,
@@ -805,6 +807,14 @@ class PostgresStore(Store):
                 )
             }
         return [d.delivery_id for d in deliveries if d.delivery_id not in kept]
+
+    async def leased(
+        self, subscription_id: int, leases: Collection[tuple[int, str]], *, now: float
+    ) -> list[Delivery]:
+        async with self._transaction(durable=False) as conn:
+            routes = await self._current_routes(conn)
+            rows = await conn.fetch(sql.LEASED, [i for i, _ in leases], subscription_id, now)
+        return leased_deliveries(routes, subscription_id, [tuple(r) for r in rows], leases)
 
     async def release(
         self, deliveries: Sequence[Delivery], now: float, *, attempted: bool = False

@@ -12,15 +12,17 @@ from mqpy.filters import matches as filter_matches
 from mqpy.ids import new_connection_id
 from mqpy.store.postgres_sql import PgConnection, one
 from mqpy.store.routes import Target
-from mqpy.store.rows import dump_filter, dump_settings, load_attributes, subscription_from_row
+from mqpy.store.rows import (
+    SUBSCRIPTION_COLUMNS,
+    SUBSCRIPTIONS_FROM,
+    dump_filter,
+    dump_settings,
+    load_attributes,
+    subscription_from_row,
+)
 from mqpy.topics import is_pattern
 from mqpy.topics import matches as topic_matches
 
-SUBSCRIPTION_COLUMNS = (
-    "s.id, s.topic, s.url, s.created_at, s.filter, s.settings, s.paused, s.key_id, "
-    "s.connection_id, g.name"
-)
-SUBSCRIPTIONS_FROM = "subscriptions s LEFT JOIN groups g ON g.id = s.group_id"
 CONNECTION_COLUMNS = "id, mode, client_url, topic, connected_at, key_id"
 
 
@@ -52,7 +54,8 @@ async def insert_subscription(
         group_id, new_target = await _join_group(conn, spec, now)
     await conn.execute(
         "INSERT INTO subscriptions (id, topic, url, created_at, secret, group_id, filter, "
-        "settings, key_id, connection_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "settings, key_id, connection_id, kind) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         subscription_id,
         spec.topic,
         spec.url,
@@ -63,6 +66,7 @@ async def insert_subscription(
         dump_settings(spec),
         key_id,
         connection_id,
+        spec.kind.value,
     )
     if not is_pattern(spec.topic):
         await conn.execute(

@@ -201,6 +201,11 @@ MIGRATIONS: list[str] = [
         changed_at double precision NOT NULL
     );
     """,
+    # 4: pull subscriptions: consumers ask for their deliveries instead of the broker
+    # POSTing them (their url is empty; their ack deadline is in settings).
+    """
+    ALTER TABLE subscriptions ADD COLUMN kind text NOT NULL DEFAULT 'push';
+    """,
 ]
 
 

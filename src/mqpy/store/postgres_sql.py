@@ -231,6 +231,12 @@ FROM unnest($2::bigint[], $3::text[]) AS u (id, lease)
 WHERE d.id = ANY($2::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
 RETURNING d.id
 """
+# A pull consumer's deliveries still under a live lease, with the lease to compare.
+LEASED = f"""
+SELECT {CLAIM_COLUMNS}, d.lease FROM deliveries d JOIN messages m ON m.seq = d.message_seq
+WHERE d.id = ANY($1::bigint[]) AND d.subscription_id = $2 AND d.state = 'pending'
+    AND d.due_at > $3
+"""
 RELEASE = """
 UPDATE deliveries d SET due_at = $1, lease = NULL, leased_by = NULL,
     attempts = d.attempts - $4

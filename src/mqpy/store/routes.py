@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mqpy.domain import Filter, RetryOverrides
+from mqpy.domain import Filter, RetryOverrides, SubscriptionKind
 from mqpy.filters import matches as filter_matches
 from mqpy.store.rows import load_filter, load_settings
 from mqpy.topics import matches as topic_matches
@@ -43,6 +43,7 @@ class Member:
     retry: RetryOverrides
     max_concurrency: int | None
     max_per_second: float | None
+    pull: bool  # consumers pull its deliveries; the dispatcher never claims them
 
     def signing_secrets(self, now: float) -> tuple[str, ...]:
         current, previous, until = self.secrets
@@ -74,7 +75,7 @@ class Routes:
 # The columns `build_routes` expects, in order (`subscriptions` and `groups` tables).
 SUBSCRIPTION_ROUTE_COLUMNS = (
     "id, url, topic, group_id, paused, secret, previous_secret, previous_secret_until, "
-    "filter, settings"
+    "filter, settings, kind"
 )
 GROUP_ROUTE_COLUMNS = "id, topic, name, filter"
 
@@ -106,7 +107,7 @@ def build_routes(
     targets: list[Target] = []
     group_members: dict[int, list[int]] = {}
     for row in subscription_rows:
-        sid, url, topic, group_id, paused, secret, previous, until, filter_, settings = row
+        sid, url, topic, group_id, paused, secret, previous, until, filter_, settings, kind = row
         extra = load_settings(settings)
         members[sid] = Member(
             id=sid,
@@ -118,6 +119,7 @@ def build_routes(
             retry=RetryOverrides(**extra.get("retry", {})),
             max_concurrency=extra.get("max_concurrency"),
             max_per_second=extra.get("max_per_second"),
+            pull=kind == SubscriptionKind.PULL,
         )
         if group_id is None:
             targets.append(Target(topic, load_filter(filter_), sid, None))

@@ -9,6 +9,7 @@ from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
 from mqpy.domain import (
+    DEFAULT_ACK_DEADLINE_SECONDS,
     Attempt,
     BadCursor,
     DeadLetter,
@@ -19,12 +20,13 @@ from mqpy.domain import (
     RetryOverrides,
     Subscription,
     SubscriptionChanges,
+    SubscriptionKind,
     SubscriptionSpec,
 )
 
 SUBSCRIPTION_COLUMNS = (
     "s.id, s.topic, s.url, s.created_at, s.filter, s.settings, s.paused, s.key_id, "
-    "s.connection_id, g.name"
+    "s.connection_id, g.name, s.kind"
 )
 SUBSCRIPTIONS_FROM = "subscriptions s LEFT JOIN groups g ON g.id = s.group_id"
 
@@ -44,6 +46,7 @@ def dump_settings(spec: SubscriptionSpec) -> str:
             "retry": asdict(spec.retry),
             "max_concurrency": spec.max_concurrency,
             "max_per_second": spec.max_per_second,
+            "ack_deadline_seconds": spec.ack_deadline_seconds,
         }
     )
 
@@ -53,7 +56,9 @@ def load_settings(text: str | None) -> dict[str, Any]:
 
 
 def subscription_from_row(row: Iterable[Any]) -> Subscription:
-    (sid, topic, url, created_at, filter_, settings, paused, key_id, connection_id, group) = row
+    (sid, topic, url, created_at, filter_, settings, paused, key_id, connection_id, group, kind) = (
+        row
+    )
     extra = load_settings(settings)
     spec = SubscriptionSpec(
         url=url,
@@ -63,6 +68,8 @@ def subscription_from_row(row: Iterable[Any]) -> Subscription:
         retry=RetryOverrides(**extra.get("retry", {})),
         max_concurrency=extra.get("max_concurrency"),
         max_per_second=extra.get("max_per_second"),
+        kind=SubscriptionKind(kind),
+        ack_deadline_seconds=extra.get("ack_deadline_seconds", DEFAULT_ACK_DEADLINE_SECONDS),
     )
     return Subscription(
         id=sid,

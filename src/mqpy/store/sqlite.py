@@ -16,7 +16,7 @@ import functools
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -83,6 +83,7 @@ from mqpy.store.rows import (
     subscription_from_row,
 )
 from mqpy.store.sqlite_claim import claim as claim_due
+from mqpy.store.sqlite_claim import leased as leased_due
 from mqpy.store.sqlite_publish import PublishBuffer
 from mqpy.store.sqlite_schema import migrate
 from mqpy.store.sqlite_settle import SettlementQueue, finish_messages
@@ -292,7 +293,7 @@ class SQLiteStore(Store):
             group_id, new_target = _join_group(conn, spec, now)
         conn.execute(
             "INSERT INTO subscriptions (id, topic, url, created_at, secret, group_id, filter, "
-            "settings, key_id, connection_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "settings, key_id, connection_id, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 subscription_id,
                 spec.topic,
@@ -304,6 +305,7 @@ class SQLiteStore(Store):
                 dump_settings(spec),
                 key_id,
                 connection_id,
+                spec.kind.value,
             ),
         )
         if not is_pattern(spec.topic):
@@ -612,6 +614,7 @@ class SQLiteStore(Store):
         lease_seconds: float,
         per_subscription_limit: int,
         busy: Mapping[int, int],
+        for_subscription: int | None = None,
     ) -> Claim:
         def operation(conn: sqlite3.Connection) -> Claim:
             return claim_due(
@@ -622,12 +625,20 @@ class SQLiteStore(Store):
                 lease_seconds=lease_seconds,
                 per_subscription_limit=per_subscription_limit,
                 busy=busy,
+                for_subscription=for_subscription,
             )
 
         return await self._writer.run(operation, durable=False)
 
     async def _settle(self, settlement: Settlement) -> None:
         await self._settlements.submit(settlement)
+
+    async def leased(
+        self, subscription_id: int, leases: Collection[tuple[int, str]], *, now: float
+    ) -> list[Delivery]:
+        return await self._writer.run(
+            lambda conn: leased_due(conn, self._routes_in(conn), subscription_id, leases, now)
+        )
 
     async def renew(
         self, deliveries: Sequence[Delivery], *, now: float, lease_seconds: float

@@ -8,12 +8,13 @@ message at a time, in publish order, and a failing head holds up only its own ke
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from typing import Any
 
-from mqpy.domain import Claim
+from mqpy.domain import Claim, Delivery
 from mqpy.ids import new_lease_token
 from mqpy.store.claiming import CLAIM_COLUMNS as _COLUMNS
-from mqpy.store.claiming import ClaimBuilder, oldest_due
+from mqpy.store.claiming import ClaimBuilder, leased_deliveries, oldest_due
 from mqpy.store.routes import Routes
 from mqpy.store.rows import chunks
 
@@ -65,6 +66,7 @@ def claim(
     lease_seconds: float,
     per_subscription_limit: int,
     busy: Mapping[int, int],
+    for_subscription: int | None = None,
 ) -> Claim:
     builder = ClaimBuilder(
         routes,
@@ -73,6 +75,7 @@ def claim(
         lease=new_lease_token(),
         per_subscription_limit=per_subscription_limit,
         busy=busy,
+        for_subscription=for_subscription,
     )
     due: list[tuple[int, bool, int, float]] = []  # target, is a group, delivery id, due at
     takes: dict[tuple[bool, int], int] = {}
@@ -102,3 +105,22 @@ def claim(
         [(now + lease_seconds, builder.lease, assigned[i], i) for i in ids],
     )
     return builder.finish()
+
+
+def leased(
+    conn: sqlite3.Connection,
+    routes: Routes,
+    subscription_id: int,
+    leases: Collection[tuple[int, str]],
+    now: float,
+) -> list[Delivery]:
+    """What `Store.leased` answers, read in the writer's connection."""
+    rows: list[tuple[Any, ...]] = []
+    for chunk in chunks(sorted({delivery_id for delivery_id, _ in leases})):
+        marks = ", ".join("?" * len(chunk))
+        rows += conn.execute(
+            f"SELECT {_COLUMNS}, d.lease FROM {_FROM} WHERE d.id IN ({marks}) "
+            "AND d.subscription_id = ? AND d.state = 'pending' AND d.due_at > ?",
+            (*chunk, subscription_id, now),
+        ).fetchall()
+    return leased_deliveries(routes, subscription_id, rows, leases)

@@ -210,6 +210,11 @@ MIGRATIONS: list[str] = [
         in_flight INTEGER NOT NULL
     );
     """,
+    # 8: pull subscriptions: consumers ask for their deliveries instead of the broker
+    # POSTing them (their url is empty; their ack deadline is in settings).
+    """
+    ALTER TABLE subscriptions ADD COLUMN kind TEXT NOT NULL DEFAULT 'push';
+    """,
 ]
 
 
