@@ -230,3 +230,55 @@ async def test_a_broken_chunked_body_after_the_headers_is_refused_at_once(
         assert answer.count(b"HTTP/1.1 ") == 1, "one answer, not a second for the same bytes"
         assert took < 10.0, f"answered and closed after {took:.1f} s"
     assert "Traceback" not in server.log
+
+
+async def test_a_body_left_unread_and_broken_after_the_answer_is_not_waited_out(
+    start_server: ServerFactory,
+) -> None:
+    # A route that answers without reading the body (a GET, a 404, a 405), then a body
+    # that breaks after the answer: aiohttp reads on to finish the body before closing
+    # (lingering), and a broken body never finishes. Found by the fuzz: held 10 s.
+    server = start_server()
+    for head in (b"GET /v1/status", b"POST /v1/receivers/1/rotate-secret"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(head + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"7\r\nxxxxxxx\r\n" * 20_000 + b"zz\r\nnot hex\r\n")
+        await writer.drain()
+        writer.write_eof()
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(DEADLINE):
+                answer = await reader.read()  # to the end: the server closes the connection
+        finally:
+            writer.close()
+        took = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+        assert took < 5.0, f"closed after {took:.1f} s"
+    assert "Traceback" not in server.log
+
+
+async def test_an_unknown_expectation_is_417_wherever_it_goes(start_server: ServerFactory) -> None:
+    # On a route, on a path no route has, with a method no route takes, and with a value
+    # that is not UTF-8 (found by the fuzz: aiohttp's own answer failed to encode, 500).
+    server = start_server()
+    for request, sentence in (
+        (b"POST /send HTTP/1.1\r\nExpect: later\r\n", b"not 'later'"),
+        (b"GET /nowhere HTTP/1.1\r\nExpect: later\r\n", b"Expectation Failed"),
+        (
+            b"GET /v1/subscriptions/%ED%A0%80/pause HTTP/1.1\r\nExpect: \xed\xa0\x80\r\n",
+            b"not '\\\\xed\\\\xa0\\\\x80'",  # the bytes, as JSON escapes a backslash
+        ),
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(request + b"Host: x\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        try:
+            async with asyncio.timeout(DEADLINE):
+                answer = await reader.read()
+        finally:
+            writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 417 "), answer[:200]
+        assert b"application/problem+json" in head
+        assert sentence in body, body
+    assert "Traceback" not in server.log

@@ -35,6 +35,8 @@ from mqpy.supervisor import inherited_data_lock
 
 log = logging.getLogger("mqpy.server")
 
+LINGER_SECONDS = 2.0
+
 # How often delivered messages past --message-retention and idempotency keys past
 # --dedup-window are forgotten: often enough that neither piles up between sweeps, and
 # at least twice per retention so a short one is kept to within half of itself.
@@ -167,6 +169,11 @@ async def _serve_with_store(
         keepalive_timeout=settings.idle_timeout,
         max_line_size=settings.max_url_bytes,
         max_field_size=settings.max_header_bytes,
+        # After answering a request whose body it did not read (a 404, a 405), aiohttp
+        # reads the rest of the body for up to this long before closing, so the client
+        # is not reset mid-upload. Its default of 10 s held a connection whose chunked
+        # body broke after the answer (the parser then waits for nothing) for all 10 s.
+        lingering_time=LINGER_SECONDS,
     )
     await runner.setup()
     sweeper = asyncio.gather(

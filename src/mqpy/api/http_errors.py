@@ -46,6 +46,12 @@ class ProblemRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        if status >= 500 and _unknown_expectation(request):
+            # A request with any other `Expect` than 100-continue never reaches a
+            # handler: for a path or method no route has, aiohttp's own expect
+            # handler refuses it, echoing the header into its text, which fails (500)
+            # on a value that is not UTF-8. Refuse it as a route's own handler does.
+            return expectation_failed(request)
         if status >= 500:
             return super().handle_error(request, status, exc, message)
         # A malformed request is the client's mistake: worth a debug line, not an
@@ -91,14 +97,27 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
     """`Expect: 100-continue` as aiohttp does; any other expectation is a 417 problem.
 
     This runs outside the middleware, so it answers rather than raises."""
-    expectation = request.headers.get("Expect", "")
-    if expectation.lower() == "100-continue":
+    if not _unknown_expectation(request):
         await _default_expect_handler(request)
         return None
+    return expectation_failed(request)
+
+
+def expectation_failed(request: BaseRequest) -> web.StreamResponse:
+    """417 for an `Expect` header other than 100-continue."""
+    expectation = request.headers.get("Expect", "")
+    # A header that is not UTF-8 (read with surrogate escapes) is shown as the bytes
+    # it was (\xed), instead of failing to encode.
+    shown = expectation.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     response = Problem(
         417,
         "expectation-failed",
-        f"this server only understands 'Expect: 100-continue', not {expectation!r}",
+        f"this server only understands 'Expect: 100-continue', not '{shown}'",
     ).to_response(request.path)
     response.force_close()  # the body that was not expected may still be on its way
     return response
+
+
+def _unknown_expectation(request: BaseRequest) -> bool:
+    expectation = request.headers.get("Expect")
+    return expectation is not None and expectation.lower() != "100-continue"
