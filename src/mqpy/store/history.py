@@ -1,10 +1,15 @@
 """A delivery's attempt history: what both SQL stores keep of each attempt.
 
-Each settlement (ack, retry, dead letter) adds one row in the same statement batch and
-transaction as the outcome it records, so keeping history costs one more statement per
-batch of settlements, not one per attempt. A delivery keeps its newest
-`MAX_ATTEMPTS_KEPT` attempts: a failure trims older ones (the success that ends a
-journey may make it one more), and the rows go with their message when retention
+A failed attempt (a retry or a dead letter) adds one row to `delivery_attempts`, in the
+same statement batch and transaction as the outcome it records. The attempt that
+delivers writes no row: its time and duration go on the delivery's own row with the ack
+(`sent_at`, `duration`), and reading a journey puts it after the failures. Most
+deliveries succeed at once, so most write no history row at all: a row and an index
+entry per delivery cost the hot path about a tenth of its CPU (measured in bench's
+delivery figures, 95 against 84 µs per delivery).
+
+A delivery keeps its newest `MAX_ATTEMPTS_KEPT` failures (a failure trims older ones),
+plus the success that ends its journey; the rows go with their message when retention
 sweeps it.
 """
 
@@ -43,6 +48,11 @@ def attempt_row(settlement: Settlement) -> tuple[Any, ...]:
         settlement.status,
         settlement.error,
     )
+
+
+def failed(settlements: Sequence[Settlement]) -> list[Settlement]:
+    """The settlements that add a history row: retries and dead letters."""
+    return [s for s in settlements if s.dead or s.due_at is not None]
 
 
 def failures(settlements: Sequence[Settlement]) -> list[int]:

@@ -65,6 +65,7 @@ from mqpy.store.history import (
     HISTORY_COLUMNS,
     MAX_ATTEMPTS_KEPT,
     attempt_row,
+    failed,
     failures,
     histories,
 )
@@ -771,11 +772,10 @@ class PostgresStore(Store):
         retries = [o for o in outcomes if o.due_at is not None]
         deaths = [o for o in outcomes if o.dead]
         async with self._transaction(durable=False) as conn:
-            columns = zip(*map(attempt_row, outcomes), strict=True)
-            await conn.execute(sql.RECORD_ATTEMPTS, *map(list, columns))
-            trimmed = failures(outcomes)
-            if trimmed:
-                await conn.execute(sql.TRIM_ATTEMPTS, trimmed, MAX_ATTEMPTS_KEPT)
+            if retries or deaths:
+                columns = zip(*map(attempt_row, failed(outcomes)), strict=True)
+                await conn.execute(sql.RECORD_ATTEMPTS, *map(list, columns))
+                await conn.execute(sql.TRIM_ATTEMPTS, failures(outcomes), MAX_ATTEMPTS_KEPT)
             if retries:
                 await conn.execute(sql.RETRY, *_outcome_arrays(retries, due=True))
             if deaths:
@@ -787,6 +787,8 @@ class PostgresStore(Store):
                     [o.delivery.lease for o in acks],
                     [o.at for o in acks],
                     [o.status for o in acks],
+                    [o.attempted_at for o in acks],
+                    [o.duration for o in acks],
                 )
                 await _finish_messages(
                     conn, {row[0]: row[1] for row in acked}, delivered=len(acked), locked=True

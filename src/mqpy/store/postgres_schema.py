@@ -206,6 +206,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE subscriptions ADD COLUMN kind text NOT NULL DEFAULT 'push';
     """,
+    # 5: the attempt that delivered, kept on its delivery's row (store/history.py): a
+    # delivery that succeeds at once writes no history row of its own.
+    """
+    ALTER TABLE deliveries ADD COLUMN sent_at double precision,
+        ADD COLUMN duration double precision;
+    """,
 ]
 
 

@@ -165,8 +165,10 @@ SELECT {CLAIM_COLUMNS} FROM leased d JOIN messages m ON m.seq = d.message_seq
 ACK = """
 WITH acked AS (
     UPDATE deliveries d SET state = 'delivered', delivered_at = u.at, lease = NULL,
-        leased_by = NULL, last_status = u.status, last_error = NULL
-    FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::integer[]) AS u (id, lease, at, status)
+        leased_by = NULL, last_status = u.status, last_error = NULL, sent_at = u.sent_at,
+        duration = u.duration
+    FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::integer[], $5::float8[],
+        $6::float8[]) AS u (id, lease, at, status, sent_at, duration)
     WHERE d.id = ANY($1::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
     RETURNING d.message_seq, u.at
 )

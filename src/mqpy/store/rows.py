@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from mqpy.domain import (
     DEFAULT_ACK_DEADLINE_SECONDS,
     Attempt,
+    AttemptOutcome,
     BadCursor,
     DeadLetter,
     DeliveryState,
@@ -109,7 +110,7 @@ def changed_spec(spec: SubscriptionSpec, changes: SubscriptionChanges) -> Subscr
 # What delivery_status() takes after `now`, from deliveries d LEFT JOIN groups g.
 DELIVERY_STATUS_COLUMNS = (
     "d.subscription_id, g.name, d.state, d.attempts, d.last_status, d.last_error, "
-    "d.due_at, d.lease, d.delivered_at"
+    "d.due_at, d.lease, d.delivered_at, d.sent_at, d.duration"
 )
 
 
@@ -124,9 +125,13 @@ def delivery_status(
     due_at: float,
     lease: str | None,
     delivered_at: float | None,
+    sent_at: float | None,
+    duration: float | None,
     *,
     history: tuple[Attempt, ...] = (),
 ) -> DeliveryStatus:
+    """A delivery as DELIVERY_STATUS_COLUMNS read it, with its failed attempts'
+    `history`; the attempt that delivered it is on its own row (store/history.py)."""
     next_attempt: float | None = None
     if state == "pending":
         if lease is not None:
@@ -137,6 +142,17 @@ def delivery_status(
             shown, next_attempt = DeliveryState.PENDING, due_at
     else:
         shown = DeliveryState(state)
+    if shown is DeliveryState.DELIVERED and sent_at is not None and subscription_id is not None:
+        success = Attempt(
+            attempts,
+            subscription_id,
+            sent_at,
+            duration,
+            AttemptOutcome.DELIVERED,
+            last_status,
+            None,
+        )
+        history = (*history, success)
     return DeliveryStatus(
         subscription_id=subscription_id,
         group=group,

@@ -215,6 +215,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE subscriptions ADD COLUMN kind TEXT NOT NULL DEFAULT 'push';
     """,
+    # 9: the attempt that delivered, kept on its delivery's row (store/history.py): a
+    # delivery that succeeds at once writes no history row of its own.
+    """
+    ALTER TABLE deliveries ADD COLUMN sent_at REAL;
+    ALTER TABLE deliveries ADD COLUMN duration REAL;
+    """,
 ]
 
 

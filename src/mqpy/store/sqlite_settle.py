@@ -15,7 +15,7 @@ import threading
 from collections.abc import Collection, Sequence
 
 from mqpy.store.batching import Settlement
-from mqpy.store.history import MAX_ATTEMPTS_KEPT, attempt_row, failures
+from mqpy.store.history import MAX_ATTEMPTS_KEPT, attempt_row, failed, failures
 from mqpy.store.rows import chunks
 from mqpy.store.sqlite_tallies import Tallies
 from mqpy.store.sqlite_writer import GroupCommitWriter
@@ -105,7 +105,7 @@ def _answer(operation: asyncio.Future[None], taken: list[_Waiting]) -> None:
 def settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], tallies: Tallies) -> None:
     """Record every settlement whose lease still holds; the others were taken over,
     and whoever holds the lease now reports the outcome."""
-    record_attempts(conn, settlements)
+    record_failed_attempts(conn, failed(settlements))
     retries = [s for s in settlements if s.due_at is not None]
     if retries:
         conn.executemany(_RETRY, [_failure_row(s, s.due_at) for s in retries])
@@ -120,15 +120,23 @@ def settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], tallies:
         return
     seqs: set[int] = set()
     for chunk in chunks(acks):
-        values = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+        values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
         params = [
             value
             for s in chunk
-            for value in (s.delivery.delivery_id, s.delivery.lease, s.at, s.status)
+            for value in (
+                s.delivery.delivery_id,
+                s.delivery.lease,
+                s.at,
+                s.status,
+                s.attempted_at,
+                s.duration,
+            )
         ]
         rows = conn.execute(
             "UPDATE deliveries SET state = 'delivered', delivered_at = v.column3, "
-            "lease = NULL, last_status = v.column4, last_error = NULL "
+            "lease = NULL, last_status = v.column4, last_error = NULL, "
+            "sent_at = v.column5, duration = v.column6 "
             f"FROM (VALUES {values}) AS v WHERE deliveries.id = v.column1 "
             "AND deliveries.lease = v.column2 AND deliveries.state = 'pending' "
             "RETURNING message_seq",
@@ -142,9 +150,9 @@ def settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], tallies:
     tallies.add_stored(-finish_messages(conn, seqs, max(s.at for s in acks)))
 
 
-def record_attempts(conn: sqlite3.Connection, settlements: Sequence[Settlement]) -> None:
-    """Add each attempt to its delivery's history; trim the histories of the failed
-    ones to the newest MAX_ATTEMPTS_KEPT (an ack ends a journey: no trim needed)."""
+def record_failed_attempts(conn: sqlite3.Connection, settlements: Sequence[Settlement]) -> None:
+    """Add each failed attempt to its delivery's history, and trim those histories to
+    the newest MAX_ATTEMPTS_KEPT (an ack goes on the delivery's row instead)."""
     for chunk in chunks(settlements, 200):  # 9 parameters each
         values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
         params = [value for s in chunk for value in attempt_row(s)]
