@@ -29,6 +29,7 @@ from mqpy import supervisor
 from mqpy.supervisor import Supervisor
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
+from tests.support.receiver import Crowd
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.skipif(
@@ -236,6 +237,41 @@ async def test_two_processes_share_one_port_and_deliver_every_publish_once(
     assert {pid for _, pid in slots} == pids
     assert {slot for slot, _ in slots} == {"1/2", "2/2"}
     assert any(e["message"] == f"starting 2 processes on 127.0.0.1:{server.port}" for e in entries)
+
+
+async def test_a_subscriptions_max_concurrency_holds_for_the_whole_group(
+    start_server: ServerFactory, start_receiver: ReceiverFactory, store: str
+) -> None:
+    server, pids = start_processes(start_server, store, 2)
+    crowd = Crowd(delay=0.2)
+    receiver = await start_receiver(crowd)
+    # 16 connections: all on one process would happen once in 30,000 runs.
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) for _ in range(16)]
+    try:
+        made = await sessions[0].post(
+            f"{server.url}/v1/subscriptions",
+            json={"url": receiver.url, "topic": "t", "max_concurrency": 1},
+        )
+        assert made.status == 201, await made.text()
+        await asyncio.sleep(1.5)  # in force on both processes
+        for session in sessions:  # each opens its connection, kept alive
+            async with session.get(f"{server.url}/healthz") as answer:
+                assert answer.status == 200
+        held = established_by(pids, server.port)
+        assert all(held.values()), held  # both processes take publishes, and claim
+
+        async def publish(session: aiohttp.ClientSession, n: int) -> None:
+            url = f"{server.url}/v1/topics/t/messages"
+            async with session.post(url, json={"body": f"m{n}"}) as answer:
+                assert answer.status == 201, await answer.text()
+
+        await asyncio.gather(*(publish(session, n) for n, session in enumerate(sessions)))
+    finally:
+        for session in sessions:
+            await session.close()
+    await receiver.wait_for(16, timeout=60)
+    # Each process alone would let one through at a time: two at once, together.
+    assert crowd.peak == 1
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])

@@ -16,13 +16,13 @@ from mqpy.store.base import Store
 from mqpy.store.postgres import PostgresStore
 from mqpy.store.postgres_schema import MIGRATIONS
 from tests.store.conformance import StoreConformance
+from tests.store.conformance_shared import SharedStoreConformance
 from tests.store.support import (
     LEASE,
     T0,
     Reopen,
     bodies,
     claim,
-    claim_one,
     message,
     publish,
     publish_count,
@@ -75,43 +75,13 @@ class TestPostgresStore(StoreConformance):
         return reopen
 
 
-class TestTwoNodesOnOneDatabase:
+class TestTwoNodesOnOneDatabase(SharedStoreConformance):
     """Two store objects on one database race as two broker nodes would: the hazards
     a single store object, serialising its own calls, can never show."""
 
     @pytest.fixture
     async def nodes(self, stores: OpenStores) -> tuple[PostgresStore, PostgresStore]:
         return await stores.open(), await stores.open()
-
-    async def test_racing_claims_hand_out_each_delivery_once(
-        self, nodes: tuple[PostgresStore, PostgresStore]
-    ) -> None:
-        a, b = nodes
-        for _ in range(3):
-            await receiver(a)
-        await asyncio.gather(*(publish(a if n % 2 else b, f"m{n}") for n in range(200)))
-        claims = await asyncio.gather(
-            *(claim(node, T0, limit=25, per_subscription_limit=1000) for node in [a, b] * 20)
-        )
-        ids = [d.delivery_id for c in claims for d in c.deliveries]
-        assert len(ids) == len(set(ids)) == 600
-
-    async def test_a_taken_over_lease_cannot_settle_the_delivery(
-        self, nodes: tuple[PostgresStore, PostgresStore]
-    ) -> None:
-        a, b = nodes
-        await receiver(a)
-        await publish(a, "slow")
-        on_a = await claim_one(a, T0)
-        on_b = await claim_one(b, T0 + LEASE + 1)  # a's lease ran out: b takes it over
-        assert (on_b.delivery_id, on_b.attempt) == (on_a.delivery_id, 2)
-        await a.ack(on_a, now=T0 + LEASE + 2, status=200)
-        await a.dead_letter(on_a, now=T0 + LEASE + 2, error="late", status=500)
-        assert await a.dead_letter_count() == 0
-        assert (await b.stats()).queue_length == 1
-        await b.ack(on_b, now=T0 + LEASE + 3, status=200)
-        stats = await a.stats()
-        assert (stats.queue_length, stats.completed) == (0, 1)
 
     async def test_racing_publishers_of_one_key_keep_each_ones_order(
         self, nodes: tuple[PostgresStore, PostgresStore]
@@ -136,20 +106,6 @@ class TestTwoNodesOnOneDatabase:
             )
         assert [s for s in seen if s[0] == "a"] == [f"a{n:02d}" for n in range(40)]
         assert [s for s in seen if s[0] == "b"] == [f"b{n:02d}" for n in range(40)]
-
-    async def test_racing_repeats_of_an_idempotency_key_publish_once(
-        self, nodes: tuple[PostgresStore, PostgresStore]
-    ) -> None:
-        a, b = nodes
-        await receiver(a)
-        tries = [message("once", idempotency_key="k", publisher_key="p") for _ in range(10)]
-        results = await asyncio.gather(
-            *(node.publish([m]) for node, m in zip([a, b] * 5, tries, strict=True))
-        )
-        published = [r[0] for r in results]
-        assert sum(not p.duplicate for p in published) == 1
-        assert len({p.id for p in published}) == 1
-        assert (await a.stats()).queue_length == 1
 
     async def test_members_joining_one_group_through_two_nodes_share_it(
         self, nodes: tuple[PostgresStore, PostgresStore]

@@ -19,9 +19,10 @@ from mqpy.domain import (
     SubscriptionKind,
 )
 from mqpy.store.base import Store
-from mqpy.store.sqlite import DATABASE_FILE, SWEEP_CHUNK, SQLiteStore
+from mqpy.store.sqlite import DATABASE_FILE, SWEEP_CHUNK, SQLiteStore, prepare_group
 from mqpy.store.sqlite_schema import MIGRATIONS
 from tests.store.conformance import StoreConformance
+from tests.store.conformance_shared import SharedStoreConformance
 from tests.store.support import (
     T0,
     Reopen,
@@ -77,6 +78,27 @@ async def stores(tmp_path: Path) -> AsyncIterator[OpenStores]:
     opened = OpenStores(tmp_path / "data")
     yield opened
     await opened.close_all()
+
+
+class TestTwoProcessesOnOneDirectory(SharedStoreConformance):
+    """Two store objects of one `--processes` group on one data directory (the lock
+    handed down by the group's supervisor, as `mqpy serve --processes 2` does), racing
+    as its two processes would."""
+
+    @pytest.fixture
+    async def nodes(self, tmp_path: Path) -> AsyncIterator[tuple[SQLiteStore, SQLiteStore]]:
+        with prepare_group(tmp_path) as lock:
+            a = SQLiteStore(tmp_path, group_lock=lock.fileno())
+            b = SQLiteStore(tmp_path, group_lock=lock.fileno())
+            await a.open()
+            try:
+                await b.open()
+                try:
+                    yield a, b
+                finally:
+                    await b.close()
+            finally:
+                await a.close()
 
 
 class TestSQLiteStore(StoreConformance):

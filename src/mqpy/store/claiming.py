@@ -71,6 +71,26 @@ class ClaimBuilder:
         self._secrets: dict[int, tuple[str, ...]] = {}  # per member, once per claim
         self.next_due: float | None = None
 
+    def capped(self) -> list[Member]:
+        """The subscriptions with room whose own `max_concurrency` bounds them: a bound
+        across every node or process sharing the store, so the backend counts what
+        all of them hold (`hold_to_cap`) before choosing."""
+        members = self._routes.members
+        return [
+            members[member_id]
+            for member_id, room in self._room.items()
+            if room > 0 and members[member_id].max_concurrency is not None
+        ]
+
+    def hold_to_cap(self, leased: Mapping[int, int]) -> None:
+        """`leased`: per subscription of `capped()`, how many of its deliveries are
+        under a live lease, held by any node (this one included; absent: none). The
+        dispatcher's count covers only its own node's."""
+        for member in self.capped():
+            assert member.max_concurrency is not None
+            room = member.max_concurrency - leased.get(member.id, 0)
+            self._room[member.id] = min(self._room[member.id], room)
+
     def subscription_takes(self) -> list[tuple[Member, int]]:
         """Each ungrouped subscription with room, and how many rows to read for it."""
         return [

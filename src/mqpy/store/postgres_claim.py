@@ -27,6 +27,18 @@ async def claim_rounds(
     """Choose due deliveries, lease what no other node is taking, and hand those to
     the builder; choose again in place of any another node took meanwhile. Tells the
     builder when the next delivery falls due (now, if more are due than it took)."""
+    capped = builder.capped()
+    if capped:
+        await conn.execute(sql.LOCK_CAPPED, [member.id for member in capped])
+        grouped = [member for member in capped if member.group_id is not None]
+        leased = await conn.fetch(
+            sql.LIVE_LEASES,
+            [member.id for member in capped if member.group_id is None],
+            [member.id for member in grouped],
+            sorted({m.group_id for m in grouped if m.group_id is not None}),
+            now,
+        )
+        builder.hold_to_cap({row[0]: row[1] for row in leased})
     # Chosen in an earlier round: taken by us or by another node. Never choose one
     # again (our own leases are not visible to our reads until this transaction ends).
     chosen_before: list[int] = []

@@ -135,6 +135,26 @@ SELECT NULL, NULL, NULL, min(due) FROM (
 WHERE $7 HAVING $7
 """
 
+# Claims for subscriptions with their own max_concurrency take turns across nodes: each
+# locks those subscriptions' rows (in id order, so two claims cannot deadlock), and
+# counts their live leases only once the claim before it committed its own.
+LOCK_CAPPED = """
+SELECT id FROM subscriptions WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
+"""
+# Deliveries under a live lease by any node: ungrouped ($1), and group members ($2 in
+# groups $3). Each half reads its partial index, as DUE does.
+LIVE_LEASES = """
+SELECT d.subscription_id, count(*) FROM deliveries d
+WHERE d.subscription_id = ANY($1::bigint[]) AND d.group_id IS NULL AND d.state = 'pending'
+    AND d.due_at > $4 AND d.lease IS NOT NULL
+GROUP BY d.subscription_id
+UNION ALL
+SELECT d.subscription_id, count(*) FROM deliveries d
+WHERE d.group_id = ANY($3::bigint[]) AND d.subscription_id = ANY($2::bigint[])
+    AND d.state = 'pending' AND d.due_at > $4 AND d.lease IS NOT NULL
+GROUP BY d.subscription_id
+"""
+
 # The batch statements below name their ids twice: joined to the unnest that carries
 # each row's values, and as `= ANY`, which gives the planner an index condition. With
 # the join alone, a generic plan made while the table looked small scans the whole

@@ -15,7 +15,7 @@ from mqpy.domain import Claim, Delivery
 from mqpy.ids import new_lease_token
 from mqpy.store.claiming import CLAIM_COLUMNS as _COLUMNS
 from mqpy.store.claiming import ClaimBuilder, leased_deliveries, oldest_due
-from mqpy.store.routes import Routes
+from mqpy.store.routes import Member, Routes
 from mqpy.store.rows import chunks
 
 _FROM = "deliveries d JOIN messages m ON m.seq = d.message_seq"
@@ -51,6 +51,18 @@ _NEXT_FOR_SUBSCRIPTION = (
 _NEXT_FOR_GROUP = (
     "SELECT MIN(due_at) FROM deliveries WHERE group_id = ? AND state = 'pending' AND due_at > ?"
 )
+# Deliveries under a live lease (held by any process of a group), for subscriptions
+# with their own max_concurrency; each reads its partial index like the queries above.
+_LEASED_UNGROUPED = (
+    "SELECT subscription_id, COUNT(*) FROM deliveries WHERE subscription_id IN ({marks}) "
+    "AND group_id IS NULL AND state = 'pending' AND due_at > ? AND lease IS NOT NULL "
+    "GROUP BY subscription_id"
+)
+_LEASED_GROUPED = (
+    "SELECT subscription_id, COUNT(*) FROM deliveries WHERE group_id IN ({groups}) "
+    "AND state = 'pending' AND due_at > ? AND lease IS NOT NULL "
+    "AND subscription_id IN ({marks}) GROUP BY subscription_id"
+)
 _QUERIES = {  # is a group: what is due, and when the next falls due
     False: (_DUE_FOR_SUBSCRIPTION, _NEXT_FOR_SUBSCRIPTION),
     True: (_DUE_FOR_GROUP, _NEXT_FOR_GROUP),
@@ -77,6 +89,9 @@ def claim(
         busy=busy,
         for_subscription=for_subscription,
     )
+    capped = builder.capped()
+    if capped:
+        builder.hold_to_cap(_leased(conn, capped, now))
     due: list[tuple[int, bool, int, float]] = []  # target, is a group, delivery id, due at
     takes: dict[tuple[bool, int], int] = {}
     targets = [(False, member.id, take) for member, take in builder.subscription_takes()]
@@ -99,12 +114,36 @@ def claim(
         # Read before the lease counts the attempt: a row carries the attempts so far.
         for row in conn.execute(f"SELECT {_COLUMNS} FROM {_FROM} WHERE d.id IN ({marks})", chunk):
             builder.add_leased(assigned[row[0]], row)
-    conn.executemany(
-        "UPDATE deliveries SET attempts = attempts + 1, due_at = ?, lease = ?, "
-        "subscription_id = ? WHERE id = ?",
-        [(now + lease_seconds, builder.lease, assigned[i], i) for i in ids],
-    )
+    # One statement per chunk, not one per delivery: each statement gives up the GIL
+    # and must win it back from the event loop (see sqlite_publish.py).
+    for chunk in chunks(ids):
+        values = ", ".join(["(?, ?)"] * len(chunk))
+        conn.execute(
+            "UPDATE deliveries SET attempts = attempts + 1, due_at = ?, lease = ?, "
+            f"subscription_id = v.column2 FROM (VALUES {values}) AS v "
+            "WHERE deliveries.id = v.column1",
+            (now + lease_seconds, builder.lease, *(x for i in chunk for x in (i, assigned[i]))),
+        )
     return builder.finish()
+
+
+def _leased(conn: sqlite3.Connection, members: Collection[Member], now: float) -> dict[int, int]:
+    """Per member, its deliveries under a live lease. A claim runs inside the write
+    transaction, which the processes of a group take in turns, so no other process
+    can lease between this count and this claim's leases."""
+    counts: dict[int, int] = {}
+    ungrouped = [m.id for m in members if m.group_id is None]
+    if ungrouped:
+        marks = ", ".join("?" * len(ungrouped))
+        counts.update(conn.execute(_LEASED_UNGROUPED.format(marks=marks), (*ungrouped, now)))
+    grouped = [m for m in members if m.group_id is not None]
+    if grouped:
+        group_ids = sorted({m.group_id for m in grouped if m.group_id is not None})
+        query = _LEASED_GROUPED.format(
+            groups=", ".join("?" * len(group_ids)), marks=", ".join("?" * len(grouped))
+        )
+        counts.update(conn.execute(query, (*group_ids, now, *(m.id for m in grouped))))
+    return counts
 
 
 def leased(
