@@ -1303,6 +1303,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--latency-seconds", type=float, default=None, help="latency: seconds of load (default 10)"
     )
     parser.add_argument(
+        "--flaky-messages",
+        type=int,
+        default=None,
+        help="flaky: messages for the failing receiver (default 300; issue 10 tried 5,000)",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=RESULTS / "latest.json",
@@ -1408,6 +1414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "publish_count": args.publish_count,
         "delivery_messages": args.delivery_messages,
         "latency_seconds": args.latency_seconds,
+        "flaky_messages": args.flaky_messages,
     }
     plan = Plan(**{**asdict(plan), **{k: v for k, v in overrides.items() if v is not None}})
     if args.publish_count is not None:

@@ -141,6 +141,39 @@ async def test_a_flaky_receiver_keeps_getting_what_it_can_take(
     assert peak >= 2, "a flaky receiver should still get several deliveries at once"
 
 
+async def test_hung_requests_do_not_hold_back_a_receiver_that_answers_the_others(
+    start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
+) -> None:
+    """Its first requests hang past the delivery timeout; for a while it answers every
+    other one quickly with 500. Its window falls to one, yet the hung requests must not
+    count against it while it answers: attempts keep arriving before the first hang
+    times out."""
+    server = start_server(*FAST_RETRIES, "--max-attempts", "100", "--delivery-timeout", "3s")
+    client = SeedClient(http, server.url)
+    first_at: list[float] = []
+
+    async def hangs_then_fails(request: web.Request, number: int) -> web.StreamResponse:
+        now = time.monotonic()
+        if not first_at:
+            first_at.append(now)
+        if number <= 3:
+            await asyncio.sleep(4.0)  # the broker gave up at 3 s
+        if now - first_at[0] < 4.0:
+            return web.Response(status=500)
+        return web.Response(status=204)
+
+    receiver = await start_receiver(hangs_then_fails)
+    await client.connect_receiver(receiver.url)
+    sender = await client.connect_sender()
+    ids = await publish_many(client, sender, [f"m{n}" for n in range(20)])
+    await wait_for_ids(receiver, ids, timeout=60)
+    before_timeout = [r for r in receiver.attempts if r.at - first_at[0] < 2.9]
+    print(f"{len(before_timeout)} attempts arrived while three requests hung")
+    # Retried 500s alone come every 50 to 500 ms (FAST_RETRIES); held back by the hung
+    # requests, only the first window's worth arrived before the timeout.
+    assert len(before_timeout) >= 15, len(before_timeout)
+
+
 async def test_failing_and_struggling_receivers_do_not_hold_up_a_fast_one(
     start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
 ) -> None:

@@ -197,3 +197,14 @@ def test_a_receiver_is_responsive_while_it_answers_quickly() -> None:
     assert windows.responsive(1, now + 0.5)
     windows.succeeded(1, sent_at=now + 1, now=now + 2, held=4, cap=CAP)  # slow
     assert not windows.responsive(1, now + 2), "a slow answer is not a quick one"
+
+
+def test_a_quick_error_answer_shows_the_receiver_is_answering() -> None:
+    windows = ReceiverWindows(doubling)
+    now = answer_quickly(windows, 1, 0.0, 4)
+    later = now + 5  # no success since: the success alone no longer counts
+    windows.failed(1, sent_at=later, now=later + FAST, cap=CAP, answered=True)  # a quick 500
+    assert windows.responsive(1, later + 0.5)
+    # A failure with no answer (a dropped connection, a timeout) shows nothing of the kind.
+    windows.failed(1, sent_at=later + 5, now=later + 5 + FAST, cap=CAP)
+    assert not windows.responsive(1, later + 5 + FAST)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from asyncio import FIRST_COMPLETED
 from collections import Counter
@@ -71,6 +72,10 @@ class Dispatcher:
         # Deliveries being sent, by delivery id.
         self._sending: dict[int, _Sending] = {}
         self._wake = asyncio.Event()
+        # The earliest time a delivery sent since the claim loop last looked becomes
+        # overdue (`_check_overdue_at`), and whether the loop is asleep now.
+        self._recheck_at = math.inf
+        self._asleep = False
         self._all_settled = asyncio.Event()  # set when nothing is in flight at shutdown
         self._claimer: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -167,6 +172,7 @@ class Dispatcher:
     async def _claim_loop(self) -> None:
         while not self._stopping:
             self._wake.clear()
+            self._recheck_at = math.inf  # `_find_overdue` below sees everything sent so far
             timeout = MAX_IDLE_SECONDS
             room = self._capacity - self.held
             if room > 0:
@@ -206,8 +212,11 @@ class Dispatcher:
                         timeout = min(timeout, pace.next_at(now) - now)
                 if claim.deliveries and timeout == 0.0:
                     continue
+            timeout = min(timeout, max(0.0, self._recheck_at - self._clock()))
+            self._asleep = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+            self._asleep = False
 
     async def _renew_loop(self) -> None:
         """Extend the leases of everything held, three times per lease: a node that
@@ -330,6 +339,20 @@ class Dispatcher:
                     del self._held[delivery.subscription_id]
                 self._slot_freed()
 
+    def _check_overdue_at(self, due_at: float) -> None:
+        """Have the claim loop look again at `due_at`, when a delivery just sent becomes
+        overdue: its sleep may have been planned before this delivery was sent. A hung
+        delivery of a receiver whose window is full would otherwise hold back its next
+        delivery until the loop's idle timeout (bench `flaky`: gaps of 1 s, many times
+        over). A timer only while the loop sleeps, and only for an earlier time than
+        one already set: deliveries sent later mostly fall due later."""
+        if due_at >= self._recheck_at:
+            return
+        self._recheck_at = due_at
+        if self._asleep:
+            loop = asyncio.get_running_loop()
+            loop.call_at(loop.time() + max(0.0, due_at - self._clock()), self._wake.set)
+
     def _slot_freed(self) -> None:
         # Claim again once a worthwhile share of the room is free, or as soon as the
         # workers run dry: a claim per finished delivery would be a store round trip
@@ -343,6 +366,7 @@ class Dispatcher:
         started = time.perf_counter()
         sent_at = self._clock()
         self._sending[delivery.delivery_id] = _Sending(delivery.subscription_id, sent_at)
+        self._check_overdue_at(sent_at + self._windows.patience(delivery.subscription_id))
         try:
             outcome = await self._sender.send(delivery)
         finally:
@@ -377,6 +401,7 @@ class Dispatcher:
                 cap=self._cap_of(subscription_id),
                 retry_after=policy.retry_after_wait(outcome.retry_after),
                 backoff=policy.backoff,
+                answered=outcome.status is not None,
             )
             self._observer.window_changed(subscription_id, self._windows.size(subscription_id))
         await self._settle_failure(delivery, outcome, _Timing(sent_at, took))
