@@ -22,8 +22,9 @@ window), that starts small and follows what the receiver shows it can take:
   the receiver still answers others quickly (within `RESPONSIVE_SECONDS`; an answer
   is any HTTP status, a 500 as much as a 2xx: it shows the receiver's server is there
   and answering), all of its hung deliveries stop counting, up to its cap: one that
-  hangs on some requests at random keeps getting the rest. Otherwise only a window's worth stop counting, so a
-  receiver that slowed down as a whole has at most twice its window out.
+  hangs on some requests at random keeps getting the rest. Otherwise only a window's
+  worth stop counting, so a receiver that slowed down as a whole has at most twice its
+  window out.
 - **Never to nothing.** The window stays at one or more, so a flaky receiver keeps
   getting deliveries, fewer at once. Only a receiver that failed `DEAD_AFTER` times in
   a row with its window down to one is paused as a whole (in a row by the order they
