@@ -108,10 +108,10 @@ class ReceiverGate(Protocol):
 
 
 class PublishObserver(Protocol):
-    """Told of each message the broker accepted (metrics, throughput)."""
+    """Told of the messages the broker accepted (metrics, throughput)."""
 
-    def published(self, topic: str) -> None:
-        """A message of `topic` was committed."""
+    def published(self, topic: str, count: int = 1) -> None:
+        """`count` messages of `topic` were committed (a batch is told at once)."""
 
 
 class _NoListener:
@@ -131,7 +131,7 @@ class _OpenGate:
 
 
 class _NoObserver:
-    def published(self, topic: str) -> None:
+    def published(self, topic: str, count: int = 1) -> None:
         pass
 
 
@@ -423,9 +423,9 @@ class Broker:
         )
         if any(p.deliveries for p in published):
             self._listener.notify()
-        for result in published:
-            if not result.duplicate:
-                self._observer.published(topic)
+        stored = sum(not result.duplicate for result in published)
+        if stored:
+            self._observer.published(topic, stored)
         return published
 
     async def message(self, message_id: str, principal: Principal) -> StoredMessage:

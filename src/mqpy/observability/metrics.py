@@ -82,11 +82,11 @@ class Metrics:
         # CPU, memory and open files of this process, as every exporter has them.
         ProcessCollector(registry=registry)
 
-    def published(self, topic: str) -> None:
+    def published(self, topic: str, count: int = 1) -> None:
         counter = self._published_by_topic.get(topic)
         if counter is None:
             counter = self._published_by_topic[topic] = self._published.labels(topic)
-        counter.inc()
+        counter.inc(count)
 
     def attempted(self, seconds: float) -> None:
         self._attempts.inc()

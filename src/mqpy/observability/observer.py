@@ -62,11 +62,12 @@ class Observer:
 
     # Reported by the broker, once per accepted message.
 
-    def published(self, topic: str) -> None:
+    def published(self, topic: str, count: int = 1) -> None:
+        """`count` messages were published to `topic` (a batch is counted at once)."""
         now = self._clock()
-        self._metrics.published(topic)
-        self._throughput.published.add(now)
-        self._topic(topic).published.add(now)
+        self._metrics.published(topic, count)
+        self._throughput.published.add(now, count)
+        self._topic(topic).published.add(now, count)
 
     # Reported by the dispatcher, per delivery attempt.
 

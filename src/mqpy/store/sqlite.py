@@ -551,8 +551,8 @@ class SQLiteStore(Store):
             published = self._publishing.publish(conn, routes, messages, dedup_since)
             fresh = [m for m, p in zip(messages, published, strict=True) if not p.duplicate]
             tallies.add_stored(len(fresh))
-            for message in fresh:
-                tallies.published(message.topic, 1, message.published_at)
+            for topic, (count, first) in _by_topic(fresh).items():
+                tallies.published(topic, count, first)
             return published
 
         return await self._writer.run(operation, buffered=True)
@@ -1174,6 +1174,16 @@ def _stored_message(conn: sqlite3.Connection, message_id: str, now: float) -> St
         deliveries=deliveries,
     )
 
+
+
+def _by_topic(messages: Sequence[NewMessage]) -> dict[str, tuple[int, float]]:
+    """Per topic, how many of `messages` and the earliest publish time: a batch (one
+    topic) is counted once, not once per message."""
+    counts: dict[str, tuple[int, float]] = {}
+    for message in messages:
+        count, first = counts.get(message.topic, (0, message.published_at))
+        counts[message.topic] = (count + 1, min(first, message.published_at))
+    return counts
 
 _CONNECTION_COLUMNS = "id, mode, client_url, topic, connected_at, key_id"
 
