@@ -1175,7 +1175,6 @@ def _stored_message(conn: sqlite3.Connection, message_id: str, now: float) -> St
     )
 
 
-
 def _by_topic(messages: Sequence[NewMessage]) -> dict[str, tuple[int, float]]:
     """Per topic, how many of `messages` and the earliest publish time: a batch (one
     topic) is counted once, not once per message."""
@@ -1184,6 +1183,7 @@ def _by_topic(messages: Sequence[NewMessage]) -> dict[str, tuple[int, float]]:
         count, first = counts.get(message.topic, (0, message.published_at))
         counts[message.topic] = (count + 1, min(first, message.published_at))
     return counts
+
 
 _CONNECTION_COLUMNS = "id, mode, client_url, topic, connected_at, key_id"
 
