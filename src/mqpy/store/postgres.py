@@ -771,7 +771,13 @@ class PostgresStore(Store):
         )
         retries = [o for o in outcomes if o.due_at is not None]
         deaths = [o for o in outcomes if o.dead]
-        async with self._transaction(durable=False) as conn:
+        # A large batch is planned for its own arrays: a generic plan, made once per
+        # connection while the tables looked small, can join them in a nested loop
+        # (measured on a freshly filled database: 150 µs per acked message in batches
+        # of 500, 77 planned per call). Small batches, the dispatcher's, keep their
+        # cached plans: planning each one cost more than it saved (bench delivery).
+        custom = "SET LOCAL plan_cache_mode = force_custom_plan" if len(outcomes) >= 64 else ""
+        async with self._transaction(durable=False, first=custom) as conn:
             if retries or deaths:
                 columns = zip(*map(attempt_row, failed(outcomes)), strict=True)
                 await conn.execute(sql.RECORD_ATTEMPTS, *map(list, columns))
