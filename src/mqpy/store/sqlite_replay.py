@@ -3,10 +3,12 @@ claim, settlement or sweep runs between its statements."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Iterable
 
 from mqpy.domain import SeekResult
-from mqpy.store.replay import REPLAY_COLUMNS, due_at, replayable
+from mqpy.store.replay import REPLAY_COLUMNS, replayable
 from mqpy.store.routes import Target
 from mqpy.store.sqlite_settle import finish_messages
 
@@ -37,30 +39,38 @@ def seek(
         f"SELECT {REPLAY_COLUMNS} FROM messages WHERE published_at >= ? ORDER BY seq", (since,)
     ).fetchall()
     wanted = replayable(rows, target)
-    conn.executemany(
-        f"DELETE FROM deliveries AS d WHERE d.message_seq = ? AND {of_target} "
-        f"AND NOT ({_IN_FLIGHT})",
-        [(row[0], key, now) for row in wanted],
+    # Sequence numbers go in as one JSON array, not a statement per message: a seek over
+    # 100,000 messages took 1.1 s of the writer that way, and publishes wait for it.
+    conn.execute(
+        f"DELETE FROM deliveries AS d WHERE {of_target} AND d.message_seq IN "
+        f"(SELECT value FROM json_each(?)) AND NOT ({_IN_FLIGHT})",
+        (key, _array(row[0] for row in wanted), now),
     )
     in_flight = {
         seq
         for (seq,) in conn.execute(
-            f"SELECT d.message_seq FROM deliveries d WHERE {of_target} AND {_IN_FLIGHT} "
-            "AND d.message_seq >= ?",
-            (key, now, wanted[0][0] if wanted else 0),
+            f"SELECT d.message_seq FROM deliveries d WHERE {of_target} "
+            "AND d.message_seq IN (SELECT value FROM json_each(?))",
+            (key, _array(row[0] for row in wanted)),
         )
     }
-    due = [row for row in wanted if row[0] not in in_flight]
+    due = _array(row[0] for row in wanted if row[0] not in in_flight)
     # In publish order: a key's deliveries leave oldest id first (sqlite_claim.py).
-    conn.executemany(
+    inserted = conn.execute(
         "INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, "
-        "state, due_at) VALUES (?, ?, ?, ?, 'pending', ?)",
-        [
-            (row[0], target.subscription_id, target.group_id, row[3], due_at(row[4], now))
-            for row in due
-        ],
-    )
-    revived = [(row[0],) for row in due if row[5] is not None]
-    conn.executemany("UPDATE messages SET done_at = NULL WHERE seq = ?", revived)
-    result = SeekResult(due=len(due), acked=len(acked), in_flight=len(wanted) - len(due))
-    return result, len(revived) - finished
+        "state, due_at) SELECT m.seq, ?, ?, m.ordering_key, 'pending', "
+        "MAX(?, COALESCE(m.deliver_at, 0)) FROM messages m "
+        "WHERE m.seq IN (SELECT value FROM json_each(?)) ORDER BY m.seq",
+        (target.subscription_id, target.group_id, now, due),
+    ).rowcount
+    revived = conn.execute(
+        "UPDATE messages SET done_at = NULL WHERE seq IN (SELECT value FROM json_each(?)) "
+        "AND done_at IS NOT NULL",
+        (due,),
+    ).rowcount
+    result = SeekResult(due=inserted, acked=len(acked), in_flight=len(wanted) - inserted)
+    return result, revived - finished
+
+
+def _array(seqs: Iterable[int]) -> str:
+    return json.dumps(list(seqs))
