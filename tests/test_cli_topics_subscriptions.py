@@ -456,3 +456,31 @@ def test_every_command_has_help(command: list[str]) -> None:
 def test_top_level_help_names_both_commands() -> None:
     text = succeeded(mqpy("--help"))
     assert "topics" in text and "subscriptions" in text
+
+
+def test_start_at_and_seek_from_the_command_line(secured: ServerProcess) -> None:
+    publish(secured, "cli.replay", "published before the subscription")
+    made = create(secured, "--pull", "--topic", "cli.replay", "--start-at", "earliest")
+    sid = str(made["id"])
+
+    def pulled() -> list[str]:
+        out = succeeded(as_admin(secured, "subscriptions", "pull", sid, "--wait", "5", "--json"))
+        return [json.loads(line)["body"] for line in out.splitlines()]
+
+    assert pulled() == ["published before the subscription"]  # start_at reached it
+    said = succeeded(as_admin(secured, "subscriptions", "seek", sid, "--time", "1h"))
+    assert re.fullmatch(
+        rf"subscription {sid} moved to \S+: 1 message\(s\) due again, 0 acknowledged\n", said
+    ), said
+    assert pulled() == ["published before the subscription"]  # the seek brought it back
+    answer = as_json(
+        as_admin(secured, "subscriptions", "seek", sid, "--time", "2099-01-01T00:00:00Z", "--json")
+    )
+    assert (answer["due"], answer["acked"]) == (0, 0), answer
+    for args, wrong in (
+        (("seek", sid, "--time", "yesterday"), "'yesterday' is neither a time"),
+        (("seek", sid, "--time", "2026-11-26T23:00:00"), "with an offset"),
+        (("create", "--pull", "--start-at", "soon"), "'soon' is not a start"),
+    ):
+        result = as_admin(secured, "subscriptions", *args)
+        assert result.returncode == 2 and wrong in result.stderr, (args, result.stderr)

@@ -340,8 +340,9 @@ def test_without_retries_the_caller_gets_rate_limited(start_server: ServerFactor
 
 def test_a_retry_after_beyond_the_limit_is_not_waited_for(start_server: ServerFactory) -> None:
     server = start_server("--max-backlog", "1")
+    wait_for_a_paused_subscription(server)
     with mqpy.Client(server.url, max_retry_wait=2.0) as client:
-        client.publish("fills the backlog: no receiver takes it")
+        client.publish("fills the backlog: it waits for the paused subscription")
         started = time.monotonic()
         with pytest.raises(mqpy.Unavailable) as error:
             client.publish("no room")
@@ -350,10 +351,38 @@ def test_a_retry_after_beyond_the_limit_is_not_waited_for(start_server: ServerFa
     assert error.value.retry_after == 5
 
 
+def wait_for_a_paused_subscription(server: ServerProcess) -> None:
+    """A paused subscription to every topic: what is published waits for it (a
+    message no subscription takes is done at once, and counts in no backlog)."""
+    paused = {"url": "http://127.0.0.1:9/paused", "topic": ">", "paused": True}
+    ok(call(server.url, "POST", "/v1/subscriptions", paused), 201)
+
+
+async def test_the_async_client_starts_a_subscription_early_and_seeks(
+    start_server: ServerFactory,
+) -> None:
+    server = start_server()
+    async with mqpy.AsyncClient(server.url) as client:
+        await client.publish("ledger", "before")
+        sid = await client.create_pull_subscription(
+            "ledger", start_at=datetime.now(UTC) - timedelta(hours=1)
+        )
+        (first,) = await client.pull(sid, wait_seconds=10)
+        assert first.body == "before"
+        await client.ack(sid, [first])
+        sought = await client.seek(sid, "2000-01-01T00:00:00Z")
+        assert (sought.due, sought.acked, sought.in_flight) == (1, 0, 0)
+        (again,) = await client.pull(sid, wait_seconds=10)
+        assert (again.message_id, again.attempt) == (first.message_id, 1)
+        with pytest.raises(ValueError, match="time needs a timezone-aware datetime"):
+            await client.seek(sid, datetime.now())
+
+
 def test_a_send_whose_answer_was_lost_is_not_sent_again(
     start_server: ServerFactory, relay_factory: list[Relay]
 ) -> None:
     server = start_server()
+    wait_for_a_paused_subscription(server)
     with mqpy.Client(server.url) as direct:
         sender = direct.connect("send")
     relay = Relay(server, lose_answers=1)
@@ -362,7 +391,7 @@ def test_a_send_whose_answer_was_lost_is_not_sent_again(
     with client, pytest.raises(mqpy.ConnectionFailed) as error:
         client.send(sender.id, "stored, but the answer never came back")
     assert error.value.request_sent is True
-    # No receiver is connected, so the message waits, counted once: it was not resent.
+    # Its only subscription is paused, so the message waits, counted once: not resent.
     assert figures(server)["queue length"] == 1
     assert relay.connections == 1
 
@@ -507,6 +536,7 @@ async def test_async_a_lost_send_is_not_sent_again(
     start_server: ServerFactory, relay_factory: list[Relay]
 ) -> None:
     server = start_server()
+    wait_for_a_paused_subscription(server)
     async with mqpy.AsyncClient(server.url) as direct:
         sender = await direct.connect("send")
     relay = Relay(server, lose_answers=1)
@@ -642,6 +672,7 @@ def test_publish_to_a_topic_keeps_its_options(start_server: ServerFactory) -> No
 
 def test_an_idempotent_publish_is_stored_once(start_server: ServerFactory) -> None:
     server = start_server()
+    wait_for_a_paused_subscription(server)
     with mqpy.Client(server.url) as client:
         first = client.publish("orders", "once", idempotency_key="order-17")
         again = client.publish("orders", "once", idempotency_key="order-17")
@@ -655,6 +686,7 @@ def test_an_idempotent_publish_whose_answer_was_lost_is_retried(
     start_server: ServerFactory, relay_factory: list[Relay]
 ) -> None:
     server = start_server()
+    wait_for_a_paused_subscription(server)
     relays = [Relay(server, lose_answers=1) for _ in range(2)]
     relay_factory.extend(relays)
     with mqpy.Client(relays[0].url, retries=3) as client:
@@ -681,6 +713,7 @@ def test_publish_options_without_a_topic_are_a_type_error(start_server: ServerFa
 
 def test_publish_batch_gives_one_result_per_message(start_server: ServerFactory) -> None:
     server = start_server("--max-message-bytes", "1000")
+    wait_for_a_paused_subscription(server)
     with mqpy.Client(server.url) as client:
         results = client.publish_batch(
             "events",

@@ -71,19 +71,28 @@ async def test_every_receiver_gets_every_message(
             assert record.body == {"body": body_of[record.message_id]}
 
 
-async def test_message_published_with_no_receiver_waits_for_the_first_one(
+async def test_receivers_connecting_after_a_publish_are_treated_the_same(
     client: SeedClient, start_receiver: ReceiverFactory
 ) -> None:
+    # Published with no receiver: none connecting later gets it unless it starts
+    # earlier; two that do, one after the other, both get every message.
     sender = await client.connect_sender()
-    bodies = [f"waiting {n}" for n in range(10)]
+    bodies = [f"before {n}" for n in range(10)]
     ids = [(await client.send(sender, body))["message_id"] for body in bodies]
-    receiver = await start_receiver()
-    await client.connect_receiver(receiver.url)
-    received = await receiver.wait_for(10)
-    # Every one, each with its own body; several go at once, so in any order.
-    assert {record.message_id: record.text for record in received} == dict(
-        zip(ids, bodies, strict=True)
-    )
+    plain = await start_receiver()
+    await client.connect_receiver(plain.url)
+    first, second = await start_receiver(), await start_receiver()
+    await client.connect_receiver(first.url, start_at="earliest")
+    await client.connect_receiver(second.url, START_AT="earliest")  # keys fold case
+    for receiver in (first, second):
+        received = await receiver.wait_for(10)
+        # Every one, each with its own body; several go at once, so in any order.
+        assert {record.message_id: record.text for record in received} == dict(
+            zip(ids, bodies, strict=True)
+        )
+    after = (await client.send(sender, "after"))["message_id"]
+    received = await plain.wait_for(1)
+    assert [record.message_id for record in received] == [after]
 
 
 async def test_disconnected_receiver_gets_nothing_more(

@@ -128,6 +128,13 @@ async def test_a_full_backlog_answers_503_and_loses_nothing_accepted(
 ) -> None:
     server = start_server("--max-backlog", "10", *FAST_RETRIES)
     client = SeedClient(http, server.url)
+    receiver = await start_receiver()
+    # Paused, so what is published waits for it: a message nobody takes is no backlog.
+    async with http.post(
+        server.url + "/v1/subscriptions", json={"url": receiver.url, "paused": True}
+    ) as response:
+        assert response.status == 201
+        subscription = (await response.json())["id"]
     sender = await client.connect_sender()
     accepted = {}
     for n in range(10):
@@ -137,8 +144,8 @@ async def test_a_full_backlog_answers_503_and_loses_nothing_accepted(
     status, headers, body = await send(client, sender, "one too many")
     check_limited(status, headers, body, 503)
 
-    receiver = await start_receiver()
-    await client.connect_receiver(receiver.url)
+    async with http.post(f"{server.url}/v1/subscriptions/{subscription}/resume") as response:
+        assert response.status == 200
     counts = await wait_for_ids(receiver, accepted, timeout=30)
     assert counts.keys() == accepted.keys()
     assert {record.text for record in receiver.received} == set(accepted.values())

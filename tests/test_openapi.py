@@ -132,6 +132,16 @@ def test_real_answers_match_the_document(base: str, document: dict[str, Any]) ->
     check("PATCH", one, f"/v1/subscriptions/{sid}", {"max_per_second": 3}, expect=200)
     for action in ("pause", "resume", "rotate-secret"):
         check("POST", one + "/" + action, f"/v1/subscriptions/{sid}/{action}", expect=200)
+    seek = f"/v1/subscriptions/{sid}/seek"
+    check("POST", one + "/seek", seek, {"time": "2026-11-26T22:00:00Z"}, expect=200)
+    check("POST", one + "/seek", seek, {"time": "yesterday"}, expect=400)
+    check(
+        "POST",
+        one + "/seek",
+        "/v1/subscriptions/77/seek",
+        {"time": "2026-11-26T22:00:00Z"},
+        expect=404,
+    )
     dead = one + "/dead-letters"
     check("GET", dead, f"/v1/subscriptions/{sid}/dead-letters", expect=200)
     check("POST", dead + "/redrive", f"/v1/subscriptions/{sid}/dead-letters/redrive", expect=200)

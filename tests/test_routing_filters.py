@@ -210,19 +210,25 @@ async def test_changing_a_subscriptions_filter_changes_what_it_gets(
     assert counts(receiver.received) == {text: 1 for text in wanted}
 
 
-async def test_a_waiting_message_goes_to_the_first_subscription_it_matches(
+async def test_a_message_nobody_took_reaches_only_a_subscription_starting_earlier(
     broker: Broker, start_receiver: ReceiverFactory
 ) -> None:
-    # Published while nothing is subscribed, it waits; a subscription whose filter it
-    # does not pass does not take it, the first one it matches does.
+    # Published while nothing is subscribed, it is done; a subscription starting at
+    # the earliest gets it if its filter passes it, one starting now does not.
     await broker.publish_new("lonely", "for the us", attributes={"region": "us"})
     eu = await start_receiver()
-    await broker.connect_receiver(eu.url, topic="lonely", filter={"region": "eu"})
+    await broker.connect_receiver(
+        eu.url, topic="lonely", filter={"region": "eu"}, start_at="earliest"
+    )
     await broker.publish_new("lonely", "for the eu", attributes={"region": "eu"})
     await wait_for_texts(eu, ["for the eu"])
+    now = await start_receiver()
+    await broker.subscribe(now.url, "lonely", filter={"region": {"prefix": "u"}})
     us = await start_receiver()
-    await broker.subscribe(us.url, "lonely", filter={"region": {"prefix": "u"}})
+    us_filter = {"region": {"prefix": "u"}}
+    await broker.subscribe(us.url, "lonely", filter=us_filter, start_at="earliest")
     await wait_for_texts(us, ["for the us"])
     await asyncio.sleep(SETTLE_SECONDS)
     assert [record.text for record in eu.attempts] == ["for the eu"]
     assert [record.text for record in us.attempts] == ["for the us"]
+    assert now.attempts == []

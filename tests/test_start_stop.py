@@ -32,7 +32,10 @@ def test_the_log_says_when_keys_are_on_and_when_they_are_not(
 def test_stop_says_what_is_left_and_start_what_it_resumes(start_server: ServerFactory) -> None:
     server = start_server()
     server.wait_for_log("resuming: queue length 0 ")
-    for number in range(3):  # no receiver takes topic `later`: the messages wait
+    # A paused subscription's messages wait for it (one nobody takes is done at once).
+    paused = {"url": "http://127.0.0.1:9/later", "topic": "later", "paused": True}
+    ok(call(server.url, "POST", "/v1/subscriptions", paused), 201)
+    for number in range(3):
         ok(call(server.url, "POST", "/v1/topics/later/messages", {"body": f"m{number}"}), 201)
     assert server.terminate() == 0
     left = server.wait_for_log("left for the next start")

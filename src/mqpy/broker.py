@@ -29,6 +29,8 @@ from mqpy.domain import (
     Publication,
     Published,
     Role,
+    SeekResult,
+    StartAt,
     StoredMessage,
     Subscription,
     SubscriptionChanges,
@@ -272,8 +274,11 @@ class Broker:
         *,
         group: str | None = None,
         filter: Filter | None = None,
+        start_at: StartAt = None,
     ) -> tuple[Connection, str | None]:
-        """Register a client; a receiver also gets its signing secret (returned once)."""
+        """Register a client; a receiver also gets its signing secret (returned once).
+        A receiver starts as any subscription does: with what is published from now on,
+        unless `start_at` replays retained messages too."""
         self._check_may_connect(mode, topic, principal)
         secret = None
         if mode is Mode.RECEIVE:
@@ -288,6 +293,7 @@ class Broker:
             secret=secret,
             group=group if mode is Mode.RECEIVE else None,
             filter=filter if mode is Mode.RECEIVE else None,
+            start_at=start_at if mode is Mode.RECEIVE else None,
         )
         self._put_connection(connection)
         if mode is Mode.RECEIVE:
@@ -444,9 +450,11 @@ class Broker:
         *,
         secret: str | None = None,
         paused: bool = False,
+        start_at: StartAt = None,
     ) -> tuple[Subscription, str]:
         """A new push subscription and its signing secret (the caller's, else a new
-        one, returned once); `paused`: nothing is delivered to it until resumed."""
+        one, returned once); `paused`: nothing is delivered to it until resumed;
+        `start_at`: retained messages from then on are its deliveries too."""
         if not principal.is_admin and principal.role is not Role.SUBSCRIBER:
             raise Forbidden("creating a subscription needs a subscriber or admin key")
         self._check_topic(spec.topic, principal)
@@ -454,7 +462,12 @@ class Broker:
             await self._check_receiver(spec.url)
         secret = secret or generate_secret()
         subscription = await self._store.add_subscription(
-            spec, self._clock(), key_id=principal.key_id, secret=secret, paused=paused
+            spec,
+            self._clock(),
+            key_id=principal.key_id,
+            secret=secret,
+            paused=paused,
+            start_at=start_at,
         )
         self._put_subscription(subscription)
         self._listener.notify()
@@ -514,6 +527,18 @@ class Broker:
         await self.subscription(subscription_id, principal)
         updated = await self._store.set_paused(subscription_id, paused)
         return self._changed(subscription_id, updated)
+
+    async def seek(self, subscription_id: int, time: float, principal: Principal) -> SeekResult:
+        """Move a subscription (a group member: its group) to `time`: the retained
+        messages published from then on are due again, the pending ones before it are
+        acknowledged. A time after now acknowledges everything pending."""
+        await self.subscription(subscription_id, principal)
+        result = await self._store.seek(subscription_id, time, self._clock())
+        if result is None:
+            raise UnknownSubscription(subscription_id)
+        if result.due:
+            self._listener.notify()
+        return result
 
     def _changed(self, subscription_id: int, updated: Subscription | None) -> Subscription:
         if updated is None:

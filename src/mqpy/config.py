@@ -181,9 +181,10 @@ class Settings:
         86400.0, parse_duration, "how long a publish's idempotency key is remembered"
     )
     message_retention: float = _setting(
-        3600.0,
+        86400.0,
         parse_duration,
-        "how long a fully delivered message stays readable at GET /v1/messages/{id}",
+        "how long a message is kept once done (delivered to every subscription, or taken "
+        "by none): readable at GET /v1/messages/{id}, and what seek and start_at can replay",
     )
     shutdown_grace: float = _setting(
         10.0, parse_duration, "on SIGTERM, how long deliveries in flight may take to finish"

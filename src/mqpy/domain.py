@@ -139,6 +139,22 @@ class Subscription:
     connection_id: int | None = None
 
 
+# Where a new subscription starts (`start_at`): None is "new" (only what is published
+# from now on); a time replays the retained messages published at or after it, and
+# EARLIEST, before any message, replays all of them.
+StartAt = float | None
+EARLIEST = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SeekResult:
+    """What a seek did to a subscription's (or its group's) deliveries."""
+
+    due: int  # retained messages at or after the time, due again from attempt 1
+    acked: int  # pending deliveries of messages before the time, settled as acked
+    in_flight: int  # at or after the time but out under a live lease: left to finish
+
+
 @dataclass(frozen=True, slots=True)
 class SubscriptionChanges:
     """A partial update; None leaves a field as it is. `clear_*` sets it to none."""

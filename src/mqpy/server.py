@@ -381,8 +381,7 @@ async def log_work_in_hand(store: Store, when: str) -> None:
         log.warning("cannot count the deliveries pending %s: %s", when, exc)
         return
     log.info(
-        "%s: queue length %d (deliveries pending, and messages waiting for a receiver), "
-        "%d dead letters",
+        "%s: queue length %d (deliveries pending), %d dead letters",
         when,
         stats.queue_length,
         dead,

@@ -21,7 +21,7 @@ import asyncio
 
 import pytest
 
-from mqpy.domain import Mode, StoreUnavailable
+from mqpy.domain import EARLIEST, Mode, StoreUnavailable
 from mqpy.store.base import Store, TopicBacklog
 from tests.store.conformance_expiry import ExpiryConformance
 from tests.store.conformance_groups import GroupConformance
@@ -32,6 +32,7 @@ from tests.store.conformance_nodes import NodeConformance
 from tests.store.conformance_ordering import OrderingConformance
 from tests.store.conformance_publish import PublishConformance
 from tests.store.conformance_pull import PullConformance
+from tests.store.conformance_replay import ReplayConformance
 from tests.store.conformance_routing import RoutingConformance
 from tests.store.conformance_subscriptions import SubscriptionConformance
 from tests.store.support import (
@@ -64,6 +65,7 @@ class StoreConformance(
     NodeConformance,
     ExpiryConformance,
     PullConformance,
+    ReplayConformance,
 ):
     """Every behaviour of the `Store` interface. Subclass once per backend."""
 
@@ -137,23 +139,32 @@ class StoreConformance(
         assert await publish_count(store, message("nobody listens")) == 0
         assert (await claim(store, T0)).deliveries == []
 
-    async def test_waiting_messages_go_to_the_first_receiver_in_publish_order(
+    async def test_a_receiver_starting_at_the_earliest_gets_what_nobody_took_in_order(
         self, store: Store
     ) -> None:
         for n in range(10):
             assert await publish_count(store, message(f"m{n}", at=T0)) == 0
         assert (await claim(store, T0 + 1)).deliveries == []
-        reader = await receiver(store, now=T0 + 5)
-        claimed = await claim(store, T0 + 5)
+        await receiver(store, now=T0 + 5)  # start_at new: nothing old
+        assert (await claim(store, T0 + 5)).deliveries == []
+        reader = await receiver(store, now=T0 + 6, start_at=EARLIEST)
+        claimed = await claim(store, T0 + 6)
         assert bodies(claimed) == [f"m{n}" for n in range(10)]
         assert {d.subscription_id for d in claimed.deliveries} == {reader.id}
 
-    async def test_waiting_messages_go_only_to_the_first_receiver(self, store: Store) -> None:
-        await publish(store, "waited")
-        first = await receiver(store, now=T0 + 1)
+    async def test_receivers_connecting_one_after_the_other_are_treated_the_same(
+        self, store: Store
+    ) -> None:
+        await publish(store, "before both")
+        await receiver(store, now=T0 + 1)
         await receiver(store, now=T0 + 2)
-        claimed = (await claim(store, T0 + 3)).deliveries
-        assert [(d.body, d.subscription_id) for d in claimed] == [("waited", first.id)]
+        assert (await claim(store, T0 + 3)).deliveries == []
+        first = await receiver(store, now=T0 + 4, start_at=EARLIEST)
+        second = await receiver(store, now=T0 + 5, start_at=EARLIEST)
+        claimed = (await claim(store, T0 + 6)).deliveries
+        assert sorted((d.subscription_id, d.body) for d in claimed) == sorted(
+            [(first.id, "before both"), (second.id, "before both")]
+        )
 
     async def test_topics_do_not_mix(self, store: Store) -> None:
         default_reader = await receiver(store, DEFAULT)
@@ -163,17 +174,21 @@ class StoreConformance(
         assert [(d.body, d.subscription_id) for d in claimed] == [
             ("for default", default_reader.id)
         ]
-        other_reader = await receiver(store, "other", now=T0 + 1)
+        other_reader = await receiver(store, "other", now=T0 + 1, start_at=EARLIEST)
         claimed = (await claim(store, T0 + 1)).deliveries
         assert [(d.body, d.subscription_id) for d in claimed] == [("for other", other_reader.id)]
 
-    async def test_message_published_after_the_last_receiver_left_waits(self, store: Store) -> None:
+    async def test_message_published_after_the_last_receiver_left_is_done(
+        self, store: Store
+    ) -> None:
         gone = await receiver(store)
         await store.remove_connection(gone.id, T0 + 1)
         assert await publish_count(store, message("later", at=T0 + 2)) == 0
-        assert (await claim(store, T0 + 3)).deliveries == []
-        back = await receiver(store, now=T0 + 4)
-        delivery = await claim_one(store, T0 + 4)
+        assert (await store.stats()).queue_length == 0
+        await receiver(store, now=T0 + 4)
+        assert (await claim(store, T0 + 4)).deliveries == []
+        back = await receiver(store, now=T0 + 5, start_at=T0 + 2)
+        delivery = await claim_one(store, T0 + 5)
         assert (delivery.body, delivery.subscription_id) == ("later", back.id)
 
     # Claiming.
@@ -491,15 +506,15 @@ class StoreConformance(
         await store.remove_connection(gone.id, T0)
         await publish(store, "m0")
         await publish(store, "m1")
-        await publish(store, "waiting", topic="nobody")
+        await publish(store, "nobody takes it", topic="nobody")  # done: not queued
         stats = await store.stats()
-        assert (stats.receivers, stats.senders, stats.queue_length) == (2, 1, 5)
+        assert (stats.receivers, stats.senders, stats.queue_length) == (2, 1, 4)
         claimed = (await claim(store, T0)).deliveries
         # Claimed but not yet delivered is still in the queue.
-        assert (await store.stats()).queue_length == 5
+        assert (await store.stats()).queue_length == 4
         await store.ack(claimed[0])
         stats = await store.stats()
-        assert (stats.queue_length, stats.completed) == (4, 1)
+        assert (stats.queue_length, stats.completed) == (3, 1)
 
     async def test_topic_backlogs_count_undelivered_messages_and_the_oldest(
         self, store: Store
@@ -509,28 +524,26 @@ class StoreConformance(
         await receiver(store, "orders")
         for n in (1, 2, 3):
             await publish(store, f"o{n}", topic="orders", at=T0 + n)
-        await publish(store, "waits", topic="nobody", at=T0 + 5)
-        assert await store.topic_backlogs() == [
-            TopicBacklog("nobody", 1, T0 + 5),
-            TopicBacklog("orders", 3, T0 + 1),
-        ]
+        await publish(store, "nobody takes it", topic="nobody", at=T0 + 5)  # done
+        assert await store.topic_backlogs() == [TopicBacklog("orders", 3, T0 + 1)]
         claimed = {
             (d.body, d.subscription_id == first.id): d
             for d in (await claim(store, T0 + 9)).deliveries
         }
         # Claimed is not delivered: the backlog is unchanged.
-        assert [b.messages for b in await store.topic_backlogs()] == [1, 3]
+        assert [b.messages for b in await store.topic_backlogs()] == [3]
         await store.ack(claimed["o1", True])
         await store.ack(claimed["o1", False])
         await store.ack(claimed["o2", True])
         await store.dead_letter(claimed["o2", False], now=T0 + 9, error="HTTP 500", status=500)
         await store.ack(claimed["o3", True])
         # o1 is done, o2 waits only as a dead letter, o3 still waits for one receiver.
+        assert await store.topic_backlogs() == [TopicBacklog("orders", 1, T0 + 3)]
+        await receiver(store, "nobody", now=T0 + 10, start_at=EARLIEST)
         assert await store.topic_backlogs() == [
             TopicBacklog("nobody", 1, T0 + 5),
             TopicBacklog("orders", 1, T0 + 3),
         ]
-        await receiver(store, "nobody", now=T0 + 10)
         await store.ack(claimed["o3", False])
         await store.ack(await claim_one(store, T0 + 10))
         assert await store.topic_backlogs() == []
@@ -591,7 +604,7 @@ class StoreConformance(
         assert bodies(await claim(store, T0 + 99)) == ["pending"]
         later = await claim_one(store, T0 + 100)
         assert (later.body, later.attempt) == ("retried", 2)
-        await receiver(store, "later", now=T0 + 101)
+        await receiver(store, "later", now=T0 + 101, start_at=EARLIEST)
         assert [d.message_id for d in (await claim(store, T0 + 101)).deliveries] == [waiting.id]
 
     async def test_a_lease_outlives_a_restart_no_longer_than_it_lasts(

@@ -121,8 +121,9 @@ class GroupConformance:
         assert len(await store.publish([message("fits")], max_backlog=1)) == 1
         # A new member starts a new group; what the old one dropped stays dropped.
         newcomer = await subscribe(store, group="g", now=T0 + 3)
+        await publish(store, "after", at=T0 + 4)
         assert by_subscription((await claim(store, T0 + LEASE + 1)).deliveries) == {
-            newcomer.id: ["fits"]
+            newcomer.id: ["after"]
         }
 
     async def test_a_member_with_another_filter_is_refused(self, store: Store) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mqpy.domain import EARLIEST
 from mqpy.store.base import Store
 from tests.store.support import (
     T0,
@@ -139,10 +140,10 @@ class OrderingConformance:
         await store.ack(head, now=T0 + 61, status=200)
         assert bodies(await claim(store, T0 + 61)) == ["after it"]
 
-    async def test_waiting_messages_keep_their_ordering_key(self, store: Store) -> None:
+    async def test_replayed_messages_keep_their_ordering_key(self, store: Store) -> None:
         await publish(store, "k1", ordering_key="k")
         await publish(store, "k2", ordering_key="k")
-        await receiver(store, now=T0 + 1)
+        await receiver(store, now=T0 + 1, start_at=EARLIEST)
         first = await claim_one(store, T0 + 1)
         assert (first.body, first.ordering_key) == ("k1", "k")
         assert (await claim(store, T0 + 1)).deliveries == []
@@ -175,9 +176,9 @@ class OrderingConformance:
         await ack_all(store, at_once.deliveries, T0 + 1)
         assert bodies(await claim(store, T0 + 30)) == ["in 10", "in 20"]
 
-    async def test_a_waiting_delayed_message_keeps_its_time(self, store: Store) -> None:
+    async def test_a_replayed_delayed_message_keeps_its_time(self, store: Store) -> None:
         await publish(store, "delayed", deliver_at=T0 + 60)
-        await subscribe(store, now=T0 + 10)
+        await subscribe(store, now=T0 + 10, start_at=EARLIEST)
         early = await claim(store, T0 + 10)
         assert early.deliveries == []
         assert early.next_due_at == T0 + 60

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mqpy.domain import Filter
+from mqpy.domain import EARLIEST, Filter
 from mqpy.store.base import Store
 from tests.store.support import (
     T0,
@@ -53,27 +53,28 @@ class RoutingConformance:
         got = by_subscription((await claim(store, T0)).deliveries)
         assert got == {one.id: ["eu"], deep.id: ["eu", "north"], exact.id: ["eu"]}
 
-    async def test_waiting_messages_go_to_the_first_matching_pattern(self, store: Store) -> None:
+    async def test_start_at_replays_to_each_pattern_what_it_matches(self, store: Store) -> None:
         for topic in ["orders.eu", "orders.eu.north", "shipping.eu", "orders"]:
             assert await publish_count(store, message(topic, topic=topic)) == 0
-        one = await subscribe(store, "orders.*", now=T0 + 1)
-        deep = await subscribe(store, "orders.>", now=T0 + 2)
-        everything = await subscribe(store, ">", now=T0 + 3)
+        one = await subscribe(store, "orders.*", now=T0 + 1, start_at=EARLIEST)
+        deep = await subscribe(store, "orders.>", now=T0 + 2, start_at=EARLIEST)
+        everything = await subscribe(store, ">", now=T0 + 3, start_at=EARLIEST)
         got = by_subscription((await claim(store, T0 + 3)).deliveries)
-        # Each waiting message went to the first subscription that matched it, only.
+        # Nobody took them when published: each subscription starting at the earliest
+        # gets every one it matches, whoever came first.
         assert got == {
             one.id: ["orders.eu"],
-            deep.id: ["orders.eu.north"],
-            everything.id: ["shipping.eu", "orders"],
+            deep.id: ["orders.eu", "orders.eu.north"],
+            everything.id: ["orders.eu", "orders.eu.north", "shipping.eu", "orders"],
         }
 
-    async def test_a_pattern_subscriber_does_not_take_unmatched_waiting_messages(
+    async def test_a_pattern_subscriber_does_not_replay_unmatched_messages(
         self, store: Store
     ) -> None:
         await publish(store, "waits", topic="orders")
-        await subscribe(store, "orders.*", now=T0 + 1)
+        await subscribe(store, "orders.*", now=T0 + 1, start_at=EARLIEST)
         assert (await claim(store, T0 + 1)).deliveries == []
-        exact = await subscribe(store, "orders", now=T0 + 2)
+        exact = await subscribe(store, "orders", now=T0 + 2, start_at=EARLIEST)
         assert by_subscription((await claim(store, T0 + 2)).deliveries) == {exact.id: ["waits"]}
 
     # Filters.
@@ -94,22 +95,21 @@ class RoutingConformance:
             name: found for name, found in expected.items() if found
         }
 
-    async def test_each_filter_condition_when_routing_waiting_messages(self, store: Store) -> None:
+    async def test_each_filter_condition_when_replaying_retained_messages(
+        self, store: Store
+    ) -> None:
         for name, filter_ in FILTERS.items():
-            waiting = [
+            retained = [
                 message(f"{name}{n}", topic=name, attributes=a) for n, (a, _) in enumerate(CASES)
             ]
-            for new in waiting:
+            for new in retained:
                 assert await publish_count(store, new) == 0
-            subscription = await subscribe(store, name, filter=filter_, now=T0 + 1)
+            subscription = await subscribe(
+                store, name, filter=filter_, now=T0 + 1, start_at=EARLIEST
+            )
             wanted = [f"{name}{n}" for n, (_, passes) in enumerate(CASES) if name in passes]
             got = by_subscription((await claim(store, T0 + 1, limit=1000)).deliveries)
             assert got == {subscription.id: wanted}, name
-            # What the filter turned down still waits for a subscription that takes it.
-            rest = await subscribe(store, name, now=T0 + 2)
-            left = [f"{name}{n}" for n, (_, passes) in enumerate(CASES) if name not in passes]
-            got = by_subscription((await claim(store, T0 + 2, limit=1000)).deliveries)
-            assert got == {rest.id: left}, name
 
     async def test_a_filter_does_not_change_other_subscriptions(self, store: Store) -> None:
         picky = await subscribe(store, filter={"region": "eu"})
@@ -120,10 +120,12 @@ class RoutingConformance:
         got = by_subscription((await claim(store, T0)).deliveries)
         assert got == {picky.id: ["eu"], everything.id: ["eu", "us", "none"]}
 
-    async def test_a_message_no_filter_passes_waits(self, store: Store) -> None:
+    async def test_a_message_no_filter_passes_is_done_and_replayable(self, store: Store) -> None:
         await subscribe(store, filter={"region": "eu"})
         assert await publish_count(store, message("us", attributes={"region": "us"})) == 0
         assert (await claim(store, T0)).deliveries == []
-        assert (await store.stats()).queue_length == 1
-        later = await subscribe(store, filter={"region": "us"}, now=T0 + 1)
-        assert by_subscription((await claim(store, T0 + 1)).deliveries) == {later.id: ["us"]}
+        assert (await store.stats()).queue_length == 0
+        await subscribe(store, filter={"region": "us"}, now=T0 + 1)
+        assert (await claim(store, T0 + 1)).deliveries == []
+        replayed = await subscribe(store, filter={"region": "us"}, now=T0 + 2, start_at=EARLIEST)
+        assert by_subscription((await claim(store, T0 + 2)).deliveries) == {replayed.id: ["us"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mqpy.domain import (
+    EARLIEST,
     BadCursor,
     Conflict,
     Mode,
@@ -127,9 +128,9 @@ class SubscriptionConformance:
     async def test_a_subscription_created_paused_gets_nothing_until_resumed(
         self, store: Store
     ) -> None:
-        # Published before anyone subscribed: routed to it the moment it is created.
+        # Published before anyone subscribed: replayed to it from its start_at.
         assert await publish_count(store, message("early")) == 0
-        made = await subscribe(store, paused=True)
+        made = await subscribe(store, paused=True, start_at=EARLIEST)
         assert made.paused
         kept = await store.subscription(made.id)
         assert kept is not None and kept.paused

@@ -14,6 +14,7 @@ from mqpy.domain import (
     Mode,
     NewMessage,
     RetryOverrides,
+    StartAt,
     Subscription,
     SubscriptionSpec,
     TopicInfo,
@@ -33,8 +34,10 @@ def new_url() -> str:
     return f"http://127.0.0.1:9/r{next(_urls)}"
 
 
-async def receiver(store: Store, topic: str = DEFAULT, now: float = T0) -> Connection:
-    return await store.add_connection(Mode.RECEIVE, new_url(), topic, now)
+async def receiver(
+    store: Store, topic: str = DEFAULT, now: float = T0, *, start_at: StartAt = None
+) -> Connection:
+    return await store.add_connection(Mode.RECEIVE, new_url(), topic, now, start_at=start_at)
 
 
 async def sender(store: Store, now: float = T0) -> Connection:
@@ -54,6 +57,7 @@ async def subscribe(
     secret: str | None = None,
     key_id: str | None = None,
     paused: bool = False,
+    start_at: StartAt = None,
 ) -> Subscription:
     spec = SubscriptionSpec(
         url=new_url(),
@@ -64,7 +68,9 @@ async def subscribe(
         max_concurrency=max_concurrency,
         max_per_second=max_per_second,
     )
-    return await store.add_subscription(spec, now, key_id=key_id, secret=secret, paused=paused)
+    return await store.add_subscription(
+        spec, now, key_id=key_id, secret=secret, paused=paused, start_at=start_at
+    )
 
 
 _message_numbers = itertools.count(1)

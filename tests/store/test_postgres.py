@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from mqpy.domain import SchemaTooNew, StoreUnavailable
+from mqpy.domain import EARLIEST, SchemaTooNew, SeekResult, StoreUnavailable
 from mqpy.store import postgres as postgres_module
 from mqpy.store.base import Store
 from mqpy.store.postgres import PostgresStore
@@ -21,6 +21,7 @@ from tests.store.support import (
     LEASE,
     T0,
     Reopen,
+    ack_all,
     bodies,
     claim,
     message,
@@ -125,11 +126,49 @@ class TestTwoNodesOnOneDatabase(SharedStoreConformance):
     ) -> None:
         a, b = nodes
         await subscribe(b, "early")
-        assert await publish_count(b, message("before", topic="t")) == 0  # waits
-        made = await subscribe(a, "t")  # b's cached routes are now stale
+        assert await publish_count(b, message("before", topic="t")) == 0  # done
+        made = await subscribe(a, "t", start_at=EARLIEST)  # b's cached routes are now stale
         assert await publish_count(b, message("after", topic="t")) == 1
         assert sorted(bodies(await claim(b, T0))) == ["after", "before"]
         assert {d.subscription_id for d in (await claim(a, T0 + LEASE + 1)).deliveries} == {made.id}
+
+    async def test_a_seek_through_one_node_is_claimed_through_the_other(
+        self, nodes: tuple[PostgresStore, PostgresStore]
+    ) -> None:
+        a, b = nodes
+        sub = await subscribe(a)
+        for n in range(4):
+            await publish(b, f"m{n}", at=T0 + n)
+        await ack_all(b, (await claim(b, T0 + 4)).deliveries, T0 + 4)
+        assert await a.seek(sub.id, T0 + 2, T0 + 10) == SeekResult(due=2, acked=0, in_flight=0)
+        assert bodies(await claim(b, T0 + 10)) == ["m2", "m3"]
+        # And a start_at through one node replays what the other accepted.
+        await publish(b, "nobody took it", "later", at=T0 + 11)
+        await subscribe(b, "later", now=T0 + 12, start_at=EARLIEST)
+        assert bodies(await claim(a, T0 + 12)) == ["nobody took it"]
+
+    async def test_racing_seeks_and_acks_leave_no_replayed_message_done(
+        self, nodes: tuple[PostgresStore, PostgresStore]
+    ) -> None:
+        # Two subscriptions share each message: acks of one's deliveries (on b) would
+        # finish messages whose other delivery a seek (on a) is making due again.
+        a, b = nodes
+        sought = await subscribe(a)
+        await subscribe(a)
+        for n in range(100):
+            await publish(a, f"m{n}", at=T0 + n)
+        first = (await claim(a, T0 + 100, limit=1000)).deliveries
+        await ack_all(a, [d for d in first if d.subscription_id == sought.id], T0 + 100)
+        others = [d for d in first if d.subscription_id != sought.id]
+        await asyncio.gather(
+            a.seek(sought.id, EARLIEST, T0 + 101),
+            *(b.ack(d, now=T0 + 101, status=200) for d in others),
+        )
+        again = (await claim(b, T0 + 102, limit=1000)).deliveries
+        assert sorted(d.body for d in again) == sorted(f"m{n}" for n in range(100))
+        # Every message waits for its replayed delivery: nothing is swept.
+        assert await a.sweep(delivered_before=T0 + 10_000, dedup_before=0) == 0
+        assert (await b.stats()).queue_length == 100
 
     async def test_receivers_connecting_on_one_node_as_the_other_publishes_get_what_follows(
         self, nodes: tuple[PostgresStore, PostgresStore]
@@ -228,6 +267,51 @@ async def test_a_database_from_a_newer_mq_py_is_refused(stores: OpenStores) -> N
         await conn.close()
     with pytest.raises(SchemaTooNew, match="newer mq-py"):
         await stores.open()
+
+
+# The last schema whose messages had a `routed` flag (unrouted: waiting for a first
+# receiver).
+LAST_WITH_ROUTED = 4
+
+
+async def test_messages_waiting_for_a_first_receiver_are_done_after_the_upgrade(
+    postgres_empty_url: str,
+) -> None:
+    conn = await asyncpg.connect(postgres_empty_url)
+    try:
+        await conn.execute("CREATE TABLE mqpy_schema (version integer NOT NULL)")
+        for number, script in enumerate(MIGRATIONS[:LAST_WITH_ROUTED], start=1):
+            await conn.execute(script)
+            await conn.execute("INSERT INTO mqpy_schema (version) VALUES ($1)", number)
+        await conn.execute(
+            f"""
+            INSERT INTO messages (id, topic, body, published_at, routed)
+                VALUES ('msg_old_waiting', 'orders', 'early', {T0}, false),
+                ('msg_old_other', 'audit', 'elsewhere', {T0}, false);
+            INSERT INTO topics (name, first_seen) VALUES ('orders', {T0}), ('audit', {T0});
+            UPDATE tallies SET stored = 2 WHERE slot = 3;
+            """
+        )
+    finally:
+        await conn.close()
+    upgraded_at = time.time()
+    store = PostgresStore(postgres_empty_url)
+    await store.open()
+    try:
+        assert (await store.stats()).queue_length == 0
+        assert await store.topic_backlogs() == []
+        assert len(await store.publish([message("fits")], max_backlog=1)) == 1
+        await receiver(store, topic="orders", now=upgraded_at)
+        assert (await claim(store, upgraded_at)).deliveries == []
+        await subscribe(store, "orders", now=upgraded_at, start_at=EARLIEST)
+        (delivery,) = (await claim(store, upgraded_at)).deliveries
+        assert (delivery.message_id, delivery.body) == ("msg_old_waiting", "early")
+        # Kept a whole retention window from the upgrade (`fits` was done at T0).
+        assert await store.sweep(delivered_before=upgraded_at - 1, dedup_before=0) == 1
+        assert await store.sweep(delivered_before=time.time() + 1, dedup_before=0) == 1
+        assert await store.message("msg_old_other", T0) is None
+    finally:
+        await store.close()
 
 
 async def test_an_unreachable_database_is_unavailable_not_a_crash(postgres_url: str) -> None:

@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from mqpy.domain import (
+    EARLIEST,
     BacklogFull,
     DeliveryState,
     SchemaTooNew,
@@ -33,6 +35,7 @@ from tests.store.support import (
     publish,
     publish_count,
     receiver,
+    subscribe,
 )
 
 
@@ -155,10 +158,11 @@ class TestSQLiteStore(StoreConformance):
         with pytest.raises(StoreLocked, match="another mq-py process"):
             await stores.open()
         # The first store is untouched, and the directory is free once it closes.
-        assert await publish_count(store, message("still works")) == 0
+        kept = message("still works")
+        assert await publish_count(store, kept) == 0
         await stores.close(store)
         reopened = await stores.open()
-        assert (await reopened.stats()).queue_length == 1
+        assert await reopened.message(kept.id, T0) is not None
 
     async def test_a_fresh_database_gets_the_newest_schema(
         self, store: SQLiteStore, stores: OpenStores
@@ -243,41 +247,57 @@ class TestSQLiteStore(StoreConformance):
             await store.publish([message("over", topic="orders")], max_backlog=1)
         assert await publish_count(store, message("fits", topic="orders")) == 1
 
-    async def test_messages_waiting_in_a_version_3_database_go_to_the_first_receiver(
+    async def test_messages_waiting_for_a_first_receiver_are_done_after_the_upgrade(
         self, stores: OpenStores
     ) -> None:
+        # At the last schema with a `waiting` table: two messages wait for a first
+        # receiver, and one was routed and is pending (for a paused subscription).
         stores.data_dir.mkdir(parents=True)
         conn = sqlite3.connect(stores.data_dir / DATABASE_FILE)
         try:
-            for number, script in enumerate(MIGRATIONS[:3], start=1):
+            for number, script in enumerate(MIGRATIONS[:LAST_WITH_WAITING], start=1):
                 conn.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
             conn.executescript(
                 f"""
                 BEGIN;
+                INSERT INTO subscriptions (id, topic, url, created_at, paused)
+                    VALUES (7, 'routed', 'http://127.0.0.1:9/old', {T0}, 1);
                 INSERT INTO messages (seq, id, topic, body, published_at, routed)
-                    VALUES (1, 'msg_v3_waiting', 'orders', 'early', {T0}, 0),
-                    (2, 'msg_v3_other', 'audit', 'elsewhere', {T0}, 0);
+                    VALUES (1, 'msg_old_waiting', 'orders', 'early', {T0}, 1),
+                    (2, 'msg_old_other', 'audit', 'elsewhere', {T0}, 1),
+                    (3, 'msg_old_pending', 'routed', 'pending', {T0}, 1);
+                INSERT INTO waiting (seq, topic) VALUES (1, 'orders'), (2, 'audit');
+                INSERT INTO deliveries (message_seq, subscription_id, state, due_at)
+                    VALUES (3, 7, 'pending', {T0});
                 INSERT INTO topics (name, first_seen, published)
-                    VALUES ('orders', {T0}, 1), ('audit', {T0}, 1);
-                UPDATE counters SET value = 2 WHERE name = 'messages';
+                    VALUES ('orders', {T0}, 1), ('audit', {T0}, 1), ('routed', {T0}, 1);
+                UPDATE counters SET value = 3 WHERE name = 'messages';
                 COMMIT;
                 """
             )
         finally:
             conn.close()
+        upgraded_at = time.time()
         store = await stores.open()
-        assert (await store.stats()).queue_length == 2
-        assert [(b.topic, b.messages) for b in await store.topic_backlogs()] == [
-            ("audit", 1),
-            ("orders", 1),
-        ]
-        await receiver(store, topic="orders")
-        (delivery,) = (await claim(store, T0 + 1)).deliveries
-        assert (delivery.message_id, delivery.body) == ("msg_v3_waiting", "early")
-        await store.ack(delivery, now=T0 + 2, status=200)
-        assert (await store.stats()).queue_length == 1  # audit's still waits
+        # Done: no longer backlog, no longer counted towards --max-backlog.
+        assert (await store.stats()).queue_length == 1
+        assert [(b.topic, b.messages) for b in await store.topic_backlogs()] == [("routed", 1)]
+        assert len(await store.publish([message("fits", topic="x")], max_backlog=2)) == 1
+        with pytest.raises(BacklogFull):
+            await store.publish([message("over", topic="routed")], max_backlog=1)
+        # A receiver connecting now gets none of them; one starting earlier does.
+        await receiver(store, topic="orders", now=upgraded_at)
+        assert (await claim(store, upgraded_at)).deliveries == []
+        await subscribe(store, "orders", now=upgraded_at, start_at=EARLIEST)
+        (delivery,) = (await claim(store, upgraded_at)).deliveries
+        assert (delivery.message_id, delivery.body) == ("msg_old_waiting", "early")
+        # Kept a whole retention window from the upgrade, not from their publishing.
+        # (`fits` was done when published, at T0.)
+        assert await store.sweep(delivered_before=upgraded_at - 1, dedup_before=0) == 1
+        assert await store.sweep(delivered_before=time.time() + 1, dedup_before=0) == 1
+        assert await store.message("msg_old_other", T0) is None
 
-    async def test_connecting_the_first_receiver_does_not_rewrite_the_waiting_bodies(
+    async def test_connecting_a_receiver_does_not_rewrite_the_retained_bodies(
         self, store: SQLiteStore
     ) -> None:
         # Bookkeeping stays out of the rows that hold bodies: 2,000 waiting 8 KB
@@ -288,7 +308,7 @@ class TestSQLiteStore(StoreConformance):
         await receiver(store, topic="orders")
         written = written_bytes() - before
         assert written < bodies / 10, f"a connect wrote {written} bytes for {bodies} of bodies"
-        assert len((await claim(store, T0 + 1)).deliveries) == 100
+        assert (await claim(store, T0 + 1)).deliveries == []
 
 
 def written_bytes() -> int:
@@ -299,6 +319,9 @@ def written_bytes() -> int:
         pytest.skip("needs /proc/self/io to count bytes written")
     return int(next(line.split()[1] for line in io.splitlines() if line.startswith("wchar:")))
 
+
+# The last schema with a `waiting` table of messages no subscription had taken.
+LAST_WITH_WAITING = 8
 
 V2_RECEIVER = 4_503_599_627_370_001
 V2_SENDER = 4_503_599_627_370_002

@@ -23,8 +23,9 @@ class SeedClient:
         assert status == 200, (path, status, data)
         return data
 
-    async def connect_receiver(self, url: str) -> int:
-        data = await self._ok("/connect", {"ClientURL": url, "mode": "receive"})
+    async def connect_receiver(self, url: str, **fields: Any) -> int:
+        """`fields`: the optional members of /connect, such as `start_at`."""
+        data = await self._ok("/connect", {"ClientURL": url, "mode": "receive", **fields})
         return int(data["id"])
 
     async def connect_sender(self) -> int:

@@ -92,8 +92,11 @@ class Broker:
         topic: str | None = None,
         group: str | None = None,
         filter: Mapping[str, Any] | None = None,
+        start_at: str | None = None,
     ) -> int:
         body: dict[str, Any] = {"ClientURL": url, "mode": "receive"}
+        if start_at is not None:
+            body["start_at"] = start_at
         if topic is not None:
             body["topic"] = topic
         if group is not None:

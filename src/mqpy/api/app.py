@@ -93,6 +93,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("PATCH", "/v1/subscriptions/{subscription_id}", subscriptions.update),
     ("DELETE", "/v1/subscriptions/{subscription_id}", subscriptions.delete),
     ("POST", "/v1/subscriptions/{subscription_id}/pause", subscriptions.pause),
+    ("POST", "/v1/subscriptions/{subscription_id}/seek", subscriptions.seek),
     ("POST", "/v1/subscriptions/{subscription_id}/resume", subscriptions.resume),
     ("POST", "/v1/subscriptions/{subscription_id}/rotate-secret", subscriptions.rotate_secret),
     ("POST", "/v1/subscriptions/{subscription_id}/pull", pull.pull),

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from mqpy.api.fields import GroupName, RawFilter, TopicPattern
+from mqpy.api.fields import GroupName, RawFilter, StartAtText, Timestamp, TopicPattern
 from mqpy.api.requests import MessageFields
 
 MAX_BATCH_MESSAGES = 1000
@@ -83,6 +83,7 @@ class CreateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):
     # them), so the receiver knows it before the first delivery; else one is generated.
     secret: str | None = None
     paused: bool = False  # created paused: nothing is delivered until it is resumed
+    start_at: StartAtText | None = None  # "new" when left out
 
 
 class UpdateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -94,6 +95,13 @@ class UpdateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):
     retry_policy: RetryPolicyBody | UnsetType | None = UNSET
     max_concurrency: MaxConcurrency | UnsetType | None = UNSET
     max_per_second: MaxPerSecond | UnsetType | None = UNSET
+
+
+class SeekBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Where to move a subscription: what was published from `time` on is due again,
+    what came before is acknowledged."""
+
+    time: Timestamp
 
 
 # Pull subscriptions: what a consumer asks for, and how it settles what it got.

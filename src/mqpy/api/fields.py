@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from msgspec import Meta
 
 from mqpy.api.problems import Problem, invalid_field
+from mqpy.domain import EARLIEST, StartAt
 from mqpy.filters import InvalidFilter, parse_filter
 from mqpy.topics import TOPIC_NAME, is_valid_pattern
 
@@ -70,6 +71,15 @@ Timestamp = Annotated[
     Meta(
         extra_json_schema={"format": "date-time"},
         description="an RFC 3339 time with an offset, such as 2026-11-26T23:00:00Z",
+    ),
+]
+StartAtText = Annotated[
+    str,
+    Meta(
+        description='where a new subscription starts: "new" (what is published from now '
+        'on, the default), "earliest" (every retained message too) or an RFC 3339 time '
+        "(the retained messages published at or after it too)",
+        examples=["new", "earliest", "2026-11-26T23:00:00Z"],
     ),
 ]
 
@@ -152,6 +162,23 @@ def parse_timestamp(value: str, field: str) -> float:
             "send one such as 2026-11-26T23:00:00Z",
         )
     return seconds
+
+
+def parse_start_at(value: str | None, field: str = "start_at") -> StartAt:
+    """A subscription's start: None for "new", EARLIEST, or a time."""
+    word = "new" if value is None else value.strip().lower()
+    if word == "new":
+        return None
+    if word == "earliest":
+        return EARLIEST
+    try:
+        return parse_timestamp(str(value), field)
+    except Problem:
+        raise invalid_field(
+            field,
+            f'{field} must be "new", "earliest" or an RFC 3339 time with an offset such '
+            f"as 2026-11-26T23:00:00Z; got {str(value)[:80]!r}",
+        ) from None
 
 
 def parse_subscription_id(raw: str) -> int:

@@ -458,6 +458,18 @@ def _subscription_paths() -> dict[str, dict[str, Any]]:
                 ("rotate-secret", "A new signing secret, shown once", "SecretView"),
             )
         },
+        "/v1/subscriptions/{subscription_id}/seek": {
+            "post": _operation(
+                "Replay or skip: retained messages published from `time` on are due again "
+                "(from attempt 1, in publish order), pending ones before it are acknowledged; "
+                "a group member moves its whole group",
+                "subscriptions",
+                {"200": _json("SoughtView", "what the seek did")},
+                one,
+                body="SeekBody",
+                params=[_SUBSCRIPTION],
+            )
+        },
         **_pull_paths(),
     }
 

@@ -34,6 +34,8 @@ _GENERATED: tuple[type[Any], ...] = (
     bodies.AckBody,
     bodies.NackBody,
     bodies.ExtendBody,
+    bodies.SeekBody,
+    views.SoughtView,
     views.PulledView,
     views.AckedView,
     views.NackedView,

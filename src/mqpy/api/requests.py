@@ -22,6 +22,7 @@ from mqpy.api.fields import (
     IdempotencyKey,
     OrderingKey,
     RawFilter,
+    StartAtText,
     Timestamp,
 )
 from mqpy.api.problems import Problem, invalid_body, invalid_field
@@ -48,6 +49,8 @@ class ConnectRequest(msgspec.Struct):
     topic: str | None = None
     group: str | None = None
     filter: RawFilter = None
+    # Issue 11: where a receiver starts ("new", the default, "earliest" or a time).
+    start_at: StartAtText | None = None
 
 
 class MessageFields(msgspec.Struct, kw_only=True):

@@ -10,7 +10,13 @@ from typing import Any
 
 from aiohttp import web
 
-from mqpy.api.fields import check_filter, check_group, check_topic_name, check_topic_pattern
+from mqpy.api.fields import (
+    check_filter,
+    check_group,
+    check_topic_name,
+    check_topic_pattern,
+    parse_start_at,
+)
 from mqpy.api.problems import invalid_field
 from mqpy.api.publications import header_idempotency_key, publication
 from mqpy.api.requests import (
@@ -39,6 +45,7 @@ async def connect(request: web.Request) -> web.Response:
         _connect_topic(body, mode),
         group=check_group(body.group),
         filter=check_filter(body.filter),
+        start_at=parse_start_at(body.start_at),
     )
     if secret is None:
         return json_response({"id": connection.id})
@@ -52,7 +59,11 @@ def _connect_topic(body: ConnectRequest, mode: Mode) -> str:
     topic = DEFAULT_TOPIC if body.topic is None else body.topic
     if mode is Mode.RECEIVE:
         return check_topic_pattern(topic)
-    for name, value in (("group", body.group), ("filter", body.filter)):
+    for name, value in (
+        ("group", body.group),
+        ("filter", body.filter),
+        ("start_at", body.start_at),
+    ):
         if value is not None:
             raise invalid_field(
                 name, f"{name} is only for receivers; a sender publishes to every one"

@@ -5,13 +5,20 @@ from __future__ import annotations
 from aiohttp import web
 from msgspec import UNSET
 
-from mqpy.api.bodies import CreateSubscriptionBody, RetryPolicyBody, UpdateSubscriptionBody
+from mqpy.api.bodies import (
+    CreateSubscriptionBody,
+    RetryPolicyBody,
+    SeekBody,
+    UpdateSubscriptionBody,
+)
 from mqpy.api.fields import (
     check_filter,
     check_group,
     check_topic_name,
     check_topic_pattern,
+    parse_start_at,
     parse_subscription_id,
+    parse_timestamp,
 )
 from mqpy.api.pagination import page_query
 from mqpy.api.problems import invalid_field
@@ -20,8 +27,10 @@ from mqpy.api.responses import json_response
 from mqpy.api.state import broker_of, principal_of
 from mqpy.api.views import (
     SecretView,
+    SoughtView,
     SubscriptionPageView,
     created_subscription_view,
+    rfc3339,
     subscription_view,
 )
 from mqpy.domain import (
@@ -59,7 +68,11 @@ async def create(request: web.Request) -> web.Response:
         ack_deadline_seconds=body.ack_deadline_seconds or DEFAULT_ACK_DEADLINE_SECONDS,
     )
     subscription, secret = await broker_of(request).create_subscription(
-        spec, principal_of(request), secret=_chosen_secret(body.secret), paused=body.paused
+        spec,
+        principal_of(request),
+        secret=_chosen_secret(body.secret),
+        paused=body.paused,
+        start_at=parse_start_at(body.start_at),
     )
     response = json_response(created_subscription_view(subscription, secret), status=201)
     response.headers["Location"] = f"/v1/subscriptions/{subscription.id}"
@@ -188,6 +201,22 @@ async def _set_paused(request: web.Request, *, paused: bool) -> web.Response:
         subscription_id(request), paused, principal_of(request)
     )
     return json_response(subscription_view(updated))
+
+
+async def seek(request: web.Request) -> web.Response:
+    target = subscription_id(request)
+    body = convert(await read_object(request, fold_case=False), SeekBody)
+    time = parse_timestamp(body.time, "time")
+    result = await broker_of(request).seek(target, time, principal_of(request))
+    return json_response(
+        SoughtView(
+            id=target,
+            time=rfc3339(time),
+            due=result.due,
+            acked=result.acked,
+            in_flight=result.in_flight,
+        )
+    )
 
 
 async def delete(request: web.Request) -> web.Response:

@@ -194,6 +194,16 @@ class SecretView(msgspec.Struct):
     secret: str
 
 
+class SoughtView(msgspec.Struct):
+    """What a seek did. A group member's seek moves the whole group's deliveries."""
+
+    id: int
+    time: Time  # as asked, in UTC
+    due: int  # retained messages from `time` on, due again from attempt 1
+    acked: int  # pending deliveries of messages before `time`, settled as acked
+    in_flight: int  # from `time` on but out under a live lease: left to finish
+
+
 def rfc3339(seconds: float) -> Time:
     return (
         datetime.fromtimestamp(seconds, UTC)

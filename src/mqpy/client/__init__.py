@@ -19,6 +19,7 @@ from mqpy.client.calls import (
     Published,
     PulledMessage,
     Settled,
+    Sought,
 )
 from mqpy.client.errors import (
     Conflict,
@@ -55,6 +56,7 @@ __all__ = [
     "PulledMessage",
     "RateLimited",
     "Settled",
+    "Sought",
     "Unauthorized",
     "Unavailable",
 ]

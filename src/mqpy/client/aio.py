@@ -25,6 +25,8 @@ from mqpy.client.calls import (
     Published,
     PulledMessage,
     Settled,
+    Sought,
+    StartAt,
 )
 from mqpy.client.errors import (
     ConnectionFailed,
@@ -87,9 +89,13 @@ class AsyncClient:
         topic: str | None = None,
         group: str | None = None,
         filter: Mapping[str, Any] | None = None,
+        start_at: StartAt | None = None,
     ) -> Connection:
-        """Connect a sender or a receiver, as `Client.connect` (topic, group, filter)."""
-        call = calls.connect(mode, client_url, topic=topic, group=group, filter=filter)
+        """Connect a sender or a receiver, as `Client.connect` (topic, group, filter,
+        start_at)."""
+        call = calls.connect(
+            mode, client_url, topic=topic, group=group, filter=filter, start_at=start_at
+        )
         return await self._call(call)
 
     async def send(
@@ -181,13 +187,22 @@ class AsyncClient:
         group: str | None = None,
         filter: Mapping[str, Any] | None = None,
         ack_deadline_seconds: float | None = None,
+        start_at: StartAt | None = None,
     ) -> int:
         """A pull subscription to `topic` (a name or pattern), in `group` and with
         `filter` as a receiver takes them; returns its id, which `pull` takes. Pulled
-        messages stay leased for `ack_deadline_seconds` (1 to 600, default 30)."""
+        messages stay leased for `ack_deadline_seconds` (1 to 600, default 30). It
+        gets what is published from now on; `start_at` ("earliest", or a time)
+        replays the retained messages published since then too."""
         return await self._call(
-            calls.create_pull_subscription(topic, group, filter, ack_deadline_seconds)
+            calls.create_pull_subscription(topic, group, filter, ack_deadline_seconds, start_at)
         )
+
+    async def seek(self, subscription_id: int, time: datetime | str) -> Sought:
+        """Move a subscription (push or pull; a group member moves its group) to
+        `time`, an aware datetime or RFC 3339 text: the retained messages published
+        from then on are due again, the pending ones before it are acknowledged."""
+        return await self._call(calls.seek(subscription_id, time))
 
     async def delete_subscription(self, subscription_id: int) -> None:
         """End a subscription; what it had not yet taken is dropped."""

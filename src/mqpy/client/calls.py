@@ -110,6 +110,27 @@ class Settled:
     expired: list[str]
 
 
+@dataclass(frozen=True)
+class Sought:
+    """What a seek did: `due` retained messages from the time on are due again (from
+    attempt 1), `acked` pending ones before it were acknowledged, and `in_flight` ones
+    from the time on were out under a live lease and left to finish."""
+
+    due: int
+    acked: int
+    in_flight: int
+
+
+# Where a new subscription starts: "new" (the default), "earliest", or a time.
+StartAt = Literal["new", "earliest"] | datetime | str
+
+
+def start_at_text(start_at: StartAt) -> str:
+    if isinstance(start_at, str) and start_at in ("new", "earliest"):
+        return start_at
+    return rfc3339(start_at, "start_at")
+
+
 # What `publish_batch` gives for each message, in order: stored, or refused and why.
 BatchResult = Published | MQError
 
@@ -122,13 +143,13 @@ def any_given(*options: object) -> bool:
     return any(option is not None for option in options)
 
 
-def rfc3339(when: datetime | str) -> str:
+def rfc3339(when: datetime | str, field: str = "deliver_at") -> str:
     """`when` as the broker reads times: RFC 3339 with an offset, UTC for a datetime."""
     if isinstance(when, str):
         return when
     if when.tzinfo is None:
         raise ValueError(
-            "deliver_at needs a timezone-aware datetime (such as datetime.now(UTC)); a naive "
+            f"{field} needs a timezone-aware datetime (such as datetime.now(UTC)); a naive "
             "one could mean any zone"
         )
     text = when.astimezone(UTC).isoformat(timespec="milliseconds")
@@ -227,6 +248,7 @@ def connect(
     topic: str | None = None,
     group: str | None = None,
     filter: Mapping[str, Any] | None = None,
+    start_at: StartAt | None = None,
 ) -> Call[Connection]:
     # Not idempotent: after a lost answer the connection may exist; a retry would make a
     # second one (and a second receiver gets a second copy of every message).
@@ -237,6 +259,8 @@ def connect(
         body["group"] = group
     if filter is not None:
         body["filter"] = dict(filter)
+    if start_at is not None:
+        body["start_at"] = start_at_text(start_at)
     return Call("POST", "/connect", body, False, _connection)
 
 
@@ -290,6 +314,7 @@ def create_pull_subscription(
     group: str | None,
     filter: Mapping[str, Any] | None,
     ack_deadline_seconds: float | None,
+    start_at: StartAt | None = None,
 ) -> Call[int]:
     # Not idempotent: after a lost answer the subscription may exist; a retry would
     # make a second one (which gets a second copy of every message).
@@ -300,7 +325,24 @@ def create_pull_subscription(
         body["filter"] = dict(filter)
     if ack_deadline_seconds is not None:
         body["ack_deadline_seconds"] = ack_deadline_seconds
+    if start_at is not None:
+        body["start_at"] = start_at_text(start_at)
     return Call("POST", "/v1/subscriptions", body, False, _subscription_id)
+
+
+def seek(subscription_id: int, time: datetime | str) -> Call[Sought]:
+    # Idempotent: a repeat moves the subscription to the same time again (what was
+    # delivered in between comes once more, as it would after the first).
+    body = {"time": rfc3339(time, "time")}
+    return Call("POST", _pull_path(subscription_id, "seek"), body, True, _sought)
+
+
+def _sought(value: Any) -> Sought:
+    return Sought(
+        due=_integer(value["due"]),
+        acked=_integer(value["acked"]),
+        in_flight=_integer(value["in_flight"]),
+    )
 
 
 def delete_subscription(subscription_id: int) -> Call[None]:

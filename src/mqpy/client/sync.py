@@ -34,6 +34,8 @@ from mqpy.client.calls import (
     Published,
     PulledMessage,
     Settled,
+    Sought,
+    StartAt,
 )
 from mqpy.client.errors import ConnectionFailed, MQError, NotFound, describe_failure
 from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy
@@ -90,6 +92,7 @@ class Client:
         topic: str | None = None,
         group: str | None = None,
         filter: Mapping[str, Any] | None = None,
+        start_at: StartAt | None = None,
     ) -> Connection:
         """Connect a sender (`"send"`) or a receiver (`"receive"`, with the URL where
         its messages are POSTed). Keep a receiver's `secret`: it is shown only now.
@@ -97,8 +100,13 @@ class Client:
         `topic` is a sender's topic, or the topic or pattern (`orders.*`, `orders.>`) a
         receiver takes; the default is "default". A receiver may join a `group`, whose
         members share its messages, and take only messages whose attributes pass
-        `filter` (such as ``{"region": "eu"}``; see docs/api.md)."""
-        return self._call(calls.connect(mode, client_url, topic=topic, group=group, filter=filter))
+        `filter` (such as ``{"region": "eu"}``; see docs/api.md). A receiver gets what
+        is published from now on; `start_at` ("earliest", or a time) replays the
+        retained messages published since then too."""
+        call = calls.connect(
+            mode, client_url, topic=topic, group=group, filter=filter, start_at=start_at
+        )
+        return self._call(call)
 
     def send(
         self,
@@ -205,13 +213,22 @@ class Client:
         group: str | None = None,
         filter: Mapping[str, Any] | None = None,
         ack_deadline_seconds: float | None = None,
+        start_at: StartAt | None = None,
     ) -> int:
         """A pull subscription to `topic` (a name or pattern), in `group` and with
         `filter` as a receiver takes them; returns its id, which `pull` takes. Pulled
-        messages stay leased for `ack_deadline_seconds` (1 to 600, default 30)."""
+        messages stay leased for `ack_deadline_seconds` (1 to 600, default 30). It
+        gets what is published from now on; `start_at` ("earliest", or a time)
+        replays the retained messages published since then too."""
         return self._call(
-            calls.create_pull_subscription(topic, group, filter, ack_deadline_seconds)
+            calls.create_pull_subscription(topic, group, filter, ack_deadline_seconds, start_at)
         )
+
+    def seek(self, subscription_id: int, time: datetime | str) -> Sought:
+        """Move a subscription (push or pull; a group member moves its group) to
+        `time`, an aware datetime or RFC 3339 text: the retained messages published
+        from then on are due again, the pending ones before it are acknowledged."""
+        return self._call(calls.seek(subscription_id, time))
 
     def delete_subscription(self, subscription_id: int) -> None:
         """End a subscription; what it had not yet taken is dropped."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mqpy.commands import EXIT_USAGE, CommandFailed
@@ -64,6 +65,44 @@ def delay(text: str) -> float:
     if seconds > MAX_DELAY_SECONDS:
         raise argparse.ArgumentTypeError(f"{text!r} is over a year, the longest delay")
     return seconds
+
+
+def point_in_time(text: str) -> str:
+    """A moment as the broker reads it (argparse `type`): an RFC 3339 time with an
+    offset, or a duration (`90s`, `15m`, `1h`, `2d`) meaning that long ago."""
+    try:
+        ago = parse_duration(text)
+    except ValueError:
+        pass
+    else:
+        moment = datetime.now(UTC) - timedelta(seconds=ago)
+        return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
+    given = text.strip()
+    zulu = given[-1:] in ("Z", "z")
+    try:
+        parsed = datetime.fromisoformat(given[:-1] if zulu else given)
+    except ValueError:
+        parsed = None
+    if parsed is None or not (zulu or parsed.tzinfo is not None):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a time with an offset (such as 2026-11-26T23:00:00Z) nor "
+            "a duration meaning that long ago (such as 90s, 15m, 1h or 2d)"
+        )
+    return given
+
+
+def start_at(text: str) -> str:
+    """Where a new subscription starts (argparse `type`): new, earliest, or a moment as
+    `point_in_time` reads it."""
+    if text.strip().lower() in ("new", "earliest"):
+        return text.strip().lower()
+    try:
+        return point_in_time(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a start: give new, earliest, a time with an offset (such as "
+            "2026-11-26T23:00:00Z) or a duration meaning that long ago (such as 1h)"
+        ) from None
 
 
 def message_options(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""`mqpy subscriptions list|create|show|pause|resume|delete|pull`: push and pull
+"""`mqpy subscriptions list|create|show|pause|resume|seek|delete|pull`: push and pull
 subscriptions on a running broker (/v1/subscriptions)."""
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ from mqpy.commands import (
     set_handler,
 )
 from mqpy.commands import pull as pull_command
-from mqpy.commands.options import filter_of, group_name, topic_name, topic_pattern
+from mqpy.commands.options import (
+    filter_of,
+    group_name,
+    point_in_time,
+    start_at,
+    topic_name,
+    topic_pattern,
+)
 from mqpy.commands.terminal import format_table
 from mqpy.commands.topics import (
     SUBSCRIPTION_COLUMNS,
@@ -46,7 +53,7 @@ def register(subparsers: Any) -> None:
     """Add `subscriptions` and its subcommands to the `mqpy` parser's subparsers."""
     group = subparsers.add_parser(
         "subscriptions",
-        help="create, list, show, pause, resume, delete and pull subscriptions",
+        help="create, list, show, pause, resume, seek, delete and pull subscriptions",
         description="Manage the subscriptions of a running broker: push ones (URLs it "
         "POSTs a topic's messages to) and pull ones (whose consumers ask). Needs a "
         "subscriber key (which sees only its own subscriptions) or an admin key "
@@ -161,6 +168,15 @@ def register(subparsers: Any) -> None:
         help="create it paused: its messages wait until `mqpy subscriptions resume ID`",
     )
     create.add_argument(
+        "--start-at",
+        type=start_at,
+        metavar="WHEN",
+        help="new: what is published from now on; earliest: every retained message too; "
+        "a time (2026-11-26T23:00:00Z) or a duration meaning that long ago (1h): the "
+        "retained messages published since then too (default: new). A member joining a "
+        "group that exists takes the group's place instead",
+    )
+    create.add_argument(
         "--json",
         action="store_true",
         help="print the server's whole answer as JSON (the secret included)",
@@ -201,6 +217,32 @@ def register(subparsers: Any) -> None:
         )
         add_server_options_with_epilog(parser)
         set_handler(parser, handler)
+
+    seek = commands.add_parser(
+        "seek",
+        help="replay or skip: make what was published since a time due again",
+        description="Move a subscription to a time: every retained message of its topic "
+        "published at or after it (and passing its filter) is delivered again, from "
+        "attempt 1 and in publish order, and what it has not yet acknowledged from before "
+        "that time is acknowledged. A time after now acknowledges everything pending. "
+        "Seeking a group member moves the whole group. Messages older than the broker's "
+        "--message-retention are gone and cannot be replayed.",
+        allow_abbrev=False,
+    )
+    _add_id(seek)
+    seek.add_argument(
+        "--time",
+        type=point_in_time,
+        required=True,
+        metavar="WHEN",
+        help="a time with an offset (2026-11-26T23:00:00Z), or a duration meaning that "
+        "long ago (90s, 15m, 1h, 2d)",
+    )
+    seek.add_argument(
+        "--json", action="store_true", help="print the server's answer as JSON instead"
+    )
+    add_server_options_with_epilog(seek)
+    set_handler(seek, seek_subscription)
 
     delete = commands.add_parser(
         "delete",
@@ -291,6 +333,8 @@ def create_subscription(args: argparse.Namespace) -> int:
         body["secret"] = args.secret
     if args.paused:
         body["paused"] = True
+    if args.start_at is not None:
+        body["start_at"] = args.start_at
     answer = _object(ServerClient.from_args(args).call("POST", "/v1/subscriptions", body))
     if args.pull:
         if args.json:
@@ -369,6 +413,24 @@ def _switch(args: argparse.Namespace, action: str, done: str) -> int:
         print_json(answer)
     else:
         print(f"subscription {args.id} {done}")
+    return EXIT_OK
+
+
+def seek_subscription(args: argparse.Namespace) -> int:
+    body = {"time": args.time}
+    answer = _object(ServerClient.from_args(args).call("POST", _path(args.id, "seek"), body))
+    if args.json:
+        print_json(answer)
+        return EXIT_OK
+    line = (
+        f"subscription {args.id} moved to {text(answer.get('time'))}: "
+        f"{text(answer.get('due'))} message(s) due again, {text(answer.get('acked'))} "
+        "acknowledged"
+    )
+    in_flight = answer.get("in_flight")
+    if in_flight:
+        line += f", {text(in_flight)} in flight left to finish"
+    print(line)
     return EXIT_OK
 
 

@@ -279,6 +279,37 @@
     });
   }
 
+  // What "1h" or "15m" means in the replay form: that long ago.
+  const AGO_MS = { s: 1e3, m: 6e4, h: 36e5, d: 864e5 };
+
+  function pointInTime(text) {
+    const ago = /^(\d+(?:\.\d+)?)\s*([smhd])$/i.exec(text);
+    if (ago) return new Date(Date.now() - Number(ago[1]) * AGO_MS[ago[2].toLowerCase()]).toISOString();
+    return text; // an RFC 3339 time, checked by the broker
+  }
+
+  function seekReceiver(tr, input, button) {
+    const id = tr.dataset.receiverId;
+    const text = input.value.trim();
+    if (!text) {
+      $("receiver-result").dataset.kind = "error";
+      $("receiver-result").textContent =
+        "Say where to replay from: a duration ago (1h, 15m) or a time (2026-11-26T23:00:00Z).";
+      return;
+    }
+    act(button, $("receiver-result"), "Replaying…", async () => {
+      const answer = await request(`/v1/subscriptions/${id}/seek`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ time: pointInTime(text) }),
+      });
+      return (
+        `Receiver #${id} replays from ${answer.time}: ${plural(answer.due, "message")} ` +
+        `due again, ${answer.acked} acknowledged.`
+      );
+    });
+  }
+
   function deleteReceiver(tr, button) {
     if (!confirmed(button, "Delete? Click again")) return;
     const id = tr.dataset.receiverId;
@@ -449,8 +480,23 @@
     const remove = element("button", "danger delete", "Delete");
     remove.type = "button";
     remove.addEventListener("click", () => deleteReceiver(tr, remove));
+    // Replay: what it received since a time comes again (POST .../seek).
+    const seek = element("form", "seek");
+    const when = element("input");
+    when.type = "text";
+    when.size = 8;
+    when.placeholder = "1h";
+    when.setAttribute("aria-label", "Replay from");
+    when.title = "a duration ago (1h, 15m) or a time (2026-11-26T23:00:00Z)";
+    const replay = element("button", "switch", "Replay");
+    replay.type = "submit";
+    seek.append(when, " ", replay);
+    seek.addEventListener("submit", (event) => {
+      event.preventDefault();
+      seekReceiver(tr, when, replay);
+    });
     tr.cells[9].className = "actions";
-    tr.cells[9].append(pause, " ", remove);
+    tr.cells[9].append(pause, " ", remove, " ", seek);
     tr.cells[0].append(element("span", "rid"), " ", element("span", "kind"), " ");
     tr.cells[0].append(element("span", "url"));
     tr.cells[3].append(element("span", "badge"));

@@ -31,6 +31,8 @@ from mqpy.domain import (
     Page,
     Published,
     ReceiverHealth,
+    SeekResult,
+    StartAt,
     StoredMessage,
     Subscription,
     SubscriptionChanges,
@@ -119,13 +121,14 @@ class Store(abc.ABC):
         secret: str | None = None,
         group: str | None = None,
         filter: Filter | None = None,
+        start_at: StartAt = None,
     ) -> Connection:
         """Register a connection under a new random id that was never issued before.
 
         A receiver is subscribed to `topic` (a name or pattern, in `group` if given,
-        with `filter`) in the same transaction, as `add_subscription` does, under the
-        connection's id. `key_id` owns the connection; `secret` signs the receiver's
-        deliveries. Raises `Conflict` as `add_subscription` does.
+        with `filter`, from `start_at`) in the same transaction, as `add_subscription`
+        does, under the connection's id. `key_id` owns the connection; `secret` signs
+        the receiver's deliveries. Raises `Conflict` as `add_subscription` does.
         """
 
     # Push subscriptions (seed receivers included).
@@ -139,14 +142,28 @@ class Store(abc.ABC):
         key_id: str | None,
         secret: str | None,
         paused: bool = False,
+        start_at: StartAt = None,
     ) -> Subscription:
         """Create a push subscription under a new random id never issued before;
         `paused`: created paused, so no claim hands out its deliveries until resumed.
 
-        Messages of matching topics published while nobody was subscribed become its
-        deliveries (or its group's). A member of an existing group must carry the
-        group's filter, else `Conflict`.
+        It gets the messages published from now on. With `start_at` (a time, or
+        EARLIEST), the retained messages of its topic published at or after it that
+        pass its filter become its deliveries too, in publish order; a member joining
+        a group that exists takes the group's place and replays nothing. A member of
+        an existing group must carry the group's filter, else `Conflict`.
         """
+
+    @abc.abstractmethod
+    async def seek(self, subscription_id: int, time: float, now: float) -> SeekResult | None:
+        """Move a subscription (a group member: its whole group) to `time`, as of `now`.
+
+        Its pending deliveries of messages published before `time` are settled as
+        acknowledged (dead letters stay). Every retained message published at or after
+        `time` that its topic and filter match is due again from attempt 1, in publish
+        order (at its deliver_at if later), whatever became of it before: delivered,
+        dead-lettered, pending or never routed to it. A delivery out under a live lease
+        is left to finish. None if no such active subscription."""
 
     @abc.abstractmethod
     async def subscription(self, subscription_id: int) -> Subscription | None:
@@ -211,8 +228,9 @@ class Store(abc.ABC):
 
         Each message gets one delivery per matching ungrouped subscription and one
         per matching group (topic pattern and filter both hold), due at its
-        `deliver_at` or at once. With no matching subscription a message waits for the
-        first. A message whose (publisher_key, idempotency_key) was published since
+        `deliver_at` or at once. A message no subscription takes is done at once: it
+        is kept for the retention window like a delivered one, where only a seek or a
+        `start_at` reaches it. A message whose (publisher_key, idempotency_key) was published since
         `dedup_since` enqueues nothing and answers with the first id, `duplicate`.
         Concurrent calls may share one transaction (group commit); each returns only
         once durable. With `max_backlog` > 0, raises `BacklogFull` (storing nothing)
@@ -430,9 +448,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def topic_backlogs(self) -> list[TopicBacklog]:
         """Per topic with undelivered messages, sorted by topic: how many messages some
-        receiver has yet to acknowledge (claimed ones included) or wait for a first
-        receiver, and when the oldest of them was published. A message whose only
-        unfinished deliveries are dead letters does not count."""
+        receiver has yet to acknowledge (claimed ones included), and when the oldest of
+        them was published. A message whose only unfinished deliveries are dead letters
+        does not count, nor one that no subscription took."""
 
     @abc.abstractmethod
     async def dead_letter_count(self) -> int:

@@ -40,6 +40,8 @@ from mqpy.domain import (
     Published,
     ReceiverHealth,
     Role,
+    SeekResult,
+    StartAt,
     StoredMessage,
     StoreUnavailable,
     Subscription,
@@ -81,6 +83,7 @@ from mqpy.store.postgres_claim import Lease, claim_rounds
 from mqpy.store.postgres_dsn import connect_arguments
 from mqpy.store.postgres_listen import Listener
 from mqpy.store.postgres_publish import PublishPlan, PublishRequest, held_idempotency_keys
+from mqpy.store.postgres_replay import seek as seek_target
 from mqpy.store.postgres_schema import (
     CATALOG_CHANNEL,
     CATALOG_LOCK,
@@ -90,6 +93,7 @@ from mqpy.store.postgres_schema import (
     migrate,
 )
 from mqpy.store.postgres_sql import PgConnection, one, row_count
+from mqpy.store.replay import target_of
 from mqpy.store.routes import (
     GROUP_ROUTE_COLUMNS,
     SUBSCRIPTION_ROUTE_COLUMNS,
@@ -347,6 +351,7 @@ class PostgresStore(Store):
         secret: str | None = None,
         group: str | None = None,
         filter: Filter | None = None,
+        start_at: StartAt = None,
     ) -> Connection:
         async with self._transaction() as conn:
             await self._catalog_change(conn)
@@ -364,7 +369,7 @@ class PostgresStore(Store):
             if mode is Mode.RECEIVE:
                 spec = SubscriptionSpec(url=client_url, topic=topic, group=group, filter=filter)
                 await insert_subscription(
-                    conn, connection_id, spec, now, key_id, secret, connection_id
+                    conn, connection_id, spec, now, key_id, secret, connection_id, start_at
                 )
             return Connection(connection_id, mode, client_url, topic, now, key_id)
 
@@ -376,11 +381,14 @@ class PostgresStore(Store):
         key_id: str | None,
         secret: str | None,
         paused: bool = False,
+        start_at: StartAt = None,
     ) -> Subscription:
         async with self._transaction() as conn:
             await self._catalog_change(conn)
             subscription_id = await new_id(conn)
-            await insert_subscription(conn, subscription_id, spec, now, key_id, secret, None)
+            await insert_subscription(
+                conn, subscription_id, spec, now, key_id, secret, None, start_at
+            )
             if paused:
                 await conn.execute(
                     "UPDATE subscriptions SET paused = true WHERE id = $1", subscription_id
@@ -388,6 +396,18 @@ class PostgresStore(Store):
             subscription = await fetch_subscription(conn, subscription_id)
             assert subscription is not None
             return subscription
+
+    async def seek(self, subscription_id: int, time: float, now: float) -> SeekResult | None:
+        async with self._transaction() as conn:
+            # No message this reads is swept meanwhile, and seeks go one at a time.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SWEEP_LOCK)
+            target = target_of(await self._current_routes(conn), subscription_id)
+            if target is None:
+                return None
+            result = await seek_target(conn, target, time, now)
+            if result.due:
+                await conn.execute("SELECT pg_notify($1, '')", DUE_CHANNEL)
+        return result
 
     async def subscription(self, subscription_id: int) -> Subscription | None:
         async with self._connection() as conn:
@@ -957,8 +977,8 @@ class PostgresStore(Store):
         backlog, oldest = await one(
             conn,
             "SELECT count(*), min(published_at) FROM messages m WHERE topic = $1 "
-            "AND done_at IS NULL AND (NOT routed OR EXISTS (SELECT 1 FROM deliveries d "
-            "WHERE d.message_seq = m.seq AND d.state = 'pending'))",
+            "AND done_at IS NULL AND EXISTS (SELECT 1 FROM deliveries d "
+            "WHERE d.message_seq = m.seq AND d.state = 'pending')",
             name,
         )
         routes = await self._current_routes(conn)
@@ -976,16 +996,15 @@ class PostgresStore(Store):
                     "GROUP BY mode"
                 )
             }
-            pending, waiting, delivered = await one(
+            pending, delivered = await one(
                 conn,
                 "SELECT (SELECT count(*) FROM deliveries WHERE state = 'pending'), "
-                "(SELECT count(*) FROM messages WHERE NOT routed), "
                 "(SELECT sum(delivered)::bigint FROM tallies)",
             )
         return BrokerStats(
             receivers=by_mode.get(Mode.RECEIVE.value, 0),
             senders=by_mode.get(Mode.SEND.value, 0),
-            queue_length=pending + waiting,
+            queue_length=pending,
             completed=int(delivered),
         )
 
@@ -1006,8 +1025,8 @@ class PostgresStore(Store):
     async def topic_backlogs(self) -> list[TopicBacklog]:
         async with self._connection() as conn:
             rows = await conn.fetch(
-                "SELECT topic, count(*), min(published_at) FROM messages m WHERE NOT routed "
-                "OR EXISTS (SELECT 1 FROM deliveries d WHERE d.message_seq = m.seq "
+                "SELECT topic, count(*), min(published_at) FROM messages m WHERE EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.message_seq = m.seq "
                 "AND d.state = 'pending') GROUP BY topic ORDER BY topic"
             )
         return [TopicBacklog(topic, count, oldest) for topic, count, oldest in rows]

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncpg
 
-from mqpy.domain import Conflict, Connection, Mode, Subscription, SubscriptionSpec
-from mqpy.filters import matches as filter_matches
+from mqpy.domain import Conflict, Connection, Mode, StartAt, Subscription, SubscriptionSpec
 from mqpy.ids import new_connection_id
+from mqpy.store.postgres_replay import seek
+from mqpy.store.postgres_schema import SWEEP_LOCK
 from mqpy.store.postgres_sql import PgConnection, one
 from mqpy.store.routes import Target
 from mqpy.store.rows import (
@@ -17,11 +18,9 @@ from mqpy.store.rows import (
     SUBSCRIPTIONS_FROM,
     dump_filter,
     dump_settings,
-    load_attributes,
     subscription_from_row,
 )
 from mqpy.topics import is_pattern
-from mqpy.topics import matches as topic_matches
 
 CONNECTION_COLUMNS = "id, mode, client_url, topic, connected_at, key_id"
 
@@ -47,7 +46,11 @@ async def insert_subscription(
     key_id: str | None,
     secret: str | None,
     connection_id: int | None,
+    start_at: StartAt = None,
 ) -> None:
+    """Insert a subscription (the caller holds the catalog lock) and, from `start_at`,
+    replay its topic's retained messages to it; a member joining a group that exists
+    takes the group's place instead."""
     group_id = None
     new_target = True
     if spec.group is not None:
@@ -74,11 +77,13 @@ async def insert_subscription(
             spec.topic,
             now,
         )
-    if new_target:
+    if new_target and start_at is not None:
         target = Target(
             spec.topic, spec.filter, None if group_id is not None else subscription_id, group_id
         )
-        await _route_waiting_messages(conn, target, now)
+        # No message this reads is swept meanwhile (see postgres_replay.py).
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", SWEEP_LOCK)
+        await seek(conn, target, start_at, now)
 
 
 async def _join_group(conn: PgConnection, spec: SubscriptionSpec, now: float) -> tuple[int, bool]:
@@ -134,50 +139,6 @@ async def fetch_subscription(conn: PgConnection, subscription_id: int) -> Subscr
         subscription_id,
     )
     return None if row is None else subscription_from_row(row)
-
-
-async def _route_waiting_messages(conn: PgConnection, target: Target, now: float) -> None:
-    """Messages published while nothing matched them go to the first target that does.
-    The caller holds the catalog lock, so no publish commits meanwhile."""
-    if target.filter is None and not is_pattern(target.pattern):
-        await conn.execute(
-            "WITH routed AS (UPDATE messages SET routed = true WHERE topic = $3 AND NOT routed "
-            "RETURNING seq, ordering_key, deliver_at) "
-            "INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, "
-            "state, due_at) SELECT seq, $1, $2, ordering_key, 'pending', "
-            "greatest($4, coalesce(deliver_at, 0)) FROM routed ORDER BY seq",
-            target.subscription_id,
-            target.group_id,
-            target.pattern,
-            now,
-        )
-        return
-    rows = await conn.fetch(
-        "SELECT seq, topic, attributes, ordering_key, deliver_at FROM messages "
-        "WHERE NOT routed ORDER BY seq"
-    )
-    routed = [
-        row
-        for row in rows
-        if topic_matches(target.pattern, row["topic"])
-        and filter_matches(target.filter, load_attributes(row["attributes"]))
-    ]
-    if not routed:
-        return
-    await conn.execute(
-        "INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, state, "
-        "due_at) SELECT seq, $1, $2, key, 'pending', due FROM unnest($3::bigint[], $4::text[], "
-        "$5::float8[]) WITH ORDINALITY AS r (seq, key, due, n) ORDER BY n",
-        target.subscription_id,
-        target.group_id,
-        [row["seq"] for row in routed],
-        [row["ordering_key"] for row in routed],
-        [max(now, row["deliver_at"] or 0.0) for row in routed],
-    )
-    await conn.execute(
-        "UPDATE messages SET routed = true WHERE seq = ANY($1::bigint[])",
-        [row["seq"] for row in routed],
-    )
 
 
 def connection_from_row(row: asyncpg.Record) -> Connection:

@@ -34,7 +34,8 @@ class PublishPlan:
     def __init__(self, routes: Routes) -> None:
         self._routes = routes
         self._messages: list[NewMessage] = []
-        self._routed: list[bool] = []
+        # Each message's done_at: at once for one that no subscription takes.
+        self._done_at: list[float | None] = []
         self._deliveries: list[tuple[str, int | None, int | None, str | None, float]] = []
         self._topics: dict[str, tuple[int, float]] = {}  # name: (count, first seen)
         # Idempotency keys an earlier transaction holds, and those this one takes.
@@ -50,7 +51,7 @@ class PublishPlan:
             self._taken[key] = message.id
         targets = self._routes.for_message(message.topic, message.attributes)
         self._messages.append(message)
-        self._routed.append(bool(targets))
+        self._done_at.append(None if targets else message.published_at)
         due = max(message.published_at, message.deliver_at or 0.0)
         self._deliveries.extend(
             (message.id, t.subscription_id, t.group_id, message.ordering_key, due) for t in targets
@@ -74,7 +75,7 @@ class PublishPlan:
             [m.body for m in messages],
             [m.publisher_id for m in messages],
             [m.published_at for m in messages],
-            self._routed,
+            self._done_at,
             [dump_attributes(m.attributes) for m in messages],
             [m.ordering_key for m in messages],
             [m.deliver_at for m in messages],
@@ -87,7 +88,7 @@ class PublishPlan:
             [first for _, first in self._topics.values()],
             secrets.randbelow(TALLY_SLOTS),
             [count for count, _ in self._topics.values()],
-            len(messages),
+            sum(1 for done_at in self._done_at if done_at is None),  # left to deliver
             DUE_CHANNEL,
             bool(deliveries),
         )

@@ -212,6 +212,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE deliveries ADD COLUMN sent_at double precision,
         ADD COLUMN duration double precision;
     """,
+    # 6: one rule for messages nobody was subscribed to: they are done at once, kept for
+    # the retention window, and reach a later subscription only by its start_at or a
+    # seek. Those still waiting for a first receiver are done as of this upgrade (so
+    # the whole window is left to replay them), off the count of undelivered messages;
+    # `routed` goes (and its index with it).
+    """
+    UPDATE tallies SET stored = stored - (SELECT count(*) FROM messages
+        WHERE NOT routed AND done_at IS NULL) WHERE slot = 0;
+    UPDATE messages SET done_at = extract(epoch FROM clock_timestamp())
+        WHERE NOT routed AND done_at IS NULL;
+    ALTER TABLE messages DROP COLUMN routed;
+    """,
 ]
 
 

@@ -38,10 +38,10 @@ def row_count(status: str) -> int:
 # ($20): NOTIFY serialises commits on a global lock, so never one per message.
 PUBLISH = """
 WITH new_messages AS (
-    INSERT INTO messages (id, topic, body, publisher_id, published_at, routed, attributes,
+    INSERT INTO messages (id, topic, body, publisher_id, published_at, done_at, attributes,
         ordering_key, deliver_at)
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::float8[],
-        $6::boolean[], $7::text[], $8::text[], $9::float8[])
+        $6::float8[], $7::text[], $8::text[], $9::float8[])
     RETURNING seq, id
 ), new_deliveries AS (
     INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, state, due_at)
@@ -287,7 +287,7 @@ FINISH_MESSAGES = """
 WITH finished AS (
     UPDATE messages m SET done_at = u.at
     FROM unnest($1::bigint[], $2::float8[]) AS u (seq, at)
-    WHERE m.seq = ANY($1::bigint[]) AND m.seq = u.seq AND m.routed AND m.done_at IS NULL
+    WHERE m.seq = ANY($1::bigint[]) AND m.seq = u.seq AND m.done_at IS NULL
         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_seq = m.seq
             AND d.state IN ('pending', 'dead'))
     RETURNING m.seq

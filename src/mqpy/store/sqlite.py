@@ -38,6 +38,8 @@ from mqpy.domain import (
     Published,
     ReceiverHealth,
     Role,
+    SeekResult,
+    StartAt,
     StoredMessage,
     StoreLocked,
     StoreUnavailable,
@@ -47,7 +49,6 @@ from mqpy.domain import (
     TopicInfo,
     int_cursor,
 )
-from mqpy.filters import matches as filter_matches
 from mqpy.ids import new_connection_id, node_name
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Settlement
@@ -60,6 +61,7 @@ from mqpy.store.health import (
     save_health_sql,
 )
 from mqpy.store.history import HISTORY_COLUMNS, histories
+from mqpy.store.replay import target_of
 from mqpy.store.routes import (
     GROUP_ROUTE_COLUMNS,
     SUBSCRIPTION_ROUTE_COLUMNS,
@@ -85,6 +87,7 @@ from mqpy.store.rows import (
 from mqpy.store.sqlite_claim import claim as claim_due
 from mqpy.store.sqlite_claim import leased as leased_due
 from mqpy.store.sqlite_publish import PublishBuffer
+from mqpy.store.sqlite_replay import seek as seek_target
 from mqpy.store.sqlite_schema import migrate
 from mqpy.store.sqlite_settle import SettlementQueue, finish_messages
 from mqpy.store.sqlite_tallies import Tallies
@@ -238,6 +241,7 @@ class SQLiteStore(Store):
         secret: str | None = None,
         group: str | None = None,
         filter: Filter | None = None,
+        start_at: StartAt = None,
     ) -> Connection:
         def operation(conn: sqlite3.Connection) -> Connection:
             self._catalog_changed(conn)
@@ -250,7 +254,7 @@ class SQLiteStore(Store):
             if mode is Mode.RECEIVE:
                 spec = SubscriptionSpec(url=client_url, topic=topic, group=group, filter=filter)
                 self._insert_subscription(
-                    conn, connection_id, spec, now, key_id, secret, connection_id
+                    conn, connection_id, spec, now, key_id, secret, connection_id, start_at
                 )
             return Connection(connection_id, mode, client_url, topic, now, key_id)
 
@@ -264,10 +268,13 @@ class SQLiteStore(Store):
         key_id: str | None,
         secret: str | None,
         paused: bool = False,
+        start_at: StartAt = None,
     ) -> Subscription:
         def operation(conn: sqlite3.Connection) -> Subscription:
             subscription_id = _new_id(conn)
-            self._insert_subscription(conn, subscription_id, spec, now, key_id, secret, None)
+            self._insert_subscription(
+                conn, subscription_id, spec, now, key_id, secret, None, start_at
+            )
             if paused:
                 conn.execute("UPDATE subscriptions SET paused = 1 WHERE id = ?", (subscription_id,))
             subscription = _subscription(conn, subscription_id)
@@ -285,6 +292,7 @@ class SQLiteStore(Store):
         key_id: str | None,
         secret: str | None,
         connection_id: int | None,
+        start_at: StartAt,
     ) -> None:
         self._catalog_changed(conn)
         group_id = None
@@ -312,14 +320,27 @@ class SQLiteStore(Store):
             conn.execute(
                 "INSERT OR IGNORE INTO topics (name, first_seen) VALUES (?, ?)", (spec.topic, now)
             )
-        if new_target:
+        if new_target and start_at is not None:
+            # A member joining a group that exists takes the group's place instead.
             target = Target(
                 spec.topic,
                 spec.filter,
                 None if group_id is not None else subscription_id,
                 group_id,
             )
-            _route_waiting_messages(conn, target, now)
+            _, stored = seek_target(conn, target, start_at, now)
+            self._tallies.add_stored(stored)
+
+    async def seek(self, subscription_id: int, time: float, now: float) -> SeekResult | None:
+        def operation(conn: sqlite3.Connection) -> SeekResult | None:
+            target = target_of(self._routes_in(conn), subscription_id)
+            if target is None:
+                return None
+            result, stored = seek_target(conn, target, time, now)
+            self._tallies.add_stored(stored)
+            return result
+
+        return await self._writer.run(operation)
 
     async def subscription(self, subscription_id: int) -> Subscription | None:
         return await self._writer.run(lambda conn: _subscription(conn, subscription_id))
@@ -550,7 +571,8 @@ class SQLiteStore(Store):
             routes = self._routes_in(conn)
             published = self._publishing.publish(conn, routes, messages, dedup_since)
             fresh = [m for m, p in zip(messages, published, strict=True) if not p.duplicate]
-            tallies.add_stored(len(fresh))
+            # Only those some subscription took wait for delivery; the others are done.
+            tallies.add_stored(sum(1 for p in published if p.deliveries and not p.duplicate))
             for topic, (count, first) in _by_topic(fresh).items():
                 tallies.published(topic, count, first)
             return published
@@ -787,7 +809,7 @@ class SQLiteStore(Store):
             return None
         backlog, oldest = conn.execute(
             "SELECT COUNT(*), MIN(published_at) FROM messages m WHERE topic = ? "
-            f"AND done_at IS NULL AND ({_WAITING_OR_PENDING})",
+            f"AND done_at IS NULL AND ({_PENDING})",
             (name,),
         ).fetchone()
         routes = self._routes_in(conn)
@@ -807,14 +829,13 @@ class SQLiteStore(Store):
             pending = conn.execute(
                 "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"
             ).fetchone()[0]
-            waiting = conn.execute("SELECT COUNT(*) FROM waiting").fetchone()[0]
             delivered = conn.execute(
                 "SELECT value FROM counters WHERE name = 'delivered'"
             ).fetchone()[0]
             return BrokerStats(
                 receivers=by_mode.get(Mode.RECEIVE.value, 0),
                 senders=by_mode.get(Mode.SEND.value, 0),
-                queue_length=pending + waiting,
+                queue_length=pending,
                 completed=delivered,
             )
 
@@ -846,7 +867,7 @@ class SQLiteStore(Store):
     async def topic_backlogs(self) -> list[TopicBacklog]:
         rows = await self._read(
             "SELECT topic, COUNT(*), MIN(published_at) FROM messages m WHERE "
-            f"{_WAITING_OR_PENDING} GROUP BY topic ORDER BY topic"
+            f"{_PENDING} GROUP BY topic ORDER BY topic"
         )
         return [TopicBacklog(topic, count, oldest) for topic, count, oldest in rows]
 
@@ -972,12 +993,9 @@ def _read_only(path: Path, sql: str) -> list[tuple[Any, ...]]:
         raise StoreUnavailable(f"the store could not be read: {exc}") from None
 
 
-# A message some receiver has yet to get: one waiting for its first, or one with a
-# pending delivery (`m` is the message).
-_WAITING_OR_PENDING = (
-    "EXISTS (SELECT 1 FROM waiting w WHERE w.seq = m.seq) OR EXISTS (SELECT 1 FROM "
-    "deliveries d WHERE d.message_seq = m.seq AND d.state = 'pending')"
-)
+# A message some receiver has yet to get: one with a pending delivery (`m` is the
+# message). One that no subscription took is done, not backlog.
+_PENDING = "EXISTS (SELECT 1 FROM deliveries d WHERE d.message_seq = m.seq AND d.state = 'pending')"
 
 
 def _load_routes(conn: sqlite3.Connection) -> Routes:
@@ -1104,39 +1122,6 @@ def _subscription(conn: sqlite3.Connection, subscription_id: int) -> Subscriptio
         (subscription_id,),
     ).fetchone()
     return None if row is None else subscription_from_row(row)
-
-
-def _route_waiting_messages(conn: sqlite3.Connection, target: Target, now: float) -> None:
-    """Messages published while nothing matched them go to the first target that does."""
-    if target.filter is None and not is_pattern(target.pattern):
-        # The common case (a receiver of one topic, no filter) stays in SQL: 20,000
-        # waiting messages take tens of milliseconds, not hundreds.
-        conn.execute(
-            "INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, "
-            "state, due_at) SELECT m.seq, ?, ?, m.ordering_key, 'pending', MAX(?, "
-            "COALESCE(m.deliver_at, 0)) FROM waiting w JOIN messages m ON m.seq = w.seq "
-            "WHERE w.topic = ? ORDER BY w.seq",
-            (target.subscription_id, target.group_id, now, target.pattern),
-        )
-        conn.execute("DELETE FROM waiting WHERE topic = ?", (target.pattern,))
-        return
-    rows = conn.execute(
-        "SELECT m.seq, m.topic, m.attributes, m.ordering_key, m.deliver_at FROM waiting w "
-        "JOIN messages m ON m.seq = w.seq ORDER BY w.seq"
-    ).fetchall()
-    routed = []
-    for seq, topic, attributes, ordering_key, deliver_at in rows:
-        if topic_matches(target.pattern, topic) and filter_matches(
-            target.filter, load_attributes(attributes)
-        ):
-            due = max(now, deliver_at or 0.0)
-            routed.append((seq, target.subscription_id, target.group_id, ordering_key, due))
-    conn.executemany(
-        "INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, state, "
-        "due_at) VALUES (?, ?, ?, ?, 'pending', ?)",
-        routed,
-    )
-    conn.executemany("DELETE FROM waiting WHERE seq = ?", [(r[0],) for r in routed])
 
 
 def _stored_message(conn: sqlite3.Connection, message_id: str, now: float) -> StoredMessage | None:

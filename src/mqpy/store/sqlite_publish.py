@@ -24,17 +24,16 @@ from mqpy.store.rows import dump_attributes
 _MESSAGES = (
     "messages",
     "seq, id, topic, body, publisher_id, published_at, routed, attributes, ordering_key, "
-    "deliver_at",
-    10,
+    "deliver_at, done_at",
+    11,
 )
 _DELIVERIES = (
     "deliveries",
     "message_seq, subscription_id, group_id, ordering_key, state, due_at",
     6,
 )
-_WAITING = ("waiting", "seq, topic", 2)
 _KEYS = ("idempotency_keys", "key_id, idempotency_key, message_id, created_at", 4)
-# Rows per INSERT: 64 rows of 10 columns stay under the 999 variables of old SQLite
+# Rows per INSERT: 64 rows of 11 columns stay under the 999 variables of old SQLite
 # builds. Runs are powers of two, so a few statement texts serve every batch size and
 # sqlite3's statement cache keeps them prepared.
 _LARGEST_RUN = 64
@@ -49,7 +48,6 @@ class PublishBuffer:
     def __init__(self) -> None:
         self._messages: list[Row] = []
         self._deliveries: list[Row] = []
-        self._waiting: list[Row] = []
         self._keys: list[Row] = []
         # (API key id, idempotency key): message id, for keys buffered here.
         self._keyed: dict[tuple[str, str], str] = {}
@@ -69,7 +67,6 @@ class PublishBuffer:
             last = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0])
         messages_rows: list[Row] = []
         deliveries: list[Row] = []
-        waiting: list[Row] = []
         keys: list[Row] = []
         keyed: dict[tuple[str, str], str] = {}
         results: list[Published] = []
@@ -94,14 +91,14 @@ class PublishBuffer:
                     message.body,
                     message.publisher_id,
                     message.published_at,
-                    1,  # no longer read (schema 4): whether it waits is the `waiting` table's
+                    1,  # no longer read (schema 4)
                     dump_attributes(message.attributes),
                     message.ordering_key,
                     message.deliver_at,
+                    # Nobody takes it: done at once, kept for a seek or a start_at.
+                    None if targets else message.published_at,
                 )
             )
-            if not targets:
-                waiting.append((last, message.topic))
             due = max(message.published_at, message.deliver_at or 0.0)
             deliveries.extend(
                 (last, t.subscription_id, t.group_id, message.ordering_key, "pending", due)
@@ -111,7 +108,6 @@ class PublishBuffer:
         self._last_seq = last
         self._messages += messages_rows
         self._deliveries += deliveries
-        self._waiting += waiting
         self._keys += keys
         self._keyed.update(keyed)
         return results
@@ -123,7 +119,6 @@ class PublishBuffer:
         for table, rows in (
             (_KEYS, self._keys),
             (_MESSAGES, self._messages),
-            (_WAITING, self._waiting),
             (_DELIVERIES, self._deliveries),
         ):
             for run in _runs(rows):
@@ -134,7 +129,6 @@ class PublishBuffer:
         """Forget what is buffered: written, or its transaction rolled back."""
         self._messages = []
         self._deliveries = []
-        self._waiting = []
         self._keys = []
         self._keyed = {}
         self._last_seq = None

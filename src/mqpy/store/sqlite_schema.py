@@ -221,6 +221,17 @@ MIGRATIONS: list[str] = [
     ALTER TABLE deliveries ADD COLUMN sent_at REAL;
     ALTER TABLE deliveries ADD COLUMN duration REAL;
     """,
+    # 10: one rule for messages nobody was subscribed to: they are done at once, kept for
+    # the retention window, and reach a later subscription only by its start_at or a
+    # seek. Those still waiting for a first receiver are done as of this upgrade (so
+    # the whole window is left to replay them), off the count of undelivered messages.
+    """
+    UPDATE counters SET value = value - (SELECT COUNT(*) FROM waiting w JOIN messages m
+        ON m.seq = w.seq WHERE m.done_at IS NULL) WHERE name = 'messages';
+    UPDATE messages SET done_at = (julianday('now') - 2440587.5) * 86400.0
+        WHERE seq IN (SELECT seq FROM waiting) AND done_at IS NULL;
+    DROP TABLE waiting;
+    """,
 ]
 
 

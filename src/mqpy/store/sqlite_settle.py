@@ -169,7 +169,6 @@ def finish_messages(conn: sqlite3.Connection, seqs: Collection[int], now: float)
         marks = ", ".join("?" * len(chunk))
         done += conn.execute(
             f"UPDATE messages SET done_at = ? WHERE seq IN ({marks}) AND done_at IS NULL "
-            "AND NOT EXISTS (SELECT 1 FROM waiting WHERE waiting.seq = messages.seq) "
             "AND NOT EXISTS (SELECT 1 FROM deliveries "
             "WHERE message_seq = messages.seq AND state IN ('pending', 'dead'))",
             (now, *chunk),
