@@ -68,6 +68,15 @@ Kind = Annotated[
     Meta(description="push: the broker POSTs each message to url; pull: consumers ask"),
 ]
 
+Format = Annotated[
+    Literal["mq", "cloudevents-binary", "cloudevents-structured"],
+    Meta(
+        description='how a push delivery is laid out: mq (the seed\'s {"body": ...}), or a '
+        "CloudEvents 1.0 event in HTTP binary mode (ce-* headers, the body as data) or "
+        "structured mode (application/cloudevents+json)"
+    ),
+]
+
 
 class CreateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):
     url: Url | None = None  # push only, and required there
@@ -79,6 +88,7 @@ class CreateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):
     retry_policy: RetryPolicyBody | None = None
     max_concurrency: MaxConcurrency | None = None
     max_per_second: MaxPerSecond | None = None
+    format: Format | None = None  # push only; mq when left out
     # The signing secret to use (Standard Webhooks `whsec_` base64, as the broker makes
     # them), so the receiver knows it before the first delivery; else one is generated.
     secret: str | None = None
@@ -94,6 +104,7 @@ class UpdateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):
     retry_policy: RetryPolicyBody | UnsetType | None = UNSET
     max_concurrency: MaxConcurrency | UnsetType | None = UNSET
     max_per_second: MaxPerSecond | UnsetType | None = UNSET
+    format: Format | UnsetType = UNSET
 
 
 # Pull subscriptions: what a consumer asks for, and how it settles what it got.
