@@ -28,12 +28,15 @@ from mqpy.client.calls import (
     Call,
     Connection,
     DeadLetter,
+    DeliveryFormat,
     Endpoint,
     Message,
     Mode,
+    NewSubscription,
     Published,
     PulledMessage,
     Settled,
+    SubscriptionKind,
 )
 from mqpy.client.errors import ConnectionFailed, MQError, NotFound, describe_failure
 from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy
@@ -197,6 +200,37 @@ class Client:
         raises, and then none was stored.
         """
         return self._call(calls.publish_batch(topic, [calls.as_message(m) for m in messages]))
+
+    def create_subscription(
+        self,
+        topic: str = "default",
+        url: str | None = None,
+        *,
+        kind: SubscriptionKind = "push",
+        group: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+        format: DeliveryFormat | None = None,
+        ack_deadline_seconds: float | None = None,
+        secret: str | None = None,
+    ) -> NewSubscription:
+        """A subscription to `topic` (a name or pattern): push (the broker POSTs each
+        message to `url`, laid out as `format`: "mq", the default, or
+        "cloudevents-binary" or "cloudevents-structured") or pull (consumers `pull`;
+        messages stay leased for `ack_deadline_seconds`, 1 to 600, default 30). Returns
+        its id and signing secret: `secret` (a Standard Webhooks `whsec_...`) if given,
+        else one the broker made, which is shown only this once."""
+        return self._call(
+            calls.create_subscription(
+                topic,
+                url,
+                kind=kind,
+                group=group,
+                filter=filter,
+                format=format,
+                ack_deadline_seconds=ack_deadline_seconds,
+                secret=secret,
+            )
+        )
 
     def create_pull_subscription(
         self,

@@ -1,0 +1,76 @@
+"""What both ways of `mqpy listen` share: stopping on a signal, and printing a message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from typing import Protocol
+
+from mqpy.commands.terminal import visible
+
+EXIT_INTERRUPTED = 130
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """The first Ctrl-C or SIGTERM stops gracefully (clean up, then exit); a second one
+    is handled the default way, ending a stop that hangs on an unreachable broker."""
+    loop = asyncio.get_running_loop()
+
+    def first_signal() -> None:
+        stop.set()
+        for number in _STOP_SIGNALS:
+            loop.remove_signal_handler(number)
+
+    for number in _STOP_SIGNALS:
+        loop.add_signal_handler(number, first_signal)
+
+
+class Shown(Protocol):
+    """A message as both ways in hand it over: a checked push delivery, or a pulled one."""
+
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def body(self) -> str: ...
+    @property
+    def attributes(self) -> Mapping[str, str]: ...
+    @property
+    def ordering_key(self) -> str | None: ...
+
+
+def message_line(message: Shown, *, as_json: bool) -> str:
+    """One message as `listen` prints it: its body on one line (line breaks and control
+    characters escaped), or with --json an object with its id, attempt and topic."""
+    if not as_json:
+        return visible(message.body)
+    record: dict[str, object] = {
+        "message_id": message.message_id,
+        "attempt": message.attempt,
+        "topic": message.topic,
+        "body": message.body,
+    }
+    if message.attributes:
+        record["attributes"] = dict(message.attributes)
+    if message.ordering_key is not None:
+        record["ordering_key"] = message.ordering_key
+    return json.dumps(record, ensure_ascii=False)
+
+
+def printed(line: str) -> bool:
+    """Print a line; False if whoever read our output is gone (`mqpy listen | head -1`),
+    after which stdout goes nowhere, so later prints cannot fail."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
+    return True
