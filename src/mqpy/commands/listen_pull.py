@@ -54,10 +54,11 @@ def pull_listen(args: argparse.Namespace) -> int:
 def _check_options(args: argparse.Namespace) -> None:
     served = [f"--{name.replace('_', '-')}" for name in _SERVE_ONLY if getattr(args, name)]
     if served:
+        verb = "applies" if len(served) == 1 else "apply"
         raise CommandFailed(
             EXIT_USAGE,
-            f"{', '.join(served)} {'applies' if len(served) == 1 else 'apply'} to a local receiver the broker POSTs to: add --serve "
-            "(without it, listen pulls from the broker and needs no port)",
+            f"{', '.join(served)} {verb} to a local receiver the broker POSTs to: add "
+            "--serve (without it, listen pulls from the broker and needs no port)",
         )
     if args.subscription is not None and (args.topic or args.group or args.filter):
         raise CommandFailed(
