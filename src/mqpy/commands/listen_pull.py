@@ -13,11 +13,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mqpy.client import ConnectionFailed, MQError, NotFound, PulledMessage
-from mqpy.commands import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CommandFailed
+from mqpy.client import ConnectionFailed, MQError, PulledMessage
+from mqpy.commands import EXIT_OK, EXIT_USAGE, CommandFailed
 from mqpy.commands.broker_client import ClientSettings, client_settings, failure
 from mqpy.commands.listen_serve import SECRET_ENV, what
-from mqpy.commands.listening import EXIT_INTERRUPTED, message_line, printed, stop_on_signals
+from mqpy.commands.listening import (
+    EXIT_INTERRUPTED,
+    message_line,
+    printed,
+    remove_when_stopping,
+    stop_on_signals,
+)
 from mqpy.domain import DeliveryFormat
 
 if TYPE_CHECKING:  # imported when run: they load aiohttp, which `mqpy --help` need not
@@ -205,20 +211,14 @@ async def _forward(client: AsyncClient, subscription_id: int, forwarder: Forward
 
 
 async def _delete(client: AsyncClient, subscription_id: int) -> None:
+    # Until told, the broker keeps the subscription, and keeps its messages.
     try:
-        await client.delete_subscription(subscription_id)
-    except NotFound:
-        print(f"subscription {subscription_id} was already deleted", file=sys.stderr)
-        return
-    except ConnectionFailed as error:
-        # The broker keeps the subscription, and keeps its messages, until told.
-        raise CommandFailed(
-            EXIT_UNREACHABLE,
-            f"{error}, so pull subscription {subscription_id} is still there: the broker "
-            "keeps its messages until they are dead letters. Once the broker is back, "
-            f"remove it with: mqpy subscriptions delete {subscription_id} (with the same "
-            "--url and key)",
-        ) from None
+        await remove_when_stopping(
+            lambda: client.delete_subscription(subscription_id),
+            subscription_id,
+            name=f"pull subscription {subscription_id}",
+            removed="deleted",
+            kept="is still there: the broker keeps its messages until they are dead letters",
+        )
     except MQError as error:
         raise failure(error) from None
-    print(f"deleted pull subscription {subscription_id}", file=sys.stderr)

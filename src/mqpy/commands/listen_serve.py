@@ -11,11 +11,10 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from mqpy.client import ConnectionFailed, MQError, NotFound
+from mqpy.client import MQError
 from mqpy.commands import (
     EXIT_OK,
     EXIT_REFUSED,
-    EXIT_UNREACHABLE,
     EXIT_USAGE,
     CommandFailed,
 )
@@ -24,6 +23,7 @@ from mqpy.commands.listening import (
     EXIT_INTERRUPTED,
     message_line,
     printed,
+    remove_when_stopping,
     stop_on_signals,
 )
 
@@ -163,21 +163,15 @@ def what(args: argparse.Namespace) -> str:
 
 
 async def _disconnect(client: AsyncClient, receiver_id: int) -> None:
-    try:
-        await client.disconnect(receiver_id)
-    except NotFound:
-        print(f"receiver {receiver_id} was already disconnected", file=sys.stderr)
-        return
-    except ConnectionFailed as error:
-        # The broker keeps the receiver, and keeps routing messages to it, until told.
-        raise CommandFailed(
-            EXIT_UNREACHABLE,
-            f"{error}, so receiver {receiver_id} is still registered there: the broker "
-            "keeps its messages and retries them until they are dead letters. Once the "
-            f"broker is back, remove it with: mqpy subscriptions delete {receiver_id} "
-            "(with the same --url and key)",
-        ) from None
-    print(f"disconnected receiver {receiver_id}", file=sys.stderr)
+    # Until told, the broker keeps the receiver, and keeps routing messages to it.
+    await remove_when_stopping(
+        lambda: client.disconnect(receiver_id),
+        receiver_id,
+        name=f"receiver {receiver_id}",
+        removed="disconnected",
+        kept="is still registered there: the broker keeps its messages and retries them "
+        "until they are dead letters",
+    )
 
 
 class _Printer:

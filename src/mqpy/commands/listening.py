@@ -7,9 +7,11 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
+from mqpy.client import ConnectionFailed, NotFound
+from mqpy.commands import EXIT_UNREACHABLE, CommandFailed
 from mqpy.commands.terminal import visible
 
 EXIT_INTERRUPTED = 130
@@ -74,3 +76,27 @@ def printed(line: str) -> bool:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return False
     return True
+
+
+async def remove_when_stopping(
+    removal: Callable[[], Awaitable[None]],
+    subscription_id: int,
+    *,
+    name: str,
+    removed: str,
+    kept: str,
+) -> None:
+    """Remove what listen made for itself (`name`, such as "receiver 12"); if the broker
+    cannot be reached, say what it keeps meanwhile (`kept`) and how to remove it later."""
+    try:
+        await removal()
+    except NotFound:
+        print(f"{name} was already {removed}", file=sys.stderr)
+        return
+    except ConnectionFailed as error:
+        raise CommandFailed(
+            EXIT_UNREACHABLE,
+            f"{error}, so {name} {kept}. Once the broker is back, remove it with: mqpy "
+            f"subscriptions delete {subscription_id} (with the same --url and key)",
+        ) from None
+    print(f"{removed} {name}", file=sys.stderr)

@@ -65,40 +65,42 @@ class _Payload(msgspec.Struct, omit_defaults=True):
 def delivery_request(delivery: Delivery, timestamp: int) -> tuple[bytes, Headers]:
     """The body and headers that deliver `delivery` in its format, signed with its
     secrets (if any) at `timestamp` (Unix seconds)."""
+    if delivery.format is DeliveryFormat.MQ:
+        body = _encode(_Payload(delivery.body, dict(delivery.attributes), delivery.ordering_key))
+        content_type, event_headers = "application/json", None
+    else:
+        body, content_type, event_headers = _cloudevent(delivery)
     headers = [
+        ("Content-Type", content_type),
         ("webhook-id", delivery.message_id),
         ("webhook-timestamp", str(timestamp)),
         ("mq-attempt", str(delivery.attempt)),
         ("mq-topic", delivery.topic),
         ("mq-subscription-id", str(delivery.subscription_id)),
     ]
-    if delivery.format is DeliveryFormat.MQ:
-        body = _encode(_Payload(delivery.body, dict(delivery.attributes), delivery.ordering_key))
-        headers.append(("Content-Type", "application/json"))
-    else:
-        body = _cloudevent(delivery, headers)
+    if event_headers:
+        headers += event_headers
     if delivery.secrets:
         signature = signature_header(delivery.secrets, delivery.message_id, timestamp, body)
         headers.append(("webhook-signature", signature))
     return body, headers
 
 
-def _cloudevent(delivery: Delivery, headers: Headers) -> bytes:
-    """The event's body; its headers are added to `headers`."""
+def _cloudevent(delivery: Delivery) -> tuple[bytes, str, Headers | None]:
+    """The event's body, content type, and (in binary mode) its `ce-*` headers."""
     context = cloudevent_attributes(delivery)
     if delivery.format is DeliveryFormat.CLOUDEVENTS_BINARY:
-        headers.append(("Content-Type", context.pop("datacontenttype")))
-        headers.extend(
+        content_type = context.pop("datacontenttype")
+        headers = [
             (f"ce-{name}", quote(value, safe=_HEADER_SAFE)) for name, value in context.items()
-        )
-        return delivery.body.encode()
+        ]
+        return delivery.body.encode(), content_type, headers
     document: dict[str, Any] = dict(context)
     if context["datacontenttype"] == _JSON and _is_json(delivery.body):
         document["data"] = msgspec.Raw(delivery.body.encode())  # as published, not re-encoded
     else:
         document["data"] = delivery.body
-    headers.append(("Content-Type", STRUCTURED_CONTENT_TYPE))
-    return _encode(document)
+    return _encode(document), STRUCTURED_CONTENT_TYPE, None
 
 
 def cloudevent_attributes(delivery: Delivery) -> dict[str, str]:
