@@ -13,6 +13,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from mqpy.api.fields import GroupName, RawFilter, TopicPattern
 from mqpy.api.requests import MessageFields
+from mqpy.stream_tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS
 
 MAX_BATCH_MESSAGES = 1000
 MAX_BACKOFF_SECONDS = 31_536_000  # a year: far past any useful retry, short of overflow
@@ -140,3 +141,17 @@ class ExtendBody(msgspec.Struct, forbid_unknown_fields=True):
     ack_ids: AckIds
     # The new deadline, counted from now.
     seconds: AckDeadline
+
+
+class EventsTokenBody(msgspec.Struct, forbid_unknown_fields=True):
+    """How long a token for a pull subscription's event stream is good for."""
+
+    ttl_seconds: Annotated[
+        int,
+        Meta(
+            ge=MIN_TTL_SECONDS,
+            le=MAX_TTL_SECONDS,
+            description="seconds until the token no longer opens the stream (a stream "
+            "already open stays open)",
+        ),
+    ] = DEFAULT_TTL_SECONDS

@@ -191,6 +191,12 @@ class PurgedView(msgspec.Struct):
     purged: int
 
 
+class EventsTokenView(msgspec.Struct):
+    token: str  # opens GET .../events as ?token= until expires_at
+    expires_at: Time
+    url: str  # the stream's path with the token, for EventSource
+
+
 class SecretView(msgspec.Struct):
     id: int
     secret: str

@@ -21,6 +21,7 @@ from mqpy.client.calls import (
     DeadLetter,
     DeliveryFormat,
     Endpoint,
+    EventsToken,
     Message,
     Mode,
     NewSubscription,
@@ -222,6 +223,15 @@ class AsyncClient:
         return await self._call(
             calls.create_pull_subscription(topic, group, filter, ack_deadline_seconds)
         )
+
+    async def events_token(
+        self, subscription_id: int, *, ttl_seconds: int | None = None
+    ) -> EventsToken:
+        """A token that opens the pull subscription's event stream with no
+        Authorization header, for a browser's EventSource: hand `url` to the page. It
+        is good for `ttl_seconds` (1 to 3600, default 300), for this subscription
+        only, with this client's key's rights."""
+        return await self._call(calls.events_token(subscription_id, ttl_seconds, self.endpoint.url))
 
     async def delete_subscription(self, subscription_id: int) -> None:
         """End a subscription; what it had not yet taken is dropped."""

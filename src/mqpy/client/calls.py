@@ -115,6 +115,17 @@ class NewSubscription:
 
 
 @dataclass(frozen=True)
+class EventsToken:
+    """A short-lived token that opens one pull subscription's event stream without an
+    Authorization header (as a browser's EventSource must): `url` is the stream's full
+    URL with it, good until `expires_at` (RFC 3339)."""
+
+    token: str
+    expires_at: str
+    url: str
+
+
+@dataclass(frozen=True)
 class Settled:
     """What an ack, nack or extend did: the ack ids it applied to (`done`), and those
     that had `expired` (the deadline passed, or the message was settled or handed out
@@ -339,6 +350,17 @@ def create_pull_subscription(
         ack_deadline_seconds=ack_deadline_seconds,
     )
     return Call(made.method, made.path, made.body, False, _subscription_id)
+
+
+def events_token(subscription_id: int, ttl_seconds: int | None, base_url: str) -> Call[EventsToken]:
+    # Not idempotent in effect, but harmless to repeat: each answer is another token.
+    body = None if ttl_seconds is None else {"ttl_seconds": ttl_seconds}
+    path = _pull_path(subscription_id, "events-token")
+
+    def read(value: Any) -> EventsToken:
+        return EventsToken(str(value["token"]), str(value["expires_at"]), base_url + value["url"])
+
+    return Call("POST", path, body, True, read)
 
 
 def _new_subscription(value: Any) -> NewSubscription:
