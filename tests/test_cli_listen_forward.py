@@ -17,7 +17,7 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 import mqpy
 from mqpy.signing import generate_secret
 from tests.conftest import ReceiverFactory
-from tests.support.load import FAST_RETRIES
+from tests.support.load import FAST_RETRIES, unused_port
 from tests.support.server import ServerProcess
 from tests.test_cli_publish_listen import Listener, listeners  # noqa: F401 (a fixture)
 
@@ -135,3 +135,19 @@ async def test_a_format_forwards_cloudevents(
     [(headers, body)] = checking.verified
     event = from_http_event(HTTPMessage(headers=headers, body=body))
     assert (event.get_id(), event.get_subject(), event.get_data()) == (message_id, "ce", {"n": 1})
+
+
+async def test_a_receiver_that_is_down_is_said_and_tried_again(
+    server: ServerProcess,
+    listeners: Callable[..., Listener],  # noqa: F811
+    http: aiohttp.ClientSession,
+) -> None:
+    port = unused_port()
+    args = ("--url", server.url, "--topic", "down", "--forward-to", f"http://127.0.0.1:{port}/")
+    listener = await started(listeners, *args)
+    message_id = await publish(http, server, "down", "anyone there?")
+    first, second = await lines(listener, 2)
+    for line, attempt in ((first, "1"), (second, "2")):
+        assert (line.group(1), line.group(2), line.group(3)) == ("---", message_id, attempt)
+    refused = f": cannot connect to 127.0.0.1:{port}: Connection refused; again in"
+    assert first.group(5) == f"{refused} 1 s" and second.group(5) == f"{refused} 2 s"

@@ -4,6 +4,7 @@ by the sender's own `delivery_request`), acked on a 2xx and nacked otherwise."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -112,5 +113,7 @@ def _reason(failed: BaseException) -> str:
     if isinstance(failed, TimeoutError):
         return f"no answer within {FORWARD_TIMEOUT_SECONDS:g} s"
     if isinstance(failed, aiohttp.ClientConnectorError):
-        return f"cannot connect: {failed.os_error.strerror or failed.os_error}"
+        cause = failed.os_error
+        said = os.strerror(cause.errno) if cause.errno else str(cause)
+        return f"cannot connect to {failed.host}:{failed.port}: {said}"
     return str(failed) or type(failed).__name__
