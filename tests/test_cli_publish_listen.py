@@ -30,7 +30,10 @@ from tests.support.server import ServerProcess
 MQPY = [sys.executable, "-m", "mqpy"]
 ADMIN_KEY = "cli-publish-listen-admin-key-7f3e"
 MESSAGE_ID = re.compile(r"msg_[0-9a-f]{32}")
-_LISTENING = re.compile(r"listening on (http://\S+) as receiver (\d+)")
+# `listen --serve` names its receiver; `listen` (pulling) its subscription.
+_LISTENING = re.compile(
+    r"listening on (http://\S+) as receiver (\d+)|listening to (?:pull )?subscription (\d+)"
+)
 _PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
 
@@ -107,7 +110,8 @@ class Listener:
             self.errors.append(line)
             match = _LISTENING.search(line)
             if match:
-                self.url, self.receiver_id = match.group(1), int(match.group(2))
+                self.url = match.group(1) or ""
+                self.receiver_id = int(match.group(2) or match.group(3))
                 self._ready.set()
 
     def wait_ready(self, timeout: float = 20.0) -> Listener:
@@ -184,11 +188,12 @@ def test_every_command_has_help(command: list[str]) -> None:
 # -- listen receives what publish sends -------------------------------------------------------
 
 
+@pytest.mark.parametrize("serve", [[], ["--serve"]], ids=["pull", "serve"])
 def test_listen_prints_what_publish_sends(
-    server: ServerProcess, listeners: Callable[..., Listener]
+    serve: list[str], server: ServerProcess, listeners: Callable[..., Listener]
 ) -> None:
-    listener = listeners("--url", server.url)
-    assert figures(server)["readers"] == 1
+    listener = listeners("--url", server.url, *serve)
+    assert figures(server)["readers"] == len(serve)  # a receiver with --serve only
     ids = [succeeded(mqpy_run("publish", "--url", server.url, text)).strip() for text in "abc"]
     assert all(MESSAGE_ID.fullmatch(message_id) for message_id in ids), ids
     assert listener.next_lines(3) == ["a", "b", "c"]
@@ -251,10 +256,10 @@ def test_listen_prints_each_message_on_one_line_with_controls_escaped(
 
 
 @pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_disconnects_the_listener(
+def test_a_signal_disconnects_the_served_listener(
     sent: signal.Signals, server: ServerProcess, listeners: Callable[..., Listener]
 ) -> None:
-    listener = listeners("--url", server.url)
+    listener = listeners("--url", server.url, "--serve")
     assert figures(server)["readers"] == 1
     assert listener.stop(sent) == 0
     assert figures(server)["readers"] == 0
@@ -265,10 +270,29 @@ def test_a_signal_disconnects_the_listener(
     assert figures(server)["queue length"] == 0
 
 
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_deletes_the_subscription_listen_made(
+    sent: signal.Signals, server: ServerProcess, listeners: Callable[..., Listener]
+) -> None:
+    listener = listeners("--url", server.url)
+    listed = json.loads(succeeded(mqpy_run("subscriptions", "list", "--json", "--url", server.url)))
+    assert [(s["id"], s["kind"]) for s in listed["subscriptions"]] == [
+        (listener.receiver_id, "pull")
+    ]
+    assert listener.stop(sent) == 0
+    said = "".join(listener.errors)
+    assert f"deleted pull subscription {listener.receiver_id}" in said, said
+    listed = json.loads(succeeded(mqpy_run("subscriptions", "list", "--json", "--url", server.url)))
+    assert listed["subscriptions"] == []
+    # The broker holds nothing for it any more: a new message waits for a new receiver.
+    succeeded(mqpy_run("publish", "--url", server.url, "after it left"))
+    assert figures(server)["queue length"] == 1
+
+
 def test_listen_refuses_a_delivery_the_broker_did_not_sign(
     server: ServerProcess, listeners: Callable[..., Listener]
 ) -> None:
-    listener = listeners("--url", server.url)
+    listener = listeners("--url", server.url, "--serve")
     forged = raw_http.request(
         listener.url,
         "POST",
@@ -285,7 +309,7 @@ def test_listen_on_a_server_that_verifies_receivers(
     start_server: ServerFactory, listeners: Callable[..., Listener]
 ) -> None:
     server = start_server("--verify-receivers")
-    listener = listeners("--url", server.url)
+    listener = listeners("--url", server.url, "--serve")
     succeeded(mqpy_run("publish", "--url", server.url, "confirmed"))
     assert listener.next_lines(1) == ["confirmed"]
 
@@ -475,8 +499,12 @@ def test_an_unreachable_server_exits_3(command: list[str]) -> None:
     [
         ["publish", "--url", "ftp://127.0.0.1", "x"],
         ["publish", "--lines", "text and --lines"],
-        ["listen", "--host", "0.0.0.0"],
-        ["listen", "--path", "no-slash"],
+        ["listen", "--serve", "--host", "0.0.0.0"],
+        ["listen", "--serve", "--path", "no-slash"],
+        ["listen", "--port", "9000"],  # a receiver's option, without --serve
+        ["listen", "--subscription", "7", "--topic", "orders"],
+        ["listen", "--subscription", "7", "--forward-to", "http://127.0.0.1:9/hook"],
+        ["listen", "--format", "cloudevents-binary"],
         ["dead-letters", "redrive", "--receiver", "abc"],
         ["dead-letters"],
     ],
@@ -491,9 +519,9 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
 def test_listen_on_a_busy_port_exits_2(
     server: ServerProcess, listeners: Callable[..., Listener]
 ) -> None:
-    busy = listeners("--url", server.url)
+    busy = listeners("--url", server.url, "--serve")
     port = busy.url.rsplit(":", 1)[1].split("/")[0]
-    result = mqpy_run("listen", "--url", server.url, "--port", port)
+    result = mqpy_run("listen", "--serve", "--url", server.url, "--port", port)
     assert result.returncode == 2, result
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert figures(server)["readers"] == 1
@@ -671,7 +699,7 @@ def test_a_filter_that_does_not_parse_says_what_would() -> None:
 def test_listen_stopped_while_the_broker_is_down_says_how_to_remove_its_receiver(
     server: ServerProcess, listeners: Callable[..., Listener]
 ) -> None:
-    listener = listeners("--url", server.url)
+    listener = listeners("--url", server.url, "--serve")
     assert server.terminate() == 0
     assert listener.stop(signal.SIGINT) == 3
     said = "".join(listener.errors)
@@ -685,8 +713,24 @@ def test_listen_stopped_while_the_broker_is_down_says_how_to_remove_its_receiver
     assert figures(server)["readers"] == 0
 
 
+def test_listen_stopped_while_the_broker_is_down_says_how_to_remove_its_subscription(
+    server: ServerProcess, listeners: Callable[..., Listener]
+) -> None:
+    listener = listeners("--url", server.url)
+    assert server.terminate() == 0
+    assert listener.stop(signal.SIGINT) == 3
+    said = "".join(listener.errors)
+    assert f"pull subscription {listener.receiver_id} is still there" in said, said
+    removal = f"mqpy subscriptions delete {listener.receiver_id}"
+    assert removal in said, said
+    server.restart()
+    succeeded(mqpy_run(*removal.split()[1:], "--url", server.url))
+    listed = json.loads(succeeded(mqpy_run("subscriptions", "list", "--json", "--url", server.url)))
+    assert listed["subscriptions"] == []
+
+
 def test_listen_without_connecting_needs_the_secret_to_check_deliveries() -> None:
-    result = mqpy_run("listen", "--no-connect", "--port", str(unused_port()))
+    result = mqpy_run("listen", "--serve", "--no-connect", "--port", str(unused_port()))
     assert result.returncode == 2, result
     assert "--no-connect needs the receiver's signing secret" in result.stderr, result.stderr
     assert "--secret" in result.stderr

@@ -25,7 +25,7 @@ HOOK = "http://127.0.0.1:9/hook"  # nothing listens on port 9; deliveries only f
 # U+009B is the one-character CSI: printed raw, a terminal may read what follows as an
 # escape sequence. The broker accepts it in a URL, so the tables must escape it.
 CSI = "\u009b"
-SUBSCRIPTIONS_HEADER = re.compile(r"^ID\s+KIND\s+URL\s+TOPIC\s+GROUP\s+FILTER\s+PAUSED$")
+SUBSCRIPTIONS_HEADER = re.compile(r"^ID\s+KIND\s+URL\s+TOPIC\s+GROUP\s+FILTER\s+PAUSED\s+FORMAT$")
 TOPICS_HEADER = re.compile(
     r"^TOPIC\s+PUBLISHED\s+BACKLOG\s+OLDEST PUBLISHED\s+SUBSCRIPTIONS\s+PUBLISHED/S\s+DELIVERED/S$"
 )
@@ -141,7 +141,7 @@ def test_a_subscription_from_create_to_delete(secured: ServerProcess) -> None:
     # list: a table, and the same as JSON.
     [row] = table(succeeded(as_admin(secured, "subscriptions", "list")), SUBSCRIPTIONS_HEADER)
     assert row[:5] == [subscription_id, "push", HOOK, "orders.*", "billing"]
-    assert row[-1] == "no"
+    assert row[-2:] == ["no", "mq"]  # not paused; the default format
     [listed] = as_json(as_admin(secured, "subscriptions", "list", "--json"))["subscriptions"]
     assert listed["id"] == int(subscription_id)
     assert listed["group"] == "billing"
@@ -174,7 +174,7 @@ def test_a_subscription_from_create_to_delete(secured: ServerProcess) -> None:
     shown = fields(succeeded(as_admin(secured, "subscriptions", "show", subscription_id)))
     assert shown["paused"] == "yes"
     [row] = table(succeeded(as_admin(secured, "subscriptions", "list")), SUBSCRIPTIONS_HEADER)
-    assert row[-1] == "yes"
+    assert row[-2] == "yes"
     resumed = as_json(as_admin(secured, "subscriptions", "resume", subscription_id, "--json"))
     assert (resumed["id"], resumed["paused"]) == (int(subscription_id), False)
     paused_again = as_json(as_admin(secured, "subscriptions", "pause", subscription_id, "--json"))
@@ -484,3 +484,19 @@ def test_start_at_and_seek_from_the_command_line(secured: ServerProcess) -> None
     ):
         result = as_admin(secured, "subscriptions", *args)
         assert result.returncode == 2 and wrong in result.stderr, (args, result.stderr)
+
+
+def test_create_format_is_listed_shown_and_refused_for_pull(secured: ServerProcess) -> None:
+    made = create(secured, HOOK, "--topic", "invoices", "--format", "cloudevents-binary")
+    assert made["format"] == "cloudevents-binary"
+    plain = create(secured, HOOK, "--topic", "invoices")["id"]
+    rows = table(succeeded(as_admin(secured, "subscriptions", "list")), SUBSCRIPTIONS_HEADER)
+    assert {row[0]: row[-1] for row in rows} == {
+        str(made["id"]): "cloudevents-binary",
+        str(plain): "mq",
+    }
+    shown = fields(succeeded(as_admin(secured, "subscriptions", "show", str(made["id"]))))
+    assert shown["format"] == "cloudevents-binary"
+    refused = as_admin(secured, "subscriptions", "create", "--pull", "--format", "mq")
+    assert refused.returncode == 2, refused
+    assert "--format" in refused.stderr

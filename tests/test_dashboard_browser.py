@@ -141,10 +141,13 @@ async def publish_until_stopped(client: SeedClient, sender: int, stop: asyncio.E
         await asyncio.sleep(0.05)  # pacing the load, not waiting for an outcome
 
 
+STRUCTURED = "cloudevents-structured"
+
+
 async def subscribe(
-    http: aiohttp.ClientSession, base_url: str, url: str, *, topic: str, group: str
+    http: aiohttp.ClientSession, base_url: str, url: str, *, topic: str, group: str, **extra: str
 ) -> int:
-    body = {"url": url, "topic": topic, "group": group}
+    body = {"url": url, "topic": topic, "group": group, **extra}
     async with http.post(base_url + "/v1/subscriptions", json=body) as response:
         assert response.status == 201, await response.text()
         return int((await response.json())["id"])
@@ -281,10 +284,15 @@ async def test_the_dashboard_follows_the_broker_without_a_reload(
     await expect(page.locator("#topics thead")).to_contain_text("Delivered/s")
 
     # A subscription in a consumer group, paused by an operator: paused, not failing.
-    paused_id = await subscribe(http, server.url, healthy.url, topic="orders", group="billing")
+    paused_id = await subscribe(
+        http, server.url, healthy.url, topic="orders", group="billing", format=STRUCTURED
+    )
     paused_row = page.locator(f'#receivers tr[data-receiver-id="{paused_id}"]')
     await expect(paused_row.locator(".badge")).to_have_text("healthy", timeout=WAIT_MS)
     await expect(paused_row.locator(".kind")).to_have_text("push")
+    # Its CloudEvents format shows beside its kind; the default (mq) does not.
+    await expect(paused_row.locator(".format")).to_have_text(STRUCTURED)
+    await expect(healthy_row.locator(".format")).to_be_hidden()
     await expect(paused_row.locator("td").nth(1)).to_have_text("orders")
     await expect(paused_row.locator("td").nth(2)).to_have_text("billing")
     # Paused from the page.

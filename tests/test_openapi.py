@@ -159,6 +159,10 @@ def test_real_answers_match_the_document(base: str, document: dict[str, Any]) ->
         check("POST", f"{one}/{verb}", path, {"ack_ids": ack_ids, **fields}, expect=200)
     check("POST", one + "/pull", f"/v1/subscriptions/{sid}/pull", {}, expect=409)
     check("GET", one + "/events", f"/v1/subscriptions/{sid}/events", expect=409)
+    token = one + "/events-token"
+    check("POST", token, f"/v1/subscriptions/{pulled}/events-token", {"ttl_seconds": 5})
+    check("POST", token, f"/v1/subscriptions/{pulled}/events-token", {"ttl_seconds": 0}, expect=400)
+    check("POST", token, f"/v1/subscriptions/{sid}/events-token", expect=409)
     # Publishing, topics, messages.
     publish = "/v1/topics/{topic}/messages"
     published = check("POST", publish, "/v1/topics/doc.one/messages", {"body": "a"}, expect=201)

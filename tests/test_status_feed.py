@@ -201,18 +201,25 @@ async def test_status_shows_each_receiver_s_kind_group_and_pause(
     steady_id = (await post_ok(http, subscriptions, {"url": steady.url, "topic": "orders"}))["id"]
     flaky_id = (
         await post_ok(
-            http, subscriptions, {"url": flaky.url, "topic": "orders", "group": "billing"}
+            http,
+            subscriptions,
+            {
+                "url": flaky.url,
+                "topic": "orders",
+                "group": "billing",
+                "format": "cloudevents-binary",
+            },
         )
     )["id"]
     connected = {"ClientURL": watcher.url, "mode": "receive", "topic": "orders", "group": "audit"}
     watcher_id = (await post_ok(http, server.url + "/connect", connected))["id"]
 
     first = by_id(await status_until(http, server.url, lambda feed: len(feed["receivers"]) == 3))
-    shown = {(r["id"], r["kind"], r["group"], r["state"]) for r in first.values()}
+    shown = {(r["id"], r["kind"], r["group"], r["state"], r["format"]) for r in first.values()}
     assert shown == {
-        (steady_id, "push", None, "healthy"),
-        (flaky_id, "push", "billing", "healthy"),
-        (watcher_id, "seed", "audit", "healthy"),
+        (steady_id, "push", None, "healthy", "mq"),
+        (flaky_id, "push", "billing", "healthy", "cloudevents-binary"),
+        (watcher_id, "seed", "audit", "healthy", "mq"),
     }
     assert (first[steady_id]["url"], first[steady_id]["topic"]) == (steady.url, "orders")
     # What clients read before kinds and groups is all still there, as it was.

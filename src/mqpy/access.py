@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from mqpy.domain import ApiKey, Role
 from mqpy.keys import secret_matches, split_key
+from mqpy.stream_tokens import holds, make_token, read_token, signing_key
 from mqpy.topics import covers
 
 BOOTSTRAP_KEY_ID = "bootstrap-admin"
@@ -102,3 +103,31 @@ class Access:
         if key is None or not secret_matches(key, parts[1]):
             return None
         return Principal(key.id, key.role, key.topics)
+
+    def stream_token(self, principal: Principal, subscription_id: int, expires_at: int) -> str:
+        """A token that opens `subscription_id`'s event stream as `principal` until
+        `expires_at` (stream_tokens.py)."""
+        key = self._token_key(principal.key_id)
+        if key is None:  # open access: anyone may read the stream; the token is a formality
+            key = signing_key(ANONYMOUS_KEY_ID)
+        return make_token(key, principal.key_id, subscription_id, expires_at)
+
+    def stream_principal(self, text: str, subscription_id: int, now: float) -> Principal | None:
+        """Whom a `?token=` on `subscription_id`'s event stream speaks for; None if it
+        is not a live token for that subscription of a key still known."""
+        token = read_token(text)
+        if token is None:
+            return None
+        key = self._token_key(token.key_id)
+        if key is None or not holds(token, key, subscription_id, now):
+            return None
+        if token.key_id == BOOTSTRAP_KEY_ID:
+            return Principal(BOOTSTRAP_KEY_ID, Role.ADMIN)
+        record = self._keys[token.key_id]
+        return Principal(record.id, record.role, record.topics)
+
+    def _token_key(self, key_id: str) -> bytes | None:
+        if key_id == BOOTSTRAP_KEY_ID:
+            return None if self._admin_key is None else signing_key(self._admin_key)
+        record = self._keys.get(key_id)
+        return None if record is None else signing_key(record.secret_hash)

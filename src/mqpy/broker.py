@@ -699,12 +699,13 @@ def _deliver_at(publication: Publication, now: float) -> float | None:
 
 
 def _check_pull_changes(subscription_id: int, changes: SubscriptionChanges) -> None:
-    """A pull subscription has no url, and no pace or cap: its consumers take what they
-    ask for."""
+    """A pull subscription has no url, no pace or cap (its consumers take what they
+    ask for), and no delivery format (its messages are answers to pulls)."""
     pushing = {
         "url": changes.url is not None,
         "max_concurrency": changes.max_concurrency is not None,
         "max_per_second": changes.max_per_second is not None,
+        "format": changes.format is not None,
     }
     for name, given in pushing.items():
         if given:

@@ -106,6 +106,16 @@ class SubscriptionKind(enum.StrEnum):
 DEFAULT_ACK_DEADLINE_SECONDS = 30.0
 
 
+class DeliveryFormat(enum.StrEnum):
+    """How a push delivery is laid out: the seed's `{"body": ...}` (mq), or a
+    CloudEvents 1.0 event in HTTP binary mode (`ce-*` headers, the body as data) or
+    structured mode (one `application/cloudevents+json` document)."""
+
+    MQ = "mq"
+    CLOUDEVENTS_BINARY = "cloudevents-binary"
+    CLOUDEVENTS_STRUCTURED = "cloudevents-structured"
+
+
 @dataclass(frozen=True, slots=True)
 class SubscriptionSpec:
     """What a subscription is asked to be. A pull subscription has no url (empty)."""
@@ -120,6 +130,7 @@ class SubscriptionSpec:
     kind: SubscriptionKind = SubscriptionKind.PUSH
     # Pull only: how long a pulled message is leased to its consumer.
     ack_deadline_seconds: float = DEFAULT_ACK_DEADLINE_SECONDS
+    format: DeliveryFormat = DeliveryFormat.MQ  # how a delivery is laid out
 
     @property
     def is_pull(self) -> bool:
@@ -167,6 +178,7 @@ class SubscriptionChanges:
     clear_max_concurrency: bool = False
     max_per_second: float | None = None
     clear_max_per_second: bool = False
+    format: DeliveryFormat | None = None
 
 
 class DeliveryState(enum.StrEnum):
@@ -274,6 +286,7 @@ class Delivery:
     max_per_second: float | None = None  # the subscription's own pace
     max_concurrency: int | None = None  # the subscription's own cap on what it holds
     deliver_at: float | None = None  # a delayed message's time: its age counts from there
+    format: DeliveryFormat = DeliveryFormat.MQ  # the subscription's layout of a delivery
 
 
 @dataclass(frozen=True, slots=True)

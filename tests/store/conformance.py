@@ -24,6 +24,7 @@ import pytest
 from mqpy.domain import EARLIEST, Mode, StoreUnavailable
 from mqpy.store.base import Store, TopicBacklog
 from tests.store.conformance_expiry import ExpiryConformance
+from tests.store.conformance_formats import FormatConformance
 from tests.store.conformance_groups import GroupConformance
 from tests.store.conformance_health import HealthConformance
 from tests.store.conformance_history import HistoryConformance
@@ -66,6 +67,7 @@ class StoreConformance(
     ExpiryConformance,
     PullConformance,
     ReplayConformance,
+    FormatConformance,
 ):
     """Every behaviour of the `Store` interface. Subclass once per backend."""
 

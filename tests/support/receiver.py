@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -12,8 +13,9 @@ from aiohttp import web
 
 @dataclass
 class Received:
-    body: dict[str, object]
+    body: dict[str, object]  # the JSON delivered; empty for a body that is not JSON
     headers: dict[str, str]
+    raw: bytes = b""
     at: float = field(default_factory=time.monotonic)
 
     @property
@@ -94,7 +96,12 @@ class Receiver:
             self._runner = None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        record = Received(body=await request.json(), headers=dict(request.headers))
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:  # a CloudEvent in binary mode carries the message as it is
+            body = {}
+        record = Received(body=body, headers=dict(request.headers), raw=raw)
         self.attempts.append(record)
         async with self._changed:
             self._changed.notify_all()

@@ -101,6 +101,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/subscriptions/{subscription_id}/nack", pull.nack),
     ("POST", "/v1/subscriptions/{subscription_id}/extend", pull.extend),
     ("GET", "/v1/subscriptions/{subscription_id}/events", events.events),
+    ("POST", "/v1/subscriptions/{subscription_id}/events-token", events.events_token),
     ("GET", "/v1/subscriptions/{subscription_id}/dead-letters", dead_letters.list_for_subscription),
     (
         "POST",

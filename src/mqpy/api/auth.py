@@ -5,10 +5,13 @@ What a key may do is the broker's business (403); this only establishes who call
 
 from __future__ import annotations
 
+import re
+import time
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from mqpy.access import Principal
 from mqpy.api.problems import Problem
 from mqpy.api.state import ACCESS, set_principal
 from mqpy.api.types import Handler
@@ -33,6 +36,13 @@ PUBLIC_PATHS = frozenset(_PUBLIC + tuple(path + "/" for path in _PUBLIC))
 
 _CHALLENGE = 'Bearer realm="mq-py"'
 _INVALID_KEY = "the API key is not valid (unknown, revoked or mistyped)"
+_INVALID_STREAM_TOKEN = (
+    "the token is not valid for this stream: it expired, was made for another "
+    "subscription, or its key was revoked; ask POST /v1/subscriptions/{id}/events-token "
+    "for a new one, or send 'Authorization: Bearer <key>'"
+)
+# The one route a `?token=` opens (with or without the trailing slash).
+_EVENTS_PATH = re.compile(r"/v1/subscriptions/(\d{1,19})/events/?")
 
 
 @web.middleware
@@ -40,6 +50,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     refuse_cross_site(request)
     token = bearer_token(request)
     principal = request.app[ACCESS].authenticate(token)
+    stream_token = request.query.get("token") if token is None else None
+    if principal is None and stream_token is not None:
+        principal = _stream_principal(request, stream_token)
     if principal is None and request.path not in PUBLIC_PATHS:
         detail = _refusal(request) if token is None else _INVALID_KEY
         raise Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": _CHALLENGE})
@@ -48,9 +61,22 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+def _stream_principal(request: web.Request, token: str) -> Principal | None:
+    """Whom a `?token=` speaks for: on a pull subscription's event stream only (for a
+    browser's EventSource, which cannot send Authorization), never on another route."""
+    if request.method not in ("GET", "HEAD"):
+        return None
+    match = _EVENTS_PATH.fullmatch(request.path)
+    if match is None:
+        return None
+    return request.app[ACCESS].stream_principal(token, int(match.group(1)), time.time())
+
+
 def _refusal(request: web.Request) -> str:
     """Why a request without a usable bearer key is refused: none sent, or one sent
     without its scheme (a bare key, or another scheme such as Basic)."""
+    if "token" in request.query and _EVENTS_PATH.fullmatch(request.path):
+        return _INVALID_STREAM_TOKEN
     header = request.headers.get("Authorization", "").strip()
     if not header:
         return "this server needs an API key: send it as 'Authorization: Bearer <key>'"

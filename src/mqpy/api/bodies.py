@@ -13,6 +13,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from mqpy.api.fields import GroupName, RawFilter, StartAtText, Timestamp, TopicPattern
 from mqpy.api.requests import MessageFields
+from mqpy.stream_tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS
 
 MAX_BATCH_MESSAGES = 1000
 MAX_BACKOFF_SECONDS = 31_536_000  # a year: far past any useful retry, short of overflow
@@ -68,6 +69,15 @@ Kind = Annotated[
     Meta(description="push: the broker POSTs each message to url; pull: consumers ask"),
 ]
 
+Format = Annotated[
+    Literal["mq", "cloudevents-binary", "cloudevents-structured"],
+    Meta(
+        description='how a push delivery is laid out: mq (the seed\'s {"body": ...}), or a '
+        "CloudEvents 1.0 event in HTTP binary mode (ce-* headers, the body as data) or "
+        "structured mode (application/cloudevents+json)"
+    ),
+]
+
 
 class CreateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):
     url: Url | None = None  # push only, and required there
@@ -79,6 +89,7 @@ class CreateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):
     retry_policy: RetryPolicyBody | None = None
     max_concurrency: MaxConcurrency | None = None
     max_per_second: MaxPerSecond | None = None
+    format: Format | None = None  # push only; mq when left out
     # The signing secret to use (Standard Webhooks `whsec_` base64, as the broker makes
     # them), so the receiver knows it before the first delivery; else one is generated.
     secret: str | None = None
@@ -95,6 +106,7 @@ class UpdateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):
     retry_policy: RetryPolicyBody | UnsetType | None = UNSET
     max_concurrency: MaxConcurrency | UnsetType | None = UNSET
     max_per_second: MaxPerSecond | UnsetType | None = UNSET
+    format: Format | UnsetType = UNSET
 
 
 class SeekBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -137,3 +149,17 @@ class ExtendBody(msgspec.Struct, forbid_unknown_fields=True):
     ack_ids: AckIds
     # The new deadline, counted from now.
     seconds: AckDeadline
+
+
+class EventsTokenBody(msgspec.Struct, forbid_unknown_fields=True):
+    """How long a token for a pull subscription's event stream is good for."""
+
+    ttl_seconds: Annotated[
+        int,
+        Meta(
+            ge=MIN_TTL_SECONDS,
+            le=MAX_TTL_SECONDS,
+            description="seconds until the token no longer opens the stream (a stream "
+            "already open stays open)",
+        ),
+    ] = DEFAULT_TTL_SECONDS

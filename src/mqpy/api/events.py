@@ -12,14 +12,19 @@ yet written when it dropped is due again at once.
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 from aiohttp import web
 
+from mqpy.api.bodies import EventsTokenBody
 from mqpy.api.problems import invalid_field
 from mqpy.api.pull import client_gone
-from mqpy.api.state import PULLS, broker_of, principal_of
+from mqpy.api.requests import convert, read_object
+from mqpy.api.responses import json_response
+from mqpy.api.state import ACCESS, PULLS, broker_of, principal_of
 from mqpy.api.subscriptions import subscription_id
-from mqpy.api.views import pulled_message_view
+from mqpy.api.views import EventsTokenView, pulled_message_view, rfc3339
 from mqpy.domain import NotPullable, StoreUnavailable, UnknownSubscription
 from mqpy.pull import AckId, Pulled
 
@@ -90,3 +95,21 @@ def _ack_mode(request: web.Request) -> str:
 def _event(message: Pulled) -> bytes:
     data = _encode(pulled_message_view(message))
     return b"id: %s\nevent: message\ndata: %s\n\n" % (str(message.ack_id).encode(), data)
+
+
+async def events_token(request: web.Request) -> web.Response:
+    """A short-lived token that opens this pull subscription's stream as `?token=`,
+    for a browser's EventSource, which cannot send Authorization (stream_tokens.py)."""
+    target = subscription_id(request)
+    principal = principal_of(request)
+    body = convert(await read_object(request, allow_empty=True), EventsTokenBody)
+    await broker_of(request).pullable(target, principal)
+    expires_at = int(time.time()) + body.ttl_seconds
+    token = request.app[ACCESS].stream_token(principal, target, expires_at)
+    return json_response(
+        EventsTokenView(
+            token=token,
+            expires_at=rfc3339(expires_at),
+            url=f"/v1/subscriptions/{target}/events?token={token}",
+        )
+    )

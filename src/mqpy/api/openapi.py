@@ -524,9 +524,27 @@ def _pull_paths() -> dict[str, dict[str, Any]]:
                 "auto: each message is acked once written (at most once); client: ack "
                 "through POST .../ack",
             ),
+            _param(
+                "token",
+                "query",
+                _STR,
+                "a token from POST .../events-token, in place of Authorization (which a "
+                "browser's EventSource cannot send)",
+            ),
         ],
     )
     paths["/v1/subscriptions/{subscription_id}/events"] = {"get": events}
+    paths["/v1/subscriptions/{subscription_id}/events-token"] = {
+        "post": _operation(
+            "A short-lived token that opens the event stream as ?token= (for EventSource)",
+            "pull",
+            {"200": _json("EventsTokenView", "the token, its expiry and the stream's path")},
+            pullable,
+            body="EventsTokenBody",
+            body_required=False,
+            params=[_SUBSCRIPTION],
+        )
+    }
     return paths
 
 

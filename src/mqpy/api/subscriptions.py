@@ -35,6 +35,7 @@ from mqpy.api.views import (
 )
 from mqpy.domain import (
     DEFAULT_ACK_DEADLINE_SECONDS,
+    DeliveryFormat,
     Mode,
     RetryOverrides,
     SubscriptionChanges,
@@ -66,6 +67,7 @@ async def create(request: web.Request) -> web.Response:
         max_per_second=body.max_per_second,
         kind=SubscriptionKind(body.kind),
         ack_deadline_seconds=body.ack_deadline_seconds or DEFAULT_ACK_DEADLINE_SECONDS,
+        format=DeliveryFormat(body.format or DeliveryFormat.MQ),
     )
     subscription, secret = await broker_of(request).create_subscription(
         spec,
@@ -93,7 +95,7 @@ def _chosen_secret(secret: str | None) -> str | None:
 
 
 # Fields that only make sense for one kind of subscription.
-_PUSH_ONLY = ("url", "max_concurrency", "max_per_second")
+_PUSH_ONLY = ("url", "max_concurrency", "max_per_second", "format")
 _PULL_ONLY = ("ack_deadline_seconds",)
 
 
@@ -185,6 +187,7 @@ def _changes(body: UpdateSubscriptionBody) -> SubscriptionChanges:
         clear_max_concurrency=body.max_concurrency is None,
         max_per_second=body.max_per_second if isinstance(body.max_per_second, float) else None,
         clear_max_per_second=body.max_per_second is None,
+        format=None if body.format is UNSET else DeliveryFormat(body.format),
     )
 
 

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from mqpy.api.problems import Problem, invalid_body, invalid_field
+from mqpy.domain import DeliveryFormat, SubscriptionKind
 
 # The field names a user wrote in the seed protocol (keys arrive lower-cased).
 DISPLAY_NAMES = {"clienturl": "ClientURL"}
@@ -52,6 +53,12 @@ _LENGTH = re.compile(r"Expected `([^`]+)` of length (>=|<=) (\d+)")
 _REGEX = re.compile(r"Expected `str` matching regex")
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]+)`")
+_ENUM = re.compile(r"Invalid enum value ")
+# The words a field of a few fixed values takes, for the sentence refusing another.
+_CHOICES = {
+    "kind": tuple(SubscriptionKind),
+    "format": tuple(DeliveryFormat),
+}
 _BYTE = re.compile(r"\(byte (\d+)\)")
 
 
@@ -139,6 +146,9 @@ def _requirement(summary: str, steps: list[str]) -> str:
         kind, comparison, limit = bound.groups()
         limit = limit.removesuffix(".0")
         return f"{_type_words(kind)} {_COMPARISONS[comparison]} {limit}"
+    if _ENUM.match(summary) and steps[-1] in _CHOICES:
+        *others, last = (f"'{choice}'" for choice in _CHOICES[steps[-1]])
+        return f"one of {', '.join(others)} or {last}"
     if _REGEX.match(summary):
         rule = _RULES.get(steps[-1])
         return f"made of {rule}" if rule else summary.removeprefix("Expected `str` ")

@@ -84,6 +84,8 @@ class SubscriptionView(msgspec.Struct):
     created_at: Time
     connection_id: int | None
     ack_deadline_seconds: float | None  # pull only
+    # push only: how deliveries are laid out (mq, cloudevents-binary, cloudevents-structured)
+    format: Literal["mq", "cloudevents-binary", "cloudevents-structured"] | None
 
 
 class CreatedSubscriptionView(SubscriptionView):
@@ -189,6 +191,12 @@ class PurgedView(msgspec.Struct):
     purged: int
 
 
+class EventsTokenView(msgspec.Struct):
+    token: str  # opens GET .../events as ?token= until expires_at
+    expires_at: Time
+    url: str  # the stream's path with the token, for EventSource
+
+
 class SecretView(msgspec.Struct):
     id: int
     secret: str
@@ -237,6 +245,7 @@ def subscription_view(subscription: Subscription) -> SubscriptionView:
         created_at=rfc3339(subscription.created_at),
         connection_id=subscription.connection_id,
         ack_deadline_seconds=spec.ack_deadline_seconds if spec.is_pull else None,
+        format=None if spec.is_pull else spec.format.value,
     )
 
 

@@ -100,6 +100,31 @@ class PulledMessage:
     attempt: int
 
 
+SubscriptionKind = Literal["push", "pull"]
+# How a push subscription's deliveries are laid out (docs/api.md, "Delivery formats").
+DeliveryFormat = Literal["mq", "cloudevents-binary", "cloudevents-structured"]
+
+
+@dataclass(frozen=True)
+class NewSubscription:
+    """A subscription just made: its `id`, and the `secret` its deliveries are signed
+    with (shown only this once: a receiver checks signatures with it)."""
+
+    id: int
+    secret: str
+
+
+@dataclass(frozen=True)
+class EventsToken:
+    """A short-lived token that opens one pull subscription's event stream without an
+    Authorization header (as a browser's EventSource must): `url` is the stream's full
+    URL with it, good until `expires_at` (RFC 3339)."""
+
+    token: str
+    expires_at: str
+    url: str
+
+
 @dataclass(frozen=True)
 class Settled:
     """What an ack, nack or extend did: the ack ids it applied to (`done`), and those
@@ -309,6 +334,33 @@ def redrive(receiver_id: int | None) -> Call[int]:
     return Call("POST", "/v1/dead-letters/redrive", {"receiver_id": receiver_id}, True, _redriven)
 
 
+def create_subscription(
+    topic: str,
+    url: str | None,
+    *,
+    kind: SubscriptionKind,
+    group: str | None,
+    filter: Mapping[str, Any] | None,
+    format: DeliveryFormat | None = None,
+    ack_deadline_seconds: float | None = None,
+    secret: str | None = None,
+    start_at: StartAt | None = None,
+) -> Call[NewSubscription]:
+    # Not idempotent: after a lost answer the subscription may exist; a retry would
+    # make a second one (which gets a second copy of every message).
+    given = {
+        "url": url,
+        "group": group,
+        "filter": None if filter is None else dict(filter),
+        "format": format,
+        "ack_deadline_seconds": ack_deadline_seconds,
+        "secret": secret,
+        "start_at": None if start_at is None else start_at_text(start_at),
+    }
+    body = {"kind": kind, "topic": topic, **{k: v for k, v in given.items() if v is not None}}
+    return Call("POST", "/v1/subscriptions", body, False, _new_subscription)
+
+
 def create_pull_subscription(
     topic: str,
     group: str | None,
@@ -316,18 +368,31 @@ def create_pull_subscription(
     ack_deadline_seconds: float | None,
     start_at: StartAt | None = None,
 ) -> Call[int]:
-    # Not idempotent: after a lost answer the subscription may exist; a retry would
-    # make a second one (which gets a second copy of every message).
-    body: dict[str, Any] = {"kind": "pull", "topic": topic}
-    if group is not None:
-        body["group"] = group
-    if filter is not None:
-        body["filter"] = dict(filter)
-    if ack_deadline_seconds is not None:
-        body["ack_deadline_seconds"] = ack_deadline_seconds
-    if start_at is not None:
-        body["start_at"] = start_at_text(start_at)
-    return Call("POST", "/v1/subscriptions", body, False, _subscription_id)
+    made = create_subscription(
+        topic,
+        None,
+        kind="pull",
+        group=group,
+        filter=filter,
+        ack_deadline_seconds=ack_deadline_seconds,
+        start_at=start_at,
+    )
+    return Call(made.method, made.path, made.body, False, _subscription_id)
+
+
+def events_token(subscription_id: int, ttl_seconds: int | None, base_url: str) -> Call[EventsToken]:
+    # Not idempotent in effect, but harmless to repeat: each answer is another token.
+    body = None if ttl_seconds is None else {"ttl_seconds": ttl_seconds}
+    path = _pull_path(subscription_id, "events-token")
+
+    def read(value: Any) -> EventsToken:
+        return EventsToken(str(value["token"]), str(value["expires_at"]), base_url + value["url"])
+
+    return Call("POST", path, body, True, read)
+
+
+def _new_subscription(value: Any) -> NewSubscription:
+    return NewSubscription(id=_integer(value["id"]), secret=str(value["secret"]))
 
 
 def seek(subscription_id: int, time: datetime | str) -> Call[Sought]:

@@ -28,14 +28,18 @@ from mqpy.client.calls import (
     Call,
     Connection,
     DeadLetter,
+    DeliveryFormat,
     Endpoint,
+    EventsToken,
     Message,
     Mode,
+    NewSubscription,
     Published,
     PulledMessage,
     Settled,
     Sought,
     StartAt,
+    SubscriptionKind,
 )
 from mqpy.client.errors import ConnectionFailed, MQError, NotFound, describe_failure
 from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy
@@ -206,6 +210,41 @@ class Client:
         """
         return self._call(calls.publish_batch(topic, [calls.as_message(m) for m in messages]))
 
+    def create_subscription(
+        self,
+        topic: str = "default",
+        url: str | None = None,
+        *,
+        kind: SubscriptionKind = "push",
+        group: str | None = None,
+        filter: Mapping[str, Any] | None = None,
+        format: DeliveryFormat | None = None,
+        ack_deadline_seconds: float | None = None,
+        secret: str | None = None,
+        start_at: StartAt | None = None,
+    ) -> NewSubscription:
+        """A subscription to `topic` (a name or pattern): push (the broker POSTs each
+        message to `url`, laid out as `format`: "mq", the default, or
+        "cloudevents-binary" or "cloudevents-structured") or pull (consumers `pull`;
+        messages stay leased for `ack_deadline_seconds`, 1 to 600, default 30). Returns
+        its id and signing secret: `secret` (a Standard Webhooks `whsec_...`) if given,
+        else one the broker made, which is shown only this once. It gets what is
+        published from now on; `start_at` ("earliest", or a time) replays the retained
+        messages published since then too."""
+        return self._call(
+            calls.create_subscription(
+                topic,
+                url,
+                kind=kind,
+                group=group,
+                filter=filter,
+                format=format,
+                ack_deadline_seconds=ack_deadline_seconds,
+                secret=secret,
+                start_at=start_at,
+            )
+        )
+
     def create_pull_subscription(
         self,
         topic: str = "default",
@@ -229,6 +268,13 @@ class Client:
         `time`, an aware datetime or RFC 3339 text: the retained messages published
         from then on are due again, the pending ones before it are acknowledged."""
         return self._call(calls.seek(subscription_id, time))
+
+    def events_token(self, subscription_id: int, *, ttl_seconds: int | None = None) -> EventsToken:
+        """A token that opens the pull subscription's event stream with no
+        Authorization header, for a browser's EventSource: hand `url` to the page. It
+        is good for `ttl_seconds` (1 to 3600, default 300), for this subscription
+        only, with this client's key's rights."""
+        return self._call(calls.events_token(subscription_id, ttl_seconds, self.endpoint.url))
 
     def delete_subscription(self, subscription_id: int) -> None:
         """End a subscription; what it had not yet taken is dropped."""

@@ -67,8 +67,9 @@ def register(subparsers: Any) -> None:
     listing = commands.add_parser(
         "list",
         help="list subscriptions (all pages)",
-        description="List the subscriptions (all pages): id, kind (push, or seed for a "
-        "/connect receiver), URL, topic or pattern, group, filter, paused.",
+        description="List the subscriptions (all pages): id, kind (push, pull, or seed for "
+        "a /connect receiver), URL, topic or pattern, group, filter, paused, and a push "
+        "subscription's delivery format.",
         allow_abbrev=False,
     )
     listing.add_argument(
@@ -154,6 +155,13 @@ def register(subparsers: Any) -> None:
         type=_positive_rate,
         metavar="R",
         help="deliveries started per second, such as 50 or 0.5 (at most 100000; default: no limit)",
+    )
+    create.add_argument(
+        "--format",
+        choices=("mq", "cloudevents-binary", "cloudevents-structured"),
+        help='how deliveries are laid out: mq ({"body": ...}, the default), or a '
+        "CloudEvents 1.0 event in binary mode (ce-* headers, the body as it is) or "
+        "structured mode (application/cloudevents+json); push only",
     )
     create.add_argument(
         "--secret",
@@ -324,6 +332,7 @@ def create_subscription(args: argparse.Namespace) -> int:
         ("filter", conditions),
         ("max_concurrency", args.max_concurrency),
         ("max_per_second", args.max_per_second),
+        ("format", args.format),
     ):
         if value is not None:
             body[field] = value
@@ -384,6 +393,10 @@ def _kind_fields(args: argparse.Namespace) -> dict[str, Any]:
         return {"url": args.receiver_url}
     if args.receiver_url is not None:
         raise CommandFailed(EXIT_USAGE, "a pull subscription takes no URL; leave it out")
+    if args.format is not None:
+        raise CommandFailed(
+            EXIT_USAGE, "--format lays out what the broker POSTs; a pull subscription has none"
+        )
     body: dict[str, Any] = {"kind": "pull"}
     if args.ack_deadline is not None:
         body["ack_deadline_seconds"] = args.ack_deadline
@@ -457,6 +470,7 @@ def subscription_fields(subscription: dict[str, Any]) -> list[tuple[str, str]]:
         ("group", text(subscription.get("group"))),
         ("filter", filter_text(subscription.get("filter"))),
         ("paused", "yes" if subscription.get("paused") else "no"),
+        ("format", text(subscription.get("format"))),
         ("ack deadline seconds", text(subscription.get("ack_deadline_seconds"))),
         ("max attempts", setting(policy.get("max_attempts"))),
         ("min backoff seconds", setting(policy.get("min_backoff_seconds"))),

@@ -30,7 +30,7 @@ TOPIC_COLUMNS = (
     "PUBLISHED/S",
     "DELIVERED/S",
 )
-SUBSCRIPTION_COLUMNS = ("ID", "KIND", "URL", "TOPIC", "GROUP", "FILTER", "PAUSED")
+SUBSCRIPTION_COLUMNS = ("ID", "KIND", "URL", "TOPIC", "GROUP", "FILTER", "PAUSED", "FORMAT")
 PAGE_SIZE = 1000  # the broker's largest page
 _URL_WIDTH = 50
 _FILTER_WIDTH = 40
@@ -170,6 +170,7 @@ def subscription_row(subscription: dict[str, Any]) -> tuple[str, ...]:
         text(subscription.get("group")),
         shortened(filter_text(subscription.get("filter")), _FILTER_WIDTH),
         "yes" if subscription.get("paused") else "no",
+        text(subscription.get("format")),
     )
 
 

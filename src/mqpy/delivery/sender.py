@@ -13,25 +13,12 @@ import ssl
 import time
 from dataclasses import dataclass
 
-import msgspec
-
 from mqpy import __version__
 from mqpy.delivery.connections import Answer, DeliveryFailed, ReceiverConnections
+from mqpy.delivery.formats import delivery_request
 from mqpy.delivery.guard import AddressPolicy
 from mqpy.domain import Delivery
 from mqpy.retry_after import parse_retry_after
-from mqpy.signing import signature_header
-
-_encode = msgspec.json.Encoder().encode
-
-
-class _Payload(msgspec.Struct, omit_defaults=True):
-    """What a receiver gets: the seed's `{"body": ...}`, plus attributes and an
-    ordering key only when the message has them (a seed receiver never sees them)."""
-
-    body: str
-    attributes: dict[str, str] = {}
-    ordering_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,20 +63,8 @@ class Sender:
             self._connections = None
 
     async def send(self, delivery: Delivery) -> Outcome:
-        """POST `{"body": ...}` to the receiver; any 2xx acknowledges."""
-        body = _encode(_Payload(delivery.body, dict(delivery.attributes), delivery.ordering_key))
-        timestamp = int(time.time())
-        headers = [
-            ("Content-Type", "application/json"),
-            ("webhook-id", delivery.message_id),
-            ("webhook-timestamp", str(timestamp)),
-            ("mq-attempt", str(delivery.attempt)),
-            ("mq-topic", delivery.topic),
-            ("mq-subscription-id", str(delivery.subscription_id)),
-        ]
-        if delivery.secrets:
-            signature = signature_header(delivery.secrets, delivery.message_id, timestamp, body)
-            headers.append(("webhook-signature", signature))
+        """POST the delivery in its subscription's format; any 2xx acknowledges."""
+        body, headers = delivery_request(delivery, int(time.time()))
         answer = await self._post(delivery.url, body, headers)
         if isinstance(answer, str):
             return Outcome(ok=False, error=answer)

@@ -32,6 +32,9 @@ class ReceiverStatus:
     url: str
     topic: str
     group: str | None  # its consumer group, if any
+    # How its deliveries are laid out (mq, cloudevents-binary, cloudevents-structured);
+    # None for a pull subscription, whose messages are answers to its consumers.
+    format: str | None
     state: ReceiverState
     in_flight: int
     # How many deliveries this node lets it hold at once now (its adaptive window,

@@ -223,6 +223,7 @@ class Observer:
             url=subscription.spec.url,
             topic=subscription.spec.topic,
             group=subscription.spec.group,
+            format=None if subscription.spec.is_pull else subscription.spec.format.value,
             state=self._state(subscription),
             in_flight=activity.in_flight,
             window=activity.window,

@@ -498,6 +498,7 @@
     tr.cells[9].className = "actions";
     tr.cells[9].append(pause, " ", remove, " ", seek);
     tr.cells[0].append(element("span", "rid"), " ", element("span", "kind"), " ");
+    tr.cells[0].append(element("span", "format"), " ");
     tr.cells[0].append(element("span", "url"));
     tr.cells[3].append(element("span", "badge"));
     const details = element("details", "failures");
@@ -517,6 +518,12 @@
     kind.hidden = !receiver.kind;
     kind.textContent = receiver.kind || "";
     kind.title = RECEIVER_KINDS.get(receiver.kind) || "";
+    // Shown only when deliveries are not the default {"body": ...} (mq).
+    const format = who.querySelector(".format");
+    format.hidden = !receiver.format || receiver.format === "mq";
+    format.textContent = receiver.format || "";
+    format.title = "its deliveries are CloudEvents 1.0 in HTTP " +
+      (receiver.format === "cloudevents-binary" ? "binary mode (ce-* headers)" : "structured mode");
     const url = who.querySelector(".url");
     url.textContent = receiver.url;
     url.title = receiver.url;

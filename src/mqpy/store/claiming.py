@@ -227,6 +227,7 @@ def _delivery(
         max_per_second=member.max_per_second,
         max_concurrency=member.max_concurrency,
         deliver_at=deliver_at,
+        format=member.format,
     )
 
 

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mqpy.domain import Filter, RetryOverrides, SubscriptionKind
+from mqpy.domain import DeliveryFormat, Filter, RetryOverrides, SubscriptionKind
 from mqpy.filters import matches as filter_matches
-from mqpy.store.rows import load_filter, load_settings
+from mqpy.store.rows import load_filter, load_format, load_settings
 from mqpy.topics import matches as topic_matches
 
 
@@ -44,6 +44,7 @@ class Member:
     max_concurrency: int | None
     max_per_second: float | None
     pull: bool  # consumers pull its deliveries; the dispatcher never claims them
+    format: DeliveryFormat  # how its push deliveries are laid out
 
     def signing_secrets(self, now: float) -> tuple[str, ...]:
         current, previous, until = self.secrets
@@ -120,6 +121,7 @@ def build_routes(
             max_concurrency=extra.get("max_concurrency"),
             max_per_second=extra.get("max_per_second"),
             pull=kind == SubscriptionKind.PULL,
+            format=load_format(extra),
         )
         if group_id is None:
             targets.append(Target(topic, load_filter(filter_), sid, None))

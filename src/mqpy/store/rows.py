@@ -4,7 +4,7 @@ SQLite and PostgreSQL, so both stores share these conversions."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
@@ -14,6 +14,7 @@ from mqpy.domain import (
     AttemptOutcome,
     BadCursor,
     DeadLetter,
+    DeliveryFormat,
     DeliveryState,
     DeliveryStatus,
     Filter,
@@ -48,12 +49,19 @@ def dump_settings(spec: SubscriptionSpec) -> str:
             "max_concurrency": spec.max_concurrency,
             "max_per_second": spec.max_per_second,
             "ack_deadline_seconds": spec.ack_deadline_seconds,
+            "format": spec.format.value,
         }
     )
 
 
 def load_settings(text: str | None) -> dict[str, Any]:
     return {} if text is None else dict(json.loads(text))
+
+
+def load_format(settings: Mapping[str, Any]) -> DeliveryFormat:
+    """A subscription's delivery format from its settings; those stored before formats
+    existed have none, and deliver as they always did (mq)."""
+    return DeliveryFormat(settings.get("format", DeliveryFormat.MQ))
 
 
 def subscription_from_row(row: Iterable[Any]) -> Subscription:
@@ -71,6 +79,7 @@ def subscription_from_row(row: Iterable[Any]) -> Subscription:
         max_per_second=extra.get("max_per_second"),
         kind=SubscriptionKind(kind),
         ack_deadline_seconds=extra.get("ack_deadline_seconds", DEFAULT_ACK_DEADLINE_SECONDS),
+        format=load_format(extra),
     )
     return Subscription(
         id=sid,
@@ -104,6 +113,7 @@ def changed_spec(spec: SubscriptionSpec, changes: SubscriptionChanges) -> Subscr
         retry=changes.retry if changes.retry is not None else spec.retry,
         max_concurrency=concurrency,
         max_per_second=pace,
+        format=changes.format or spec.format,
     )
 
 
