@@ -120,6 +120,9 @@ class SubscriptionSpec:
     kind: SubscriptionKind = SubscriptionKind.PUSH
     # Pull only: how long a pulled message is leased to its consumer.
     ack_deadline_seconds: float = DEFAULT_ACK_DEADLINE_SECONDS
+    # Push only: disabled once every attempt failed for this long (None: the broker's
+    # --disable-after).
+    disable_after_seconds: float | None = None
 
     @property
     def is_pull(self) -> bool:
@@ -137,6 +140,19 @@ class Subscription:
     paused: bool = False
     key_id: str | None = None
     connection_id: int | None = None
+    # Since when every attempt failed (None: the latest succeeded, or none was made).
+    failing_since: float | None = None
+    # Set when the broker disabled it for failing too long (endpoint_health.py): nothing
+    # is delivered to it until it is resumed.
+    disabled: Disabled | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Disabled:
+    """When and why the broker disabled a push subscription."""
+
+    at: float
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +167,8 @@ class SubscriptionChanges:
     clear_max_concurrency: bool = False
     max_per_second: float | None = None
     clear_max_per_second: bool = False
+    disable_after_seconds: float | None = None
+    clear_disable_after: bool = False
 
 
 class DeliveryState(enum.StrEnum):

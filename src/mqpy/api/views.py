@@ -8,7 +8,6 @@ keys) keep the Unix-seconds numbers their clients already read.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
@@ -22,6 +21,7 @@ from mqpy.domain import (
     TopicInfo,
 )
 from mqpy.pull import Pulled
+from mqpy.rfc3339 import rfc3339
 
 Time = str  # RFC 3339 UTC with milliseconds, as `rfc3339` writes it
 
@@ -192,14 +192,6 @@ class PurgedView(msgspec.Struct):
 class SecretView(msgspec.Struct):
     id: int
     secret: str
-
-
-def rfc3339(seconds: float) -> Time:
-    return (
-        datetime.fromtimestamp(seconds, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
 
 
 def _maybe_time(seconds: float | None) -> Time | None:

@@ -48,11 +48,14 @@ from mqpy.domain import (
     TopicInfo,
     int_cursor,
 )
+from mqpy.events import subscription_disabled, subscription_resumed
 from mqpy.ids import new_lease_token, node_name
+from mqpy.store import endpoint_health
 from mqpy.store import postgres_sql as sql
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Batcher, Settlement
 from mqpy.store.claiming import ClaimBuilder, leased_deliveries
+from mqpy.store.endpoint_health import dead_letter_events
 from mqpy.store.expiry import EXPIRE_CHUNK, expiry_targets
 from mqpy.store.health import (
     HEALTH_COLUMNS,
@@ -78,6 +81,7 @@ from mqpy.store.postgres_catalog import (
 )
 from mqpy.store.postgres_claim import Lease, claim_rounds
 from mqpy.store.postgres_dsn import connect_arguments
+from mqpy.store.postgres_events import publish_events
 from mqpy.store.postgres_listen import Listener
 from mqpy.store.postgres_publish import PublishPlan, PublishRequest, held_idempotency_keys
 from mqpy.store.postgres_schema import (
@@ -454,6 +458,53 @@ class PostgresStore(Store):
             )
             return await fetch_subscription(conn, subscription_id)
 
+    async def resume(self, subscription_id: int, now: float) -> Subscription | None:
+        async with self._transaction() as conn:
+            await self._catalog_change(conn)
+            current = await fetch_subscription(conn, subscription_id)
+            if current is None:
+                return None
+            await conn.execute(
+                "UPDATE subscriptions SET paused = false, disabled_at = NULL, "
+                "disabled_reason = NULL, failing_since = NULL WHERE id = $1",
+                subscription_id,
+            )
+            resumed = await fetch_subscription(conn, subscription_id)
+            assert resumed is not None
+            if current.disabled is not None:
+                event = subscription_resumed(resumed, now, current.disabled.at)
+                await publish_events(conn, await self._current_routes(conn), [event], now)
+            return resumed
+
+    async def failing_subscriptions(self) -> list[Subscription]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {SUBSCRIPTION_COLUMNS} FROM {SUBSCRIPTIONS_FROM} WHERE {_FAILING} "
+                "ORDER BY s.id"
+            )
+        return [subscription_from_row(row) for row in rows]
+
+    async def disable_subscription(
+        self, subscription_id: int, *, failing_since: float, now: float, reason: str
+    ) -> Subscription | None:
+        async with self._transaction() as conn:
+            await self._catalog_change(conn)
+            disabled = await conn.fetchval(
+                "UPDATE subscriptions s SET disabled_at = $1, disabled_reason = $2 "
+                f"WHERE s.id = $3 AND s.failing_since = $4 AND {_FAILING} RETURNING s.id",
+                now,
+                reason,
+                subscription_id,
+                failing_since,
+            )
+            if disabled is None:
+                return None
+            subscription = await fetch_subscription(conn, subscription_id)
+            assert subscription is not None
+            routes = await self._current_routes(conn)
+            await publish_events(conn, routes, [subscription_disabled(subscription)], now)
+            return subscription
+
     async def remove_subscription(self, subscription_id: int, now: float) -> Subscription | None:
         async with self._transaction() as conn:
             await self._catalog_change(conn)
@@ -770,16 +821,24 @@ class PostgresStore(Store):
         )
         retries = [o for o in outcomes if o.due_at is not None]
         deaths = [o for o in outcomes if o.dead]
-        async with self._transaction(durable=False) as conn:
+        turns = endpoint_health.turns(outcomes)
+        # A dead letter publishes its event, routed as a publish is: under the catalog
+        # lock, taken first (before any row lock a catalog change might wait for).
+        routed = f"SELECT pg_advisory_xact_lock_shared({CATALOG_LOCK})" if deaths else ""
+        async with self._transaction(durable=False, first=routed) as conn:
             columns = zip(*map(attempt_row, outcomes), strict=True)
             await conn.execute(sql.RECORD_ATTEMPTS, *map(list, columns))
             trimmed = failures(outcomes)
             if trimmed:
                 await conn.execute(sql.TRIM_ATTEMPTS, trimmed, MAX_ATTEMPTS_KEPT)
+            if turns:  # one statement: endpoint_health.py
+                await conn.execute(
+                    endpoint_health.POSTGRES_STATEMENT, *endpoint_health.postgres_parameters(turns)
+                )
             if retries:
                 await conn.execute(sql.RETRY, *_outcome_arrays(retries, due=True))
             if deaths:
-                await conn.execute(sql.DEAD_LETTER, *_outcome_arrays(deaths, due=False))
+                await self._dead_letter(conn, deaths)
             if acks:
                 acked = await conn.fetch(
                     sql.ACK,
@@ -792,6 +851,18 @@ class PostgresStore(Store):
                     conn, {row[0]: row[1] for row in acked}, delivered=len(acked), locked=True
                 )
         return [None] * len(outcomes)
+
+    async def _dead_letter(self, conn: PgConnection, deaths: Sequence[Settlement]) -> None:
+        """Dead-letter these, and publish an event for each whose lease held (so each is
+        reported once however often it is settled)."""
+        dead = {
+            row[0] for row in await conn.fetch(sql.DEAD_LETTER, *_outcome_arrays(deaths, due=False))
+        }
+        reported = [o for o in deaths if o.delivery.delivery_id in dead]
+        if reported:
+            routes = await self._current_routes(conn)
+            events = dead_letter_events(routes, reported)
+            await publish_events(conn, routes, events, max(o.at for o in reported))
 
     async def renew(
         self, deliveries: Sequence[Delivery], *, now: float, lease_seconds: float
@@ -1010,6 +1081,12 @@ class PostgresStore(Store):
 
 
 _SAVE_HEALTH = save_health_sql([f"${n}" for n in range(1, len(HEALTH_COLUMNS) + 2)])
+# A push subscription that could be disabled: failing, active, neither paused nor
+# disabled already (`s`: the subscriptions table).
+_FAILING = (
+    "s.failing_since IS NOT NULL AND s.active AND NOT s.paused AND s.disabled_at IS NULL "
+    "AND s.kind = 'push'"
+)
 
 # Dead letters of one subscription, of one message, or both (the one dead letter); a
 # null parameter leaves that condition out.

@@ -210,6 +210,7 @@ UPDATE deliveries d SET state = 'dead', dead_at = u.at, lease = NULL, leased_by 
 FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::integer[])
     AS u (id, lease, at, error, status)
 WHERE d.id = ANY($1::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
+RETURNING d.id
 """
 # Never-attempted deliveries past their max-age (expiry.py), one target at a time;
 # rows a claim holds are skipped, not waited for.

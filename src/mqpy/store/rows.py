@@ -15,6 +15,7 @@ from mqpy.domain import (
     DeadLetter,
     DeliveryState,
     DeliveryStatus,
+    Disabled,
     Filter,
     Page,
     RetryOverrides,
@@ -26,7 +27,7 @@ from mqpy.domain import (
 
 SUBSCRIPTION_COLUMNS = (
     "s.id, s.topic, s.url, s.created_at, s.filter, s.settings, s.paused, s.key_id, "
-    "s.connection_id, g.name, s.kind"
+    "s.connection_id, g.name, s.kind, s.failing_since, s.disabled_at, s.disabled_reason"
 )
 SUBSCRIPTIONS_FROM = "subscriptions s LEFT JOIN groups g ON g.id = s.group_id"
 
@@ -47,6 +48,7 @@ def dump_settings(spec: SubscriptionSpec) -> str:
             "max_concurrency": spec.max_concurrency,
             "max_per_second": spec.max_per_second,
             "ack_deadline_seconds": spec.ack_deadline_seconds,
+            "disable_after_seconds": spec.disable_after_seconds,
         }
     )
 
@@ -56,9 +58,22 @@ def load_settings(text: str | None) -> dict[str, Any]:
 
 
 def subscription_from_row(row: Iterable[Any]) -> Subscription:
-    (sid, topic, url, created_at, filter_, settings, paused, key_id, connection_id, group, kind) = (
-        row
-    )
+    (
+        sid,
+        topic,
+        url,
+        created_at,
+        filter_,
+        settings,
+        paused,
+        key_id,
+        connection_id,
+        group,
+        kind,
+        failing_since,
+        disabled_at,
+        disabled_reason,
+    ) = row
     extra = load_settings(settings)
     spec = SubscriptionSpec(
         url=url,
@@ -70,6 +85,7 @@ def subscription_from_row(row: Iterable[Any]) -> Subscription:
         max_per_second=extra.get("max_per_second"),
         kind=SubscriptionKind(kind),
         ack_deadline_seconds=extra.get("ack_deadline_seconds", DEFAULT_ACK_DEADLINE_SECONDS),
+        disable_after_seconds=extra.get("disable_after_seconds"),
     )
     return Subscription(
         id=sid,
@@ -78,6 +94,8 @@ def subscription_from_row(row: Iterable[Any]) -> Subscription:
         paused=bool(paused),
         key_id=key_id,
         connection_id=connection_id,
+        failing_since=failing_since,
+        disabled=None if disabled_at is None else Disabled(disabled_at, disabled_reason or ""),
     )
 
 
@@ -96,6 +114,11 @@ def changed_spec(spec: SubscriptionSpec, changes: SubscriptionChanges) -> Subscr
         None if changes.clear_max_concurrency else changes.max_concurrency or spec.max_concurrency
     )
     pace = None if changes.clear_max_per_second else changes.max_per_second or spec.max_per_second
+    disable_after = (
+        None
+        if changes.clear_disable_after
+        else changes.disable_after_seconds or spec.disable_after_seconds
+    )
     return replace(
         spec,
         url=changes.url or spec.url,
@@ -103,6 +126,7 @@ def changed_spec(spec: SubscriptionSpec, changes: SubscriptionChanges) -> Subscr
         retry=changes.retry if changes.retry is not None else spec.retry,
         max_concurrency=concurrency,
         max_per_second=pace,
+        disable_after_seconds=disable_after,
     )
 
 

@@ -47,6 +47,7 @@ from mqpy.domain import (
     TopicInfo,
     int_cursor,
 )
+from mqpy.events import subscription_disabled, subscription_resumed
 from mqpy.filters import matches as filter_matches
 from mqpy.ids import new_connection_id, node_name
 from mqpy.store.base import Store, TopicBacklog
@@ -84,6 +85,7 @@ from mqpy.store.rows import (
 )
 from mqpy.store.sqlite_claim import claim as claim_due
 from mqpy.store.sqlite_claim import leased as leased_due
+from mqpy.store.sqlite_events import EventWriter
 from mqpy.store.sqlite_publish import PublishBuffer
 from mqpy.store.sqlite_schema import migrate
 from mqpy.store.sqlite_settle import SettlementQueue, finish_messages
@@ -131,8 +133,10 @@ class SQLiteStore(Store):
         )
         self._routes = RouteTable()
         self._tallies = Tallies()
+        # The broker's own events, published in the operations that make them.
+        self._events = EventWriter(self._routes_in, self._tallies)
         # Acks, retries and dead letters waiting for the writer are recorded together.
-        self._settlements = SettlementQueue(self._writer, self._tallies)
+        self._settlements = SettlementQueue(self._writer, self._tallies, self._events)
         # New messages and their deliveries are written together (sqlite_publish.py).
         self._publishing = PublishBuffer()
         self._writer.flush_buffered = self._publishing.flush
@@ -384,6 +388,51 @@ class SQLiteStore(Store):
                 (int(paused), subscription_id),
             )
             return _subscription(conn, subscription_id)
+
+        return await self._writer.run(operation)
+
+    async def resume(self, subscription_id: int, now: float) -> Subscription | None:
+        def operation(conn: sqlite3.Connection) -> Subscription | None:
+            current = _subscription(conn, subscription_id)
+            if current is None:
+                return None
+            self._catalog_changed(conn)
+            conn.execute(_RESUME, (subscription_id,))
+            resumed = _subscription(conn, subscription_id)
+            assert resumed is not None
+            if current.disabled is not None:
+                event = subscription_resumed(resumed, now, current.disabled.at)
+                self._events.publish(conn, [event], now)
+            return resumed
+
+        return await self._writer.run(operation)
+
+    async def failing_subscriptions(self) -> list[Subscription]:
+        def operation(conn: sqlite3.Connection) -> list[Subscription]:
+            rows = conn.execute(
+                f"SELECT {SUBSCRIPTION_COLUMNS} FROM {SUBSCRIPTIONS_FROM} WHERE {_FAILING} "
+                "ORDER BY s.id"
+            )
+            return [subscription_from_row(row) for row in rows]
+
+        return await self._writer.run(operation, durable=False)
+
+    async def disable_subscription(
+        self, subscription_id: int, *, failing_since: float, now: float, reason: str
+    ) -> Subscription | None:
+        def operation(conn: sqlite3.Connection) -> Subscription | None:
+            disabled = conn.execute(
+                f"UPDATE subscriptions AS s SET disabled_at = ?, disabled_reason = ? "
+                f"WHERE s.id = ? AND s.failing_since = ? AND {_FAILING}",
+                (now, reason, subscription_id, failing_since),
+            ).rowcount
+            if not disabled:
+                return None
+            self._catalog_changed(conn)
+            subscription = _subscription(conn, subscription_id)
+            assert subscription is not None
+            self._events.publish(conn, [subscription_disabled(subscription)], now)
+            return subscription
 
         return await self._writer.run(operation)
 
@@ -862,6 +911,17 @@ class SQLiteStore(Store):
 
 
 _SAVE_HEALTH = save_health_sql(["?"] * (len(HEALTH_COLUMNS) + 1))
+# A push subscription that could be disabled: failing, active, neither paused nor
+# disabled already (`s`: the subscriptions table).
+_FAILING = (
+    "s.failing_since IS NOT NULL AND s.active = 1 AND s.paused = 0 AND s.disabled_at IS NULL "
+    "AND s.kind = 'push'"
+)
+# On again, paused or disabled: a new run of attempts, judged from its own first failure.
+_RESUME = (
+    "UPDATE subscriptions SET paused = 0, disabled_at = NULL, disabled_reason = NULL, "
+    "failing_since = NULL WHERE id = ? AND active = 1"
+)
 
 
 def _dead_letters_of(

@@ -1,0 +1,119 @@
+"""Endpoint health in the store: since when every attempt to a push subscription failed.
+
+The broker disables a push subscription whose attempts have all failed for its
+disable-after (delivery/endpoint_health.py judges that); it needs, per subscription,
+the time of the first failure since the last success: `failing_since`. Settlements are
+the hot path, so that time is written only when it changes (a first failure after a
+success, a first success after failures), never per attempt: each batch of settlements
+runs one statement, which matches each of its subscriptions' row by primary key and
+changes a row only at such a turn. Both SQL stores share the logic here.
+
+Attempts of `mq.events` messages do not count (events.py: no event causes another),
+and pull subscriptions are left alone (the statement names push ones): a consumer's
+nack says nothing about an endpoint.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mqpy.events import EVENTS_TOPIC, DeadLettered, delivery_dead_lettered
+from mqpy.store.batching import Settlement
+from mqpy.store.routes import Routes
+from mqpy.store.rows import chunks
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """What one batch says of one subscription: its latest success (if any) and its
+    first failure after that (if any); both are the attempts' send times."""
+
+    subscription_id: int
+    succeeded_at: float | None
+    failing_since: float | None
+
+
+def turns(settlements: Sequence[Settlement]) -> list[Turn]:
+    """One Turn per subscription the batch settled for, by id (the order in which a
+    database locks their rows)."""
+    successes: dict[int, float] = {}
+    failures: dict[int, list[float]] = {}
+    for s in settlements:
+        if s.delivery.topic == EVENTS_TOPIC:
+            continue
+        sid = s.delivery.subscription_id
+        if s.due_at is None and not s.dead:
+            successes[sid] = max(successes.get(sid, s.attempted_at), s.attempted_at)
+        else:
+            failures.setdefault(sid, []).append(s.attempted_at)
+    found = []
+    for sid in sorted(successes.keys() | failures.keys()):
+        succeeded = successes.get(sid)
+        after = [at for at in failures.get(sid, ()) if succeeded is None or at > succeeded]
+        found.append(Turn(sid, succeeded, min(after) if after else None))
+    return found
+
+
+# The statement's condition, on both stores: a success ends a stored run of failures
+# that began no later than it (another node's failure after it stays), and a failure
+# starts a run where none is stored.
+_CHANGES = (
+    "s.kind = 'push' AND ((s.failing_since <= {succeeded} AND s.failing_since {differs} "
+    "{since}) OR ({since} IS NOT NULL AND s.failing_since IS NULL))"
+)
+
+
+_SQLITE = (
+    "UPDATE subscriptions AS s SET failing_since = v.column3 FROM (VALUES {values}) AS v "
+    "WHERE s.id = v.column1 AND "
+    + _CHANGES.format(succeeded="v.column2", since="v.column3", differs="IS NOT")
+)
+
+
+def record_sqlite(conn: sqlite3.Connection, settlements: Sequence[Settlement]) -> None:
+    """The SQLite statement, for a batch of settlements (one, but for hundreds of
+    subscriptions in one batch)."""
+    for chunk in chunks(turns(settlements), 300):  # 3 parameters each
+        values = ", ".join(["(?, ?, ?)"] * len(chunk))
+        params = [v for t in chunk for v in (t.subscription_id, t.succeeded_at, t.failing_since)]
+        conn.execute(_SQLITE.format(values=values), params)
+
+
+# The PostgreSQL statement: arrays of ids, successes and first failures.
+POSTGRES_STATEMENT = (
+    "UPDATE subscriptions s SET failing_since = u.since "
+    "FROM unnest($1::bigint[], $2::float8[], $3::float8[]) AS u (id, succeeded, since) "
+    "WHERE s.id = ANY($1::bigint[]) AND s.id = u.id AND "
+    + _CHANGES.format(succeeded="u.succeeded", since="u.since", differs="IS DISTINCT FROM")
+)
+
+
+def postgres_parameters(found: Sequence[Turn]) -> list[list[object]]:
+    return [
+        [t.subscription_id for t in found],
+        [t.succeeded_at for t in found],
+        [t.failing_since for t in found],
+    ]
+
+
+def dead_letter_events(routes: Routes, settlements: Sequence[Settlement]) -> list[dict[str, Any]]:
+    """The `delivery.dead_lettered` events of these dead letters."""
+    events = []
+    for s in settlements:
+        delivery = s.delivery
+        member = routes.members.get(delivery.subscription_id)
+        group_id = None if member is None else member.group_id
+        dead = DeadLettered(
+            subscription_id=delivery.subscription_id,
+            message_id=delivery.message_id,
+            topic=delivery.topic,
+            attempts=delivery.attempt,
+            error=s.error,
+            status=s.status,
+            group=None if group_id is None else routes.group_names.get(group_id),
+        )
+        events.append(delivery_dead_lettered(dead, s.at))
+    return events
