@@ -22,10 +22,9 @@ from mqpy.domain import NewMessage, Subscription
 from mqpy.ids import new_message_ids
 from mqpy.rfc3339 import rfc3339
 
+# Under `mq.`, the broker's own topics: nobody else publishes there, and a pattern
+# starting with a wildcard does not match it (topics.py).
 EVENTS_TOPIC = "mq.events"
-# Topics whose first segment is this are the broker's own: nobody publishes to them,
-# and a pattern starting with a wildcard does not match them (topics.py).
-RESERVED_SEGMENT = "mq"
 
 SUBSCRIPTION_DISABLED = "subscription.disabled"
 SUBSCRIPTION_RESUMED = "subscription.resumed"

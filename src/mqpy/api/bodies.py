@@ -63,6 +63,15 @@ AckDeadline = Annotated[
         "is delivered again, unless acked or extended",
     ),
 ]
+DisableAfter = Annotated[
+    float,
+    Meta(
+        ge=1,
+        le=MAX_BACKOFF_SECONDS,
+        description="seconds every attempt may fail before the subscription is disabled "
+        "(push only; null: the broker's --disable-after)",
+    ),
+]
 Kind = Annotated[
     Literal["push", "pull"],
     Meta(description="push: the broker POSTs each message to url; pull: consumers ask"),
@@ -79,6 +88,7 @@ class CreateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):
     retry_policy: RetryPolicyBody | None = None
     max_concurrency: MaxConcurrency | None = None
     max_per_second: MaxPerSecond | None = None
+    disable_after_seconds: DisableAfter | None = None  # push only
     # The signing secret to use (Standard Webhooks `whsec_` base64, as the broker makes
     # them), so the receiver knows it before the first delivery; else one is generated.
     secret: str | None = None
@@ -94,6 +104,7 @@ class UpdateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):
     retry_policy: RetryPolicyBody | UnsetType | None = UNSET
     max_concurrency: MaxConcurrency | UnsetType | None = UNSET
     max_per_second: MaxPerSecond | UnsetType | None = UNSET
+    disable_after_seconds: DisableAfter | UnsetType | None = UNSET
 
 
 # Pull subscriptions: what a consumer asks for, and how it settles what it got.

@@ -57,6 +57,7 @@ async def create(request: web.Request) -> web.Response:
         max_per_second=body.max_per_second,
         kind=SubscriptionKind(body.kind),
         ack_deadline_seconds=body.ack_deadline_seconds or DEFAULT_ACK_DEADLINE_SECONDS,
+        disable_after_seconds=body.disable_after_seconds,
     )
     subscription, secret = await broker_of(request).create_subscription(
         spec, principal_of(request), secret=_chosen_secret(body.secret), paused=body.paused
@@ -80,7 +81,7 @@ def _chosen_secret(secret: str | None) -> str | None:
 
 
 # Fields that only make sense for one kind of subscription.
-_PUSH_ONLY = ("url", "max_concurrency", "max_per_second")
+_PUSH_ONLY = ("url", "max_concurrency", "max_per_second", "disable_after_seconds")
 _PULL_ONLY = ("ack_deadline_seconds",)
 
 
@@ -172,6 +173,10 @@ def _changes(body: UpdateSubscriptionBody) -> SubscriptionChanges:
         clear_max_concurrency=body.max_concurrency is None,
         max_per_second=body.max_per_second if isinstance(body.max_per_second, float) else None,
         clear_max_per_second=body.max_per_second is None,
+        disable_after_seconds=(
+            body.disable_after_seconds if isinstance(body.disable_after_seconds, float) else None
+        ),
+        clear_disable_after=body.disable_after_seconds is None,
     )
 
 

@@ -84,6 +84,13 @@ class SubscriptionView(msgspec.Struct):
     created_at: Time
     connection_id: int | None
     ack_deadline_seconds: float | None  # pull only
+    # active; paused (by an operator); disabled (by the broker, every attempt having
+    # failed for its disable-after): a resume turns either back on.
+    state: Literal["active", "paused", "disabled"]
+    disable_after_seconds: float | None  # push only; null: the broker's --disable-after
+    failing_since: Time | None  # every attempt failed since then (push only)
+    disabled_at: Time | None
+    disabled_reason: str | None
 
 
 class CreatedSubscriptionView(SubscriptionView):
@@ -219,7 +226,18 @@ def subscription_view(subscription: Subscription) -> SubscriptionView:
         created_at=rfc3339(subscription.created_at),
         connection_id=subscription.connection_id,
         ack_deadline_seconds=spec.ack_deadline_seconds if spec.is_pull else None,
+        state=_state(subscription),
+        disable_after_seconds=spec.disable_after_seconds,
+        failing_since=_maybe_time(subscription.failing_since),
+        disabled_at=None if subscription.disabled is None else rfc3339(subscription.disabled.at),
+        disabled_reason=None if subscription.disabled is None else subscription.disabled.reason,
     )
+
+
+def _state(subscription: Subscription) -> Literal["active", "paused", "disabled"]:
+    if subscription.disabled is not None:
+        return "disabled"
+    return "paused" if subscription.paused else "active"
 
 
 def _kind(subscription: Subscription) -> Literal["push", "pull", "seed"]:
