@@ -25,7 +25,7 @@ HOOK = "http://127.0.0.1:9/hook"  # nothing listens on port 9; deliveries only f
 # U+009B is the one-character CSI: printed raw, a terminal may read what follows as an
 # escape sequence. The broker accepts it in a URL, so the tables must escape it.
 CSI = "\u009b"
-SUBSCRIPTIONS_HEADER = re.compile(r"^ID\s+KIND\s+URL\s+TOPIC\s+GROUP\s+FILTER\s+PAUSED$")
+SUBSCRIPTIONS_HEADER = re.compile(r"^ID\s+KIND\s+URL\s+TOPIC\s+GROUP\s+FILTER\s+STATE$")
 TOPICS_HEADER = re.compile(
     r"^TOPIC\s+PUBLISHED\s+BACKLOG\s+OLDEST PUBLISHED\s+SUBSCRIPTIONS\s+PUBLISHED/S\s+DELIVERED/S$"
 )

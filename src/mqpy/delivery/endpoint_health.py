@@ -23,8 +23,10 @@ from mqpy.store import Store
 
 log = logging.getLogger("mqpy.delivery")
 
-# How often to look: a tenth of --disable-after, within these bounds, so a subscription
-# is disabled at most that much later than it could be.
+# How often to look: a tenth of --disable-after, within these bounds, and sooner when a
+# failing subscription's own disable-after runs out before then. A subscription that
+# starts failing is seen at the next look, so one with a short disable-after of its own
+# may be disabled up to this much late.
 MIN_CHECK_SECONDS = 0.5
 MAX_CHECK_SECONDS = 30.0
 
@@ -61,23 +63,33 @@ class EndpointHealth:
         """Look every `check_interval` until cancelled; a failure is logged and tried
         again next time."""
         interval = check_interval(self._disable_after)
+        wait = interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(wait)
+            wait = interval
             try:
-                await self.check()
+                _, next_at = await self.check()
             except StoreError as exc:
                 log.error("cannot check for subscriptions failing too long: %s", exc)
+                continue
+            if next_at is not None:
+                wait = max(MIN_CHECK_SECONDS, min(interval, next_at - self._clock()))
 
-    async def check(self) -> list[Subscription]:
-        """Disable every subscription past its disable-after; returns those it did."""
+    async def check(self) -> tuple[list[Subscription], float | None]:
+        """Disable every subscription past its disable-after; returns those it did, and
+        when the next of those still failing will be past its own."""
         now = self._clock()
-        due = [
-            s
-            for s in await self._store.failing_subscriptions()
-            if s.failing_since is not None and s.failing_since <= now - self._after(s)
-        ]
+        due = []
+        next_at: float | None = None
+        for s in await self._store.failing_subscriptions():
+            assert s.failing_since is not None
+            ends = s.failing_since + self._after(s)
+            if ends <= now:
+                due.append(s)
+            elif next_at is None or ends < next_at:
+                next_at = ends
         if not due:
-            return []
+            return [], next_at
         saved: dict[int, str | None] | None = None
         disabled = []
         for subscription in due:
@@ -101,7 +113,7 @@ class EndpointHealth:
                     extra={"receiver_id": subscription.id, "outcome": "disabled"},
                 )
                 disabled.append(done)
-        return disabled
+        return disabled, next_at
 
     def _after(self, subscription: Subscription) -> float:
         own = subscription.spec.disable_after_seconds
