@@ -34,10 +34,7 @@
     ["retrying", "its latest attempts failed; each delivery is retried"],
     ["failing", "failing for want of the receiver: given fewer at once, paused after a run of failures"],
     ["paused", "paused: nothing is sent to it until it is resumed; its messages wait"],
-    [
-      "disabled",
-      "disabled by the broker: every attempt failed for its disable-after; its messages wait until it is resumed",
-    ],
+    ["disabled", "disabled by the broker: every attempt failed for its disable-after; its messages wait"],
   ]);
   // Nothing is delivered to a receiver in these states until it is resumed.
   const STOPPED = new Set(["paused", "disabled"]);
