@@ -20,9 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mqpy.events import EVENTS_TOPIC, DeadLettered, delivery_dead_lettered
+from mqpy.domain import NewMessage
+from mqpy.events import EVENTS_TOPIC, DeadLettered, delivery_dead_lettered, event_messages
 from mqpy.store.batching import Settlement
-from mqpy.store.routes import Routes
+from mqpy.store.routes import Routes, Target
 from mqpy.store.rows import chunks
 
 
@@ -117,3 +118,16 @@ def dead_letter_events(routes: Routes, settlements: Sequence[Settlement]) -> lis
         )
         events.append(delivery_dead_lettered(dead, s.at))
     return events
+
+
+def routed_events(
+    routes: Routes, events: Sequence[dict[str, Any]], at: float
+) -> list[tuple[NewMessage, list[Target]]]:
+    """The messages of `events` that some subscription takes, with their targets. An
+    event nobody subscribes to is not kept: unlike other messages, it does not wait for
+    a first subscriber."""
+    return [
+        (message, targets)
+        for message in event_messages(events, at)
+        if (targets := routes.for_message(message.topic, message.attributes))
+    ]

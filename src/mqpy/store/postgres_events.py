@@ -11,7 +11,8 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from mqpy.events import EVENTS_TOPIC, event_messages
+from mqpy.events import EVENTS_TOPIC
+from mqpy.store.endpoint_health import routed_events
 from mqpy.store.postgres_schema import DUE_CHANNEL, TALLY_SLOTS
 from mqpy.store.postgres_sql import PgConnection
 from mqpy.store.routes import Routes
@@ -48,11 +49,7 @@ SELECT pg_notify($11, '')
 async def publish_events(
     conn: PgConnection, routes: Routes, events: Sequence[dict[str, Any]], at: float
 ) -> None:
-    routed = [
-        (message, targets)
-        for message in event_messages(events, at)
-        if (targets := routes.for_message(message.topic, message.attributes))
-    ]
+    routed = routed_events(routes, events, at)
     if not routed:
         return
     messages = [message for message, _ in routed]

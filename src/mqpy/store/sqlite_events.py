@@ -12,9 +12,9 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mqpy.events import EVENTS_TOPIC, event_messages
+from mqpy.events import EVENTS_TOPIC
 from mqpy.store.batching import Settlement
-from mqpy.store.endpoint_health import dead_letter_events
+from mqpy.store.endpoint_health import dead_letter_events, routed_events
 from mqpy.store.routes import Routes
 from mqpy.store.rows import dump_attributes
 from mqpy.store.sqlite_tallies import Tallies
@@ -41,12 +41,7 @@ class EventWriter:
     ) -> None:
         """Write `events`, last in the operation (the tallies count them as written).
         An event no subscription takes is not kept: nobody asked for it."""
-        routes = self._routes(conn)
-        routed = [
-            (message, targets)
-            for message in event_messages(events, at)
-            if (targets := routes.for_message(message.topic, message.attributes))
-        ]
+        routed = routed_events(self._routes(conn), events, at)
         if not routed:
             return
         seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0])
