@@ -218,6 +218,22 @@ class EndpointHealthConformance:
             "last_status": 500,
         }
 
+    async def test_a_delivery_that_expired_unattempted_is_published_as_a_dead_letter(
+        self, store: Store
+    ) -> None:
+        hook = await subscribe(store, "orders", paused=True)
+        watcher = await subscribe(store, EVENTS_TOPIC)
+        stale = await publish(store, "stale", topic="orders")
+        assert await store.expire(now=T0 + 100, max_age=60) == 1
+        (event,) = events_in(await claimed_for(store, watcher.id, T0 + 101))
+        assert (event["type"], event["subscription_id"], event["message_id"]) == (
+            "delivery.dead_lettered",
+            hook.id,
+            stale.id,
+        )
+        assert (event["topic"], event["attempts"], event["last_status"]) == ("orders", 0, None)
+        assert event["last_error"] == "not delivered within its max-age of 1m"
+
     async def test_a_dead_letter_of_an_event_makes_no_event(self, store: Store) -> None:
         hook = await subscribe(store)
         first = await subscribe(store, EVENTS_TOPIC)

@@ -102,22 +102,47 @@ def postgres_parameters(found: Sequence[Turn]) -> list[list[object]]:
 
 def dead_letter_events(routes: Routes, settlements: Sequence[Settlement]) -> list[dict[str, Any]]:
     """The `delivery.dead_lettered` events of these dead letters."""
-    events = []
-    for s in settlements:
-        delivery = s.delivery
-        member = routes.members.get(delivery.subscription_id)
-        group_id = None if member is None else member.group_id
-        dead = DeadLettered(
-            subscription_id=delivery.subscription_id,
-            message_id=delivery.message_id,
-            topic=delivery.topic,
-            attempts=delivery.attempt,
-            error=s.error,
-            status=s.status,
-            group=None if group_id is None else routes.group_names.get(group_id),
+    return [
+        delivery_dead_lettered(
+            DeadLettered(
+                subscription_id=s.delivery.subscription_id,
+                message_id=s.delivery.message_id,
+                topic=s.delivery.topic,
+                attempts=s.delivery.attempt,
+                error=s.error,
+                status=s.status,
+                group=_group_of(routes, s.delivery.subscription_id),
+            ),
+            s.at,
         )
-        events.append(delivery_dead_lettered(dead, s.at))
-    return events
+        for s in settlements
+    ]
+
+
+# What a store reads of each delivery expiry dead-lettered (expiry.py), for its event.
+Expired = tuple[int, str, str, int]  # subscription id, message id, its topic, attempts
+
+
+def expiry_events(
+    routes: Routes, expired: Sequence[Expired], error: str, at: float
+) -> list[dict[str, Any]]:
+    """The `delivery.dead_lettered` events of deliveries that expired unattempted."""
+    return [
+        delivery_dead_lettered(
+            DeadLettered(sid, message_id, topic, attempts, error, None, _group_of(routes, sid)),
+            at,
+        )
+        for sid, message_id, topic, attempts in expired
+    ]
+
+
+def _group_of(routes: Routes, subscription_id: int) -> str | None:
+    member = routes.members.get(subscription_id)
+    return (
+        None
+        if member is None or member.group_id is None
+        else routes.group_names.get(member.group_id)
+    )
 
 
 def routed_events(

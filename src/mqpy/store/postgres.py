@@ -55,7 +55,7 @@ from mqpy.store import postgres_sql as sql
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Batcher, Settlement
 from mqpy.store.claiming import ClaimBuilder, leased_deliveries
-from mqpy.store.endpoint_health import dead_letter_events
+from mqpy.store.endpoint_health import dead_letter_events, expiry_events
 from mqpy.store.expiry import EXPIRE_CHUNK, expiry_targets
 from mqpy.store.health import (
     HEALTH_COLUMNS,
@@ -759,19 +759,25 @@ class PostgresStore(Store):
         for target in expiry_targets(routes, now=now, max_age=max_age):
             grouped = target.group_id is not None
             while True:
-                # Chunk by chunk, each its own short transaction, as in `sweep`.
-                async with self._transaction(durable=False) as conn:
-                    count = row_count(
-                        await conn.execute(
-                            sql.EXPIRE_FOR_GROUP if grouped else sql.EXPIRE_FOR_SUBSCRIPTION,
-                            now,
-                            target.error,
-                            target.subscription_id,
-                            target.group_id if grouped else target.subscription_id,
-                            target.cutoff,
-                            EXPIRE_CHUNK,
-                        )
+                # Chunk by chunk, each its own short transaction, as in `sweep`; under
+                # the catalog lock, taken first, since each dead letter's event is routed.
+                routed = f"SELECT pg_advisory_xact_lock_shared({CATALOG_LOCK})"
+                async with self._transaction(durable=False, first=routed) as conn:
+                    rows = await conn.fetch(
+                        sql.EXPIRE_FOR_GROUP if grouped else sql.EXPIRE_FOR_SUBSCRIPTION,
+                        now,
+                        target.error,
+                        target.subscription_id,
+                        target.group_id if grouped else target.subscription_id,
+                        target.cutoff,
+                        EXPIRE_CHUNK,
                     )
+                    if rows:
+                        routes = await self._current_routes(conn)
+                        dead = [(r[0], r[1], r[2], r[3]) for r in rows]
+                        events = expiry_events(routes, dead, target.error, now)
+                        await publish_events(conn, routes, events, now)
+                count = len(rows)
                 expired += count
                 if count < EXPIRE_CHUNK:
                     break

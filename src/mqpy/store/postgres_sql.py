@@ -223,6 +223,8 @@ WHERE d.id IN (
         AND GREATEST(m.published_at, COALESCE(m.deliver_at, 0)) < $5
     LIMIT $6 FOR UPDATE OF e SKIP LOCKED
 )
+RETURNING d.subscription_id, (SELECT m.id FROM messages m WHERE m.seq = d.message_seq),
+    (SELECT m.topic FROM messages m WHERE m.seq = d.message_seq), d.attempts
 """
 EXPIRE_FOR_SUBSCRIPTION = _EXPIRE.format(target="e.subscription_id = $4 AND e.group_id IS NULL")
 EXPIRE_FOR_GROUP = _EXPIRE.format(target="e.group_id = $4")

@@ -648,12 +648,17 @@ class SQLiteStore(Store):
             while True:
                 # Chunk by chunk, each its own writer operation, as in `sweep`.
                 count = await self._writer.run(
-                    functools.partial(_expire, target=target, now=now), durable=False
+                    functools.partial(self._expire, target=target, now=now), durable=False
                 )
                 expired += count
                 if count < EXPIRE_CHUNK:
                     break
         return expired
+
+    def _expire(self, conn: sqlite3.Connection, target: ExpiryTarget, now: float) -> int:
+        expired = _expire(conn, target, now)
+        self._events.expired(conn, expired, target.error, now)  # last: it counts on tallies
+        return len(expired)
 
     async def claim(
         self,
@@ -1054,13 +1059,17 @@ _EXPIRE = (
     "subscription_id = COALESCE(subscription_id, ?) WHERE id IN (SELECT d.id FROM "
     "deliveries d JOIN messages m ON m.seq = d.message_seq WHERE {target} "
     "AND d.state = 'pending' AND (d.lease IS NULL OR d.due_at <= ?) "
-    "AND MAX(m.published_at, COALESCE(m.deliver_at, 0)) < ? LIMIT ?)"
+    "AND MAX(m.published_at, COALESCE(m.deliver_at, 0)) < ? LIMIT ?) "
+    "RETURNING subscription_id, message_seq, attempts"
 )
 _EXPIRE_FOR_SUBSCRIPTION = _EXPIRE.format(target="d.subscription_id = ? AND d.group_id IS NULL")
 _EXPIRE_FOR_GROUP = _EXPIRE.format(target="d.group_id = ?")
 
 
-def _expire(conn: sqlite3.Connection, target: ExpiryTarget, now: float) -> int:
+def _expire(
+    conn: sqlite3.Connection, target: ExpiryTarget, now: float
+) -> list[tuple[int, int, int]]:
+    """Dead-letter one chunk; (subscription id, message seq, attempts) of each."""
     grouped = target.group_id is not None
     return conn.execute(
         _EXPIRE_FOR_GROUP if grouped else _EXPIRE_FOR_SUBSCRIPTION,
@@ -1073,7 +1082,7 @@ def _expire(conn: sqlite3.Connection, target: ExpiryTarget, now: float) -> int:
             target.cutoff,
             EXPIRE_CHUNK,
         ),
-    ).rowcount
+    ).fetchall()
 
 
 def _free_bytes(path: Path) -> int:

@@ -14,9 +14,9 @@ from typing import Any
 
 from mqpy.events import EVENTS_TOPIC
 from mqpy.store.batching import Settlement
-from mqpy.store.endpoint_health import dead_letter_events, routed_events
+from mqpy.store.endpoint_health import dead_letter_events, expiry_events, routed_events
 from mqpy.store.routes import Routes
-from mqpy.store.rows import dump_attributes
+from mqpy.store.rows import chunks, dump_attributes
 from mqpy.store.sqlite_tallies import Tallies
 
 _MESSAGE = (
@@ -60,3 +60,20 @@ class EventWriter:
         if settlements:
             events = dead_letter_events(self._routes(conn), settlements)
             self.publish(conn, events, max(s.at for s in settlements))
+
+    def expired(
+        self, conn: sqlite3.Connection, rows: Sequence[tuple[int, int, int]], error: str, at: float
+    ) -> None:
+        """Publish a `delivery.dead_lettered` event for each delivery that expiry just
+        dead-lettered: rows of (subscription id, message seq, attempts)."""
+        if not rows:
+            return
+        found: dict[int, tuple[str, str]] = {}
+        for chunk in chunks(sorted({seq for _, seq, _ in rows})):
+            marks = ", ".join("?" * len(chunk))
+            for seq, message_id, topic in conn.execute(
+                f"SELECT seq, id, topic FROM messages WHERE seq IN ({marks})", chunk
+            ):
+                found[seq] = (message_id, topic)
+        expired = [(sid, *found[seq], attempts) for sid, seq, attempts in rows]
+        self.publish(conn, expiry_events(self._routes(conn), expired, error, at), at)
