@@ -93,6 +93,8 @@ async def test_a_dead_endpoint_is_disabled_and_its_messages_wait_for_resume(
     assert disabled["disabled_reason"].startswith("every attempt failed for 2s (since ")
     assert disabled["disabled_reason"].endswith("; last error: receiver answered HTTP 500")
     assert disabled["failing_since"] is not None and disabled["disabled_at"] is not None
+    async with http.get(server.url + "/metrics") as scraped:
+        assert 'mqpy_receivers{state="disabled"} 1.0' in await scraped.text()
     (event,) = [e for e in events_of(await _wait(watcher, 1)) if e["subscription_id"] == sid]
     assert (event["type"], event["topic"], event["reason"]) == (
         "subscription.disabled",
