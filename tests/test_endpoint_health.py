@@ -264,3 +264,27 @@ async def _wait(receiver: Receiver, count: int) -> Receiver:
 
 async def _dead_letters(api: Api, sid: int) -> list[Any]:
     return list((await api.ok("GET", f"/v1/subscriptions/{sid}/dead-letters"))["dead_letters"])
+
+
+async def test_disable_after_is_a_push_subscriptions_own_setting(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    server = start_server(env={"MQPY_ADMIN_KEY": ""})
+    api = Api(http, server.url)
+    hook = "http://127.0.0.1:9/hook"
+    problem = await api.problem(
+        "POST", "/v1/subscriptions", {"url": hook, "disable_after_seconds": 0}, 400
+    )
+    assert problem["field"] == "disable_after_seconds", problem
+    problem = await api.problem(
+        "POST", "/v1/subscriptions", {"kind": "pull", "disable_after_seconds": 60}, 400
+    )
+    assert "push subscriptions only" in problem["detail"], problem
+    sid = await push(api, hook, "orders", disable_after_seconds=600)
+    assert (await state_of(api, sid))["disable_after_seconds"] == 600
+    changed = await api.ok("PATCH", f"/v1/subscriptions/{sid}", {"disable_after_seconds": 30})
+    assert changed["disable_after_seconds"] == 30
+    cleared = await api.ok("PATCH", f"/v1/subscriptions/{sid}", {"disable_after_seconds": None})
+    assert cleared["disable_after_seconds"] is None  # the broker's --disable-after again
+    pull = await api.pull_subscription("orders")
+    await api.problem("PATCH", f"/v1/subscriptions/{pull}", {"disable_after_seconds": 30}, 409)
