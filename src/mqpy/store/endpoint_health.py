@@ -83,12 +83,15 @@ def record_sqlite(conn: sqlite3.Connection, settlements: Sequence[Settlement]) -
         conn.execute(_SQLITE.format(values=values), params)
 
 
-# The PostgreSQL statement: arrays of ids, successes and first failures.
-POSTGRES_STATEMENT = (
-    "UPDATE subscriptions s SET failing_since = u.since "
-    "FROM unnest($1::bigint[], $2::float8[], $3::float8[]) AS u (id, succeeded, since) "
-    "WHERE s.id = ANY($1::bigint[]) AND s.id = u.id AND "
+# On PostgreSQL, a data-modifying CTE that goes before the settlement's statement that
+# records the attempts (its parameters $1 to $9), so it costs no round trip of its own:
+# arrays of ids, successes and first failures.
+POSTGRES_CTE = (
+    "WITH turns AS (UPDATE subscriptions s SET failing_since = u.since "
+    "FROM unnest($10::bigint[], $11::float8[], $12::float8[]) AS u (id, succeeded, since) "
+    "WHERE s.id = ANY($10::bigint[]) AND s.id = u.id AND "
     + _CHANGES.format(succeeded="u.succeeded", since="u.since", differs="IS DISTINCT FROM")
+    + ")"
 )
 
 

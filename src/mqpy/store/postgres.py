@@ -833,14 +833,15 @@ class PostgresStore(Store):
         routed = f"SELECT pg_advisory_xact_lock_shared({CATALOG_LOCK})" if deaths else ""
         async with self._transaction(durable=False, first=routed) as conn:
             columns = zip(*map(attempt_row, outcomes), strict=True)
-            await conn.execute(sql.RECORD_ATTEMPTS, *map(list, columns))
+            # With each subscription's failing_since (endpoint_health.py), in one statement.
+            await conn.execute(
+                _RECORD_ATTEMPTS_AND_TURNS,
+                *map(list, columns),
+                *endpoint_health.postgres_parameters(turns),
+            )
             trimmed = failures(outcomes)
             if trimmed:
                 await conn.execute(sql.TRIM_ATTEMPTS, trimmed, MAX_ATTEMPTS_KEPT)
-            if turns:  # one statement: endpoint_health.py
-                await conn.execute(
-                    endpoint_health.POSTGRES_STATEMENT, *endpoint_health.postgres_parameters(turns)
-                )
             if retries:
                 await conn.execute(sql.RETRY, *_outcome_arrays(retries, due=True))
             if deaths:
@@ -1087,6 +1088,7 @@ class PostgresStore(Store):
 
 
 _SAVE_HEALTH = save_health_sql([f"${n}" for n in range(1, len(HEALTH_COLUMNS) + 2)])
+_RECORD_ATTEMPTS_AND_TURNS = endpoint_health.POSTGRES_CTE + sql.RECORD_ATTEMPTS
 # A push subscription that could be disabled: failing, active, neither paused nor
 # disabled already (`s`: the subscriptions table).
 _FAILING = (
