@@ -83,23 +83,35 @@ def record_sqlite(conn: sqlite3.Connection, settlements: Sequence[Settlement]) -
         conn.execute(_SQLITE.format(values=values), params)
 
 
-# On PostgreSQL, a data-modifying CTE that goes before the settlement's statement that
-# records the attempts (its parameters $1 to $9), so it costs no round trip of its own:
-# arrays of ids, successes and first failures.
+# On PostgreSQL, data-modifying CTEs that go before the settlement's statement that
+# records the attempts (its parameters $1 to $9), so they cost no round trip of their
+# own. Successes only look at runs stored (the partial index of failing ones, nearly
+# always empty), failures only at their own subscriptions: a batch of successes to
+# healthy receivers reads no subscription row. A row is changed by one of the two at
+# most: one needs a run stored, the other none.
 POSTGRES_CTE = (
-    "WITH turns AS (UPDATE subscriptions s SET failing_since = u.since "
+    "WITH ended AS (UPDATE subscriptions s SET failing_since = u.since "
     "FROM unnest($10::bigint[], $11::float8[], $12::float8[]) AS u (id, succeeded, since) "
-    "WHERE s.id = ANY($10::bigint[]) AND s.id = u.id AND "
-    + _CHANGES.format(succeeded="u.succeeded", since="u.since", differs="IS DISTINCT FROM")
-    + ")"
+    "WHERE s.failing_since IS NOT NULL AND s.active AND s.id = u.id AND "
+    "s.kind = 'push' AND s.failing_since <= u.succeeded AND "
+    "s.failing_since IS DISTINCT FROM u.since), "
+    "started AS (UPDATE subscriptions s SET failing_since = u.since "
+    "FROM unnest($13::bigint[], $14::float8[]) AS u (id, since) "
+    "WHERE s.id = ANY($13::bigint[]) AND s.id = u.id AND s.kind = 'push' "
+    "AND s.failing_since IS NULL)"
 )
 
 
 def postgres_parameters(found: Sequence[Turn]) -> list[list[object]]:
+    """POSTGRES_CTE's arrays: the turns with a success, then those with a failure."""
+    ended = [t for t in found if t.succeeded_at is not None]
+    started = [t for t in found if t.failing_since is not None]
     return [
-        [t.subscription_id for t in found],
-        [t.succeeded_at for t in found],
-        [t.failing_since for t in found],
+        [t.subscription_id for t in ended],
+        [t.succeeded_at for t in ended],
+        [t.failing_since for t in ended],
+        [t.subscription_id for t in started],
+        [t.failing_since for t in started],
     ]
 
 
