@@ -25,7 +25,7 @@ HOOK = "http://127.0.0.1:9/hook"  # nothing listens on port 9; deliveries only f
 # U+009B is the one-character CSI: printed raw, a terminal may read what follows as an
 # escape sequence. The broker accepts it in a URL, so the tables must escape it.
 CSI = "\u009b"
-SUBSCRIPTIONS_HEADER = re.compile(r"^ID\s+KIND\s+URL\s+TOPIC\s+GROUP\s+FILTER\s+PAUSED\s+FORMAT$")
+SUBSCRIPTIONS_HEADER = re.compile(r"^ID\s+KIND\s+URL\s+TOPIC\s+GROUP\s+FILTER\s+STATE\s+FORMAT$")
 TOPICS_HEADER = re.compile(
     r"^TOPIC\s+PUBLISHED\s+BACKLOG\s+OLDEST PUBLISHED\s+SUBSCRIPTIONS\s+PUBLISHED/S\s+DELIVERED/S$"
 )
@@ -130,6 +130,8 @@ def test_a_subscription_from_create_to_delete(secured: ServerProcess) -> None:
         "4",
         "--max-per-second",
         "2.5",
+        "--disable-after",
+        "30m",
     )
     created = fields(succeeded(result))
     assert set(created) == {"id", "secret"}, result.stdout
@@ -141,7 +143,7 @@ def test_a_subscription_from_create_to_delete(secured: ServerProcess) -> None:
     # list: a table, and the same as JSON.
     [row] = table(succeeded(as_admin(secured, "subscriptions", "list")), SUBSCRIPTIONS_HEADER)
     assert row[:5] == [subscription_id, "push", HOOK, "orders.*", "billing"]
-    assert row[-2:] == ["no", "mq"]  # not paused; the default format
+    assert row[-2:] == ["active", "mq"]  # the default format
     [listed] = as_json(as_admin(secured, "subscriptions", "list", "--json"))["subscriptions"]
     assert listed["id"] == int(subscription_id)
     assert listed["group"] == "billing"
@@ -152,6 +154,7 @@ def test_a_subscription_from_create_to_delete(secured: ServerProcess) -> None:
     }
     assert listed["retry_policy"]["max_attempts"] == 3
     assert (listed["max_concurrency"], listed["max_per_second"]) == (4, 2.5)
+    assert listed["disable_after_seconds"] == 1800
     assert "secret" not in listed
 
     # show
@@ -163,7 +166,8 @@ def test_a_subscription_from_create_to_delete(secured: ServerProcess) -> None:
     assert shown["max attempts"] == "3"
     assert shown["max concurrency"] == "4"
     assert shown["max per second"] == "2.5"
-    assert shown["paused"] == "no"
+    assert (shown["state"], shown["disable after seconds"]) == ("active", "1800.0")
+    assert (shown["failing since"], shown["disabled because"]) == ("-", "-")
     assert "whsec_" not in str(shown)
     shown_json = as_json(as_admin(secured, "subscriptions", "show", subscription_id, "--json"))
     assert shown_json == listed
@@ -172,9 +176,9 @@ def test_a_subscription_from_create_to_delete(secured: ServerProcess) -> None:
     paused = succeeded(as_admin(secured, "subscriptions", "pause", subscription_id))
     assert subscription_id in paused and "paused" in paused
     shown = fields(succeeded(as_admin(secured, "subscriptions", "show", subscription_id)))
-    assert shown["paused"] == "yes"
+    assert shown["state"] == "paused"
     [row] = table(succeeded(as_admin(secured, "subscriptions", "list")), SUBSCRIPTIONS_HEADER)
-    assert row[-2] == "yes"
+    assert row[-2] == "paused"
     resumed = as_json(as_admin(secured, "subscriptions", "resume", subscription_id, "--json"))
     assert (resumed["id"], resumed["paused"]) == (int(subscription_id), False)
     paused_again = as_json(as_admin(secured, "subscriptions", "pause", subscription_id, "--json"))

@@ -434,6 +434,44 @@ async def node_name(http: aiohttp.ClientSession, base_url: str) -> str:
         return str((await response.json())["node"])
 
 
+async def test_a_receiver_the_broker_disabled_shows_why_and_resumes_from_the_page(
+    browser: Browser,
+    start_server: ServerFactory,
+    start_receiver: ReceiverFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    server = start_server(
+        "--retry-base",
+        "0.05",
+        "--retry-max",
+        "0.2",
+        "--max-attempts",
+        "1000",
+        "--disable-after",
+        "1s",
+    )
+    flaky = Flaky()
+    receiver = await start_receiver(flaky)
+    sid = await subscribe(http, server.url, receiver.url, topic="alarms", group="ops")
+    async with http.post(server.url + "/v1/topics/alarms/messages", json={"body": "fire"}) as sent:
+        assert sent.status == 201
+
+    tab = await open_tab(browser)
+    page = tab.page
+    await page.goto(server.url + "/dashboard")
+    row = page.locator(f'tr[data-receiver-id="{sid}"]')
+    await expect(row.locator(".badge")).to_have_text("disabled", timeout=WAIT_MS)
+    await expect(row.locator(".badge")).to_have_class(re.compile("state-disabled"))
+    await expect(row.locator(".reason")).to_contain_text("every attempt failed for 1s")
+    await expect(row.locator(".reason")).to_contain_text("receiver answered HTTP 500")
+    flaky.broken = False
+    await row.get_by_role("button", name="Resume").click()
+    await expect(row.locator(".badge")).to_have_text("healthy", timeout=WAIT_MS)
+    await expect(row.locator(".reason")).to_be_hidden()
+    await receiver.wait_for(1)
+    assert tab.errors == []
+
+
 async def test_the_nodes_panel_lists_every_node_sharing_the_store(
     browser: Browser,
     start_server: ServerFactory,

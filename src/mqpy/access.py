@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from mqpy.domain import ApiKey, Role
 from mqpy.keys import secret_matches, split_key
 from mqpy.stream_tokens import holds, make_token, read_token, signing_key
-from mqpy.topics import covers
+from mqpy.topics import covers, is_reserved
 
 BOOTSTRAP_KEY_ID = "bootstrap-admin"
 ANONYMOUS_KEY_ID = "anonymous"
@@ -36,7 +36,11 @@ class Principal:
 
     def may_use_topic(self, topic: str) -> bool:
         """Whether this key may publish to `topic`, or subscribe to it (a name or a
-        pattern, which its own patterns must cover)."""
+        pattern, which its own patterns must cover). The broker's own topics
+        (`mq.events`) tell of every subscription: an admin key may use them, and a key
+        whose topics name them; a key allowed every topic is not enough."""
+        if is_reserved(topic) and not self.is_admin:
+            return any(covers(allowed, topic) for allowed in self.topics)
         return not self.topics or any(covers(allowed, topic) for allowed in self.topics)
 
 

@@ -47,6 +47,7 @@ from mqpy.ids import new_message_ids
 from mqpy.ratelimit import RateLimiter
 from mqpy.signing import generate_secret
 from mqpy.store import Store
+from mqpy.topics import is_reserved
 from mqpy.topics import matches as topics_match
 
 
@@ -315,6 +316,8 @@ class Broker:
         wanted = "publisher" if mode is Mode.SEND else "subscriber"
         if not principal.is_admin and principal.role.value != wanted:
             raise Forbidden(f"connecting with mode '{mode.value}' needs a {wanted} or admin key")
+        if mode is Mode.SEND:
+            self._check_publishable(topic)
         self._check_topic(topic, principal)
         limit = self._limits.max_connections_per_key
         if limit and self._per_key[principal.key_id] >= limit:
@@ -325,7 +328,20 @@ class Broker:
 
     def _check_topic(self, topic: str, principal: Principal) -> None:
         if not principal.may_use_topic(topic):
+            if is_reserved(topic):
+                raise Forbidden(
+                    f"{topic!r} is one of the broker's own topics (mq.events tells of every "
+                    "subscription): it needs an admin key, or a key created with --topic "
+                    "mq.events"
+                )
             raise Forbidden(f"this key may not use the topic {topic!r}")
+
+    def _check_publishable(self, topic: str) -> None:
+        if is_reserved(topic):
+            raise Forbidden(
+                f"{topic!r} is one of the broker's own topics: only the broker publishes "
+                "under mq. (its events, on mq.events); publish to a topic of your own"
+            )
 
     async def disconnect(self, connection_id: int, principal: Principal) -> Connection:
         await self._owned(connection_id, principal)
@@ -401,6 +417,7 @@ class Broker:
         principal: Principal,
         publisher_id: int | None,
     ) -> list[Published]:
+        self._check_publishable(topic)
         self._check_topic(topic, principal)
         wait = self._publish_rate.acquire(principal.key_id, len(publications))
         if wait > 0:
@@ -524,8 +541,12 @@ class Broker:
     async def set_paused(
         self, subscription_id: int, paused: bool, principal: Principal
     ) -> Subscription:
+        """Pause, or resume: a paused or a disabled subscription (events.py)."""
         await self.subscription(subscription_id, principal)
-        updated = await self._store.set_paused(subscription_id, paused)
+        if paused:
+            updated = await self._store.set_paused(subscription_id, True)
+        else:
+            updated = await self._store.resume(subscription_id, self._clock())
         return self._changed(subscription_id, updated)
 
     async def seek(self, subscription_id: int, time: float, principal: Principal) -> SeekResult:
@@ -539,6 +560,19 @@ class Broker:
         if result.due:
             self._listener.notify()
         return result
+
+    async def disable(
+        self, subscription: Subscription, *, reason: str, now: float
+    ) -> Subscription | None:
+        """Disable a subscription still failing since its `failing_since`
+        (delivery/endpoint_health.py); None if it was not (any more)."""
+        assert subscription.failing_since is not None
+        disabled = await self._store.disable_subscription(
+            subscription.id, failing_since=subscription.failing_since, now=now, reason=reason
+        )
+        if disabled is not None:
+            self._put_subscription(disabled)
+        return disabled
 
     def _changed(self, subscription_id: int, updated: Subscription | None) -> Subscription:
         if updated is None:
@@ -706,6 +740,7 @@ def _check_pull_changes(subscription_id: int, changes: SubscriptionChanges) -> N
         "max_concurrency": changes.max_concurrency is not None,
         "max_per_second": changes.max_per_second is not None,
         "format": changes.format is not None,
+        "disable_after_seconds": changes.disable_after_seconds is not None,
     }
     for name, given in pushing.items():
         if given:

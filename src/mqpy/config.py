@@ -168,6 +168,12 @@ class Settings:
         "time from publish (a delayed message: from its deliver_at) after which a delivery "
         "is dead-lettered",
     )
+    disable_after: float = _setting(
+        259200.0,
+        parse_duration,
+        "disable a push subscription once every attempt to it failed for this long: its "
+        "messages wait until it is resumed (a subscription may set its own)",
+    )
     max_message_bytes: int = _setting(
         256 * 1024, parse_size, "largest request body accepted (413 above it)"
     )

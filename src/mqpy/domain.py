@@ -131,6 +131,9 @@ class SubscriptionSpec:
     # Pull only: how long a pulled message is leased to its consumer.
     ack_deadline_seconds: float = DEFAULT_ACK_DEADLINE_SECONDS
     format: DeliveryFormat = DeliveryFormat.MQ  # how a delivery is laid out
+    # Push only: disabled once every attempt failed for this long (None: the broker's
+    # --disable-after).
+    disable_after_seconds: float | None = None
 
     @property
     def is_pull(self) -> bool:
@@ -148,6 +151,19 @@ class Subscription:
     paused: bool = False
     key_id: str | None = None
     connection_id: int | None = None
+    # Since when every attempt failed (None: the latest succeeded, or none was made).
+    failing_since: float | None = None
+    # Set when the broker disabled it for failing too long (endpoint_health.py): nothing
+    # is delivered to it until it is resumed.
+    disabled: Disabled | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Disabled:
+    """When and why the broker disabled a push subscription."""
+
+    at: float
+    reason: str
 
 
 # Where a new subscription starts (`start_at`): None is "new" (only what is published
@@ -179,6 +195,8 @@ class SubscriptionChanges:
     max_per_second: float | None = None
     clear_max_per_second: bool = False
     format: DeliveryFormat | None = None
+    disable_after_seconds: float | None = None
+    clear_disable_after: bool = False
 
 
 class DeliveryState(enum.StrEnum):

@@ -19,6 +19,7 @@ from mqpy.api.http_errors import ProblemAppRunner
 from mqpy.broker import Broker, DeliveryListeners, Limits
 from mqpy.config import Settings, format_duration
 from mqpy.delivery.dispatcher import Dispatcher
+from mqpy.delivery.endpoint_health import EndpointHealth
 from mqpy.delivery.gate import ReceiverGate
 from mqpy.delivery.guard import AddressPolicy
 from mqpy.delivery.retry import RetryPolicy
@@ -176,9 +177,13 @@ async def _serve_with_store(
         lingering_time=LINGER_SECONDS,
     )
     await runner.setup()
+    endpoints = EndpointHealth(
+        store, broker, observer, disable_after=settings.disable_after, clock=clock
+    )
     sweeper = asyncio.gather(
         asyncio.create_task(sweep_forever(store, settings), name="mqpy-sweeper"),
         asyncio.create_task(expire_forever(store, settings), name="mqpy-expiry"),
+        asyncio.create_task(endpoints.run(), name="mqpy-endpoint-health"),
     )
     try:
         site = web.TCPSite(
@@ -275,7 +280,7 @@ async def expire_forever(store: Store, settings: Settings) -> None:
             log.warning("dead-lettered %d deliveries past their max-age, unattempted", expired)
 
 
-async def _stop_sweeping(sweeper: asyncio.Future[tuple[None, None]]) -> None:
+async def _stop_sweeping(sweeper: asyncio.Future[tuple[None, None, None]]) -> None:
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper

@@ -1,5 +1,10 @@
 """Topic names and NATS-style patterns: `orders.*` matches one segment, `orders.>` any
-number (at least one) of further segments."""
+number (at least one) of further segments.
+
+Topics under `mq.` are the broker's own (`mq.events`, events.py). As MQTT does for
+`$SYS`, a pattern that starts with a wildcard (`>`, `*.events`) does not match them:
+a subscriber gets the broker's events only by naming them (`mq.events`, `mq.>`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,15 @@ import re
 
 TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9._*>-]{1,200}")
+# The first segment of the broker's own topics.
+RESERVED_SEGMENT = "mq"
+_WILDCARDS = ("*", ">")
+
+
+def is_reserved(topic: str) -> bool:
+    """Whether a topic (or a pattern) names the broker's own topics: nobody publishes
+    to them, and subscribing needs an admin key or a key that names them."""
+    return topic.split(".", 1)[0] == RESERVED_SEGMENT
 
 
 def is_pattern(topic: str) -> bool:
@@ -31,6 +45,8 @@ def is_valid_pattern(pattern: str) -> bool:
 
 def matches(pattern: str, topic: str) -> bool:
     """Whether `topic` is one of the topics `pattern` names."""
+    if is_reserved(topic) and pattern.split(".", 1)[0] in _WILDCARDS:
+        return False
     wanted = pattern.split(".")
     actual = topic.split(".")
     for index, segment in enumerate(wanted):
@@ -46,7 +62,10 @@ def matches(pattern: str, topic: str) -> bool:
 def covers(allowed: str, pattern: str) -> bool:
     """Whether every topic `pattern` can match is one `allowed` matches too (a key
     allowed `orders.>` may subscribe to `orders.*`, one allowed `orders.*` may not
-    subscribe to `orders.>`)."""
+    subscribe to `orders.>`). As in `matches`, a leading wildcard never covers the
+    broker's own topics."""
+    if is_reserved(pattern) and allowed.split(".", 1)[0] in _WILDCARDS:
+        return False
     wanted = allowed.split(".")
     asked = pattern.split(".")
     for index, segment in enumerate(wanted):

@@ -23,6 +23,7 @@ import pytest
 
 from mqpy.domain import EARLIEST, Mode, StoreUnavailable
 from mqpy.store.base import Store, TopicBacklog
+from tests.store.conformance_endpoint_health import EndpointHealthConformance
 from tests.store.conformance_expiry import ExpiryConformance
 from tests.store.conformance_formats import FormatConformance
 from tests.store.conformance_groups import GroupConformance
@@ -55,6 +56,7 @@ from tests.store.support import (
 
 
 class StoreConformance(
+    EndpointHealthConformance,
     HealthConformance,
     HistoryConformance,
     RoutingConformance,

@@ -64,6 +64,15 @@ AckDeadline = Annotated[
         "is delivered again, unless acked or extended",
     ),
 ]
+DisableAfter = Annotated[
+    float,
+    Meta(
+        ge=1,
+        le=MAX_BACKOFF_SECONDS,
+        description="seconds every attempt may fail before the subscription is disabled "
+        "(push only; null: the broker's --disable-after)",
+    ),
+]
 Kind = Annotated[
     Literal["push", "pull"],
     Meta(description="push: the broker POSTs each message to url; pull: consumers ask"),
@@ -90,6 +99,7 @@ class CreateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):
     max_concurrency: MaxConcurrency | None = None
     max_per_second: MaxPerSecond | None = None
     format: Format | None = None  # push only; mq when left out
+    disable_after_seconds: DisableAfter | None = None  # push only
     # The signing secret to use (Standard Webhooks `whsec_` base64, as the broker makes
     # them), so the receiver knows it before the first delivery; else one is generated.
     secret: str | None = None
@@ -107,6 +117,7 @@ class UpdateSubscriptionBody(msgspec.Struct, forbid_unknown_fields=True):
     max_concurrency: MaxConcurrency | UnsetType | None = UNSET
     max_per_second: MaxPerSecond | UnsetType | None = UNSET
     format: Format | UnsetType = UNSET
+    disable_after_seconds: DisableAfter | UnsetType | None = UNSET
 
 
 class SeekBody(msgspec.Struct, forbid_unknown_fields=True):

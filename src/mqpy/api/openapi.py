@@ -454,7 +454,11 @@ def _subscription_paths() -> dict[str, dict[str, Any]]:
             }
             for action, summary, schema in (
                 ("pause", "Stop delivering (messages are kept)", "SubscriptionView"),
-                ("resume", "Deliver again", "SubscriptionView"),
+                (
+                    "resume",
+                    "Deliver again: a paused or a disabled subscription",
+                    "SubscriptionView",
+                ),
                 ("rotate-secret", "A new signing secret, shown once", "SecretView"),
             )
         },

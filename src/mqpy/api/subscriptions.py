@@ -30,7 +30,6 @@ from mqpy.api.views import (
     SoughtView,
     SubscriptionPageView,
     created_subscription_view,
-    rfc3339,
     subscription_view,
 )
 from mqpy.domain import (
@@ -44,6 +43,7 @@ from mqpy.domain import (
     UnknownConnection,
     UnknownSubscription,
 )
+from mqpy.rfc3339 import rfc3339
 from mqpy.signing import check_secret
 
 # What PATCH cannot change: the subscription would be another one.
@@ -68,6 +68,7 @@ async def create(request: web.Request) -> web.Response:
         kind=SubscriptionKind(body.kind),
         ack_deadline_seconds=body.ack_deadline_seconds or DEFAULT_ACK_DEADLINE_SECONDS,
         format=DeliveryFormat(body.format or DeliveryFormat.MQ),
+        disable_after_seconds=body.disable_after_seconds,
     )
     subscription, secret = await broker_of(request).create_subscription(
         spec,
@@ -95,7 +96,7 @@ def _chosen_secret(secret: str | None) -> str | None:
 
 
 # Fields that only make sense for one kind of subscription.
-_PUSH_ONLY = ("url", "max_concurrency", "max_per_second", "format")
+_PUSH_ONLY = ("url", "max_concurrency", "max_per_second", "format", "disable_after_seconds")
 _PULL_ONLY = ("ack_deadline_seconds",)
 
 
@@ -188,6 +189,10 @@ def _changes(body: UpdateSubscriptionBody) -> SubscriptionChanges:
         max_per_second=body.max_per_second if isinstance(body.max_per_second, float) else None,
         clear_max_per_second=body.max_per_second is None,
         format=None if body.format is UNSET else DeliveryFormat(body.format),
+        disable_after_seconds=(
+            body.disable_after_seconds if isinstance(body.disable_after_seconds, float) else None
+        ),
+        clear_disable_after=body.disable_after_seconds is None,
     )
 
 

@@ -8,7 +8,6 @@ keys) keep the Unix-seconds numbers their clients already read.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
@@ -22,6 +21,7 @@ from mqpy.domain import (
     TopicInfo,
 )
 from mqpy.pull import Pulled
+from mqpy.rfc3339 import rfc3339
 
 Time = str  # RFC 3339 UTC with milliseconds, as `rfc3339` writes it
 
@@ -86,6 +86,13 @@ class SubscriptionView(msgspec.Struct):
     ack_deadline_seconds: float | None  # pull only
     # push only: how deliveries are laid out (mq, cloudevents-binary, cloudevents-structured)
     format: Literal["mq", "cloudevents-binary", "cloudevents-structured"] | None
+    # active; paused (by an operator); disabled (by the broker, every attempt having
+    # failed for its disable-after): a resume turns either back on.
+    state: Literal["active", "paused", "disabled"]
+    disable_after_seconds: float | None  # push only; null: the broker's --disable-after
+    failing_since: Time | None  # every attempt failed since then (push only)
+    disabled_at: Time | None
+    disabled_reason: str | None
 
 
 class CreatedSubscriptionView(SubscriptionView):
@@ -212,14 +219,6 @@ class SoughtView(msgspec.Struct):
     in_flight: int  # from `time` on but out under a live lease: left to finish
 
 
-def rfc3339(seconds: float) -> Time:
-    return (
-        datetime.fromtimestamp(seconds, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
-
-
 def _maybe_time(seconds: float | None) -> Time | None:
     return None if seconds is None else rfc3339(seconds)
 
@@ -246,7 +245,18 @@ def subscription_view(subscription: Subscription) -> SubscriptionView:
         connection_id=subscription.connection_id,
         ack_deadline_seconds=spec.ack_deadline_seconds if spec.is_pull else None,
         format=None if spec.is_pull else spec.format.value,
+        state=_state(subscription),
+        disable_after_seconds=spec.disable_after_seconds,
+        failing_since=_maybe_time(subscription.failing_since),
+        disabled_at=None if subscription.disabled is None else rfc3339(subscription.disabled.at),
+        disabled_reason=None if subscription.disabled is None else subscription.disabled.reason,
     )
+
+
+def _state(subscription: Subscription) -> Literal["active", "paused", "disabled"]:
+    if subscription.disabled is not None:
+        return "disabled"
+    return "paused" if subscription.paused else "active"
 
 
 def _kind(subscription: Subscription) -> Literal["push", "pull", "seed"]:

@@ -39,8 +39,10 @@ from mqpy.commands.topics import (
     filter_text,
     format_fields,
     subscription_row,
+    subscription_state,
     text,
 )
+from mqpy.config import parse_duration
 
 _FILTER_HELP = """\
 --filter NAME=VALUE: the attribute equals VALUE (repeat for any of several values);
@@ -68,8 +70,9 @@ def register(subparsers: Any) -> None:
         "list",
         help="list subscriptions (all pages)",
         description="List the subscriptions (all pages): id, kind (push, pull, or seed for "
-        "a /connect receiver), URL, topic or pattern, group, filter, paused, and a push "
-        "subscription's delivery format.",
+        "a /connect receiver), URL, topic or pattern, group, filter, state (active, paused, "
+        "or disabled by the broker for failing too long), and a push subscription's "
+        "delivery format.",
         allow_abbrev=False,
     )
     listing.add_argument(
@@ -164,6 +167,14 @@ def register(subparsers: Any) -> None:
         "structured mode (application/cloudevents+json); push only",
     )
     create.add_argument(
+        "--disable-after",
+        type=_duration,
+        metavar="DURATION",
+        help="disable it once every attempt failed for this long, such as 30m or 24h "
+        "(push only; default: the broker's --disable-after, 72h); its messages then wait "
+        "until `mqpy subscriptions resume ID`",
+    )
+    create.add_argument(
         "--secret",
         help="sign its deliveries with this secret (whsec_ and base64, as the broker makes "
         "them; python -c 'import mqpy.signing as s; print(s.generate_secret())' makes "
@@ -208,7 +219,7 @@ def register(subparsers: Any) -> None:
 
     for action, summary, handler in (
         ("pause", "deliver nothing to it; its messages wait", pause_subscription),
-        ("resume", "deliver to it again", resume_subscription),
+        ("resume", "deliver to it again (paused, or disabled for failing)", resume_subscription),
     ):
         parser = commands.add_parser(
             action,
@@ -333,6 +344,7 @@ def create_subscription(args: argparse.Namespace) -> int:
         ("max_concurrency", args.max_concurrency),
         ("max_per_second", args.max_per_second),
         ("format", args.format),
+        ("disable_after_seconds", args.disable_after),
     ):
         if value is not None:
             body[field] = value
@@ -417,7 +429,9 @@ def pause_subscription(args: argparse.Namespace) -> int:
 
 
 def resume_subscription(args: argparse.Namespace) -> int:
-    return _switch(args, "resume", "resumed: its messages are delivered again")
+    return _switch(
+        args, "resume", "resumed (paused or disabled before): its messages are delivered again"
+    )
 
 
 def _switch(args: argparse.Namespace, action: str, done: str) -> int:
@@ -469,7 +483,11 @@ def subscription_fields(subscription: dict[str, Any]) -> list[tuple[str, str]]:
         ("topic", text(subscription.get("topic"))),
         ("group", text(subscription.get("group"))),
         ("filter", filter_text(subscription.get("filter"))),
-        ("paused", "yes" if subscription.get("paused") else "no"),
+        ("state", subscription_state(subscription)),
+        ("failing since", setting(subscription.get("failing_since"), "-")),
+        ("disabled at", setting(subscription.get("disabled_at"), "-")),
+        ("disabled because", setting(subscription.get("disabled_reason"), "-")),
+        ("disable after seconds", setting(subscription.get("disable_after_seconds"))),
         ("format", text(subscription.get("format"))),
         ("ack deadline seconds", text(subscription.get("ack_deadline_seconds"))),
         ("max attempts", setting(policy.get("max_attempts"))),
@@ -487,3 +505,13 @@ def _object(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CommandFailed(EXIT_REFUSED, f"unexpected answer from the server: {value!r}")
     return value
+
+
+def _duration(raw: str) -> float:
+    try:
+        seconds = parse_duration(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} is under a second; give 1s or more")
+    return seconds

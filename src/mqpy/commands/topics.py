@@ -30,7 +30,7 @@ TOPIC_COLUMNS = (
     "PUBLISHED/S",
     "DELIVERED/S",
 )
-SUBSCRIPTION_COLUMNS = ("ID", "KIND", "URL", "TOPIC", "GROUP", "FILTER", "PAUSED", "FORMAT")
+SUBSCRIPTION_COLUMNS = ("ID", "KIND", "URL", "TOPIC", "GROUP", "FILTER", "STATE", "FORMAT")
 PAGE_SIZE = 1000  # the broker's largest page
 _URL_WIDTH = 50
 _FILTER_WIDTH = 40
@@ -169,9 +169,17 @@ def subscription_row(subscription: dict[str, Any]) -> tuple[str, ...]:
         text(subscription.get("topic")),
         text(subscription.get("group")),
         shortened(filter_text(subscription.get("filter")), _FILTER_WIDTH),
-        "yes" if subscription.get("paused") else "no",
+        subscription_state(subscription),
         text(subscription.get("format")),
     )
+
+
+def subscription_state(subscription: dict[str, Any]) -> str:
+    """active, paused or disabled (a server from before `state` says only `paused`)."""
+    state = subscription.get("state")
+    if state is None:
+        return "paused" if subscription.get("paused") else "active"
+    return text(state)
 
 
 def filter_text(conditions: Any) -> str:

@@ -43,6 +43,7 @@ class ReceiverStatus:
     last_success_at: float | None  # Unix time; None if it never answered 2xx (kept across restarts)
     consecutive_failures: int
     recent_failures: list[Failure]  # newest first, at most the last 10
+    disabled_reason: str | None = None  # why the broker disabled it, if it did
 
 
 @dataclass(frozen=True, slots=True)

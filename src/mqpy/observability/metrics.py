@@ -173,7 +173,8 @@ def _families() -> tuple[
             "mqpy_receivers",
             "Connected receivers by state: healthy, retrying (recent attempts failed), "
             "failing (failing for want of the receiver: given fewer at once, paused after "
-            "a run of failures) or paused (by an operator).",
+            "a run of failures), paused (by an operator) or disabled (by the broker, "
+            "once every attempt failed for its --disable-after).",
             labels=["state"],
         ),
         GaugeMetricFamily(

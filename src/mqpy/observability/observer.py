@@ -127,6 +127,11 @@ class Observer:
             receiver.failed(failure, unavailable=unavailable)
             self._health_changed.add(delivery.subscription_id)
 
+    def last_error(self, subscription_id: int) -> str | None:
+        """What the receiver's latest failed attempt said, as this process knows it."""
+        activity = self._receivers.get(subscription_id)
+        return None if activity is None else activity.last_error
+
     def forget(self, subscription_id: int) -> None:
         """The receiver disconnected."""
         self._receivers.pop(subscription_id, None)
@@ -230,6 +235,7 @@ class Observer:
             last_success_at=activity.last_success_at,
             consecutive_failures=activity.consecutive_failures,
             recent_failures=list(reversed(activity.recent_failures)),
+            disabled_reason=None if subscription.disabled is None else subscription.disabled.reason,
         )
 
     def _gauges(self) -> Gauges:
@@ -256,7 +262,10 @@ class Observer:
         )
 
     def _state(self, subscription: Subscription) -> ReceiverState:
-        # An operator's pause says why nothing is delivered, whatever the last attempts did.
+        # A pause (an operator's) or a disable (the broker's) says why nothing is
+        # delivered, whatever the last attempts did.
+        if subscription.disabled is not None:
+            return ReceiverState.DISABLED
         if subscription.paused:
             return ReceiverState.PAUSED
         activity = self._receivers.get(subscription.id)

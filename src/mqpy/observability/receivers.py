@@ -20,6 +20,9 @@ class ReceiverState(enum.StrEnum):
     # Paused by an operator (POST /v1/subscriptions/{id}/pause): nothing is sent to it
     # until it is resumed, whatever its last attempts did.
     PAUSED = "paused"
+    # Disabled by the broker: every attempt failed for its disable-after. Nothing is sent
+    # to it until it is resumed; its messages wait.
+    DISABLED = "disabled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,11 @@ class ReceiverActivity:
                 )
             )
         return activity
+
+    @property
+    def last_error(self) -> str | None:
+        """What its latest failed attempt said, if it has one."""
+        return self.recent_failures[-1].reason if self.recent_failures else None
 
     def health(self, subscription_id: int) -> ReceiverHealth:
         """What to save of it for after a restart."""

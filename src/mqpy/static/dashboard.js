@@ -34,7 +34,10 @@
     ["retrying", "its latest attempts failed; each delivery is retried"],
     ["failing", "failing for want of the receiver: given fewer at once, paused after a run of failures"],
     ["paused", "paused: nothing is sent to it until it is resumed; its messages wait"],
+    ["disabled", "disabled by the broker: every attempt failed for its disable-after; its messages wait"],
   ]);
+  // Nothing is delivered to a receiver in these states until it is resumed.
+  const STOPPED = new Set(["paused", "disabled"]);
   const RECEIVER_KINDS = new Map([
     ["seed", "connected through POST /connect"],
     ["push", "a subscription made through POST /v1/subscriptions"],
@@ -270,7 +273,7 @@
 
   function switchReceiver(tr, button) {
     const id = tr.dataset.receiverId;
-    const resume = tr.dataset.state === "paused";
+    const resume = STOPPED.has(tr.dataset.state);
     act(button, $("receiver-result"), resume ? "Resuming…" : "Pausing…", async () => {
       await request(`/v1/subscriptions/${id}/${resume ? "resume" : "pause"}`, { method: "POST" });
       return resume
@@ -500,7 +503,7 @@
     tr.cells[0].append(element("span", "rid"), " ", element("span", "kind"), " ");
     tr.cells[0].append(element("span", "format"), " ");
     tr.cells[0].append(element("span", "url"));
-    tr.cells[3].append(element("span", "badge"));
+    tr.cells[3].append(element("span", "badge"), element("div", "reason muted"));
     const details = element("details", "failures");
     details.append(element("summary"), element("ol"));
     tr.cells[8].append(element("span", "muted none", "—"), details);
@@ -537,6 +540,10 @@
     badge.className = "badge " + (known ? "state-" + receiver.state : "state-unknown");
     badge.textContent = receiver.state;
     badge.title = RECEIVER_STATES.get(receiver.state) || "";
+    // Why the broker disabled it; left out by servers before endpoint health.
+    const reason = state.querySelector(".reason");
+    reason.textContent = receiver.disabled_reason || "";
+    reason.hidden = !receiver.disabled_reason;
     setNumber(inFlight, receiver.in_flight);
     // Null until it first answered; left out by servers before adaptive windows.
     setNumber(windowSize, receiver.window ?? "—");
@@ -546,11 +553,11 @@
     setNumber(failures, receiver.consecutive_failures);
     renderFailures(recent, receiver.recent_failures, now);
     const pause = actions.querySelector("button.switch");
-    if (!pause.dataset.busy) pause.textContent = receiver.state === "paused" ? "Resume" : "Pause";
-    pause.title =
-      receiver.state === "paused"
-        ? "Deliver its messages again"
-        : "Stop delivering to it; its messages wait until it is resumed";
+    const stopped = STOPPED.has(receiver.state);
+    if (!pause.dataset.busy) pause.textContent = stopped ? "Resume" : "Pause";
+    pause.title = stopped
+      ? "Deliver its messages again"
+      : "Stop delivering to it; its messages wait until it is resumed";
     const remove = actions.querySelector("button.delete");
     remove.title = "Delete it: its undelivered messages are dropped for it";
   }

@@ -188,6 +188,32 @@ class Store(abc.ABC):
         """Pause (nothing is claimed for it; deliveries keep accumulating) or resume."""
 
     @abc.abstractmethod
+    async def resume(self, subscription_id: int, now: float) -> Subscription | None:
+        """Turn a paused or disabled subscription back on, as a new run of attempts (its
+        `failing_since` is cleared). Resuming a disabled one publishes
+        `subscription.resumed` on `mq.events` in the same transaction (events.py). None
+        if no such subscription is active."""
+
+    # Endpoint health (store/endpoint_health.py): each settlement batch keeps every push
+    # subscription's `failing_since`, the time of its first failed attempt since its
+    # last success.
+
+    @abc.abstractmethod
+    async def failing_subscriptions(self) -> list[Subscription]:
+        """Active push subscriptions, neither paused nor disabled, whose attempts all
+        failed since their `failing_since`, by id."""
+
+    @abc.abstractmethod
+    async def disable_subscription(
+        self, subscription_id: int, *, failing_since: float, now: float, reason: str
+    ) -> Subscription | None:
+        """Disable a failing subscription: nothing is claimed for it and nothing of it
+        expires until `resume`. Only if it is still failing since `failing_since` (no
+        success ended that run meanwhile) and is not disabled yet, so of nodes deciding
+        together one does it. Publishes `subscription.disabled` on `mq.events` in the
+        same transaction. None if it did nothing."""
+
+    @abc.abstractmethod
     async def remove_subscription(self, subscription_id: int, now: float) -> Subscription | None:
         """End a subscription (a seed receiver's connection too). Its pending
         deliveries and dead letters are dropped, except a group's, which stay for the

@@ -60,7 +60,7 @@ class ClaimBuilder:
                 member.id: (member.max_concurrency or per_subscription_limit)
                 - busy.get(member.id, 0)
                 for member in routes.members.values()
-                if not member.paused and not member.pull
+                if not (member.paused or member.pull or member.disabled)
             }
         else:
             # A consumer's pull: its subscription (or its group) alone, up to `limit`.

@@ -39,11 +39,17 @@ def expiry_targets(routes: Routes, *, now: float, max_age: float) -> list[Expiry
     still try the delivery past that."""
     targets = []
     for member in routes.members.values():
-        if member.group_id is None:
+        # A disabled subscription's deliveries wait for it to be resumed (its receiver
+        # fixed), however old they get.
+        if member.group_id is None and not member.disabled:
             age = _max_age(member, max_age)
             targets.append(ExpiryTarget(member.id, None, now - age, expired_error(age)))
     for group_id, member_ids in routes.group_members.items():
-        members = [routes.members[m] for m in member_ids if m in routes.members]
+        members = [
+            routes.members[m]
+            for m in member_ids
+            if m in routes.members and not routes.members[m].disabled
+        ]
         if not members:
             continue
         age = max(_max_age(m, max_age) for m in members)

@@ -50,11 +50,14 @@ from mqpy.domain import (
     TopicInfo,
     int_cursor,
 )
+from mqpy.events import subscription_disabled, subscription_resumed
 from mqpy.ids import new_lease_token, node_name
+from mqpy.store import endpoint_health
 from mqpy.store import postgres_sql as sql
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Batcher, Settlement
 from mqpy.store.claiming import ClaimBuilder, leased_deliveries
+from mqpy.store.endpoint_health import dead_letter_events, expiry_events
 from mqpy.store.expiry import EXPIRE_CHUNK, expiry_targets
 from mqpy.store.health import (
     HEALTH_COLUMNS,
@@ -81,6 +84,7 @@ from mqpy.store.postgres_catalog import (
 )
 from mqpy.store.postgres_claim import Lease, claim_rounds
 from mqpy.store.postgres_dsn import connect_arguments
+from mqpy.store.postgres_events import publish_events
 from mqpy.store.postgres_listen import Listener
 from mqpy.store.postgres_publish import PublishPlan, PublishRequest, held_idempotency_keys
 from mqpy.store.postgres_replay import seek as seek_target
@@ -475,6 +479,53 @@ class PostgresStore(Store):
             )
             return await fetch_subscription(conn, subscription_id)
 
+    async def resume(self, subscription_id: int, now: float) -> Subscription | None:
+        async with self._transaction() as conn:
+            await self._catalog_change(conn)
+            current = await fetch_subscription(conn, subscription_id)
+            if current is None:
+                return None
+            await conn.execute(
+                "UPDATE subscriptions SET paused = false, disabled_at = NULL, "
+                "disabled_reason = NULL, failing_since = NULL WHERE id = $1",
+                subscription_id,
+            )
+            resumed = await fetch_subscription(conn, subscription_id)
+            assert resumed is not None
+            if current.disabled is not None:
+                event = subscription_resumed(resumed, now, current.disabled.at)
+                await publish_events(conn, await self._current_routes(conn), [event], now)
+            return resumed
+
+    async def failing_subscriptions(self) -> list[Subscription]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {SUBSCRIPTION_COLUMNS} FROM {SUBSCRIPTIONS_FROM} WHERE {_FAILING} "
+                "ORDER BY s.id"
+            )
+        return [subscription_from_row(row) for row in rows]
+
+    async def disable_subscription(
+        self, subscription_id: int, *, failing_since: float, now: float, reason: str
+    ) -> Subscription | None:
+        async with self._transaction() as conn:
+            await self._catalog_change(conn)
+            disabled = await conn.fetchval(
+                "UPDATE subscriptions s SET disabled_at = $1, disabled_reason = $2 "
+                f"WHERE s.id = $3 AND s.failing_since = $4 AND {_FAILING} RETURNING s.id",
+                now,
+                reason,
+                subscription_id,
+                failing_since,
+            )
+            if disabled is None:
+                return None
+            subscription = await fetch_subscription(conn, subscription_id)
+            assert subscription is not None
+            routes = await self._current_routes(conn)
+            await publish_events(conn, routes, [subscription_disabled(subscription)], now)
+            return subscription
+
     async def remove_subscription(self, subscription_id: int, now: float) -> Subscription | None:
         async with self._transaction() as conn:
             await self._catalog_change(conn)
@@ -729,19 +780,25 @@ class PostgresStore(Store):
         for target in expiry_targets(routes, now=now, max_age=max_age):
             grouped = target.group_id is not None
             while True:
-                # Chunk by chunk, each its own short transaction, as in `sweep`.
-                async with self._transaction(durable=False) as conn:
-                    count = row_count(
-                        await conn.execute(
-                            sql.EXPIRE_FOR_GROUP if grouped else sql.EXPIRE_FOR_SUBSCRIPTION,
-                            now,
-                            target.error,
-                            target.subscription_id,
-                            target.group_id if grouped else target.subscription_id,
-                            target.cutoff,
-                            EXPIRE_CHUNK,
-                        )
+                # Chunk by chunk, each its own short transaction, as in `sweep`; under
+                # the catalog lock, taken first, since each dead letter's event is routed.
+                routed = f"SELECT pg_advisory_xact_lock_shared({CATALOG_LOCK})"
+                async with self._transaction(durable=False, first=routed) as conn:
+                    rows = await conn.fetch(
+                        sql.EXPIRE_FOR_GROUP if grouped else sql.EXPIRE_FOR_SUBSCRIPTION,
+                        now,
+                        target.error,
+                        target.subscription_id,
+                        target.group_id if grouped else target.subscription_id,
+                        target.cutoff,
+                        EXPIRE_CHUNK,
                     )
+                    if rows:
+                        routes = await self._current_routes(conn)
+                        dead = [(r[0], r[1], r[2], r[3]) for r in rows]
+                        events = expiry_events(routes, dead, target.error, now)
+                        await publish_events(conn, routes, events, now)
+                count = len(rows)
                 expired += count
                 if count < EXPIRE_CHUNK:
                     break
@@ -791,21 +848,32 @@ class PostgresStore(Store):
         )
         retries = [o for o in outcomes if o.due_at is not None]
         deaths = [o for o in outcomes if o.dead]
+        turns = endpoint_health.turns(outcomes)
+        # A dead letter publishes its event, routed as a publish is: under the catalog
+        # lock, taken first (before any row lock a catalog change might wait for).
+        routed = f"SELECT pg_advisory_xact_lock_shared({CATALOG_LOCK})" if deaths else ""
         # A large batch is planned for its own arrays: a generic plan, made once per
         # connection while the tables looked small, can join them in a nested loop
         # (measured on a freshly filled database: 150 µs per acked message in batches
         # of 500, 77 planned per call). Small batches, the dispatcher's, keep their
         # cached plans: planning each one cost more than it saved (bench delivery).
         custom = "SET LOCAL plan_cache_mode = force_custom_plan" if len(outcomes) >= 64 else ""
-        async with self._transaction(durable=False, first=custom) as conn:
-            if retries or deaths:
-                columns = zip(*map(attempt_row, failed(outcomes)), strict=True)
-                await conn.execute(sql.RECORD_ATTEMPTS, *map(list, columns))
+        first = "; ".join(statement for statement in (routed, custom) if statement)
+        async with self._transaction(durable=False, first=first) as conn:
+            # The failed attempts' history (the attempt that delivered goes on its
+            # delivery's row), with each subscription's failing_since
+            # (endpoint_health.py), in one statement.
+            rows = [attempt_row(outcome) for outcome in failed(outcomes)]
+            columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[]] * 9
+            await conn.execute(
+                _RECORD_ATTEMPTS_AND_TURNS, *columns, *endpoint_health.postgres_parameters(turns)
+            )
+            if rows:
                 await conn.execute(sql.TRIM_ATTEMPTS, failures(outcomes), MAX_ATTEMPTS_KEPT)
             if retries:
                 await conn.execute(sql.RETRY, *_outcome_arrays(retries, due=True))
             if deaths:
-                await conn.execute(sql.DEAD_LETTER, *_outcome_arrays(deaths, due=False))
+                await self._dead_letter(conn, deaths)
             if acks:
                 acked = await conn.fetch(
                     sql.ACK,
@@ -820,6 +888,18 @@ class PostgresStore(Store):
                     conn, {row[0]: row[1] for row in acked}, delivered=len(acked), locked=True
                 )
         return [None] * len(outcomes)
+
+    async def _dead_letter(self, conn: PgConnection, deaths: Sequence[Settlement]) -> None:
+        """Dead-letter these, and publish an event for each whose lease held (so each is
+        reported once however often it is settled)."""
+        dead = {
+            row[0] for row in await conn.fetch(sql.DEAD_LETTER, *_outcome_arrays(deaths, due=False))
+        }
+        reported = [o for o in deaths if o.delivery.delivery_id in dead]
+        if reported:
+            routes = await self._current_routes(conn)
+            events = dead_letter_events(routes, reported)
+            await publish_events(conn, routes, events, max(o.at for o in reported))
 
     async def renew(
         self, deliveries: Sequence[Delivery], *, now: float, lease_seconds: float
@@ -1037,6 +1117,13 @@ class PostgresStore(Store):
 
 
 _SAVE_HEALTH = save_health_sql([f"${n}" for n in range(1, len(HEALTH_COLUMNS) + 2)])
+_RECORD_ATTEMPTS_AND_TURNS = endpoint_health.POSTGRES_CTE + sql.RECORD_ATTEMPTS
+# A push subscription that could be disabled: failing, active, neither paused nor
+# disabled already (`s`: the subscriptions table).
+_FAILING = (
+    "s.failing_since IS NOT NULL AND s.active AND NOT s.paused AND s.disabled_at IS NULL "
+    "AND s.kind = 'push'"
+)
 
 # Dead letters of one subscription, of one message, or both (the one dead letter); a
 # null parameter leaves that condition out.

@@ -224,6 +224,16 @@ MIGRATIONS: list[str] = [
         WHERE NOT routed AND done_at IS NULL;
     ALTER TABLE messages DROP COLUMN routed;
     """,
+    # 7: endpoint health (store/endpoint_health.py): since when every attempt to a push
+    # subscription failed, written only when that changes, and when and why the
+    # broker disabled it for failing too long.
+    """
+    ALTER TABLE subscriptions ADD COLUMN failing_since double precision;
+    ALTER TABLE subscriptions ADD COLUMN disabled_at double precision;
+    ALTER TABLE subscriptions ADD COLUMN disabled_reason text;
+    CREATE INDEX subscriptions_failing ON subscriptions (failing_since)
+        WHERE failing_since IS NOT NULL AND active;
+    """,
 ]
 
 

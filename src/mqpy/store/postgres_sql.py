@@ -232,6 +232,7 @@ UPDATE deliveries d SET state = 'dead', dead_at = u.at, lease = NULL, leased_by 
 FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[], $5::integer[])
     AS u (id, lease, at, error, status)
 WHERE d.id = ANY($1::bigint[]) AND d.id = u.id AND d.lease = u.lease AND d.state = 'pending'
+RETURNING d.id
 """
 # Never-attempted deliveries past their max-age (expiry.py), one target at a time;
 # rows a claim holds are skipped, not waited for.
@@ -244,6 +245,8 @@ WHERE d.id IN (
         AND GREATEST(m.published_at, COALESCE(m.deliver_at, 0)) < $5
     LIMIT $6 FOR UPDATE OF e SKIP LOCKED
 )
+RETURNING d.subscription_id, (SELECT m.id FROM messages m WHERE m.seq = d.message_seq),
+    (SELECT m.topic FROM messages m WHERE m.seq = d.message_seq), d.attempts
 """
 EXPIRE_FOR_SUBSCRIPTION = _EXPIRE.format(target="e.subscription_id = $4 AND e.group_id IS NULL")
 EXPIRE_FOR_GROUP = _EXPIRE.format(target="e.group_id = $4")

@@ -45,6 +45,7 @@ class Member:
     max_per_second: float | None
     pull: bool  # consumers pull its deliveries; the dispatcher never claims them
     format: DeliveryFormat  # how its push deliveries are laid out
+    disabled: bool = False  # for failing too long: nothing is claimed for it, nothing expires
 
     def signing_secrets(self, now: float) -> tuple[str, ...]:
         current, previous, until = self.secrets
@@ -76,7 +77,7 @@ class Routes:
 # The columns `build_routes` expects, in order (`subscriptions` and `groups` tables).
 SUBSCRIPTION_ROUTE_COLUMNS = (
     "id, url, topic, group_id, paused, secret, previous_secret, previous_secret_until, "
-    "filter, settings, kind"
+    "filter, settings, kind, disabled_at"
 )
 GROUP_ROUTE_COLUMNS = "id, topic, name, filter"
 
@@ -108,7 +109,9 @@ def build_routes(
     targets: list[Target] = []
     group_members: dict[int, list[int]] = {}
     for row in subscription_rows:
-        sid, url, topic, group_id, paused, secret, previous, until, filter_, settings, kind = row
+        values = tuple(row)
+        sid, url, topic, group_id, paused, secret, previous, until, filter_, settings = values[:10]
+        kind, disabled_at = values[10:]
         extra = load_settings(settings)
         members[sid] = Member(
             id=sid,
@@ -122,6 +125,7 @@ def build_routes(
             max_per_second=extra.get("max_per_second"),
             pull=kind == SubscriptionKind.PULL,
             format=load_format(extra),
+            disabled=disabled_at is not None,
         )
         if group_id is None:
             targets.append(Target(topic, load_filter(filter_), sid, None))

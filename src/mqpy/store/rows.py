@@ -17,6 +17,7 @@ from mqpy.domain import (
     DeliveryFormat,
     DeliveryState,
     DeliveryStatus,
+    Disabled,
     Filter,
     Page,
     RetryOverrides,
@@ -28,7 +29,7 @@ from mqpy.domain import (
 
 SUBSCRIPTION_COLUMNS = (
     "s.id, s.topic, s.url, s.created_at, s.filter, s.settings, s.paused, s.key_id, "
-    "s.connection_id, g.name, s.kind"
+    "s.connection_id, g.name, s.kind, s.failing_since, s.disabled_at, s.disabled_reason"
 )
 SUBSCRIPTIONS_FROM = "subscriptions s LEFT JOIN groups g ON g.id = s.group_id"
 
@@ -50,6 +51,7 @@ def dump_settings(spec: SubscriptionSpec) -> str:
             "max_per_second": spec.max_per_second,
             "ack_deadline_seconds": spec.ack_deadline_seconds,
             "format": spec.format.value,
+            "disable_after_seconds": spec.disable_after_seconds,
         }
     )
 
@@ -65,9 +67,22 @@ def load_format(settings: Mapping[str, Any]) -> DeliveryFormat:
 
 
 def subscription_from_row(row: Iterable[Any]) -> Subscription:
-    (sid, topic, url, created_at, filter_, settings, paused, key_id, connection_id, group, kind) = (
-        row
-    )
+    (
+        sid,
+        topic,
+        url,
+        created_at,
+        filter_,
+        settings,
+        paused,
+        key_id,
+        connection_id,
+        group,
+        kind,
+        failing_since,
+        disabled_at,
+        disabled_reason,
+    ) = row
     extra = load_settings(settings)
     spec = SubscriptionSpec(
         url=url,
@@ -80,6 +95,7 @@ def subscription_from_row(row: Iterable[Any]) -> Subscription:
         kind=SubscriptionKind(kind),
         ack_deadline_seconds=extra.get("ack_deadline_seconds", DEFAULT_ACK_DEADLINE_SECONDS),
         format=load_format(extra),
+        disable_after_seconds=extra.get("disable_after_seconds"),
     )
     return Subscription(
         id=sid,
@@ -88,6 +104,8 @@ def subscription_from_row(row: Iterable[Any]) -> Subscription:
         paused=bool(paused),
         key_id=key_id,
         connection_id=connection_id,
+        failing_since=failing_since,
+        disabled=None if disabled_at is None else Disabled(disabled_at, disabled_reason or ""),
     )
 
 
@@ -106,6 +124,11 @@ def changed_spec(spec: SubscriptionSpec, changes: SubscriptionChanges) -> Subscr
         None if changes.clear_max_concurrency else changes.max_concurrency or spec.max_concurrency
     )
     pace = None if changes.clear_max_per_second else changes.max_per_second or spec.max_per_second
+    disable_after = (
+        None
+        if changes.clear_disable_after
+        else changes.disable_after_seconds or spec.disable_after_seconds
+    )
     return replace(
         spec,
         url=changes.url or spec.url,
@@ -114,6 +137,7 @@ def changed_spec(spec: SubscriptionSpec, changes: SubscriptionChanges) -> Subscr
         max_concurrency=concurrency,
         max_per_second=pace,
         format=changes.format or spec.format,
+        disable_after_seconds=disable_after,
     )
 
 

@@ -49,6 +49,7 @@ from mqpy.domain import (
     TopicInfo,
     int_cursor,
 )
+from mqpy.events import subscription_disabled, subscription_resumed
 from mqpy.ids import new_connection_id, node_name
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Settlement
@@ -86,6 +87,7 @@ from mqpy.store.rows import (
 )
 from mqpy.store.sqlite_claim import claim as claim_due
 from mqpy.store.sqlite_claim import leased as leased_due
+from mqpy.store.sqlite_events import EventWriter
 from mqpy.store.sqlite_publish import PublishBuffer
 from mqpy.store.sqlite_replay import seek as seek_target
 from mqpy.store.sqlite_schema import migrate
@@ -134,8 +136,10 @@ class SQLiteStore(Store):
         )
         self._routes = RouteTable()
         self._tallies = Tallies()
+        # The broker's own events, published in the operations that make them.
+        self._events = EventWriter(self._routes_in, self._tallies)
         # Acks, retries and dead letters waiting for the writer are recorded together.
-        self._settlements = SettlementQueue(self._writer, self._tallies)
+        self._settlements = SettlementQueue(self._writer, self._tallies, self._events)
         # New messages and their deliveries are written together (sqlite_publish.py).
         self._publishing = PublishBuffer()
         self._writer.flush_buffered = self._publishing.flush
@@ -408,6 +412,51 @@ class SQLiteStore(Store):
 
         return await self._writer.run(operation)
 
+    async def resume(self, subscription_id: int, now: float) -> Subscription | None:
+        def operation(conn: sqlite3.Connection) -> Subscription | None:
+            current = _subscription(conn, subscription_id)
+            if current is None:
+                return None
+            self._catalog_changed(conn)
+            conn.execute(_RESUME, (subscription_id,))
+            resumed = _subscription(conn, subscription_id)
+            assert resumed is not None
+            if current.disabled is not None:
+                event = subscription_resumed(resumed, now, current.disabled.at)
+                self._events.publish(conn, [event], now)
+            return resumed
+
+        return await self._writer.run(operation)
+
+    async def failing_subscriptions(self) -> list[Subscription]:
+        def operation(conn: sqlite3.Connection) -> list[Subscription]:
+            rows = conn.execute(
+                f"SELECT {SUBSCRIPTION_COLUMNS} FROM {SUBSCRIPTIONS_FROM} WHERE {_FAILING} "
+                "ORDER BY s.id"
+            )
+            return [subscription_from_row(row) for row in rows]
+
+        return await self._writer.run(operation, durable=False)
+
+    async def disable_subscription(
+        self, subscription_id: int, *, failing_since: float, now: float, reason: str
+    ) -> Subscription | None:
+        def operation(conn: sqlite3.Connection) -> Subscription | None:
+            disabled = conn.execute(
+                f"UPDATE subscriptions AS s SET disabled_at = ?, disabled_reason = ? "
+                f"WHERE s.id = ? AND s.failing_since = ? AND {_FAILING}",
+                (now, reason, subscription_id, failing_since),
+            ).rowcount
+            if not disabled:
+                return None
+            self._catalog_changed(conn)
+            subscription = _subscription(conn, subscription_id)
+            assert subscription is not None
+            self._events.publish(conn, [subscription_disabled(subscription)], now)
+            return subscription
+
+        return await self._writer.run(operation)
+
     async def remove_subscription(self, subscription_id: int, now: float) -> Subscription | None:
         def operation(conn: sqlite3.Connection) -> Subscription | None:
             subscription = _subscription(conn, subscription_id)
@@ -621,12 +670,17 @@ class SQLiteStore(Store):
             while True:
                 # Chunk by chunk, each its own writer operation, as in `sweep`.
                 count = await self._writer.run(
-                    functools.partial(_expire, target=target, now=now), durable=False
+                    functools.partial(self._expire, target=target, now=now), durable=False
                 )
                 expired += count
                 if count < EXPIRE_CHUNK:
                     break
         return expired
+
+    def _expire(self, conn: sqlite3.Connection, target: ExpiryTarget, now: float) -> int:
+        expired = _expire(conn, target, now)
+        self._events.expired(conn, expired, target.error, now)  # last: it counts on tallies
+        return len(expired)
 
     async def claim(
         self,
@@ -883,6 +937,17 @@ class SQLiteStore(Store):
 
 
 _SAVE_HEALTH = save_health_sql(["?"] * (len(HEALTH_COLUMNS) + 1))
+# A push subscription that could be disabled: failing, active, neither paused nor
+# disabled already (`s`: the subscriptions table).
+_FAILING = (
+    "s.failing_since IS NOT NULL AND s.active = 1 AND s.paused = 0 AND s.disabled_at IS NULL "
+    "AND s.kind = 'push'"
+)
+# On again, paused or disabled: a new run of attempts, judged from its own first failure.
+_RESUME = (
+    "UPDATE subscriptions SET paused = 0, disabled_at = NULL, disabled_reason = NULL, "
+    "failing_since = NULL WHERE id = ? AND active = 1"
+)
 
 
 def _dead_letters_of(
@@ -1012,13 +1077,17 @@ _EXPIRE = (
     "subscription_id = COALESCE(subscription_id, ?) WHERE id IN (SELECT d.id FROM "
     "deliveries d JOIN messages m ON m.seq = d.message_seq WHERE {target} "
     "AND d.state = 'pending' AND (d.lease IS NULL OR d.due_at <= ?) "
-    "AND MAX(m.published_at, COALESCE(m.deliver_at, 0)) < ? LIMIT ?)"
+    "AND MAX(m.published_at, COALESCE(m.deliver_at, 0)) < ? LIMIT ?) "
+    "RETURNING subscription_id, message_seq, attempts"
 )
 _EXPIRE_FOR_SUBSCRIPTION = _EXPIRE.format(target="d.subscription_id = ? AND d.group_id IS NULL")
 _EXPIRE_FOR_GROUP = _EXPIRE.format(target="d.group_id = ?")
 
 
-def _expire(conn: sqlite3.Connection, target: ExpiryTarget, now: float) -> int:
+def _expire(
+    conn: sqlite3.Connection, target: ExpiryTarget, now: float
+) -> list[tuple[int, int, int]]:
+    """Dead-letter one chunk; (subscription id, message seq, attempts) of each."""
     grouped = target.group_id is not None
     return conn.execute(
         _EXPIRE_FOR_GROUP if grouped else _EXPIRE_FOR_SUBSCRIPTION,
@@ -1031,7 +1100,7 @@ def _expire(conn: sqlite3.Connection, target: ExpiryTarget, now: float) -> int:
             target.cutoff,
             EXPIRE_CHUNK,
         ),
-    ).rowcount
+    ).fetchall()
 
 
 def _free_bytes(path: Path) -> int:

@@ -232,6 +232,16 @@ MIGRATIONS: list[str] = [
         WHERE seq IN (SELECT seq FROM waiting) AND done_at IS NULL;
     DROP TABLE waiting;
     """,
+    # 11: endpoint health (store/endpoint_health.py): since when every attempt to a push
+    # subscription failed, written only when that changes, and when and why the
+    # broker disabled it for failing too long.
+    """
+    ALTER TABLE subscriptions ADD COLUMN failing_since REAL;
+    ALTER TABLE subscriptions ADD COLUMN disabled_at REAL;
+    ALTER TABLE subscriptions ADD COLUMN disabled_reason TEXT;
+    CREATE INDEX subscriptions_failing ON subscriptions (failing_since)
+        WHERE failing_since IS NOT NULL AND active = 1;
+    """,
 ]
 
 

@@ -14,9 +14,11 @@ import sqlite3
 import threading
 from collections.abc import Collection, Sequence
 
+from mqpy.store import endpoint_health
 from mqpy.store.batching import Settlement
 from mqpy.store.history import MAX_ATTEMPTS_KEPT, attempt_row, failed, failures
 from mqpy.store.rows import chunks
+from mqpy.store.sqlite_events import EventWriter
 from mqpy.store.sqlite_tallies import Tallies
 from mqpy.store.sqlite_writer import GroupCommitWriter
 
@@ -52,9 +54,10 @@ class SettlementQueue:
     transaction that can take them, without a trip back to the event loop between two.
     """
 
-    def __init__(self, writer: GroupCommitWriter, tallies: Tallies) -> None:
+    def __init__(self, writer: GroupCommitWriter, tallies: Tallies, events: EventWriter) -> None:
         self._writer = writer
         self._tallies = tallies
+        self._events = events
         self._lock = threading.Lock()  # the event loop adds, the writer thread takes
         self._waiting: list[_Waiting] = []
         self._queued = False  # an operation that will take them is in the writer's queue
@@ -84,7 +87,7 @@ class SettlementQueue:
             taken.extend(self._waiting)
             self._waiting = []
             self._queued = False
-        settle(conn, [settlement for settlement, _ in taken], self._tallies)
+        settle(conn, [settlement for settlement, _ in taken], self._tallies, self._events)
 
 
 _Waiting = tuple[Settlement, "asyncio.Future[None]"]
@@ -102,22 +105,32 @@ def _answer(operation: asyncio.Future[None], taken: list[_Waiting]) -> None:
             future.set_exception(failure)
 
 
-def settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], tallies: Tallies) -> None:
+def settle(
+    conn: sqlite3.Connection,
+    settlements: Sequence[Settlement],
+    tallies: Tallies,
+    events: EventWriter,
+) -> None:
     """Record every settlement whose lease still holds; the others were taken over,
     and whoever holds the lease now reports the outcome."""
     record_failed_attempts(conn, failed(settlements))
+    endpoint_health.record_sqlite(conn, settlements)  # one statement per batch
     retries = [s for s in settlements if s.due_at is not None]
     if retries:
         conn.executemany(_RETRY, [_failure_row(s, s.due_at) for s in retries])
-    deaths = [s for s in settlements if s.dead]
-    if deaths:
-        conn.executemany(_DEAD_LETTER, [_failure_row(s, s.at) for s in deaths])
     acks = sorted(
         (s for s in settlements if s.due_at is None and not s.dead),
         key=lambda s: s.delivery.delivery_id,
     )
-    if not acks:
-        return
+    if acks:
+        _record_acks(conn, acks, tallies)
+    deaths = [s for s in settlements if s.dead]
+    if deaths:  # last: its event counts on the tallies (each reported once, events.py)
+        dead = [s for s in deaths if conn.execute(_DEAD_LETTER, _failure_row(s, s.at)).rowcount]
+        events.dead_lettered(conn, dead)
+
+
+def _record_acks(conn: sqlite3.Connection, acks: Sequence[Settlement], tallies: Tallies) -> None:
     seqs: set[int] = set()
     for chunk in chunks(acks):
         values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
