@@ -162,7 +162,7 @@ async def test_a_failure_while_the_receiver_is_paused_logs_when_it_will_really_g
     )
     client = SeedClient(http, server.url)
     sender = await client.connect_sender()
-    for text in ("one", "two"):  # no receiver yet: both wait, then go out together
+    for text in ("one", "two"):  # no receiver yet: it takes both from the start, together
         await client.send(sender, text)
 
     def failures() -> list[dict[str, Any]]:
@@ -178,7 +178,7 @@ async def test_a_failure_while_the_receiver_is_paused_logs_when_it_will_really_g
         return web.Response(status=500)
 
     receiver = await start_receiver(pause_then_fail)
-    receiver_id = await client.connect_receiver(receiver.url)
+    receiver_id = await client.connect_receiver(receiver.url, start_at="earliest")
     await receiver.wait_for_attempts(2)
     deadline = time.monotonic() + 10
     while len(failures()) < 2:
