@@ -26,6 +26,8 @@ test: lint typecheck pytest
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench torture
 	$(BIN)/ruff format --check src tests bench torture
+	@# vulture: code nothing calls; its paths and the names frameworks call are in pyproject.toml
+	$(BIN)/vulture
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

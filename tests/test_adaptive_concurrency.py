@@ -125,7 +125,6 @@ async def test_a_flaky_receiver_keeps_getting_what_it_can_take(
             return web.Response(status=204)
         finally:
             in_flight -= 1
-        return web.Response(status=204)
 
     receiver = await start_receiver(flaky)
     await client.connect_receiver(receiver.url)

@@ -113,7 +113,6 @@ def table(entries: str) -> list[str]:
 POOL_NAMES = table("sender|receiver|stale|key_id|token|url|subscription|message|topic|cursor")
 
 
-TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 WORDS = table(
     "send|receive|SEND|Receive|sender|receiver||admin|ADMIN|publisher|subscriber|root|"
     "orders.*|orders.>|*|>|a..b|whsec_AAAA|bootstrap-admin|anonymous|send |null|default|"
@@ -127,7 +126,6 @@ TOPICS = table(
     + "|"
     + "t" * 201
 )
-GROUPS = table("billing|g-1|a.b_c|" + "g" * 100 + "|" + "g" * 101 + "||g g|g*|\u00e9")
 FILTERS: list[Any] = [
     {"kind": ["a"]},
     {"kind": ["created", "paid"]},
