@@ -56,6 +56,9 @@ from tests.support.problems import check_problem
 from tests.support.receiver import Receiver
 from tests.support.server import ServerProcess
 
+# Slow (`make check` skips it; `make test` runs it): 10,000+ fuzzed requests.
+pytestmark = pytest.mark.slow
+
 ADMIN_KEY = "fuzz-admin-key-7c1e0f2a9b"
 MIN_REQUESTS = 10_000
 EXAMPLES_PER_SERVER = 640
