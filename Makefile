@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench torture install clean
+.PHONY: run test check lint typecheck pytest bench torture install clean
 
 $(STAMP): pyproject.toml
 	@echo "first use (or pyproject.toml changed): installing mq-py and its dev tools into $(VENV); this takes about a minute"
@@ -23,9 +23,16 @@ run: $(STAMP)
 ## Lint, type-check and run every test.
 test: lint typecheck pytest
 
+## The fast loop: lint, type-check and every test not marked slow, one worker a core
+## (pytest-xdist: each test starts its own servers on ephemeral ports). See README.
+check: lint typecheck
+	$(BIN)/pytest -m "not slow" -n auto
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench torture
 	$(BIN)/ruff format --check src tests bench torture
+	@# vulture: code nothing calls; its paths and the names frameworks call are in pyproject.toml
+	$(BIN)/vulture
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

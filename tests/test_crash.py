@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.conftest import ReceiverFactory, ServerFactory
@@ -27,6 +28,9 @@ from tests.support.load import (
 )
 from tests.support.receiver import Receiver
 from tests.support.server import ServerProcess
+
+# Slow (`make check` skips it; `make test` runs it): kills and restarts servers, fills a disk.
+pytestmark = pytest.mark.slow
 
 
 async def _crash_and_restart(server: ServerProcess) -> None:

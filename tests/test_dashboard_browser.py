@@ -34,6 +34,9 @@ from mqpy.delivery.window import INITIAL_WINDOW
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
 
+# Slow (`make check` skips it; `make test` runs it): drives Chromium.
+pytestmark = pytest.mark.slow
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless=new",

@@ -229,9 +229,12 @@ def test_it_listens_beyond_loopback_on_the_exposed_port() -> None:
 
 
 def test_image_settings_parse() -> None:
-    for name, value in image_env().items():
-        if name.startswith("MQPY_"):
-            SETTINGS[name].parse(value)
+    settings = {name: value for name, value in image_env().items() if name.startswith("MQPY_")}
+    # Without this the loop below passes on a Dockerfile that sets nothing (or whose ENV
+    # lines the parser stopped finding), which is the case the test exists to catch.
+    assert settings, "the image's final stage sets no MQPY_ variable in ENV"
+    for name, value in settings.items():
+        SETTINGS[name].parse(value)
 
 
 def test_the_command_is_mqpy_serve() -> None:

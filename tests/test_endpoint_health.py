@@ -70,6 +70,7 @@ async def quiet(receiver: Receiver, seconds: float = 1.5) -> None:
     assert len(receiver.attempts) == before
 
 
+@pytest.mark.slow  # about 7 s on each store
 async def test_a_dead_endpoint_is_disabled_and_its_messages_wait_for_resume(
     start_server: ServerFactory,
     start_receiver: ReceiverFactory,
@@ -226,6 +227,7 @@ async def test_who_may_subscribe_to_the_events_and_that_nobody_publishes_there(
             await session.close()
 
 
+@pytest.mark.slow  # two nodes, about 5 s
 async def test_two_nodes_stop_delivering_to_a_subscription_one_disabled(
     start_server: ServerFactory,
     start_receiver: ReceiverFactory,

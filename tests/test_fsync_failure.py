@@ -18,6 +18,9 @@ from tests.support.client import SeedClient
 from tests.support.fsync_shim import FsyncFailures, build_shim
 from tests.support.load import FAST_RETRIES, received_ids, wait_for_ids
 
+# Slow (`make check` skips it; `make test` runs it): compiles an fsync shim and restarts servers.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def fsync_failures(tmp_path: Path) -> FsyncFailures:

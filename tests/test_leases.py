@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
+
+# Slow (`make check` skips it; `make test` runs it): waits for leases to run out and be renewed.
+pytestmark = pytest.mark.slow
 
 
 async def test_deliveries_held_past_their_lease_are_renewed_not_sent_twice(

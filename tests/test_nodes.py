@@ -16,6 +16,7 @@ from collections import Counter
 
 import aiohttp
 import asyncpg
+import pytest
 from aiohttp import web
 
 from tests.conftest import ReceiverFactory, ServerFactory
@@ -23,6 +24,9 @@ from tests.support.client import SeedClient
 from tests.support.postgres import PostgresCluster
 from tests.support.receiver import Receiver
 from tests.support.server import ServerProcess
+
+# Slow (`make check` skips it; `make test` runs it): several nodes per test on PostgreSQL.
+pytestmark = pytest.mark.slow
 
 FAST_RETRIES = ("--retry-base", "0.05", "--retry-max", "0.5")
 

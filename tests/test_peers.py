@@ -13,11 +13,15 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 from aiohttp import web
 
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.routing import Broker, texts, wait_for_texts
 from tests.support.server import ServerProcess
+
+# Slow (`make check` skips it; `make test` runs it): starts two nodes per test on one PostgreSQL.
+pytestmark = pytest.mark.slow
 
 ADMIN_KEY = "peers-admin-key-5c0e7d1a93"
 ADMIN_ENV = {"MQPY_ADMIN_KEY": ADMIN_KEY}

@@ -13,6 +13,9 @@ import pytest
 
 from tests.support.postgres import PostgresCluster
 
+# Slow (`make check` skips it; `make test` runs it): starts PostgreSQL-backed nodes and kills them.
+pytestmark = pytest.mark.slow
+
 # The databases earlier tests of this module were given, to check they are gone.
 _given: set[str] = set()
 

@@ -32,9 +32,13 @@ from tests.support.client import SeedClient
 from tests.support.receiver import Crowd
 from tests.support.server import ServerProcess
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="reads sockets and processes from /proc"
-)
+# Slow (`make check` skips it; `make test` runs it): starts process groups and kills their children.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="reads sockets and processes from /proc"
+    ),
+]
 
 PYTHON_M = [sys.executable, "-m", "mqpy"]
 FAST_RETRIES = ("--retry-base", "0.05", "--retry-max", "0.5")

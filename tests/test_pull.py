@@ -330,6 +330,7 @@ async def test_a_pull_through_one_node_takes_what_another_node_accepted(
     assert await through_a.pull(sid, wait=DEADLINE + 1.5) == []
 
 
+@pytest.mark.slow  # about 11 s
 async def test_ten_thousand_messages_pulled_500_at_a_time_none_lost_none_twice(
     api: Api,
 ) -> None:

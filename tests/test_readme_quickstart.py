@@ -44,7 +44,6 @@ from tests.support.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-SHOWN_PORTS = ("8080", "9000", "9001")
 _DONE = "mqpy-quickstart-done"
 # A read shown answering what a moment later holds (a dead letter "within a second",
 # the dashboard after a delivery) is asked again until it does, for this long at most.

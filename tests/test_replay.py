@@ -87,6 +87,7 @@ def store_args(request: pytest.FixtureRequest) -> list[str]:
     return []
 
 
+@pytest.mark.slow  # about 7 s on each store
 async def test_seek_redelivers_exactly_the_retained_messages_after_the_time(
     start_server: ServerFactory,
     start_receiver: ReceiverFactory,

@@ -26,6 +26,9 @@ from mqpy.api.openapi import document
 from tests.support import raw_http
 from tests.support.server import ServerProcess
 
+# Slow (`make check` skips it; `make test` runs it): property-based cases, every operation.
+pytestmark = pytest.mark.slow
+
 # MQPY_SCHEMATHESIS_EXAMPLES raises it for a longer hunt (a few hundred runs minutes).
 EXAMPLES_PER_OPERATION = int(os.environ.get("MQPY_SCHEMATHESIS_EXAMPLES", "25"))
 CHECKS = [

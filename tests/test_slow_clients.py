@@ -17,11 +17,15 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
+import pytest
 
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
 from tests.support.load import publish_many, wait_for_ids, wait_until
 from tests.support.receiver import Receiver
+
+# Slow (`make check` skips it; `make test` runs it): long waits on slow clients.
+pytestmark = pytest.mark.slow
 
 DRIBBLERS = 200
 MESSAGES = 50

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 
 from mqpy.commands.status import NODE_COLUMNS
 from mqpy.observability.figures import LIVE_NODE_SECONDS
@@ -18,6 +19,9 @@ from tests.conftest import ServerFactory
 from tests.support.server import ServerProcess
 from tests.test_cli_status import mqpy_status, succeeded, table
 from tests.test_processes import free_port
+
+# Slow (`make check` skips it; `make test` runs it): waits for a node's heartbeat to run out.
+pytestmark = pytest.mark.slow
 
 NODE_FIELDS = {
     "name",

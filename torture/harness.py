@@ -17,7 +17,7 @@ import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,10 +304,3 @@ def percentile(values: Sequence[float], percent: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, round(percent / 100 * (len(ordered) - 1)))
     return ordered[index]
-
-
-@contextlib.contextmanager
-def timed() -> Iterator[Callable[[], float]]:
-    """Seconds since the block started, as a callable."""
-    started = time.monotonic()
-    yield lambda: time.monotonic() - started

@@ -595,10 +595,6 @@ class Broker:
             raise UnknownSubscription(subscription_id)
         self._forget(subscription_id)
 
-    def cached_subscription(self, subscription_id: int) -> Subscription | None:
-        """A subscription from memory (no store read), for figures."""
-        return self._subscriptions.get(subscription_id)
-
     def receivers(self) -> list[Subscription]:
         """Every active push subscription, seed receivers included (from memory)."""
         return list(self._subscriptions.values())
@@ -637,9 +633,6 @@ class Broker:
             if connection is not None:
                 self._put_connection(connection)
         return connection
-
-    def connection(self, connection_id: int) -> Connection | None:
-        return self._connections.get(connection_id)
 
     # Dead letters.
 

@@ -21,9 +21,6 @@ TOPIC_NAME_RULE = "1 to 200 letters, digits, '.', '_' or '-'"
 MAX_DELAY_SECONDS = 31_536_000  # a year
 MAX_SUBSCRIPTION_ID = 2**63 - 1  # the largest id a store's integer column holds
 
-TopicName = Annotated[
-    str, Meta(pattern=r"^[A-Za-z0-9._-]{1,200}$", description=f"a topic name: {TOPIC_NAME_RULE}")
-]
 TopicPattern = Annotated[
     str,
     Meta(
