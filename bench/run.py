@@ -238,13 +238,22 @@ class Server:
         return "\n".join(text[-lines:])
 
     def connect(
-        self, mode: str, client_url: str = "", topic: str | None = None, group: str | None = None
+        self,
+        mode: str,
+        client_url: str = "",
+        topic: str | None = None,
+        group: str | None = None,
+        start_at: str | None = None,
     ) -> int:
+        """`start_at`: "earliest" for a receiver that takes what was published before it
+        connected (mq-py hands a new receiver only what follows, unless asked)."""
         request = {"ClientURL": client_url, "mode": mode}
         if topic is not None:
             request["topic"] = topic
         if group is not None:
             request["group"] = group
+        if start_at is not None:
+            request["start_at"] = start_at
         answer = http_json("POST", f"{self.url}/connect", request)
         return int(answer["id"])
 
@@ -287,8 +296,14 @@ class ForeignServer(Server):
         raise RuntimeError(f"{self.command[0]} did not start: {self.log_tail()}")
 
     def connect(
-        self, mode: str, client_url: str = "", topic: str | None = None, group: str | None = None
+        self,
+        mode: str,
+        client_url: str = "",
+        topic: str | None = None,
+        group: str | None = None,
+        start_at: str | None = None,
     ) -> int:
+        # `start_at` is mq-py's: a seed broker hands what waited to its first receiver.
         if topic is not None or group is not None:
             raise RuntimeError("a compared broker speaks the seed protocol: no topics or groups")
         request = json.dumps({"ClientURL": client_url, "mode": mode}).encode()
@@ -707,7 +722,7 @@ class Bench:
             with self.profiler.record(server.pid, "delivery_1"):
                 meter = Meter(self.watches(server, sink)).start()
                 started_ns = time.monotonic_ns()
-                server.connect("receive", sink.receiver_url())
+                server.connect("receive", sink.receiver_url(), start_at="earliest")
                 connected_ns = time.monotonic_ns()
                 stats = sink.wait_for(plan.delivery_messages, plan.delivery_timeout)
                 figure.usage = Usage.of(meter.usage())
