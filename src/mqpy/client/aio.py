@@ -15,6 +15,7 @@ from mqpy.client import calls
 from mqpy.client.calls import (
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
+    AdminAnswer,
     BatchResult,
     Call,
     Connection,
@@ -288,6 +289,74 @@ class AsyncClient:
         ack_ids = calls.ack_ids_of(messages)
         return await self._call(calls.settle(subscription_id, "extend", ack_ids, seconds=seconds))
 
+    # -- admin routes: answers are the broker's JSON objects (see docs/api.md) --------
+
+    async def create_key(self, role: str, topics: Sequence[str] | None = None) -> AdminAnswer:
+        """Make an API key (admin key): `role` is "admin", "publisher" or "subscriber",
+        `topics` the topics or patterns it may use (all when None). The answer's "key"
+        is the secret itself, shown only this once."""
+        return await self._call(calls.create_key(role, topics))
+
+    async def list_keys(self) -> AdminAnswer:
+        """Every key as {"keys": [...]}, without the secrets (admin key)."""
+        return await self._call(calls.list_keys())
+
+    async def revoke_key(self, key_id: str) -> None:
+        """Revoke a key by its id: requests with it are refused from now on (admin key)."""
+        return await self._call(calls.revoke_key(key_id))
+
+    async def status(self) -> AdminAnswer:
+        """The broker's figures, topics, receivers and nodes, as `mqpy status` shows them."""
+        return await self._call(calls.status())
+
+    async def list_topics(
+        self, *, limit: int | None = None, cursor: str | None = None
+    ) -> AdminAnswer:
+        """One page of topics with their figures: {"topics": [...], "next_cursor": ...};
+        pass `next_cursor` back as `cursor` for the next page."""
+        return await self._call(calls.list_topics(limit, cursor))
+
+    async def get_topic(self, topic: str) -> AdminAnswer:
+        """One topic's figures and its subscriptions."""
+        return await self._call(calls.get_topic(topic))
+
+    async def get_message(self, message_id: str) -> AdminAnswer:
+        """A message and where each of its deliveries stands (admin key)."""
+        return await self._call(calls.get_message(message_id))
+
+    async def list_subscriptions(
+        self, *, topic: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> AdminAnswer:
+        """One page of subscriptions, those matching `topic` when given, as
+        {"subscriptions": [...], "next_cursor": ...} (paged as `list_topics`)."""
+        return await self._call(calls.list_subscriptions(topic, limit, cursor))
+
+    async def subscribe(self, fields: Mapping[str, Any]) -> AdminAnswer:
+        """Create a subscription from the request fields docs/api.md lists (all of them,
+        such as max_concurrency, max_per_second, retry_policy and paused, which
+        `create_subscription` does not take); returns the broker's whole answer."""
+        return await self._call(calls.subscribe(fields))
+
+    async def get_subscription(self, subscription_id: int) -> AdminAnswer:
+        """A subscription's settings, state and figures."""
+        return await self._call(calls.get_subscription(subscription_id))
+
+    async def pause_subscription(self, subscription_id: int) -> AdminAnswer:
+        """Deliver nothing to it until it is resumed; its messages wait."""
+        return await self._call(calls.switch_subscription(subscription_id, "pause"))
+
+    async def resume_subscription(self, subscription_id: int) -> AdminAnswer:
+        """Deliver to it again: a paused one, or one disabled for failing."""
+        return await self._call(calls.switch_subscription(subscription_id, "resume"))
+
+    async def redrive_dead_letter(self, receiver_id: int, message_id: str) -> AdminAnswer | None:
+        """Queue one dead letter (a message's, for one receiver) for delivery again."""
+        return await self._call(calls.one_dead_letter(receiver_id, message_id, "redrive"))
+
+    async def drop_dead_letter(self, receiver_id: int, message_id: str) -> AdminAnswer | None:
+        """Drop one dead letter (a message's, for one receiver) for good."""
+        return await self._call(calls.one_dead_letter(receiver_id, message_id, "drop"))
+
     async def stream(
         self, subscription_id: int, *, auto_ack: bool = False
     ) -> AsyncGenerator[PulledMessage, None]:
@@ -387,7 +456,8 @@ class AsyncClient:
                 body = await response.read()
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
             raise ConnectionFailed(
-                f"cannot reach {self.url}: {describe_failure(error)}", request_sent=False
+                f"cannot reach the server at {self.url}: {describe_failure(error)}",
+                request_sent=False,
             ) from None
         except (aiohttp.ClientError, TimeoutError) as error:
             raise ConnectionFailed(

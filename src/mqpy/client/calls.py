@@ -144,6 +144,8 @@ class Sought:
     due: int
     acked: int
     in_flight: int
+    id: int = 0  # the subscription asked to seek
+    time: str = ""  # the time it moved to, RFC 3339 in UTC
 
 
 # Where a new subscription starts: "new" (the default), "earliest", or a time.
@@ -407,6 +409,8 @@ def _sought(value: Any) -> Sought:
         due=_integer(value["due"]),
         acked=_integer(value["acked"]),
         in_flight=_integer(value["in_flight"]),
+        id=_integer(value.get("id", 0)),
+        time=str(value.get("time", "")),
     )
 
 
@@ -458,6 +462,105 @@ def pulled_message(m: Any) -> PulledMessage:
         published_at=_text(m["published_at"]),
         attempt=_integer(m["attempt"]),
     )
+
+
+# -- admin routes: their answers are the broker's JSON objects, as docs/api.md shows them,
+# so a caller (the `mqpy` command) can print them whole.
+
+AdminAnswer = dict[str, Any]
+
+
+def create_key(role: str, topics: Sequence[str] | None) -> Call[AdminAnswer]:
+    # Not idempotent: a retry after a lost answer would make a second key.
+    body = {"role": role, "topics": None if topics is None else list(topics)}
+    return Call("POST", "/v1/keys", body, False, _object_with("key", str))
+
+
+def list_keys() -> Call[AdminAnswer]:
+    return Call("GET", "/v1/keys", None, True, _object_with("keys", list))
+
+
+def revoke_key(key_id: str) -> Call[None]:
+    # Idempotent in effect: a repeat finds it revoked (404).
+    return Call("DELETE", f"/v1/keys/{quote(key_id, safe='')}", None, True, _nothing)
+
+
+def status() -> Call[AdminAnswer]:
+    return Call("GET", "/v1/status", None, True, _object)
+
+
+def list_topics(limit: int | None, cursor: str | None) -> Call[AdminAnswer]:
+    path = "/v1/topics" + _page_query(limit, cursor)
+    return Call("GET", path, None, True, _object_with("topics", list))
+
+
+def get_topic(topic: str) -> Call[AdminAnswer]:
+    return Call("GET", f"/v1/topics/{quote(topic, safe='')}", None, True, _object)
+
+
+def get_message(message_id: str) -> Call[AdminAnswer]:
+    path = f"/v1/messages/{quote(message_id, safe='')}"
+    return Call("GET", path, None, True, _object_with("deliveries", list))
+
+
+def list_subscriptions(
+    topic: str | None, limit: int | None, cursor: str | None
+) -> Call[AdminAnswer]:
+    query = _page_query(limit, cursor, topic=topic)
+    return Call("GET", "/v1/subscriptions" + query, None, True, _object_with("subscriptions", list))
+
+
+def subscribe(fields: Mapping[str, Any]) -> Call[AdminAnswer]:
+    # Not idempotent, as `create_subscription`.
+    return Call("POST", "/v1/subscriptions", dict(fields), False, _object)
+
+
+def get_subscription(subscription_id: int) -> Call[AdminAnswer]:
+    return Call("GET", f"/v1/subscriptions/{int(subscription_id)}", None, True, _object)
+
+
+def switch_subscription(
+    subscription_id: int, action: Literal["pause", "resume"]
+) -> Call[AdminAnswer]:
+    # Idempotent: pausing a paused subscription (or resuming a running one) changes nothing.
+    return Call("POST", _pull_path(subscription_id, action), None, True, _object)
+
+
+def one_dead_letter(
+    receiver_id: int, message_id: str, action: Literal["redrive", "drop"]
+) -> Call[AdminAnswer | None]:
+    # Idempotent in effect: a repeat finds the letter gone (404).
+    path = f"/v1/subscriptions/{int(receiver_id)}/dead-letters/{quote(message_id, safe='')}"
+    if action == "redrive":
+        return Call("POST", path + "/redrive", None, True, _object_or_none)
+    return Call("DELETE", path, None, True, _object_or_none)
+
+
+def _page_query(limit: int | None, cursor: str | None, **filters: str | None) -> str:
+    given = {"limit": limit, "cursor": cursor, **filters}
+    parts = [f"{name}={quote(str(v), safe='')}" for name, v in given.items() if v is not None]
+    return "?" + "&".join(parts) if parts else ""
+
+
+def _object(value: Any) -> AdminAnswer:
+    if not isinstance(value, dict):
+        raise TypeError(f"{value!r} is not a JSON object")
+    return value
+
+
+def _object_or_none(value: Any) -> AdminAnswer | None:
+    return None if value is None else _object(value)
+
+
+def _object_with(member: str, kind: type) -> Callable[[Any], AdminAnswer]:
+    """An object whose `member` is of `kind`, which its callers read."""
+
+    def read(value: Any) -> AdminAnswer:
+        if not isinstance(_object(value).get(member), kind):
+            raise TypeError(f"{member!r} is not a {kind.__name__}")
+        return value  # type: ignore[no-any-return]
+
+    return read
 
 
 # The broker writes a comment line to an idle stream this often.

@@ -24,6 +24,7 @@ from mqpy.client import calls
 from mqpy.client.calls import (
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
+    AdminAnswer,
     BatchResult,
     Call,
     Connection,
@@ -313,6 +314,72 @@ class Client:
         ack_ids = calls.ack_ids_of(messages)
         return self._call(calls.settle(subscription_id, "extend", ack_ids, seconds=seconds))
 
+    # -- admin routes: answers are the broker's JSON objects (see docs/api.md) --------
+
+    def create_key(self, role: str, topics: Sequence[str] | None = None) -> AdminAnswer:
+        """Make an API key (admin key): `role` is "admin", "publisher" or "subscriber",
+        `topics` the topics or patterns it may use (all when None). The answer's "key"
+        is the secret itself, shown only this once."""
+        return self._call(calls.create_key(role, topics))
+
+    def list_keys(self) -> AdminAnswer:
+        """Every key as {"keys": [...]}, without the secrets (admin key)."""
+        return self._call(calls.list_keys())
+
+    def revoke_key(self, key_id: str) -> None:
+        """Revoke a key by its id: requests with it are refused from now on (admin key)."""
+        return self._call(calls.revoke_key(key_id))
+
+    def status(self) -> AdminAnswer:
+        """The broker's figures, topics, receivers and nodes, as `mqpy status` shows them."""
+        return self._call(calls.status())
+
+    def list_topics(self, *, limit: int | None = None, cursor: str | None = None) -> AdminAnswer:
+        """One page of topics with their figures: {"topics": [...], "next_cursor": ...};
+        pass `next_cursor` back as `cursor` for the next page."""
+        return self._call(calls.list_topics(limit, cursor))
+
+    def get_topic(self, topic: str) -> AdminAnswer:
+        """One topic's figures and its subscriptions."""
+        return self._call(calls.get_topic(topic))
+
+    def get_message(self, message_id: str) -> AdminAnswer:
+        """A message and where each of its deliveries stands (admin key)."""
+        return self._call(calls.get_message(message_id))
+
+    def list_subscriptions(
+        self, *, topic: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> AdminAnswer:
+        """One page of subscriptions, those matching `topic` when given, as
+        {"subscriptions": [...], "next_cursor": ...} (paged as `list_topics`)."""
+        return self._call(calls.list_subscriptions(topic, limit, cursor))
+
+    def subscribe(self, fields: Mapping[str, Any]) -> AdminAnswer:
+        """Create a subscription from the request fields docs/api.md lists (all of them,
+        such as max_concurrency, max_per_second, retry_policy and paused, which
+        `create_subscription` does not take); returns the broker's whole answer."""
+        return self._call(calls.subscribe(fields))
+
+    def get_subscription(self, subscription_id: int) -> AdminAnswer:
+        """A subscription's settings, state and figures."""
+        return self._call(calls.get_subscription(subscription_id))
+
+    def pause_subscription(self, subscription_id: int) -> AdminAnswer:
+        """Deliver nothing to it until it is resumed; its messages wait."""
+        return self._call(calls.switch_subscription(subscription_id, "pause"))
+
+    def resume_subscription(self, subscription_id: int) -> AdminAnswer:
+        """Deliver to it again: a paused one, or one disabled for failing."""
+        return self._call(calls.switch_subscription(subscription_id, "resume"))
+
+    def redrive_dead_letter(self, receiver_id: int, message_id: str) -> AdminAnswer | None:
+        """Queue one dead letter (a message's, for one receiver) for delivery again."""
+        return self._call(calls.one_dead_letter(receiver_id, message_id, "redrive"))
+
+    def drop_dead_letter(self, receiver_id: int, message_id: str) -> AdminAnswer | None:
+        """Drop one dead letter (a message's, for one receiver) for good."""
+        return self._call(calls.one_dead_letter(receiver_id, message_id, "drop"))
+
     def _publish_from_sender(self, body: str) -> str:
         sender_id = self._publisher()
         try:
@@ -450,7 +517,7 @@ class _KeepAlive:
                 request_sent=True,
             )
         return ConnectionFailed(
-            f"cannot reach {where}: {describe_failure(error)}", request_sent=False
+            f"cannot reach the server at {where}: {describe_failure(error)}", request_sent=False
         )
 
 

@@ -6,24 +6,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
-from mqpy.client import DeadLetter, MQError, NotFound
+from mqpy.client import Client, DeadLetter, MQError, NotFound
+from mqpy.client.calls import AdminAnswer
 from mqpy.commands import (
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_USAGE,
     KEY_ENV,
     CommandFailed,
-    ServerClient,
     add_server_options_with_epilog,
     print_json,
     print_usage,
     set_handler,
 )
-from mqpy.commands.broker_client import failure, sync_client
+from mqpy.commands.broker_client import ask, failure, sync_client
 from mqpy.commands.terminal import format_table, visible
 
 _COLUMNS = ("MESSAGE ID", "RECEIVER", "ATTEMPTS", "DEAD AT", "LAST ERROR", "BODY")
@@ -121,7 +121,7 @@ def list_dead_letters(args: argparse.Namespace) -> int:
 
 def redrive_dead_letters(args: argparse.Namespace) -> int:
     if args.message_id is not None:
-        return _one_dead_letter(args, "POST", "/redrive", "queued for delivery again")
+        return _one_dead_letter(args, Client.redrive_dead_letter, "queued for delivery again")
     with sync_client(args) as client:
         try:
             count = client.redrive(args.receiver)
@@ -142,18 +142,21 @@ def redrive_dead_letters(args: argparse.Namespace) -> int:
 
 
 def drop_dead_letter(args: argparse.Namespace) -> int:
-    return _one_dead_letter(args, "DELETE", "", "dropped")
+    return _one_dead_letter(args, Client.drop_dead_letter, "dropped")
 
 
-def _one_dead_letter(args: argparse.Namespace, method: str, action: str, done: str) -> int:
+def _one_dead_letter(
+    args: argparse.Namespace,
+    act: Callable[[Client, int, str], AdminAnswer | None],
+    done: str,
+) -> int:
     if args.receiver is None:
         raise CommandFailed(
             EXIT_USAGE,
             f"give --receiver with the message id {args.message_id}: a message has a dead "
             "letter per receiver (`mqpy dead-letters list` shows both)",
         )
-    path = f"/v1/subscriptions/{args.receiver}/dead-letters/{quote(args.message_id, safe='')}"
-    answer = ServerClient.from_args(args).call(method, path + action)
+    answer = ask(args, lambda client: act(client, args.receiver, args.message_id))
     if args.json:
         print(json.dumps(answer))
     else:

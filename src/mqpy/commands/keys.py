@@ -6,19 +6,18 @@ import argparse
 import sys
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 from mqpy.commands import (
     EXIT_OK,
     EXIT_REFUSED,
     KEY_ENV,
     CommandFailed,
-    ServerClient,
     add_server_options_with_epilog,
     print_json,
     print_usage,
     set_handler,
 )
+from mqpy.commands.broker_client import ask
 from mqpy.commands.terminal import format_table
 from mqpy.domain import Role
 
@@ -96,10 +95,7 @@ def register(subparsers: Any) -> None:
 
 
 def create_key(args: argparse.Namespace) -> int:
-    client = ServerClient.from_args(args)
-    answer = client.call("POST", "/v1/keys", {"role": args.role, "topics": args.topics})
-    if not isinstance(answer, dict) or not isinstance(answer.get("key"), str):
-        raise CommandFailed(EXIT_REFUSED, f"unexpected answer from the server: {answer!r}")
+    answer = ask(args, lambda client: client.create_key(args.role, args.topics))
     if args.json:
         print_json(answer)
     else:
@@ -130,9 +126,7 @@ def _turned_on(role: object) -> str:
 
 
 def list_keys(args: argparse.Namespace) -> int:
-    answer = ServerClient.from_args(args).call("GET", "/v1/keys")
-    if not isinstance(answer, dict) or not isinstance(answer.get("keys"), list):
-        raise CommandFailed(EXIT_REFUSED, f"unexpected answer from the server: {answer!r}")
+    answer = ask(args, lambda client: client.list_keys())
     if args.json:
         print_json(answer)
     else:
@@ -141,8 +135,7 @@ def list_keys(args: argparse.Namespace) -> int:
 
 
 def revoke_key(args: argparse.Namespace) -> int:
-    client = ServerClient.from_args(args)
-    client.call("DELETE", "/v1/keys/" + quote(args.id, safe=""))
+    ask(args, lambda client: client.revoke_key(args.id))
     print(f"revoked key {args.id}")
     return EXIT_OK
 

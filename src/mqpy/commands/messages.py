@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import argparse
 from typing import Any
-from urllib.parse import quote
 
 from mqpy.commands import (
     EXIT_OK,
-    EXIT_REFUSED,
     KEY_ENV,
-    CommandFailed,
-    ServerClient,
     add_server_options_with_epilog,
     print_json,
     print_usage,
     set_handler,
 )
+from mqpy.commands.broker_client import ask
 from mqpy.commands.terminal import format_table
 from mqpy.commands.topics import format_fields, shortened, text
 
@@ -58,11 +55,7 @@ def register(subparsers: Any) -> None:
 
 
 def show_message(args: argparse.Namespace) -> int:
-    answer = ServerClient.from_args(args).call(
-        "GET", "/v1/messages/" + quote(args.message_id, safe="")
-    )
-    if not isinstance(answer, dict) or not isinstance(answer.get("deliveries"), list):
-        raise CommandFailed(EXIT_REFUSED, f"unexpected answer from the server: {answer!r}")
+    answer = ask(args, lambda client: client.get_message(args.message_id))
     if args.json:
         print_json(answer)
         return EXIT_OK

@@ -19,11 +19,11 @@ from mqpy.commands import (
     KEY_ENV,
     URL_ENV,
     CommandFailed,
-    ServerClient,
     add_server_options,
     print_json,
     set_handler,
 )
+from mqpy.commands.broker_client import ask, client_settings
 from mqpy.commands.terminal import format_table, visible
 
 TOPIC_COLUMNS = ("TOPIC", "BACKLOG", "OLDEST", "PUBLISHED/S", "DELIVERED/S", "RECEIVERS")
@@ -122,8 +122,7 @@ def register(subparsers: Any) -> None:
 
 
 def show_status(args: argparse.Namespace) -> int:
-    server = ServerClient.from_args(args)
-    answer = server.call("GET", "/v1/status")
+    answer = ask(args, lambda client: client.status())
     if args.json:
         print_json(answer)
         return EXIT_OK
@@ -132,7 +131,7 @@ def show_status(args: argparse.Namespace) -> int:
     except msgspec.ValidationError as error:
         raise CommandFailed(
             EXIT_REFUSED,
-            f"{server.base_url}/v1/status did not answer an mq-py status feed ({error})",
+            f"{client_settings(args).url}/v1/status did not answer an mq-py status feed ({error})",
         ) from None
     print(format_status(feed))
     return EXIT_OK

@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
+from functools import partial
 from typing import Any
-from urllib.parse import quote
 
+from mqpy.client import Client
+from mqpy.client.calls import AdminAnswer
 from mqpy.commands import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -16,7 +19,6 @@ from mqpy.commands import (
     KEY_ENV,
     URL_ENV,
     CommandFailed,
-    ServerClient,
     add_server_options,
     add_server_options_with_epilog,
     print_json,
@@ -24,6 +26,7 @@ from mqpy.commands import (
     set_handler,
 )
 from mqpy.commands import pull as pull_command
+from mqpy.commands.broker_client import ask
 from mqpy.commands.options import (
     filter_of,
     group_name,
@@ -316,14 +319,13 @@ def _positive_rate(text: str) -> float:
     return number
 
 
-def _path(subscription_id: int, action: str = "") -> str:
-    return f"/v1/subscriptions/{subscription_id}" + (f"/{action}" if action else "")
-
-
 def list_subscriptions(args: argparse.Namespace) -> int:
-    client = ServerClient.from_args(args)
-    query = "" if args.topic is None else "topic=" + quote(args.topic, safe="")
-    subscriptions = list(all_pages(client, "/v1/subscriptions", "subscriptions", query))
+    subscriptions = ask(
+        args,
+        lambda client: list(
+            all_pages(partial(client.list_subscriptions, topic=args.topic), "subscriptions")
+        ),
+    )
     if args.json:
         print_json({"subscriptions": subscriptions})
     elif subscriptions:
@@ -356,7 +358,7 @@ def create_subscription(args: argparse.Namespace) -> int:
         body["paused"] = True
     if args.start_at is not None:
         body["start_at"] = args.start_at
-    answer = _object(ServerClient.from_args(args).call("POST", "/v1/subscriptions", body))
+    answer = ask(args, lambda client: client.subscribe(body))
     if args.pull:
         if args.json:
             print_json(answer)
@@ -416,7 +418,7 @@ def _kind_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def show_subscription(args: argparse.Namespace) -> int:
-    answer = _object(ServerClient.from_args(args).call("GET", _path(args.id)))
+    answer = ask(args, lambda client: client.get_subscription(args.id))
     if args.json:
         print_json(answer)
     else:
@@ -425,17 +427,23 @@ def show_subscription(args: argparse.Namespace) -> int:
 
 
 def pause_subscription(args: argparse.Namespace) -> int:
-    return _switch(args, "pause", "paused: nothing is delivered to it until it is resumed")
+    return _switch(
+        args, Client.pause_subscription, "paused: nothing is delivered to it until it is resumed"
+    )
 
 
 def resume_subscription(args: argparse.Namespace) -> int:
     return _switch(
-        args, "resume", "resumed (paused or disabled before): its messages are delivered again"
+        args,
+        Client.resume_subscription,
+        "resumed (paused or disabled before): its messages are delivered again",
     )
 
 
-def _switch(args: argparse.Namespace, action: str, done: str) -> int:
-    answer = _object(ServerClient.from_args(args).call("POST", _path(args.id, action)))
+def _switch(
+    args: argparse.Namespace, action: Callable[[Client, int], AdminAnswer], done: str
+) -> int:
+    answer = ask(args, lambda client: action(client, args.id))
     if args.json:
         print_json(answer)
     else:
@@ -444,25 +452,24 @@ def _switch(args: argparse.Namespace, action: str, done: str) -> int:
 
 
 def seek_subscription(args: argparse.Namespace) -> int:
-    body = {"time": args.time}
-    answer = _object(ServerClient.from_args(args).call("POST", _path(args.id, "seek"), body))
+    sought = ask(args, lambda client: client.seek(args.id, args.time))
     if args.json:
-        print_json(answer)
+        # In the order the broker answers them.
+        fields = ("id", "time", "due", "acked", "in_flight")
+        print_json({field: getattr(sought, field) for field in fields})
         return EXIT_OK
     line = (
-        f"subscription {args.id} moved to {text(answer.get('time'))}: "
-        f"{text(answer.get('due'))} message(s) due again, {text(answer.get('acked'))} "
-        "acknowledged"
+        f"subscription {args.id} moved to {text(sought.time)}: "
+        f"{sought.due} message(s) due again, {sought.acked} acknowledged"
     )
-    in_flight = answer.get("in_flight")
-    if in_flight:
-        line += f", {text(in_flight)} in flight left to finish"
+    if sought.in_flight:
+        line += f", {sought.in_flight} in flight left to finish"
     print(line)
     return EXIT_OK
 
 
 def delete_subscription(args: argparse.Namespace) -> int:
-    ServerClient.from_args(args).call("DELETE", _path(args.id))
+    ask(args, lambda client: client.delete_subscription(args.id))
     print(f"deleted subscription {args.id}")
     return EXIT_OK
 

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import quote
 
+from mqpy.client.calls import AdminAnswer
 from mqpy.commands import (
     EXIT_OK,
     EXIT_REFUSED,
     KEY_ENV,
     CommandFailed,
-    ServerClient,
     add_server_options_with_epilog,
     print_json,
     print_usage,
     set_handler,
 )
+from mqpy.commands.broker_client import ask
 from mqpy.commands.options import topic_name
 from mqpy.commands.terminal import format_table, visible
 
@@ -82,8 +82,7 @@ def register(subparsers: Any) -> None:
 
 
 def list_topics(args: argparse.Namespace) -> int:
-    client = ServerClient.from_args(args)
-    topics = list(all_pages(client, "/v1/topics", "topics"))
+    topics = ask(args, lambda client: list(all_pages(client.list_topics, "topics")))
     if args.json:
         print_json({"topics": topics})
     elif topics:
@@ -94,14 +93,13 @@ def list_topics(args: argparse.Namespace) -> int:
 
 
 def show_topic(args: argparse.Namespace) -> int:
-    answer = ServerClient.from_args(args).call("GET", "/v1/topics/" + quote(args.topic, safe=""))
-    topic = _object(answer, "answer")
+    topic = ask(args, lambda client: client.get_topic(args.topic))
     if args.json:
         print_json(topic)
         return EXIT_OK
     subscriptions = topic.get("subscriptions")
     if not isinstance(subscriptions, list):
-        raise CommandFailed(EXIT_REFUSED, f"unexpected answer from the server: {answer!r}")
+        raise CommandFailed(EXIT_REFUSED, f"unexpected answer from the server: {topic!r}")
     print(format_fields(_topic_fields(topic)))
     print()
     if subscriptions:
@@ -112,16 +110,12 @@ def show_topic(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def all_pages(client: ServerClient, path: str, member: str, query: str = "") -> Iterator[Any]:
-    """Every item of a paged list, following next_cursor to the last page."""
+def all_pages(page: Callable[..., AdminAnswer], member: str) -> Iterator[Any]:
+    """Every item of a paged list (`page` is a client method such as `list_topics`),
+    following next_cursor to the last page."""
     cursor: str | None = None
     while True:
-        page_query = f"limit={PAGE_SIZE}" + (f"&{query}" if query else "")
-        if cursor is not None:
-            page_query += "&cursor=" + quote(cursor, safe="")
-        answer = client.call("GET", f"{path}?{page_query}")
-        if not isinstance(answer, dict) or not isinstance(answer.get(member), list):
-            raise CommandFailed(EXIT_REFUSED, f"unexpected answer from the server: {answer!r}")
+        answer = page(limit=PAGE_SIZE, cursor=cursor)
         yield from answer[member]
         following = answer.get("next_cursor")
         if not isinstance(following, str) or following == cursor:
