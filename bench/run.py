@@ -303,10 +303,14 @@ class ForeignServer(Server):
         group: str | None = None,
         start_at: str | None = None,
     ) -> int:
-        # `start_at` is mq-py's: a seed broker hands what waited to its first receiver.
+        # `start_at` is mq-py's, sent for a compared mq-py (another commit's): a seed
+        # broker ignores the field and hands what waited to its first receiver anyway.
         if topic is not None or group is not None:
             raise RuntimeError("a compared broker speaks the seed protocol: no topics or groups")
-        request = json.dumps({"ClientURL": client_url, "mode": mode}).encode()
+        fields = {"ClientURL": client_url, "mode": mode}
+        if start_at is not None:
+            fields["start_at"] = start_at
+        request = json.dumps(fields).encode()
         post = urllib.request.Request(f"{self.url}/connect{self.slash}", data=request)
         with _HTTP.open(post, timeout=30.0) as response:
             answer = response.read().decode(errors="replace")

@@ -115,10 +115,9 @@ async def connections() -> AsyncIterator[ReceiverConnections]:
 async def post(
     connections: ReceiverConnections, url: str, body: bytes = b'{"body":"hi"}', keep: int = 0
 ) -> tuple[int, str | None, bytes]:
-    async with asyncio.timeout(5):
-        answer = await connections.post(
-            url, body, [("Content-Type", "application/json")], keep_body=keep
-        )
+    answer = await connections.post(
+        url, body, [("Content-Type", "application/json")], timeout=5, keep_body=keep
+    )
     return answer.status, answer.retry_after, answer.body
 
 
@@ -287,7 +286,9 @@ async def test_nobody_listening_reads_as_cannot_connect(connections: ReceiverCon
 
 async def test_a_header_with_a_line_break_is_refused(connections: ReceiverConnections) -> None:
     with pytest.raises(ValueError, match="line break"):
-        await connections.post("http://127.0.0.1:9/hook", b"", [("mq-topic", "a\r\nX: y")])
+        await connections.post(
+            "http://127.0.0.1:9/hook", b"", [("mq-topic", "a\r\nX: y")], timeout=5
+        )
 
 
 async def test_credentials_in_the_url_go_as_basic_auth(
@@ -300,3 +301,22 @@ async def test_credentials_in_the_url_go_as_basic_auth(
     assert head.startswith("POST /hook?x=1 HTTP/1.1\r\n"), "no credentials on the line"
     # base64 of "hook@svc:päss" in Latin-1, as aiohttp and curl send it.
     assert "\r\nAuthorization: Basic aG9va0BzdmM6cORzcw==\r\n" in head
+
+
+async def test_an_answer_late_past_the_timeout_raises_and_its_connection_is_closed(
+    scripted: Callable[[Script], ScriptedReceiver], connections: ReceiverConnections
+) -> None:
+    # The first connection's first request gets no answer at all (and the connection
+    # stays open); every other request is answered at once.
+    receiver = await start(
+        scripted(lambda r, served: b"" if r.connection == 0 and served == 0 else NO_CONTENT)
+    )
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        await connections.post(receiver.url, b"{}", [], timeout=0.3)
+    waited = asyncio.get_running_loop().time() - started
+    assert 0.3 <= waited < 2, waited
+    async with asyncio.timeout(5):
+        await receiver.client_closed.wait()  # the hung connection is not kept for reuse
+    assert (await post(connections, receiver.url))[0] == 204
+    assert receiver.connections == 2

@@ -263,8 +263,7 @@ async def connections_for() -> AsyncIterator[ConnectionsFactory]:
 
 async def post(connections: ReceiverConnections, url: str) -> int:
     headers = [("Content-Type", "application/json")]
-    async with asyncio.timeout(5):
-        answer = await connections.post(url, b'{"body": "hi"}', headers)
+    answer = await connections.post(url, b'{"body": "hi"}', headers, timeout=5)
     return answer.status
 
 

@@ -7,7 +7,6 @@ the broker somewhere else.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 import time
@@ -100,8 +99,9 @@ class Sender:
         """The receiver's answer, or why there was none, in `last_error`'s words."""
         assert self._connections is not None, "Sender.start() was not called"
         try:
-            async with asyncio.timeout(self._timeout):
-                return await self._connections.post(url, body, headers, keep_body=keep_body)
+            return await self._connections.post(
+                url, body, headers, timeout=self._timeout, keep_body=keep_body
+            )
         except TimeoutError:
             return f"no answer within {self._timeout:g} s"
         except DeliveryFailed as failed:
