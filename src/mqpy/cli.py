@@ -151,8 +151,10 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
     if settings.processes > 1 and slot is None:
         # The supervisor starts the processes with this same command line.
         return supervise(settings, argv)
+    from mqpy.gc_tuning import tune_for_serving
     from mqpy.server import run
 
+    tune_for_serving()
     return run(settings)
 
 
