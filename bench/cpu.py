@@ -64,12 +64,6 @@ def all_processes() -> list[_Process]:
     return [process for process in found if process is not None]
 
 
-def process_seconds(pid: int) -> float:
-    """CPU seconds (user + system) used so far by process `pid`, all its threads."""
-    process = _read_process(Path(f"/proc/{pid}/stat"))
-    return process.seconds if process is not None else 0.0
-
-
 def machine_seconds() -> float:
     """CPU seconds spent busy by every core since boot."""
     try:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from mqpy import cli
-from mqpy.commands import topics as topics_command
+from mqpy.commands import broker_client
 from tests.conftest import ServerFactory
 from tests.support import raw_http
 from tests.support.load import unused_port
@@ -315,7 +315,7 @@ def test_lists_follow_every_page(
     for number in range(5):
         publish(secured, f"paged.t{number}")
         create(secured, HOOK, "--topic", f"paged.t{number}")
-    monkeypatch.setattr(topics_command, "PAGE_SIZE", 2)
+    monkeypatch.setattr(broker_client, "PAGE_SIZE", 2)
     server = ["--url", secured.url, "--key", ADMIN_KEY]
 
     assert cli.main(["topics", "list", "--json", *server]) == 0

@@ -505,6 +505,17 @@ async def test_async_publishes_concurrently_from_one_sender(
     assert figures(server)["writers"] == 0
 
 
+async def test_async_publish_options_without_a_topic_are_a_type_error(
+    start_server: ServerFactory,
+) -> None:
+    server = start_server()
+    async with mqpy.AsyncClient(server.url) as client:
+        with pytest.raises(TypeError, match="topic"):
+            await client.publish("body", ordering_key="k")  # type: ignore[call-overload]
+        assert client.sender_id is None  # nothing was sent
+        assert await client.publish("body") is not None  # the body alone: the seed's way
+
+
 async def test_async_typed_errors(secured: ServerProcess) -> None:
     async with mqpy.AsyncClient(secured.url) as anonymous:
         with pytest.raises(mqpy.Unauthorized):

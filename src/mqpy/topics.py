@@ -45,18 +45,8 @@ def is_valid_pattern(pattern: str) -> bool:
 
 def matches(pattern: str, topic: str) -> bool:
     """Whether `topic` is one of the topics `pattern` names."""
-    if is_reserved(topic) and pattern.split(".", 1)[0] in _WILDCARDS:
-        return False
-    wanted = pattern.split(".")
-    actual = topic.split(".")
-    for index, segment in enumerate(wanted):
-        if segment == ">":
-            return len(actual) > index
-        if index >= len(actual):
-            return False
-        if segment != "*" and segment != actual[index]:
-            return False
-    return len(actual) == len(wanted)
+    # A topic is the pattern that names only itself, and has no `>` to reach deeper.
+    return covers(pattern, topic)
 
 
 def covers(allowed: str, pattern: str) -> bool:

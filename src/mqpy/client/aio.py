@@ -166,15 +166,11 @@ class AsyncClient:
         `publish(body)` sends from a sender connected on first use and then reused
         (concurrent first calls share one connect) and returns the id. As `Client.publish`.
         """
-        if body is None:
-            if calls.any_given(
-                attributes, ordering_key, delay_seconds, deliver_at, idempotency_key
-            ):
-                raise TypeError("publish(topic, body, ...): options need a topic first")
-            return await self._publish_from_sender(first)
-        message = Message(
+        message = calls.topic_message(
             body, attributes, ordering_key, delay_seconds, deliver_at, idempotency_key
         )
+        if message is None:
+            return await self._publish_from_sender(first)
         return await self._call(calls.publish(first, message))
 
     async def publish_batch(

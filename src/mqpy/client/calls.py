@@ -166,8 +166,24 @@ def as_message(item: str | Message) -> Message:
     return Message(item) if isinstance(item, str) else item
 
 
-def any_given(*options: object) -> bool:
-    return any(option is not None for option in options)
+def topic_message(
+    body: str | None,
+    attributes: Mapping[str, str] | None,
+    ordering_key: str | None,
+    delay_seconds: float | None,
+    deliver_at: datetime | str | None,
+    idempotency_key: str | None,
+) -> Message | None:
+    """What `publish(first, body, ...)` sends to the topic `first`; None for the seed
+    protocol's `publish(body)`, which takes no options."""
+    if body is not None:
+        return Message(body, attributes, ordering_key, delay_seconds, deliver_at, idempotency_key)
+    if any(
+        option is not None
+        for option in (attributes, ordering_key, delay_seconds, deliver_at, idempotency_key)
+    ):
+        raise TypeError("publish(topic, body, ...): options need a topic first")
+    return None
 
 
 def rfc3339(when: datetime | str, field: str = "deliver_at") -> str:

@@ -189,15 +189,11 @@ class Client:
         admin disconnected it), a new one is connected and the message sent again: a 404
         means the broker stored nothing.
         """
-        if body is None:
-            if calls.any_given(
-                attributes, ordering_key, delay_seconds, deliver_at, idempotency_key
-            ):
-                raise TypeError("publish(topic, body, ...): options need a topic first")
-            return self._publish_from_sender(first)
-        message = Message(
+        message = calls.topic_message(
             body, attributes, ordering_key, delay_seconds, deliver_at, idempotency_key
         )
+        if message is None:
+            return self._publish_from_sender(first)
         return self._call(calls.publish(first, message))
 
     def publish_batch(self, topic: str, messages: Sequence[str | Message]) -> list[BatchResult]:

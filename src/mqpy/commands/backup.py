@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mqpy.commands import EXIT_OK, EXIT_USAGE, CommandFailed, set_handler
+from mqpy.commands.parsers import command
 from mqpy.config import Option, options
 from mqpy.domain import StoreCannotOpen
 from mqpy.store import StoreLocation
@@ -53,7 +54,8 @@ class Backup:
 def register(subparsers: Any) -> None:
     """Add `backup` to the `mqpy` parser's subparsers."""
     data_dir = _option("data_dir")
-    parser = subparsers.add_parser(
+    parser = command(
+        subparsers,
         "backup",
         help="copy the SQLite store to a file while the broker runs",
         description="Copy the data directory's SQLite store to DEST while the broker "
@@ -61,7 +63,6 @@ def register(subparsers: Any) -> None:
         "PRAGMA integrity_check before it replaces DEST. Restore: stop the broker, "
         f"put the copy in the data directory as {DATABASE_FILE}, start it. "
         "Exit codes: 0 done, 1 the backup failed, 2 usage error.",
-        allow_abbrev=False,
     )
     parser.add_argument(
         "dest",

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from mqpy.client import Client, ConnectionFailed, MQError, Unauthorized
+from mqpy.client.calls import AdminAnswer
 from mqpy.commands import (
     DEFAULT_URL,
     EXIT_REFUSED,
@@ -25,6 +26,7 @@ from mqpy.commands import (
 )
 
 T = TypeVar("T")
+PAGE_SIZE = 1000  # the broker's largest page
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,26 @@ def ask(args: argparse.Namespace, use: Callable[[Client], T]) -> T:
             return use(client)
         except MQError as error:
             raise failure(error) from None
+
+
+def all_pages(page: Callable[..., AdminAnswer], member: str) -> Iterator[Any]:
+    """Every item of a paged list (`page` is a client method such as `list_topics`),
+    following next_cursor to the last page."""
+    cursor: str | None = None
+    while True:
+        answer = page(limit=PAGE_SIZE, cursor=cursor)
+        yield from answer[member]
+        following = answer.get("next_cursor")
+        if not isinstance(following, str) or following == cursor:
+            return
+        cursor = following
+
+
+def expect_object(value: Any, what: str = "answer") -> dict[str, Any]:
+    """`value` if it is a JSON object, else exit 1: the server answered something else."""
+    if not isinstance(value, dict):
+        raise CommandFailed(EXIT_REFUSED, f"unexpected {what} from the server: {value!r}")
+    return value
 
 
 def failure(error: MQError) -> CommandFailed:

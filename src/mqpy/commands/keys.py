@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
-from mqpy.commands import (
-    EXIT_OK,
-    EXIT_REFUSED,
-    KEY_ENV,
-    CommandFailed,
-    add_server_options_with_epilog,
-    print_json,
-    print_usage,
-    set_handler,
-)
-from mqpy.commands.broker_client import ask
-from mqpy.commands.terminal import format_table
+from mqpy.commands import EXIT_OK
+from mqpy.commands.broker_client import ask, expect_object
+from mqpy.commands.parsers import command, command_group, needs_key, talks_to_broker
+from mqpy.commands.terminal import format_table, print_answer, utc_time
 from mqpy.domain import Role
 
 _COLUMNS = ("ID", "ROLE", "TOPICS", "CREATED")
@@ -28,23 +19,20 @@ _EVERY_TOPIC = "(any)"
 
 def register(subparsers: Any) -> None:
     """Add `keys` and its subcommands to the `mqpy` parser's subparsers."""
-    keys = subparsers.add_parser(
+    commands = command_group(
+        subparsers,
         "keys",
         help="create, list and revoke API keys on a running broker",
         description="Manage the API keys of a running broker through its HTTP API. "
-        f"Needs an admin key (--key or {KEY_ENV}) unless the server has no key configured. "
-        "Exit codes: 0 done, 1 the server refused, 2 usage error, 3 server unreachable.",
-        allow_abbrev=False,
+        + needs_key("an admin key"),
     )
-    keys.set_defaults(run=lambda args: print_usage(keys))
-    commands = keys.add_subparsers(dest="keys_command", metavar="COMMAND")
 
-    create = commands.add_parser(
+    create = command(
+        commands,
         "create",
         help="create a key and print it (it is shown this once)",
         description="Create an API key. The key is printed once, on stdout; the server "
         "keeps only a hash of it.",
-        allow_abbrev=False,
     )
     create.add_argument(
         "--role",
@@ -62,44 +50,36 @@ def register(subparsers: Any) -> None:
         help="limit the key to topics matching PATTERN (orders, orders.*, orders.>); "
         "repeat for several; none means every topic",
     )
-    create.add_argument(
-        "--json",
-        action="store_true",
-        help="print the server's whole answer as JSON (the key included)",
+    talks_to_broker(
+        create,
+        create_key,
+        json_help="print the server's whole answer as JSON (the key included)",
     )
-    add_server_options_with_epilog(create)
-    set_handler(create, create_key)
 
-    listing = commands.add_parser(
+    listing = command(
+        commands,
         "list",
         help="list the valid keys (never the keys themselves)",
         description="List the valid keys: id, role, topics, creation time (UTC). The "
         "bootstrap admin key from MQPY_ADMIN_KEY is not stored, so it is not listed.",
-        allow_abbrev=False,
     )
-    listing.add_argument(
-        "--json", action="store_true", help="print the server's answer as JSON instead of a table"
+    talks_to_broker(
+        listing, list_keys, json_help="print the server's answer as JSON instead of a table"
     )
-    add_server_options_with_epilog(listing)
-    set_handler(listing, list_keys)
 
-    revoke = commands.add_parser(
+    revoke = command(
+        commands,
         "revoke",
         help="revoke a key by its id",
         description="Revoke a key: its next request is refused with 401.",
-        allow_abbrev=False,
     )
     revoke.add_argument("id", help="the key's id, as `mqpy keys list` shows it")
-    add_server_options_with_epilog(revoke)
-    set_handler(revoke, revoke_key)
+    talks_to_broker(revoke, revoke_key)
 
 
 def create_key(args: argparse.Namespace) -> int:
     answer = ask(args, lambda client: client.create_key(args.role, args.topics))
-    if args.json:
-        print_json(answer)
-    else:
-        print(answer["key"])
+    print_answer(answer, as_json=args.json, shown=lambda: str(answer["key"]))
     print(
         f"created key {answer.get('id')} ({answer.get('role')}, topics "
         f"{_topics(answer.get('topics'))}); it is shown only this once, store it now",
@@ -127,10 +107,11 @@ def _turned_on(role: object) -> str:
 
 def list_keys(args: argparse.Namespace) -> int:
     answer = ask(args, lambda client: client.list_keys())
-    if args.json:
-        print_json(answer)
-    else:
-        print(format_table(_COLUMNS, [_row(key) for key in answer["keys"]]))
+    print_answer(
+        answer,
+        as_json=args.json,
+        shown=lambda: format_table(_COLUMNS, [_row(key) for key in answer["keys"]]),
+    )
     return EXIT_OK
 
 
@@ -140,14 +121,13 @@ def revoke_key(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _row(key: Any) -> tuple[str, str, str, str]:
-    if not isinstance(key, dict):
-        raise CommandFailed(EXIT_REFUSED, f"unexpected key in the server's answer: {key!r}")
+def _row(value: Any) -> tuple[str, str, str, str]:
+    key = expect_object(value, "key")
     return (
         str(key.get("id", "?")),
         str(key.get("role", "?")),
         _topics(key.get("topics")),
-        _timestamp(key.get("created_at")),
+        utc_time(key.get("created_at")),
     )
 
 
@@ -155,9 +135,3 @@ def _topics(topics: Any) -> str:
     if not topics:
         return _EVERY_TOPIC
     return ",".join(str(topic) for topic in topics)
-
-
-def _timestamp(value: Any) -> str:
-    if not isinstance(value, int | float):
-        return "?"
-    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

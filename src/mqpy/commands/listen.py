@@ -9,16 +9,19 @@ import logging
 import os
 from typing import Any
 
-from mqpy.commands import KEY_ENV, URL_ENV, add_server_options, set_handler
+from mqpy.commands import KEY_ENV, URL_ENV
+from mqpy.commands.attributes import FILTER_HELP, filter_of
 from mqpy.commands.listen_serve import SECRET_ENV
-from mqpy.commands.options import filter_of, group_name, topic_pattern
+from mqpy.commands.options import receiving_options
+from mqpy.commands.parsers import command, talks_to_broker
 
 _FORMATS = ("mq", "cloudevents-binary", "cloudevents-structured")
 
 
 def register(subparsers: Any) -> None:
     """Add `listen` to the `mqpy` parser's subparsers."""
-    parser = subparsers.add_parser(
+    parser = command(
+        subparsers,
         "listen",
         help="print (or forward) a topic's messages here as they arrive",
         description="Print each message of a topic on stdout as it arrives, one line each "
@@ -47,36 +50,13 @@ examples:
   mqpy listen --serve --port 9000 --path /hook        # the broker POSTs to this machine
   mqpy listen --serve --no-connect --port 9000 --path /hook --secret whsec_...   # you connect it
 
---filter NAME=VALUE: the attribute equals VALUE (repeat for any of several values);
-NAME^=PREFIX: it starts with PREFIX; NAME: the message has it; !NAME: it has not.
-Nothing else parses: kind==x, kind!=x or n>3 is refused.
-Members of one group must give the same filter.
+{FILTER_HELP}
 
 environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key; a subscriber or admin key),
 {SECRET_ENV} (--secret)""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
     )
-    parser.add_argument(
-        "--topic",
-        type=topic_pattern,
-        default=None,
-        help="the topic to receive, or a pattern: orders.* (one more segment), orders.> "
-        "(any number) (default: the broker's, 'default')",
-    )
-    parser.add_argument(
-        "--group",
-        type=group_name,
-        default=None,
-        help="join this consumer group: each message goes to one of its members",
-    )
-    parser.add_argument(
-        "--filter",
-        action="append",
-        default=[],
-        metavar="CONDITION",
-        help="receive only messages whose attributes match (all conditions must hold); see below",
-    )
+    receiving_options(parser)
     parser.add_argument(
         "--subscription",
         type=int,
@@ -142,8 +122,7 @@ environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key; a subscriber 
         help="only listen: do not connect to the broker (connect the receiver yourself, "
         "with POST /connect, and give --secret from its answer); Ctrl-C just stops",
     )
-    add_server_options(parser)
-    set_handler(parser, listen)
+    talks_to_broker(parser, listen, epilog=False)
 
 
 def listen(args: argparse.Namespace) -> int:

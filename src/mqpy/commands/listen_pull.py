@@ -14,16 +14,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mqpy.client import ConnectionFailed, MQError, PulledMessage
-from mqpy.commands import EXIT_OK, EXIT_USAGE, CommandFailed
+from mqpy.commands import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandFailed
 from mqpy.commands.broker_client import ClientSettings, client_settings, failure
 from mqpy.commands.listen_serve import SECRET_ENV, what
-from mqpy.commands.listening import (
-    EXIT_INTERRUPTED,
-    message_line,
-    printed,
-    remove_when_stopping,
-    stop_on_signals,
-)
+from mqpy.commands.listening import message_line, remove_when_stopping, stop_on_signals
+from mqpy.commands.terminal import printed
 from mqpy.domain import DeliveryFormat
 
 if TYPE_CHECKING:  # imported when run: they load aiohttp, which `mqpy --help` need not

@@ -12,20 +12,10 @@ import sys
 from typing import TYPE_CHECKING
 
 from mqpy.client import MQError
-from mqpy.commands import (
-    EXIT_OK,
-    EXIT_REFUSED,
-    EXIT_USAGE,
-    CommandFailed,
-)
+from mqpy.commands import EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, CommandFailed
 from mqpy.commands.broker_client import ClientSettings, client_settings, failure
-from mqpy.commands.listening import (
-    EXIT_INTERRUPTED,
-    message_line,
-    printed,
-    remove_when_stopping,
-    stop_on_signals,
-)
+from mqpy.commands.listening import message_line, remove_when_stopping, stop_on_signals
+from mqpy.commands.terminal import printed
 
 if TYPE_CHECKING:  # imported when run: they load aiohttp, which `mqpy --help` need not
     from mqpy.client.aio import AsyncClient

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -14,7 +13,6 @@ from mqpy.client import ConnectionFailed, NotFound
 from mqpy.commands import EXIT_UNREACHABLE, CommandFailed
 from mqpy.commands.terminal import visible
 
-EXIT_INTERRUPTED = 130
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -65,17 +63,6 @@ def message_line(message: Shown, *, as_json: bool) -> str:
     if message.ordering_key is not None:
         record["ordering_key"] = message.ordering_key
     return json.dumps(record, ensure_ascii=False)
-
-
-def printed(line: str) -> bool:
-    """Print a line; False if whoever read our output is gone (`mqpy listen | head -1`),
-    after which stdout goes nowhere, so later prints cannot fail."""
-    try:
-        print(line, flush=True)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return False
-    return True
 
 
 async def remove_when_stopping(

@@ -6,17 +6,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mqpy.commands import (
-    EXIT_OK,
-    KEY_ENV,
-    add_server_options_with_epilog,
-    print_json,
-    print_usage,
-    set_handler,
-)
+from mqpy.commands import EXIT_OK
 from mqpy.commands.broker_client import ask
-from mqpy.commands.terminal import format_table
-from mqpy.commands.topics import format_fields, shortened, text
+from mqpy.commands.parsers import (
+    ANSWER_AS_JSON,
+    command,
+    command_group,
+    needs_key,
+    talks_to_broker,
+)
+from mqpy.commands.terminal import format_fields, format_table, print_answer, shortened, text
 
 ATTEMPT_COLUMNS = ("ATTEMPT", "SENT AT", "TOOK", "OUTCOME", "STATUS", "ERROR")
 _BODY_WIDTH = 200
@@ -25,54 +24,52 @@ _ERROR_WIDTH = 70
 
 def register(subparsers: Any) -> None:
     """Add `messages` and its subcommands to the `mqpy` parser's subparsers."""
-    group = subparsers.add_parser(
+    commands = command_group(
+        subparsers,
         "messages",
         help="show a kept message and its journey",
         description="Messages a running broker keeps: undelivered ones, and delivered "
-        "ones for --message-retention. Needs a key whose topics allow the message's "
-        f"(--key or {KEY_ENV}) unless the server has none configured. Exit codes: 0 done, "
-        "1 the server refused (or no such message is kept), 2 usage error, 3 server "
-        "unreachable.",
-        allow_abbrev=False,
+        "ones for --message-retention. "
+        + needs_key(
+            "a key whose topics allow the message's",
+            codes="Exit codes: 0 done, 1 the server refused (or no such message is kept), "
+            "2 usage error, 3 server unreachable.",
+        ),
     )
-    group.set_defaults(run=lambda args: print_usage(group))
-    commands = group.add_subparsers(dest="messages_command", metavar="COMMAND")
-    show = commands.add_parser(
+    show = command(
+        commands,
         "show",
         help="show a message, where each delivery stands and its attempts",
         description="Show a message (topic, attributes, body) and, for each delivery "
         "(one per subscription or group it matched), its state and its attempts: when "
         "each was sent, how long it took, and how it ended (the receiver's HTTP status or "
         "the error). A delivery keeps its newest 20 attempts.",
-        allow_abbrev=False,
     )
     show.add_argument("message_id", metavar="ID", help="the message id publishing returned")
-    show.add_argument(
-        "--json", action="store_true", help="print the server's answer as JSON instead"
-    )
-    add_server_options_with_epilog(show)
-    set_handler(show, show_message)
+    talks_to_broker(show, show_message, json_help=ANSWER_AS_JSON)
 
 
 def show_message(args: argparse.Namespace) -> int:
     answer = ask(args, lambda client: client.get_message(args.message_id))
-    if args.json:
-        print_json(answer)
-        return EXIT_OK
-    print(format_fields(_message_fields(answer)))
-    deliveries = answer["deliveries"]
-    if not deliveries:
-        print("\nno deliveries yet: no subscription matched its topic when it was published")
-    for delivery in deliveries:
-        print()
-        print(_delivery_line(delivery))
-        history = delivery.get("history") or []
-        if history:
-            rows = [_attempt_row(attempt) for attempt in history]
-            print(_indented(format_table(ATTEMPT_COLUMNS, rows)))
-        else:
-            print("  not attempted yet")
+    print_answer(answer, as_json=args.json, shown=lambda: _journey(answer))
     return EXIT_OK
+
+
+def _journey(message: dict[str, Any]) -> str:
+    """The message's fields, then each delivery's line and its attempts."""
+    blocks = [format_fields(_message_fields(message))]
+    deliveries = message["deliveries"]
+    if not deliveries:
+        blocks.append("no deliveries yet: no subscription matched its topic when it was published")
+    for delivery in deliveries:
+        history = delivery.get("history") or []
+        attempts = (
+            _indented(format_table(ATTEMPT_COLUMNS, [_attempt_row(a) for a in history]))
+            if history
+            else "  not attempted yet"
+        )
+        blocks.append(f"{_delivery_line(delivery)}\n{attempts}")
+    return "\n\n".join(blocks)
 
 
 def _message_fields(message: dict[str, Any]) -> list[tuple[str, str]]:

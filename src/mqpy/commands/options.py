@@ -1,30 +1,23 @@
 """Command-line spellings of the broker's message and subscription fields: topics,
-groups, attributes (`--attr k=v`), filters (`--filter k=v`) and delays, checked here so
-a typo is a usage error (exit 2) before anything is sent."""
+groups, delays, times, ids and limits, checked here so a typo is a usage error (exit 2)
+before anything is sent; and the options more than one command takes
+(`message_options`, `receiving_options`). Attributes and filters are `attributes`'."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TypeVar
 
-from mqpy.commands import EXIT_USAGE, CommandFailed
 from mqpy.config import parse_duration
-from mqpy.filters import InvalidFilter, parse_filter
 from mqpy.topics import TOPIC_NAME, is_valid_pattern
 
+N = TypeVar("N", int, float)
 GROUP_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 MAX_DELAY_SECONDS = 31_536_000  # one year, the broker's limit
-_PREFIX = "^="
-# Kept out of a --filter NAME, so a comparison this syntax does not have is refused.
-_OPERATOR_CHARACTERS = frozenset("=!<>~^")
-_FILTER_FORMS = (
-    "write NAME=VALUE (equals; repeat for any of several values), NAME^=PREFIX (starts "
-    "with), NAME (has the attribute) or !NAME (lacks it), where NAME has no spaces "
-    "around it and none of = ! < > ~ ^, and VALUE does not start with '=' (there is no "
-    "==, != or >=)"
-)
 
 
 def topic_name(text: str) -> str:
@@ -58,13 +51,83 @@ def group_name(text: str) -> str:
 
 def delay(text: str) -> float:
     """Seconds to hold a message back: `90`, `30s`, `5m`, `2h` (argparse `type`)."""
-    try:
-        seconds = parse_duration(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    seconds = _duration(text)
     if seconds > MAX_DELAY_SECONDS:
         raise argparse.ArgumentTypeError(f"{text!r} is over a year, the longest delay")
     return seconds
+
+
+def at_least_a_second(text: str) -> float:
+    """A duration of 1 s or more: `90`, `30m`, `24h` (argparse `type`)."""
+    seconds = _duration(text)
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is under a second; give 1s or more")
+    return seconds
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def positive_int(text: str) -> int:
+    """A whole number of 1 or more (argparse `type`)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or more")
+    return number
+
+
+def per_second(text: str) -> float:
+    """A rate of deliveries per second above 0, such as 50 or 0.5 (argparse `type`)."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of deliveries per second, such as 50 or 0.5"
+        ) from None
+    if not math.isfinite(number) or number <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a number of deliveries per second above 0, such as 50 or 0.5"
+        )
+    return number
+
+
+def bounded(kind: Callable[[str], N], low: N, high: N) -> Callable[[str], N]:
+    """An argparse `type`: a number of `kind` from `low` to `high`."""
+
+    def parse(text: str) -> N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r}: give {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def subscription_id(text: str) -> int:
+    """A subscription's id, as `mqpy subscriptions list` shows it (argparse `type`)."""
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a subscription id: a whole number, as `mqpy subscriptions "
+            "list` shows it"
+        )
+    return int(text)
+
+
+def add_subscription_id(parser: argparse.ArgumentParser) -> None:
+    """The ID argument of `mqpy subscriptions show|pause|...|pull ID`."""
+    parser.add_argument(
+        "id", type=subscription_id, metavar="ID", help="the subscription's id, as listed"
+    )
 
 
 def point_in_time(text: str) -> str:
@@ -138,77 +201,26 @@ def message_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def key_values(items: list[str], option: str) -> dict[str, str] | None:
-    """`["k=v", ...]` as a dict (None for none); a malformed or repeated name is a
-    usage error."""
-    if not items:
-        return None
-    pairs: dict[str, str] = {}
-    for item in items:
-        name, equals, value = item.partition("=")
-        if not equals or not name:
-            raise _usage(f"{option} {item!r}: write NAME=VALUE")
-        if name in pairs:
-            raise _usage(f"{option} {name} is given twice")
-        pairs[name] = value
-    return pairs
-
-
-def filter_of(items: list[str]) -> dict[str, Any] | None:
-    """`--filter` items as the broker's filter object (None for none).
-
-    `NAME=VALUE` equal (repeat NAME for any of several values), `NAME^=PREFIX` starts
-    with, `NAME` has the attribute, `!NAME` lacks it.
-    """
-    if not items:
-        return None
-    conditions: dict[str, Any] = {}
-    for item in items:
-        name, condition = _condition(item)
-        if name not in conditions:
-            conditions[name] = condition
-            continue
-        earlier = conditions[name]
-        if isinstance(condition, str) and isinstance(earlier, str | list):
-            conditions[name] = [*([earlier] if isinstance(earlier, str) else earlier), condition]
-        else:
-            raise _usage(
-                f"--filter {item!r}: {name} already has a condition; only NAME=VALUE may "
-                "repeat (any of the values)"
-            )
-    try:
-        parse_filter(conditions)
-    except InvalidFilter as error:
-        raise _usage(f"--filter: {error}") from None
-    return conditions
-
-
-def _condition(item: str) -> tuple[str, Any]:
-    name, condition = _split_condition(item)
-    # `kind==x`, `kind!=x`, `n>=3`, `n>3` would otherwise pass as conditions on odd
-    # names (`kind!`) or odd values (`=x`) and silently match nothing the user meant.
-    text = condition if isinstance(condition, str) else condition.get("prefix", "")
-    if (
-        not name
-        or name != name.strip()
-        or any(char in _OPERATOR_CHARACTERS for char in name)
-        or text.startswith("=")
-    ):
-        raise _usage(f"--filter {item!r} does not parse: {_FILTER_FORMS}")
-    return name, condition
-
-
-def _split_condition(item: str) -> tuple[str, str | dict[str, Any]]:
-    if _PREFIX in item:
-        name, _, prefix = item.partition(_PREFIX)
-        return name, {"prefix": prefix}
-    if "=" in item:
-        name, _, value = item.partition("=")
-        return name, value
-    if item.startswith("!"):
-        return item[1:], {"exists": False}
-    return item, {"exists": True}
-
-
-def _usage(message: str) -> CommandFailed:
-    return CommandFailed(EXIT_USAGE, message)
+def receiving_options(parser: argparse.ArgumentParser) -> None:
+    """--topic (a topic or pattern), --group and --filter: what a subscription (or
+    `listen`) receives. The epilog should carry `attributes.FILTER_HELP`."""
+    parser.add_argument(
+        "--topic",
+        type=topic_pattern,
+        default=None,
+        help="the topic to receive, or a pattern: orders.* (one more segment), orders.> "
+        "(any number) (default: the broker's, 'default')",
+    )
+    parser.add_argument(
+        "--group",
+        type=group_name,
+        default=None,
+        help="join this consumer group: each message goes to one of its members",
+    )
+    parser.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="CONDITION",
+        help="receive only messages whose attributes match (all conditions must hold); see below",
+    )

@@ -18,20 +18,20 @@ from typing import Any, BinaryIO
 
 from mqpy.client import Client, Message, MQError, Published
 from mqpy.commands import (
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_USAGE,
     KEY_ENV,
     URL_ENV,
     CommandFailed,
-    add_server_options,
-    set_handler,
 )
+from mqpy.commands.attributes import key_values
 from mqpy.commands.broker_client import failure, sync_client
-from mqpy.commands.options import key_values, message_options, topic_name
+from mqpy.commands.options import message_options, topic_name
+from mqpy.commands.parsers import command, talks_to_broker
 from mqpy.commands.terminal import Progress, visible
 
-EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
 DEFAULT_TOPIC = "default"
 BATCH_MESSAGES = 1000  # the broker's most per batch request
 # Bodies per batch request at most: well under the broker's --max-batch-bytes (16 MiB by
@@ -76,13 +76,13 @@ environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key; publisher or 
 
 def register(subparsers: Any) -> None:
     """Add `publish` to the `mqpy` parser's subparsers."""
-    parser = subparsers.add_parser(
+    parser = command(
+        subparsers,
         "publish",
         help="publish a message (from the command line or stdin)",
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
     )
     parser.add_argument("text", nargs="?", metavar="TEXT", help="the message (default: stdin)")
     parser.add_argument(
@@ -118,8 +118,7 @@ def register(subparsers: Any) -> None:
         help="no progress line on stderr with --lines or --batch (it shows only on a "
         "terminal anyway)",
     )
-    add_server_options(parser)
-    set_handler(parser, publish)
+    talks_to_broker(parser, publish, epilog=False)
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,10 @@ from typing import Any
 
 import msgspec
 
-from mqpy.commands import (
-    EXIT_OK,
-    EXIT_REFUSED,
-    KEY_ENV,
-    URL_ENV,
-    CommandFailed,
-    add_server_options,
-    print_json,
-    set_handler,
-)
+from mqpy.commands import EXIT_OK, EXIT_REFUSED, CommandFailed
 from mqpy.commands.broker_client import ask, client_settings
-from mqpy.commands.terminal import format_table, visible
+from mqpy.commands.parsers import command, needs_key, talks_to_broker
+from mqpy.commands.terminal import format_table, print_json, rate, shortened, visible
 
 TOPIC_COLUMNS = ("TOPIC", "BACKLOG", "OLDEST", "PUBLISHED/S", "DELIVERED/S", "RECEIVERS")
 RECEIVER_COLUMNS = (
@@ -98,7 +90,8 @@ class _Feed(msgspec.Struct):
 
 def register(subparsers: Any) -> None:
     """Add `status` to the `mqpy` parser's subparsers."""
-    parser = subparsers.add_parser(
+    parser = command(
+        subparsers,
         "status",
         help="show a running broker's topics, receivers and nodes",
         description="Show a running broker as GET /v1/status reports it: the dashboard's "
@@ -108,17 +101,9 @@ def register(subparsers: Any) -> None:
         "failing or paused; deliveries in flight; last success; consecutive failures; the "
         "latest failure's reason), then a table of the live nodes sharing its store (those "
         "heard from in the last 10 s; the one that answered is marked: address, uptime, "
-        "deliveries held and in flight, last heartbeat). Needs an admin key (--key "
-        f"or {KEY_ENV}) unless the server has none configured. Exit codes: 0 done, 1 the "
-        "server refused, 2 usage error, 3 server unreachable.",
-        allow_abbrev=False,
+        "deliveries held and in flight, last heartbeat). " + needs_key("an admin key"),
     )
-    parser.add_argument(
-        "--json", action="store_true", help="print the server's status feed as JSON instead"
-    )
-    add_server_options(parser)
-    parser.epilog = f"Environment: {URL_ENV} (the broker's URL), {KEY_ENV} (the API key)."
-    set_handler(parser, show_status)
+    talks_to_broker(parser, show_status, json_help="print the server's status feed as JSON instead")
 
 
 def show_status(args: argparse.Namespace) -> int:
@@ -173,7 +158,7 @@ def _nodes_table(nodes: list[_Node], answered: str | None) -> str:
 def _node_row(node: _Node, answered: str | None) -> tuple[str, ...]:
     return (
         visible(node.name) + (ANSWERED if node.name == answered else ""),
-        _shortened(node.address, _URL_WIDTH) if node.address else "-",
+        shortened(node.address, _URL_WIDTH) if node.address else "-",
         format_age(node.uptime_seconds),
         str(node.held),
         str(node.in_flight),
@@ -187,8 +172,8 @@ def _topic_row(topic: _Topic) -> tuple[str, ...]:
         visible(topic.topic),
         str(topic.backlog),
         "-" if age is None else format_age(age),
-        _rate(topic.publish_rate),
-        _rate(topic.delivery_rate),
+        rate(topic.publish_rate),
+        rate(topic.delivery_rate),
         str(topic.receivers),
     )
 
@@ -198,15 +183,15 @@ def _receiver_row(now: float, receiver: _Receiver) -> tuple[str, ...]:
     reason = receiver.recent_failures[0].reason if receiver.recent_failures else "-"
     return (
         str(receiver.id),
-        _shortened(receiver.url, _URL_WIDTH),
+        shortened(receiver.url, _URL_WIDTH),
         visible(receiver.topic),
-        "-" if not receiver.group else _shortened(receiver.group, _GROUP_WIDTH),
+        "-" if not receiver.group else shortened(receiver.group, _GROUP_WIDTH),
         visible(receiver.state),
         str(receiver.in_flight),
         "-" if receiver.window is None else str(receiver.window),
         "never" if last_success is None else format_age(now - last_success) + " ago",
         str(receiver.consecutive_failures),
-        _shortened(reason, _REASON_WIDTH),
+        shortened(reason, _REASON_WIDTH),
     )
 
 
@@ -221,14 +206,3 @@ def format_age(seconds: float) -> str:
         if whole >= size:
             return f"{whole // size}{unit}{whole % size // smaller_size:02d}{smaller}"
     return f"{whole}s"
-
-
-def _rate(per_second: float) -> str:
-    return f"{per_second:.2f}"
-
-
-def _shortened(text: str, width: int) -> str:
-    """Server text on one line, control characters escaped: a receiver's URL is whatever
-    its client chose, and must not be able to rewrite the operator's terminal."""
-    shown = visible(text)
-    return shown if len(shown) <= width else shown[: width - 1] + "…"

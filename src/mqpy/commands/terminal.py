@@ -1,4 +1,5 @@
-"""What commands show on a terminal: a progress line, and outside text made safe to print.
+"""What commands print: tables, `name  value` fields, JSON, a progress line, and text
+from outside (the server's answers, message bodies) made safe to print.
 
 The progress line is hand-written rather than `rich` or `tqdm`: it needs a counter, a
 rate and, when the input's size is known, a bar. That is some forty lines, not a
@@ -7,8 +8,13 @@ dependency. It draws only on a terminal, so pipes and logs never see carriage re
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
-from typing import TextIO
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import IO, Any, TextIO
 
 _REDRAW_SECONDS = 0.1
 _BAR_WIDTH = 24
@@ -26,6 +32,72 @@ _ESCAPES = {code: f"\\x{code:02x}" for code in _CONTROLS} | {
 def visible(text: str) -> str:
     """`text` on one line, control characters written as escapes (\\n, \\x1b)."""
     return text.translate(_ESCAPES)
+
+
+def text(value: Any) -> str:
+    """A value from the server on one line, control characters escaped; `-` for none."""
+    if value is None:
+        return "-"
+    return visible(str(value))
+
+
+def shortened(value: str, width: int) -> str:
+    """`value` made visible, cut to `width` characters (the last one an ellipsis)."""
+    shown = visible(value)
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
+
+
+def rate(value: Any) -> str:
+    """A per-second figure to two places; `?` for what is not a number."""
+    return f"{value:.2f}" if isinstance(value, int | float) else "?"
+
+
+def utc_time(value: Any) -> str:
+    """Seconds since the epoch as `2026-11-26T23:00:00Z`; `?` for what is not a number."""
+    if not isinstance(value, int | float):
+        return "?"
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def print_json(value: Any, out: IO[str] | None = None) -> None:
+    print(json.dumps(value, indent=2), file=out or sys.stdout)
+
+
+def print_answer(answer: Any, *, as_json: bool, shown: Callable[[], str]) -> None:
+    """The server's answer as JSON (--json), else as `shown()` lays it out for people;
+    `shown` is called only then, so --json prints even an answer it could not lay out."""
+    if as_json:
+        print_json(answer)
+    else:
+        print(shown())
+
+
+def print_listing(
+    answer: dict[str, list[Any]],
+    *,
+    as_json: bool,
+    columns: tuple[str, ...],
+    row: Callable[[Any], tuple[str, ...]],
+    empty: str,
+) -> None:
+    """A list the server answered (`{"topics": [...]}`, every page): as JSON (--json), as
+    a table of `columns` with a `row` each, or the sentence `empty` when there is none."""
+    if as_json:
+        print_json(answer)
+        return
+    [items] = answer.values()
+    print(format_table(columns, [row(item) for item in items]) if items else empty)
+
+
+def printed(line: str) -> bool:
+    """Print a line; False if whoever read our output is gone (`mqpy listen | head -1`),
+    after which stdout goes nowhere, so later prints cannot fail."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
+    return True
 
 
 class Progress:
@@ -74,3 +146,9 @@ def format_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in (columns, *rows)
     )
+
+
+def format_fields(fields: list[tuple[str, str]]) -> str:
+    """`name   value` lines, values aligned."""
+    width = max(len(name) for name, _ in fields)
+    return "\n".join(f"{name.ljust(width)}  {value}".rstrip() for name, value in fields)
