@@ -509,3 +509,70 @@ async def test_a_sqlite_group_takes_up_at_once_what_a_killed_broker_had_claimed(
     assert time.monotonic() - started < 20  # well inside the 60 s lease
     assert {r.message_id for r in receiver.received} == published
     finished.set()
+
+
+async def sessions_on_each(pids: set[int], port: int, url: str) -> dict[int, aiohttp.ClientSession]:
+    """A kept-alive session whose one connection the kernel gave to each of `pids`:
+    connections are opened one at a time until every process holds one (the rest are
+    closed)."""
+    found: dict[int, aiohttp.ClientSession] = {}
+    spare: list[aiohttp.ClientSession] = []
+    for _ in range(64):  # each lands on either of two at random: 2**-63 to miss one
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+        before = established_by(pids, port)
+        async with session.get(f"{url}/healthz") as answer:
+            assert answer.status == 200
+        after = established_by(pids, port)
+        (pid,) = [p for p in pids if after[p] > before[p]]
+        if pid in found:
+            spare.append(session)
+        else:
+            found[pid] = session
+        if len(found) == len(pids):
+            break
+    for session in spare:
+        await session.close()
+    assert len(found) == len(pids), found
+    return found
+
+
+async def test_a_pull_waiting_on_one_process_gets_a_message_published_through_another_at_once(
+    start_server: ServerFactory, store: str
+) -> None:
+    # A process finds what another published when told (LISTEN/NOTIFY on PostgreSQL, a
+    # datagram between the processes on SQLite), not at its next poll, up to 1 s later.
+    server, pids = start_processes(start_server, store, 2)
+    sessions = await sessions_on_each(pids, server.port, server.url)
+    waiting, publishing = sessions.values()
+    try:
+        async with publishing.post(
+            f"{server.url}/v1/subscriptions", json={"kind": "pull", "topic": "w"}
+        ) as made:
+            assert made.status == 201, await made.text()
+            sid = (await made.json())["id"]
+        await asyncio.sleep(1.5)  # the subscription is in force on both processes
+        pull_url = f"{server.url}/v1/subscriptions/{sid}/pull"
+        waits = []
+        for n in range(5):
+
+            async def pull() -> tuple[list[str], float]:
+                async with waiting.post(pull_url, json={"wait_seconds": 10}) as answer:
+                    assert answer.status == 200, await answer.text()
+                    got = [m["body"] for m in (await answer.json())["messages"]]
+                    return got, time.monotonic()
+
+            polling = asyncio.create_task(pull())
+            await asyncio.sleep(0.3)  # the poll looked, found nothing, and waits
+            async with publishing.post(
+                f"{server.url}/v1/topics/w/messages", json={"body": f"m{n}"}
+            ) as answer:
+                assert answer.status == 201, await answer.text()
+                published_at = time.monotonic()
+            got, answered_at = await polling
+            assert got == [f"m{n}"]
+            waits.append(answered_at - published_at)
+    finally:
+        for session in sessions.values():
+            await session.close()
+    # Each poll's own next look would come about 0.7 s after the publish.
+    assert max(waits) < 0.25, [f"{w:.3f}" for w in waits]

@@ -32,7 +32,7 @@ from mqpy.peers import CatalogSync, Heartbeat, node_address
 from mqpy.pull import PullService
 from mqpy.stopping import StopSignals
 from mqpy.store import Store, StoreLocation, open_store
-from mqpy.supervisor import inherited_data_lock
+from mqpy.supervisor import inherited_data_lock, process_slot
 
 log = logging.getLogger("mqpy.server")
 
@@ -81,7 +81,9 @@ async def serve(settings: Settings) -> int:
     try:
         check_lease(settings)
         location = StoreLocation.parse(settings.store, settings.data_dir)
-        store = open_store(location, data_lock=inherited_data_lock())
+        slot = process_slot()
+        member = None if slot is None else (slot, settings.processes)
+        store = open_store(location, data_lock=inherited_data_lock(), member=member)
     except (StartupRefused, StoreCannotOpen) as exc:
         log.error("%s", exc)
         return 2

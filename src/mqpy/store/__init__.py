@@ -79,12 +79,18 @@ class StoreLocation:
         return f"StoreLocation({self.backend!r}, {str(self)!r})"
 
 
-def open_store(location: StoreLocation, *, data_lock: int | None = None) -> Store:
+def open_store(
+    location: StoreLocation,
+    *,
+    data_lock: int | None = None,
+    member: tuple[int, int] | None = None,
+) -> Store:
     """The store at `location`, not opened yet (`await store.open()` does that).
     `data_lock`: the SQLite data directory's lock, held by the supervisor of a group of
-    processes this one belongs to (`mqpy serve --processes N`)."""
+    processes this one belongs to (`mqpy serve --processes N`); `member`: which of the
+    group's processes this is, and how many there are."""
     if location.backend == "sqlite":
-        return SQLiteStore(Path(location.target), group_lock=data_lock)
+        return SQLiteStore(Path(location.target), group_lock=data_lock, member=member)
     try:
         # Imported only when asked for: the embedded default needs no PostgreSQL driver.
         from mqpy.store.postgres import PostgresStore

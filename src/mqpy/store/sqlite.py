@@ -93,6 +93,7 @@ from mqpy.store.sqlite_replay import seek as seek_target
 from mqpy.store.sqlite_schema import migrate
 from mqpy.store.sqlite_settle import SettlementQueue, finish_messages
 from mqpy.store.sqlite_tallies import Tallies
+from mqpy.store.sqlite_wake import CATALOG, DUE, group_wake
 from mqpy.store.sqlite_writer import GroupCommitWriter, WriterClosed
 from mqpy.topics import TOPIC_NAME, is_pattern
 from mqpy.topics import matches as topic_matches
@@ -122,9 +123,17 @@ def _configure(conn: sqlite3.Connection) -> None:
 class SQLiteStore(Store):
     """The `Store` interface on one SQLite file under a data directory."""
 
-    def __init__(self, data_dir: Path, *, group_lock: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        group_lock: int | None = None,
+        member: tuple[int, int] | None = None,
+    ) -> None:
         """`group_lock`: for one process of a group, the descriptor of the data
-        directory's lock file that the group's supervisor holds (`prepare_group`)."""
+        directory's lock file that the group's supervisor holds (`prepare_group`);
+        `member`: which of the group's processes this one is, and how many there are
+        (slot, count), so that it can wake the others (`sqlite_wake.py`)."""
         self.data_dir = data_dir
         self.path = data_dir / DATABASE_FILE
         self.node = node_name()
@@ -142,12 +151,22 @@ class SQLiteStore(Store):
         self._settlements = SettlementQueue(self._writer, self._tallies, self._events)
         # New messages and their deliveries are written together (sqlite_publish.py).
         self._publishing = PublishBuffer()
-        self._writer.flush_buffered = self._publishing.flush
         self._writer.before_commit = self._tallies.flush
         self._writer.on_rollback = self._rolled_back
         self._writer.harmless_write = _probe_write
         if group_lock is not None:
             self._writer.after_begin = self._begin
+        # The other processes of a group, woken after commits that concern them.
+        self._peers = (
+            None if group_lock is None or member is None else group_wake(group_lock, *member)
+        )
+        self._writer.flush_buffered = self._flush_publishes
+        self._writer.on_commit = self._committed
+        self._on_commit: Callable[[int, float], None] | None = None
+        # Since the last commit (in the writer's thread): publishes written, and
+        # connections, subscriptions or keys changed by this process.
+        self._published = False
+        self._catalog_moved = False
         self._lock_file: IO[str] | None = None
         self._catalog_version = 0
         # A process on its own keeps the list of nodes (itself) in memory; a group's
@@ -159,6 +178,7 @@ class SQLiteStore(Store):
         self._tallies.rolled_back(whole_transaction)
         if whole_transaction:
             self._publishing.clear()
+            self._published = self._catalog_moved = False
 
     @property
     def shared(self) -> bool:
@@ -171,6 +191,7 @@ class SQLiteStore(Store):
         self._routes.invalidate()
         conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'catalog'")
         self._catalog_version += 1
+        self._catalog_moved = True
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """The writer's `after_begin` in a group of processes: what this process keeps
@@ -191,7 +212,32 @@ class SQLiteStore(Store):
         return self._writer
 
     def observe_commits(self, callback: Callable[[int, float], None]) -> None:
-        self._writer.on_commit = callback
+        self._on_commit = callback
+
+    def watch(self, on_due: Callable[[], None], on_catalog: Callable[[], None]) -> None:
+        if self._peers is not None:
+            self._peers.start(on_due, on_catalog)
+
+    def _flush_publishes(self, conn: sqlite3.Connection) -> None:
+        """The writer's flush_buffered: publishes written now make deliveries due."""
+        self._published = self._publishing.flush(conn) or self._published
+
+    def _committed(self, operations: int, seconds: float) -> None:
+        """The writer's on_commit (its thread): wake the group's other processes if the
+        transaction gave them something to do, and tell the observer."""
+        if self._peers is not None:
+            if self._catalog_moved:
+                self._peers.tell(CATALOG)
+            elif self._published:
+                self._peers.tell(DUE)
+        self._published = self._catalog_moved = False
+        if self._on_commit is not None:
+            self._on_commit(operations, seconds)
+
+    def _tell_due(self) -> None:
+        """Deliveries became due outside a publish (redrive, seek, release)."""
+        if self._peers is not None:
+            self._peers.tell(DUE)
 
     async def open(self) -> None:
         # Message bodies and receivers' signing secrets live here: owner only. SQLite
@@ -227,6 +273,8 @@ class SQLiteStore(Store):
 
     async def close(self) -> None:
         await self._writer.stop()
+        if self._peers is not None:
+            self._peers.close()
         self._unlock()
 
     def _unlock(self) -> None:
@@ -344,7 +392,10 @@ class SQLiteStore(Store):
             self._tallies.add_stored(stored)
             return result
 
-        return await self._writer.run(operation)
+        found = await self._writer.run(operation)
+        if found is not None and found.due:
+            self._tell_due()
+        return found
 
     async def subscription(self, subscription_id: int) -> Subscription | None:
         return await self._writer.run(lambda conn: _subscription(conn, subscription_id))
@@ -746,6 +797,7 @@ class SQLiteStore(Store):
             ),
             durable=False,
         )
+        self._tell_due()  # a process stopping: the others take them over now
 
     async def add_key(self, key: ApiKey) -> None:
         def operation(conn: sqlite3.Connection) -> None:
@@ -815,7 +867,10 @@ class SQLiteStore(Store):
             where, params = _dead_letters_of(receiver_id, message_id)
             return conn.execute(sql + where, (now, *params)).rowcount
 
-        return await self._writer.run(operation)
+        count = await self._writer.run(operation)
+        if count:
+            self._tell_due()
+        return count
 
     async def purge_dead_letters(
         self,

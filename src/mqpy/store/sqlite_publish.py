@@ -112,10 +112,12 @@ class PublishBuffer:
         self._keyed.update(keyed)
         return results
 
-    def flush(self, conn: sqlite3.Connection) -> None:
-        """Write what is buffered, in the transaction under way."""
+    def flush(self, conn: sqlite3.Connection) -> bool:
+        """Write what is buffered, in the transaction under way; whether it wrote
+        deliveries."""
         if self._last_seq is None:
-            return
+            return False
+        wrote_deliveries = bool(self._deliveries)
         for table, rows in (
             (_KEYS, self._keys),
             (_MESSAGES, self._messages),
@@ -124,6 +126,7 @@ class PublishBuffer:
             for run in _runs(rows):
                 conn.execute(_insert(*table, len(run)), [value for row in run for value in row])
         self.clear()
+        return wrote_deliveries
 
     def clear(self) -> None:
         """Forget what is buffered: written, or its transaction rolled back."""
