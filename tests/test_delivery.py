@@ -347,22 +347,6 @@ async def test_dead_letters_are_listed_and_redriven(
     assert await client.redrive() == 0
 
 
-async def test_max_age_dead_letters_a_delivery(
-    start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
-) -> None:
-    server = start_server("--max-age", "1s", "--max-attempts", "1000", *FAST_RETRIES)
-    client = SeedClient(http, server.url)
-    receiver = await start_receiver(Answer(500))
-    receiver_id = await client.connect_receiver(receiver.url)
-    sender = await client.connect_sender()
-    message_id = (await client.send(sender, "too old"))["message_id"]
-    (letter,) = await wait_for_dead_letters(client, 1, timeout=15)
-    assert letter["message_id"] == message_id
-    assert letter["receiver_id"] == receiver_id
-    assert 1 <= letter["attempts"] < 1000
-    assert letter["attempts"] == len(receiver.attempts)
-
-
 async def test_connections_and_messages_survive_a_clean_restart(
     start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
 ) -> None:

@@ -70,6 +70,8 @@ def test_urls_and_conninfo_name_a_postgresql_database_verbatim(store: str, dsn: 
         ("sqlite:///", "names no directory"),
         ("sqlite://host/dir", "no host"),
         ("postgresql:db", "starts with postgresql://"),
+        ("memory:", "no store in memory alone"),
+        ("memory://", "no store in memory alone"),
     ],
 )
 def test_anything_else_is_refused_naming_what_is_accepted(store: str, reason: str) -> None:

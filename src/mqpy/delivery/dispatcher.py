@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from mqpy.delivery.pace import Pace
 from mqpy.delivery.retry import RetryPolicy
-from mqpy.delivery.sender import Outcome, Sender
+from mqpy.delivery.sender import DeliverySender, Outcome
 from mqpy.delivery.window import ReceiverWindows
 from mqpy.domain import Delivery, StoreUnavailable, Subscription
 from mqpy.observability import Observer
@@ -43,7 +43,7 @@ class Dispatcher:
     def __init__(
         self,
         store: Store,
-        sender: Sender,
+        sender: DeliverySender,
         policy: RetryPolicy,
         *,
         workers: int,

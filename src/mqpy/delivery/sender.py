@@ -11,6 +11,7 @@ import json
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from mqpy import __version__
 from mqpy.delivery.connections import Answer, DeliveryFailed, ReceiverConnections
@@ -34,6 +35,13 @@ class Outcome:
         """The failure is the receiver's as a whole (down, overloaded, broken), not
         this message's: no connection or answer, a 5xx, or a 429."""
         return not self.ok and (self.status is None or self.status >= 500 or self.status == 429)
+
+
+class DeliverySender(Protocol):
+    """What the dispatcher needs of a sender: one attempt and its outcome. `Sender` is
+    the real one; in-process tests record what they were asked to send."""
+
+    async def send(self, delivery: Delivery) -> Outcome: ...
 
 
 class Sender:

@@ -120,6 +120,11 @@ def _parse(text: str) -> StoreLocation:
         return StoreLocation("postgresql", f"{scheme}:{rest}")  # libpq wants it lower-case
     if scheme == "sqlite":
         return StoreLocation("sqlite", _sqlite_directory(text, rest))
+    if scheme == "memory":
+        # The in-memory store (store/memory.py) is for tests: a 200 on /send means the
+        # message is on disk, which memory cannot keep. Without this, "memory:" would
+        # name a SQLite directory of that name.
+        raise _malformed(text, "mq-py keeps no store in memory alone: what it accepts is on disk")
     if rest.startswith("//"):
         raise _malformed(text, f"mq-py has no {scheme}:// store")
     if _CONNINFO.match(text):

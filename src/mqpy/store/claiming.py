@@ -108,6 +108,12 @@ class ClaimBuilder:
                 takes.append((group_id, total))
         return takes
 
+    def targets(self) -> list[tuple[bool, int, int]]:
+        """Every target with room, as (is a group, subscription or group id, rows to
+        read for it): `subscription_takes` then `group_takes`."""
+        found = [(False, member.id, take) for member, take in self.subscription_takes()]
+        return found + [(True, group_id, take) for group_id, take in self.group_takes()]
+
     def consider(self, due_at: float | None) -> None:
         """A delivery of a target falls due at `due_at` (None: nothing does)."""
         if due_at is not None and (self.next_due is None or due_at < self.next_due):

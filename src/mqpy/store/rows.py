@@ -13,6 +13,7 @@ from mqpy.domain import (
     Attempt,
     AttemptOutcome,
     BadCursor,
+    Conflict,
     DeadLetter,
     DeliveryFormat,
     DeliveryState,
@@ -115,6 +116,24 @@ def dump_attributes(attributes: dict[str, str] | Any) -> str | None:
 
 def load_attributes(text: str | None) -> dict[str, str]:
     return {} if text is None else dict(json.loads(text))
+
+
+def group_filter_conflict(spec: SubscriptionSpec, current: str | None) -> Conflict:
+    """A member joining a group with a filter other than the group's (`current`, as
+    `dump_filter` writes it)."""
+    return Conflict(
+        f"the group {spec.group!r} on {spec.topic!r} has the filter "
+        f"{current or 'none'}; its members must all carry the same filter"
+    )
+
+
+def shared_filter_conflict(subscription_id: int, group: str | None, members: int) -> Conflict:
+    """A filter change on one of a group's `members` while others remain."""
+    return Conflict(
+        f"subscription {subscription_id} shares the group {group!r} with "
+        f"{members - 1} other member(s); a group's members must all carry the same "
+        "filter, so change it on a new group"
+    )
 
 
 def changed_spec(spec: SubscriptionSpec, changes: SubscriptionChanges) -> SubscriptionSpec:

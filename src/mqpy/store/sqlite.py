@@ -26,7 +26,6 @@ from mqpy.domain import (
     BadCursor,
     BrokerStats,
     Claim,
-    Conflict,
     Connection,
     DeadLetter,
     Delivery,
@@ -82,7 +81,9 @@ from mqpy.store.rows import (
     delivery_status,
     dump_filter,
     dump_settings,
+    group_filter_conflict,
     load_attributes,
+    shared_filter_conflict,
     subscription_from_row,
 )
 from mqpy.store.sqlite_claim import claim as claim_due
@@ -1216,10 +1217,7 @@ def _join_group(conn: sqlite3.Connection, spec: SubscriptionSpec, now: float) ->
         return cursor.lastrowid, True
     group_id, current = row
     if current != wanted:
-        raise Conflict(
-            f"the group {spec.group!r} on {spec.topic!r} has the filter "
-            f"{current or 'none'}; its members must all carry the same filter"
-        )
+        raise group_filter_conflict(spec, current)
     return group_id, False
 
 
@@ -1232,11 +1230,7 @@ def _change_group_filter(
         (subscription_id,),
     ).fetchone()
     if members > 1:
-        raise Conflict(
-            f"subscription {subscription_id} shares the group {spec.group!r} with "
-            f"{members - 1} other member(s); a group's members must all carry the same "
-            "filter, so change it on a new group"
-        )
+        raise shared_filter_conflict(subscription_id, spec.group, members)
     conn.execute("UPDATE groups SET filter = ? WHERE id = ?", (dump_filter(spec.filter), group_id))
 
 

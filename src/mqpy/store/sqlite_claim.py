@@ -94,9 +94,7 @@ def claim(
         builder.hold_to_cap(_leased(conn, capped, now))
     due: list[tuple[int, bool, int, float]] = []  # target, is a group, delivery id, due at
     takes: dict[tuple[bool, int], int] = {}
-    targets = [(False, member.id, take) for member, take in builder.subscription_takes()]
-    targets += [(True, group_id, take) for group_id, take in builder.group_takes()]
-    for is_group, target, take in targets:
+    for is_group, target, take in builder.targets():
         select, after = _QUERIES[is_group]
         # The one row beyond what we take tells whether more are due right now.
         found = conn.execute(select, (target, now, take + 1)).fetchall()
