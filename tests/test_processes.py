@@ -29,6 +29,7 @@ from mqpy import supervisor
 from mqpy.supervisor import Supervisor
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
+from tests.support.metrics import Scrape
 from tests.support.receiver import Crowd
 from tests.support.server import ServerProcess
 
@@ -528,3 +529,53 @@ async def test_a_sqlite_group_takes_up_at_once_what_a_killed_broker_had_claimed(
     assert time.monotonic() - started < 20  # well inside the 60 s lease
     assert {r.message_id for r in receiver.received} == published
     finished.set()
+
+
+async def fresh_scrape(url: str) -> Scrape:
+    """/metrics over a connection of its own: whichever process the kernel gives it."""
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as answer:
+        assert answer.status == 200, await answer.text()
+        return Scrape(await answer.text())
+
+
+async def test_metrics_show_the_whole_group_whichever_process_answers(
+    start_server: ServerFactory, start_receiver: ReceiverFactory, store: str
+) -> None:
+    server, pids = start_processes(start_server, store, 2)
+    receiver = await start_receiver()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+        # One connection: every publish goes through the one process holding it.
+        client = SeedClient(http, server.url)
+        await client.connect_receiver(receiver.url)
+        await asyncio.sleep(1.5)  # in force on both processes
+        sender = await client.connect_sender()
+        for i in range(200):
+            await client.send(sender, f"m{i}")
+    await receiver.wait_for(200, timeout=30)
+    deadline = time.monotonic() + 10
+    while (await fresh_scrape(server.url))("mqpy_deliveries_total", outcome="delivered") < 200:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    # 12 scrapes over connections of their own: all on the publishing process would
+    # happen once in 4,000 runs; each answers with the group's totals.
+    for _ in range(12):
+        scraped = await fresh_scrape(server.url)
+        assert scraped("mqpy_messages_published_total", topic="default") == 200, scraped.text
+        assert scraped("mqpy_deliveries_total", outcome="delivered") == 200, scraped.text
+        assert scraped("mqpy_delivery_attempts_total") == 200, scraped.text
+        assert scraped("mqpy_delivery_latency_seconds_count") == 200, scraped.text
+        assert scraped("mqpy_deliveries_in_flight") == 0, scraped.text
+        # Figures of one process, which have no group total, are left out.
+        assert "process_cpu_seconds_total" not in scraped.text
+    # Counters keep what a process counted after it is gone; live gauges drop it.
+    os.kill(min(pids), signal.SIGKILL)
+    serving_without(server, min(pids), 2)
+    scraped = await fresh_scrape(server.url)
+    assert scraped("mqpy_messages_published_total", topic="default") == 200, scraped.text
+    assert scraped("mqpy_deliveries_in_flight") == 0, scraped.text
+    shared = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", server.log)
+    assert shared is not None, server.log
+    metrics_dir = Path(shared.group(1))
+    assert await asyncio.to_thread(metrics_dir.is_dir)
+    assert server.terminate() == 0
+    assert not await asyncio.to_thread(metrics_dir.exists)  # the supervisor cleaned up

@@ -32,7 +32,7 @@ from mqpy.peers import CatalogSync, Heartbeat, node_address
 from mqpy.pull import PullService
 from mqpy.stopping import StopSignals
 from mqpy.store import Store, StoreLocation, open_store
-from mqpy.supervisor import inherited_data_lock
+from mqpy.supervisor import group_metrics_dir, inherited_data_lock
 
 log = logging.getLogger("mqpy.server")
 
@@ -107,8 +107,9 @@ async def _serve_with_store(
     clock = store.clock
     access = Access(settings.admin_key)
     broker = Broker(store, limits(settings), clock=clock)
-    # A registry of this server's own: no global state shared between instances.
-    observer = Observer(store, broker, CollectorRegistry())
+    # A registry of this server's own: no global state shared between instances; in a
+    # group, it reads the metrics every process of the group writes.
+    observer = Observer(store, broker, CollectorRegistry(), group_metrics=group_metrics_dir())
     broker.set_publish_observer(observer)
     keyring = Keyring(store, access, broker, clock=clock)
     await keyring.start()

@@ -12,6 +12,11 @@ On SQLite the parent first takes the data directory's lock for the whole group a
 releases what the processes before it left claimed, then hands each child the lock's
 descriptor (`MQPY_DATA_LOCK_FD`).
 
+For /metrics to show the whole group whichever process answers, the parent makes a
+directory for prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR), tells
+the library when a child is gone (so gauges of live processes drop its share), and
+removes the directory once every child has stopped.
+
 The parent forwards SIGTERM and SIGINT to the children and waits for their graceful
 stop. A child that dies is replaced, after a pause that grows while replacements keep
 failing to start, so a crash loop does not spin; a first child that cannot start (a
@@ -24,16 +29,20 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO
+
+from prometheus_client.multiprocess import mark_process_dead
 
 from mqpy.config import Settings
 from mqpy.domain import StoreCannotOpen, StoreError
@@ -46,6 +55,8 @@ log = logging.getLogger("mqpy.supervisor")
 SLOT_ENV = "MQPY_PROCESS_SLOT"
 # And on SQLite, the descriptor of the data directory's lock, which the parent holds.
 DATA_LOCK_ENV = "MQPY_DATA_LOCK_FD"
+# And the directory the group's metrics are shared in: prometheus_client's own name.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A child that exits sooner than this after its start failed to start.
 STARTUP_SECONDS = 5.0
 # The pause before a replacement: doubled for each start in a row that failed.
@@ -73,6 +84,14 @@ def inherited_data_lock(environ: Mapping[str, str] | None = None) -> int | None:
     environ = os.environ if environ is None else environ
     raw = environ.get(DATA_LOCK_ENV, "")
     return int(raw) if process_slot(environ) is not None and raw.isdigit() else None
+
+
+def group_metrics_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    """The directory this process's group shares its metrics in, or None if it is not
+    one of a group."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(METRICS_DIR_ENV, "")
+    return raw if process_slot(environ) is not None and raw else None
 
 
 def refusal(settings: Settings) -> str | None:
@@ -139,9 +158,13 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
     # The last --port wins: every child takes the one port picked here.
     command = [sys.executable, "-m", "mqpy", *argv, "--port", str(port)]
     stop_timeout = 2 * settings.shutdown_grace + STOP_MARGIN_SECONDS
+    # Fresh for each group: files left by an earlier one would add to its counters.
+    environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="mqpy-metrics-")
+    log.info("metrics of the group in %s=%s", METRICS_DIR_ENV, environ[METRICS_DIR_ENV])
     try:
         return Supervisor(command, settings.processes, stop_timeout, environ).run()
     finally:
+        shutil.rmtree(environ[METRICS_DIR_ENV], ignore_errors=True)
         for sock in held:
             sock.close()
         if data_lock is not None:
@@ -225,7 +248,7 @@ class Supervisor:
     def _exited(self, child: _Child, returncode: int) -> int | None:
         """Schedule a replacement for a child that exited; the status to give up with
         instead, if it should not be replaced."""
-        del self.children[child.slot]
+        self._forget(child)
         lived = time.monotonic() - child.started
         failed_start = lived < STARTUP_SECONDS
         name = f"process {child.slot}/{self.count} (pid {child.process.pid})"
@@ -266,6 +289,13 @@ class Supervisor:
         self.children[slot] = _Child(slot, process, time.monotonic(), first)
         log.info("process %d/%d started (pid %d)", slot, self.count, process.pid)
 
+    def _forget(self, child: _Child) -> None:
+        """A child exited: its counters stay in the group's totals, its live gauges go."""
+        del self.children[child.slot]
+        metrics = self.environ.get(METRICS_DIR_ENV)
+        if metrics:
+            mark_process_dead(child.process.pid, metrics)  # type: ignore[no-untyped-call]
+
     def _stop(self) -> bool:
         """Pass the stop signal (SIGTERM if none came) on to every child and wait for
         them, killing any still running after `stop_timeout`; whether all stopped cleanly."""
@@ -280,7 +310,7 @@ class Supervisor:
                 returncode = child.process.poll()
                 if returncode is None:
                     continue
-                del self.children[child.slot]
+                self._forget(child)
                 # One signalled before it could catch the signal dies of it: no harm.
                 if returncode not in (0, -sent):
                     clean = False

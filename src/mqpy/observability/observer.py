@@ -43,12 +43,14 @@ class Observer:
         broker: Broker,
         registry: CollectorRegistry,
         clock: Callable[[], float] = time.time,
+        group_metrics: str | None = None,
     ) -> None:
+        """`group_metrics`: the directory a `--processes` group shares its metrics in."""
         self.registry = registry
         self._store = store
         self._broker = broker
         self._clock = clock
-        self._metrics = Metrics(registry)
+        self._metrics = Metrics(registry, group_metrics)
         self._figures = StoreFiguresCache(store)
         self._scraped: StoreFigures | None = None
         self._throughput = Throughput()
@@ -56,7 +58,6 @@ class Observer:
         self._receivers: dict[int, ReceiverActivity] = {}
         # Receivers whose health changed since it was last saved (health_keeper.py).
         self._health_changed: set[int] = set()
-        self._in_flight = 0
         registry.register(LiveGauges(self._gauges))
         store.observe_commits(self._metrics.committed)
 
@@ -76,10 +77,9 @@ class Observer:
         if receiver is None:
             receiver = self._receivers[subscription_id] = ReceiverActivity()
         receiver.in_flight += 1
-        self._in_flight += 1
+        self._metrics.attempt_started()
 
     def attempt_ended(self, subscription_id: int, seconds: float) -> None:
-        self._in_flight -= 1
         self._metrics.attempted(seconds)
         receiver = self._receivers.get(subscription_id)
         if receiver is not None:  # None if it disconnected meanwhile
@@ -258,7 +258,6 @@ class Observer:
             topics=topics,
             dead_letters=None if self._scraped is None else self._scraped.dead_letters,
             receivers=dict(states),
-            in_flight=self._in_flight,
         )
 
     def _state(self, subscription: Subscription) -> ReceiverState:
