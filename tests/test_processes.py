@@ -184,6 +184,18 @@ async def publish_over_connections(url: str, bodies: list[str], connections: int
             await session.close()
 
 
+async def subscribe(
+    http: aiohttp.ClientSession, url: str, receiver_url: str, **settings: object
+) -> None:
+    """Subscribe `receiver_url` to topic "t" with `settings`, and wait until that is in
+    force on every process (within a second)."""
+    made = await http.post(
+        f"{url}/v1/subscriptions", json={"url": receiver_url, "topic": "t", **settings}
+    )
+    assert made.status == 201, await made.text()
+    await asyncio.sleep(1.5)
+
+
 def established_by(pids: set[int], port: int) -> dict[int, int]:
     """How many accepted connections on `port` each of `pids` holds."""
     accepted = sockets_on(port, _ESTABLISHED)
@@ -247,12 +259,7 @@ async def test_a_subscriptions_max_concurrency_holds_for_the_whole_group(
     # 16 connections: all on one process would happen once in 30,000 runs.
     sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) for _ in range(16)]
     try:
-        made = await sessions[0].post(
-            f"{server.url}/v1/subscriptions",
-            json={"url": receiver.url, "topic": "t", "max_concurrency": 1},
-        )
-        assert made.status == 201, await made.text()
-        await asyncio.sleep(1.5)  # in force on both processes
+        await subscribe(sessions[0], server.url, receiver.url, max_concurrency=1)
         for session in sessions:  # each opens its connection, kept alive
             async with session.get(f"{server.url}/healthz") as answer:
                 assert answer.status == 200
@@ -579,3 +586,70 @@ async def test_metrics_show_the_whole_group_whichever_process_answers(
     assert await asyncio.to_thread(metrics_dir.is_dir)
     assert server.terminate() == 0
     assert not await asyncio.to_thread(metrics_dir.exists)  # the supervisor cleaned up
+
+
+async def test_a_subscriptions_max_per_second_holds_for_the_whole_group(
+    start_server: ServerFactory, start_receiver: ReceiverFactory, store: str
+) -> None:
+    server, pids = start_processes(start_server, store, 2)
+    receiver = await start_receiver()
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) for _ in range(16)]
+    try:
+        await subscribe(sessions[0], server.url, receiver.url, max_per_second=20)
+
+        async def publish(session: aiohttp.ClientSession, first: int) -> None:
+            for n in range(first, 240, 16):
+                url = f"{server.url}/v1/topics/t/messages"
+                async with session.post(url, json={"body": f"m{n}"}) as answer:
+                    assert answer.status == 201, await answer.text()
+
+        # Over 16 connections, so both processes publish, and both claim.
+        await asyncio.gather(*(publish(session, n) for n, session in enumerate(sessions)))
+        assert all(established_by(pids, server.port).values())
+    finally:
+        for session in sessions:
+            await session.close()
+    await receiver.wait_for(1, timeout=30)
+    first = receiver.received[0].at
+    await asyncio.sleep(first + 4.2 - time.monotonic())
+    # Past the first second's bucket, the pace: 20 a second for the group (each
+    # process alone would allow 20, so 40 together).
+    steady = [r.at for r in receiver.received if first + 1.0 <= r.at < first + 4.0]
+    assert 45 <= len(steady) <= 75, len(steady)
+
+
+async def test_the_publish_rate_holds_for_the_whole_group(
+    start_server: ServerFactory, store: str
+) -> None:
+    server, pids = start_processes(
+        start_server, store, 2, "--publish-rate", "10", "--publish-burst", "10"
+    )
+    accepted: list[float] = []
+    refused: list[str] = []
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) for _ in range(16)]
+    try:
+        for session in sessions:  # each opens its connection, kept alive
+            async with session.get(f"{server.url}/healthz") as answer:
+                assert answer.status == 200
+        assert all(established_by(pids, server.port).values())
+        until = time.monotonic() + 3.0
+
+        async def publish(session: aiohttp.ClientSession) -> None:
+            while time.monotonic() < until:
+                url = f"{server.url}/v1/topics/t/messages"
+                async with session.post(url, json={"body": "m"}) as answer:
+                    if answer.status == 201:
+                        accepted.append(time.monotonic())
+                    else:
+                        assert answer.status == 429, await answer.text()
+                        refused.append((await answer.json())["detail"])
+                await asyncio.sleep(0.02)
+
+        await asyncio.gather(*(publish(session) for session in sessions))
+    finally:
+        for session in sessions:
+            await session.close()
+    # The burst (10) and 3 s at 10 a second: 40 for the group, where each process
+    # alone would allow as much (80 together).
+    assert 25 <= len(accepted) <= 55, len(accepted)
+    assert "10 messages per second (--publish-rate, 5 through each of 2 processes)" in refused[0]

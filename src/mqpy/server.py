@@ -32,7 +32,7 @@ from mqpy.peers import CatalogSync, Heartbeat, node_address
 from mqpy.pull import PullService
 from mqpy.stopping import StopSignals
 from mqpy.store import Store, StoreLocation, open_store
-from mqpy.supervisor import group_metrics_dir, inherited_data_lock
+from mqpy.supervisor import group_metrics_dir, inherited_data_lock, process_slot
 
 log = logging.getLogger("mqpy.server")
 
@@ -106,7 +106,7 @@ async def _serve_with_store(
     # shared database it is the database's, so nodes on several hosts agree on leases.
     clock = store.clock
     access = Access(settings.admin_key)
-    broker = Broker(store, limits(settings), clock=clock)
+    broker = Broker(store, limits(settings, group_size(settings)), clock=clock)
     # A registry of this server's own: no global state shared between instances; in a
     # group, it reads the metrics every process of the group writes.
     observer = Observer(store, broker, CollectorRegistry(), group_metrics=group_metrics_dir())
@@ -138,6 +138,7 @@ async def _serve_with_store(
         lease_seconds=settings.lease_seconds,
         observer=observer,
         clock=clock,
+        processes=group_size(settings),
     )
     # Pull consumers settle the same deliveries under the same retry policy.
     pulls = PullService(store, broker, retry_policy, clock=clock, on_acked=observer.delivered)
@@ -234,8 +235,14 @@ async def _serve_with_store(
     return 0
 
 
-def limits(settings: Settings) -> Limits:
+def group_size(settings: Settings) -> int:
+    """How many processes share this one's rate limits: its group's, or 1."""
+    return settings.processes if process_slot() is not None else 1
+
+
+def limits(settings: Settings, processes: int = 1) -> Limits:
     return Limits(
+        processes=processes,
         max_backlog=settings.max_backlog,
         max_connections_per_key=settings.max_connections_per_key,
         publish_rate=settings.publish_rate,
