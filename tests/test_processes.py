@@ -20,6 +20,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -471,6 +472,7 @@ def test_a_crash_loop_backs_off_and_then_gives_up(
     script = f"""
 import os, signal, sys, time
 from pathlib import Path
+from typing import Any
 slot = os.environ["{supervisor.SLOT_ENV}"]
 starts = Path({str(tmp_path)!r}) / f"starts-{{slot}}"
 with starts.open("a") as f:
@@ -538,11 +540,25 @@ async def test_a_sqlite_group_takes_up_at_once_what_a_killed_broker_had_claimed(
     finished.set()
 
 
-async def fresh_scrape(url: str) -> Scrape:
-    """/metrics over a connection of its own: whichever process the kernel gives it."""
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as answer:
+async def fresh_get(url: str) -> str:
+    """GET `url` over a connection of its own: whichever process the kernel gives it."""
+    async with aiohttp.ClientSession() as http, http.get(url) as answer:
         assert answer.status == 200, await answer.text()
-        return Scrape(await answer.text())
+        return await answer.text()
+
+
+async def publish_through_one_process(url: str, receiver_url: str, count: int) -> None:
+    """Subscribe `receiver_url` to topic "t" and publish `count` messages to it, all
+    over one connection: through the one process that holds it."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+        await subscribe(http, url, receiver_url)
+        for n in range(count):
+            async with http.post(f"{url}/v1/topics/t/messages", json={"body": f"m{n}"}) as answer:
+                assert answer.status == 201, await answer.text()
+
+
+async def fresh_scrape(url: str) -> Scrape:
+    return Scrape(await fresh_get(f"{url}/metrics"))
 
 
 async def test_metrics_show_the_whole_group_whichever_process_answers(
@@ -550,14 +566,7 @@ async def test_metrics_show_the_whole_group_whichever_process_answers(
 ) -> None:
     server, pids = start_processes(start_server, store, 2)
     receiver = await start_receiver()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
-        # One connection: every publish goes through the one process holding it.
-        client = SeedClient(http, server.url)
-        await client.connect_receiver(receiver.url)
-        await asyncio.sleep(1.5)  # in force on both processes
-        sender = await client.connect_sender()
-        for i in range(200):
-            await client.send(sender, f"m{i}")
+    await publish_through_one_process(server.url, receiver.url, 200)
     await receiver.wait_for(200, timeout=30)
     deadline = time.monotonic() + 10
     while (await fresh_scrape(server.url))("mqpy_deliveries_total", outcome="delivered") < 200:
@@ -567,7 +576,7 @@ async def test_metrics_show_the_whole_group_whichever_process_answers(
     # happen once in 4,000 runs; each answers with the group's totals.
     for _ in range(12):
         scraped = await fresh_scrape(server.url)
-        assert scraped("mqpy_messages_published_total", topic="default") == 200, scraped.text
+        assert scraped("mqpy_messages_published_total", topic="t") == 200, scraped.text
         assert scraped("mqpy_deliveries_total", outcome="delivered") == 200, scraped.text
         assert scraped("mqpy_delivery_attempts_total") == 200, scraped.text
         assert scraped("mqpy_delivery_latency_seconds_count") == 200, scraped.text
@@ -578,7 +587,7 @@ async def test_metrics_show_the_whole_group_whichever_process_answers(
     os.kill(min(pids), signal.SIGKILL)
     serving_without(server, min(pids), 2)
     scraped = await fresh_scrape(server.url)
-    assert scraped("mqpy_messages_published_total", topic="default") == 200, scraped.text
+    assert scraped("mqpy_messages_published_total", topic="t") == 200, scraped.text
     assert scraped("mqpy_deliveries_in_flight") == 0, scraped.text
     shared = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", server.log)
     assert shared is not None, server.log
@@ -653,3 +662,33 @@ async def test_the_publish_rate_holds_for_the_whole_group(
     # alone would allow as much (80 together).
     assert 25 <= len(accepted) <= 55, len(accepted)
     assert "10 messages per second (--publish-rate, 5 through each of 2 processes)" in refused[0]
+
+
+async def fresh_status(url: str) -> dict[str, Any]:
+    return dict(json.loads(await fresh_get(f"{url}/v1/status")))
+
+
+async def test_the_status_feeds_rates_are_the_whole_groups_whichever_process_answers(
+    start_server: ServerFactory, start_receiver: ReceiverFactory, store: str
+) -> None:
+    server, _ = start_processes(start_server, store, 2)
+    receiver = await start_receiver()
+    await publish_through_one_process(server.url, receiver.url, 120)
+    await receiver.wait_for(120, timeout=30)
+
+    def totals(feed: dict[str, Any]) -> tuple[int, int, float]:
+        points = feed["throughput"]
+        topic = next(t for t in feed["topics"] if t["topic"] == "t")
+        published = sum(p["published"] for p in points)
+        return published, sum(p["delivered"] for p in points), topic["publish_rate"]
+
+    deadline = time.monotonic() + 10
+    while totals(await fresh_status(server.url))[:2] != (120, 120):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+    # 12 requests over connections of their own: all on the publishing process would
+    # happen once in 4,000 runs; each shows the group's figures.
+    for _ in range(12):
+        published, delivered, rate = totals(await fresh_status(server.url))
+        assert (published, delivered) == (120, 120)
+        assert rate == 2.0  # 120 in the last minute

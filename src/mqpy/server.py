@@ -186,6 +186,7 @@ async def _serve_with_store(
         asyncio.create_task(sweep_forever(store, settings), name="mqpy-sweeper"),
         asyncio.create_task(expire_forever(store, settings), name="mqpy-expiry"),
         asyncio.create_task(endpoints.run(), name="mqpy-endpoint-health"),
+        asyncio.create_task(observer.follow_group(), name="mqpy-group-rates"),
     )
     try:
         site = web.TCPSite(
@@ -288,7 +289,7 @@ async def expire_forever(store: Store, settings: Settings) -> None:
             log.warning("dead-lettered %d deliveries past their max-age, unattempted", expired)
 
 
-async def _stop_sweeping(sweeper: asyncio.Future[tuple[None, None, None]]) -> None:
+async def _stop_sweeping(sweeper: asyncio.Future[tuple[None, None, None, None]]) -> None:
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper

@@ -52,6 +52,13 @@ class Metrics:
             registry=own,
         )
         self._published_by_topic: dict[str, Counter] = {}
+        self._delivered = Counter(
+            "mqpy_messages_delivered",
+            "Deliveries acknowledged by their receiver, by the message's topic.",
+            ["topic"],
+            registry=own,
+        )
+        self._delivered_by_topic: dict[str, Counter] = {}
         deliveries = Counter(
             "mqpy_deliveries_total",
             "Delivery attempts by outcome: delivered (acknowledged), retried (failed, "
@@ -59,7 +66,7 @@ class Metrics:
             ["outcome"],
             registry=own,
         )
-        self._delivered = deliveries.labels("delivered")
+        self._acknowledged = deliveries.labels("delivered")
         self._retried = deliveries.labels("retried")
         self._dead_lettered = deliveries.labels("dead_lettered")
         self._attempts = Counter(
@@ -118,8 +125,12 @@ class Metrics:
         self._attempts.inc()
         self._duration.observe(seconds)
 
-    def delivered(self, latency: float) -> None:
-        self._delivered.inc()
+    def delivered(self, topic: str, latency: float) -> None:
+        self._acknowledged.inc()
+        counter = self._delivered_by_topic.get(topic)
+        if counter is None:
+            counter = self._delivered_by_topic[topic] = self._delivered.labels(topic)
+        counter.inc()
         self._latency.observe(max(0.0, latency))
 
     def retried(self) -> None:
