@@ -99,14 +99,20 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=own,
         )
-        self._in_flight = Gauge(
+        in_flight = Gauge(
             "mqpy_deliveries_in_flight",
             "Delivery attempts under way (HTTP requests sent).",
             # A group shows the sum over its live processes.
             multiprocess_mode="livesum",
             registry=own,
         )
+        self._in_flight = 0
+        # Alone, the gauge reads the count when scraped: nothing to write per attempt.
+        # In a group it is written to the shared file each time.
+        self._shared_in_flight: Gauge | None = in_flight
         if group_dir is None:
+            in_flight.set_function(lambda: self._in_flight)
+            self._shared_in_flight = None
             # CPU, memory and open files of this process, as every exporter has them;
             # prometheus_client has no group figure for these, so a group leaves them out.
             ProcessCollector(registry=registry)
@@ -118,10 +124,14 @@ class Metrics:
         counter.inc(count)
 
     def attempt_started(self) -> None:
-        self._in_flight.inc()
+        self._in_flight += 1
+        if self._shared_in_flight is not None:
+            self._shared_in_flight.inc()
 
     def attempted(self, seconds: float) -> None:
-        self._in_flight.dec()
+        self._in_flight -= 1
+        if self._shared_in_flight is not None:
+            self._shared_in_flight.dec()
         self._attempts.inc()
         self._duration.observe(seconds)
 
