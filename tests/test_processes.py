@@ -152,6 +152,13 @@ def start_processes(
     return server, serving(server, count)
 
 
+def metrics_dir(server: ServerProcess) -> Path:
+    """The directory the group of `server` shares its metrics in, as its log says."""
+    shared = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", server.log)
+    assert shared is not None, server.log
+    return Path(shared.group(1))
+
+
 def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*PYTHON_M, "serve", *args],
@@ -306,11 +313,16 @@ def test_processes_stop_when_their_supervisor_is_killed(
     start_server: ServerFactory, store: str
 ) -> None:
     server, pids = start_processes(start_server, store, 2)
+    metrics = metrics_dir(server)
     server.kill()
     deadline = time.monotonic() + 30
     while any(alive(pid) for pid in pids):
         assert time.monotonic() < deadline, f"{pids} outlived their supervisor"
         time.sleep(0.1)
+    # A killed supervisor leaves its metrics directory; the next group removes it.
+    assert metrics.is_dir()
+    start_processes(start_server, store, 2)
+    assert not metrics.exists()
 
 
 async def test_a_killed_process_is_replaced_and_service_goes_on(
@@ -589,12 +601,10 @@ async def test_metrics_show_the_whole_group_whichever_process_answers(
     scraped = await fresh_scrape(server.url)
     assert scraped("mqpy_messages_published_total", topic="t") == 200, scraped.text
     assert scraped("mqpy_deliveries_in_flight") == 0, scraped.text
-    shared = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", server.log)
-    assert shared is not None, server.log
-    metrics_dir = Path(shared.group(1))
-    assert await asyncio.to_thread(metrics_dir.is_dir)
+    shared = metrics_dir(server)
+    assert await asyncio.to_thread(shared.is_dir)
     assert server.terminate() == 0
-    assert not await asyncio.to_thread(metrics_dir.exists)  # the supervisor cleaned up
+    assert not await asyncio.to_thread(shared.exists)  # the supervisor cleaned up
 
 
 async def test_a_subscriptions_max_per_second_holds_for_the_whole_group(

@@ -15,7 +15,8 @@ descriptor (`MQPY_DATA_LOCK_FD`).
 For /metrics to show the whole group whichever process answers, the parent makes a
 directory for prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR), tells
 the library when a child is gone (so gauges of live processes drop its share), and
-removes the directory once every child has stopped.
+removes the directory once every child has stopped (or, if it was killed, the next
+group started removes it).
 
 The parent forwards SIGTERM and SIGINT to the children and waits for their graceful
 stop. A child that dies is replaced, after a pause that grows while replacements keep
@@ -57,6 +58,8 @@ SLOT_ENV = "MQPY_PROCESS_SLOT"
 DATA_LOCK_ENV = "MQPY_DATA_LOCK_FD"
 # And the directory the group's metrics are shared in: prometheus_client's own name.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Its name, in the temporary directory: this, the supervisor's pid, "-", a random tail.
+METRICS_DIR_PREFIX = "mqpy-metrics-"
 # A child that exits sooner than this after its start failed to start.
 STARTUP_SECONDS = 5.0
 # The pause before a replacement: doubled for each start in a row that failed.
@@ -84,6 +87,25 @@ def inherited_data_lock(environ: Mapping[str, str] | None = None) -> int | None:
     environ = os.environ if environ is None else environ
     raw = environ.get(DATA_LOCK_ENV, "")
     return int(raw) if process_slot(environ) is not None and raw.isdigit() else None
+
+
+def remove_orphaned_metrics(parent: str | None = None) -> None:
+    """Remove the metrics directories of groups whose supervisor is gone: one killed
+    (SIGKILL) could not remove its own. A directory is named after its supervisor's pid."""
+    for path in Path(parent or tempfile.gettempdir()).glob(f"{METRICS_DIR_PREFIX}*-*"):
+        pid = path.name[len(METRICS_DIR_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def group_metrics_dir(environ: Mapping[str, str] | None = None) -> str | None:
@@ -159,7 +181,8 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
     command = [sys.executable, "-m", "mqpy", *argv, "--port", str(port)]
     stop_timeout = 2 * settings.shutdown_grace + STOP_MARGIN_SECONDS
     # Fresh for each group: files left by an earlier one would add to its counters.
-    environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="mqpy-metrics-")
+    remove_orphaned_metrics()
+    environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
     log.info("metrics of the group in %s=%s", METRICS_DIR_ENV, environ[METRICS_DIR_ENV])
     try:
         return Supervisor(command, settings.processes, stop_timeout, environ).run()
