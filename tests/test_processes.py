@@ -20,6 +20,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -29,6 +30,7 @@ from mqpy import supervisor
 from mqpy.supervisor import Supervisor
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
+from tests.support.metrics import Scrape
 from tests.support.receiver import Crowd
 from tests.support.server import ServerProcess
 
@@ -100,15 +102,9 @@ def sockets_of(pid: int) -> set[int]:
 
 
 def started_pid(server: ServerProcess) -> int:
-    """The pid of the `mqpy serve` this test started with `--port server.port`."""
-    for pid in children_of(os.getpid()):
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"serve" in command and str(server.port).encode() in command:
-            return pid
-    raise AssertionError(f"no mqpy serve on port {server.port} among this test's children")
+    """The pid of the `mqpy serve` this test started: the group's supervisor."""
+    assert server.pid in children_of(os.getpid())
+    return server.pid
 
 
 def serving(server: ServerProcess, count: int, timeout: float = 30.0) -> set[int]:
@@ -156,6 +152,13 @@ def start_processes(
     return server, serving(server, count)
 
 
+def metrics_dir(server: ServerProcess) -> Path:
+    """The directory the group of `server` shares its metrics in, as its log says."""
+    shared = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", server.log)
+    assert shared is not None, server.log
+    return Path(shared.group(1))
+
+
 def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*PYTHON_M, "serve", *args],
@@ -187,6 +190,18 @@ async def publish_over_connections(url: str, bodies: list[str], connections: int
     finally:
         for session in sessions:
             await session.close()
+
+
+async def subscribe(
+    http: aiohttp.ClientSession, url: str, receiver_url: str, **settings: object
+) -> None:
+    """Subscribe `receiver_url` to topic "t" with `settings`, and wait until that is in
+    force on every process (within a second)."""
+    made = await http.post(
+        f"{url}/v1/subscriptions", json={"url": receiver_url, "topic": "t", **settings}
+    )
+    assert made.status == 201, await made.text()
+    await asyncio.sleep(1.5)
 
 
 def established_by(pids: set[int], port: int) -> dict[int, int]:
@@ -252,12 +267,7 @@ async def test_a_subscriptions_max_concurrency_holds_for_the_whole_group(
     # 16 connections: all on one process would happen once in 30,000 runs.
     sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) for _ in range(16)]
     try:
-        made = await sessions[0].post(
-            f"{server.url}/v1/subscriptions",
-            json={"url": receiver.url, "topic": "t", "max_concurrency": 1},
-        )
-        assert made.status == 201, await made.text()
-        await asyncio.sleep(1.5)  # in force on both processes
+        await subscribe(sessions[0], server.url, receiver.url, max_concurrency=1)
         for session in sessions:  # each opens its connection, kept alive
             async with session.get(f"{server.url}/healthz") as answer:
                 assert answer.status == 200
@@ -303,11 +313,16 @@ def test_processes_stop_when_their_supervisor_is_killed(
     start_server: ServerFactory, store: str
 ) -> None:
     server, pids = start_processes(start_server, store, 2)
+    metrics = metrics_dir(server)
     server.kill()
     deadline = time.monotonic() + 30
     while any(alive(pid) for pid in pids):
         assert time.monotonic() < deadline, f"{pids} outlived their supervisor"
         time.sleep(0.1)
+    # A killed supervisor leaves its metrics directory; the next group removes it.
+    assert metrics.is_dir()
+    start_processes(start_server, store, 2)
+    assert not metrics.exists()
 
 
 async def test_a_killed_process_is_replaced_and_service_goes_on(
@@ -405,11 +420,36 @@ async def test_a_sqlite_process_killed_mid_stream_hands_its_work_on_when_its_lea
     assert took <= lease + 5, took
 
 
-def test_port_0_cannot_be_shared() -> None:
-    result = run_serve("--processes", "2", "--store", "postgresql://127.0.0.1:1/x", "--port", "0")
-    assert result.returncode == 2
-    assert "cannot share port 0" in result.stderr and "give a fixed --port" in result.stderr
-    assert "started" not in result.stderr  # no process was started
+async def test_port_0_is_picked_once_and_shared_by_every_process(
+    start_server: ServerFactory, start_receiver: ReceiverFactory
+) -> None:
+    server = start_server("--processes", "2", *FAST_RETRIES)  # ServerProcess gives --port 0
+    assert server.port != 0
+    pids = serving(server, 2)  # both listen on the port the log line named
+    assert f"starting 2 processes on 127.0.0.1:{server.port}" in server.log
+    listening = re.findall(r"listening on http://127\.0\.0\.1:(\d+)", server.log)
+    assert set(listening) == {str(server.port)}, server.log
+    # The supervisor's socket holds the port but takes no connection: 16 kept-open
+    # connections all land on the children, spread over both.
+    receiver = await start_receiver()
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) for _ in range(16)]
+    try:
+        for session in sessions:
+            async with session.get(f"{server.url}/healthz") as answer:
+                assert answer.status == 200
+        held = established_by({*pids, started_pid(server)}, server.port)
+        assert held[started_pid(server)] == 0 and all(held[pid] for pid in pids), held
+        assert sum(held.values()) == 16, held
+    finally:
+        for session in sessions:
+            await session.close()
+    async with aiohttp.ClientSession() as http:
+        await SeedClient(http, server.url).connect_receiver(receiver.url)
+    await asyncio.sleep(1.5)  # in force on both processes
+    published = await publish_over_connections(server.url, [f"m{i}" for i in range(50)], 8)
+    await receiver.wait_for(50, timeout=30)
+    assert {r.message_id for r in receiver.received} == set(published)
+    assert server.terminate() == 0
 
 
 @pytest.mark.parametrize(
@@ -444,6 +484,7 @@ def test_a_crash_loop_backs_off_and_then_gives_up(
     script = f"""
 import os, signal, sys, time
 from pathlib import Path
+from typing import Any
 slot = os.environ["{supervisor.SLOT_ENV}"]
 starts = Path({str(tmp_path)!r}) / f"starts-{{slot}}"
 with starts.open("a") as f:
@@ -576,3 +617,155 @@ async def test_a_pull_waiting_on_one_process_gets_a_message_published_through_an
             await session.close()
     # Each poll's own next look would come about 0.7 s after the publish.
     assert max(waits) < 0.25, [f"{w:.3f}" for w in waits]
+
+
+async def fresh_get(url: str) -> str:
+    """GET `url` over a connection of its own: whichever process the kernel gives it."""
+    async with aiohttp.ClientSession() as http, http.get(url) as answer:
+        assert answer.status == 200, await answer.text()
+        return await answer.text()
+
+
+async def publish_through_one_process(url: str, receiver_url: str, count: int) -> None:
+    """Subscribe `receiver_url` to topic "t" and publish `count` messages to it, all
+    over one connection: through the one process that holds it."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+        await subscribe(http, url, receiver_url)
+        for n in range(count):
+            async with http.post(f"{url}/v1/topics/t/messages", json={"body": f"m{n}"}) as answer:
+                assert answer.status == 201, await answer.text()
+
+
+async def fresh_scrape(url: str) -> Scrape:
+    return Scrape(await fresh_get(f"{url}/metrics"))
+
+
+async def test_metrics_show_the_whole_group_whichever_process_answers(
+    start_server: ServerFactory, start_receiver: ReceiverFactory, store: str
+) -> None:
+    server, pids = start_processes(start_server, store, 2)
+    receiver = await start_receiver()
+    await publish_through_one_process(server.url, receiver.url, 200)
+    await receiver.wait_for(200, timeout=30)
+    deadline = time.monotonic() + 10
+    while (await fresh_scrape(server.url))("mqpy_deliveries_total", outcome="delivered") < 200:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    # 12 scrapes over connections of their own: all on the publishing process would
+    # happen once in 4,000 runs; each answers with the group's totals.
+    for _ in range(12):
+        scraped = await fresh_scrape(server.url)
+        assert scraped("mqpy_messages_published_total", topic="t") == 200, scraped.text
+        assert scraped("mqpy_deliveries_total", outcome="delivered") == 200, scraped.text
+        assert scraped("mqpy_delivery_attempts_total") == 200, scraped.text
+        assert scraped("mqpy_delivery_latency_seconds_count") == 200, scraped.text
+        assert scraped("mqpy_deliveries_in_flight") == 0, scraped.text
+        # Figures of one process, which have no group total, are left out.
+        assert "process_cpu_seconds_total" not in scraped.text
+    # Counters keep what a process counted after it is gone; live gauges drop it.
+    os.kill(min(pids), signal.SIGKILL)
+    serving_without(server, min(pids), 2)
+    scraped = await fresh_scrape(server.url)
+    assert scraped("mqpy_messages_published_total", topic="t") == 200, scraped.text
+    assert scraped("mqpy_deliveries_in_flight") == 0, scraped.text
+    shared = metrics_dir(server)
+    assert await asyncio.to_thread(shared.is_dir)
+    assert server.terminate() == 0
+    assert not await asyncio.to_thread(shared.exists)  # the supervisor cleaned up
+
+
+async def test_a_subscriptions_max_per_second_holds_for_the_whole_group(
+    start_server: ServerFactory, start_receiver: ReceiverFactory, store: str
+) -> None:
+    server, pids = start_processes(start_server, store, 2)
+    receiver = await start_receiver()
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) for _ in range(16)]
+    try:
+        await subscribe(sessions[0], server.url, receiver.url, max_per_second=20)
+
+        async def publish(session: aiohttp.ClientSession, first: int) -> None:
+            for n in range(first, 240, 16):
+                url = f"{server.url}/v1/topics/t/messages"
+                async with session.post(url, json={"body": f"m{n}"}) as answer:
+                    assert answer.status == 201, await answer.text()
+
+        # Over 16 connections, so both processes publish, and both claim.
+        await asyncio.gather(*(publish(session, n) for n, session in enumerate(sessions)))
+        assert all(established_by(pids, server.port).values())
+    finally:
+        for session in sessions:
+            await session.close()
+    await receiver.wait_for(1, timeout=30)
+    first = receiver.received[0].at
+    await asyncio.sleep(first + 4.2 - time.monotonic())
+    # Past the first second's bucket, the pace: 20 a second for the group (each
+    # process alone would allow 20, so 40 together).
+    steady = [r.at for r in receiver.received if first + 1.0 <= r.at < first + 4.0]
+    assert 45 <= len(steady) <= 75, len(steady)
+
+
+async def test_the_publish_rate_holds_for_the_whole_group(
+    start_server: ServerFactory, store: str
+) -> None:
+    server, pids = start_processes(
+        start_server, store, 2, "--publish-rate", "10", "--publish-burst", "10"
+    )
+    accepted: list[float] = []
+    refused: list[str] = []
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) for _ in range(16)]
+    try:
+        for session in sessions:  # each opens its connection, kept alive
+            async with session.get(f"{server.url}/healthz") as answer:
+                assert answer.status == 200
+        assert all(established_by(pids, server.port).values())
+        until = time.monotonic() + 3.0
+
+        async def publish(session: aiohttp.ClientSession) -> None:
+            while time.monotonic() < until:
+                url = f"{server.url}/v1/topics/t/messages"
+                async with session.post(url, json={"body": "m"}) as answer:
+                    if answer.status == 201:
+                        accepted.append(time.monotonic())
+                    else:
+                        assert answer.status == 429, await answer.text()
+                        refused.append((await answer.json())["detail"])
+                await asyncio.sleep(0.02)
+
+        await asyncio.gather(*(publish(session) for session in sessions))
+    finally:
+        for session in sessions:
+            await session.close()
+    # The burst (10) and 3 s at 10 a second: 40 for the group, where each process
+    # alone would allow as much (80 together).
+    assert 25 <= len(accepted) <= 55, len(accepted)
+    assert "10 messages per second (--publish-rate, 5 through each of 2 processes)" in refused[0]
+
+
+async def fresh_status(url: str) -> dict[str, Any]:
+    return dict(json.loads(await fresh_get(f"{url}/v1/status")))
+
+
+async def test_the_status_feeds_rates_are_the_whole_groups_whichever_process_answers(
+    start_server: ServerFactory, start_receiver: ReceiverFactory, store: str
+) -> None:
+    server, _ = start_processes(start_server, store, 2)
+    receiver = await start_receiver()
+    await publish_through_one_process(server.url, receiver.url, 120)
+    await receiver.wait_for(120, timeout=30)
+
+    def totals(feed: dict[str, Any]) -> tuple[int, int, float]:
+        points = feed["throughput"]
+        topic = next(t for t in feed["topics"] if t["topic"] == "t")
+        published = sum(p["published"] for p in points)
+        return published, sum(p["delivered"] for p in points), topic["publish_rate"]
+
+    deadline = time.monotonic() + 10
+    while totals(await fresh_status(server.url))[:2] != (120, 120):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+    # 12 requests over connections of their own: all on the publishing process would
+    # happen once in 4,000 runs; each shows the group's figures.
+    for _ in range(12):
+        published, delivered, rate = totals(await fresh_status(server.url))
+        assert (published, delivered) == (120, 120)
+        assert rate == 2.0  # 120 in the last minute

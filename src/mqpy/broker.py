@@ -58,9 +58,12 @@ class Forbidden(BrokerError):
 class RateLimited(BrokerError):
     """The caller's key is publishing faster than --publish-rate allows."""
 
-    def __init__(self, retry_after: float, rate: float) -> None:
+    def __init__(self, retry_after: float, rate: float, processes: int = 1) -> None:
+        each = (
+            f", {rate / processes:g} through each of {processes} processes" if processes > 1 else ""
+        )
         super().__init__(
-            f"this key may publish {rate:g} messages per second (--publish-rate); "
+            f"this key may publish {rate:g} messages per second (--publish-rate{each}); "
             f"retry in {retry_after:.1f} s"
         )
         self.retry_after = retry_after
@@ -148,6 +151,9 @@ class Limits:
     publish_burst: float = 0.0
     secret_overlap: float = 86400.0
     dedup_window: float = 86400.0  # how long an idempotency key is remembered
+    # The processes of a `--processes` group: each enforces its share of publish_rate
+    # and publish_burst, so the group together allows the rate.
+    processes: int = 1
 
 
 class Broker:
@@ -178,7 +184,10 @@ class Broker:
         # While `reload` reads the store: the ids this process changed in the cache
         # meanwhile, whose cached state may be newer than what the reload read.
         self._touched: set[int] | None = None
-        self._publish_rate = RateLimiter(limits.publish_rate, limits.publish_burst, clock)
+        share = limits.processes
+        self._publish_rate = RateLimiter(
+            limits.publish_rate / share, max(1.0, limits.publish_burst / share), clock
+        )
 
     async def start(self) -> None:
         await self.reload()
@@ -421,7 +430,7 @@ class Broker:
         self._check_topic(topic, principal)
         wait = self._publish_rate.acquire(principal.key_id, len(publications))
         if wait > 0:
-            raise RateLimited(wait, self._limits.publish_rate)
+            raise RateLimited(wait, self._limits.publish_rate, self._limits.processes)
         now = self._clock()
         ids = new_message_ids(len(publications))
         messages = [

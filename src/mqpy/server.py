@@ -32,7 +32,7 @@ from mqpy.peers import CatalogSync, Heartbeat, node_address
 from mqpy.pull import PullService
 from mqpy.stopping import StopSignals
 from mqpy.store import Store, StoreLocation, open_store
-from mqpy.supervisor import inherited_data_lock, process_slot
+from mqpy.supervisor import group_metrics_dir, inherited_data_lock, process_slot
 
 log = logging.getLogger("mqpy.server")
 
@@ -108,9 +108,10 @@ async def _serve_with_store(
     # shared database it is the database's, so nodes on several hosts agree on leases.
     clock = store.clock
     access = Access(settings.admin_key)
-    broker = Broker(store, limits(settings), clock=clock)
-    # A registry of this server's own: no global state shared between instances.
-    observer = Observer(store, broker, CollectorRegistry())
+    broker = Broker(store, limits(settings, group_size(settings)), clock=clock)
+    # A registry of this server's own: no global state shared between instances; in a
+    # group, it reads the metrics every process of the group writes.
+    observer = Observer(store, broker, CollectorRegistry(), group_metrics=group_metrics_dir())
     broker.set_publish_observer(observer)
     keyring = Keyring(store, access, broker, clock=clock)
     await keyring.start()
@@ -139,6 +140,7 @@ async def _serve_with_store(
         lease_seconds=settings.lease_seconds,
         observer=observer,
         clock=clock,
+        processes=group_size(settings),
     )
     # Pull consumers settle the same deliveries under the same retry policy.
     pulls = PullService(store, broker, retry_policy, clock=clock, on_acked=observer.delivered)
@@ -186,6 +188,7 @@ async def _serve_with_store(
         asyncio.create_task(sweep_forever(store, settings), name="mqpy-sweeper"),
         asyncio.create_task(expire_forever(store, settings), name="mqpy-expiry"),
         asyncio.create_task(endpoints.run(), name="mqpy-endpoint-health"),
+        asyncio.create_task(observer.follow_group(), name="mqpy-group-rates"),
     )
     try:
         site = web.TCPSite(
@@ -235,8 +238,14 @@ async def _serve_with_store(
     return 0
 
 
-def limits(settings: Settings) -> Limits:
+def group_size(settings: Settings) -> int:
+    """How many processes share this one's rate limits: its group's, or 1."""
+    return settings.processes if process_slot() is not None else 1
+
+
+def limits(settings: Settings, processes: int = 1) -> Limits:
     return Limits(
+        processes=processes,
         max_backlog=settings.max_backlog,
         max_connections_per_key=settings.max_connections_per_key,
         publish_rate=settings.publish_rate,
@@ -282,7 +291,7 @@ async def expire_forever(store: Store, settings: Settings) -> None:
             log.warning("dead-lettered %d deliveries past their max-age, unattempted", expired)
 
 
-async def _stop_sweeping(sweeper: asyncio.Future[tuple[None, None, None]]) -> None:
+async def _stop_sweeping(sweeper: asyncio.Future[tuple[None, None, None, None]]) -> None:
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper

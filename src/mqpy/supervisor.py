@@ -4,9 +4,19 @@ The parent serves nothing itself. It runs its own command line again once per pr
 with `MQPY_PROCESS_SLOT` saying which process each child is; a child is then a full
 node (its own store connections, dispatcher and heartbeat), just as if started by
 hand, that binds the shared port with SO_REUSEPORT so the kernel spreads connections
-among them. On SQLite the parent first takes the data directory's lock for the whole
-group and releases what the processes before it left claimed, then hands each child
-the lock's descriptor (`MQPY_DATA_LOCK_FD`).
+among them. Given port 0, the parent picks the port once: it binds port 0 itself with
+SO_REUSEPORT, without listening (so the kernel hands it no connection), and holds that
+socket while the children bind the port it got, passed to them as a last `--port`.
+
+On SQLite the parent first takes the data directory's lock for the whole group and
+releases what the processes before it left claimed, then hands each child the lock's
+descriptor (`MQPY_DATA_LOCK_FD`).
+
+For /metrics to show the whole group whichever process answers, the parent makes a
+directory for prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR), tells
+the library when a child is gone (so gauges of live processes drop its share), and
+removes the directory once every child has stopped (or, if it was killed, the next
+group started removes it).
 
 The parent forwards SIGTERM and SIGINT to the children and waits for their graceful
 stop. A child that dies is replaced, after a pause that grows while replacements keep
@@ -20,15 +30,20 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO
+
+from prometheus_client.multiprocess import mark_process_dead
 
 from mqpy.config import Settings
 from mqpy.domain import StoreCannotOpen, StoreError
@@ -41,6 +56,10 @@ log = logging.getLogger("mqpy.supervisor")
 SLOT_ENV = "MQPY_PROCESS_SLOT"
 # And on SQLite, the descriptor of the data directory's lock, which the parent holds.
 DATA_LOCK_ENV = "MQPY_DATA_LOCK_FD"
+# And the directory the group's metrics are shared in: prometheus_client's own name.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Its name, in the temporary directory: this, the supervisor's pid, "-", a random tail.
+METRICS_DIR_PREFIX = "mqpy-metrics-"
 # A child that exits sooner than this after its start failed to start.
 STARTUP_SECONDS = 5.0
 # The pause before a replacement: doubled for each start in a row that failed.
@@ -70,19 +89,66 @@ def inherited_data_lock(environ: Mapping[str, str] | None = None) -> int | None:
     return int(raw) if process_slot(environ) is not None and raw.isdigit() else None
 
 
+def remove_orphaned_metrics(parent: str | None = None) -> None:
+    """Remove the metrics directories of groups whose supervisor is gone: one killed
+    (SIGKILL) could not remove its own. A directory is named after its supervisor's pid."""
+    for path in Path(parent or tempfile.gettempdir()).glob(f"{METRICS_DIR_PREFIX}*-*"):
+        pid = path.name[len(METRICS_DIR_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def group_metrics_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    """The directory this process's group shares its metrics in, or None if it is not
+    one of a group."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(METRICS_DIR_ENV, "")
+    return raw if process_slot(environ) is not None and raw else None
+
+
 def refusal(settings: Settings) -> str | None:
     """Why these settings cannot run `--processes` above 1, or None if they can."""
     try:
         StoreLocation.parse(settings.store, settings.data_dir)
     except StoreCannotOpen as exc:
         return str(exc)
-    count = settings.processes
-    if settings.port == 0:
-        return (
-            f"--processes {count} cannot share port 0: each process would pick a port of "
-            "its own; give a fixed --port"
-        )
     return None
+
+
+def hold_port(host: str, port: int) -> tuple[int, list[socket.socket]]:
+    """The port the children are to share, and the sockets that keep it: for port 0,
+    one the kernel picks, bound with SO_REUSEPORT on each of `host`'s addresses but not
+    listening, so no connection waits on them; for a fixed port, that port and none."""
+    if port != 0:
+        return port, []
+    held: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            sock = socket.socket(family, kind, proto)
+            held.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:  # as asyncio binds it: v6 only, v4 apart
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # Every address on the port the first one got.
+            sock.bind((address[0], port, *address[2:]))
+            port = int(sock.getsockname()[1])
+    except OSError:
+        for sock in held:
+            sock.close()
+        raise
+    return port, held
 
 
 def supervise(settings: Settings, argv: Sequence[str]) -> int:
@@ -103,12 +169,27 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
             log.error("%s", exc)
             return 1
         environ[DATA_LOCK_ENV] = str(data_lock.fileno())
-    log.info("starting %d processes on %s:%d", settings.processes, settings.host, settings.port)
-    command = [sys.executable, "-m", "mqpy", *argv]
+    try:
+        port, held = hold_port(settings.host, settings.port)
+    except OSError as exc:
+        log.error("cannot pick a port on %s: %s", settings.host, exc.strerror)
+        if data_lock is not None:
+            data_lock.close()
+        return 1
+    log.info("starting %d processes on %s:%d", settings.processes, settings.host, port)
+    # The last --port wins: every child takes the one port picked here.
+    command = [sys.executable, "-m", "mqpy", *argv, "--port", str(port)]
     stop_timeout = 2 * settings.shutdown_grace + STOP_MARGIN_SECONDS
+    # Fresh for each group: files left by an earlier one would add to its counters.
+    remove_orphaned_metrics()
+    environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
+    log.info("metrics of the group in %s=%s", METRICS_DIR_ENV, environ[METRICS_DIR_ENV])
     try:
         return Supervisor(command, settings.processes, stop_timeout, environ).run()
     finally:
+        shutil.rmtree(environ[METRICS_DIR_ENV], ignore_errors=True)
+        for sock in held:
+            sock.close()
         if data_lock is not None:
             data_lock.close()
 
@@ -190,7 +271,7 @@ class Supervisor:
     def _exited(self, child: _Child, returncode: int) -> int | None:
         """Schedule a replacement for a child that exited; the status to give up with
         instead, if it should not be replaced."""
-        del self.children[child.slot]
+        self._forget(child)
         lived = time.monotonic() - child.started
         failed_start = lived < STARTUP_SECONDS
         name = f"process {child.slot}/{self.count} (pid {child.process.pid})"
@@ -231,6 +312,13 @@ class Supervisor:
         self.children[slot] = _Child(slot, process, time.monotonic(), first)
         log.info("process %d/%d started (pid %d)", slot, self.count, process.pid)
 
+    def _forget(self, child: _Child) -> None:
+        """A child exited: its counters stay in the group's totals, its live gauges go."""
+        del self.children[child.slot]
+        metrics = self.environ.get(METRICS_DIR_ENV)
+        if metrics:
+            mark_process_dead(child.process.pid, metrics)  # type: ignore[no-untyped-call]
+
     def _stop(self) -> bool:
         """Pass the stop signal (SIGTERM if none came) on to every child and wait for
         them, killing any still running after `stop_timeout`; whether all stopped cleanly."""
@@ -245,7 +333,7 @@ class Supervisor:
                 returncode = child.process.poll()
                 if returncode is None:
                     continue
-                del self.children[child.slot]
+                self._forget(child)
                 # One signalled before it could catch the signal dies of it: no harm.
                 if returncode not in (0, -sent):
                     clean = False

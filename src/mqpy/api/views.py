@@ -110,7 +110,7 @@ class TopicView(msgspec.Struct):
     backlog: int
     oldest_published_at: Time | None
     subscriptions: int
-    publish_rate: float  # per second, over the last minute (this process)
+    publish_rate: float  # per second, over the last minute (this process, or its group)
     delivery_rate: float
 
 

@@ -52,8 +52,12 @@ class Dispatcher:
         lease_seconds: float,
         observer: Observer,
         clock: Callable[[], float] = time.time,
+        processes: int = 1,
     ) -> None:
+        """`processes`: how many processes of a `--processes` group share the
+        receivers' max_per_second (each keeps to its share)."""
         self._store = store
+        self._processes = processes
         self._observer = observer
         self._sender = sender
         self._policy = policy
@@ -309,7 +313,7 @@ class Dispatcher:
             return
         pace = self._paces.get(subscription_id)
         if pace is None or pace.rate != rate:
-            self._paces[subscription_id] = Pace(rate, now)
+            self._paces[subscription_id] = Pace(rate, now, self._processes)
 
     async def _work(self) -> None:
         task = asyncio.current_task()

@@ -1,5 +1,8 @@
 """A receiver's own pace: at most `rate` deliveries started per second (a token
-bucket holding up to one second's worth), so a small service is not flooded."""
+bucket holding up to one second's worth), so a small service is not flooded.
+
+In a group of `share` processes (`--processes N`) each process keeps to its share of
+the rate, and of the bucket (at least one delivery), so together they keep to it."""
 
 from __future__ import annotations
 
@@ -9,14 +12,15 @@ import math
 class Pace:
     """Tokens for one receiver; the dispatcher claims no more than are available."""
 
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate = rate
-        self._capacity = max(1.0, rate)
+    def __init__(self, rate: float, now: float, share: int = 1) -> None:
+        self.rate = rate  # the subscription's own, for the whole group
+        self._rate = rate / share  # what this process keeps to
+        self._capacity = max(1.0, self._rate)
         self._tokens = self._capacity
         self._updated = now
 
     def _refill(self, now: float) -> None:
-        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self.rate)
+        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
         self._updated = now
 
     def available(self, now: float) -> int:
@@ -32,4 +36,4 @@ class Pace:
         """When the next delivery may start."""
         self._refill(now)
         missing = max(0.0, 1.0 - self._tokens)
-        return now + missing / self.rate
+        return now + missing / self._rate

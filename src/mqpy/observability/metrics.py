@@ -1,6 +1,11 @@
 """The Prometheus instruments, in a registry that belongs to one server.
 
-Counters and histograms are updated as things happen. Gauges that describe the store
+Counters, histograms and the in-flight gauge are updated as things happen. In a group
+of processes (`--processes N`) they use prometheus_client's multiprocess mode: each
+process writes its values to files of its own in the directory the supervisor made
+(PROMETHEUS_MULTIPROC_DIR), they are registered nowhere, and a scrape of any process
+reads every process's files through `MultiProcessCollector`, so it shows the group's
+totals. Gauges that describe the store
 (backlog, oldest undelivered message, dead letters) and the receivers are computed
 when scraped by `LiveGauges`, from figures the /metrics route read from the store just
 before: a collector's `collect()` is synchronous and must not wait for SQLite.
@@ -11,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from mqpy.observability.receivers import ReceiverState
@@ -29,58 +35,87 @@ BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024
 
 
 class Metrics:
-    """Counters and histograms, updated on the hot path (one lock each, no allocation)."""
+    """Counters and histograms, updated on the hot path (one lock each, no allocation).
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    With `group_dir` (one of `--processes N`), the instruments write to that shared
+    directory and `registry` collects every process's values from it instead."""
+
+    def __init__(self, registry: CollectorRegistry, group_dir: str | None = None) -> None:
+        # In a group: registered nowhere, read back from every process's files.
+        own = registry if group_dir is None else None
+        if group_dir is not None:
+            MultiProcessCollector(registry, path=group_dir)  # type: ignore[no-untyped-call]
         self._published = Counter(
             "mqpy_messages_published_total",
             "Messages accepted and committed to the store, by topic.",
             ["topic"],
-            registry=registry,
+            registry=own,
         )
         self._published_by_topic: dict[str, Counter] = {}
+        self._delivered = Counter(
+            "mqpy_messages_delivered",
+            "Deliveries acknowledged by their receiver, by the message's topic.",
+            ["topic"],
+            registry=own,
+        )
+        self._delivered_by_topic: dict[str, Counter] = {}
         deliveries = Counter(
             "mqpy_deliveries_total",
             "Delivery attempts by outcome: delivered (acknowledged), retried (failed, "
             "tried again later) or dead_lettered (failed for the last time).",
             ["outcome"],
-            registry=registry,
+            registry=own,
         )
-        self._delivered = deliveries.labels("delivered")
+        self._acknowledged = deliveries.labels("delivered")
         self._retried = deliveries.labels("retried")
         self._dead_lettered = deliveries.labels("dead_lettered")
         self._attempts = Counter(
             "mqpy_delivery_attempts_total",
             "HTTP attempts to deliver a message to a receiver, whatever their outcome.",
-            registry=registry,
+            registry=own,
         )
         self._duration = Histogram(
             "mqpy_delivery_duration_seconds",
             "Time of one HTTP delivery attempt, until the receiver answered or it failed.",
             buckets=ATTEMPT_BUCKETS,
-            registry=registry,
+            registry=own,
         )
         self._latency = Histogram(
             "mqpy_delivery_latency_seconds",
             "Time from publish (a delayed message: from its deliver_at) to the receiver's "
             "acknowledgement, retries included.",
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=own,
         )
         self._commit = Histogram(
             "mqpy_store_commit_seconds",
             "Time to run and commit one store transaction (a group commit).",
             buckets=COMMIT_BUCKETS,
-            registry=registry,
+            registry=own,
         )
         self._batch = Histogram(
             "mqpy_store_batch_size",
             "Operations sharing one store transaction (group commit).",
             buckets=BATCH_BUCKETS,
-            registry=registry,
+            registry=own,
         )
-        # CPU, memory and open files of this process, as every exporter has them.
-        ProcessCollector(registry=registry)
+        in_flight = Gauge(
+            "mqpy_deliveries_in_flight",
+            "Delivery attempts under way (HTTP requests sent).",
+            # A group shows the sum over its live processes.
+            multiprocess_mode="livesum",
+            registry=own,
+        )
+        self._in_flight = 0
+        # Alone, the gauge reads the count when scraped: nothing to write per attempt.
+        # In a group it is written to the shared file each time.
+        self._shared_in_flight: Gauge | None = in_flight
+        if group_dir is None:
+            in_flight.set_function(lambda: self._in_flight)
+            self._shared_in_flight = None
+            # CPU, memory and open files of this process, as every exporter has them;
+            # prometheus_client has no group figure for these, so a group leaves them out.
+            ProcessCollector(registry=registry)
 
     def published(self, topic: str, count: int = 1) -> None:
         counter = self._published_by_topic.get(topic)
@@ -88,12 +123,24 @@ class Metrics:
             counter = self._published_by_topic[topic] = self._published.labels(topic)
         counter.inc(count)
 
+    def attempt_started(self) -> None:
+        self._in_flight += 1
+        if self._shared_in_flight is not None:
+            self._shared_in_flight.inc()
+
     def attempted(self, seconds: float) -> None:
+        self._in_flight -= 1
+        if self._shared_in_flight is not None:
+            self._shared_in_flight.dec()
         self._attempts.inc()
         self._duration.observe(seconds)
 
-    def delivered(self, latency: float) -> None:
-        self._delivered.inc()
+    def delivered(self, topic: str, latency: float) -> None:
+        self._acknowledged.inc()
+        counter = self._delivered_by_topic.get(topic)
+        if counter is None:
+            counter = self._delivered_by_topic[topic] = self._delivered.labels(topic)
+        counter.inc()
         self._latency.observe(max(0.0, latency))
 
     def retried(self) -> None:
@@ -123,7 +170,6 @@ class Gauges:
     topics: list[TopicFigures] | None
     dead_letters: int | None
     receivers: dict[ReceiverState, int]
-    in_flight: int
 
 
 class LiveGauges(Collector):
@@ -137,11 +183,10 @@ class LiveGauges(Collector):
 
     def collect(self) -> Iterable[Metric]:
         gauges = self._read()
-        backlog, oldest, dead, receivers, in_flight = _families()
+        backlog, oldest, dead, receivers = _families()
         for state in ReceiverState:
             receivers.add_metric([state.value], gauges.receivers.get(state, 0))
-        in_flight.add_metric([], gauges.in_flight)
-        families: list[Metric] = [receivers, in_flight]
+        families: list[Metric] = [receivers]
         if gauges.topics is not None:
             for topic in gauges.topics:
                 backlog.add_metric([topic.topic], topic.backlog)
@@ -154,7 +199,7 @@ class LiveGauges(Collector):
 
 
 def _families() -> tuple[
-    GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily
+    GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily
 ]:
     return (
         GaugeMetricFamily(
@@ -176,8 +221,5 @@ def _families() -> tuple[
             "a run of failures), paused (by an operator) or disabled (by the broker, "
             "once every attempt failed for its --disable-after).",
             labels=["state"],
-        ),
-        GaugeMetricFamily(
-            "mqpy_deliveries_in_flight", "Delivery attempts under way (HTTP requests sent)."
         ),
     )

@@ -24,6 +24,7 @@ from mqpy.observability.feed import (
     TopicStatus,
 )
 from mqpy.observability.figures import StoreFigures, StoreFiguresCache
+from mqpy.observability.group_rates import GroupRates
 from mqpy.observability.metrics import Gauges, LiveGauges, Metrics, TopicFigures
 from mqpy.observability.rates import RATE_SECONDS, SecondCounts, Throughput, TopicActivity
 from mqpy.observability.receivers import Failure, ReceiverActivity, ReceiverState
@@ -43,12 +44,14 @@ class Observer:
         broker: Broker,
         registry: CollectorRegistry,
         clock: Callable[[], float] = time.time,
+        group_metrics: str | None = None,
     ) -> None:
+        """`group_metrics`: the directory a `--processes` group shares its metrics in."""
         self.registry = registry
         self._store = store
         self._broker = broker
         self._clock = clock
-        self._metrics = Metrics(registry)
+        self._metrics = Metrics(registry, group_metrics)
         self._figures = StoreFiguresCache(store)
         self._scraped: StoreFigures | None = None
         self._throughput = Throughput()
@@ -56,7 +59,13 @@ class Observer:
         self._receivers: dict[int, ReceiverActivity] = {}
         # Receivers whose health changed since it was last saved (health_keeper.py).
         self._health_changed: set[int] = set()
-        self._in_flight = 0
+        # In a group, the rates count what every process did (group_rates.py), not
+        # what this one saw.
+        self._group_rates = (
+            None
+            if group_metrics is None
+            else GroupRates(group_metrics, self._throughput, self._topic, clock)
+        )
         registry.register(LiveGauges(self._gauges))
         store.observe_commits(self._metrics.committed)
 
@@ -64,10 +73,11 @@ class Observer:
 
     def published(self, topic: str, count: int = 1) -> None:
         """`count` messages were published to `topic` (a batch is counted at once)."""
-        now = self._clock()
         self._metrics.published(topic, count)
-        self._throughput.published.add(now, count)
-        self._topic(topic).published.add(now, count)
+        if self._group_rates is None:
+            now = self._clock()
+            self._throughput.published.add(now, count)
+            self._topic(topic).published.add(now, count)
 
     # Reported by the dispatcher, per delivery attempt.
 
@@ -76,10 +86,9 @@ class Observer:
         if receiver is None:
             receiver = self._receivers[subscription_id] = ReceiverActivity()
         receiver.in_flight += 1
-        self._in_flight += 1
+        self._metrics.attempt_started()
 
     def attempt_ended(self, subscription_id: int, seconds: float) -> None:
-        self._in_flight -= 1
         self._metrics.attempted(seconds)
         receiver = self._receivers.get(subscription_id)
         if receiver is not None:  # None if it disconnected meanwhile
@@ -94,10 +103,11 @@ class Observer:
     def delivered(self, delivery: Delivery, acked_at: float) -> None:
         # From when it was due: a delayed message's delay is not delivery latency.
         due = max(delivery.published_at, delivery.deliver_at or 0.0)
-        self._metrics.delivered(acked_at - due)
-        self._throughput.delivered.add(acked_at)
         # By the message's topic: a receiver's own may be a pattern.
-        self._topic(delivery.topic).delivered.add(acked_at)
+        self._metrics.delivered(delivery.topic, acked_at - due)
+        if self._group_rates is None:
+            self._throughput.delivered.add(acked_at)
+            self._topic(delivery.topic).delivered.add(acked_at)
         receiver = self._receivers.get(delivery.subscription_id)
         if receiver is not None:
             receiver.succeeded(acked_at)
@@ -120,7 +130,8 @@ class Observer:
             self._metrics.dead_lettered()
         else:
             self._metrics.retried()
-        self._throughput.failed.add(at)
+        if self._group_rates is None:
+            self._throughput.failed.add(at)
         receiver = self._receivers.get(delivery.subscription_id)
         if receiver is not None:
             failure = Failure(at, delivery.message_id, delivery.attempt, reason, status)
@@ -154,6 +165,12 @@ class Observer:
     def health_unsaved(self, health: list[ReceiverHealth]) -> None:
         """Saving failed: save these again next time."""
         self._health_changed.update(h.subscription_id for h in health)
+
+    async def follow_group(self) -> None:
+        """In a `--processes` group, keep the rates the group's until cancelled; alone,
+        return at once."""
+        if self._group_rates is not None:
+            await self._group_rates.run()
 
     # Read by the routes.
 
@@ -213,7 +230,7 @@ class Observer:
 
     def topic_rates(self, name: str) -> tuple[float, float]:
         """`name`'s publishes and deliveries per second over the last minute, as this
-        process saw them (memory only, never the store)."""
+        process (or its group) counted them (memory only, never the store)."""
         activity = self._topics.get(name)
         if activity is None:
             return 0.0, 0.0
@@ -258,7 +275,6 @@ class Observer:
             topics=topics,
             dead_letters=None if self._scraped is None else self._scraped.dead_letters,
             receivers=dict(states),
-            in_flight=self._in_flight,
         )
 
     def _state(self, subscription: Subscription) -> ReceiverState:
