@@ -25,7 +25,16 @@ from mqpy.commands import (
     subscriptions,
     topics,
 )
-from mqpy.config import Option, SettingError, format_duration, options, parse_duration, resolve
+from mqpy.config import (
+    AUTO_PROCESSES,
+    Option,
+    SettingError,
+    format_duration,
+    options,
+    parse_duration,
+    parse_processes,
+    resolve,
+)
 from mqpy.logging_setup import configure_logging
 from mqpy.supervisor import process_slot, supervise
 
@@ -99,6 +108,8 @@ def _metavar(option: Option) -> str:
 def _show(option: Option) -> str:
     if option.parse is parse_duration:
         return format_duration(option.default)
+    if option.parse is parse_processes and option.default == AUTO_PROCESSES:
+        return "auto"
     return str(option.default)
 
 
@@ -146,9 +157,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
     configure_logging(
         settings.log_level,
         settings.log_format,
-        process_slot=f"{slot}/{settings.processes}" if slot else "",
+        process_slot=f"{slot}/{settings.process_count}" if slot else "",
     )
-    if settings.processes > 1 and slot is None:
+    if settings.process_count > 1 and slot is None:
         # The supervisor starts the processes with this same command line.
         return supervise(settings, argv)
     from mqpy.gc_tuning import tune_for_serving

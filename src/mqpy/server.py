@@ -82,7 +82,7 @@ async def serve(settings: Settings) -> int:
         check_lease(settings)
         location = StoreLocation.parse(settings.store, settings.data_dir)
         slot = process_slot()
-        member = None if slot is None else (slot, settings.processes)
+        member = None if slot is None else (slot, settings.process_count)
         store = open_store(location, data_lock=inherited_data_lock(), member=member)
     except (StartupRefused, StoreCannotOpen) as exc:
         log.error("%s", exc)
@@ -195,7 +195,7 @@ async def _serve_with_store(
             backlog=1024,
             ssl_context=tls,
             # One of --processes N: all N listen on this one port (SO_REUSEPORT).
-            reuse_port=settings.processes > 1,
+            reuse_port=settings.process_count > 1,
         )
         await site.start()
     except OSError as exc:

@@ -76,7 +76,7 @@ def refusal(settings: Settings) -> str | None:
         StoreLocation.parse(settings.store, settings.data_dir)
     except StoreCannotOpen as exc:
         return str(exc)
-    count = settings.processes
+    count = settings.process_count
     if settings.port == 0:
         return (
             f"--processes {count} cannot share port 0: each process would pick a port of "
@@ -86,7 +86,7 @@ def refusal(settings: Settings) -> str | None:
 
 
 def supervise(settings: Settings, argv: Sequence[str]) -> int:
-    """Run `mqpy <argv>` as `settings.processes` children until SIGTERM or SIGINT; the
+    """Run `mqpy <argv>` as `settings.process_count` children until SIGTERM or SIGINT; the
     exit status: 0 after a clean stop, 2 for settings that cannot run several
     processes, else the status of the children that kept failing."""
     reason = refusal(settings)
@@ -103,11 +103,11 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
             log.error("%s", exc)
             return 1
         environ[DATA_LOCK_ENV] = str(data_lock.fileno())
-    log.info("starting %d processes on %s:%d", settings.processes, settings.host, settings.port)
+    log.info("starting %d processes on %s:%d", settings.process_count, settings.host, settings.port)
     command = [sys.executable, "-m", "mqpy", *argv]
     stop_timeout = 2 * settings.shutdown_grace + STOP_MARGIN_SECONDS
     try:
-        return Supervisor(command, settings.processes, stop_timeout, environ).run()
+        return Supervisor(command, settings.process_count, stop_timeout, environ).run()
     finally:
         if data_lock is not None:
             data_lock.close()
