@@ -100,15 +100,9 @@ def sockets_of(pid: int) -> set[int]:
 
 
 def started_pid(server: ServerProcess) -> int:
-    """The pid of the `mqpy serve` this test started with `--port server.port`."""
-    for pid in children_of(os.getpid()):
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"serve" in command and str(server.port).encode() in command:
-            return pid
-    raise AssertionError(f"no mqpy serve on port {server.port} among this test's children")
+    """The pid of the `mqpy serve` this test started: the group's supervisor."""
+    assert server.pid in children_of(os.getpid())
+    return server.pid
 
 
 def serving(server: ServerProcess, count: int, timeout: float = 30.0) -> set[int]:
@@ -405,11 +399,36 @@ async def test_a_sqlite_process_killed_mid_stream_hands_its_work_on_when_its_lea
     assert took <= lease + 5, took
 
 
-def test_port_0_cannot_be_shared() -> None:
-    result = run_serve("--processes", "2", "--store", "postgresql://127.0.0.1:1/x", "--port", "0")
-    assert result.returncode == 2
-    assert "cannot share port 0" in result.stderr and "give a fixed --port" in result.stderr
-    assert "started" not in result.stderr  # no process was started
+async def test_port_0_is_picked_once_and_shared_by_every_process(
+    start_server: ServerFactory, start_receiver: ReceiverFactory
+) -> None:
+    server = start_server("--processes", "2", *FAST_RETRIES)  # ServerProcess gives --port 0
+    assert server.port != 0
+    pids = serving(server, 2)  # both listen on the port the log line named
+    assert f"starting 2 processes on 127.0.0.1:{server.port}" in server.log
+    listening = re.findall(r"listening on http://127\.0\.0\.1:(\d+)", server.log)
+    assert set(listening) == {str(server.port)}, server.log
+    # The supervisor's socket holds the port but takes no connection: 16 kept-open
+    # connections all land on the children, spread over both.
+    receiver = await start_receiver()
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) for _ in range(16)]
+    try:
+        for session in sessions:
+            async with session.get(f"{server.url}/healthz") as answer:
+                assert answer.status == 200
+        held = established_by({*pids, started_pid(server)}, server.port)
+        assert held[started_pid(server)] == 0 and all(held[pid] for pid in pids), held
+        assert sum(held.values()) == 16, held
+    finally:
+        for session in sessions:
+            await session.close()
+    async with aiohttp.ClientSession() as http:
+        await SeedClient(http, server.url).connect_receiver(receiver.url)
+    await asyncio.sleep(1.5)  # in force on both processes
+    published = await publish_over_connections(server.url, [f"m{i}" for i in range(50)], 8)
+    await receiver.wait_for(50, timeout=30)
+    assert {r.message_id for r in receiver.received} == set(published)
+    assert server.terminate() == 0
 
 
 @pytest.mark.parametrize(

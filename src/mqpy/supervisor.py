@@ -4,9 +4,13 @@ The parent serves nothing itself. It runs its own command line again once per pr
 with `MQPY_PROCESS_SLOT` saying which process each child is; a child is then a full
 node (its own store connections, dispatcher and heartbeat), just as if started by
 hand, that binds the shared port with SO_REUSEPORT so the kernel spreads connections
-among them. On SQLite the parent first takes the data directory's lock for the whole
-group and releases what the processes before it left claimed, then hands each child
-the lock's descriptor (`MQPY_DATA_LOCK_FD`).
+among them. Given port 0, the parent picks the port once: it binds port 0 itself with
+SO_REUSEPORT, without listening (so the kernel hands it no connection), and holds that
+socket while the children bind the port it got, passed to them as a last `--port`.
+
+On SQLite the parent first takes the data directory's lock for the whole group and
+releases what the processes before it left claimed, then hands each child the lock's
+descriptor (`MQPY_DATA_LOCK_FD`).
 
 The parent forwards SIGTERM and SIGINT to the children and waits for their graceful
 stop. A child that dies is replaced, after a pause that grows while replacements keep
@@ -21,6 +25,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,13 +81,33 @@ def refusal(settings: Settings) -> str | None:
         StoreLocation.parse(settings.store, settings.data_dir)
     except StoreCannotOpen as exc:
         return str(exc)
-    count = settings.process_count
-    if settings.port == 0:
-        return (
-            f"--processes {count} cannot share port 0: each process would pick a port of "
-            "its own; give a fixed --port"
-        )
     return None
+
+
+def hold_port(host: str, port: int) -> tuple[int, list[socket.socket]]:
+    """The port the children are to share, and the sockets that keep it: for port 0,
+    one the kernel picks, bound with SO_REUSEPORT on each of `host`'s addresses but not
+    listening, so no connection waits on them; for a fixed port, that port and none."""
+    if port != 0:
+        return port, []
+    held: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            sock = socket.socket(family, kind, proto)
+            held.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:  # as asyncio binds it: v6 only, v4 apart
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # Every address on the port the first one got.
+            sock.bind((address[0], port, *address[2:]))
+            port = int(sock.getsockname()[1])
+    except OSError:
+        for sock in held:
+            sock.close()
+        raise
+    return port, held
 
 
 def supervise(settings: Settings, argv: Sequence[str]) -> int:
@@ -103,12 +128,22 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
             log.error("%s", exc)
             return 1
         environ[DATA_LOCK_ENV] = str(data_lock.fileno())
-    log.info("starting %d processes on %s:%d", settings.process_count, settings.host, settings.port)
-    command = [sys.executable, "-m", "mqpy", *argv]
+    try:
+        port, held = hold_port(settings.host, settings.port)
+    except OSError as exc:
+        log.error("cannot pick a port on %s: %s", settings.host, exc.strerror)
+        if data_lock is not None:
+            data_lock.close()
+        return 1
+    log.info("starting %d processes on %s:%d", settings.process_count, settings.host, port)
+    # The last --port wins: every child takes the one port picked here.
+    command = [sys.executable, "-m", "mqpy", *argv, "--port", str(port)]
     stop_timeout = 2 * settings.shutdown_grace + STOP_MARGIN_SECONDS
     try:
         return Supervisor(command, settings.process_count, stop_timeout, environ).run()
     finally:
+        for sock in held:
+            sock.close()
         if data_lock is not None:
             data_lock.close()
 
