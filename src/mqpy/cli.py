@@ -9,6 +9,7 @@ Flags are accepted Go-style (`-port 8080`, as MQ Go took them) and GNU-style
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -160,6 +161,13 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
         process_slot=f"{slot}/{settings.process_count}" if slot else "",
     )
     if settings.process_count > 1 and slot is None:
+        from mqpy.server import StartupRefused, check_lease
+
+        try:  # refused before the supervisor takes the store, as one process would be
+            check_lease(settings)
+        except StartupRefused as exc:
+            logging.getLogger("mqpy.server").error("%s", exc)
+            return 2
         # The supervisor starts the processes with this same command line.
         return supervise(settings, argv)
     from mqpy.gc_tuning import tune_for_serving

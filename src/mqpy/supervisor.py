@@ -137,7 +137,8 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
         return 1
     log.info("starting %d processes on %s:%d", settings.process_count, settings.host, port)
     # The last --port wins: every child takes the one port picked here.
-    command = [sys.executable, "-m", "mqpy", *argv, "--port", str(port)]
+    count = str(settings.process_count)
+    command = [sys.executable, "-m", "mqpy", *argv, "--port", str(port), "--processes", count]
     stop_timeout = 2 * settings.shutdown_grace + STOP_MARGIN_SECONDS
     try:
         return Supervisor(command, settings.process_count, stop_timeout, environ).run()
