@@ -53,6 +53,7 @@ from bench.stores import (
     ThrowawayPostgres,
     is_postgres_url,
 )
+from mqpy.config import Settings, parse_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -1395,7 +1396,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.processes is not None and named is None:
         server_args += ["--processes", str(args.processes)]
     args.server_arg_list = server_args
-    args.process_count = named or args.processes or 1
+    # Without a number, mqpy serve runs its default, `auto`: as many as it will.
+    args.process_count = named or args.processes or Settings().process_count
     return args
 
 
@@ -1409,9 +1411,13 @@ def processes_in(server_args: Sequence[str]) -> int | None:
         elif arg.startswith(("--processes=", "-processes=")):
             value = arg.split("=", 1)[1]
         if value is not None:
-            if not value.isdigit() or int(value) < 1:
-                raise ValueError(f"--processes takes a number of processes, not {value!r}")
-            found = int(value)
+            try:
+                count = parse_processes(value)
+            except ValueError:
+                raise ValueError(
+                    f"--processes takes a number of processes or auto, not {value!r}"
+                ) from None
+            found = count or Settings(processes=count).process_count
     return found
 
 

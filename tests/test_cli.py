@@ -34,6 +34,8 @@ _LISTENING = re.compile(r"listening on (http://\S+)")
 PROMISED_DEFAULTS = {
     "--host": "127.0.0.1",
     "--port": "8080",
+    # One broker process per core, up to 4 (issue 10: "the broker uses both cores").
+    "--processes": "auto",
     "--jobs": "64",
     "--workers": "64",
     "--data-dir": "mqpy-data",

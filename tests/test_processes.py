@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mqpy import supervisor
+from mqpy import config, supervisor
 from mqpy.supervisor import Supervisor
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
@@ -452,25 +452,27 @@ async def test_port_0_is_picked_once_and_shared_by_every_process(
     assert server.terminate() == 0
 
 
-@pytest.mark.parametrize(
-    ("args", "status", "reason"),
-    [
-        (("--lease-seconds", "1s"), 2, "--lease-seconds 1s is shorter"),
-        ((), 1, "cannot reach PostgreSQL"),
-    ],
-)
-def test_processes_that_cannot_start_stop_the_whole_group_with_their_status(
-    args: tuple[str, ...], status: int, reason: str
-) -> None:
+def test_processes_that_cannot_start_stop_the_whole_group_with_their_status() -> None:
     # Nothing listens on port 1: the store cannot be reached.
     store = "postgresql://127.0.0.1:1/x"
     started = time.monotonic()
-    result = run_serve("--processes", "2", "--store", store, "--port", str(free_port()), *args)
-    assert result.returncode == status, result.stderr
-    assert reason in result.stderr
-    assert f"exited with status {status} at startup; stopping the others" in result.stderr
+    result = run_serve("--processes", "2", "--store", store, "--port", str(free_port()))
+    assert result.returncode == 1, result.stderr
+    assert "cannot reach PostgreSQL" in result.stderr
+    assert "exited with status 1 at startup; stopping the others" in result.stderr
     assert time.monotonic() - started < 20
     assert result.stderr.count("started (pid") == 2  # tried once each, not again
+
+
+def test_settings_a_process_would_refuse_are_refused_before_any_starts(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    result = run_serve(
+        "--processes", "2", "--data-dir", str(data), "--port", "0", "--lease-seconds", "1s"
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--lease-seconds 1s is shorter" in result.stderr
+    assert "started (pid" not in result.stderr
+    assert not data.exists(), "refused before the group took the data directory"
 
 
 def test_a_crash_loop_backs_off_and_then_gives_up(
@@ -769,3 +771,15 @@ async def test_the_status_feeds_rates_are_the_whole_groups_whichever_process_ans
         published, delivered, rate = totals(await fresh_status(server.url))
         assert (published, delivered) == (120, 120)
         assert rate == 2.0  # 120 in the last minute
+
+
+def test_auto_the_default_runs_one_process_per_core(start_server: ServerFactory) -> None:
+    # `--processes` defaults to auto (tests/test_cli.py pins the default shown); the
+    # test harness gives --processes 1 unless told, here through the environment.
+    cores = min(config.MAX_AUTO_PROCESSES, config.available_cores())
+    if cores < 2:
+        pytest.skip("one core here: auto is one process, what every other test runs")
+    server = start_server("--port", "0", env={"MQPY_PROCESSES": "auto"})
+    assert len(serving(server, cores)) == cores
+    assert f"starting {cores} processes on 127.0.0.1:{server.port}" in server.log
+    assert server.terminate() == 0

@@ -9,6 +9,7 @@ Flags are accepted Go-style (`-port 8080`, as MQ Go took them) and GNU-style
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -25,7 +26,16 @@ from mqpy.commands import (
     subscriptions,
     topics,
 )
-from mqpy.config import Option, SettingError, format_duration, options, parse_duration, resolve
+from mqpy.config import (
+    AUTO_PROCESSES,
+    Option,
+    SettingError,
+    format_duration,
+    options,
+    parse_duration,
+    parse_processes,
+    resolve,
+)
 from mqpy.logging_setup import configure_logging
 from mqpy.supervisor import process_slot, supervise
 
@@ -99,6 +109,8 @@ def _metavar(option: Option) -> str:
 def _show(option: Option) -> str:
     if option.parse is parse_duration:
         return format_duration(option.default)
+    if option.parse is parse_processes and option.default == AUTO_PROCESSES:
+        return "auto"
     return str(option.default)
 
 
@@ -146,9 +158,16 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
     configure_logging(
         settings.log_level,
         settings.log_format,
-        process_slot=f"{slot}/{settings.processes}" if slot else "",
+        process_slot=f"{slot}/{settings.process_count}" if slot else "",
     )
-    if settings.processes > 1 and slot is None:
+    if settings.process_count > 1 and slot is None:
+        from mqpy.server import StartupRefused, check_lease
+
+        try:  # refused before the supervisor takes the store, as one process would be
+            check_lease(settings)
+        except StartupRefused as exc:
+            logging.getLogger("mqpy.server").error("%s", exc)
+            return 2
         # The supervisor starts the processes with this same command line.
         return supervise(settings, argv)
     from mqpy.gc_tuning import tune_for_serving

@@ -8,6 +8,7 @@ both derived from this one list, so a new setting needs one line here.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -55,6 +56,36 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise ValueError(f"{text} must be at least 1")
     return value
+
+
+# --processes auto, stored as 0: one process per core, up to MAX_AUTO_PROCESSES. More
+# rarely pays on one store (SQLite's write turn, PostgreSQL's connections: each
+# process opens up to 13); a number above it is taken as given.
+AUTO_PROCESSES = 0
+MAX_AUTO_PROCESSES = 4
+
+
+def parse_processes(text: str) -> int:
+    """A count of processes, or `auto`."""
+    if text.strip().lower() == "auto":
+        return AUTO_PROCESSES
+    return _positive_int(text)
+
+
+def available_cores() -> int:
+    """The cores this process may use: those its CPU affinity allows (a cpuset), and
+    no more than a cgroup v2 CPU quota allows (a container's CPU limit), rounded up."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, math.ceil(int(quota) / int(period))))
 
 
 def _non_negative_int(text: str) -> int:
@@ -120,10 +151,11 @@ class Settings:
     )
     port: int = _setting(8080, _port, "listening port (0 picks a free one)")
     processes: int = _setting(
-        1,
-        _positive_int,
+        AUTO_PROCESSES,
+        parse_processes,
         "broker processes to run on this machine, sharing --port and the store (SQLite "
-        "or PostgreSQL); above 1 needs a fixed --port",
+        f"or PostgreSQL); auto: one per core this machine gives it, at most "
+        f"{MAX_AUTO_PROCESSES}",
     )
     jobs: int = _setting(
         64,
@@ -249,6 +281,13 @@ class Settings:
         if self.receiver_concurrency > 0:
             return self.receiver_concurrency
         return max(1, min(2, self.workers - 1), self.workers // 2)
+
+    @property
+    def process_count(self) -> int:
+        """How many broker processes `--processes` asks for, `auto` resolved."""
+        if self.processes != AUTO_PROCESSES:
+            return self.processes
+        return min(MAX_AUTO_PROCESSES, available_cores())
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ async def serve(settings: Settings) -> int:
         check_lease(settings)
         location = StoreLocation.parse(settings.store, settings.data_dir)
         slot = process_slot()
-        member = None if slot is None else (slot, settings.processes)
+        member = None if slot is None else (slot, settings.process_count)
         store = open_store(location, data_lock=inherited_data_lock(), member=member)
     except (StartupRefused, StoreCannotOpen) as exc:
         log.error("%s", exc)
@@ -198,7 +198,7 @@ async def _serve_with_store(
             backlog=1024,
             ssl_context=tls,
             # One of --processes N: all N listen on this one port (SO_REUSEPORT).
-            reuse_port=settings.processes > 1,
+            reuse_port=settings.process_count > 1,
         )
         await site.start()
     except OSError as exc:
@@ -240,7 +240,7 @@ async def _serve_with_store(
 
 def group_size(settings: Settings) -> int:
     """How many processes share this one's rate limits: its group's, or 1."""
-    return settings.processes if process_slot() is not None else 1
+    return settings.process_count if process_slot() is not None else 1
 
 
 def limits(settings: Settings, processes: int = 1) -> Limits:

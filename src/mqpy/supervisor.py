@@ -152,7 +152,7 @@ def hold_port(host: str, port: int) -> tuple[int, list[socket.socket]]:
 
 
 def supervise(settings: Settings, argv: Sequence[str]) -> int:
-    """Run `mqpy <argv>` as `settings.processes` children until SIGTERM or SIGINT; the
+    """Run `mqpy <argv>` as `settings.process_count` children until SIGTERM or SIGINT; the
     exit status: 0 after a clean stop, 2 for settings that cannot run several
     processes, else the status of the children that kept failing."""
     reason = refusal(settings)
@@ -176,16 +176,17 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
         if data_lock is not None:
             data_lock.close()
         return 1
-    log.info("starting %d processes on %s:%d", settings.processes, settings.host, port)
+    log.info("starting %d processes on %s:%d", settings.process_count, settings.host, port)
     # The last --port wins: every child takes the one port picked here.
-    command = [sys.executable, "-m", "mqpy", *argv, "--port", str(port)]
+    count = str(settings.process_count)
+    command = [sys.executable, "-m", "mqpy", *argv, "--port", str(port), "--processes", count]
     stop_timeout = 2 * settings.shutdown_grace + STOP_MARGIN_SECONDS
     # Fresh for each group: files left by an earlier one would add to its counters.
     remove_orphaned_metrics()
     environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
     log.info("metrics of the group in %s=%s", METRICS_DIR_ENV, environ[METRICS_DIR_ENV])
     try:
-        return Supervisor(command, settings.processes, stop_timeout, environ).run()
+        return Supervisor(command, settings.process_count, stop_timeout, environ).run()
     finally:
         shutil.rmtree(environ[METRICS_DIR_ENV], ignore_errors=True)
         for sock in held:

@@ -32,6 +32,7 @@ class ServerProcess:
     def start(self, timeout: float = 20.0) -> ServerProcess:
         port_args = ["--port", str(self.port)] if self.port else ["--port", "0"]
         command = [sys.executable, "-m", "mqpy", "serve", *self._data_dir_args(), *port_args]
+        command += self._processes_args()
         command += self.args
         env = {**os.environ, **self.env}
         self.url = ""  # until this start says where it listens
@@ -45,6 +46,15 @@ class ServerProcess:
             self.kill()
             raise RuntimeError("mqpy did not start:\n" + self.log)
         return self
+
+    def _processes_args(self) -> list[str]:
+        # One broker process, not the default one per core: most tests are about what a
+        # broker does, and a supervisor with its children would triple the processes
+        # the suite starts. Tests of a group give --processes (or MQPY_PROCESSES), which
+        # wins; test_processes.py and test_serve_defaults.py run the default.
+        if self.env.get("MQPY_PROCESSES"):
+            return []
+        return ["--processes", "1"]
 
     def _data_dir_args(self) -> list[str]:
         # A server given a store of its own gets no --data-dir: the two would name
