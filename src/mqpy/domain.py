@@ -279,7 +279,7 @@ class Page(Generic[T]):
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
+class ClaimedDelivery:
     """One message on its way to one subscription, claimed under a lease.
 
     `lease` identifies this claim: acking, retrying or releasing with a lease that has
@@ -312,7 +312,7 @@ class Claim:
     """What a claim returns: the deliveries now leased to the caller, and when the
     earliest remaining delivery (of a subscription with room) falls due, if any."""
 
-    deliveries: list[Delivery]
+    deliveries: list[ClaimedDelivery]
     next_due_at: float | None
 
 

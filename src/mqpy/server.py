@@ -20,12 +20,12 @@ from mqpy.broker import Broker, DeliveryListeners, Limits
 from mqpy.config import Settings, format_duration
 from mqpy.delivery.dispatcher import Dispatcher
 from mqpy.delivery.endpoint_health import EndpointHealth
-from mqpy.delivery.gate import ReceiverGate
 from mqpy.delivery.guard import AddressPolicy
-from mqpy.delivery.retry import RetryPolicy
+from mqpy.delivery.receiver_checks import ReceiverChecks
+from mqpy.delivery.retry import RedeliveryPolicy
 from mqpy.delivery.sender import Sender
 from mqpy.domain import StoreCannotOpen, StoreError
-from mqpy.keyring import Keyring
+from mqpy.key_registry import KeyRegistry
 from mqpy.observability import Observer
 from mqpy.observability.health_keeper import HealthKeeper
 from mqpy.peers import CatalogSync, Heartbeat, node_address
@@ -110,8 +110,8 @@ async def _serve_with_store(
     # A registry of this server's own: no global state shared between instances.
     observer = Observer(store, broker, CollectorRegistry())
     broker.set_publish_observer(observer)
-    keyring = Keyring(store, access, broker, clock=clock)
-    await keyring.start()
+    key_registry = KeyRegistry(store, access, broker, clock=clock)
+    await key_registry.start()
     check_exposure(settings, access)
     tls = server_tls(settings)
     await broker.start()
@@ -119,9 +119,9 @@ async def _serve_with_store(
     sender = Sender(settings.delivery_timeout, policy, receiver_tls(settings))
     await sender.start()
     broker.set_receiver_gate(
-        ReceiverGate(policy, aiohttp.ThreadedResolver(), sender, verify=settings.verify_receivers)
+        ReceiverChecks(policy, aiohttp.ThreadedResolver(), sender, verify=settings.verify_receivers)
     )
-    retry_policy = RetryPolicy(
+    retry_policy = RedeliveryPolicy(
         base=settings.retry_base,
         max_delay=settings.retry_max,
         max_attempts=settings.max_attempts,
@@ -148,14 +148,14 @@ async def _serve_with_store(
     heartbeat = Heartbeat(store, dispatcher)
     # What other nodes change of connections, subscriptions and keys: keys first, so
     # a revoked key is refused before anything else is reloaded.
-    sync = CatalogSync(store, [keyring.reload, broker.reload])
+    sync = CatalogSync(store, [key_registry.reload, broker.reload])
     store.watch(on_due=DeliveryListeners(dispatcher, pulls).notify, on_catalog=sync.poke)
     sync.start()
     runner = ProblemAppRunner(
         create_app(
             broker,
             access,
-            keyring,
+            key_registry,
             pulls=pulls,
             observer=observer,
             max_body_bytes=settings.max_message_bytes,

@@ -30,7 +30,7 @@ from mqpy.api.state import (
     ACCESS,
     BODY_TIMEOUT,
     BROKER,
-    KEYRING,
+    KEY_REGISTRY,
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
     PULLS,
@@ -51,7 +51,7 @@ from mqpy.domain import (
     UnknownSubscription,
     UnknownTopic,
 )
-from mqpy.keyring import Keyring
+from mqpy.key_registry import KeyRegistry
 from mqpy.observability import Observer
 from mqpy.pull import PullService
 from mqpy.ratelimit import retry_after_header
@@ -129,7 +129,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
 def create_app(
     broker: Broker,
     access: Access,
-    keyring: Keyring,
+    key_registry: KeyRegistry,
     *,
     pulls: PullService,
     observer: Observer,
@@ -148,7 +148,7 @@ def create_app(
     app[MAX_BATCH_BYTES] = batch_bytes
     app[BROKER] = broker
     app[ACCESS] = access
-    app[KEYRING] = keyring
+    app[KEY_REGISTRY] = key_registry
     app[PULLS] = pulls
     app[status.OBSERVER] = observer
     app[BODY_TIMEOUT] = body_timeout

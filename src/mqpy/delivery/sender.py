@@ -17,7 +17,7 @@ from mqpy import __version__
 from mqpy.delivery.connections import Answer, DeliveryFailed, ReceiverConnections
 from mqpy.delivery.formats import delivery_request
 from mqpy.delivery.guard import AddressPolicy
-from mqpy.domain import Delivery
+from mqpy.domain import ClaimedDelivery
 from mqpy.retry_after import parse_retry_after
 
 
@@ -62,7 +62,7 @@ class Sender:
             await self._connections.close()
             self._connections = None
 
-    async def send(self, delivery: Delivery) -> Outcome:
+    async def send(self, delivery: ClaimedDelivery) -> Outcome:
         """POST the delivery in its subscription's format; any 2xx acknowledges."""
         body, headers = delivery_request(delivery, int(time.time()))
         answer = await self._post(delivery.url, body, headers)

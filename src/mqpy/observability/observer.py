@@ -15,7 +15,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from mqpy.broker import Broker
-from mqpy.domain import Delivery, NodeInfo, ReceiverHealth, StoreUnavailable, Subscription
+from mqpy.domain import ClaimedDelivery, NodeInfo, ReceiverHealth, StoreUnavailable, Subscription
 from mqpy.observability.feed import (
     NodeStatus,
     ReceiverKind,
@@ -91,7 +91,7 @@ class Observer:
         if receiver is not None:  # None if it disconnected meanwhile
             receiver.window = size
 
-    def delivered(self, delivery: Delivery, acked_at: float) -> None:
+    def delivered(self, delivery: ClaimedDelivery, acked_at: float) -> None:
         # From when it was due: a delayed message's delay is not delivery latency.
         due = max(delivery.published_at, delivery.deliver_at or 0.0)
         self._metrics.delivered(acked_at - due)
@@ -105,7 +105,7 @@ class Observer:
 
     def failed(
         self,
-        delivery: Delivery,
+        delivery: ClaimedDelivery,
         *,
         at: float,
         reason: str,

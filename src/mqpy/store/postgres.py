@@ -29,9 +29,9 @@ from mqpy.domain import (
     BadCursor,
     BrokerStats,
     Claim,
+    ClaimedDelivery,
     Connection,
     DeadLetter,
-    Delivery,
     Filter,
     Mode,
     NewMessage,
@@ -902,7 +902,7 @@ class PostgresStore(Store):
             await publish_events(conn, routes, events, max(o.at for o in reported))
 
     async def renew(
-        self, deliveries: Sequence[Delivery], *, now: float, lease_seconds: float
+        self, deliveries: Sequence[ClaimedDelivery], *, now: float, lease_seconds: float
     ) -> list[int]:
         async with self._transaction(durable=False) as conn:
             kept = {
@@ -918,14 +918,14 @@ class PostgresStore(Store):
 
     async def leased(
         self, subscription_id: int, leases: Collection[tuple[int, str]], *, now: float
-    ) -> list[Delivery]:
+    ) -> list[ClaimedDelivery]:
         async with self._transaction(durable=False) as conn:
             routes = await self._current_routes(conn)
             rows = await conn.fetch(sql.LEASED, [i for i, _ in leases], subscription_id, now)
         return leased_deliveries(routes, subscription_id, [tuple(r) for r in rows], leases)
 
     async def release(
-        self, deliveries: Sequence[Delivery], now: float, *, attempted: bool = False
+        self, deliveries: Sequence[ClaimedDelivery], now: float, *, attempted: bool = False
     ) -> None:
         async with self._transaction(durable=False) as conn:
             await conn.execute(

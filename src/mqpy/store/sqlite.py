@@ -26,10 +26,10 @@ from mqpy.domain import (
     BadCursor,
     BrokerStats,
     Claim,
+    ClaimedDelivery,
     Conflict,
     Connection,
     DeadLetter,
-    Delivery,
     Filter,
     Mode,
     NewMessage,
@@ -711,13 +711,13 @@ class SQLiteStore(Store):
 
     async def leased(
         self, subscription_id: int, leases: Collection[tuple[int, str]], *, now: float
-    ) -> list[Delivery]:
+    ) -> list[ClaimedDelivery]:
         return await self._writer.run(
             lambda conn: leased_due(conn, self._routes_in(conn), subscription_id, leases, now)
         )
 
     async def renew(
-        self, deliveries: Sequence[Delivery], *, now: float, lease_seconds: float
+        self, deliveries: Sequence[ClaimedDelivery], *, now: float, lease_seconds: float
     ) -> list[int]:
         def operation(conn: sqlite3.Connection) -> list[int]:
             return [
@@ -734,7 +734,7 @@ class SQLiteStore(Store):
         return await self._writer.run(operation, durable=False)
 
     async def release(
-        self, deliveries: Sequence[Delivery], now: float, *, attempted: bool = False
+        self, deliveries: Sequence[ClaimedDelivery], now: float, *, attempted: bool = False
     ) -> None:
         undone = 0 if attempted else 1
         params = [(now, undone, d.delivery_id, d.lease) for d in deliveries]

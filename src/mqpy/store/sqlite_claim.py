@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from mqpy.domain import Claim, Delivery
+from mqpy.domain import Claim, ClaimedDelivery
 from mqpy.ids import new_lease_token
 from mqpy.store.claiming import CLAIM_COLUMNS as _COLUMNS
 from mqpy.store.claiming import ClaimBuilder, leased_deliveries, oldest_due
@@ -152,7 +152,7 @@ def leased(
     subscription_id: int,
     leases: Collection[tuple[int, str]],
     now: float,
-) -> list[Delivery]:
+) -> list[ClaimedDelivery]:
     """What `Store.leased` answers, read in the writer's connection."""
     rows: list[tuple[Any, ...]] = []
     for chunk in chunks(sorted({delivery_id for delivery_id, _ in leases})):

@@ -15,7 +15,7 @@ from mqpy.store import Store
 log = logging.getLogger("mqpy.server")
 
 
-class Keyring:
+class KeyRegistry:
     """Keys in the store, mirrored into `Access` so requests are checked in memory.
 
     Other nodes sharing the store create and revoke keys too: `reload` (called by
