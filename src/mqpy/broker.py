@@ -15,16 +15,12 @@ from typing import Protocol
 from mqpy.access import Principal
 from mqpy.domain import (
     DEFAULT_TOPIC,
-    BrokerError,
     BrokerStats,
-    Conflict,
     Connection,
     DeadLetter,
     Filter,
     Mode,
     NewMessage,
-    NotASender,
-    NotPullable,
     Page,
     Publication,
     Published,
@@ -36,12 +32,20 @@ from mqpy.domain import (
     SubscriptionChanges,
     SubscriptionSpec,
     TopicInfo,
+    int_cursor,
+)
+from mqpy.errors import (
+    Conflict,
+    Forbidden,
+    NotASender,
+    NotPullable,
+    RateLimited,
+    ReceiverRefused,
     UnknownConnection,
     UnknownDeadLetter,
     UnknownMessage,
     UnknownSubscription,
     UnknownTopic,
-    int_cursor,
 )
 from mqpy.ids import new_message_ids
 from mqpy.ratelimit import RateLimiter
@@ -49,26 +53,6 @@ from mqpy.signing import generate_secret
 from mqpy.store import Store
 from mqpy.topics import is_reserved
 from mqpy.topics import matches as topics_match
-
-
-class Forbidden(BrokerError):
-    """The caller's key does not allow this."""
-
-
-class RateLimited(BrokerError):
-    """The caller's key is publishing faster than --publish-rate allows."""
-
-    def __init__(self, retry_after: float, rate: float) -> None:
-        super().__init__(
-            f"this key may publish {rate:g} messages per second (--publish-rate); "
-            f"retry in {retry_after:.1f} s"
-        )
-        self.retry_after = retry_after
-
-
-class ReceiverRefused(BrokerError):
-    """The receiver's URL may not be delivered to (an address the broker must not reach,
-    or a receiver that did not confirm the subscription)."""
 
 
 class DeliveryListener(Protocol):

@@ -24,7 +24,7 @@ from mqpy.delivery.guard import AddressPolicy
 from mqpy.delivery.receiver_checks import ReceiverChecks
 from mqpy.delivery.retry import RedeliveryPolicy
 from mqpy.delivery.sender import Sender
-from mqpy.domain import StoreCannotOpen, StoreError
+from mqpy.errors import StoreCannotOpen, StoreError
 from mqpy.key_registry import KeyRegistry
 from mqpy.observability import Observer
 from mqpy.observability.health_keeper import HealthKeeper

@@ -25,7 +25,7 @@ from mqpy.api.responses import json_response
 from mqpy.api.state import ACCESS, PULLS, broker_of, principal_of
 from mqpy.api.subscriptions import subscription_id
 from mqpy.api.views import EventsTokenView, pulled_message_view
-from mqpy.domain import NotPullable, StoreUnavailable, UnknownSubscription
+from mqpy.errors import NotPullable, StoreUnavailable, UnknownSubscription
 from mqpy.pull import AckId, Pulled
 from mqpy.rfc3339 import rfc3339
 

@@ -40,9 +40,8 @@ from mqpy.domain import (
     SubscriptionChanges,
     SubscriptionKind,
     SubscriptionSpec,
-    UnknownConnection,
-    UnknownSubscription,
 )
+from mqpy.errors import UnknownConnection, UnknownSubscription
 from mqpy.rfc3339 import rfc3339
 from mqpy.signing import check_secret
 

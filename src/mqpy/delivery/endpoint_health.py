@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 from mqpy.broker import Broker
 from mqpy.config import format_duration
-from mqpy.domain import StoreError, Subscription
+from mqpy.domain import Subscription
+from mqpy.errors import StoreError
 from mqpy.observability import Observer
 from mqpy.rfc3339 import rfc3339
 from mqpy.store import Store

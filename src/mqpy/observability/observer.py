@@ -15,7 +15,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from mqpy.broker import Broker
-from mqpy.domain import ClaimedDelivery, NodeInfo, ReceiverHealth, StoreUnavailable, Subscription
+from mqpy.domain import ClaimedDelivery, NodeInfo, ReceiverHealth, Subscription
+from mqpy.errors import StoreUnavailable
 from mqpy.observability.feed import (
     NodeStatus,
     ReceiverKind,

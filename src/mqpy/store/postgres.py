@@ -25,8 +25,6 @@ import asyncpg
 
 from mqpy.domain import (
     ApiKey,
-    BacklogFull,
-    BadCursor,
     BrokerStats,
     Claim,
     ClaimedDelivery,
@@ -43,13 +41,13 @@ from mqpy.domain import (
     SeekResult,
     StartAt,
     StoredMessage,
-    StoreUnavailable,
     Subscription,
     SubscriptionChanges,
     SubscriptionSpec,
     TopicInfo,
     int_cursor,
 )
+from mqpy.errors import BacklogFull, BadCursor, StoreUnavailable
 from mqpy.events import subscription_disabled, subscription_resumed
 from mqpy.ids import new_lease_token, node_name
 from mqpy.store import endpoint_health

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from mqpy.domain import Conflict, Connection, Mode, StartAt, Subscription, SubscriptionSpec
+from mqpy.domain import Connection, Mode, StartAt, Subscription, SubscriptionSpec
+from mqpy.errors import Conflict
 from mqpy.ids import new_connection_id
 from mqpy.store.postgres_replay import seek
 from mqpy.store.postgres_schema import SWEEP_LOCK

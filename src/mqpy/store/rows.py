@@ -12,7 +12,6 @@ from mqpy.domain import (
     DEFAULT_ACK_DEADLINE_SECONDS,
     Attempt,
     AttemptOutcome,
-    BadCursor,
     DeadLetter,
     DeliveryFormat,
     DeliveryState,
@@ -26,6 +25,7 @@ from mqpy.domain import (
     SubscriptionKind,
     SubscriptionSpec,
 )
+from mqpy.errors import BadCursor
 
 SUBSCRIPTION_COLUMNS = (
     "s.id, s.topic, s.url, s.created_at, s.filter, s.settings, s.paused, s.key_id, "

@@ -22,12 +22,9 @@ from typing import IO, Any
 
 from mqpy.domain import (
     ApiKey,
-    BacklogFull,
-    BadCursor,
     BrokerStats,
     Claim,
     ClaimedDelivery,
-    Conflict,
     Connection,
     DeadLetter,
     Filter,
@@ -41,14 +38,13 @@ from mqpy.domain import (
     SeekResult,
     StartAt,
     StoredMessage,
-    StoreLocked,
-    StoreUnavailable,
     Subscription,
     SubscriptionChanges,
     SubscriptionSpec,
     TopicInfo,
     int_cursor,
 )
+from mqpy.errors import BacklogFull, BadCursor, Conflict, StoreLocked, StoreUnavailable
 from mqpy.events import subscription_disabled, subscription_resumed
 from mqpy.ids import new_connection_id, node_name
 from mqpy.store.base import Store, TopicBacklog
