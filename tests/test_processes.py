@@ -25,8 +25,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mqpy import supervisor
-from mqpy.supervisor import Supervisor
+from mqpy.runtime import supervisor
+from mqpy.runtime.supervisor import Supervisor
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
 from tests.support.receiver import Crowd

@@ -16,7 +16,7 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 import mqpy
-from mqpy.signing import generate_secret
+from mqpy.wire.signing import generate_secret
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
 from tests.support.load import FAST_RETRIES

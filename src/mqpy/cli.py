@@ -26,8 +26,8 @@ from mqpy.commands import (
     topics,
 )
 from mqpy.config import Option, SettingError, format_duration, options, parse_duration, resolve
-from mqpy.logging_setup import configure_logging
-from mqpy.supervisor import process_slot, supervise
+from mqpy.runtime.logging_setup import configure_logging
+from mqpy.runtime.supervisor import process_slot, supervise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,7 +151,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
     if settings.processes > 1 and slot is None:
         # The supervisor starts the processes with this same command line.
         return supervise(settings, argv)
-    from mqpy.server import run
+    from mqpy.runtime.server import run
 
     return run(settings)
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mqpy.delivery.retry import MAX_RETRY_AFTER_SECONDS, RedeliveryPolicy
-from mqpy.retry_after import parse_retry_after
+from mqpy.wire.retry_after import parse_retry_after
 
 POLICY = RedeliveryPolicy(base=0.5, max_delay=300.0, max_attempts=10, max_age=86400.0)
 PUBLISHED = 1_700_000_000.0

@@ -7,8 +7,8 @@ import asyncio
 import json
 from typing import Any
 
-from mqpy.domain import ClaimedDelivery, SubscriptionKind, SubscriptionSpec
-from mqpy.events import EVENTS_TOPIC
+from mqpy.model.domain import ClaimedDelivery, SubscriptionKind, SubscriptionSpec
+from mqpy.model.events import EVENTS_TOPIC
 from mqpy.store.base import Store
 from tests.store.support import (
     LEASE,

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from mqpy.domain import EARLIEST, Published
-from mqpy.errors import BacklogFull
+from mqpy.model.domain import EARLIEST, Published
+from mqpy.model.errors import BacklogFull
 from mqpy.store.base import Store
 from tests.store.support import (
     T0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mqpy.domain import ClaimedDelivery, SubscriptionKind, SubscriptionSpec
+from mqpy.model.domain import ClaimedDelivery, SubscriptionKind, SubscriptionSpec
 from mqpy.store.base import Store
 from tests.store.support import (
     DEFAULT,

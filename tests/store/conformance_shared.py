@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from mqpy.domain import ClaimedDelivery
+from mqpy.model.domain import ClaimedDelivery
 from mqpy.store.base import Store
 from tests.store.support import (
     LEASE,

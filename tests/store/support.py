@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Awaitable, Callable, Mapping
 
-from mqpy.domain import (
+from mqpy.model.domain import (
     Claim,
     ClaimedDelivery,
     Connection,

@@ -6,7 +6,6 @@ import logging
 
 from aiohttp import web
 
-from mqpy.access import Access
 from mqpy.api import (
     dashboard,
     dead_letters,
@@ -36,14 +35,15 @@ from mqpy.api.state import (
     PULLS,
 )
 from mqpy.api.types import Handler
-from mqpy.broker import Broker
-from mqpy.errors import (
+from mqpy.auth.access import Access
+from mqpy.core.broker import Broker
+from mqpy.core.key_registry import KeyRegistry
+from mqpy.core.ratelimit import retry_after_header
+from mqpy.model.errors import (
     BrokerError,
 )
-from mqpy.key_registry import KeyRegistry
 from mqpy.observability import Observer
 from mqpy.pull import PullService
-from mqpy.ratelimit import retry_after_header
 
 log = logging.getLogger("mqpy.api")
 
@@ -185,7 +185,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def _problem_for(error: BrokerError) -> Problem:
-    """The answer to a refused request, from what its class says (mqpy.errors)."""
+    """The answer to a refused request, from what its class says (mqpy.model.errors)."""
     if error.log_cause:
         log.error("%s", error)
     headers = {}

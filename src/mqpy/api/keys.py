@@ -11,8 +11,8 @@ from mqpy.api.problems import Problem, invalid_field
 from mqpy.api.requests import convert, read_object
 from mqpy.api.responses import json_response
 from mqpy.api.state import ACCESS, key_registry_of, principal_of
-from mqpy.domain import ApiKey, Role
-from mqpy.topics import is_valid_pattern
+from mqpy.model.domain import ApiKey, Role
+from mqpy.model.topics import is_valid_pattern
 
 
 class CreateKeyRequest(msgspec.Struct):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mqpy.access import Access, Principal
-from mqpy.broker import Broker
-from mqpy.key_registry import KeyRegistry
+from mqpy.auth.access import Access, Principal
+from mqpy.core.broker import Broker
+from mqpy.core.key_registry import KeyRegistry
 from mqpy.pull import PullService
 
 BROKER = web.AppKey("broker", Broker)

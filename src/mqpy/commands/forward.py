@@ -14,7 +14,7 @@ import aiohttp
 from mqpy import __version__
 from mqpy.client import PulledMessage
 from mqpy.delivery.formats import delivery_request
-from mqpy.domain import ClaimedDelivery, DeliveryFormat
+from mqpy.model.domain import ClaimedDelivery, DeliveryFormat
 
 # How long the local receiver may take to answer one message.
 FORWARD_TIMEOUT_SECONDS = 30.0

@@ -19,7 +19,7 @@ from mqpy.commands import (
 )
 from mqpy.commands.broker_client import ask
 from mqpy.commands.terminal import format_table
-from mqpy.domain import Role
+from mqpy.model.domain import Role
 
 _COLUMNS = ("ID", "ROLE", "TOPICS", "CREATED")
 # How a key limited to no topic pattern shows in the table: it may use every topic.

@@ -24,7 +24,7 @@ from mqpy.commands.listening import (
     remove_when_stopping,
     stop_on_signals,
 )
-from mqpy.domain import DeliveryFormat
+from mqpy.model.domain import DeliveryFormat
 
 if TYPE_CHECKING:  # imported when run: they load aiohttp, which `mqpy --help` need not
     from mqpy.client.aio import AsyncClient

@@ -29,7 +29,7 @@ from mqpy.commands.listening import (
 
 if TYPE_CHECKING:  # imported when run: they load aiohttp, which `mqpy --help` need not
     from mqpy.client.aio import AsyncClient
-    from mqpy.receiver import Delivery, ReceiverServer
+    from mqpy.client.receiver import Delivery, ReceiverServer
 
 SECRET_ENV = "MQPY_SECRET"
 
@@ -56,7 +56,7 @@ def serve(args: argparse.Namespace) -> int:
 
 async def _listen(args: argparse.Namespace, settings: ClientSettings) -> int:
     from mqpy.client.aio import AsyncClient
-    from mqpy.receiver import ReceiverServer
+    from mqpy.client.receiver import ReceiverServer
 
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -102,7 +102,7 @@ def _listen_only(args: argparse.Namespace) -> int:
 
 
 async def _serve_only(args: argparse.Namespace) -> int:
-    from mqpy.receiver import ReceiverServer
+    from mqpy.client.receiver import ReceiverServer
 
     stop = asyncio.Event()
     stop_on_signals(stop)

@@ -11,8 +11,8 @@ from typing import Any
 
 from mqpy.commands import EXIT_USAGE, CommandFailed
 from mqpy.config import parse_duration
-from mqpy.filters import InvalidFilter, parse_filter
-from mqpy.topics import TOPIC_NAME, is_valid_pattern
+from mqpy.model.filters import InvalidFilter, parse_filter
+from mqpy.model.topics import TOPIC_NAME, is_valid_pattern
 
 GROUP_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 MAX_DELAY_SECONDS = 31_536_000  # one year, the broker's limit

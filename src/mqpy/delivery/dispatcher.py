@@ -26,8 +26,8 @@ from mqpy.delivery.pace import Pace
 from mqpy.delivery.retry import RedeliveryPolicy
 from mqpy.delivery.sender import Outcome, Sender
 from mqpy.delivery.window import ReceiverWindows
-from mqpy.domain import ClaimedDelivery, Subscription
-from mqpy.errors import StoreUnavailable
+from mqpy.model.domain import ClaimedDelivery, Subscription
+from mqpy.model.errors import StoreUnavailable
 from mqpy.observability import Observer
 from mqpy.store import Store
 

@@ -30,8 +30,8 @@ from urllib.parse import quote
 
 import msgspec
 
-from mqpy.domain import ClaimedDelivery, DeliveryFormat
-from mqpy.signing import signature_header
+from mqpy.model.domain import ClaimedDelivery, DeliveryFormat
+from mqpy.wire.signing import signature_header
 
 Headers = list[tuple[str, str]]
 

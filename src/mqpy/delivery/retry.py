@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from mqpy.domain import RetryOverrides
+from mqpy.model.domain import RetryOverrides
 
 # The longest a receiver's Retry-After may put off its next attempt (and pause it), when
 # --retry-max is shorter. The receiver knows best when it will be back, so its answer

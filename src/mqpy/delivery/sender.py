@@ -17,8 +17,8 @@ from mqpy import __version__
 from mqpy.delivery.connections import Answer, DeliveryFailed, ReceiverConnections
 from mqpy.delivery.formats import delivery_request
 from mqpy.delivery.guard import AddressPolicy
-from mqpy.domain import ClaimedDelivery
-from mqpy.retry_after import parse_retry_after
+from mqpy.model.domain import ClaimedDelivery
+from mqpy.wire.retry_after import parse_retry_after
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,11 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from mqpy.broker import Broker
-from mqpy.domain import ClaimedDelivery, NodeInfo, ReceiverHealth, Subscription
-from mqpy.errors import StoreUnavailable
+from mqpy.core.broker import Broker
+from mqpy.model.domain import ClaimedDelivery, NodeInfo, ReceiverHealth, Subscription
+from mqpy.model.errors import StoreUnavailable
+from mqpy.model.topics import is_pattern
+from mqpy.model.topics import matches as topic_matches
 from mqpy.observability.feed import (
     NodeStatus,
     ReceiverKind,
@@ -29,8 +31,6 @@ from mqpy.observability.metrics import Gauges, LiveGauges, Metrics, TopicFigures
 from mqpy.observability.rates import RATE_SECONDS, SecondCounts, Throughput, TopicActivity
 from mqpy.observability.receivers import Failure, ReceiverActivity, ReceiverState
 from mqpy.store import Store
-from mqpy.topics import is_pattern
-from mqpy.topics import matches as topic_matches
 
 log = logging.getLogger("mqpy.observability")
 

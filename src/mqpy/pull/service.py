@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mqpy.access import Principal
-from mqpy.broker import Broker
+from mqpy.auth.access import Principal
+from mqpy.core.broker import Broker
 from mqpy.delivery.retry import RedeliveryPolicy
-from mqpy.domain import ClaimedDelivery, Subscription
+from mqpy.model.domain import ClaimedDelivery, Subscription
 from mqpy.pull.ack_ids import AckId
 from mqpy.pull.wakeup import Wakeup
 from mqpy.store import Store

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from mqpy.domain import (
+from mqpy.model.domain import (
     ApiKey,
     BrokerStats,
     Claim,

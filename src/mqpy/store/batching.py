@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from mqpy.domain import ClaimedDelivery
+from mqpy.model.domain import ClaimedDelivery
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mqpy.domain import Claim, ClaimedDelivery
+from mqpy.model.domain import Claim, ClaimedDelivery
 from mqpy.store.routes import Member, Routes
 from mqpy.store.rows import load_attributes
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from mqpy.domain import (
+from mqpy.model.domain import (
     ApiKey,
     BrokerStats,
     Claim,
@@ -47,9 +47,11 @@ from mqpy.domain import (
     TopicInfo,
     int_cursor,
 )
-from mqpy.errors import BacklogFull, BadCursor, StoreUnavailable
-from mqpy.events import subscription_disabled, subscription_resumed
-from mqpy.ids import new_lease_token, node_name
+from mqpy.model.errors import BacklogFull, BadCursor, StoreUnavailable
+from mqpy.model.events import subscription_disabled, subscription_resumed
+from mqpy.model.ids import new_lease_token, node_name
+from mqpy.model.topics import TOPIC_NAME
+from mqpy.model.topics import matches as topic_matches
 from mqpy.store import endpoint_health
 from mqpy.store import postgres_sql as sql
 from mqpy.store.base import Store, TopicBacklog
@@ -117,8 +119,6 @@ from mqpy.store.rows import (
     load_attributes,
     subscription_from_row,
 )
-from mqpy.topics import TOPIC_NAME
-from mqpy.topics import matches as topic_matches
 
 log = logging.getLogger("mqpy.store")
 

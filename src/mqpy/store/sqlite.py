@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from mqpy.domain import (
+from mqpy.model.domain import (
     ApiKey,
     BrokerStats,
     Claim,
@@ -44,9 +44,11 @@ from mqpy.domain import (
     TopicInfo,
     int_cursor,
 )
-from mqpy.errors import BacklogFull, BadCursor, Conflict, StoreLocked, StoreUnavailable
-from mqpy.events import subscription_disabled, subscription_resumed
-from mqpy.ids import new_connection_id, node_name
+from mqpy.model.errors import BacklogFull, BadCursor, Conflict, StoreLocked, StoreUnavailable
+from mqpy.model.events import subscription_disabled, subscription_resumed
+from mqpy.model.ids import new_connection_id, node_name
+from mqpy.model.topics import TOPIC_NAME, is_pattern
+from mqpy.model.topics import matches as topic_matches
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Settlement
 from mqpy.store.expiry import EXPIRE_CHUNK, ExpiryTarget, expiry_targets
@@ -90,8 +92,6 @@ from mqpy.store.sqlite_schema import migrate
 from mqpy.store.sqlite_settle import SettlementQueue, finish_messages
 from mqpy.store.sqlite_tallies import Tallies
 from mqpy.store.sqlite_writer import GroupCommitWriter, WriterClosed
-from mqpy.topics import TOPIC_NAME, is_pattern
-from mqpy.topics import matches as topic_matches
 
 log = logging.getLogger("mqpy.store")
 

@@ -11,8 +11,8 @@ import sqlite3
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from mqpy.domain import Claim, ClaimedDelivery
-from mqpy.ids import new_lease_token
+from mqpy.model.domain import Claim, ClaimedDelivery
+from mqpy.model.ids import new_lease_token
 from mqpy.store.claiming import CLAIM_COLUMNS as _COLUMNS
 from mqpy.store.claiming import ClaimBuilder, leased_deliveries, oldest_due
 from mqpy.store.routes import Member, Routes

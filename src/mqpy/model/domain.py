@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from mqpy.errors import BadCursor
+from mqpy.model.errors import BadCursor
 
 DEFAULT_TOPIC = "default"
 
@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 # A filter on message attributes, one condition per attribute, all of which must hold:
 # "value" (equal), ["a", "b"] (any of), {"prefix": "ord"}, {"exists": true|false}.
-# Checked when it is made (mqpy.filters.parse_filter), so the store keeps it as given.
+# Checked when it is made (mqpy.model.filters.parse_filter), so the store keeps it as given.
 Condition = str | list[str] | dict[str, str | bool]
 Filter = Mapping[str, Condition]
 

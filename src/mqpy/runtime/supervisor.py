@@ -31,7 +31,7 @@ from types import FrameType
 from typing import IO
 
 from mqpy.config import Settings
-from mqpy.errors import StoreCannotOpen, StoreError
+from mqpy.model.errors import StoreCannotOpen, StoreError
 from mqpy.store import StoreLocation
 from mqpy.store.sqlite import prepare_group
 

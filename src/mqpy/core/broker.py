@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from mqpy.access import Principal
-from mqpy.domain import (
+from mqpy.auth.access import Principal
+from mqpy.core.ratelimit import RateLimiter
+from mqpy.model.domain import (
     DEFAULT_TOPIC,
     BrokerStats,
     Connection,
@@ -34,7 +35,7 @@ from mqpy.domain import (
     TopicInfo,
     int_cursor,
 )
-from mqpy.errors import (
+from mqpy.model.errors import (
     Conflict,
     Forbidden,
     NotASender,
@@ -47,12 +48,11 @@ from mqpy.errors import (
     UnknownSubscription,
     UnknownTopic,
 )
-from mqpy.ids import new_message_ids
-from mqpy.ratelimit import RateLimiter
-from mqpy.signing import generate_secret
+from mqpy.model.ids import new_message_ids
+from mqpy.model.topics import is_reserved
+from mqpy.model.topics import matches as topics_match
 from mqpy.store import Store
-from mqpy.topics import is_reserved
-from mqpy.topics import matches as topics_match
+from mqpy.wire.signing import generate_secret
 
 
 class DeliveryListener(Protocol):

@@ -13,26 +13,26 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from mqpy.access import Access
 from mqpy.api.app import create_app
 from mqpy.api.http_errors import ProblemAppRunner
-from mqpy.broker import Broker, DeliveryListeners, Limits
+from mqpy.auth.access import Access
 from mqpy.config import Settings, format_duration
+from mqpy.core.broker import Broker, DeliveryListeners, Limits
+from mqpy.core.key_registry import KeyRegistry
+from mqpy.core.peers import CatalogSync, Heartbeat, node_address
 from mqpy.delivery.dispatcher import Dispatcher
 from mqpy.delivery.endpoint_health import EndpointHealth
 from mqpy.delivery.guard import AddressPolicy
 from mqpy.delivery.receiver_checks import ReceiverChecks
 from mqpy.delivery.retry import RedeliveryPolicy
 from mqpy.delivery.sender import Sender
-from mqpy.errors import StoreCannotOpen, StoreError
-from mqpy.key_registry import KeyRegistry
+from mqpy.model.errors import StoreCannotOpen, StoreError
 from mqpy.observability import Observer
 from mqpy.observability.health_keeper import HealthKeeper
-from mqpy.peers import CatalogSync, Heartbeat, node_address
 from mqpy.pull import PullService
-from mqpy.stopping import StopSignals
+from mqpy.runtime.stopping import StopSignals
+from mqpy.runtime.supervisor import inherited_data_lock
 from mqpy.store import Store, StoreLocation, open_store
-from mqpy.supervisor import inherited_data_lock
 
 log = logging.getLogger("mqpy.server")
 

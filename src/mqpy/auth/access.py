@@ -13,10 +13,10 @@ import hmac
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from mqpy.domain import ApiKey, Role
-from mqpy.keys import secret_matches, split_key
-from mqpy.stream_tokens import holds, mac_secret_for, make_token, read_token
-from mqpy.topics import covers, is_reserved
+from mqpy.auth.keys import secret_matches, split_key
+from mqpy.auth.stream_tokens import holds, mac_secret_for, make_token, read_token
+from mqpy.model.domain import ApiKey, Role
+from mqpy.model.topics import covers, is_reserved
 
 BOOTSTRAP_KEY_ID = "bootstrap-admin"
 ANONYMOUS_KEY_ID = "anonymous"
