@@ -148,12 +148,15 @@ class Broker:
         store: Store,
         limits: Limits = Limits(),
         clock: Callable[[], float] = time.time,
+        *,
+        gate: ReceiverGate | None = None,
     ) -> None:
         self._store = store
         self._limits = limits
+        # Told nothing until `start` names who listens: nothing is published before.
         self._listener: DeliveryListener = _NoListener()
         self._observer: PublishObserver = _NoObserver()
-        self._gate: ReceiverGate = _OpenGate()
+        self._gate: ReceiverGate = gate if gate is not None else _OpenGate()
         self._clock = clock
         self._connections: dict[int, Connection] = {}
         self._subscriptions: dict[int, Subscription] = {}
@@ -164,7 +167,17 @@ class Broker:
         self._touched: set[int] | None = None
         self._publish_rate = RateLimiter(limits.publish_rate, limits.publish_burst, clock)
 
-    async def start(self) -> None:
+    async def start(
+        self,
+        listener: DeliveryListener | None = None,
+        observer: PublishObserver | None = None,
+    ) -> None:
+        """Load the cache and tell `listener` of every subscription in it; from now on
+        it hears of each change, and `observer` of each accepted message."""
+        if listener is not None:
+            self._listener = listener
+        if observer is not None:
+            self._observer = observer
         await self.reload()
 
     async def reload(self) -> bool:
@@ -236,17 +249,6 @@ class Broker:
     def _touch(self, item_id: int) -> None:
         if self._touched is not None:
             self._touched.add(item_id)
-
-    def set_delivery_listener(self, listener: DeliveryListener) -> None:
-        self._listener = listener
-        for subscription in self._subscriptions.values():
-            listener.subscription_changed(subscription)
-
-    def set_publish_observer(self, observer: PublishObserver) -> None:
-        self._observer = observer
-
-    def set_receiver_gate(self, gate: ReceiverGate) -> None:
-        self._gate = gate
 
     # The seed protocol.
 
