@@ -26,8 +26,8 @@ from typing import Any
 
 import asyncpg
 
-from mqpy.domain import Mode, NewMessage
-from mqpy.ids import new_message_ids
+from mqpy.model.domain import Mode, NewMessage
+from mqpy.model.ids import new_message_ids
 from mqpy.store.base import Store
 from mqpy.store.postgres import PostgresStore
 from mqpy.store.sqlite import SQLiteStore

@@ -15,7 +15,7 @@ from aiohttp import web
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 
 import mqpy
-from mqpy.signing import generate_secret
+from mqpy.wire.signing import generate_secret
 from tests.conftest import ReceiverFactory
 from tests.support.load import FAST_RETRIES, unused_port
 from tests.support.server import ServerProcess

@@ -1,4 +1,4 @@
-"""`mqpy.Client`, `mqpy.AsyncClient` and `mqpy.receiver`, against a real server.
+"""`mqpy.Client`, `mqpy.AsyncClient` and `mqpy.client.receiver`, against a real server.
 
 The examples of docs/client.md run here as they are written (only the URL changes), so
 the page cannot drift from the code. The other tests check what a caller relies on:
@@ -29,10 +29,10 @@ import pytest
 import mqpy
 from mqpy.client import Conflict, Message, Published
 from mqpy.client.errors import error_from_answer
+from mqpy.client.receiver import Delivery, InvalidDelivery, serve_receiver
 from mqpy.client.retry import RetryPolicy
-from mqpy.receiver import Delivery, InvalidDelivery, serve_receiver
-from mqpy.retry_after import parse_retry_after
-from mqpy.signing import generate_secret, webhook_headers
+from mqpy.wire.retry_after import parse_retry_after
+from mqpy.wire.signing import generate_secret, webhook_headers
 from tests.conftest import ServerFactory
 from tests.support import raw_http
 from tests.support.api import call, ok

@@ -17,7 +17,7 @@ from standardwebhooks.webhooks import Webhook
 from tests.conftest import ReceiverFactory
 from tests.support.server import ServerProcess
 from tests.test_pull import Api
-from tests.test_signing_e2e import Delivery, Recorder
+from tests.test_signing_e2e import ReceivedRequest, Recorder
 
 BINARY = "cloudevents-binary"
 STRUCTURED = "cloudevents-structured"
@@ -31,7 +31,7 @@ async def subscribe(api: Api, url: str, topic: str, **fields: Any) -> tuple[int,
     return int(created["id"]), str(created["secret"])
 
 
-def parsed(delivery: Delivery, secret: str) -> BaseCloudEvent:
+def parsed(delivery: ReceivedRequest, secret: str) -> BaseCloudEvent:
     """The event as the SDK reads it, once the signature checked out."""
     Webhook(secret).verify(delivery.body, delivery.headers, json_parse=False)
     return from_http_event(HTTPMessage(headers=delivery.headers, body=delivery.body))

@@ -26,8 +26,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mqpy import config, supervisor
-from mqpy.supervisor import Supervisor
+from mqpy import config
+from mqpy.runtime import supervisor
+from mqpy.runtime.supervisor import Supervisor
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
 from tests.support.metrics import Scrape

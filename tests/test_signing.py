@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 import mqpy
-from mqpy.signing import (
+from mqpy.wire.signing import (
     InvalidSignature,
     generate_secret,
     sign,

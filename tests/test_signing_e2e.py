@@ -16,7 +16,7 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 import mqpy
-from mqpy.signing import generate_secret
+from mqpy.wire.signing import generate_secret
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
 from tests.support.load import FAST_RETRIES
@@ -29,7 +29,7 @@ TRICKY_BODY = 'signed: ünïcode, "quotes", \\ backslash, \u2028 line separator,
 
 
 @dataclass(frozen=True)
-class Delivery:
+class ReceivedRequest:
     """One POST as the receiver got it: the raw bytes, which is what a signature covers."""
 
     body: bytes
@@ -46,10 +46,10 @@ class Recorder:
 
     def __init__(self, *answers: web.Response) -> None:
         self.answers = list(answers)
-        self.deliveries: list[Delivery] = []
+        self.deliveries: list[ReceivedRequest] = []
 
     async def __call__(self, request: web.Request, number: int) -> web.StreamResponse:
-        self.deliveries.append(Delivery(await request.read(), dict(request.headers)))
+        self.deliveries.append(ReceivedRequest(await request.read(), dict(request.headers)))
         if number <= len(self.answers):
             return self.answers[number - 1]
         return web.Response(status=204)
@@ -73,7 +73,7 @@ async def rotate(client: SeedClient, receiver_id: int) -> str:
     return secret
 
 
-def rejects(secret: str, delivery: Delivery) -> bool:
+def rejects(secret: str, delivery: ReceivedRequest) -> bool:
     try:
         Webhook(secret).verify(delivery.body, delivery.headers, json_parse=False)
     except WebhookVerificationError:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -78,3 +81,22 @@ async def test_a_second_signal_stops_at_once_and_loses_nothing(
         answered.set()
     assert again.message_id == sent["message_id"]
     assert again.headers["mq-attempt"] == "2"  # the cut-short attempt counted
+
+
+def test_a_port_in_use_stops_what_started_and_exits_1(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A failed listen unwinds the parts already started, as a stop does: the process
+    exits 1 at once, leaves no task or connection pool behind, and its store opens
+    again (the lock released)."""
+    running = start_server()
+    data_dir = tmp_path / "second"
+    command = [sys.executable, "-m", "mqpy", "serve", "--data-dir", str(data_dir)]
+    command += ["--port", str(running.port)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{running.port}" in result.stderr
+    for leftover in ("Unclosed", "Task was destroyed", "Traceback"):
+        assert leftover not in result.stderr, result.stderr
+    again = start_server(data_dir=data_dir)
+    again.wait_for_log("resuming:")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mqpy.config import DEFAULT_DATA_DIR, Settings
-from mqpy.domain import StoreCannotOpen
+from mqpy.model.errors import StoreCannotOpen
 from mqpy.store import SQLiteStore, StoreLocation, open_store, redact
 
 

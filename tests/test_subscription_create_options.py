@@ -9,7 +9,7 @@ import base64
 import pytest
 from aiohttp import web
 
-from mqpy.signing import InvalidSignature, generate_secret, verify
+from mqpy.wire.signing import InvalidSignature, generate_secret, verify
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.api import call, ok, problem, subscription_body
 from tests.support.receiver import Behaviour

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from mqpy.topics import covers, matches
+from mqpy.model.topics import covers, matches
 
 
 @pytest.mark.parametrize(

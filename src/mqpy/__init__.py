@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
-from mqpy.signing import InvalidSignature, verify
+from mqpy.wire.signing import InvalidSignature, verify
 
 if TYPE_CHECKING:
     from mqpy.client import (

@@ -36,8 +36,8 @@ from mqpy.config import (
     parse_processes,
     resolve,
 )
-from mqpy.logging_setup import configure_logging
-from mqpy.supervisor import process_slot, supervise
+from mqpy.runtime.logging_setup import configure_logging
+from mqpy.runtime.supervisor import process_slot, supervise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,7 +161,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
         process_slot=f"{slot}/{settings.process_count}" if slot else "",
     )
     if settings.process_count > 1 and slot is None:
-        from mqpy.server import StartupRefused, check_lease
+        from mqpy.runtime.server import StartupRefused, check_lease
 
         try:  # refused before the supervisor takes the store, as one process would be
             check_lease(settings)
@@ -170,8 +170,8 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
             return 2
         # The supervisor starts the processes with this same command line.
         return supervise(settings, argv)
-    from mqpy.gc_tuning import tune_for_serving
-    from mqpy.server import run
+    from mqpy.runtime.gc_tuning import tune_for_serving
+    from mqpy.runtime.server import run
 
     tune_for_serving()
     return run(settings)

@@ -5,10 +5,10 @@ nothing until resumed."""
 
 from __future__ import annotations
 
-from mqpy.access import ANONYMOUS
-from mqpy.delivery.retry import RetryPolicy
+from mqpy.auth.access import ANONYMOUS
+from mqpy.delivery.retry import RedeliveryPolicy
 from mqpy.delivery.sender import Outcome
-from mqpy.domain import Delivery, DeliveryState
+from mqpy.model.domain import ClaimedDelivery, DeliveryState
 from tests.support.inprocess import QUICK, in_process, status
 
 STEP = 0.05
@@ -19,11 +19,11 @@ def of_key(bodies: list[str], key: str) -> list[str]:
 
 
 async def test_a_failing_head_blocks_only_its_key() -> None:
-    async def fail_a0_twice(delivery: Delivery) -> Outcome:
+    async def fail_a0_twice(delivery: ClaimedDelivery) -> Outcome:
         code = 422 if delivery.body == "A-0" and delivery.attempt <= 2 else 204
         return await status(code)(delivery)
 
-    async with in_process(policy=RetryPolicy(base=1.0, max_delay=2.0)) as run:
+    async with in_process(policy=RedeliveryPolicy(base=1.0, max_delay=2.0)) as run:
         sub = await run.subscribe("ordered", answer=fail_a0_twice)
         order = [f"{key}-{n}" for n in range(5) for key in "AB"]  # A-0, B-0, A-1, ...
         for body in order:
@@ -81,10 +81,10 @@ async def test_a_group_keeps_a_key_in_order_across_members() -> None:
 
 
 async def test_a_dead_lettered_head_releases_its_key() -> None:
-    async def refuse_a0(delivery: Delivery) -> Outcome:
+    async def refuse_a0(delivery: ClaimedDelivery) -> Outcome:
         return await status(422 if delivery.body == "A-0" else 204)(delivery)
 
-    async with in_process(policy=RetryPolicy(base=0.05, max_delay=0.1, max_attempts=2)) as run:
+    async with in_process(policy=RedeliveryPolicy(base=0.05, max_delay=0.1, max_attempts=2)) as run:
         sub = await run.subscribe("ordered", answer=refuse_a0)
         for n in range(3):
             await run.publish("ordered", f"A-{n}", ordering_key="A")

@@ -4,8 +4,8 @@ bucket exactly."""
 
 from __future__ import annotations
 
-from mqpy.access import ANONYMOUS
-from mqpy.domain import SubscriptionChanges
+from mqpy.auth.access import ANONYMOUS
+from mqpy.model.domain import SubscriptionChanges
 from tests.support.inprocess import T0, in_process
 from tests.support.pacing import starts_too_early
 

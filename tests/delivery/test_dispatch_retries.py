@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import itertools
 
-from mqpy.delivery.retry import RetryPolicy
+from mqpy.delivery.retry import RedeliveryPolicy
 from mqpy.delivery.sender import Outcome
-from mqpy.domain import Delivery, DeliveryState, RetryOverrides
+from mqpy.model.domain import ClaimedDelivery, DeliveryState, RetryOverrides
 from tests.support.inprocess import T0, Answer, Sent, in_process, status
 
 STEP = 0.01  # fake seconds per step: the slack on every measured wait
@@ -25,14 +25,14 @@ def attempts(sent: list[Sent]) -> list[int]:
 def failing_first(failures: int, code: int = 422) -> Answer:
     """`code` to a delivery's first `failures` attempts, then a 204."""
 
-    async def answer(delivery: Delivery) -> Outcome:
+    async def answer(delivery: ClaimedDelivery) -> Outcome:
         return await status(code if delivery.attempt <= failures else 204)(delivery)
 
     return answer
 
 
 async def test_each_retry_waits_at_most_its_exponential_ceiling_then_dead_letters() -> None:
-    policy = RetryPolicy(base=1.0, max_delay=4.0, max_attempts=5)
+    policy = RedeliveryPolicy(base=1.0, max_delay=4.0, max_attempts=5)
     async with in_process(policy=policy) as run:
         # 422: this message's fault, so the receiver as a whole is never paused.
         sub = await run.subscribe("orders", answer=status(422))
@@ -59,7 +59,7 @@ async def test_each_retry_waits_at_most_its_exponential_ceiling_then_dead_letter
 async def test_a_subscriptions_backoff_bounds_override_the_brokers() -> None:
     # The broker's own waits are up to 5, 10 and 20 s: three within 0.1 s by chance
     # is about one run in 40,000.
-    policy = RetryPolicy(base=5.0, max_delay=60.0)
+    policy = RedeliveryPolicy(base=5.0, max_delay=60.0)
     overrides = {
         "both": (RetryOverrides(min_backoff_seconds=0.05, max_backoff_seconds=0.1), 0.1),
         "max only": (RetryOverrides(max_backoff_seconds=0.1), 0.1),
@@ -82,7 +82,7 @@ async def test_a_subscriptions_backoff_bounds_override_the_brokers() -> None:
 
 async def test_max_backoff_also_bounds_the_wait_after_a_5xx() -> None:
     # A 503 also shrinks the receiver's window; four in a row do not pause it.
-    async with in_process(policy=RetryPolicy(base=5.0, max_delay=60.0)) as run:
+    async with in_process(policy=RedeliveryPolicy(base=5.0, max_delay=60.0)) as run:
         retry = RetryOverrides(min_backoff_seconds=0.05, max_backoff_seconds=0.1)
         sub = await run.subscribe("backoff5xx", answer=failing_first(4, 503), retry=retry)
         await run.publish("backoff5xx", "try again soon")
@@ -94,7 +94,9 @@ async def test_max_backoff_also_bounds_the_wait_after_a_5xx() -> None:
 
 
 async def test_max_attempts_dead_letters_after_the_subscriptions_own_budget() -> None:
-    async with in_process(policy=RetryPolicy(base=0.05, max_delay=0.1, max_attempts=10)) as run:
+    async with in_process(
+        policy=RedeliveryPolicy(base=0.05, max_delay=0.1, max_attempts=10)
+    ) as run:
         short = await run.subscribe(
             "budget", answer=status(500), retry=RetryOverrides(max_attempts=2)
         )
@@ -115,7 +117,7 @@ async def test_max_attempts_dead_letters_after_the_subscriptions_own_budget() ->
 
 
 async def test_max_age_dead_letters_a_delivery_whose_next_try_would_be_too_late() -> None:
-    policy = RetryPolicy(base=1.0, max_delay=2.0, max_attempts=1000, max_age=10.0)
+    policy = RedeliveryPolicy(base=1.0, max_delay=2.0, max_attempts=1000, max_age=10.0)
     async with in_process(policy=policy) as run:
         sub = await run.subscribe("aging", answer=status(422))
         (message_id,) = await run.publish("aging", "too old")
@@ -138,12 +140,12 @@ async def test_max_age_dead_letters_a_delivery_whose_next_try_would_be_too_late(
 
 
 async def test_a_retry_after_answer_holds_the_next_attempt_that_long() -> None:
-    async def busy_once(delivery: Delivery) -> Outcome:
+    async def busy_once(delivery: ClaimedDelivery) -> Outcome:
         if delivery.attempt == 1:
             return await status(503, retry_after=3.0)(delivery)
         return await status(204)(delivery)
 
-    async with in_process(policy=RetryPolicy(base=0.05, max_delay=0.1)) as run:
+    async with in_process(policy=RedeliveryPolicy(base=0.05, max_delay=0.1)) as run:
         sub = await run.subscribe("later", answer=busy_once)
         (message_id,) = await run.publish("later", "after three seconds")
         (waiting,) = (await run.message(message_id)).deliveries

@@ -5,7 +5,7 @@ claims and sends by it."""
 
 from __future__ import annotations
 
-from mqpy.delivery.retry import RetryPolicy
+from mqpy.delivery.retry import RedeliveryPolicy
 from mqpy.delivery.window import INITIAL_WINDOW
 from tests.support.inprocess import QUICK, in_process, status
 
@@ -39,7 +39,10 @@ async def test_slow_answers_shrink_the_window_and_quick_ones_grow_it_back_slowly
 
 async def test_a_receiver_that_fails_everything_is_probed_one_at_a_time() -> None:
     async with in_process(
-        policy=RetryPolicy(base=0.05, max_delay=0.1), workers=64, jobs=64, receiver_concurrency=CAP
+        policy=RedeliveryPolicy(base=0.05, max_delay=0.1),
+        workers=64,
+        jobs=64,
+        receiver_concurrency=CAP,
     ) as run:
         sub = await run.subscribe("down", answer=status(500))
         healthy = await run.subscribe("up")

@@ -17,8 +17,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from mqpy.delivery.connections import DeliveryFailed, ReceiverConnections
 from mqpy.delivery.guard import (
     AddressPolicy,
+    AddressRefused,
     GuardedResolver,
-    ReceiverRefused,
     check_receiver_url,
 )
 from tests.support.receiver import Receiver
@@ -152,7 +152,7 @@ async def test_resolver_passes_good_answers_through() -> None:
 )
 async def test_resolver_refuses_a_mix_of_good_and_bad(addresses: list[str]) -> None:
     resolver = GuardedResolver(DEFAULT, FakeUpstream(addresses))
-    with pytest.raises(ReceiverRefused) as refused:
+    with pytest.raises(AddressRefused) as refused:
         await resolver.resolve("rebind.test", 80)
     assert isinstance(refused.value, OSError)
     assert "rebind.test resolves to 169.254.169.254" in str(refused.value)
@@ -162,7 +162,7 @@ async def test_resolver_refuses_a_mix_of_good_and_bad(addresses: list[str]) -> N
 async def test_resolver_judges_every_lookup_so_rebinding_is_caught() -> None:
     resolver = GuardedResolver(DEFAULT, FakeUpstream(["93.184.216.34"], ["169.254.169.254"]))
     await resolver.resolve("rebind.test", 80)
-    with pytest.raises(ReceiverRefused, match=r"resolves to 169\.254\.169\.254"):
+    with pytest.raises(AddressRefused, match=r"resolves to 169\.254\.169\.254"):
         await resolver.resolve("rebind.test", 80)
 
 
@@ -171,7 +171,7 @@ async def test_resolver_judges_every_lookup_so_rebinding_is_caught() -> None:
     [("fe80::1%eth0", "link-local"), ("not-an-address", "is not an IP address")],
 )
 async def test_resolver_refuses_scoped_and_garbled_answers(address: str, words: str) -> None:
-    with pytest.raises(ReceiverRefused, match=words):
+    with pytest.raises(AddressRefused, match=words):
         await GuardedResolver(DEFAULT, FakeUpstream([address])).resolve("odd.test", 80)
 
 

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mqpy.delivery.retry import MAX_RETRY_AFTER_SECONDS, RetryPolicy
-from mqpy.retry_after import parse_retry_after
+from mqpy.delivery.retry import MAX_RETRY_AFTER_SECONDS, RedeliveryPolicy
+from mqpy.wire.retry_after import parse_retry_after
 
-POLICY = RetryPolicy(base=0.5, max_delay=300.0, max_attempts=10, max_age=86400.0)
+POLICY = RedeliveryPolicy(base=0.5, max_delay=300.0, max_attempts=10, max_age=86400.0)
 PUBLISHED = 1_700_000_000.0
 
 
@@ -60,7 +60,7 @@ def test_backoff_is_capped_at_max_delay() -> None:
 def test_backoff_stays_within_full_jitter_bounds(
     attempt: int, rand: float, base: float, max_delay: float
 ) -> None:
-    policy = RetryPolicy(base=base, max_delay=max_delay)
+    policy = RedeliveryPolicy(base=base, max_delay=max_delay)
     delay = policy.backoff(attempt, rand=lambda: rand)
     assert 0.0 <= delay <= max_delay
     assert delay <= base * 2.0 ** (attempt - 1)
@@ -82,7 +82,7 @@ def test_next_attempt_waits_the_backoff() -> None:
 
 
 def test_max_attempts_counts_the_first_attempt() -> None:
-    policy = RetryPolicy(max_attempts=3)
+    policy = RedeliveryPolicy(max_attempts=3)
     due = [
         policy.next_attempt_at(attempt=n, published_at=PUBLISHED, now=PUBLISHED, rand=lowest)
         for n in range(1, 5)
@@ -92,7 +92,7 @@ def test_max_attempts_counts_the_first_attempt() -> None:
 
 
 def test_one_attempt_allowed_means_no_retry() -> None:
-    policy = RetryPolicy(max_attempts=1)
+    policy = RedeliveryPolicy(max_attempts=1)
     assert (
         policy.next_attempt_at(attempt=1, published_at=PUBLISHED, now=PUBLISHED, rand=lowest)
         is None
@@ -100,7 +100,7 @@ def test_one_attempt_allowed_means_no_retry() -> None:
 
 
 def test_no_retry_past_max_age_from_publish() -> None:
-    policy = RetryPolicy(base=0.5, max_age=60.0)
+    policy = RedeliveryPolicy(base=0.5, max_age=60.0)
     almost = PUBLISHED + 59.0
     # Backoff after attempt 3 is up to 2 s: at its ceiling it would land past the age.
     at_ceiling = policy.next_attempt_at(attempt=3, published_at=PUBLISHED, now=almost, rand=highest)
@@ -126,7 +126,7 @@ def test_retry_after_wins_over_the_backoff() -> None:
 def test_retry_after_outlasts_max_delay() -> None:
     # The receiver said when it will be back; --retry-max bounds our own guesses only.
     now = PUBLISHED + 1
-    brief = RetryPolicy(max_delay=0.5)
+    brief = RedeliveryPolicy(max_delay=0.5)
     due = brief.next_attempt_at(attempt=1, published_at=PUBLISHED, now=now, retry_after=1.0)
     assert due == now + 1.0
     assert brief.retry_after_wait(1.0) == 1.0
@@ -138,7 +138,7 @@ def test_retry_after_is_capped_at_an_hour() -> None:
         attempt=1, published_at=PUBLISHED, now=now, retry_after=10_000_000.0
     )
     assert due == now + MAX_RETRY_AFTER_SECONDS
-    patient = RetryPolicy(max_delay=2 * MAX_RETRY_AFTER_SECONDS)
+    patient = RedeliveryPolicy(max_delay=2 * MAX_RETRY_AFTER_SECONDS)
     assert patient.retry_after_wait(10_000_000.0) == 2 * MAX_RETRY_AFTER_SECONDS
     assert POLICY.retry_after_wait(None) is None
 
@@ -148,7 +148,7 @@ def test_retry_after_cannot_outlast_the_retry_budget() -> None:
         POLICY.next_attempt_at(attempt=10, published_at=PUBLISHED, now=PUBLISHED, retry_after=1.0)
         is None
     )
-    short_lived = RetryPolicy(max_age=60.0)
+    short_lived = RedeliveryPolicy(max_age=60.0)
     assert (
         short_lived.next_attempt_at(
             attempt=1, published_at=PUBLISHED, now=PUBLISHED + 50, retry_after=20.0

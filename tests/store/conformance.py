@@ -21,7 +21,8 @@ import asyncio
 
 import pytest
 
-from mqpy.domain import EARLIEST, Mode, StoreUnavailable
+from mqpy.model.domain import EARLIEST, Mode
+from mqpy.model.errors import StoreUnavailable
 from mqpy.store.base import Store, TopicBacklog
 from tests.store.conformance_endpoint_health import EndpointHealthConformance
 from tests.store.conformance_expiry import ExpiryConformance

@@ -7,8 +7,8 @@ import asyncio
 import json
 from typing import Any
 
-from mqpy.domain import Delivery, SubscriptionKind, SubscriptionSpec
-from mqpy.events import EVENTS_TOPIC
+from mqpy.model.domain import ClaimedDelivery, SubscriptionKind, SubscriptionSpec
+from mqpy.model.events import EVENTS_TOPIC
 from mqpy.store.base import Store
 from tests.store.support import (
     LEASE,
@@ -22,7 +22,7 @@ from tests.store.support import (
 )
 
 
-async def claimed_for(store: Store, subscription_id: int, now: float) -> list[Delivery]:
+async def claimed_for(store: Store, subscription_id: int, now: float) -> list[ClaimedDelivery]:
     return [d for d in (await claim(store, now)).deliveries if d.subscription_id == subscription_id]
 
 
@@ -32,12 +32,12 @@ async def failing_since(store: Store, subscription_id: int) -> float | None:
     return found.failing_since
 
 
-def events_in(deliveries: list[Delivery]) -> list[dict[str, Any]]:
+def events_in(deliveries: list[ClaimedDelivery]) -> list[dict[str, Any]]:
     """The events among these deliveries, in claim order."""
     return [json.loads(d.body) for d in deliveries if d.topic == EVENTS_TOPIC]
 
 
-async def fail(store: Store, delivery: Delivery, at: float) -> None:
+async def fail(store: Store, delivery: ClaimedDelivery, at: float) -> None:
     await store.retry(delivery, due_at=at + 1, error="cannot connect", status=None, attempted_at=at)
 
 

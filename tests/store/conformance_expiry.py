@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mqpy.domain import RetryOverrides
+from mqpy.model.domain import RetryOverrides
 from mqpy.store.base import Store
 from tests.store.support import (
     LEASE,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mqpy.domain import DeliveryFormat, SubscriptionChanges, SubscriptionSpec
+from mqpy.model.domain import DeliveryFormat, SubscriptionChanges, SubscriptionSpec
 from mqpy.store.base import Store
 from tests.store.support import DEFAULT, T0, Reopen, all_subscriptions, claim, publish, subscribe
 

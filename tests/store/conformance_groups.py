@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mqpy.domain import Conflict, Mode
+from mqpy.model.domain import Mode
+from mqpy.model.errors import Conflict
 from mqpy.store.base import Store
 from tests.store.support import (
     LEASE,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mqpy.domain import ReceiverHealth
+from mqpy.model.domain import ReceiverHealth
 from mqpy.store.base import Store
 from tests.store.support import T0, Reopen, subscribe
 

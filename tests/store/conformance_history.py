@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mqpy.domain import Attempt, AttemptOutcome, DeliveryStatus
+from mqpy.model.domain import Attempt, AttemptOutcome, DeliveryStatus
 from mqpy.store.base import Store
 from mqpy.store.history import MAX_ATTEMPTS_KEPT
 from tests.store.support import T0, claim, claim_one, publish, subscribe

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from mqpy.domain import DeliveryState, DeliveryStatus, TopicInfo
+from mqpy.model.domain import DeliveryState, DeliveryStatus, TopicInfo
 from mqpy.store.base import Store
 from tests.store.support import (
     T0,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from mqpy.domain import NodeInfo, RetryOverrides, Role, SubscriptionChanges
-from mqpy.keys import new_key
+from mqpy.auth.keys import new_key
+from mqpy.model.domain import NodeInfo, RetryOverrides, Role, SubscriptionChanges
 from mqpy.store.base import Store
 from tests.store.support import (
     LEASE,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mqpy.domain import EARLIEST
+from mqpy.model.domain import EARLIEST
 from mqpy.store.base import Store
 from tests.store.support import (
     T0,

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from mqpy.domain import EARLIEST, BacklogFull, Published
+from mqpy.model.domain import EARLIEST, Published
+from mqpy.model.errors import BacklogFull
 from mqpy.store.base import Store
 from tests.store.support import (
     T0,

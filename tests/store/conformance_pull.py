@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mqpy.domain import Delivery, SubscriptionKind, SubscriptionSpec
+from mqpy.model.domain import ClaimedDelivery, SubscriptionKind, SubscriptionSpec
 from mqpy.store.base import Store
 from tests.store.support import (
     DEFAULT,
@@ -29,7 +29,7 @@ async def pull_subscription(
 
 async def pulled(
     store: Store, subscription_id: int, now: float, limit: int = 100
-) -> list[Delivery]:
+) -> list[ClaimedDelivery]:
     """What a pull for the subscription at `now` leases to it, for DEADLINE."""
     claimed = await store.claim(
         limit=limit,

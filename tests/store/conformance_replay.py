@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mqpy.domain import EARLIEST, Delivery, SeekResult
+from mqpy.model.domain import EARLIEST, ClaimedDelivery, SeekResult
 from mqpy.store.base import Store
 from tests.store.support import (
     T0,
@@ -215,7 +215,7 @@ class ReplayConformance:
         assert await store.seek(sub.id + 1, EARLIEST, LATER) is None
 
 
-async def claim_one_of(store: Store, now: float) -> Delivery:
+async def claim_one_of(store: Store, now: float) -> ClaimedDelivery:
     """The first delivery a claim hands out (leased until now + LEASE)."""
     claimed = (await claim(store, now, limit=1)).deliveries
     assert len(claimed) == 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mqpy.domain import EARLIEST, Filter
+from mqpy.model.domain import EARLIEST, Filter
 from mqpy.store.base import Store
 from tests.store.support import (
     T0,

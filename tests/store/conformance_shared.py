@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from mqpy.domain import Delivery
+from mqpy.model.domain import ClaimedDelivery
 from mqpy.store.base import Store
 from tests.store.support import (
     LEASE,
@@ -103,7 +103,7 @@ class SharedStoreConformance:
         await subscribe(a, "t", max_concurrency=4)
         await asyncio.gather(*(publish(a if n % 2 else b, f"m{n}", topic="t") for n in range(40)))
         claims = await asyncio.gather(*(claim(node, T0) for node in [a, b] * 5))
-        handed: list[Delivery] = [d for c in claims for d in c.deliveries]
+        handed: list[ClaimedDelivery] = [d for c in claims for d in c.deliveries]
         assert len(handed) == 4
 
     async def test_a_group_members_max_concurrency_bounds_every_node_together(

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mqpy.domain import (
-    EARLIEST,
-    BadCursor,
-    Conflict,
-    Mode,
-    RetryOverrides,
-    SubscriptionChanges,
-    SubscriptionSpec,
-)
+from mqpy.model.domain import EARLIEST, Mode, RetryOverrides, SubscriptionChanges, SubscriptionSpec
+from mqpy.model.errors import BadCursor, Conflict
 from mqpy.store.base import Store
 from tests.store.support import (
     T0,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Awaitable, Callable, Mapping
 
-from mqpy.domain import (
+from mqpy.model.domain import (
     Claim,
+    ClaimedDelivery,
     Connection,
     DeadLetter,
-    Delivery,
     Filter,
     Mode,
     NewMessage,
@@ -148,13 +148,13 @@ async def claim(
     )
 
 
-async def claim_one(store: Store, now: float) -> Delivery:
+async def claim_one(store: Store, now: float) -> ClaimedDelivery:
     deliveries = (await claim(store, now)).deliveries
     assert len(deliveries) == 1, deliveries
     return deliveries[0]
 
 
-async def ack_all(store: Store, deliveries: list[Delivery], now: float) -> None:
+async def ack_all(store: Store, deliveries: list[ClaimedDelivery], now: float) -> None:
     for delivery in deliveries:
         await store.ack(delivery, now=now, status=200)
 
@@ -211,7 +211,7 @@ def bodies(claimed: Claim) -> list[str]:
     return [d.body for d in claimed.deliveries]
 
 
-def by_subscription(deliveries: list[Delivery]) -> dict[int, list[str]]:
+def by_subscription(deliveries: list[ClaimedDelivery]) -> dict[int, list[str]]:
     """Bodies each subscription was handed, in claim order."""
     found: dict[int, list[str]] = {}
     for delivery in deliveries:

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from mqpy.domain import EARLIEST, SchemaTooNew, SeekResult, StoreUnavailable
+from mqpy.model.domain import EARLIEST, SeekResult
+from mqpy.model.errors import SchemaTooNew, StoreUnavailable
 from mqpy.store import postgres as postgres_module
 from mqpy.store.base import Store
 from mqpy.store.postgres import PostgresStore

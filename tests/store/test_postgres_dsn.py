@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mqpy.domain import StoreCannotOpen
+from mqpy.model.errors import StoreCannotOpen
 from mqpy.store.postgres_dsn import connect_arguments
 
 

@@ -12,14 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mqpy.domain import (
-    EARLIEST,
-    BacklogFull,
-    DeliveryState,
-    SchemaTooNew,
-    StoreLocked,
-    SubscriptionKind,
-)
+from mqpy.model.domain import EARLIEST, DeliveryState, SubscriptionKind
+from mqpy.model.errors import BacklogFull, SchemaTooNew, StoreLocked
 from mqpy.store.base import Store
 from mqpy.store.sqlite import DATABASE_FILE, SWEEP_CHUNK, SQLiteStore, prepare_group
 from mqpy.store.sqlite_schema import MIGRATIONS

@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
-from mqpy.access import ANONYMOUS
-from mqpy.broker import Broker
+from mqpy.auth.access import ANONYMOUS
+from mqpy.core.broker import Broker
 from mqpy.delivery.dispatcher import Dispatcher
-from mqpy.delivery.retry import RetryPolicy
+from mqpy.delivery.retry import RedeliveryPolicy
 from mqpy.delivery.sender import Outcome
-from mqpy.domain import (
+from mqpy.model.domain import (
+    ClaimedDelivery,
     DeadLetter,
-    Delivery,
     Publication,
     RetryOverrides,
     StoredMessage,
@@ -42,10 +42,10 @@ T0 = 1_700_000_000.0
 # store call of MemoryStore finishes without waiting, so a few dozen always do.
 TURNS = 100
 
-DEFAULT_POLICY = RetryPolicy()  # the broker's defaults
+DEFAULT_POLICY = RedeliveryPolicy()  # the broker's defaults
 QUICK = 0.001  # fake seconds a quick receiver takes to answer
 
-Answer = Callable[[Delivery], Awaitable[Outcome]]
+Answer = Callable[[ClaimedDelivery], Awaitable[Outcome]]
 
 
 class FakeClock:
@@ -61,7 +61,7 @@ class FakeClock:
 def status(code: int, *, retry_after: float | None = None) -> Answer:
     """An answer of this HTTP status to every delivery, as `Sender` reports it."""
 
-    async def answer(delivery: Delivery) -> Outcome:
+    async def answer(delivery: ClaimedDelivery) -> Outcome:
         if 200 <= code < 300:
             return Outcome(ok=True, status=code)
         error = f"receiver answered HTTP {code}"
@@ -76,7 +76,7 @@ ACK = status(204)
 @dataclass(frozen=True, slots=True)
 class Sent:
     at: float  # the fake clock when it was sent
-    delivery: Delivery
+    delivery: ClaimedDelivery
 
     @property
     def body(self) -> str:
@@ -99,7 +99,7 @@ class RecordingSender:
     _keys: Counter[str] = field(default_factory=Counter)
     _waiting: list[asyncio.Event] = field(default_factory=list)  # held sends, in order
 
-    async def send(self, delivery: Delivery) -> Outcome:
+    async def send(self, delivery: ClaimedDelivery) -> Outcome:
         self.sent.append(Sent(self.clock(), delivery))
         sid, key = delivery.subscription_id, delivery.ordering_key
         self.in_flight[sid] += 1
@@ -149,7 +149,7 @@ class InProcessBroker:
 
     def __init__(
         self,
-        policy: RetryPolicy,
+        policy: RedeliveryPolicy,
         *,
         workers: int,
         jobs: int,
@@ -172,7 +172,6 @@ class InProcessBroker:
             observer=observer,
             clock=self.clock,
         )
-        self.broker.set_delivery_listener(self.dispatcher)
 
     async def settle(self) -> None:
         """Let the dispatcher do all it can at the current time."""
@@ -262,7 +261,7 @@ class InProcessBroker:
 @asynccontextmanager
 async def in_process(
     *,
-    policy: RetryPolicy = DEFAULT_POLICY,
+    policy: RedeliveryPolicy = DEFAULT_POLICY,
     workers: int = 8,
     jobs: int = 32,
     receiver_concurrency: int = 8,
@@ -272,7 +271,7 @@ async def in_process(
         policy, workers=workers, jobs=jobs, receiver_concurrency=receiver_concurrency
     )
     await running.store.open()
-    await running.broker.start()
+    await running.broker.start(running.dispatcher)
     await running.dispatcher.start()
     try:
         yield running

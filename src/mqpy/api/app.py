@@ -6,7 +6,6 @@ import logging
 
 from aiohttp import web
 
-from mqpy.access import Access
 from mqpy.api import (
     dashboard,
     dead_letters,
@@ -30,36 +29,23 @@ from mqpy.api.state import (
     ACCESS,
     BODY_TIMEOUT,
     BROKER,
-    KEYRING,
+    KEY_REGISTRY,
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
     PULLS,
 )
 from mqpy.api.types import Handler
-from mqpy.broker import Broker, Forbidden, RateLimited, ReceiverRefused
-from mqpy.domain import (
-    BacklogFull,
-    BadCursor,
+from mqpy.auth.access import Access
+from mqpy.core.broker import Broker
+from mqpy.core.key_registry import KeyRegistry
+from mqpy.core.ratelimit import retry_after_header
+from mqpy.model.errors import (
     BrokerError,
-    Conflict,
-    NotASender,
-    NotPullable,
-    StoreUnavailable,
-    UnknownConnection,
-    UnknownDeadLetter,
-    UnknownMessage,
-    UnknownSubscription,
-    UnknownTopic,
 )
-from mqpy.keyring import Keyring
 from mqpy.observability import Observer
 from mqpy.pull import PullService
-from mqpy.ratelimit import retry_after_header
 
 log = logging.getLogger("mqpy.api")
-
-# How long a client should wait when the backlog is full: deliveries drain it.
-BACKLOG_RETRY_AFTER = "5"
 
 # Each route is served with and without a trailing slash: MQ Go registered `/connect/`.
 ROUTES: list[tuple[str, str, Handler]] = [
@@ -129,7 +115,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
 def create_app(
     broker: Broker,
     access: Access,
-    keyring: Keyring,
+    key_registry: KeyRegistry,
     *,
     pulls: PullService,
     observer: Observer,
@@ -148,7 +134,7 @@ def create_app(
     app[MAX_BATCH_BYTES] = batch_bytes
     app[BROKER] = broker
     app[ACCESS] = access
-    app[KEYRING] = keyring
+    app[KEY_REGISTRY] = key_registry
     app[PULLS] = pulls
     app[status.OBSERVER] = observer
     app[BODY_TIMEOUT] = body_timeout
@@ -199,59 +185,15 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def _problem_for(error: BrokerError) -> Problem:
-    if isinstance(error, UnknownConnection):
-        return Problem(404, "unknown-connection", str(error), id=error.connection_id)
-    if isinstance(error, UnknownSubscription):
-        return Problem(404, "unknown-subscription", str(error), id=error.subscription_id)
-    if isinstance(error, UnknownMessage):
-        return Problem(404, "unknown-message", str(error), id=error.message_id)
-    if isinstance(error, UnknownDeadLetter):
-        return Problem(
-            404,
-            "unknown-dead-letter",
-            str(error),
-            id=error.message_id,
-            subscription_id=error.subscription_id,
-        )
-    if isinstance(error, UnknownTopic):
-        return Problem(404, "unknown-topic", str(error), topic=error.topic)
-    if isinstance(error, NotPullable):
-        return Problem(409, "not-pullable", str(error), id=error.subscription_id)
-    if isinstance(error, Conflict):
-        return Problem(409, "conflict", str(error))
-    if isinstance(error, BadCursor):
-        return Problem(
-            400, "bad-cursor", f"{error}; pass a next_cursor from the previous page, or none"
-        )
-    if isinstance(error, NotASender):
-        return Problem(403, "not-a-sender", str(error))
-    if isinstance(error, Forbidden):
-        return Problem(403, "forbidden", str(error))
-    if isinstance(error, RateLimited):
-        return Problem(
-            429,
-            "rate-limited",
-            str(error),
-            headers={"Retry-After": retry_after_header(error.retry_after)},
-        )
-    if isinstance(error, BacklogFull):
-        return Problem(
-            503,
-            "backlog-full",
-            f"{error}; nothing was accepted, try again once receivers catch up",
-            headers={"Retry-After": BACKLOG_RETRY_AFTER},
-        )
-    if isinstance(error, ReceiverRefused):
-        return Problem(400, "receiver-refused", f"ClientURL refused: {error}", field="ClientURL")
-    if isinstance(error, StoreUnavailable):
+    """The answer to a refused request, from what its class says (mqpy.model.errors)."""
+    if error.log_cause:
         log.error("%s", error)
-        return Problem(
-            503,
-            "store-unavailable",
-            "the broker could not store the request; nothing was accepted, try again",
-            headers={"Retry-After": "1"},
-        )
-    return Problem(400, "refused", str(error))
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = retry_after_header(error.retry_after)
+    return Problem(
+        error.status, error.problem_type, error.detail, headers=headers, **error.extensions
+    )
 
 
 def _problem_for_http(exc: web.HTTPException, request: web.Request) -> Problem:

@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from mqpy.access import Principal
 from mqpy.api.problems import Problem
 from mqpy.api.state import ACCESS, set_principal
 from mqpy.api.types import Handler
+from mqpy.auth.access import Principal
 
 # Routes anyone may call: they reveal no message, key or receiver URL. The seed
 # dashboard's figures, and its script and style (the live view they draw asks for an

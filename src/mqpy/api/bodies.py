@@ -13,7 +13,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from mqpy.api.fields import GroupName, RawFilter, StartAtText, Timestamp, TopicPattern
 from mqpy.api.requests import MessageFields
-from mqpy.stream_tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS
+from mqpy.auth.stream_tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS
 
 MAX_BATCH_MESSAGES = 1000
 MAX_BACKOFF_SECONDS = 31_536_000  # a year: far past any useful retry, short of overflow

@@ -25,9 +25,9 @@ from mqpy.api.responses import json_response
 from mqpy.api.state import ACCESS, PULLS, broker_of, principal_of
 from mqpy.api.subscriptions import subscription_id
 from mqpy.api.views import EventsTokenView, pulled_message_view
-from mqpy.domain import NotPullable, StoreUnavailable, UnknownSubscription
+from mqpy.model.errors import NotPullable, StoreUnavailable, UnknownSubscription
+from mqpy.model.rfc3339 import rfc3339
 from mqpy.pull import AckId, Pulled
-from mqpy.rfc3339 import rfc3339
 
 HEARTBEAT_SECONDS = 15.0
 # Messages taken per pull while the stream keeps up; each waits its turn on the wire

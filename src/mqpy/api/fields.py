@@ -10,9 +10,9 @@ from typing import Annotated, Any
 from msgspec import Meta
 
 from mqpy.api.problems import Problem, invalid_field
-from mqpy.domain import EARLIEST, StartAt
-from mqpy.filters import InvalidFilter, parse_filter
-from mqpy.topics import TOPIC_NAME, is_valid_pattern
+from mqpy.model.domain import EARLIEST, StartAt
+from mqpy.model.filters import InvalidFilter, parse_filter
+from mqpy.model.topics import TOPIC_NAME, is_valid_pattern
 
 # Where a name is checked with a regex, `fullmatch` is the rule: JSON Schema's `$` (in
 # the types below, for the document) would let a trailing newline through in Python.
@@ -105,7 +105,7 @@ FILTER_SCHEMA: dict[str, Any] = {
     "propertyNames": {"minLength": 1},
     "additionalProperties": _CONDITION_SCHEMA,
 }
-# Decoded as any JSON and checked by mqpy.filters, whose messages say what is wrong.
+# Decoded as any JSON and checked by mqpy.model.filters, whose messages say what is wrong.
 RawFilter = Annotated[Any, Meta(extra_json_schema={"anyOf": [FILTER_SCHEMA, {"type": "null"}]})]
 
 
@@ -133,7 +133,7 @@ def check_group(value: str | None) -> str | None:
 
 
 def check_filter(value: Any) -> Any:
-    """A filter as mqpy.filters accepts it, or None for none."""
+    """A filter as mqpy.model.filters accepts it, or None for none."""
     if value is None:
         return None
     try:

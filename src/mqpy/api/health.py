@@ -11,7 +11,7 @@ from aiohttp import web
 from mqpy.api.problems import Problem
 from mqpy.api.responses import json_response
 from mqpy.api.status import observer_of
-from mqpy.domain import StoreUnavailable
+from mqpy.model.errors import StoreUnavailable
 
 log = logging.getLogger("mqpy.api")
 

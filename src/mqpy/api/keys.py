@@ -10,9 +10,9 @@ from aiohttp import web
 from mqpy.api.problems import Problem, invalid_field
 from mqpy.api.requests import convert, read_object
 from mqpy.api.responses import json_response
-from mqpy.api.state import ACCESS, keyring_of, principal_of
-from mqpy.domain import ApiKey, Role
-from mqpy.topics import is_valid_pattern
+from mqpy.api.state import ACCESS, key_registry_of, principal_of
+from mqpy.model.domain import ApiKey, Role
+from mqpy.model.topics import is_valid_pattern
 
 
 class CreateKeyRequest(msgspec.Struct):
@@ -34,7 +34,7 @@ async def create_key(request: web.Request) -> web.Response:
             )
     # The first key on a server that had none makes every caller need one.
     turns_on = not request.app[ACCESS].enabled
-    record, token = await keyring_of(request).create(
+    record, token = await key_registry_of(request).create(
         principal_of(request), role, tuple(body.topics)
     )
     answer = {**_describe(record), "key": token, "authentication_turned_on": turns_on}
@@ -42,13 +42,13 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    keys = await keyring_of(request).list(principal_of(request))
+    keys = await key_registry_of(request).list(principal_of(request))
     return json_response({"keys": [_describe(key) for key in keys]})
 
 
 async def revoke_key(request: web.Request) -> web.Response:
     key_id = request.match_info["key_id"]
-    if not await keyring_of(request).revoke(principal_of(request), key_id):
+    if not await key_registry_of(request).revoke(principal_of(request), key_id):
         raise Problem(404, "unknown-key", f"there is no valid key with id {key_id!r}")
     return web.Response(status=204)
 

@@ -15,7 +15,8 @@ from mqpy.api.requests import convert, read_object
 from mqpy.api.responses import json_response
 from mqpy.api.state import MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, broker_of, principal_of
 from mqpy.api.views import PublishedView, message_view
-from mqpy.domain import Publication, UnknownMessage
+from mqpy.model.domain import Publication
+from mqpy.model.errors import UnknownMessage
 
 MAX_MESSAGE_ID_CHARS = 200
 

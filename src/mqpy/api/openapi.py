@@ -19,7 +19,7 @@ from mqpy.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from mqpy.api.problems import PROBLEM_CONTENT_TYPE
 from mqpy.api.publications import IDEMPOTENCY_HEADER
 from mqpy.api.responses import json_response
-from mqpy.ids import MAX_CONNECTION_ID
+from mqpy.model.ids import MAX_CONNECTION_ID
 
 JSON = "application/json"
 _STR: dict[str, Any] = {"type": "string"}

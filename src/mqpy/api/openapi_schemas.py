@@ -14,7 +14,7 @@ import msgspec
 
 from mqpy.api import bodies, requests, views
 from mqpy.api.keys import CreateKeyRequest
-from mqpy.domain import Role
+from mqpy.model.domain import Role
 from mqpy.observability.feed import StatusFeed
 
 REF = "#/components/schemas/{name}"

@@ -8,7 +8,7 @@ from aiohttp import web
 from mqpy.api.fields import parse_timestamp
 from mqpy.api.problems import invalid_field
 from mqpy.api.requests import MessageFields, body_too_large
-from mqpy.domain import Publication
+from mqpy.model.domain import Publication
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _MAX_KEY_CHARS = 200

@@ -28,8 +28,8 @@ from mqpy.api.fields import (
 from mqpy.api.problems import Problem, invalid_body, invalid_field
 from mqpy.api.state import BODY_TIMEOUT, MAX_MESSAGE_BYTES
 from mqpy.api.validation import json_error, validation_problem
-from mqpy.domain import Mode
-from mqpy.ids import MAX_CONNECTION_ID
+from mqpy.model.domain import Mode
+from mqpy.model.ids import MAX_CONNECTION_ID
 
 S = TypeVar("S", bound=msgspec.Struct)
 

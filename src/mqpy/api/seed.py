@@ -31,7 +31,7 @@ from mqpy.api.requests import (
 )
 from mqpy.api.responses import json_response
 from mqpy.api.state import MAX_MESSAGE_BYTES, broker_of, principal_of
-from mqpy.domain import DEFAULT_TOPIC, Mode
+from mqpy.model.domain import DEFAULT_TOPIC, Mode
 
 
 async def connect(request: web.Request) -> web.Response:

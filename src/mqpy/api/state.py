@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mqpy.access import Access, Principal
-from mqpy.broker import Broker
-from mqpy.keyring import Keyring
+from mqpy.auth.access import Access, Principal
+from mqpy.core.broker import Broker
+from mqpy.core.key_registry import KeyRegistry
 from mqpy.pull import PullService
 
 BROKER = web.AppKey("broker", Broker)
 ACCESS = web.AppKey("access", Access)
-KEYRING = web.AppKey("keyring", Keyring)
+KEY_REGISTRY = web.AppKey("key_registry", KeyRegistry)
 PULLS = web.AppKey("pulls", PullService)
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
 # The request body limit of every route but batch publish (--max-message-bytes), which
@@ -25,8 +25,8 @@ def broker_of(request: web.Request) -> Broker:
     return request.app[BROKER]
 
 
-def keyring_of(request: web.Request) -> Keyring:
-    return request.app[KEYRING]
+def key_registry_of(request: web.Request) -> KeyRegistry:
+    return request.app[KEY_REGISTRY]
 
 
 def principal_of(request: web.Request) -> Principal:

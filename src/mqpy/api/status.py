@@ -9,7 +9,7 @@ from aiohttp import web
 
 from mqpy.api.responses import json_response
 from mqpy.api.state import principal_of
-from mqpy.broker import require_admin
+from mqpy.core.broker import require_admin
 from mqpy.observability import Observer
 
 # Here rather than in api/state.py so the observability routes stay in their own files.

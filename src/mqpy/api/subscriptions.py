@@ -32,7 +32,7 @@ from mqpy.api.views import (
     created_subscription_view,
     subscription_view,
 )
-from mqpy.domain import (
+from mqpy.model.domain import (
     DEFAULT_ACK_DEADLINE_SECONDS,
     DeliveryFormat,
     Mode,
@@ -40,11 +40,10 @@ from mqpy.domain import (
     SubscriptionChanges,
     SubscriptionKind,
     SubscriptionSpec,
-    UnknownConnection,
-    UnknownSubscription,
 )
-from mqpy.rfc3339 import rfc3339
-from mqpy.signing import check_secret
+from mqpy.model.errors import UnknownConnection, UnknownSubscription
+from mqpy.model.rfc3339 import rfc3339
+from mqpy.wire.signing import check_secret
 
 # What PATCH cannot change: the subscription would be another one.
 _FIXED_FIELDS = ("topic", "group")

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from mqpy.api.problems import Problem, invalid_body, invalid_field
-from mqpy.domain import DeliveryFormat, SubscriptionKind
+from mqpy.model.domain import DeliveryFormat, SubscriptionKind
 
 # The field names a user wrote in the seed protocol (keys arrive lower-cased).
 DISPLAY_NAMES = {"clienturl": "ClientURL"}

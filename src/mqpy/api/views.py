@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from mqpy.domain import (
+from mqpy.model.domain import (
     Attempt,
     DeadLetter,
     DeliveryStatus,
@@ -20,8 +20,8 @@ from mqpy.domain import (
     Subscription,
     TopicInfo,
 )
+from mqpy.model.rfc3339 import rfc3339
 from mqpy.pull import Pulled
-from mqpy.rfc3339 import rfc3339
 
 Time = str  # RFC 3339 UTC with milliseconds, as `rfc3339` writes it
 

@@ -41,7 +41,7 @@ from mqpy.client.errors import (
     error_from_answer,
 )
 from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy
-from mqpy.retry_after import parse_retry_after
+from mqpy.wire.retry_after import parse_retry_after
 
 T = TypeVar("T")
 

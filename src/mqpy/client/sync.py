@@ -44,7 +44,7 @@ from mqpy.client.calls import (
 )
 from mqpy.client.errors import ConnectionFailed, MQError, NotFound, describe_failure
 from mqpy.client.retry import DEFAULT_MAX_WAIT, DEFAULT_RETRIES, RetryPolicy
-from mqpy.retry_after import parse_retry_after
+from mqpy.wire.retry_after import parse_retry_after
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from mqpy.commands import EXIT_USAGE, CommandFailed
-from mqpy.filters import InvalidFilter, parse_filter
+from mqpy.model.filters import InvalidFilter, parse_filter
 
 _PREFIX = "^="
 # Kept out of a --filter NAME, so a comparison this syntax does not have is refused.

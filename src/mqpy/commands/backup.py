@@ -32,7 +32,7 @@ from typing import Any
 from mqpy.commands import EXIT_OK, EXIT_USAGE, CommandFailed, set_handler
 from mqpy.commands.parsers import command
 from mqpy.config import Option, options
-from mqpy.domain import StoreCannotOpen
+from mqpy.model.errors import StoreCannotOpen
 from mqpy.store import StoreLocation
 from mqpy.store.sqlite import DATABASE_FILE
 

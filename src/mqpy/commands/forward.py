@@ -14,7 +14,7 @@ import aiohttp
 from mqpy import __version__
 from mqpy.client import PulledMessage
 from mqpy.delivery.formats import delivery_request
-from mqpy.domain import Delivery, DeliveryFormat
+from mqpy.model.domain import ClaimedDelivery, DeliveryFormat
 
 # How long the local receiver may take to answer one message.
 FORWARD_TIMEOUT_SECONDS = 30.0
@@ -59,9 +59,9 @@ class Forwarder:
             status, error = None, _reason(failed)
         return Forwarded(message, status, error, time.monotonic() - started)
 
-    def _delivery(self, message: PulledMessage) -> Delivery:
+    def _delivery(self, message: PulledMessage) -> ClaimedDelivery:
         """The pulled message as the sender would have delivered it to this subscription."""
-        return Delivery(
+        return ClaimedDelivery(
             delivery_id=0,  # not the broker's: this side settles by ack id
             lease=message.ack_id,
             message_id=message.message_id,

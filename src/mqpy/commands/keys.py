@@ -10,7 +10,7 @@ from mqpy.commands import EXIT_OK
 from mqpy.commands.broker_client import ask, expect_object
 from mqpy.commands.parsers import command, command_group, needs_key, talks_to_broker
 from mqpy.commands.terminal import format_table, print_answer, utc_time
-from mqpy.domain import Role
+from mqpy.model.domain import Role
 
 _COLUMNS = ("ID", "ROLE", "TOPICS", "CREATED")
 # How a key limited to no topic pattern shows in the table: it may use every topic.

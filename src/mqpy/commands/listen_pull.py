@@ -19,7 +19,7 @@ from mqpy.commands.broker_client import ClientSettings, client_settings, failure
 from mqpy.commands.listen_serve import SECRET_ENV, what
 from mqpy.commands.listening import message_line, remove_when_stopping, stop_on_signals
 from mqpy.commands.terminal import printed
-from mqpy.domain import DeliveryFormat
+from mqpy.model.domain import DeliveryFormat
 
 if TYPE_CHECKING:  # imported when run: they load aiohttp, which `mqpy --help` need not
     from mqpy.client.aio import AsyncClient

@@ -19,7 +19,7 @@ from mqpy.commands.terminal import printed
 
 if TYPE_CHECKING:  # imported when run: they load aiohttp, which `mqpy --help` need not
     from mqpy.client.aio import AsyncClient
-    from mqpy.receiver import Delivery, ReceiverServer
+    from mqpy.client.receiver import Delivery, ReceiverServer
 
 SECRET_ENV = "MQPY_SECRET"
 
@@ -46,7 +46,7 @@ def serve(args: argparse.Namespace) -> int:
 
 async def _listen(args: argparse.Namespace, settings: ClientSettings) -> int:
     from mqpy.client.aio import AsyncClient
-    from mqpy.receiver import ReceiverServer
+    from mqpy.client.receiver import ReceiverServer
 
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -92,7 +92,7 @@ def _listen_only(args: argparse.Namespace) -> int:
 
 
 async def _serve_only(args: argparse.Namespace) -> int:
-    from mqpy.receiver import ReceiverServer
+    from mqpy.client.receiver import ReceiverServer
 
     stop = asyncio.Event()
     stop_on_signals(stop)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from mqpy.config import parse_duration
-from mqpy.topics import TOPIC_NAME, is_valid_pattern
+from mqpy.model.topics import TOPIC_NAME, is_valid_pattern
 
 N = TypeVar("N", int, float)
 GROUP_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")

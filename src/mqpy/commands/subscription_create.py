@@ -93,7 +93,7 @@ def register(commands: Any) -> None:
     create.add_argument(
         "--secret",
         help="sign its deliveries with this secret (whsec_ and base64, as the broker makes "
-        "them; python -c 'import mqpy.signing as s; print(s.generate_secret())' makes "
+        "them; python -c 'import mqpy.wire.signing as s; print(s.generate_secret())' makes "
         "one), so the receiver can have it before the first delivery (default: a new one; "
         "a flag shows in `ps`)",
     )

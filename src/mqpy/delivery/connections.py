@@ -40,8 +40,8 @@ from yarl import URL
 from mqpy.delivery.guard import (
     DNS_CACHE_SECONDS,
     AddressPolicy,
+    AddressRefused,
     GuardedResolver,
-    ReceiverRefused,
     address_refusal,
     parse_ip,
 )
@@ -229,7 +229,7 @@ class ReceiverConnections:
         where = f"{host}:{port}"
         try:
             answers = await self._addresses(host, port)
-        except OSError as exc:  # ReceiverRefused, or the name does not resolve
+        except OSError as exc:  # AddressRefused, or the name does not resolve
             raise DeliveryFailed(f"cannot connect to {where}: {_oserror_words(exc)}") from None
         loop = asyncio.get_running_loop()
         failure: BaseException | None = None
@@ -239,7 +239,7 @@ class ReceiverConnections:
             # through the resolver, and this holds whatever the cache says.
             reason = address_refusal(self._policy, address)
             if reason is not None:
-                failure = ReceiverRefused(reason)
+                failure = AddressRefused(reason)
                 break
             sock = socket.socket(answer["family"], socket.SOCK_STREAM)
             try:
@@ -336,7 +336,7 @@ def _oserror_words(exc: BaseException) -> str:
         return f"certificate verify failed: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake failed: {exc.reason or exc}"
-    if isinstance(exc, ReceiverRefused):
+    if isinstance(exc, AddressRefused):
         return str(exc)
     if isinstance(exc, socket.gaierror) and exc.strerror:
         return exc.strerror  # "Name or service not known", ...

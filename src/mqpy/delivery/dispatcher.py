@@ -23,10 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mqpy.delivery.pace import Pace
-from mqpy.delivery.retry import RetryPolicy
+from mqpy.delivery.retry import RedeliveryPolicy
 from mqpy.delivery.sender import DeliverySender, Outcome
 from mqpy.delivery.window import ReceiverWindows
-from mqpy.domain import Delivery, StoreUnavailable, Subscription
+from mqpy.model.domain import ClaimedDelivery, Subscription
+from mqpy.model.errors import StoreUnavailable
 from mqpy.observability import Observer
 from mqpy.store import Store
 
@@ -44,7 +45,7 @@ class Dispatcher:
         self,
         store: Store,
         sender: DeliverySender,
-        policy: RetryPolicy,
+        policy: RedeliveryPolicy,
         *,
         workers: int,
         jobs: int,
@@ -68,11 +69,11 @@ class Dispatcher:
         # How long a claim lasts before another claimer may take the delivery over.
         self._lease_seconds = lease_seconds
         self._clock = clock
-        self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._queue: asyncio.Queue[ClaimedDelivery] = asyncio.Queue()
         self._held: Counter[int] = Counter()  # per subscription: queued + in flight
-        self._in_flight: dict[asyncio.Task[None], Delivery] = {}
+        self._in_flight: dict[asyncio.Task[None], ClaimedDelivery] = {}
         # Every delivery claimed and not yet settled, whose leases the renewer extends.
-        self._holding: dict[int, Delivery] = {}
+        self._holding: dict[int, ClaimedDelivery] = {}
         # Deliveries being sent, by delivery id.
         self._sending: dict[int, _Sending] = {}
         self._wake = asyncio.Event()
@@ -292,7 +293,7 @@ class Dispatcher:
         """The most a receiver's window may grow to."""
         return self._own_caps.get(subscription_id, self._max_window)
 
-    def _paced(self, delivery: Delivery, now: float) -> None:
+    def _paced(self, delivery: ClaimedDelivery, now: float) -> None:
         """Count a claimed delivery against its receiver's max_per_second."""
         self._settings_of(
             delivery.subscription_id, delivery.max_concurrency, delivery.max_per_second, now
@@ -365,7 +366,7 @@ class Dispatcher:
         if self._queue.empty() or room >= max(1, self._capacity // 4):
             self._wake.set()
 
-    async def _deliver(self, delivery: Delivery) -> None:
+    async def _deliver(self, delivery: ClaimedDelivery) -> None:
         self._observer.attempt_started(delivery.subscription_id)
         started = time.perf_counter()
         sent_at = self._clock()
@@ -410,7 +411,9 @@ class Dispatcher:
             self._observer.window_changed(subscription_id, self._windows.size(subscription_id))
         await self._settle_failure(delivery, outcome, _Timing(sent_at, took))
 
-    async def _settle_failure(self, delivery: Delivery, outcome: Outcome, timing: _Timing) -> None:
+    async def _settle_failure(
+        self, delivery: ClaimedDelivery, outcome: Outcome, timing: _Timing
+    ) -> None:
         now = self._clock()
         error = outcome.error or "delivery failed"
         due_at = self._policy.overridden_by(delivery.retry).next_attempt_at(
@@ -514,7 +517,7 @@ class _Timing:
     took: float
 
 
-def _drain(queue: asyncio.Queue[Delivery]) -> list[Delivery]:
+def _drain(queue: asyncio.Queue[ClaimedDelivery]) -> list[ClaimedDelivery]:
     items = []
     while not queue.empty():
         items.append(queue.get_nowait())

@@ -14,11 +14,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from mqpy.broker import Broker
 from mqpy.config import format_duration
-from mqpy.domain import StoreError, Subscription
+from mqpy.core.broker import Broker
+from mqpy.model.domain import Subscription
+from mqpy.model.errors import StoreError
+from mqpy.model.rfc3339 import rfc3339
 from mqpy.observability import Observer
-from mqpy.rfc3339 import rfc3339
 from mqpy.store import Store
 
 log = logging.getLogger("mqpy.delivery")

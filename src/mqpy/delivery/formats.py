@@ -30,8 +30,8 @@ from urllib.parse import quote
 
 import msgspec
 
-from mqpy.domain import Delivery, DeliveryFormat
-from mqpy.signing import signature_header
+from mqpy.model.domain import ClaimedDelivery, DeliveryFormat
+from mqpy.wire.signing import signature_header
 
 Headers = list[tuple[str, str]]
 
@@ -62,7 +62,7 @@ class _Payload(msgspec.Struct, omit_defaults=True):
     ordering_key: str | None = None
 
 
-def delivery_request(delivery: Delivery, timestamp: int) -> tuple[bytes, Headers]:
+def delivery_request(delivery: ClaimedDelivery, timestamp: int) -> tuple[bytes, Headers]:
     """The body and headers that deliver `delivery` in its format, signed with its
     secrets (if any) at `timestamp` (Unix seconds)."""
     if delivery.format is DeliveryFormat.MQ:
@@ -86,7 +86,7 @@ def delivery_request(delivery: Delivery, timestamp: int) -> tuple[bytes, Headers
     return body, headers
 
 
-def _cloudevent(delivery: Delivery) -> tuple[bytes, str, Headers | None]:
+def _cloudevent(delivery: ClaimedDelivery) -> tuple[bytes, str, Headers | None]:
     """The event's body, content type, and (in binary mode) its `ce-*` headers."""
     context = cloudevent_attributes(delivery)
     if delivery.format is DeliveryFormat.CLOUDEVENTS_BINARY:
@@ -103,7 +103,7 @@ def _cloudevent(delivery: Delivery) -> tuple[bytes, str, Headers | None]:
     return _encode(document), STRUCTURED_CONTENT_TYPE, None
 
 
-def cloudevent_attributes(delivery: Delivery) -> dict[str, str]:
+def cloudevent_attributes(delivery: ClaimedDelivery) -> dict[str, str]:
     """The CloudEvents context attributes (and extensions) of a delivery, as strings."""
     attributes = delivery.attributes
     context = {

@@ -114,7 +114,7 @@ class AddressPolicy:
         return why
 
 
-class ReceiverRefused(OSError):
+class AddressRefused(OSError):
     """A receiver address the policy refuses.
 
     An OSError, as a failed lookup or connect is, so a client reports it the same way:
@@ -147,7 +147,7 @@ class GuardedResolver(AbstractResolver):
         answers = await self._upstream.resolve(host, port, family)
         reason = _answers_refusal(self._policy, host, answers)
         if reason is not None:
-            raise ReceiverRefused(reason)
+            raise AddressRefused(reason)
         return answers
 
     async def close(self) -> None:
@@ -179,7 +179,7 @@ async def check_receiver_url(
     try:
         async with asyncio.timeout(timeout):
             answers = await resolver.resolve(host, parsed.port or 0, socket.AF_UNSPEC)
-    except ReceiverRefused as refused:
+    except AddressRefused as refused:
         return refused.reason
     except (OSError, UnicodeError):
         return None

@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from mqpy.domain import RetryOverrides
+from mqpy.model.domain import RetryOverrides
 
 # The longest a receiver's Retry-After may put off its next attempt (and pause it), when
 # --retry-max is shorter. The receiver knows best when it will be back, so its answer
@@ -20,7 +20,7 @@ MAX_RETRY_AFTER_SECONDS = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class RedeliveryPolicy:
     """When to try a failed delivery again, and when to give up on it."""
 
     base: float = 0.5
@@ -28,7 +28,7 @@ class RetryPolicy:
     max_attempts: int = 10
     max_age: float = 86400.0
 
-    def overridden_by(self, overrides: RetryOverrides) -> RetryPolicy:
+    def overridden_by(self, overrides: RetryOverrides) -> RedeliveryPolicy:
         """This policy with a subscription's own settings in place of the broker's."""
         if overrides == RetryOverrides():
             return self

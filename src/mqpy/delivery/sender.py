@@ -17,8 +17,8 @@ from mqpy import __version__
 from mqpy.delivery.connections import Answer, DeliveryFailed, ReceiverConnections
 from mqpy.delivery.formats import delivery_request
 from mqpy.delivery.guard import AddressPolicy
-from mqpy.domain import Delivery
-from mqpy.retry_after import parse_retry_after
+from mqpy.model.domain import ClaimedDelivery
+from mqpy.wire.retry_after import parse_retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ class DeliverySender(Protocol):
     """What the dispatcher needs of a sender: one attempt and its outcome. `Sender` is
     the real one; in-process tests record what they were asked to send."""
 
-    async def send(self, delivery: Delivery) -> Outcome: ...
+    async def send(self, delivery: ClaimedDelivery) -> Outcome: ...
 
 
 class Sender:
@@ -69,7 +69,7 @@ class Sender:
             await self._connections.close()
             self._connections = None
 
-    async def send(self, delivery: Delivery) -> Outcome:
+    async def send(self, delivery: ClaimedDelivery) -> Outcome:
         """POST the delivery in its subscription's format; any 2xx acknowledges."""
         body, headers = delivery_request(delivery, int(time.time()))
         answer = await self._post(delivery.url, body, headers)

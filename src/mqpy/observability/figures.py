@@ -11,13 +11,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mqpy.domain import BrokerStats, NodeInfo
+from mqpy.model.domain import BrokerStats, NodeInfo
 from mqpy.store import Store
 from mqpy.store.base import TopicBacklog
 
 MAX_AGE_SECONDS = 1.0
 # A node is live while its last heartbeat is at most this old: five missed heartbeats
-# (a node beats every 2 s, mqpy.peers.HEARTBEAT_SECONDS). A busy node or a slow store
+# (a node beats every 2 s, mqpy.core.peers.HEARTBEAT_SECONDS). A busy node or a slow store
 # write is not taken for a dead one, and a node that did die drops off within ~10 s.
 LIVE_NODE_SECONDS = 10.0
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 
-from mqpy.domain import StoreError
+from mqpy.model.errors import StoreError
 from mqpy.observability.observer import Observer
 from mqpy.store import Store
 

@@ -14,8 +14,11 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from mqpy.broker import Broker
-from mqpy.domain import Delivery, NodeInfo, ReceiverHealth, StoreUnavailable, Subscription
+from mqpy.core.broker import Broker
+from mqpy.model.domain import ClaimedDelivery, NodeInfo, ReceiverHealth, Subscription
+from mqpy.model.errors import StoreUnavailable
+from mqpy.model.topics import is_pattern
+from mqpy.model.topics import matches as topic_matches
 from mqpy.observability.feed import (
     NodeStatus,
     ReceiverKind,
@@ -29,8 +32,6 @@ from mqpy.observability.metrics import Gauges, LiveGauges, Metrics, TopicFigures
 from mqpy.observability.rates import RATE_SECONDS, SecondCounts, Throughput, TopicActivity
 from mqpy.observability.receivers import Failure, ReceiverActivity, ReceiverState
 from mqpy.store import Store
-from mqpy.topics import is_pattern
-from mqpy.topics import matches as topic_matches
 
 log = logging.getLogger("mqpy.observability")
 
@@ -100,7 +101,7 @@ class Observer:
         if receiver is not None:  # None if it disconnected meanwhile
             receiver.window = size
 
-    def delivered(self, delivery: Delivery, acked_at: float) -> None:
+    def delivered(self, delivery: ClaimedDelivery, acked_at: float) -> None:
         # From when it was due: a delayed message's delay is not delivery latency.
         due = max(delivery.published_at, delivery.deliver_at or 0.0)
         # By the message's topic: a receiver's own may be a pattern.
@@ -115,7 +116,7 @@ class Observer:
 
     def failed(
         self,
-        delivery: Delivery,
+        delivery: ClaimedDelivery,
         *,
         at: float,
         reason: str,

@@ -6,7 +6,7 @@ import enum
 from collections import deque
 from dataclasses import dataclass
 
-from mqpy.domain import ReceiverHealth
+from mqpy.model.domain import ReceiverHealth
 
 RECENT_FAILURES = 10
 

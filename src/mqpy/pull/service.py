@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mqpy.access import Principal
-from mqpy.broker import Broker
-from mqpy.delivery.retry import RetryPolicy
-from mqpy.domain import Delivery, Subscription
+from mqpy.auth.access import Principal
+from mqpy.core.broker import Broker
+from mqpy.delivery.retry import RedeliveryPolicy
+from mqpy.model.domain import ClaimedDelivery, Subscription
 from mqpy.pull.ack_ids import AckId
 from mqpy.pull.wakeup import Wakeup
 from mqpy.store import Store
@@ -37,7 +37,7 @@ class Pulled:
     """A message handed to a consumer, and the ack id that settles it."""
 
     ack_id: AckId
-    delivery: Delivery
+    delivery: ClaimedDelivery
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +56,10 @@ class PullService:
         self,
         store: Store,
         broker: Broker,
-        policy: RetryPolicy,
+        policy: RedeliveryPolicy,
         *,
         clock: Callable[[], float] = time.time,
-        on_acked: Callable[[Delivery, float], None] | None = None,
+        on_acked: Callable[[ClaimedDelivery, float], None] | None = None,
     ) -> None:
         self._store = store
         self._broker = broker
@@ -135,7 +135,7 @@ class PullService:
         ]
         return pulled, claim.next_due_at
 
-    async def _spent(self, delivery: Delivery, now: float) -> bool:
+    async def _spent(self, delivery: ClaimedDelivery, now: float) -> bool:
         """Dead-letter a delivery pulled again after its last attempt ran out unacked
         (or past its max age): it is not handed out again."""
         if delivery.attempt == 1:
@@ -191,7 +191,7 @@ class PullService:
             self.notify()  # a nack with no delay makes them due for the next poll now
         return settled
 
-    async def _nack_one(self, delivery: Delivery, now: float, delay: float | None) -> None:
+    async def _nack_one(self, delivery: ClaimedDelivery, now: float, delay: float | None) -> None:
         policy = self._policy.overridden_by(delivery.retry)
         due_at = policy.next_attempt_at(
             attempt=delivery.attempt,
@@ -221,7 +221,7 @@ class PullService:
 
     async def _held(
         self, subscription_id: int, principal: Principal, ack_ids: Sequence[AckId]
-    ) -> tuple[list[Delivery], Settled]:
+    ) -> tuple[list[ClaimedDelivery], Settled]:
         """Of these ack ids, the deliveries the subscription still holds under them."""
         subscription = await self._broker.pullable(subscription_id, principal)
         held = await self._store.leased(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from mqpy.config import DEFAULT_DATA_DIR
-from mqpy.domain import StoreCannotOpen
+from mqpy.model.errors import StoreCannotOpen
 from mqpy.store.base import Store
 from mqpy.store.sqlite import SQLiteStore
 

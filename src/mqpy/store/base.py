@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from mqpy.domain import (
+from mqpy.model.domain import (
     ApiKey,
     BrokerStats,
     Claim,
+    ClaimedDelivery,
     Connection,
     DeadLetter,
-    Delivery,
     Filter,
     Mode,
     NewMessage,
@@ -319,7 +319,7 @@ class Store(abc.ABC):
 
     async def ack(
         self,
-        delivery: Delivery,
+        delivery: ClaimedDelivery,
         *,
         now: float = 0.0,
         status: int | None = None,
@@ -334,7 +334,7 @@ class Store(abc.ABC):
 
     async def retry(
         self,
-        delivery: Delivery,
+        delivery: ClaimedDelivery,
         *,
         due_at: float,
         error: str,
@@ -358,7 +358,7 @@ class Store(abc.ABC):
 
     async def dead_letter(
         self,
-        delivery: Delivery,
+        delivery: ClaimedDelivery,
         *,
         now: float,
         error: str,
@@ -384,7 +384,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def renew(
-        self, deliveries: Sequence[Delivery], *, now: float, lease_seconds: float
+        self, deliveries: Sequence[ClaimedDelivery], *, now: float, lease_seconds: float
     ) -> list[int]:
         """Extend the leases of claimed deliveries to `now + lease_seconds`; returns the
         ids of those whose lease is no longer theirs (it expired and another claim took
@@ -393,7 +393,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def leased(
         self, subscription_id: int, leases: Collection[tuple[int, str]], *, now: float
-    ) -> list[Delivery]:
+    ) -> list[ClaimedDelivery]:
         """Of these deliveries (delivery id, lease), those that `subscription_id` holds
         under that very lease, still live at `now`, as its claim handed them out: what
         a pull consumer may still ack, nack or extend. A lease that ran out, was claimed
@@ -401,7 +401,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def release(
-        self, deliveries: Sequence[Delivery], now: float, *, attempted: bool = False
+        self, deliveries: Sequence[ClaimedDelivery], now: float, *, attempted: bool = False
     ) -> None:
         """Give claimed deliveries back (shutdown): due now. Their attempt is undone,
         unless `attempted`: one that was being sent may have reached the receiver, so

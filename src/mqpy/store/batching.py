@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from mqpy.domain import Delivery
+from mqpy.model.domain import ClaimedDelivery
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -87,7 +87,7 @@ class Settlement:
     False), a retry (`due_at` set) or a dead letter (`dead`). `attempted_at` and
     `duration` (None if unknown) go into the delivery's attempt history."""
 
-    delivery: Delivery
+    delivery: ClaimedDelivery
     at: float
     status: int | None
     error: str | None = None

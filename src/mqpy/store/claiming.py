@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mqpy.domain import Claim, Delivery
+from mqpy.model.domain import Claim, ClaimedDelivery
 from mqpy.store.routes import Member, Routes
 from mqpy.store.rows import load_attributes
 
@@ -32,7 +32,7 @@ _NO_ATTRIBUTES: dict[str, str] = {}  # shared, never changed: most messages have
 @dataclass(slots=True)
 class _Candidate:
     due_at: float
-    delivery: Delivery
+    delivery: ClaimedDelivery
 
 
 class ClaimBuilder:
@@ -188,7 +188,7 @@ def leased_deliveries(
     subscription_id: int,
     rows: Iterable[Sequence[Any]],
     leases: Collection[tuple[int, str]],
-) -> list[Delivery]:
+) -> list[ClaimedDelivery]:
     """The deliveries of `rows` (`CLAIM_COLUMNS`, then the lease, read after their
     claim) that `subscription_id` holds under a lease among `leases` (delivery id,
     lease), as the claim handed them out."""
@@ -203,7 +203,7 @@ def leased_deliveries(
 
 def _delivery(
     row: Sequence[Any], member: Member, lease: str, secrets: tuple[str, ...], attempt: int
-) -> Delivery:
+) -> ClaimedDelivery:
     (
         delivery_id,
         _attempts,
@@ -216,7 +216,7 @@ def _delivery(
         key,
         deliver_at,
     ) = row[:10]
-    return Delivery(
+    return ClaimedDelivery(
         delivery_id=delivery_id,
         lease=lease,
         message_id=message_id,

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mqpy.domain import NewMessage
-from mqpy.events import EVENTS_TOPIC, DeadLettered, delivery_dead_lettered, event_messages
+from mqpy.model.domain import NewMessage
+from mqpy.model.events import EVENTS_TOPIC, DeadLettered, delivery_dead_lettered, event_messages
 from mqpy.store.batching import Settlement
 from mqpy.store.routes import Routes, Target
 from mqpy.store.rows import chunks

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from mqpy.domain import ReceiverHealth
+from mqpy.model.domain import ReceiverHealth
 
 # In this order in the table's rows, then `changed_at`.
 HEALTH_COLUMNS = (

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from mqpy.domain import Attempt, AttemptOutcome
+from mqpy.model.domain import Attempt, AttemptOutcome
 from mqpy.store.batching import Settlement
 
 MAX_ATTEMPTS_KEPT = 20

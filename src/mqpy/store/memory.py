@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
-from mqpy.domain import (
-    BacklogFull,
-    BadCursor,
+from mqpy.model.domain import (
     BrokerStats,
     Claim,
+    ClaimedDelivery,
     DeadLetter,
-    Delivery,
     Mode,
     NewMessage,
     Page,
@@ -27,6 +25,9 @@ from mqpy.domain import (
     StoredMessage,
     TopicInfo,
 )
+from mqpy.model.errors import BacklogFull, BadCursor
+from mqpy.model.topics import TOPIC_NAME
+from mqpy.model.topics import matches as topic_matches
 from mqpy.store import memory_claim, memory_writes
 from mqpy.store.base import TopicBacklog
 from mqpy.store.batching import Settlement
@@ -42,8 +43,6 @@ from mqpy.store.rows import (
     dead_letter_cursor,
     delivery_status,
 )
-from mqpy.topics import TOPIC_NAME
-from mqpy.topics import matches as topic_matches
 
 
 class MemoryStore(MemoryCatalog):
@@ -166,7 +165,7 @@ class MemoryStore(MemoryCatalog):
         memory_writes.settle(self._s(), settlement)
 
     async def renew(
-        self, deliveries: Sequence[Delivery], *, now: float, lease_seconds: float
+        self, deliveries: Sequence[ClaimedDelivery], *, now: float, lease_seconds: float
     ) -> list[int]:
         lost = []
         for delivery in deliveries:
@@ -179,11 +178,11 @@ class MemoryStore(MemoryCatalog):
 
     async def leased(
         self, subscription_id: int, leases: Collection[tuple[int, str]], *, now: float
-    ) -> list[Delivery]:
+    ) -> list[ClaimedDelivery]:
         return memory_claim.leased(self._s(), subscription_id, leases, now)
 
     async def release(
-        self, deliveries: Sequence[Delivery], now: float, *, attempted: bool = False
+        self, deliveries: Sequence[ClaimedDelivery], now: float, *, attempted: bool = False
     ) -> None:
         for delivery in deliveries:
             held = self._held(delivery)
@@ -191,7 +190,7 @@ class MemoryStore(MemoryCatalog):
                 held.due_at, held.lease = now, None
                 held.attempts -= 0 if attempted else 1
 
-    def _held(self, delivery: Delivery) -> DeliveryRecord | None:
+    def _held(self, delivery: ClaimedDelivery) -> DeliveryRecord | None:
         """The delivery's record if `delivery`'s lease still holds it."""
         held = self._s().deliveries.get(delivery.delivery_id)
         return held if held is not None and held.lease == delivery.lease else None

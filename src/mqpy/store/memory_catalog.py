@@ -6,9 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from mqpy.domain import (
+from mqpy.model.domain import (
     ApiKey,
-    Conflict,
     Connection,
     Disabled,
     Filter,
@@ -18,14 +17,16 @@ from mqpy.domain import (
     ReceiverHealth,
     SeekResult,
     StartAt,
-    StoreUnavailable,
     Subscription,
     SubscriptionChanges,
     SubscriptionSpec,
     int_cursor,
 )
-from mqpy.events import subscription_disabled, subscription_resumed
-from mqpy.ids import node_name
+from mqpy.model.errors import Conflict, StoreUnavailable
+from mqpy.model.events import subscription_disabled, subscription_resumed
+from mqpy.model.ids import node_name
+from mqpy.model.topics import is_pattern
+from mqpy.model.topics import matches as topic_matches
 from mqpy.store import memory_writes
 from mqpy.store.base import Store
 from mqpy.store.memory_replay import seek as seek_target
@@ -44,8 +45,6 @@ from mqpy.store.rows import (
     group_filter_conflict,
     shared_filter_conflict,
 )
-from mqpy.topics import is_pattern
-from mqpy.topics import matches as topic_matches
 
 
 class MemoryCatalog(Store):

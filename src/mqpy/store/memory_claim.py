@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from mqpy.domain import Claim, Delivery
-from mqpy.ids import new_lease_token
+from mqpy.model.domain import Claim, ClaimedDelivery
+from mqpy.model.ids import new_lease_token
 from mqpy.store.claiming import ClaimBuilder, leased_deliveries, oldest_due
 from mqpy.store.memory_state import PENDING, DeliveryRecord, MemoryState
 from mqpy.store.memory_writes import pending
@@ -75,7 +75,7 @@ def claim(
 
 def leased(
     state: MemoryState, subscription_id: int, leases: Collection[tuple[int, str]], now: float
-) -> list[Delivery]:
+) -> list[ClaimedDelivery]:
     """What `Store.leased` answers."""
     rows = []
     for delivery_id in sorted({delivery_id for delivery_id, _ in leases}):

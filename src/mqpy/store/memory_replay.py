@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from mqpy.domain import SeekResult
-from mqpy.filters import matches as filter_matches
+from mqpy.model.domain import SeekResult
+from mqpy.model.filters import matches as filter_matches
+from mqpy.model.topics import matches as topic_matches
 from mqpy.store.memory_state import DELIVERED, PENDING, MemoryState
 from mqpy.store.memory_writes import add_delivery
 from mqpy.store.replay import due_at
 from mqpy.store.routes import Target
-from mqpy.topics import matches as topic_matches
 
 
 def seek(state: MemoryState, target: Target, since: float, now: float) -> SeekResult:

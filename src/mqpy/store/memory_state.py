@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
-from mqpy.domain import (
+from mqpy.model.domain import (
     ApiKey,
     Attempt,
     Connection,
@@ -22,7 +22,7 @@ from mqpy.domain import (
     Subscription,
     SubscriptionSpec,
 )
-from mqpy.ids import new_connection_id
+from mqpy.model.ids import new_connection_id
 from mqpy.store.routes import Routes, RouteTable, build_routes
 from mqpy.store.rows import dump_filter, dump_settings
 

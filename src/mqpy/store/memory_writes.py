@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mqpy.domain import Attempt, NewMessage, Published
-from mqpy.events import EVENTS_TOPIC
+from mqpy.model.domain import Attempt, NewMessage, Published
+from mqpy.model.events import EVENTS_TOPIC
 from mqpy.store.batching import Settlement
 from mqpy.store.endpoint_health import (
     Expired,

@@ -23,15 +23,13 @@ from typing import Any
 
 import asyncpg
 
-from mqpy.domain import (
+from mqpy.model.domain import (
     ApiKey,
-    BacklogFull,
-    BadCursor,
     BrokerStats,
     Claim,
+    ClaimedDelivery,
     Connection,
     DeadLetter,
-    Delivery,
     Filter,
     Mode,
     NewMessage,
@@ -43,15 +41,17 @@ from mqpy.domain import (
     SeekResult,
     StartAt,
     StoredMessage,
-    StoreUnavailable,
     Subscription,
     SubscriptionChanges,
     SubscriptionSpec,
     TopicInfo,
     int_cursor,
 )
-from mqpy.events import subscription_disabled, subscription_resumed
-from mqpy.ids import new_lease_token, node_name
+from mqpy.model.errors import BacklogFull, BadCursor, StoreUnavailable
+from mqpy.model.events import subscription_disabled, subscription_resumed
+from mqpy.model.ids import new_lease_token, node_name
+from mqpy.model.topics import TOPIC_NAME
+from mqpy.model.topics import matches as topic_matches
 from mqpy.store import endpoint_health
 from mqpy.store import postgres_sql as sql
 from mqpy.store.base import Store, TopicBacklog
@@ -119,8 +119,6 @@ from mqpy.store.rows import (
     load_attributes,
     subscription_from_row,
 )
-from mqpy.topics import TOPIC_NAME
-from mqpy.topics import matches as topic_matches
 
 log = logging.getLogger("mqpy.store")
 
@@ -902,7 +900,7 @@ class PostgresStore(Store):
             await publish_events(conn, routes, events, max(o.at for o in reported))
 
     async def renew(
-        self, deliveries: Sequence[Delivery], *, now: float, lease_seconds: float
+        self, deliveries: Sequence[ClaimedDelivery], *, now: float, lease_seconds: float
     ) -> list[int]:
         async with self._transaction(durable=False) as conn:
             kept = {
@@ -918,14 +916,14 @@ class PostgresStore(Store):
 
     async def leased(
         self, subscription_id: int, leases: Collection[tuple[int, str]], *, now: float
-    ) -> list[Delivery]:
+    ) -> list[ClaimedDelivery]:
         async with self._transaction(durable=False) as conn:
             routes = await self._current_routes(conn)
             rows = await conn.fetch(sql.LEASED, [i for i, _ in leases], subscription_id, now)
         return leased_deliveries(routes, subscription_id, [tuple(r) for r in rows], leases)
 
     async def release(
-        self, deliveries: Sequence[Delivery], now: float, *, attempted: bool = False
+        self, deliveries: Sequence[ClaimedDelivery], now: float, *, attempted: bool = False
     ) -> None:
         async with self._transaction(durable=False) as conn:
             await conn.execute(

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncpg
 
-from mqpy.domain import Conflict, Connection, Mode, StartAt, Subscription, SubscriptionSpec
-from mqpy.ids import new_connection_id
+from mqpy.model.domain import Connection, Mode, StartAt, Subscription, SubscriptionSpec
+from mqpy.model.errors import Conflict
+from mqpy.model.ids import new_connection_id
+from mqpy.model.topics import is_pattern
 from mqpy.store.postgres_replay import seek
 from mqpy.store.postgres_schema import SWEEP_LOCK
 from mqpy.store.postgres_sql import PgConnection, one
@@ -20,7 +22,6 @@ from mqpy.store.rows import (
     dump_settings,
     subscription_from_row,
 )
-from mqpy.topics import is_pattern
 
 CONNECTION_COLUMNS = "id, mode, client_url, topic, connected_at, key_id"
 

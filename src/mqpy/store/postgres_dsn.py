@@ -8,7 +8,7 @@ import re
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from mqpy.domain import StoreCannotOpen
+from mqpy.model.errors import StoreCannotOpen
 
 # key = value, the value bare (up to white space) or single-quoted with backslash
 # escapes, as libpq reads a conninfo string.

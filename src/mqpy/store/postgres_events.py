@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from mqpy.events import EVENTS_TOPIC
+from mqpy.model.events import EVENTS_TOPIC
 from mqpy.store.endpoint_health import routed_events
 from mqpy.store.postgres_schema import DUE_CHANNEL, TALLY_SLOTS
 from mqpy.store.postgres_sql import PgConnection

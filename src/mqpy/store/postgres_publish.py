@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mqpy.domain import NewMessage, Published
+from mqpy.model.domain import NewMessage, Published
 from mqpy.store import postgres_sql as sql
 from mqpy.store.postgres_schema import DUE_CHANNEL, TALLY_SLOTS
 from mqpy.store.postgres_sql import PgConnection

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 
-from mqpy.domain import SeekResult
+from mqpy.model.domain import SeekResult
 from mqpy.store import postgres_sql as sql
 from mqpy.store.postgres_schema import TALLY_SLOTS
 from mqpy.store.postgres_sql import PgConnection

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from mqpy.domain import SchemaTooNew
+from mqpy.model.errors import SchemaTooNew
 
 # Slots of the spread counters: a transaction updates one, a reader sums them all.
 TALLY_SLOTS = 16

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from mqpy.filters import matches as filter_matches
+from mqpy.model.filters import matches as filter_matches
+from mqpy.model.topics import matches as topic_matches
 from mqpy.store.routes import Routes, Target
 from mqpy.store.rows import load_attributes
-from mqpy.topics import matches as topic_matches
 
 # The message columns a replay reads, in this order (`replayable`).
 REPLAY_COLUMNS = "seq, topic, attributes, ordering_key, deliver_at, done_at"

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mqpy.domain import DeliveryFormat, Filter, RetryOverrides, SubscriptionKind
-from mqpy.filters import matches as filter_matches
+from mqpy.model.domain import DeliveryFormat, Filter, RetryOverrides, SubscriptionKind
+from mqpy.model.filters import matches as filter_matches
+from mqpy.model.topics import matches as topic_matches
 from mqpy.store.rows import load_filter, load_format, load_settings
-from mqpy.topics import matches as topic_matches
 
 
 @dataclass(frozen=True, slots=True)

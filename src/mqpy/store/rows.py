@@ -8,12 +8,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
-from mqpy.domain import (
+from mqpy.model.domain import (
     DEFAULT_ACK_DEADLINE_SECONDS,
     Attempt,
     AttemptOutcome,
-    BadCursor,
-    Conflict,
     DeadLetter,
     DeliveryFormat,
     DeliveryState,
@@ -27,6 +25,7 @@ from mqpy.domain import (
     SubscriptionKind,
     SubscriptionSpec,
 )
+from mqpy.model.errors import BadCursor, Conflict
 
 SUBSCRIPTION_COLUMNS = (
     "s.id, s.topic, s.url, s.created_at, s.filter, s.settings, s.paused, s.key_id, "

@@ -20,15 +20,13 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from mqpy.domain import (
+from mqpy.model.domain import (
     ApiKey,
-    BacklogFull,
-    BadCursor,
     BrokerStats,
     Claim,
+    ClaimedDelivery,
     Connection,
     DeadLetter,
-    Delivery,
     Filter,
     Mode,
     NewMessage,
@@ -40,16 +38,17 @@ from mqpy.domain import (
     SeekResult,
     StartAt,
     StoredMessage,
-    StoreLocked,
-    StoreUnavailable,
     Subscription,
     SubscriptionChanges,
     SubscriptionSpec,
     TopicInfo,
     int_cursor,
 )
-from mqpy.events import subscription_disabled, subscription_resumed
-from mqpy.ids import new_connection_id, node_name
+from mqpy.model.errors import BacklogFull, BadCursor, StoreLocked, StoreUnavailable
+from mqpy.model.events import subscription_disabled, subscription_resumed
+from mqpy.model.ids import new_connection_id, node_name
+from mqpy.model.topics import TOPIC_NAME, is_pattern
+from mqpy.model.topics import matches as topic_matches
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Settlement
 from mqpy.store.expiry import EXPIRE_CHUNK, ExpiryTarget, expiry_targets
@@ -96,8 +95,6 @@ from mqpy.store.sqlite_settle import SettlementQueue, finish_messages
 from mqpy.store.sqlite_tallies import Tallies
 from mqpy.store.sqlite_wake import CATALOG, DUE, group_wake
 from mqpy.store.sqlite_writer import GroupCommitWriter, WriterClosed
-from mqpy.topics import TOPIC_NAME, is_pattern
-from mqpy.topics import matches as topic_matches
 
 log = logging.getLogger("mqpy.store")
 
@@ -763,13 +760,13 @@ class SQLiteStore(Store):
 
     async def leased(
         self, subscription_id: int, leases: Collection[tuple[int, str]], *, now: float
-    ) -> list[Delivery]:
+    ) -> list[ClaimedDelivery]:
         return await self._writer.run(
             lambda conn: leased_due(conn, self._routes_in(conn), subscription_id, leases, now)
         )
 
     async def renew(
-        self, deliveries: Sequence[Delivery], *, now: float, lease_seconds: float
+        self, deliveries: Sequence[ClaimedDelivery], *, now: float, lease_seconds: float
     ) -> list[int]:
         def operation(conn: sqlite3.Connection) -> list[int]:
             return [
@@ -786,7 +783,7 @@ class SQLiteStore(Store):
         return await self._writer.run(operation, durable=False)
 
     async def release(
-        self, deliveries: Sequence[Delivery], now: float, *, attempted: bool = False
+        self, deliveries: Sequence[ClaimedDelivery], now: float, *, attempted: bool = False
     ) -> None:
         undone = 0 if attempted else 1
         params = [(now, undone, d.delivery_id, d.lease) for d in deliveries]

@@ -11,8 +11,8 @@ import sqlite3
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from mqpy.domain import Claim, Delivery
-from mqpy.ids import new_lease_token
+from mqpy.model.domain import Claim, ClaimedDelivery
+from mqpy.model.ids import new_lease_token
 from mqpy.store.claiming import CLAIM_COLUMNS as _COLUMNS
 from mqpy.store.claiming import ClaimBuilder, leased_deliveries, oldest_due
 from mqpy.store.routes import Member, Routes
@@ -150,7 +150,7 @@ def leased(
     subscription_id: int,
     leases: Collection[tuple[int, str]],
     now: float,
-) -> list[Delivery]:
+) -> list[ClaimedDelivery]:
     """What `Store.leased` answers, read in the writer's connection."""
     rows: list[tuple[Any, ...]] = []
     for chunk in chunks(sorted({delivery_id for delivery_id, _ in leases})):

@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mqpy.events import EVENTS_TOPIC
+from mqpy.model.events import EVENTS_TOPIC
 from mqpy.store.batching import Settlement
 from mqpy.store.endpoint_health import dead_letter_events, expiry_events, routed_events
 from mqpy.store.routes import Routes

@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from mqpy.domain import NewMessage, Published
+from mqpy.model.domain import NewMessage, Published
 from mqpy.store.routes import Routes
 from mqpy.store.rows import dump_attributes
 

@@ -7,7 +7,7 @@ import json
 import sqlite3
 from collections.abc import Iterable
 
-from mqpy.domain import SeekResult
+from mqpy.model.domain import SeekResult
 from mqpy.store.replay import REPLAY_COLUMNS, replayable
 from mqpy.store.routes import Target
 from mqpy.store.sqlite_settle import finish_messages

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from mqpy.domain import SchemaTooNew
+from mqpy.model.errors import SchemaTooNew
 
 MIGRATIONS: list[str] = [
     # 1: connections, subscriptions, messages, deliveries, counters.

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mqpy.domain import StoreUnavailable
+from mqpy.model.errors import StoreUnavailable
 
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]

@@ -6,7 +6,7 @@ then accepted as `?token=` on `GET /v1/subscriptions/{id}/events` alone, for tha
 subscription alone, until it expires, and with the rights of the key that asked.
 
 A token is `mqst_<payload>.<mac>` (base64url), the payload naming the subscription, the
-key and the expiry. The MAC's key is derived from what every broker sharing a store
+key and the expiry. The MAC's secret is derived from what every broker sharing a store
 already holds about that key (the stored hash of its secret, or MQPY_ADMIN_KEY), so a
 token made by one node is good on every other, and revoking the key ends its tokens at
 once. Someone who can read the store's key table could mint tokens; they can read the
@@ -37,14 +37,14 @@ class StreamToken:
     mac: bytes
 
 
-def signing_key(secret: str) -> bytes:
-    """The MAC key for one API key's tokens, from what the brokers know of it."""
+def mac_secret_for(secret: str) -> bytes:
+    """The MAC secret for one API key's tokens, from what the brokers know of it."""
     return hashlib.sha256(_CONTEXT + secret.encode()).digest()
 
 
-def make_token(key: bytes, key_id: str, subscription_id: int, expires_at: int) -> str:
+def make_token(mac_secret: bytes, key_id: str, subscription_id: int, expires_at: int) -> str:
     payload = f"{subscription_id}.{key_id}.{expires_at}".encode()
-    return f"{PREFIX}{_encode(payload)}.{_encode(_mac(key, payload))}"
+    return f"{PREFIX}{_encode(payload)}.{_encode(_mac(mac_secret, payload))}"
 
 
 def read_token(text: str) -> StreamToken | None:
@@ -60,14 +60,14 @@ def read_token(text: str) -> StreamToken | None:
         return None
 
 
-def holds(token: StreamToken, key: bytes, subscription_id: int, now: float) -> bool:
-    """The token was made with `key`, for this subscription, and has not expired."""
-    genuine = hmac.compare_digest(token.mac, _mac(key, token.payload))
+def holds(token: StreamToken, mac_secret: bytes, subscription_id: int, now: float) -> bool:
+    """The token was made with `mac_secret`, for this subscription, and has not expired."""
+    genuine = hmac.compare_digest(token.mac, _mac(mac_secret, token.payload))
     return genuine and token.subscription_id == subscription_id and now < token.expires_at
 
 
-def _mac(key: bytes, payload: bytes) -> bytes:
-    return hmac.new(key, payload, hashlib.sha256).digest()
+def _mac(mac_secret: bytes, payload: bytes) -> bytes:
+    return hmac.new(mac_secret, payload, hashlib.sha256).digest()
 
 
 def _encode(data: bytes) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mqpy.domain import Condition, Filter
+from mqpy.model.domain import Condition, Filter
 
 MAX_CONDITIONS = 50
 MAX_VALUES = 100

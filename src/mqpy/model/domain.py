@@ -10,13 +10,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from mqpy.model.errors import BadCursor
+
 DEFAULT_TOPIC = "default"
 
 T = TypeVar("T")
 
 # A filter on message attributes, one condition per attribute, all of which must hold:
 # "value" (equal), ["a", "b"] (any of), {"prefix": "ord"}, {"exists": true|false}.
-# Checked when it is made (mqpy.filters.parse_filter), so the store keeps it as given.
+# Checked when it is made (mqpy.model.filters.parse_filter), so the store keeps it as given.
 Condition = str | list[str] | dict[str, str | bool]
 Filter = Mapping[str, Condition]
 
@@ -279,7 +281,7 @@ class Page(Generic[T]):
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
+class ClaimedDelivery:
     """One message on its way to one subscription, claimed under a lease.
 
     `lease` identifies this claim: acking, retrying or releasing with a lease that has
@@ -312,7 +314,7 @@ class Claim:
     """What a claim returns: the deliveries now leased to the caller, and when the
     earliest remaining delivery (of a subscription with room) falls due, if any."""
 
-    deliveries: list[Delivery]
+    deliveries: list[ClaimedDelivery]
     next_due_at: float | None
 
 
@@ -393,76 +395,6 @@ class ApiKey:
     created_at: float
 
 
-class BrokerError(Exception):
-    """A request the broker refuses; the API turns each kind into its HTTP status."""
-
-
-class UnknownConnection(BrokerError):
-    """No connected client has this id (never issued, or disconnected)."""
-
-    def __init__(self, connection_id: int) -> None:
-        super().__init__(f"no client is connected with id {connection_id}")
-        self.connection_id = connection_id
-
-
-class UnknownSubscription(BrokerError):
-    """No subscription has this id (never made, or deleted)."""
-
-    def __init__(self, subscription_id: int) -> None:
-        super().__init__(f"there is no subscription with id {subscription_id}")
-        self.subscription_id = subscription_id
-
-
-class NotPullable(BrokerError):
-    """Pull, ack and stream need a pull subscription; this one is pushed."""
-
-    def __init__(self, subscription_id: int) -> None:
-        super().__init__(
-            f"subscription {subscription_id} is a push subscription: the broker POSTs its "
-            'messages to its url. Create one with "kind": "pull" to pull messages'
-        )
-        self.subscription_id = subscription_id
-
-
-class UnknownMessage(BrokerError):
-    """No message with this id is kept (never published, or past its retention)."""
-
-    def __init__(self, message_id: str) -> None:
-        super().__init__(
-            f"no message with id {message_id!r} is kept; delivered messages are kept "
-            "for --message-retention"
-        )
-        self.message_id = message_id
-
-
-class UnknownDeadLetter(BrokerError):
-    """A subscription has no dead letter of this message (never, or no longer)."""
-
-    def __init__(self, subscription_id: int, message_id: str) -> None:
-        super().__init__(
-            f"subscription {subscription_id} has no dead letter of message {message_id!r} "
-            f"(GET /v1/subscriptions/{subscription_id}/dead-letters lists those it has)"
-        )
-        self.subscription_id = subscription_id
-        self.message_id = message_id
-
-
-class UnknownTopic(BrokerError):
-    """No message was ever published to this topic and no subscription names it."""
-
-    def __init__(self, topic: str) -> None:
-        super().__init__(f"there is no topic {topic!r}: nothing was published to it yet")
-        self.topic = topic
-
-
-class Conflict(BrokerError):
-    """The request contradicts what is stored (a group member with another filter)."""
-
-
-class BadCursor(BrokerError):
-    """A pagination cursor that this list did not hand out."""
-
-
 def int_cursor(cursor: str | None) -> int | None:
     """A cursor that is the last id of the previous page, or `BadCursor`."""
     if cursor is None:
@@ -471,33 +403,3 @@ def int_cursor(cursor: str | None) -> int | None:
         return int(cursor)
     except ValueError:
         raise BadCursor(f"the cursor {cursor!r} was not handed out by this list") from None
-
-
-class NotASender(BrokerError):
-    """The id belongs to a receiver, which may not publish."""
-
-
-class BacklogFull(BrokerError):
-    """The store holds as many undelivered messages as it may; try again later."""
-
-
-class StoreError(BrokerError):
-    """Anything the store reports about itself rather than about a request: every
-    backend raises these, so callers never catch a driver's or a backend's own class."""
-
-
-class StoreUnavailable(StoreError):
-    """The store could not commit (disk full, I/O error, database unreachable);
-    nothing was accepted."""
-
-
-class StoreCannotOpen(StoreError):
-    """The store cannot be opened as configured; the message says why and what to do."""
-
-
-class StoreLocked(StoreCannotOpen):
-    """Another mq-py process holds an embedded store that only one process may use."""
-
-
-class SchemaTooNew(StoreCannotOpen):
-    """The store was written by a newer mq-py."""

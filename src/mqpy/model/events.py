@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mqpy.domain import NewMessage, Subscription
-from mqpy.ids import new_message_ids
-from mqpy.rfc3339 import rfc3339
+from mqpy.model.domain import NewMessage, Subscription
+from mqpy.model.ids import new_message_ids
+from mqpy.model.rfc3339 import rfc3339
 
 # Under `mq.`, the broker's own topics: nobody else publishes there, and a pattern
 # starting with a wildcard does not match it (topics.py).

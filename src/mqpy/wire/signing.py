@@ -64,12 +64,12 @@ def check_secret(secret: str) -> str | None:
         return f"it must start with '{SECRET_PREFIX}'"
     encoded = secret.removeprefix(SECRET_PREFIX)
     try:
-        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except binascii.Error:
         return f"what follows '{SECRET_PREFIX}' must be base64 (A-Z, a-z, 0-9, +, /, =)"
-    if not _MIN_SECRET_BYTES <= len(key) <= _MAX_SECRET_BYTES:
+    if not _MIN_SECRET_BYTES <= len(raw) <= _MAX_SECRET_BYTES:
         return (
-            f"it must hold {_MIN_SECRET_BYTES} to {_MAX_SECRET_BYTES} random bytes, not {len(key)}"
+            f"it must hold {_MIN_SECRET_BYTES} to {_MAX_SECRET_BYTES} random bytes, not {len(raw)}"
         )
     return None
 
@@ -80,7 +80,7 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     The body is signed as raw bytes, exactly as sent: re-encoding it would make the
     signature depend on how each side happens to serialise it.
     """
-    digest = _mac(_secret_key(secret), message_id, timestamp, body)
+    digest = _mac(_mac_secret(secret), message_id, timestamp, body)
     return f"{_VERSION},{base64.b64encode(digest).decode('ascii')}"
 
 
@@ -130,7 +130,9 @@ def verify(
     message_id = _required(found, ID_HEADER)
     timestamp = _check_timestamp(_required(found, TIMESTAMP_HEADER), tolerance, now)
     offered = _required(found, SIGNATURE_HEADER)
-    expected = [_mac(key, message_id, timestamp, body) for key in _secret_keys(secret)]
+    expected = [
+        _mac(mac_secret, message_id, timestamp, body) for mac_secret in _mac_secrets(secret)
+    ]
     # compare_digest takes the same time wherever two digests differ, so an attacker
     # cannot guess a valid signature byte by byte from response times.
     if any(hmac.compare_digest(o, e) for o in _offered_digests(offered) for e in expected):
@@ -142,23 +144,25 @@ def verify(
     )
 
 
-def _mac(key: bytes, message_id: str, timestamp: int, body: bytes) -> bytes:
+def _mac(mac_secret: bytes, message_id: str, timestamp: int, body: bytes) -> bytes:
     """HMAC-SHA256 over ``{id}.{timestamp}.{body}``: binding id and time to the body stops
     a signature from being replayed with another message id or a fresh timestamp."""
-    return hmac.new(key, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return hmac.new(
+        mac_secret, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256
+    ).digest()
 
 
-def _secret_keys(secret: str | Sequence[str]) -> list[bytes]:
+def _mac_secrets(secret: str | Sequence[str]) -> list[bytes]:
     """One secret, or several while a receiver rotates (a bare str is one secret, not many)."""
     single = isinstance(secret, str | bytes | bytearray)
-    keys = [_secret_key(secret)] if single else [_secret_key(s) for s in secret]  # type: ignore[arg-type]
-    if not keys:
+    decoded = [_mac_secret(secret)] if single else [_mac_secret(s) for s in secret]  # type: ignore[arg-type]
+    if not decoded:
         raise ValueError("verify needs at least one secret")
-    return keys
+    return decoded
 
 
-def _secret_key(secret: str) -> bytes:
-    """The HMAC key: the secret's base64 part, decoded (padding is optional, as in the spec)."""
+def _mac_secret(secret: str) -> bytes:
+    """The HMAC secret: the secret's base64 part, decoded (padding is optional, as in the spec)."""
     if not isinstance(secret, str):
         raise TypeError(
             f"a signing secret is a str such as 'whsec_...', as /connect answered, not a "
@@ -166,12 +170,12 @@ def _secret_key(secret: str) -> bytes:
         )
     encoded = secret.removeprefix(SECRET_PREFIX)
     try:
-        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except binascii.Error as error:
         raise ValueError(f"a signing secret must be '{SECRET_PREFIX}' + base64: {error}") from None
-    if not key:
+    if not raw:
         raise ValueError("a signing secret may not be empty")
-    return key
+    return raw
 
 
 def _lower_keys(headers: Mapping[str, str]) -> dict[str, str]:

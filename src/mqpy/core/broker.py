@@ -12,19 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from mqpy.access import Principal
-from mqpy.domain import (
+from mqpy.auth.access import Principal
+from mqpy.core.ratelimit import RateLimiter
+from mqpy.model.domain import (
     DEFAULT_TOPIC,
-    BrokerError,
     BrokerStats,
-    Conflict,
     Connection,
     DeadLetter,
     Filter,
     Mode,
     NewMessage,
-    NotASender,
-    NotPullable,
     Page,
     Publication,
     Published,
@@ -36,42 +33,26 @@ from mqpy.domain import (
     SubscriptionChanges,
     SubscriptionSpec,
     TopicInfo,
+    int_cursor,
+)
+from mqpy.model.errors import (
+    Conflict,
+    Forbidden,
+    NotASender,
+    NotPullable,
+    RateLimited,
+    ReceiverRefused,
     UnknownConnection,
     UnknownDeadLetter,
     UnknownMessage,
     UnknownSubscription,
     UnknownTopic,
-    int_cursor,
 )
-from mqpy.ids import new_message_ids
-from mqpy.ratelimit import RateLimiter
-from mqpy.signing import generate_secret
+from mqpy.model.ids import new_message_ids
+from mqpy.model.topics import is_reserved
+from mqpy.model.topics import matches as topics_match
 from mqpy.store import Store
-from mqpy.topics import is_reserved
-from mqpy.topics import matches as topics_match
-
-
-class Forbidden(BrokerError):
-    """The caller's key does not allow this."""
-
-
-class RateLimited(BrokerError):
-    """The caller's key is publishing faster than --publish-rate allows."""
-
-    def __init__(self, retry_after: float, rate: float, processes: int = 1) -> None:
-        each = (
-            f", {rate / processes:g} through each of {processes} processes" if processes > 1 else ""
-        )
-        super().__init__(
-            f"this key may publish {rate:g} messages per second (--publish-rate{each}); "
-            f"retry in {retry_after:.1f} s"
-        )
-        self.retry_after = retry_after
-
-
-class ReceiverRefused(BrokerError):
-    """The receiver's URL may not be delivered to (an address the broker must not reach,
-    or a receiver that did not confirm the subscription)."""
+from mqpy.wire.signing import generate_secret
 
 
 class DeliveryListener(Protocol):
@@ -170,12 +151,15 @@ class Broker:
         store: Store,
         limits: Limits = Limits(),
         clock: Callable[[], float] = time.time,
+        *,
+        gate: ReceiverGate | None = None,
     ) -> None:
         self._store = store
         self._limits = limits
+        # Told nothing until `start` names who listens: nothing is published before.
         self._listener: DeliveryListener = _NoListener()
         self._observer: PublishObserver = _NoObserver()
-        self._gate: ReceiverGate = _OpenGate()
+        self._gate: ReceiverGate = gate if gate is not None else _OpenGate()
         self._clock = clock
         self._connections: dict[int, Connection] = {}
         self._subscriptions: dict[int, Subscription] = {}
@@ -189,7 +173,17 @@ class Broker:
             limits.publish_rate / share, max(1.0, limits.publish_burst / share), clock
         )
 
-    async def start(self) -> None:
+    async def start(
+        self,
+        listener: DeliveryListener | None = None,
+        observer: PublishObserver | None = None,
+    ) -> None:
+        """Load the cache and tell `listener` of every subscription in it; from now on
+        it hears of each change, and `observer` of each accepted message."""
+        if listener is not None:
+            self._listener = listener
+        if observer is not None:
+            self._observer = observer
         await self.reload()
 
     async def reload(self) -> bool:
@@ -261,17 +255,6 @@ class Broker:
     def _touch(self, item_id: int) -> None:
         if self._touched is not None:
             self._touched.add(item_id)
-
-    def set_delivery_listener(self, listener: DeliveryListener) -> None:
-        self._listener = listener
-        for subscription in self._subscriptions.values():
-            listener.subscription_changed(subscription)
-
-    def set_publish_observer(self, observer: PublishObserver) -> None:
-        self._observer = observer
-
-    def set_receiver_gate(self, gate: ReceiverGate) -> None:
-        self._gate = gate
 
     # The seed protocol.
 

@@ -13,26 +13,26 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from mqpy.access import Access
 from mqpy.api.app import create_app
 from mqpy.api.http_errors import ProblemAppRunner
-from mqpy.broker import Broker, DeliveryListeners, Limits
+from mqpy.auth.access import Access
 from mqpy.config import Settings, format_duration
+from mqpy.core.broker import Broker, DeliveryListeners, Limits
+from mqpy.core.key_registry import KeyRegistry
+from mqpy.core.peers import CatalogSync, Heartbeat, node_address
 from mqpy.delivery.dispatcher import Dispatcher
 from mqpy.delivery.endpoint_health import EndpointHealth
-from mqpy.delivery.gate import ReceiverGate
 from mqpy.delivery.guard import AddressPolicy
-from mqpy.delivery.retry import RetryPolicy
+from mqpy.delivery.receiver_checks import ReceiverChecks
+from mqpy.delivery.retry import RedeliveryPolicy
 from mqpy.delivery.sender import Sender
-from mqpy.domain import StoreCannotOpen, StoreError
-from mqpy.keyring import Keyring
+from mqpy.model.errors import StoreCannotOpen, StoreError
 from mqpy.observability import Observer
 from mqpy.observability.health_keeper import HealthKeeper
-from mqpy.peers import CatalogSync, Heartbeat, node_address
 from mqpy.pull import PullService
-from mqpy.stopping import StopSignals
+from mqpy.runtime.stopping import StopSignals
+from mqpy.runtime.supervisor import group_metrics_dir, inherited_data_lock, process_slot
 from mqpy.store import Store, StoreLocation, open_store
-from mqpy.supervisor import group_metrics_dir, inherited_data_lock, process_slot
 
 log = logging.getLogger("mqpy.server")
 
@@ -104,27 +104,62 @@ async def serve(settings: Settings) -> int:
 async def _serve_with_store(
     settings: Settings, store: Store, location: StoreLocation, stop: StopSignals
 ) -> int:
+    """Start the parts, serve until asked to stop, then stop them in reverse.
+
+    Each part's stop goes on `parts` as it starts, so a failed start (a port in use, a
+    store error) and SIGTERM unwind the same way, and the order parts start in is the
+    reverse of the order they stop in: HTTP first, so nothing new is accepted (long
+    polls answer and streams end at once rather than holding the shutdown), then
+    deliveries, then the health they leave, then the peers' view. The caller closes
+    the store, once nobody can write to it any more."""
+    async with contextlib.AsyncExitStack() as parts:
+        serving = await _start(parts, settings, store, stop)
+        if serving is None:
+            return 1
+        runner, heartbeat, tls = serving
+        scheme = "https" if tls else "http"
+        # Listed among the nodes before it says it listens: whoever waits for that line
+        # finds it in the list at once.
+        await heartbeat.start(node_address(scheme, runner.addresses))
+        for address in runner.addresses:
+            log.info("listening on %s://%s:%d", scheme, *address[:2])
+        log.info(
+            "store %s, %d workers, %d jobs, %d per receiver",
+            location,  # its str() hides any password
+            settings.workers,
+            settings.jobs,
+            settings.effective_receiver_concurrency,
+        )
+        await log_work_in_hand(store, "resuming")
+        await stop.requested.wait()
+        log.info("shutting down (a second Ctrl-C or SIGTERM stops at once)")
+    await log_work_in_hand(store, "left for the next start")
+    log.info("stopped")
+    return 0
+
+
+async def _start(
+    parts: contextlib.AsyncExitStack, settings: Settings, store: Store, stop: StopSignals
+) -> tuple[web.AppRunner, Heartbeat, ssl.SSLContext | None] | None:
+    """Every part built and started, its stop on `parts`; None if it cannot listen."""
     # Every time that decides a message's fate is read from the store's clock: on a
     # shared database it is the database's, so nodes on several hosts agree on leases.
     clock = store.clock
     access = Access(settings.admin_key)
-    broker = Broker(store, limits(settings, group_size(settings)), clock=clock)
+    policy = AddressPolicy(deny_private=settings.deny_private_receivers)
+    sender = Sender(settings.delivery_timeout, policy, receiver_tls(settings))
+    gate = ReceiverChecks(
+        policy, aiohttp.ThreadedResolver(), sender, verify=settings.verify_receivers
+    )
+    broker = Broker(store, limits(settings, group_size(settings)), clock=clock, gate=gate)
     # A registry of this server's own: no global state shared between instances; in a
     # group, it reads the metrics every process of the group writes.
     observer = Observer(store, broker, CollectorRegistry(), group_metrics=group_metrics_dir())
-    broker.set_publish_observer(observer)
-    keyring = Keyring(store, access, broker, clock=clock)
-    await keyring.start()
+    key_registry = KeyRegistry(store, access, broker, clock=clock)
+    await key_registry.start()
     check_exposure(settings, access)
     tls = server_tls(settings)
-    await broker.start()
-    policy = AddressPolicy(deny_private=settings.deny_private_receivers)
-    sender = Sender(settings.delivery_timeout, policy, receiver_tls(settings))
-    await sender.start()
-    broker.set_receiver_gate(
-        ReceiverGate(policy, aiohttp.ThreadedResolver(), sender, verify=settings.verify_receivers)
-    )
-    retry_policy = RetryPolicy(
+    retry_policy = RedeliveryPolicy(
         base=settings.retry_base,
         max_delay=settings.retry_max,
         max_attempts=settings.max_attempts,
@@ -144,22 +179,72 @@ async def _serve_with_store(
     )
     # Pull consumers settle the same deliveries under the same retry policy.
     pulls = PullService(store, broker, retry_policy, clock=clock, on_acked=observer.delivered)
-    broker.set_delivery_listener(DeliveryListeners(dispatcher, pulls))
-    # Receivers' health from before the restart, before the first attempt changes it.
+    listeners = DeliveryListeners(dispatcher, pulls)
+    await broker.start(listeners, observer)
+    # Stopped last: heartbeats show the node draining until it is done.
+    heartbeat = Heartbeat(store, dispatcher)
+    parts.push_async_callback(heartbeat.stop)
+    # What other nodes change of connections, subscriptions and keys: keys first, so
+    # a revoked key is refused before anything else is reloaded. Stopped next to last:
+    # requests still being answered and deliveries still finishing go by the other
+    # nodes' latest changes (a key revoked meanwhile).
+    sync = CatalogSync(store, [key_registry.reload, broker.reload])
+    store.watch(on_due=listeners.notify, on_catalog=sync.poke)
+    sync.start()
+    parts.push_async_callback(sync.stop)
+    # Receivers' health from before the restart, before the first attempt changes it;
+    # saved once no attempt can end any more, so what it saves is the last word.
     health = HealthKeeper(store, observer)
     await health.start()
+    parts.push_async_callback(health.stop)
+    await sender.start()
+    parts.push_async_callback(sender.close)
     await dispatcher.start()
-    heartbeat = Heartbeat(store, dispatcher)
-    # What other nodes change of connections, subscriptions and keys: keys first, so
-    # a revoked key is refused before anything else is reloaded.
-    sync = CatalogSync(store, [keyring.reload, broker.reload])
-    store.watch(on_due=DeliveryListeners(dispatcher, pulls).notify, on_catalog=sync.poke)
-    sync.start()
-    runner = ProblemAppRunner(
+    parts.push_async_callback(dispatcher.stop, settings.shutdown_grace, stop.forced)
+    runner = _runner(settings, broker, access, key_registry, pulls, observer)
+    await runner.setup()
+    parts.push_async_callback(runner.cleanup)
+    parts.callback(pulls.stop)
+    endpoints = EndpointHealth(
+        store, broker, observer, disable_after=settings.disable_after, clock=clock
+    )
+    sweeper = asyncio.gather(
+        asyncio.create_task(sweep_forever(store, settings), name="mqpy-sweeper"),
+        asyncio.create_task(expire_forever(store, settings), name="mqpy-expiry"),
+        asyncio.create_task(endpoints.run(), name="mqpy-endpoint-health"),
+        asyncio.create_task(observer.follow_group(), name="mqpy-group-rates"),
+    )
+    parts.push_async_callback(_stop_sweeping, sweeper)
+    try:
+        site = web.TCPSite(
+            runner,
+            settings.host,
+            settings.port,
+            backlog=1024,
+            ssl_context=tls,
+            # One of --processes N: all N listen on this one port (SO_REUSEPORT).
+            reuse_port=settings.process_count > 1,
+        )
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
+        return None
+    return runner, heartbeat, tls
+
+
+def _runner(
+    settings: Settings,
+    broker: Broker,
+    access: Access,
+    key_registry: KeyRegistry,
+    pulls: PullService,
+    observer: Observer,
+) -> ProblemAppRunner:
+    return ProblemAppRunner(
         create_app(
             broker,
             access,
-            keyring,
+            key_registry,
             pulls=pulls,
             observer=observer,
             max_body_bytes=settings.max_message_bytes,
@@ -180,62 +265,6 @@ async def _serve_with_store(
         # body broke after the answer (the parser then waits for nothing) for all 10 s.
         lingering_time=LINGER_SECONDS,
     )
-    await runner.setup()
-    endpoints = EndpointHealth(
-        store, broker, observer, disable_after=settings.disable_after, clock=clock
-    )
-    sweeper = asyncio.gather(
-        asyncio.create_task(sweep_forever(store, settings), name="mqpy-sweeper"),
-        asyncio.create_task(expire_forever(store, settings), name="mqpy-expiry"),
-        asyncio.create_task(endpoints.run(), name="mqpy-endpoint-health"),
-        asyncio.create_task(observer.follow_group(), name="mqpy-group-rates"),
-    )
-    try:
-        site = web.TCPSite(
-            runner,
-            settings.host,
-            settings.port,
-            backlog=1024,
-            ssl_context=tls,
-            # One of --processes N: all N listen on this one port (SO_REUSEPORT).
-            reuse_port=settings.process_count > 1,
-        )
-        await site.start()
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
-        await _stop_sweeping(sweeper)
-        await _shut_down(runner, pulls, dispatcher, sender, settings, stop)
-        await health.stop()
-        await sync.stop()
-        return 1
-    scheme = "https" if tls else "http"
-    # Listed among the nodes before it says it listens: whoever waits for that line
-    # finds it in the list at once.
-    await heartbeat.start(node_address(scheme, runner.addresses))
-    for address in runner.addresses:
-        log.info("listening on %s://%s:%d", scheme, *address[:2])
-    log.info(
-        "store %s, %d workers, %d jobs, %d per receiver",
-        location,  # its str() hides any password
-        settings.workers,
-        settings.jobs,
-        settings.effective_receiver_concurrency,
-    )
-    await log_work_in_hand(store, "resuming")
-    await stop.requested.wait()
-    log.info("shutting down (a second Ctrl-C or SIGTERM stops at once)")
-    await _stop_sweeping(sweeper)
-    await _shut_down(runner, pulls, dispatcher, sender, settings, stop)
-    # Once no attempt can end any more: the health it saves is the last word.
-    await health.stop()
-    # Last: requests still being answered and deliveries still finishing go by the
-    # other nodes' latest changes (a key revoked meanwhile), and heartbeats show the
-    # node draining. Both stop before the caller closes the store.
-    await sync.stop()
-    await heartbeat.stop()
-    await log_work_in_hand(store, "left for the next start")
-    log.info("stopped")
-    return 0
 
 
 def group_size(settings: Settings) -> int:
@@ -368,23 +397,6 @@ def receiver_tls(settings: Settings) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         raise StartupRefused(f"cannot load --receiver-ca: {exc}") from None
     return context
-
-
-async def _shut_down(
-    runner: web.AppRunner,
-    pulls: PullService,
-    dispatcher: Dispatcher,
-    sender: Sender,
-    settings: Settings,
-    stop: StopSignals,
-) -> None:
-    # HTTP first, so nothing new is accepted (long polls answer and streams end at
-    # once rather than holding the shutdown); then deliveries. The store is closed by
-    # the caller, once nobody can write to it any more.
-    pulls.stop()
-    await runner.cleanup()
-    await dispatcher.stop(settings.shutdown_grace, stop.forced)
-    await sender.close()
 
 
 async def log_work_in_hand(store: Store, when: str) -> None:

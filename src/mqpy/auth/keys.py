@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import secrets
 
-from mqpy.domain import ApiKey, Role
+from mqpy.model.domain import ApiKey, Role
 
 PREFIX = "mqpy_"
 _ID_LENGTH = 12

@@ -6,16 +6,16 @@ import logging
 import time
 from collections.abc import Callable
 
-from mqpy.access import Access, Principal
-from mqpy.broker import Broker, require_admin
-from mqpy.domain import ApiKey, Role
-from mqpy.keys import new_key
+from mqpy.auth.access import Access, Principal
+from mqpy.auth.keys import new_key
+from mqpy.core.broker import Broker, require_admin
+from mqpy.model.domain import ApiKey, Role
 from mqpy.store import Store
 
 log = logging.getLogger("mqpy.server")
 
 
-class Keyring:
+class KeyRegistry:
     """Keys in the store, mirrored into `Access` so requests are checked in memory.
 
     Other nodes sharing the store create and revoke keys too: `reload` (called by

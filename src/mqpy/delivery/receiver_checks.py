@@ -11,8 +11,8 @@ from mqpy.delivery.guard import AddressPolicy, check_receiver_url
 from mqpy.delivery.sender import Sender
 
 
-class ReceiverGate:
-    """Answers the broker's `refusal(url)` before a receiver is connected."""
+class ReceiverChecks:
+    """The broker's `ReceiverGate`: answers its `refusal(url)` before a receiver is connected."""
 
     def __init__(
         self,

@@ -46,7 +46,7 @@ from typing import IO
 from prometheus_client.multiprocess import mark_process_dead
 
 from mqpy.config import Settings
-from mqpy.domain import StoreCannotOpen, StoreError
+from mqpy.model.errors import StoreCannotOpen, StoreError
 from mqpy.store import StoreLocation
 from mqpy.store.sqlite import prepare_group
 

@@ -1,7 +1,7 @@
 """Who is calling, and what they may do.
 
 `Access` recognises API keys (the bootstrap admin key from the environment, and the
-stored ones, cached here so a request costs no store read; `Keyring.reload` brings
+stored ones, cached here so a request costs no store read; `KeyRegistry.reload` brings
 them in line with the store when another node created or revoked one) and answers
 the broker's questions about a caller. With no key configured at all, access
 is open: every caller is an anonymous admin (and the server stays on loopback).
@@ -13,10 +13,10 @@ import hmac
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from mqpy.domain import ApiKey, Role
-from mqpy.keys import secret_matches, split_key
-from mqpy.stream_tokens import holds, make_token, read_token, signing_key
-from mqpy.topics import covers, is_reserved
+from mqpy.auth.keys import secret_matches, split_key
+from mqpy.auth.stream_tokens import holds, mac_secret_for, make_token, read_token
+from mqpy.model.domain import ApiKey, Role
+from mqpy.model.topics import covers, is_reserved
 
 BOOTSTRAP_KEY_ID = "bootstrap-admin"
 ANONYMOUS_KEY_ID = "anonymous"
@@ -111,10 +111,10 @@ class Access:
     def stream_token(self, principal: Principal, subscription_id: int, expires_at: int) -> str:
         """A token that opens `subscription_id`'s event stream as `principal` until
         `expires_at` (stream_tokens.py)."""
-        key = self._token_key(principal.key_id)
-        if key is None:  # open access: anyone may read the stream; the token is a formality
-            key = signing_key(ANONYMOUS_KEY_ID)
-        return make_token(key, principal.key_id, subscription_id, expires_at)
+        mac_secret = self._token_mac_secret(principal.key_id)
+        if mac_secret is None:  # open access: anyone may read the stream; the token is a formality
+            mac_secret = mac_secret_for(ANONYMOUS_KEY_ID)
+        return make_token(mac_secret, principal.key_id, subscription_id, expires_at)
 
     def stream_principal(self, text: str, subscription_id: int, now: float) -> Principal | None:
         """Whom a `?token=` on `subscription_id`'s event stream speaks for; None if it
@@ -122,16 +122,16 @@ class Access:
         token = read_token(text)
         if token is None:
             return None
-        key = self._token_key(token.key_id)
-        if key is None or not holds(token, key, subscription_id, now):
+        mac_secret = self._token_mac_secret(token.key_id)
+        if mac_secret is None or not holds(token, mac_secret, subscription_id, now):
             return None
         if token.key_id == BOOTSTRAP_KEY_ID:
             return Principal(BOOTSTRAP_KEY_ID, Role.ADMIN)
         record = self._keys[token.key_id]
         return Principal(record.id, record.role, record.topics)
 
-    def _token_key(self, key_id: str) -> bytes | None:
+    def _token_mac_secret(self, key_id: str) -> bytes | None:
         if key_id == BOOTSTRAP_KEY_ID:
-            return None if self._admin_key is None else signing_key(self._admin_key)
+            return None if self._admin_key is None else mac_secret_for(self._admin_key)
         record = self._keys.get(key_id)
-        return None if record is None else signing_key(record.secret_hash)
+        return None if record is None else mac_secret_for(record.secret_hash)

@@ -17,7 +17,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from mqpy.domain import NodeInfo, StoreUnavailable
+from mqpy.model.domain import NodeInfo
+from mqpy.model.errors import StoreUnavailable
 from mqpy.store import Store
 
 log = logging.getLogger("mqpy.peers")
