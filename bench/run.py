@@ -1417,7 +1417,7 @@ def processes_in(server_args: Sequence[str]) -> int | None:
                 raise ValueError(
                     f"--processes takes a number of processes or auto, not {value!r}"
                 ) from None
-            found = count or Settings(processes=count).process_count
+            found = Settings(processes=count).process_count
     return found
 
 

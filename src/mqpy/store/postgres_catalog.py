@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncpg
 
 from mqpy.model.domain import Connection, Mode, StartAt, Subscription, SubscriptionSpec
-from mqpy.model.errors import Conflict
 from mqpy.model.ids import new_connection_id
 from mqpy.model.topics import is_pattern
 from mqpy.store.postgres_replay import seek
@@ -20,6 +19,8 @@ from mqpy.store.rows import (
     SUBSCRIPTIONS_FROM,
     dump_filter,
     dump_settings,
+    group_filter_conflict,
+    shared_filter_conflict,
     subscription_from_row,
 )
 
@@ -107,10 +108,7 @@ async def _join_group(conn: PgConnection, spec: SubscriptionSpec, now: float) ->
         )
         return int(group_id), True
     if row["filter"] != wanted:
-        raise Conflict(
-            f"the group {spec.group!r} on {spec.topic!r} has the filter "
-            f"{row['filter'] or 'none'}; its members must all carry the same filter"
-        )
+        raise group_filter_conflict(spec, row["filter"])
     return int(row["id"]), False
 
 
@@ -124,11 +122,7 @@ async def change_group_filter(
         subscription_id,
     )
     if members > 1:
-        raise Conflict(
-            f"subscription {subscription_id} shares the group {spec.group!r} with "
-            f"{members - 1} other member(s); a group's members must all carry the same "
-            "filter, so change it on a new group"
-        )
+        raise shared_filter_conflict(subscription_id, spec.group, members)
     await conn.execute(
         "UPDATE groups SET filter = $1 WHERE id = $2", dump_filter(spec.filter), group_id
     )
