@@ -156,7 +156,7 @@ class GroupCommitWriter:
             while True:
                 batch, stop = self._take_batch()
                 if batch:
-                    results = self._execute_exclusively(conn, batch, lock)
+                    results, stop = self._execute_exclusively(conn, batch, lock, stop)
                     self._loop.call_soon_threadsafe(_settle_all, results)
                 if stop:
                     break
@@ -166,16 +166,21 @@ class GroupCommitWriter:
                 os.close(lock)
 
     def _execute_exclusively(
-        self, conn: sqlite3.Connection, batch: list[_Item], lock: int | None
-    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        self, conn: sqlite3.Connection, batch: list[_Item], lock: int | None, stop: bool
+    ) -> tuple[list[tuple[asyncio.Future[Any], Any, BaseException | None]], bool]:
         """`_execute`, holding the processes' shared lock if there is one. SQLite's own
         lock would do for correctness, but a process that finds it taken polls for it in
-        sleeps of 1 to 100 ms; one waiting in `flock` is woken the moment it is free."""
+        sleeps of 1 to 100 ms; one waiting in `flock` is woken the moment it is free.
+        Returns the results, and whether the writer was told to stop meanwhile."""
         if lock is None:
-            return self._execute(conn, batch)
+            return self._execute(conn, batch), stop
         fcntl.flock(lock, fcntl.LOCK_EX)  # releases the GIL while it waits
         try:
-            return self._execute(conn, batch)
+            # What came while another process had its turn joins this one: the turn
+            # and its fsync are paid once for all of it, instead of once more after.
+            if not stop:
+                stop = self._top_up(batch)
+            return self._execute(conn, batch), stop
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -184,15 +189,20 @@ class GroupCommitWriter:
         if item is _STOP:
             return [], True
         batch = [item]
+        return batch, self._top_up(batch)
+
+    def _top_up(self, batch: list[_Item]) -> bool:
+        """Add what is queued to `batch`, up to the most a batch holds; True if the
+        stop came (it is never followed by more work)."""
         while len(batch) < self._max_batch:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is _STOP:
-                return batch, True
+                return True
             batch.append(item)
-        return batch, False
+        return False
 
     def _set_synchronous(self, conn: sqlite3.Connection, *, full: bool) -> None:
         # Between transactions only: SQLite ignores the pragma inside one.
