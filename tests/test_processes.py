@@ -622,6 +622,52 @@ async def test_a_pull_waiting_on_one_process_gets_a_message_published_through_an
     assert max(waits) < 0.25, [f"{w:.3f}" for w in waits]
 
 
+async def test_a_key_made_through_one_process_opens_the_other_at_once(
+    start_server: ServerFactory, store: str
+) -> None:
+    # The other process hears of a new key when the store tells it (a wake-up, LISTEN,
+    # or its next look at the catalog's version); a request that names a key it does
+    # not know yet makes it read the keys then, instead of answering 401.
+    port = free_port()
+    where = ("--store", store) if store else ()
+    admin = {"Authorization": "Bearer test-admin-key-5e0d"}
+    server = start_server(
+        *where,
+        "--processes",
+        "2",
+        "--port",
+        str(port),
+        env={"MQPY_ADMIN_KEY": admin["Authorization"][7:]},
+    )
+    sessions = await sessions_on_each(serving(server, 2), server.port, server.url)
+    making, using = sessions.values()
+    try:
+        for n in range(5):
+            async with making.post(
+                f"{server.url}/v1/keys", json={"role": "publisher"}, headers=admin
+            ) as made:
+                assert made.status == 201, await made.text()
+                key = (await made.json())["key"]
+            async with using.post(
+                f"{server.url}/v1/topics/t/messages",
+                json={"body": f"m{n}"},
+                headers={"Authorization": f"Bearer {key}"},
+            ) as answer:
+                assert answer.status == 201, (n, answer.status, await answer.text())
+        # A key nobody made is still refused, by either process.
+        unknown = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+        made_up = "mqpy_000000000000_" + key.rsplit("_", 1)[1]
+        for session in (making, using):
+            for token in (unknown, made_up):
+                async with session.get(
+                    f"{server.url}/v1/topics", headers={"Authorization": f"Bearer {token}"}
+                ) as answer:
+                    assert answer.status == 401, (token, await answer.text())
+    finally:
+        for session in sessions.values():
+            await session.close()
+
+
 async def fresh_get(url: str) -> str:
     """GET `url` over a connection of its own: whichever process the kernel gives it."""
     async with aiohttp.ClientSession() as http, http.get(url) as answer:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from mqpy.api.problems import Problem
-from mqpy.api.state import ACCESS, set_principal
+from mqpy.api.state import ACCESS, KEY_REGISTRY, set_principal
 from mqpy.api.types import Handler
 from mqpy.auth.access import Principal
 
@@ -49,7 +49,12 @@ _EVENTS_PATH = re.compile(r"/v1/subscriptions/(\d{1,19})/events/?")
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     refuse_cross_site(request)
     token = bearer_token(request)
-    principal = request.app[ACCESS].authenticate(token)
+    access = request.app[ACCESS]
+    principal = access.authenticate(token)
+    if principal is None and token is not None:
+        # Perhaps a key made a moment ago through another process or node.
+        await request.app[KEY_REGISTRY].recheck(token)
+        principal = access.authenticate(token)
     stream_token = request.query.get("token") if token is None else None
     if principal is None and stream_token is not None:
         principal = _stream_principal(request, stream_token)

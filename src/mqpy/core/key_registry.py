@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 
 from mqpy.auth.access import Access, Principal
-from mqpy.auth.keys import new_key
+from mqpy.auth.keys import new_key, split_key
 from mqpy.core.broker import Broker, require_admin
 from mqpy.model.domain import ApiKey, Role
 from mqpy.store import Store
@@ -19,7 +20,10 @@ class KeyRegistry:
     """Keys in the store, mirrored into `Access` so requests are checked in memory.
 
     Other nodes sharing the store create and revoke keys too: `reload` (called by
-    `peers.CatalogSync` when the store's catalog version moves) mirrors them again."""
+    `peers.CatalogSync` when the store's catalog version moves) mirrors them again, and
+    `recheck` reads them at once when a request names a key this process does not know:
+    a client that created a key through one process of a group (or one node) and uses it
+    straight away may reach another before the news of it does."""
 
     def __init__(
         self,
@@ -35,6 +39,11 @@ class KeyRegistry:
         # While `reload` reads the store: the keys this process created or revoked
         # meanwhile, whose state here may be newer than what the reload read.
         self._touched: set[str] | None = None
+        # One reload at a time, numbered as they start; `_read` is the number of the
+        # last one finished, so a recheck can tell whether one began after it asked.
+        self._reloading = asyncio.Lock()
+        self._started = 0
+        self._read = 0
 
     async def start(self) -> None:
         await self.reload()
@@ -44,6 +53,24 @@ class KeyRegistry:
         now on, and what it connected is disconnected here too (a connection made
         through this node just before the revocation reached it would otherwise
         stay). False if this process changed keys while the store was read."""
+        async with self._reloading:
+            return await self._reload()
+
+    async def recheck(self, token: str) -> None:
+        """Read the store's keys again if `token` is well formed and names a key this
+        process does not know, unless a reload that began after this call has read
+        them already: misses arriving together share one read."""
+        parts = split_key(token)
+        if parts is None or parts[0] in self._access.key_ids():
+            return
+        wanted = self._started + 1  # a reload starting from now on will do
+        async with self._reloading:
+            if self._read < wanted:
+                await self._reload()
+
+    async def _reload(self) -> bool:
+        self._started += 1
+        number = self._started
         self._touched = set()
         try:
             keys = await self._store.keys()
@@ -58,6 +85,7 @@ class KeyRegistry:
                 "another node created the first key: API keys are now on, and every caller "
                 "needs one from now on (401 without)"
             )
+        self._read = number
         for key_id in sorted(known - self._access.key_ids()):
             await self._broker.disconnect_key(key_id)
         return not touched
