@@ -45,7 +45,7 @@ from mqpy.store.rows import (
     group_filter_conflict,
     shared_filter_conflict,
 )
-from mqpy.store.subscription_pages import page_of
+from mqpy.store.subscription_rows import page_of
 
 
 class MemoryCatalog(Store):

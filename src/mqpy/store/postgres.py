@@ -118,7 +118,7 @@ from mqpy.store.rows import (
     load_attributes,
     subscription_from_row,
 )
-from mqpy.store.subscription_pages import SubscriptionPager
+from mqpy.store.subscription_rows import SubscriptionPager
 
 log = logging.getLogger("mqpy.store")
 

@@ -15,15 +15,14 @@ from mqpy.store.postgres_schema import SWEEP_LOCK
 from mqpy.store.postgres_sql import PgConnection, one
 from mqpy.store.routes import Target
 from mqpy.store.rows import (
-    NEW_SUBSCRIPTION_COLUMNS,
     SUBSCRIPTION_COLUMNS,
     SUBSCRIPTIONS_FROM,
     dump_filter,
     group_filter_conflict,
-    new_subscription_values,
     shared_filter_conflict,
     subscription_from_row,
 )
+from mqpy.store.subscription_rows import NEW_SUBSCRIPTION_COLUMNS, new_subscription_values
 
 CONNECTION_COLUMNS = "id, mode, client_url, topic, connected_at, key_id"
 

@@ -56,38 +56,6 @@ def dump_settings(spec: SubscriptionSpec) -> str:
     )
 
 
-# What a new subscription row holds, in the order of `new_subscription_values`.
-NEW_SUBSCRIPTION_COLUMNS = (
-    "id, topic, url, created_at, secret, group_id, filter, settings, key_id, connection_id, kind"
-)
-
-
-def new_subscription_values(
-    subscription_id: int,
-    spec: SubscriptionSpec,
-    now: float,
-    *,
-    secret: str | None,
-    group_id: int | None,
-    key_id: str | None,
-    connection_id: int | None,
-) -> tuple[Any, ...]:
-    """The values of a new subscription row, for NEW_SUBSCRIPTION_COLUMNS."""
-    return (
-        subscription_id,
-        spec.topic,
-        spec.url,
-        now,
-        secret,
-        group_id,
-        dump_filter(spec.filter),
-        dump_settings(spec),
-        key_id,
-        connection_id,
-        spec.kind.value,
-    )
-
-
 def load_settings(text: str | None) -> dict[str, Any]:
     return {} if text is None else dict(json.loads(text))
 

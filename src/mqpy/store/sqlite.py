@@ -72,7 +72,6 @@ from mqpy.store.routes import (
 from mqpy.store.rows import (
     DEAD_LETTER_QUERY,
     DELIVERY_STATUS_COLUMNS,
-    NEW_SUBSCRIPTION_COLUMNS,
     SUBSCRIPTION_COLUMNS,
     SUBSCRIPTIONS_FROM,
     changed_spec,
@@ -83,7 +82,6 @@ from mqpy.store.rows import (
     dump_settings,
     group_filter_conflict,
     load_attributes,
-    new_subscription_values,
     shared_filter_conflict,
     subscription_from_row,
 )
@@ -97,7 +95,11 @@ from mqpy.store.sqlite_settle import SettlementQueue, finish_messages
 from mqpy.store.sqlite_tallies import Tallies
 from mqpy.store.sqlite_wake import CATALOG, DUE, group_wake
 from mqpy.store.sqlite_writer import GroupCommitWriter, WriterClosed
-from mqpy.store.subscription_pages import SubscriptionPager
+from mqpy.store.subscription_rows import (
+    NEW_SUBSCRIPTION_COLUMNS,
+    SubscriptionPager,
+    new_subscription_values,
+)
 
 log = logging.getLogger("mqpy.store")
 

@@ -1,16 +1,48 @@
-"""A page of active subscriptions, optionally those matching a topic. A topic pattern
-cannot be matched in SQL, so the SQL stores read subscriptions in id order, a chunk at
-a time, and match here; the loop that fills a page lives here once, and each store only
-runs its own query for the next chunk."""
+"""Subscription rows that the SQL stores write and page through the same way: the
+values of a new subscription's row, and a page of active subscriptions, optionally
+those matching a topic. A topic pattern cannot be matched in SQL, so the stores read
+subscriptions in id order, a chunk at a time, and match here; the loop that fills a
+page lives here once, and each store only runs its own query for the next chunk."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from mqpy.model.domain import Page, Subscription
+from mqpy.model.domain import Page, Subscription, SubscriptionSpec
 from mqpy.model.topics import matches
-from mqpy.store.rows import subscription_from_row
+from mqpy.store.rows import dump_filter, dump_settings, subscription_from_row
+
+# What a new subscription row holds, in the order of `new_subscription_values`.
+NEW_SUBSCRIPTION_COLUMNS = (
+    "id, topic, url, created_at, secret, group_id, filter, settings, key_id, connection_id, kind"
+)
+
+
+def new_subscription_values(
+    subscription_id: int,
+    spec: SubscriptionSpec,
+    now: float,
+    *,
+    secret: str | None,
+    group_id: int | None,
+    key_id: str | None,
+    connection_id: int | None,
+) -> tuple[Any, ...]:
+    """The values of a new subscription row, for NEW_SUBSCRIPTION_COLUMNS."""
+    return (
+        subscription_id,
+        spec.topic,
+        spec.url,
+        now,
+        secret,
+        group_id,
+        dump_filter(spec.filter),
+        dump_settings(spec),
+        key_id,
+        connection_id,
+        spec.kind.value,
+    )
 
 
 def page_of(found: list[Subscription], limit: int) -> Page[Subscription]:
