@@ -277,6 +277,17 @@ class StoreConformance(
         assert claimed.deliveries == []
         assert claimed.next_due_at == T0 + 5
 
+    async def test_a_claim_that_fills_a_receivers_room_still_names_the_next_due(
+        self, store: Store
+    ) -> None:
+        await receiver(store)
+        await publish(store, "now")
+        await publish(store, "later", deliver_at=T0 + 30)
+        # All that is due fits the receiver's room exactly: the next claim is for later.
+        claimed = await claim(store, T0, per_subscription_limit=1)
+        assert bodies(claimed) == ["now"]
+        assert claimed.next_due_at == T0 + 30
+
     async def test_concurrent_claims_never_hand_out_a_delivery_twice(self, store: Store) -> None:
         await receiver(store)
         await receiver(store)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from mqpy.model.domain import DeliveryState, DeliveryStatus, TopicInfo
+from mqpy.model.errors import BadCursor
 from mqpy.store.base import Store
 from tests.store.support import (
     T0,
@@ -322,3 +325,9 @@ class InspectionConformance:
         by_name = {t.name: t for t in await all_topics(store)}
         assert by_name["topic.00"] == TopicInfo("topic.00", 1, 0, None, 1)  # nobody took it
         assert by_name["topic.04"] == TopicInfo("topic.04", 0, 0, None, 2)
+
+    async def test_topics_refuse_a_cursor_that_is_no_topic_name(self, store: Store) -> None:
+        await publish(store, "m", topic="orders")
+        with pytest.raises(BadCursor):
+            await store.topics(cursor="not a name")
+        assert [t.name for t in (await store.topics(cursor="a")).items] == ["orders"]

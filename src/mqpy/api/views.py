@@ -265,10 +265,13 @@ def _kind(subscription: Subscription) -> Literal["push", "pull", "seed"]:
     return "pull" if subscription.spec.is_pull else "push"
 
 
+def _fields(view: msgspec.Struct) -> dict[str, Any]:
+    """A view's fields by name, to build a larger view from it."""
+    return {name: getattr(view, name) for name in view.__struct_fields__}
+
+
 def created_subscription_view(subscription: Subscription, secret: str) -> CreatedSubscriptionView:
-    view = subscription_view(subscription)
-    fields = {name: getattr(view, name) for name in view.__struct_fields__}
-    return CreatedSubscriptionView(**fields, secret=secret)
+    return CreatedSubscriptionView(**_fields(subscription_view(subscription)), secret=secret)
 
 
 def topic_view(info: TopicInfo, rates: tuple[float, float]) -> TopicView:
@@ -286,15 +289,9 @@ def topic_view(info: TopicInfo, rates: tuple[float, float]) -> TopicView:
 def topic_detail_view(
     info: TopicInfo, rates: tuple[float, float], subscriptions: list[Subscription]
 ) -> TopicDetailView:
-    return TopicDetailView(
-        name=info.name,
-        published=info.published,
-        backlog=info.backlog,
-        oldest_published_at=_maybe_time(info.oldest_published_at),
-        subscriptions=[subscription_view(s) for s in subscriptions],
-        publish_rate=rates[0],
-        delivery_rate=rates[1],
-    )
+    fields = _fields(topic_view(info, rates))
+    fields["subscriptions"] = [subscription_view(s) for s in subscriptions]
+    return TopicDetailView(**fields)
 
 
 def _delivery_view(status: DeliveryStatus) -> DeliveryView:

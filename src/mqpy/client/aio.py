@@ -262,8 +262,7 @@ class AsyncClient:
 
     async def ack(self, subscription_id: int, messages: Sequence[str | PulledMessage]) -> Settled:
         """Done with these pulled messages (or ack ids); as `Client.ack`."""
-        ack_ids = calls.ack_ids_of(messages)
-        return await self._call(calls.settle(subscription_id, "ack", ack_ids))
+        return await self._call(calls.settle(subscription_id, "ack", messages))
 
     async def nack(
         self,
@@ -273,17 +272,15 @@ class AsyncClient:
         delay_seconds: float | None = None,
     ) -> Settled:
         """Due again after `delay_seconds` (else the backoff); as `Client.nack`."""
-        ack_ids = calls.ack_ids_of(messages)
         return await self._call(
-            calls.settle(subscription_id, "nack", ack_ids, delay_seconds=delay_seconds)
+            calls.settle(subscription_id, "nack", messages, delay_seconds=delay_seconds)
         )
 
     async def extend(
         self, subscription_id: int, messages: Sequence[str | PulledMessage], seconds: float
     ) -> Settled:
         """Keep these leased for `seconds` from now; as `Client.extend`."""
-        ack_ids = calls.ack_ids_of(messages)
-        return await self._call(calls.settle(subscription_id, "extend", ack_ids, seconds=seconds))
+        return await self._call(calls.settle(subscription_id, "extend", messages, seconds=seconds))
 
     # -- admin routes: answers are the broker's JSON objects (see docs/api.md) --------
 

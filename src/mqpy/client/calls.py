@@ -445,11 +445,12 @@ def pull(subscription_id: int, max_messages: int, wait_seconds: float) -> Call[l
 def settle(
     subscription_id: int,
     verb: Literal["ack", "nack", "extend"],
-    ack_ids: Sequence[str],
+    messages: Sequence[str | PulledMessage],
     **fields: Any,
 ) -> Call[Settled]:
+    """Settle pulled messages, given as such or by their ack ids."""
     # Idempotent in effect: a repeat finds them settled already (and calls them expired).
-    body = {"ack_ids": list(ack_ids), **{k: v for k, v in fields.items() if v is not None}}
+    body = {"ack_ids": _ack_ids(messages), **{k: v for k, v in fields.items() if v is not None}}
     done = {"ack": "acked", "nack": "nacked", "extend": "extended"}[verb]
     return Call("POST", _pull_path(subscription_id, verb), body, True, _settled(done))
 
@@ -607,8 +608,7 @@ def _settled(done: str) -> Callable[[Any], Settled]:
     return read
 
 
-def ack_ids_of(items: Sequence[str | PulledMessage]) -> list[str]:
-    """Ack ids, given as such or as the pulled messages themselves."""
+def _ack_ids(items: Sequence[str | PulledMessage]) -> list[str]:
     return [item if isinstance(item, str) else item.ack_id for item in items]
 
 

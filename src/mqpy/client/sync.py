@@ -287,7 +287,7 @@ class Client:
 
     def ack(self, subscription_id: int, messages: Sequence[str | PulledMessage]) -> Settled:
         """Done with these pulled messages (or ack ids): they never come again."""
-        return self._call(calls.settle(subscription_id, "ack", calls.ack_ids_of(messages)))
+        return self._call(calls.settle(subscription_id, "ack", messages))
 
     def nack(
         self,
@@ -298,17 +298,15 @@ class Client:
     ) -> Settled:
         """Could not take these: due again after `delay_seconds` (by default after the
         retry policy's backoff); dead letters once their attempts are spent."""
-        ack_ids = calls.ack_ids_of(messages)
         return self._call(
-            calls.settle(subscription_id, "nack", ack_ids, delay_seconds=delay_seconds)
+            calls.settle(subscription_id, "nack", messages, delay_seconds=delay_seconds)
         )
 
     def extend(
         self, subscription_id: int, messages: Sequence[str | PulledMessage], seconds: float
     ) -> Settled:
         """Keep these leased for `seconds` (1 to 600) from now, for slow work."""
-        ack_ids = calls.ack_ids_of(messages)
-        return self._call(calls.settle(subscription_id, "extend", ack_ids, seconds=seconds))
+        return self._call(calls.settle(subscription_id, "extend", messages, seconds=seconds))
 
     # -- admin routes: answers are the broker's JSON objects (see docs/api.md) --------
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from mqpy.model.errors import BadCursor
+from mqpy.model.topics import TOPIC_NAME
 
 DEFAULT_TOPIC = "default"
 
@@ -403,3 +404,11 @@ def int_cursor(cursor: str | None) -> int | None:
         return int(cursor)
     except ValueError:
         raise BadCursor(f"the cursor {cursor!r} was not handed out by this list") from None
+
+
+def name_cursor(cursor: str | None) -> str:
+    """A cursor that is the last topic name of the previous page ("" before the first),
+    or `BadCursor`."""
+    if cursor is not None and not TOPIC_NAME.fullmatch(cursor):
+        raise BadCursor(f"the cursor {cursor!r} was not handed out by this list")
+    return cursor or ""

@@ -2,18 +2,19 @@
 
 A backend asks `ClaimBuilder` how many due deliveries to read for each ungrouped
 subscription and each group (what their room allows), reads their ids and due times its
-own way (one query per target on SQLite, one statement for all on PostgreSQL), keeps
-the oldest due (`oldest_due`), has `assign` choose the member for each, and only then
-leases and reads the chosen ones in full. The builder shares a group's deliveries out
-to its members in turn, caps each receiver at its room and the whole claim at
-`limit`, oldest due first, and works out when the next delivery falls due.
+own way (one query per target on SQLite and in memory, handed to `choose`; one statement
+for all on PostgreSQL, then `oldest_due`), keeps the oldest due, has `assign` choose
+the member for each, and only then leases and reads the chosen ones in full. The
+builder shares a group's deliveries out to its members in turn, caps each receiver at
+its room and the whole claim at `limit`, oldest due first, and works out when the
+next delivery falls due.
 
 A row is `CLAIM_COLUMNS`, in order, read from deliveries `d` joined to messages `m`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,11 @@ CLAIM_COLUMNS = (
     "d.id, d.attempts, d.due_at, m.id, m.body, m.published_at, m.topic, m.attributes, "
     "m.ordering_key, m.deliver_at"
 )
+
+# (is a group, subscription or group id, how many at most) -> its due deliveries as
+# (delivery id, due at), oldest first; (is a group, id) -> when its next falls due.
+DueOf = Callable[[bool, int, int], Sequence[tuple[int, float]]]
+NextDueOf = Callable[[bool, int], float | None]
 
 _NO_ATTRIBUTES: dict[str, str] = {}  # shared, never changed: most messages have none
 
@@ -113,6 +119,25 @@ class ClaimBuilder:
         read for it): `subscription_takes` then `group_takes`."""
         found = [(False, member.id, take) for member, take in self.subscription_takes()]
         return found + [(True, group_id, take) for group_id, take in self.group_takes()]
+
+    def choose(self, due_of: DueOf, next_due_of: NextDueOf) -> dict[int, tuple[bool, int]]:
+        """The due deliveries to lease, by id, with their target (is a group, id): the
+        oldest first, at most each target's take and `limit` in all, read one target at
+        a time with `due_of`. Asks `next_due_of` only of a target with no more due now,
+        and notes when the next delivery falls due."""
+        rows: list[tuple[int, bool, int, float]] = []  # target, is a group, id, due at
+        takes: dict[tuple[bool, int], int] = {}
+        for is_group, target, take in self.targets():
+            # The one row beyond what we take tells whether more are due right now.
+            found = due_of(is_group, target, take + 1)
+            if len(found) <= take:
+                self.consider(next_due_of(is_group, target))
+            takes[(is_group, target)] = take
+            rows.extend((target, is_group, delivery_id, due_at) for delivery_id, due_at in found)
+        chosen, more_due_now = oldest_due(rows, takes, self._limit)
+        if more_due_now:
+            self.consider(self._now)
+        return chosen
 
     def consider(self, due_at: float | None) -> None:
         """A delivery of a target falls due at `due_at` (None: nothing does)."""

@@ -24,9 +24,9 @@ from mqpy.model.domain import (
     Published,
     StoredMessage,
     TopicInfo,
+    name_cursor,
 )
-from mqpy.model.errors import BacklogFull, BadCursor
-from mqpy.model.topics import TOPIC_NAME
+from mqpy.model.errors import BacklogFull
 from mqpy.model.topics import matches as topic_matches
 from mqpy.store import memory_claim, memory_writes
 from mqpy.store.base import TopicBacklog
@@ -280,9 +280,8 @@ class MemoryStore(MemoryCatalog):
         return len(doomed)
 
     async def topics(self, *, cursor: str | None = None, limit: int = 100) -> Page[TopicInfo]:
-        if cursor is not None and not TOPIC_NAME.fullmatch(cursor):
-            raise BadCursor(f"the cursor {cursor!r} was not handed out by this list")
-        names = sorted(name for name in self._s().topics if name > (cursor or ""))
+        after = name_cursor(cursor)
+        names = sorted(name for name in self._s().topics if name > after)
         page = [self._topic_info(name) for name in names[:limit]]
         more = len(names) > limit
         return Page(page, names[limit - 1] if more else None)

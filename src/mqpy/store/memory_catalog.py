@@ -45,6 +45,7 @@ from mqpy.store.rows import (
     group_filter_conflict,
     shared_filter_conflict,
 )
+from mqpy.store.subscription_rows import page_of
 
 
 class MemoryCatalog(Store):
@@ -207,8 +208,7 @@ class MemoryCatalog(Store):
             for s in sorted(self._s().subscriptions.values(), key=lambda s: s.id)
             if s.active and s.id > after and (topic is None or topic_matches(s.spec.topic, topic))
         ]
-        page = found[:limit]
-        return Page(page, str(page[-1].id) if len(found) > limit else None)
+        return page_of(found, limit)
 
     async def update_subscription(
         self, subscription_id: int, changes: SubscriptionChanges

@@ -12,7 +12,7 @@ from typing import Any
 
 from mqpy.model.domain import Claim, ClaimedDelivery
 from mqpy.model.ids import new_lease_token
-from mqpy.store.claiming import ClaimBuilder, leased_deliveries, oldest_due
+from mqpy.store.claiming import ClaimBuilder, leased_deliveries
 from mqpy.store.memory_state import PENDING, DeliveryRecord, MemoryState
 from mqpy.store.memory_writes import pending
 from mqpy.store.routes import Member
@@ -42,26 +42,24 @@ def claim(
     capped = builder.capped()
     if capped:
         builder.hold_to_cap(_leased_counts(waiting, capped, now))
-    due: list[tuple[int, bool, int, float]] = []  # target, is a group, delivery id, due at
-    takes: dict[tuple[bool, int], int] = {}
-    for is_group, target, take in builder.targets():
-        own = [
+
+    def own(is_group: bool, target: int) -> list[DeliveryRecord]:
+        return [
             d
             for d in waiting
             if d.of_target(None if is_group else target, target if is_group else None)
         ]
-        heads = _heads(own)
-        found = sorted(
-            (d for d in own if d.due_at <= now and d.id in heads),
-            key=lambda d: (d.due_at, d.id),
-        )
-        if len(found) <= take:
-            builder.consider(min((d.due_at for d in own if d.due_at > now), default=None))
-        takes[(is_group, target)] = take
-        due.extend((target, is_group, d.id, d.due_at) for d in found[: take + 1])
-    chosen, more_due_now = oldest_due(due, takes, limit)
-    if more_due_now:
-        builder.consider(now)
+
+    def due_of(is_group: bool, target: int, most: int) -> list[tuple[int, float]]:
+        deliveries = own(is_group, target)
+        heads = _heads(deliveries)
+        found = sorted((d.due_at, d.id) for d in deliveries if d.due_at <= now and d.id in heads)
+        return [(delivery_id, due_at) for due_at, delivery_id in found[:most]]
+
+    def next_due_of(is_group: bool, target: int) -> float | None:
+        return min((d.due_at for d in own(is_group, target) if d.due_at > now), default=None)
+
+    chosen = builder.choose(due_of, next_due_of)
     assigned = builder.assign(list(chosen.values()))
     for delivery_id, member_id in zip(chosen, assigned, strict=True):
         record = state.deliveries[delivery_id]

@@ -46,12 +46,11 @@ from mqpy.model.domain import (
     SubscriptionSpec,
     TopicInfo,
     int_cursor,
+    name_cursor,
 )
-from mqpy.model.errors import BacklogFull, BadCursor, StoreUnavailable
+from mqpy.model.errors import BacklogFull, StoreUnavailable
 from mqpy.model.events import subscription_disabled, subscription_resumed
 from mqpy.model.ids import new_lease_token, node_name
-from mqpy.model.topics import TOPIC_NAME
-from mqpy.model.topics import matches as topic_matches
 from mqpy.store import endpoint_health
 from mqpy.store import postgres_sql as sql
 from mqpy.store.base import Store, TopicBacklog
@@ -119,6 +118,7 @@ from mqpy.store.rows import (
     load_attributes,
     subscription_from_row,
 )
+from mqpy.store.subscription_rows import SubscriptionPager
 
 log = logging.getLogger("mqpy.store")
 
@@ -419,27 +419,18 @@ class PostgresStore(Store):
         self, *, topic: str | None = None, cursor: str | None = None, limit: int = 100
     ) -> Page[Subscription]:
         after = int_cursor(cursor)
-        found: list[Subscription] = []
-        last = after if after is not None else 0
         async with self._transaction() as conn:
-            # Pattern matching happens here, not in SQL: read in chunks until a page
-            # is full or the table ends.
-            while len(found) <= limit:
-                rows = await conn.fetch(
-                    f"SELECT {SUBSCRIPTION_COLUMNS} FROM {SUBSCRIPTIONS_FROM} "
-                    "WHERE s.active AND s.id > $1 ORDER BY s.id LIMIT $2",
-                    last,
-                    limit + 1,
+            pager = SubscriptionPager(topic, after, limit)
+            while pager.wants_more():
+                pager.take(
+                    await conn.fetch(
+                        f"SELECT {SUBSCRIPTION_COLUMNS} FROM {SUBSCRIPTIONS_FROM} "
+                        "WHERE s.active AND s.id > $1 ORDER BY s.id LIMIT $2",
+                        pager.after,
+                        pager.chunk,
+                    )
                 )
-                for row in rows:
-                    if topic is None or topic_matches(row[1], topic):
-                        found.append(subscription_from_row(row))
-                if len(rows) <= limit:
-                    break
-                last = rows[-1][0]
-        page = found[:limit]
-        more = len(found) > limit
-        return Page(page, str(page[-1].id) if more else None)
+        return pager.page()
 
     async def update_subscription(
         self, subscription_id: int, changes: SubscriptionChanges
@@ -1025,14 +1016,13 @@ class PostgresStore(Store):
     # Topics and figures.
 
     async def topics(self, *, cursor: str | None = None, limit: int = 100) -> Page[TopicInfo]:
-        if cursor is not None and not TOPIC_NAME.fullmatch(cursor):
-            raise BadCursor(f"the cursor {cursor!r} was not handed out by this list")
+        after = name_cursor(cursor)
         async with self._transaction() as conn:
             names = [
                 row[0]
                 for row in await conn.fetch(
                     "SELECT name FROM topics WHERE name > $1 ORDER BY name LIMIT $2",
-                    cursor or "",
+                    after,
                     limit + 1,
                 )
             ]
@@ -1060,9 +1050,7 @@ class PostgresStore(Store):
             name,
         )
         routes = await self._current_routes(conn)
-        subscriptions = sum(
-            1 for member in routes.members.values() if topic_matches(member.topic, name)
-        )
+        subscriptions = routes.subscriptions_on(name)
         return TopicInfo(name, int(row[0]), backlog, oldest, subscriptions)
 
     async def stats(self) -> BrokerStats:

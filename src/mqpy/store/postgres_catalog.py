@@ -18,11 +18,11 @@ from mqpy.store.rows import (
     SUBSCRIPTION_COLUMNS,
     SUBSCRIPTIONS_FROM,
     dump_filter,
-    dump_settings,
     group_filter_conflict,
     shared_filter_conflict,
     subscription_from_row,
 )
+from mqpy.store.subscription_rows import NEW_SUBSCRIPTION_COLUMNS, new_subscription_values
 
 CONNECTION_COLUMNS = "id, mode, client_url, topic, connected_at, key_id"
 
@@ -58,20 +58,17 @@ async def insert_subscription(
     if spec.group is not None:
         group_id, new_target = await _join_group(conn, spec, now)
     await conn.execute(
-        "INSERT INTO subscriptions (id, topic, url, created_at, secret, group_id, filter, "
-        "settings, key_id, connection_id, kind) "
+        f"INSERT INTO subscriptions ({NEW_SUBSCRIPTION_COLUMNS}) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        subscription_id,
-        spec.topic,
-        spec.url,
-        now,
-        secret,
-        group_id,
-        dump_filter(spec.filter),
-        dump_settings(spec),
-        key_id,
-        connection_id,
-        spec.kind.value,
+        *new_subscription_values(
+            subscription_id,
+            spec,
+            now,
+            secret=secret,
+            group_id=group_id,
+            key_id=key_id,
+            connection_id=connection_id,
+        ),
     )
     if not is_pattern(spec.topic):
         await conn.execute(

@@ -73,6 +73,10 @@ class Routes:
             ]
         return [t for t in matching if filter_matches(t.filter, attributes)]
 
+    def subscriptions_on(self, topic: str) -> int:
+        """How many active subscriptions (group members each) name `topic`."""
+        return sum(1 for member in self.members.values() if topic_matches(member.topic, topic))
+
 
 # The columns `build_routes` expects, in order (`subscriptions` and `groups` tables).
 SUBSCRIPTION_ROUTE_COLUMNS = (

@@ -43,12 +43,12 @@ from mqpy.model.domain import (
     SubscriptionSpec,
     TopicInfo,
     int_cursor,
+    name_cursor,
 )
-from mqpy.model.errors import BacklogFull, BadCursor, StoreLocked, StoreUnavailable
+from mqpy.model.errors import BacklogFull, StoreLocked, StoreUnavailable
 from mqpy.model.events import subscription_disabled, subscription_resumed
 from mqpy.model.ids import new_connection_id, node_name
-from mqpy.model.topics import TOPIC_NAME, is_pattern
-from mqpy.model.topics import matches as topic_matches
+from mqpy.model.topics import is_pattern
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Settlement
 from mqpy.store.expiry import EXPIRE_CHUNK, ExpiryTarget, expiry_targets
@@ -95,6 +95,11 @@ from mqpy.store.sqlite_settle import SettlementQueue, finish_messages
 from mqpy.store.sqlite_tallies import Tallies
 from mqpy.store.sqlite_wake import CATALOG, DUE, group_wake
 from mqpy.store.sqlite_writer import GroupCommitWriter, WriterClosed
+from mqpy.store.subscription_rows import (
+    NEW_SUBSCRIPTION_COLUMNS,
+    SubscriptionPager,
+    new_subscription_values,
+)
 
 log = logging.getLogger("mqpy.store")
 
@@ -350,20 +355,16 @@ class SQLiteStore(Store):
         if spec.group is not None:
             group_id, new_target = _join_group(conn, spec, now)
         conn.execute(
-            "INSERT INTO subscriptions (id, topic, url, created_at, secret, group_id, filter, "
-            "settings, key_id, connection_id, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
+            f"INSERT INTO subscriptions ({NEW_SUBSCRIPTION_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            new_subscription_values(
                 subscription_id,
-                spec.topic,
-                spec.url,
+                spec,
                 now,
-                secret,
-                group_id,
-                dump_filter(spec.filter),
-                dump_settings(spec),
-                key_id,
-                connection_id,
-                spec.kind.value,
+                secret=secret,
+                group_id=group_id,
+                key_id=key_id,
+                connection_id=connection_id,
             ),
         )
         if not is_pattern(spec.topic):
@@ -404,25 +405,16 @@ class SQLiteStore(Store):
         after = int_cursor(cursor)
 
         def operation(conn: sqlite3.Connection) -> Page[Subscription]:
-            found: list[Subscription] = []
-            last = after if after is not None else 0
-            # Pattern matching happens here, not in SQL: read in chunks until a page
-            # is full or the table ends.
-            while len(found) <= limit:
-                rows = conn.execute(
-                    f"SELECT {SUBSCRIPTION_COLUMNS} FROM {SUBSCRIPTIONS_FROM} "
-                    "WHERE s.active = 1 AND s.id > ? ORDER BY s.id LIMIT ?",
-                    (last, limit + 1),
-                ).fetchall()
-                for row in rows:
-                    if topic is None or topic_matches(row[1], topic):
-                        found.append(subscription_from_row(row))
-                if len(rows) <= limit:
-                    break
-                last = rows[-1][0]
-            page = found[:limit]
-            more = len(found) > limit
-            return Page(page, str(page[-1].id) if more else None)
+            pager = SubscriptionPager(topic, after, limit)
+            while pager.wants_more():
+                pager.take(
+                    conn.execute(
+                        f"SELECT {SUBSCRIPTION_COLUMNS} FROM {SUBSCRIPTIONS_FROM} "
+                        "WHERE s.active = 1 AND s.id > ? ORDER BY s.id LIMIT ?",
+                        (pager.after, pager.chunk),
+                    ).fetchall()
+                )
+            return pager.page()
 
         return await self._writer.run(operation)
 
@@ -889,9 +881,7 @@ class SQLiteStore(Store):
         return await self._writer.run(operation)
 
     async def topics(self, *, cursor: str | None = None, limit: int = 100) -> Page[TopicInfo]:
-        if cursor is not None and not TOPIC_NAME.fullmatch(cursor):
-            raise BadCursor(f"the cursor {cursor!r} was not handed out by this list")
-        after = cursor or ""
+        after = name_cursor(cursor)
 
         def operation(conn: sqlite3.Connection) -> Page[TopicInfo]:
             names = [
@@ -920,9 +910,7 @@ class SQLiteStore(Store):
             (name,),
         ).fetchone()
         routes = self._routes_in(conn)
-        subscriptions = sum(
-            1 for member in routes.members.values() if topic_matches(member.topic, name)
-        )
+        subscriptions = routes.subscriptions_on(name)
         return TopicInfo(name, row[0], backlog, oldest, subscriptions)
 
     async def stats(self) -> BrokerStats:

@@ -14,7 +14,7 @@ from typing import Any
 from mqpy.model.domain import Claim, ClaimedDelivery
 from mqpy.model.ids import new_lease_token
 from mqpy.store.claiming import CLAIM_COLUMNS as _COLUMNS
-from mqpy.store.claiming import ClaimBuilder, leased_deliveries, oldest_due
+from mqpy.store.claiming import ClaimBuilder, leased_deliveries
 from mqpy.store.routes import Member, Routes
 from mqpy.store.rows import chunks
 
@@ -92,19 +92,15 @@ def claim(
     capped = builder.capped()
     if capped:
         builder.hold_to_cap(_leased(conn, capped, now))
-    due: list[tuple[int, bool, int, float]] = []  # target, is a group, delivery id, due at
-    takes: dict[tuple[bool, int], int] = {}
-    for is_group, target, take in builder.targets():
-        select, after = _QUERIES[is_group]
-        # The one row beyond what we take tells whether more are due right now.
-        found = conn.execute(select, (target, now, take + 1)).fetchall()
-        if len(found) <= take:
-            builder.consider(conn.execute(after, (target, now)).fetchone()[0])
-        takes[(is_group, target)] = take
-        due.extend((target, is_group, delivery_id, due_at) for delivery_id, due_at in found)
-    chosen, more_due_now = oldest_due(due, takes, limit)
-    if more_due_now:
-        builder.consider(now)
+
+    def due_of(is_group: bool, target: int, most: int) -> list[tuple[int, float]]:
+        return conn.execute(_QUERIES[is_group][0], (target, now, most)).fetchall()
+
+    def next_due_of(is_group: bool, target: int) -> float | None:
+        next_due: float | None = conn.execute(_QUERIES[is_group][1], (target, now)).fetchone()[0]
+        return next_due
+
+    chosen = builder.choose(due_of, next_due_of)
     ids = list(chosen)
     assigned = dict(zip(ids, builder.assign(list(chosen.values())), strict=True))
     for chunk in chunks(ids):
