@@ -1,10 +1,19 @@
-"""Token buckets: a steady rate with room for a burst, one bucket per key."""
+"""Token buckets: a steady rate with room for a burst, one bucket per key.
+
+`RateLimiter` keeps its buckets in this process's memory; `GroupRateLimiter` keeps
+them in the table a `--processes` group shares (group_state.py), so the group allows a
+key the rate once, whichever of its processes the key's connections reach.
+`publish_limiter` picks the one that fits."""
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
+
+from mqpy.core.group_state import GroupState
 
 # Buckets idle long enough to be full again carry no information; past this many
 # buckets those are dropped, so a flood of distinct keys cannot grow memory forever.
@@ -46,6 +55,51 @@ class RateLimiter:
     def _drop_full_buckets(self, now: float) -> None:
         refill = self.burst / self.rate
         self._buckets = {k: b for k, b in self._buckets.items() if now - b.updated < refill}
+
+
+class Limiter(Protocol):
+    def acquire(self, key: str, cost: float = 1.0) -> float:
+        """Take `cost` tokens; returns 0 if allowed, else the seconds until it would be."""
+        ...
+
+
+class GroupRateLimiter:
+    """`rate` events per second per key for a whole `--processes` group of `processes`.
+
+    A key whose bucket finds no room in the group's table (it is full) gets the
+    process's share instead (`rate / processes`, as each process alone would allow)."""
+
+    def __init__(
+        self, rate: float, burst: float, group: GroupState, kind: str, processes: int
+    ) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self._group = group
+        self._kind = kind
+        self._share = RateLimiter(
+            rate / processes, max(1.0, self.burst / processes), time.monotonic
+        )
+
+    def acquire(self, key: str, cost: float = 1.0) -> float:
+        if self.rate <= 0:
+            return 0.0
+        wait = self._group.acquire(self._kind, key, self.rate, self.burst, cost)
+        return self._share.acquire(key, cost) if wait is None else wait
+
+
+def publish_limiter(
+    rate: float,
+    burst: float,
+    clock: Callable[[], float],
+    group: GroupState | None = None,
+    processes: int = 1,
+) -> Limiter:
+    """--publish-rate and --publish-burst: the group's buckets in a group, else this
+    process's own."""
+    if group is None or rate <= 0:
+        # A group whose table could not be opened: each process keeps to its share.
+        return RateLimiter(rate / processes, max(1.0, burst / processes), clock)
+    return GroupRateLimiter(rate, burst, group, "publish", processes)
 
 
 def retry_after_header(seconds: float) -> str:

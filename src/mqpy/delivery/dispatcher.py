@@ -22,7 +22,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mqpy.delivery.pace import Pace
+from mqpy.core.group_state import GroupState
+from mqpy.delivery.group_pauses import GroupPauses
+from mqpy.delivery.pace import Paces, pace_for
 from mqpy.delivery.retry import RedeliveryPolicy
 from mqpy.delivery.sender import DeliverySender, Outcome
 from mqpy.delivery.window import ReceiverWindows
@@ -54,11 +56,15 @@ class Dispatcher:
         observer: Observer,
         clock: Callable[[], float] = time.time,
         processes: int = 1,
+        group: GroupState | None = None,
+        probe_seconds: float = 60.0,
     ) -> None:
-        """`processes`: how many processes of a `--processes` group share the
-        receivers' max_per_second (each keeps to its share)."""
+        """`group`: the state the `processes` of a `--processes` group share, where
+        receivers' max_per_second and pauses are kept; a probe of a paused receiver
+        is the group's for up to `probe_seconds` (a delivery's timeout and more)."""
         self._store = store
         self._processes = processes
+        self._group = group
         self._observer = observer
         self._sender = sender
         self._policy = policy
@@ -86,13 +92,16 @@ class Dispatcher:
         self._renewer: asyncio.Task[None] | None = None
         self._worker_tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._windows = ReceiverWindows(policy.backoff)
+        self._windows = ReceiverWindows(
+            policy.backoff,
+            group=None if group is None else GroupPauses(group, clock, probe_seconds),
+        )
         # Receivers disconnected while deliveries for them were claimed; those are
         # skipped rather than sent. An id leaves the set once nothing is held for it.
         self._forgotten: set[int] = set()
         # Receivers' own max_per_second and max_concurrency, told by the broker when a
         # subscription is made or changed (and confirmed by each claimed delivery).
-        self._paces: dict[int, Pace] = {}
+        self._paces: dict[int, Paces] = {}
         self._own_caps: dict[int, int] = {}
 
     @property
@@ -184,12 +193,13 @@ class Dispatcher:
                 now = self._clock()
                 try:
                     overdue, next_overdue_at = self._find_overdue(now)
+                    claim_busy = self._busy(now, overdue)
                     claim = await self._store.claim(
                         limit=room,
                         now=now,
                         lease_seconds=self._lease_seconds,
                         per_subscription_limit=self._windows.first(self._max_window),
-                        busy=self._busy(now, overdue),
+                        busy=claim_busy,
                     )
                 except StoreUnavailable as exc:
                     log.error("cannot claim deliveries: %s; trying again shortly", exc)
@@ -202,6 +212,9 @@ class Dispatcher:
                     self._holding[delivery.delivery_id] = delivery
                     self._held[delivery.subscription_id] += 1
                     self._queue.put_nowait(delivery)
+                for subscription_id in claim_busy:
+                    if not self._held[subscription_id]:
+                        self._windows.probe_unused(subscription_id)
                 # No claim is under way here, so a forgotten receiver with nothing held
                 # can no longer turn up.
                 self._forgotten = {s for s in self._forgotten if self._held[s] > 0}
@@ -314,7 +327,9 @@ class Dispatcher:
             return
         pace = self._paces.get(subscription_id)
         if pace is None or pace.rate != rate:
-            self._paces[subscription_id] = Pace(rate, now, self._processes)
+            self._paces[subscription_id] = pace_for(
+                subscription_id, rate, now, self._group, self._processes
+            )
 
     async def _work(self) -> None:
         task = asyncio.current_task()
