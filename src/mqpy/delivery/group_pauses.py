@@ -33,13 +33,17 @@ class GroupPauses:
     def state(self, subscription_id: int) -> SharedPause | None:
         """The receiver's pause as the group knows it (`pauses` 0: not paused); None if
         the group's table has no room for it, and the process keeps its own."""
+        self._forget_stale()
+        if subscription_id not in self._seen:
+            self._seen[subscription_id] = self._group.pause_of(str(subscription_id))
+        return self._seen[subscription_id]
+
+    def _forget_stale(self) -> None:
+        """Forget what was read of the pauses once any of them changed."""
         version = self._group.version()
         if version != self._seen_version:
             self._seen.clear()
             self._seen_version = version
-        if subscription_id not in self._seen:
-            self._seen[subscription_id] = self._group.pause_of(str(subscription_id))
-        return self._seen[subscription_id]
 
     def probe(self, subscription_id: int, shared: SharedPause, cap: int) -> int:
         """How many deliveries this process may start to a receiver the group paused:
@@ -79,7 +83,7 @@ class GroupPauses:
 
     def until(self, subscription_id: int) -> float | None:
         """Until when the group paused the receiver, by the caller's clock, or None."""
-        shared = self._seen.get(subscription_id)
+        shared = self.state(subscription_id)
         if shared is None or not shared.pauses:
             return None
         return self._clock() + (shared.until - time.monotonic())
@@ -87,6 +91,7 @@ class GroupPauses:
     def next_look_at(self, now: float) -> float | None:
         """When a pause this process knows of ends, or another's probe lapses: when to
         look again, by the caller's clock."""
+        self._forget_stale()
         mono = time.monotonic()
         times = [
             at
