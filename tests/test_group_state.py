@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mqpy.core.group_state import GroupState, remove_orphans
-from mqpy.core.ratelimit import publish_limiter
+from mqpy.core.ratelimit import CREDIT_SECONDS, publish_limiter
 from mqpy.delivery.group_pauses import GroupPauses
 from mqpy.delivery.pace import pace_for
 from mqpy.delivery.window import DEAD_AFTER, ReceiverWindows
@@ -51,10 +51,32 @@ def test_a_publish_rate_is_one_bucket_for_every_process_of_the_group(
 ) -> None:
     limiter = publish_limiter(10, 10, time.monotonic, group, processes=2)
     # Another process takes 8 of the key's 10.
-    assert in_another_process(table, "print(group.acquire('publish', 'k', 10, 10, 8))") == "0.0"
+    assert (
+        in_another_process(table, "print(group.acquire('publish', 'k', 10, 10, 8))") == "(0.0, 0.0)"
+    )
     assert limiter.acquire("k", 2) == 0.0
     assert limiter.acquire("k") > 0.05, "the burst is spent for the whole group"
     assert limiter.acquire("other") == 0.0, "keys keep their own buckets"
+
+
+def test_a_process_takes_a_little_ahead_and_gives_back_what_it_did_not_spend(
+    group: GroupState,
+) -> None:
+    # 1 a second, so next to nothing refills meanwhile; 1/8 of the burst split in two.
+    limiter = publish_limiter(1, 800, time.monotonic, group, processes=2)
+
+    def left() -> int:  # what the group's bucket holds, as any process sees it
+        return round(group.level("publish", "k", 1, 800, 0) or 0)
+
+    assert limiter.acquire("k") == 0.0
+    assert left() == 749, "1 spent, 50 taken ahead"
+    assert [limiter.acquire("k") for _ in range(50)] == [0.0] * 50
+    assert left() == 749, "spent from what it took ahead"
+    assert limiter.acquire("k") == 0.0
+    assert left() == 698
+    time.sleep(CREDIT_SECONDS * 1.5)
+    assert limiter.acquire("k") == 0.0
+    assert left() == 697, "the 50 it did not spend came back first"
 
 
 def test_a_full_table_gives_each_process_its_share_and_never_refuses(tmp_path: Path) -> None:
@@ -70,10 +92,10 @@ def test_a_full_table_gives_each_process_its_share_and_never_refuses(tmp_path: P
 
 def test_a_bucket_that_refilled_leaves_its_slot_to_another_key(tmp_path: Path) -> None:
     group = small_group(tmp_path, 1)
-    assert group.acquire("publish", "a", 1000, 1, 1) == 0.0
+    assert group.acquire("publish", "a", 1000, 1, 1) == (0.0, 0.0)
     assert group.acquire("publish", "b", 1000, 1, 1) is None
     time.sleep(0.01)  # "a" is full again: nothing to keep
-    assert group.acquire("publish", "b", 1000, 1, 1) == 0.0
+    assert group.acquire("publish", "b", 1000, 1, 1) == (0.0, 0.0)
     group.close()
 
 

@@ -113,19 +113,21 @@ class GroupState:
 
     # Token buckets
 
-    def acquire(self, kind: str, key: str, rate: float, burst: float, cost: float) -> float | None:
-        """Take `cost` tokens from a bucket refilling at `rate` up to `burst`: 0 if
-        taken, else the seconds until they would be; None if the table is full."""
+    def acquire(
+        self, kind: str, key: str, rate: float, burst: float, cost: float, extra: float = 0.0
+    ) -> tuple[float, float] | None:
+        """Take `cost` tokens from a bucket refilling at `rate` up to `burst`, and up
+        to `extra` more if it holds them: (0, the extra taken) if taken, else (the
+        seconds until they would be, 0); None if the table is full."""
 
-        def take(record: Record, now: float) -> float:
+        def take(record: Record, now: float) -> tuple[float, float]:
             tokens = _refilled(record, now, rate, burst)
-            wait = 0.0
-            if tokens >= cost:
-                tokens -= cost
-            else:
-                wait = (cost - tokens) / rate
-            _store_bucket(record, now, tokens, rate, burst)
-            return wait
+            if tokens < cost:
+                _store_bucket(record, now, tokens, rate, burst)
+                return (cost - tokens) / rate, 0.0
+            more = min(extra, tokens - cost)
+            _store_bucket(record, now, tokens - cost - more, rate, burst)
+            return 0.0, more
 
         return self._update(kind, key, take)
 
@@ -135,11 +137,24 @@ class GroupState:
         for by waiting); None if the table is full."""
 
         def taken(record: Record, now: float) -> float:
-            tokens = _refilled(record, now, rate, capacity) - take
+            tokens = min(capacity, _refilled(record, now, rate, capacity) - take)
             _store_bucket(record, now, tokens, rate, capacity)
             return tokens
 
         return self._update(kind, key, taken)
+
+    def reserve(self, kind: str, key: str, rate: float, capacity: float, wanted: int) -> int | None:
+        """Take up to `wanted` whole tokens from a bucket, as many as it holds; how
+        many were taken (None if the table is full). Unused ones go back with `level`
+        and a negative `take`."""
+
+        def reserved(record: Record, now: float) -> int:
+            tokens = _refilled(record, now, rate, capacity)
+            granted = max(0, min(wanted, math.floor(tokens)))
+            _store_bucket(record, now, tokens - granted, rate, capacity)
+            return granted
+
+        return self._update(kind, key, reserved)
 
     # Receivers' pauses: a = until, b = pauses, c = probe until, owner = probe's process
 

@@ -103,6 +103,8 @@ class Dispatcher:
         # subscription is made or changed (and confirmed by each claimed delivery).
         self._paces: dict[int, Paces] = {}
         self._own_caps: dict[int, int] = {}
+        # Tokens of receivers' paces reserved for the claim under way.
+        self._reserved: dict[int, int] = {}
 
     @property
     def held(self) -> int:
@@ -202,13 +204,14 @@ class Dispatcher:
                         busy=claim_busy,
                     )
                 except StoreUnavailable as exc:
+                    self._settle_paces([], now)
                     log.error("cannot claim deliveries: %s; trying again shortly", exc)
                     await asyncio.sleep(MAX_IDLE_SECONDS)
                     continue
+                self._settle_paces(claim.deliveries, now)
                 for delivery in claim.deliveries:
                     if delivery.subscription_id in self._forgotten:
                         continue  # claimed just before its receiver disconnected
-                    self._paced(delivery, now)
                     self._holding[delivery.delivery_id] = delivery
                     self._held[delivery.subscription_id] += 1
                     self._queue.put_nowait(delivery)
@@ -284,6 +287,7 @@ class Dispatcher:
         as holding less than nothing."""
         first_window = self._windows.first(self._max_window)
         busy: dict[int, int] = {}
+        self._reserved = {}
         for subscription_id in {*self._windows.receivers(), *self._held, *self._paces}:
             cap = self._cap_of(subscription_id)
             window = self._windows.allowance(subscription_id, now, cap)
@@ -297,7 +301,10 @@ class Dispatcher:
             room = min(window - held + hung, cap - held)
             pace = self._paces.get(subscription_id)
             if pace is not None:
-                room = min(room, pace.available(now))
+                # Reserved before the claim: the processes of a group claiming at once
+                # split the receiver's tokens instead of each taking all of them.
+                room = pace.reserve(now, max(room, 0))
+                self._reserved[subscription_id] = room
             store_cap = self._own_caps.get(subscription_id, first_window)
             busy[subscription_id] = store_cap - max(room, 0)
         return busy
@@ -306,14 +313,25 @@ class Dispatcher:
         """The most a receiver's window may grow to."""
         return self._own_caps.get(subscription_id, self._max_window)
 
-    def _paced(self, delivery: ClaimedDelivery, now: float) -> None:
-        """Count a claimed delivery against its receiver's max_per_second."""
-        self._settings_of(
-            delivery.subscription_id, delivery.max_concurrency, delivery.max_per_second, now
-        )
-        pace = self._paces.get(delivery.subscription_id)
-        if pace is not None:
-            pace.take(now)
+    def _settle_paces(self, deliveries: list[ClaimedDelivery], now: float) -> None:
+        """Count claimed deliveries against their receivers' max_per_second: what was
+        reserved for them, and what was reserved and not claimed goes back."""
+        claimed: Counter[int] = Counter()
+        for delivery in deliveries:
+            self._settings_of(
+                delivery.subscription_id, delivery.max_concurrency, delivery.max_per_second, now
+            )
+            claimed[delivery.subscription_id] += 1
+        for subscription_id in {*claimed, *self._reserved}:
+            pace = self._paces.get(subscription_id)
+            if pace is None:
+                continue
+            unused = self._reserved.get(subscription_id, 0) - claimed[subscription_id]
+            if unused > 0:
+                pace.give_back(now, unused)
+            for _ in range(-unused):  # a pace the claim itself made known
+                pace.take(now)
+        self._reserved = {}
 
     def _settings_of(
         self, subscription_id: int, max_concurrency: int | None, rate: float | None, now: float

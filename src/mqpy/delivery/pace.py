@@ -21,7 +21,15 @@ class Paces(Protocol):
         ...
 
     def take(self, now: float) -> None:
-        """One delivery was claimed."""
+        """One delivery was claimed without a reservation."""
+        ...
+
+    def reserve(self, now: float, wanted: int) -> int:
+        """Take up to `wanted` deliveries' tokens before a claim: how many may start."""
+        ...
+
+    def give_back(self, now: float, count: int) -> None:
+        """What a claim reserved and did not use."""
         ...
 
     def next_at(self, now: float) -> float:
@@ -55,6 +63,15 @@ class Pace:
         self._refill(now)
         self._tokens -= 1.0
 
+    def reserve(self, now: float, wanted: int) -> int:
+        granted = min(wanted, self.available(now))
+        self._tokens -= granted
+        return granted
+
+    def give_back(self, now: float, count: int) -> None:
+        self._refill(now)
+        self._tokens = min(self._capacity, self._tokens + count)
+
     def next_at(self, now: float) -> float:
         self._refill(now)
         missing = max(0.0, 1.0 - self._tokens)
@@ -64,9 +81,9 @@ class Pace:
 class GroupPace:
     """A receiver's pace for a whole `--processes` group of `processes`.
 
-    Processes that looked at the bucket at once may both claim what it held: it goes
-    into debt, and the next deliveries wait until it is paid, so the group keeps to the
-    rate over any second or two. Where the table is full, the process's share."""
+    A claim reserves its tokens first and gives back what it did not use, so processes
+    claiming at once split the bucket rather than each claiming all it holds. Where
+    the table is full, the process's share."""
 
     def __init__(
         self, subscription_id: int, rate: float, now: float, group: GroupState, processes: int
@@ -87,6 +104,14 @@ class GroupPace:
     def take(self, now: float) -> None:
         if self._tokens(1.0) is None:
             self._share.take(now)
+
+    def reserve(self, now: float, wanted: int) -> int:
+        granted = self._group.reserve("pace", self._key, self.rate, self._capacity, wanted)
+        return self._share.reserve(now, wanted) if granted is None else granted
+
+    def give_back(self, now: float, count: int) -> None:
+        if self._tokens(-float(count)) is None:
+            self._share.give_back(now, count)
 
     def next_at(self, now: float) -> float:
         tokens = self._tokens(0.0)
