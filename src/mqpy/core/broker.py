@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mqpy.auth.access import Principal
-from mqpy.core.ratelimit import RateLimiter
+from mqpy.core.group_state import GroupState
+from mqpy.core.ratelimit import publish_limiter
 from mqpy.model.domain import (
     DEFAULT_TOPIC,
     BrokerStats,
@@ -132,8 +133,8 @@ class Limits:
     publish_burst: float = 0.0
     secret_overlap: float = 86400.0
     dedup_window: float = 86400.0  # how long an idempotency key is remembered
-    # The processes of a `--processes` group: each enforces its share of publish_rate
-    # and publish_burst, so the group together allows the rate.
+    # The processes of a `--processes` group, which share publish_rate and
+    # publish_burst (a key whose bucket finds the group's table full gets a share).
     processes: int = 1
 
 
@@ -153,7 +154,10 @@ class Broker:
         clock: Callable[[], float] = time.time,
         *,
         gate: ReceiverGate | None = None,
+        group: GroupState | None = None,
     ) -> None:
+        """`group`: the state a `--processes` group shares, where its publish rate is
+        kept."""
         self._store = store
         self._limits = limits
         # Told nothing until `start` names who listens: nothing is published before.
@@ -168,9 +172,8 @@ class Broker:
         # While `reload` reads the store: the ids this process changed in the cache
         # meanwhile, whose cached state may be newer than what the reload read.
         self._touched: set[int] | None = None
-        share = limits.processes
-        self._publish_rate = RateLimiter(
-            limits.publish_rate / share, max(1.0, limits.publish_burst / share), clock
+        self._publish_rate = publish_limiter(
+            limits.publish_rate, limits.publish_burst, clock, group, limits.processes
         )
 
     async def start(
@@ -413,7 +416,7 @@ class Broker:
         self._check_topic(topic, principal)
         wait = self._publish_rate.acquire(principal.key_id, len(publications))
         if wait > 0:
-            raise RateLimited(wait, self._limits.publish_rate, self._limits.processes)
+            raise RateLimited(wait, self._limits.publish_rate)
         now = self._clock()
         ids = new_message_ids(len(publications))
         messages = [

@@ -22,7 +22,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mqpy.delivery.pace import Pace
+from mqpy.core.group_state import GroupState
+from mqpy.delivery.group_pauses import GroupPauses
+from mqpy.delivery.pace import Paces, pace_for
 from mqpy.delivery.retry import RedeliveryPolicy
 from mqpy.delivery.sender import DeliverySender, Outcome
 from mqpy.delivery.window import ReceiverWindows
@@ -54,11 +56,15 @@ class Dispatcher:
         observer: Observer,
         clock: Callable[[], float] = time.time,
         processes: int = 1,
+        group: GroupState | None = None,
+        probe_seconds: float = 60.0,
     ) -> None:
-        """`processes`: how many processes of a `--processes` group share the
-        receivers' max_per_second (each keeps to its share)."""
+        """`group`: the state the `processes` of a `--processes` group share, where
+        receivers' max_per_second and pauses are kept; a probe of a paused receiver
+        is the group's for up to `probe_seconds` (a delivery's timeout and more)."""
         self._store = store
         self._processes = processes
+        self._group = group
         self._observer = observer
         self._sender = sender
         self._policy = policy
@@ -86,14 +92,19 @@ class Dispatcher:
         self._renewer: asyncio.Task[None] | None = None
         self._worker_tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._windows = ReceiverWindows(policy.backoff)
+        self._windows = ReceiverWindows(
+            policy.backoff,
+            group=None if group is None else GroupPauses(group, clock, probe_seconds),
+        )
         # Receivers disconnected while deliveries for them were claimed; those are
         # skipped rather than sent. An id leaves the set once nothing is held for it.
         self._forgotten: set[int] = set()
         # Receivers' own max_per_second and max_concurrency, told by the broker when a
         # subscription is made or changed (and confirmed by each claimed delivery).
-        self._paces: dict[int, Pace] = {}
+        self._paces: dict[int, Paces] = {}
         self._own_caps: dict[int, int] = {}
+        # Tokens of receivers' paces reserved for the claim under way.
+        self._reserved: dict[int, int] = {}
 
     @property
     def held(self) -> int:
@@ -184,24 +195,29 @@ class Dispatcher:
                 now = self._clock()
                 try:
                     overdue, next_overdue_at = self._find_overdue(now)
+                    claim_busy = self._busy(now, overdue)
                     claim = await self._store.claim(
                         limit=room,
                         now=now,
                         lease_seconds=self._lease_seconds,
                         per_subscription_limit=self._windows.first(self._max_window),
-                        busy=self._busy(now, overdue),
+                        busy=claim_busy,
                     )
                 except StoreUnavailable as exc:
+                    self._settle_paces([], now)
                     log.error("cannot claim deliveries: %s; trying again shortly", exc)
                     await asyncio.sleep(MAX_IDLE_SECONDS)
                     continue
+                self._settle_paces(claim.deliveries, now)
                 for delivery in claim.deliveries:
                     if delivery.subscription_id in self._forgotten:
                         continue  # claimed just before its receiver disconnected
-                    self._paced(delivery, now)
                     self._holding[delivery.delivery_id] = delivery
                     self._held[delivery.subscription_id] += 1
                     self._queue.put_nowait(delivery)
+                for subscription_id in claim_busy:
+                    if not self._held[subscription_id]:
+                        self._windows.probe_unused(subscription_id)
                 # No claim is under way here, so a forgotten receiver with nothing held
                 # can no longer turn up.
                 self._forgotten = {s for s in self._forgotten if self._held[s] > 0}
@@ -271,6 +287,7 @@ class Dispatcher:
         as holding less than nothing."""
         first_window = self._windows.first(self._max_window)
         busy: dict[int, int] = {}
+        self._reserved = {}
         for subscription_id in {*self._windows.receivers(), *self._held, *self._paces}:
             cap = self._cap_of(subscription_id)
             window = self._windows.allowance(subscription_id, now, cap)
@@ -284,7 +301,10 @@ class Dispatcher:
             room = min(window - held + hung, cap - held)
             pace = self._paces.get(subscription_id)
             if pace is not None:
-                room = min(room, pace.available(now))
+                # Reserved before the claim: the processes of a group claiming at once
+                # split the receiver's tokens instead of each taking all of them.
+                room = pace.reserve(now, max(room, 0))
+                self._reserved[subscription_id] = room
             store_cap = self._own_caps.get(subscription_id, first_window)
             busy[subscription_id] = store_cap - max(room, 0)
         return busy
@@ -293,14 +313,25 @@ class Dispatcher:
         """The most a receiver's window may grow to."""
         return self._own_caps.get(subscription_id, self._max_window)
 
-    def _paced(self, delivery: ClaimedDelivery, now: float) -> None:
-        """Count a claimed delivery against its receiver's max_per_second."""
-        self._settings_of(
-            delivery.subscription_id, delivery.max_concurrency, delivery.max_per_second, now
-        )
-        pace = self._paces.get(delivery.subscription_id)
-        if pace is not None:
-            pace.take(now)
+    def _settle_paces(self, deliveries: list[ClaimedDelivery], now: float) -> None:
+        """Count claimed deliveries against their receivers' max_per_second: what was
+        reserved for them, and what was reserved and not claimed goes back."""
+        claimed: Counter[int] = Counter()
+        for delivery in deliveries:
+            self._settings_of(
+                delivery.subscription_id, delivery.max_concurrency, delivery.max_per_second, now
+            )
+            claimed[delivery.subscription_id] += 1
+        for subscription_id in {*claimed, *self._reserved}:
+            pace = self._paces.get(subscription_id)
+            if pace is None:
+                continue
+            unused = self._reserved.get(subscription_id, 0) - claimed[subscription_id]
+            if unused > 0:
+                pace.give_back(now, unused)
+            for _ in range(-unused):  # a pace the claim itself made known
+                pace.take(now)
+        self._reserved = {}
 
     def _settings_of(
         self, subscription_id: int, max_concurrency: int | None, rate: float | None, now: float
@@ -314,7 +345,9 @@ class Dispatcher:
             return
         pace = self._paces.get(subscription_id)
         if pace is None or pace.rate != rate:
-            self._paces[subscription_id] = Pace(rate, now, self._processes)
+            self._paces[subscription_id] = pace_for(
+                subscription_id, rate, now, self._group, self._processes
+            )
 
     async def _work(self) -> None:
         task = asyncio.current_task()

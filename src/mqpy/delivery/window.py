@@ -31,6 +31,10 @@ window), that starts small and follows what the receiver shows it can take:
   were sent: a delivery sent before one that succeeded does not count), for a backoff
   that grows with each pause; when it ends, one delivery goes as a probe, and the first
   success lifts the pause. A `Retry-After` in a failure pauses the receiver for that long, as asked.
+- **Paused for the group.** In a `--processes` group the pause and the probe are the
+  group's (group_pauses.py): a pause one process decides holds the others off until
+  the same time, and one process of the group sends the probe. The windows themselves
+  stay each process's own.
 
 The window counts what the receiver holds: deliveries claimed for it, waiting in memory
 or in flight. It is bounded above by the caller's cap (the subscription's
@@ -42,6 +46,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from mqpy.delivery.group_pauses import GroupPauses
 
 # Where a receiver's window starts: small, as Pub/Sub push's does; slow start doubles
 # it every round trip while the receiver keeps up.
@@ -122,10 +128,18 @@ class _Window:
 class ReceiverWindows:
     """Each receiver's window, and which receivers are paused."""
 
-    def __init__(self, backoff: Callable[[int], float], *, initial: int = INITIAL_WINDOW) -> None:
+    def __init__(
+        self,
+        backoff: Callable[[int], float],
+        *,
+        initial: int = INITIAL_WINDOW,
+        group: GroupPauses | None = None,
+    ) -> None:
+        """`group`: the pauses a `--processes` group keeps together, in a group."""
         self._backoff = backoff
         self._initial = initial
         self._windows: dict[int, _Window] = {}
+        self._group = group
 
     def _of(self, subscription_id: int, cap: int) -> _Window:
         window = self._windows.get(subscription_id)
@@ -142,6 +156,13 @@ class ReceiverWindows:
         """How many deliveries the receiver may hold now: its window (within `cap`),
         none while paused, one (the probe) once a pause is over."""
         window = self._windows.get(subscription_id)
+        if self._group is not None:
+            shared = self._group.state(subscription_id)
+            if shared is not None and shared.pauses:
+                return self._group.probe(subscription_id, shared, cap)
+            if shared is not None and window is not None and window.pauses:
+                # Another process's probe succeeded: the receiver is back for all.
+                window.pauses, window.paused_until = 0, -math.inf
         if window is None:
             return self.first(cap)
         if window.pauses:
@@ -158,6 +179,8 @@ class ReceiverWindows:
         window.latest_success_sent_at = max(window.latest_success_sent_at, sent_at)
         window.pauses = 0
         window.paused_until = -math.inf
+        if self._group is not None:
+            self._group.resume(subscription_id)
         if window.is_slow(now - sent_at, now):
             window.shrink(sent_at, now)
             return
@@ -190,7 +213,12 @@ class ReceiverWindows:
             window.streak += 1
         window.shrink(sent_at, now)
         pause = 0.0
-        if window.streak >= DEAD_AFTER and window.size == 1:
+        if self._group is not None and self._group.holds_probe(subscription_id):
+            # The group's probe failed: paused again, longer, whatever this process's
+            # own streak (others may have seen the failures that paused it).
+            window.pauses = max(window.pauses, self._group.pauses(subscription_id)) + 1
+            pause = (backoff or self._backoff)(window.pauses)
+        elif window.streak >= DEAD_AFTER and window.size == 1:
             window.pauses += 1
             pause = (backoff or self._backoff)(window.pauses)
         if retry_after is not None:
@@ -198,6 +226,14 @@ class ReceiverWindows:
             pause = max(pause, retry_after)
         if pause > 0 or window.pauses:
             window.paused_until = max(window.paused_until, now + pause)
+            if self._group is not None:
+                self._group.pause(subscription_id, window.paused_until, now, window.pauses)
+
+    def probe_unused(self, subscription_id: int) -> None:
+        """This process claimed the group's probe of a paused receiver but had nothing
+        to send it: another process may probe."""
+        if self._group is not None:
+            self._group.release_probe(subscription_id)
 
     def patience(self, subscription_id: int) -> float:
         """How long a delivery to the receiver may be out before it is overdue."""
@@ -219,6 +255,8 @@ class ReceiverWindows:
 
     def forget(self, subscription_id: int) -> None:
         self._windows.pop(subscription_id, None)
+        if self._group is not None:
+            self._group.forget(subscription_id)
 
     def receivers(self) -> list[int]:
         """The receivers with a window of their own."""
@@ -237,18 +275,27 @@ class ReceiverWindows:
     def paused(self, subscription_id: int) -> bool:
         """Whether the receiver is paused as a whole (or waiting for its probe's answer)."""
         window = self._windows.get(subscription_id)
-        return window is not None and window.pauses > 0
+        return (window is not None and window.pauses > 0) or self._group_until(
+            subscription_id
+        ) is not None
 
     def paused_until(self, subscription_id: int) -> float | None:
         """Until when the receiver is paused as a whole, if it is (a time already past
         while its probe is out): no delivery goes before then, then only the probe, and
         the others once a probe succeeds."""
         window = self._windows.get(subscription_id)
-        return window.paused_until if window is not None and window.pauses else None
+        own = window.paused_until if window is not None and window.pauses else None
+        group = self._group_until(subscription_id)
+        return own if group is None else group if own is None else max(own, group)
+
+    def _group_until(self, subscription_id: int) -> float | None:
+        return None if self._group is None else self._group.until(subscription_id)
 
     def next_resume_at(self, now: float) -> float | None:
         """When the earliest paused receiver may be probed, if any is paused."""
         upcoming = [
             w.paused_until for w in self._windows.values() if w.pauses and w.paused_until > now
         ]
+        if self._group is not None:
+            upcoming.extend(filter(None, [self._group.next_look_at(now)]))
         return min(upcoming, default=None)

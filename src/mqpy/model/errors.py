@@ -170,12 +170,9 @@ class RateLimited(BrokerError):
     status = 429
     problem_type = "rate-limited"
 
-    def __init__(self, retry_after: float, rate: float, processes: int = 1) -> None:
-        each = (
-            f", {rate / processes:g} through each of {processes} processes" if processes > 1 else ""
-        )
+    def __init__(self, retry_after: float, rate: float) -> None:
         super().__init__(
-            f"this key may publish {rate:g} messages per second (--publish-rate{each}); "
+            f"this key may publish {rate:g} messages per second (--publish-rate); "
             f"retry in {retry_after:.1f} s"
         )
         self.retry_after = retry_after

@@ -18,6 +18,7 @@ from mqpy.api.http_errors import ProblemAppRunner
 from mqpy.auth.access import Access
 from mqpy.config import Settings, format_duration
 from mqpy.core.broker import Broker, DeliveryListeners, Limits
+from mqpy.core.group_state import GroupState
 from mqpy.core.key_registry import KeyRegistry
 from mqpy.core.peers import CatalogSync, Heartbeat, node_address
 from mqpy.delivery.dispatcher import Dispatcher
@@ -50,6 +51,9 @@ MAX_EXPIRY_INTERVAL_SECONDS = 30.0
 # The least a lease may outlast --delivery-timeout: a claim, the POST's own setup and
 # recording its outcome all happen under the lease too.
 LEASE_MARGIN_SECONDS = 5.0
+# How long past the delivery timeout a process of a group holds a paused receiver's
+# probe before another may send it (its holder died, or had nothing to send).
+PROBE_MARGIN_SECONDS = 5.0
 
 
 def sweep_interval(settings: Settings) -> float:
@@ -151,7 +155,13 @@ async def _start(
     gate = ReceiverChecks(
         policy, aiohttp.ThreadedResolver(), sender, verify=settings.verify_receivers
     )
-    broker = Broker(store, limits(settings, group_size(settings)), clock=clock, gate=gate)
+    # In a --processes group: the publish rate, receivers' paces and pauses it shares.
+    group = GroupState.joined() if process_slot() is not None else None
+    if group is not None:
+        parts.callback(group.close)
+    broker = Broker(
+        store, limits(settings, group_size(settings)), clock=clock, gate=gate, group=group
+    )
     # A registry of this server's own: no global state shared between instances; in a
     # group, it reads the metrics every process of the group writes.
     observer = Observer(store, broker, CollectorRegistry(), group_metrics=group_metrics_dir())
@@ -176,6 +186,10 @@ async def _start(
         observer=observer,
         clock=clock,
         processes=group_size(settings),
+        group=group,
+        # A probe's answer comes within the delivery timeout; a probe held longer
+        # belongs to a process that died or had nothing to send.
+        probe_seconds=settings.delivery_timeout + PROBE_MARGIN_SECONDS,
     )
     # Pull consumers settle the same deliveries under the same retry policy.
     pulls = PullService(store, broker, retry_policy, clock=clock, on_acked=observer.delivered)

@@ -16,7 +16,9 @@ For /metrics to show the whole group whichever process answers, the parent makes
 directory for prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR), tells
 the library when a child is gone (so gauges of live processes drop its share), and
 removes the directory once every child has stopped (or, if it was killed, the next
-group started removes it).
+group started removes it). In the same way it makes the small file in which the group
+keeps its publish rate, receivers' paces and receivers' pauses together
+(core/group_state.py, MQPY_GROUP_STATE), which each child maps into its memory.
 
 The parent forwards SIGTERM and SIGINT to the children and waits for their graceful
 stop. A child that dies is replaced, after a pause that grows while replacements keep
@@ -46,6 +48,8 @@ from typing import IO
 from prometheus_client.multiprocess import mark_process_dead
 
 from mqpy.config import Settings
+from mqpy.core import group_state
+from mqpy.core.group_state import GroupState, process_alive
 from mqpy.model.errors import StoreCannotOpen, StoreError
 from mqpy.store import StoreLocation
 from mqpy.store.sqlite import prepare_group
@@ -94,18 +98,8 @@ def remove_orphaned_metrics(parent: str | None = None) -> None:
     (SIGKILL) could not remove its own. A directory is named after its supervisor's pid."""
     for path in Path(parent or tempfile.gettempdir()).glob(f"{METRICS_DIR_PREFIX}*-*"):
         pid = path.name[len(METRICS_DIR_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def group_metrics_dir(environ: Mapping[str, str] | None = None) -> str | None:
@@ -185,9 +179,14 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
     remove_orphaned_metrics()
     environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
     log.info("metrics of the group in %s=%s", METRICS_DIR_ENV, environ[METRICS_DIR_ENV])
+    group_state.remove_orphans()
+    shared = GroupState.create()
+    environ[group_state.ENV] = str(shared)
+    log.info("limits of the group in %s=%s", group_state.ENV, shared)
     try:
         return Supervisor(command, settings.process_count, stop_timeout, environ).run()
     finally:
+        shared.unlink(missing_ok=True)
         shutil.rmtree(environ[METRICS_DIR_ENV], ignore_errors=True)
         for sock in held:
             sock.close()
