@@ -132,6 +132,17 @@ class Listener:
             ) from None
         return lines
 
+    def said(self, text: str, timeout: float = 20.0) -> str:
+        """The first stderr line holding `text`, once written: a line printed after the
+        one that made the listener ready may not have been read yet."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((line for line in list(self.errors) if text in line), None)
+            if found is not None:
+                return found
+            time.sleep(0.02)
+        raise AssertionError(f"no stderr line with {text!r}:\n" + "".join(self.errors))
+
     def stop(self, sent: signal.Signals = signal.SIGINT) -> int:
         """Send `sent`, wait for the exit code; all output has been read by then."""
         if self.process.poll() is None:
