@@ -24,6 +24,7 @@ import mqpy
 from tests.conftest import ServerFactory
 from tests.support import raw_http
 from tests.support.dashboard import dashboard_figures
+from tests.support.launcher import run_mqpy
 from tests.support.load import FAST_RETRIES, unused_port
 from tests.support.server import ServerProcess
 
@@ -51,9 +52,7 @@ def mqpy_run(
     *args: str, stdin: str | bytes | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     data = stdin.encode() if isinstance(stdin, str) else stdin
-    result = subprocess.run(
-        [*MQPY, *args], input=data, capture_output=True, timeout=60, env=env or clean_env()
-    )
+    result = run_mqpy(list(args), env or clean_env(), data, timeout=60)
     return subprocess.CompletedProcess(
         result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import locale
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
@@ -32,18 +34,18 @@ _STARTUP_PREFIXES = ("PYTHON", "LD_", "LC_", "LANG")
 
 
 class LaunchedProcess:
-    """A child of the fork server, with what ServerProcess uses of subprocess.Popen:
-    pid, stderr, poll, wait and send_signal. Its exit code comes from the fork server,
-    its parent, which reaps it."""
+    """A child of the fork server, with what the tests use of subprocess.Popen: pid,
+    stderr, poll, wait and send_signal. Its exit code comes from the fork server, its
+    parent, which reaps it."""
 
-    def __init__(self, connection: socket.socket, pid: int, parent_pid: int, stderr: IO[str]):
-        self.pid = pid
+    def __init__(self, connection: socket.socket, parent_pid: int, stderr: IO[str] | None):
+        self.pid = int(connection.recv(64))
         self.parent_pid = parent_pid  # the fork server's, not the test process's
         self.stderr = stderr
         self.returncode: int | None = None
         self._connection = connection
         # A pidfd names this process and no later one that reuses its pid.
-        self._pidfd = os.pidfd_open(pid)
+        self._pidfd = os.pidfd_open(self.pid)
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -104,19 +106,16 @@ class _ForkServer:
             if name.startswith(_STARTUP_PREFIXES)
         )
 
-    def launch(self, args: list[str], env: Mapping[str, str]) -> LaunchedProcess:
-        read_end, write_end = os.pipe()
-        with open(os.devnull, "rb") as stdin, open(os.devnull, "wb") as stdout:
-            request = json.dumps({"args": args, "env": dict(env), "cwd": os.getcwd()})
-            connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            try:
-                connection.connect(self.path)
-                streams = [stdin.fileno(), stdout.fileno(), write_end]
-                socket.send_fds(connection, [request.encode()], streams)
-            finally:
-                os.close(write_end)
-            pid = int(connection.recv(64))
-        return LaunchedProcess(connection, pid, self._process.pid, open(read_end, encoding=None))
+    def launch(
+        self, args: list[str], env: Mapping[str, str], streams: list[int], stderr: IO[str] | None
+    ) -> LaunchedProcess:
+        """Fork `python -m mqpy ARGS` with `streams` as its stdin, stdout and stderr.
+        The caller closes its own copies of them."""
+        request = json.dumps({"args": args, "env": dict(env), "cwd": os.getcwd()})
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        connection.connect(self.path)
+        socket.send_fds(connection, [request.encode()], streams)
+        return LaunchedProcess(connection, self._process.pid, stderr)
 
     def close(self) -> None:
         if self._process.stdin is not None and not self._process.stdin.closed:
@@ -128,18 +127,95 @@ class _ForkServer:
 _fork_server: _ForkServer | None = None
 
 
-def start_mqpy(args: list[str], env: Mapping[str, str]) -> subprocess.Popen[str] | LaunchedProcess:
-    """`python -m mqpy ARGS` with `env`, stderr a text pipe, stdout to /dev/null."""
+def _fork_server_for(env: Mapping[str, str]) -> _ForkServer | None:
     global _fork_server
-    if os.environ.get("MQPY_TEST_LAUNCHER") != "0":
-        if _fork_server is None:
-            _fork_server = _ForkServer()
-        if _fork_server.fits(env):
-            return _fork_server.launch(args, env)
-    return subprocess.Popen(
-        [sys.executable, "-m", "mqpy", *args],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env=dict(env),
-    )
+    if os.environ.get("MQPY_TEST_LAUNCHER") == "0":
+        return None
+    if _fork_server is None:
+        _fork_server = _ForkServer()
+    return _fork_server if _fork_server.fits(env) else None
+
+
+def start_mqpy(args: list[str], env: Mapping[str, str]) -> subprocess.Popen[str] | LaunchedProcess:
+    """`python -m mqpy ARGS` with `env`: stdin this process's, stderr a text pipe,
+    stdout /dev/null (what ServerProcess gives a server)."""
+    fork_server = _fork_server_for(env)
+    if fork_server is None:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mqpy", *args],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=dict(env),
+        )
+    read_end, write_end = os.pipe()
+    stderr = open(read_end, encoding=None)  # noqa: SIM115 (the caller closes it)
+    with open(os.devnull, "wb") as stdout:
+        try:
+            return fork_server.launch(args, env, [0, stdout.fileno(), write_end], stderr)
+        finally:
+            os.close(write_end)
+
+
+def run_mqpy(
+    args: list[str], env: Mapping[str, str], stdin: bytes | None, timeout: float
+) -> subprocess.CompletedProcess[bytes]:
+    """`python -m mqpy ARGS` to its end, as subprocess.run(capture_output=True) runs it:
+    `stdin` its input (None: this process's stdin), stdout and stderr captured, killed
+    and TimeoutExpired after `timeout`."""
+    command = [sys.executable, "-m", "mqpy", *args]
+    fork_server = _fork_server_for(env)
+    if fork_server is None:
+        return subprocess.run(
+            command, input=stdin, capture_output=True, timeout=timeout, env=dict(env)
+        )
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    in_read, in_write = os.pipe() if stdin is not None else (0, -1)
+    try:
+        process = fork_server.launch(args, env, [in_read, out_write, err_write], None)
+    finally:
+        for end in (out_write, err_write) + ((in_read,) if stdin is not None else ()):
+            os.close(end)
+    captured: dict[int, bytes] = {}
+    workers = [
+        threading.Thread(target=_read_all, args=(end, captured)) for end in (out_read, err_read)
+    ]
+    if stdin is not None:
+        workers.append(threading.Thread(target=_write_all, args=(in_write, stdin)))
+    for worker in workers:
+        worker.start()
+    try:
+        code = process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        raise
+    finally:
+        for worker in workers:
+            worker.join()
+    return subprocess.CompletedProcess(command, code, captured[out_read], captured[err_read])
+
+
+def _read_all(end: int, captured: dict[int, bytes]) -> None:
+    with open(end, "rb") as stream:
+        captured[end] = stream.read()
+
+
+def _write_all(end: int, data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError), open(end, "wb") as stream:
+        stream.write(data)  # a command may exit without reading all of it, as with run()
+
+
+def run_mqpy_text(
+    args: list[str], env: Mapping[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """run_mqpy, its output decoded as subprocess.run(text=True) decodes it."""
+    result = run_mqpy(args, env, None, timeout)
+    stdout, stderr = (_decoded(output) for output in (result.stdout, result.stderr))
+    return subprocess.CompletedProcess(result.args, result.returncode, stdout, stderr)
+
+
+def _decoded(output: bytes) -> str:
+    text = output.decode(locale.getpreferredencoding(False))
+    return text.replace("\r\n", "\n").replace("\r", "\n")
