@@ -24,7 +24,7 @@ import mqpy
 from tests.conftest import ServerFactory
 from tests.support import raw_http
 from tests.support.dashboard import dashboard_figures
-from tests.support.launcher import run_mqpy
+from tests.support.launcher import run_mqpy, start_mqpy
 from tests.support.load import FAST_RETRIES, unused_port
 from tests.support.server import ServerProcess
 
@@ -79,13 +79,7 @@ class Listener:
     """`mqpy listen` as a child process; its stdout lines arrive on a queue."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(
-            [*MQPY, "listen", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env or clean_env(),
-        )
+        self.process = start_mqpy(["listen", *args], env or clean_env(), capture_stdout=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.errors: list[str] = []
         self.url = ""

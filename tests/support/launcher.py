@@ -38,10 +38,11 @@ class LaunchedProcess:
     stderr, poll, wait and send_signal. Its exit code comes from the fork server, its
     parent, which reaps it."""
 
-    def __init__(self, connection: socket.socket, parent_pid: int, stderr: IO[str] | None):
+    def __init__(self, connection: socket.socket, parent_pid: int):
         self.pid = int(connection.recv(64))
         self.parent_pid = parent_pid  # the fork server's, not the test process's
-        self.stderr = stderr
+        self.stdout: IO[str] | None = None
+        self.stderr: IO[str] | None = None
         self.returncode: int | None = None
         self._connection = connection
         # A pidfd names this process and no later one that reuses its pid.
@@ -107,7 +108,7 @@ class _ForkServer:
         )
 
     def launch(
-        self, args: list[str], env: Mapping[str, str], streams: list[int], stderr: IO[str] | None
+        self, args: list[str], env: Mapping[str, str], streams: list[int]
     ) -> LaunchedProcess:
         """Fork `python -m mqpy ARGS` with `streams` as its stdin, stdout and stderr.
         The caller closes its own copies of them."""
@@ -115,7 +116,7 @@ class _ForkServer:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         connection.connect(self.path)
         socket.send_fds(connection, [request.encode()], streams)
-        return LaunchedProcess(connection, self._process.pid, stderr)
+        return LaunchedProcess(connection, self._process.pid)
 
     def close(self) -> None:
         if self._process.stdin is not None and not self._process.stdin.closed:
@@ -136,25 +137,31 @@ def _fork_server_for(env: Mapping[str, str]) -> _ForkServer | None:
     return _fork_server if _fork_server.fits(env) else None
 
 
-def start_mqpy(args: list[str], env: Mapping[str, str]) -> subprocess.Popen[str] | LaunchedProcess:
+def start_mqpy(
+    args: list[str], env: Mapping[str, str], *, capture_stdout: bool = False
+) -> subprocess.Popen[str] | LaunchedProcess:
     """`python -m mqpy ARGS` with `env`: stdin this process's, stderr a text pipe,
-    stdout /dev/null (what ServerProcess gives a server)."""
+    stdout a text pipe too or /dev/null (what ServerProcess gives a server)."""
     fork_server = _fork_server_for(env)
     if fork_server is None:
         return subprocess.Popen(
             [sys.executable, "-m", "mqpy", *args],
             stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
             text=True,
             env=dict(env),
         )
-    read_end, write_end = os.pipe()
-    stderr = open(read_end, encoding=None)  # noqa: SIM115 (the caller closes it)
-    with open(os.devnull, "wb") as stdout:
-        try:
-            return fork_server.launch(args, env, [0, stdout.fileno(), write_end], stderr)
-        finally:
-            os.close(write_end)
+    err_read, err_write = os.pipe()
+    out_read, out_write = os.pipe() if capture_stdout else (-1, os.open(os.devnull, os.O_WRONLY))
+    try:
+        process = fork_server.launch(args, env, [0, out_write, err_write])
+    finally:
+        os.close(out_write)
+        os.close(err_write)
+    # Text streams as Popen(text=True) makes them; the caller closes them.
+    process.stderr = open(err_read, encoding=None)  # noqa: SIM115
+    process.stdout = open(out_read, encoding=None) if capture_stdout else None  # noqa: SIM115
+    return process
 
 
 def run_mqpy(
@@ -173,7 +180,7 @@ def run_mqpy(
     err_read, err_write = os.pipe()
     in_read, in_write = os.pipe() if stdin is not None else (0, -1)
     try:
-        process = fork_server.launch(args, env, [in_read, out_write, err_write], None)
+        process = fork_server.launch(args, env, [in_read, out_write, err_write])
     finally:
         for end in (out_write, err_write) + ((in_read,) if stdin is not None else ()):
             os.close(end)
