@@ -18,7 +18,6 @@ from tests.support.load import unused_port
 from tests.support.server import ServerProcess
 
 ADMIN_KEY = "cli-admin-key-5d7e21a0c4"
-KEYS = [sys.executable, "-m", "mqpy", "keys"]
 TABLE_HEADER = re.compile(r"^ID\s+ROLE\s+TOPICS\s+CREATED$")
 _PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
