@@ -10,13 +10,13 @@ import re
 import shutil
 import sqlite3
 import stat
-import sys
 from pathlib import Path
 
 import aiohttp
 
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
+from tests.support.launcher import run_mqpy
 from tests.support.load import publish_many, wait_for_ids, wait_until
 from tests.support.server import ServerProcess
 
@@ -49,20 +49,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 async def mqpy_backup(*args: str, env: dict[str, str] | None = None) -> Finished:
     """Run `python -m mqpy backup ARGS` without blocking the event loop (receivers and
     publishers in the test keep running meanwhile)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mqpy",
-        "backup",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env or clean_env(),
-    )
-    async with asyncio.timeout(60):
-        stdout, stderr = await process.communicate()
-    assert process.returncode is not None
-    return Finished(process.returncode, stdout.decode(), stderr.decode())
+    result = await asyncio.to_thread(run_mqpy, ["backup", *args], env or clean_env(), None, 60)
+    return Finished(result.returncode, result.stdout.decode(), result.stderr.decode())
 
 
 def restore(backup: Path, data_dir: Path) -> Path:

@@ -104,7 +104,7 @@ async def test_a_message_the_receiver_failed_comes_again(
     args = ("--url", server.url, "--topic", "jobs", "--forward-to", receiver.url)
     listener = await started(listeners, *args)
     # Without --secret, the broker made the subscription's secret and listen printed it.
-    said = "".join(listener.errors)
+    said = await asyncio.to_thread(listener.said, "signing secret: ")
     printed_secret = re.search(r"signing secret: (whsec_\S+)", said)
     assert printed_secret, said
     checking.secret = printed_secret.group(1)

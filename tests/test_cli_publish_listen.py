@@ -24,6 +24,7 @@ import mqpy
 from tests.conftest import ServerFactory
 from tests.support import raw_http
 from tests.support.dashboard import dashboard_figures
+from tests.support.launcher import run_mqpy, start_mqpy
 from tests.support.load import FAST_RETRIES, unused_port
 from tests.support.server import ServerProcess
 
@@ -51,9 +52,7 @@ def mqpy_run(
     *args: str, stdin: str | bytes | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     data = stdin.encode() if isinstance(stdin, str) else stdin
-    result = subprocess.run(
-        [*MQPY, *args], input=data, capture_output=True, timeout=60, env=env or clean_env()
-    )
+    result = run_mqpy(list(args), env or clean_env(), data, timeout=60)
     return subprocess.CompletedProcess(
         result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
     )
@@ -80,13 +79,7 @@ class Listener:
     """`mqpy listen` as a child process; its stdout lines arrive on a queue."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(
-            [*MQPY, "listen", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env or clean_env(),
-        )
+        self.process = start_mqpy(["listen", *args], env or clean_env(), capture_stdout=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.errors: list[str] = []
         self.url = ""
@@ -131,6 +124,17 @@ class Listener:
                 f"got {len(lines)} of {count} lines: {lines}\n" + "".join(self.errors)
             ) from None
         return lines
+
+    def said(self, text: str, timeout: float = 20.0) -> str:
+        """The first stderr line holding `text`, once written: a line printed after the
+        one that made the listener ready may not have been read yet."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((line for line in list(self.errors) if text in line), None)
+            if found is not None:
+                return found
+            time.sleep(0.02)
+        raise AssertionError(f"no stderr line with {text!r}:\n" + "".join(self.errors))
 
     def stop(self, sent: signal.Signals = signal.SIGINT) -> int:
         """Send `sent`, wait for the exit code; all output has been read by then."""

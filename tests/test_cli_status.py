@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from mqpy.commands.status import (
 )
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
+from tests.support.launcher import run_mqpy
 from tests.support.load import unused_port
 
 ADMIN_KEY = "cli-status-admin-key-51c9"
@@ -52,20 +52,8 @@ async def mqpy_status(*args: str, url: str | None = None, key: str | None = None
         if not name.startswith("MQPY_") and name.lower() not in _PROXY_VARIABLES
     }
     env = {name: value for name, value in (("MQPY_URL", url), ("MQPY_KEY", key)) if value}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mqpy",
-        "status",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**environ, **env},
-    )
-    async with asyncio.timeout(60):
-        stdout, stderr = await process.communicate()
-    assert process.returncode is not None
-    return Run(process.returncode, stdout.decode(), stderr.decode())
+    result = await asyncio.to_thread(run_mqpy, ["status", *args], {**environ, **env}, None, 60)
+    return Run(result.returncode, result.stdout.decode(), result.stderr.decode())
 
 
 def succeeded(run: Run) -> str:

@@ -16,6 +16,7 @@ from mqpy import cli
 from mqpy.commands import broker_client
 from tests.conftest import ServerFactory
 from tests.support import raw_http
+from tests.support.launcher import run_mqpy_text
 from tests.support.load import unused_port
 from tests.support.server import ServerProcess
 
@@ -43,9 +44,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def mqpy(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MQPY, *args], capture_output=True, text=True, timeout=30, env=env or clean_env()
-    )
+    return run_mqpy_text(list(args), env or clean_env(), timeout=30)
 
 
 def as_admin(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:

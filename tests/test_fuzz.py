@@ -181,7 +181,6 @@ ATTRIBUTES: list[Any] = [
     [],
     "kind",
 ]
-KEYS = table("customer-42|k|" + "k" * 200 + "|" + "k" * 201 + "||\u00e9|\x00|fuzz-1")
 RETRY_POLICIES: list[Any] = [
     {"max_attempts": 1},
     {"max_attempts": 2, "min_backoff_seconds": 0.01, "max_backoff_seconds": 0.05},

@@ -13,11 +13,11 @@ import pytest
 
 from tests.conftest import ServerFactory
 from tests.support import raw_http
+from tests.support.launcher import run_mqpy_text
 from tests.support.load import unused_port
 from tests.support.server import ServerProcess
 
 ADMIN_KEY = "cli-admin-key-5d7e21a0c4"
-KEYS = [sys.executable, "-m", "mqpy", "keys"]
 TABLE_HEADER = re.compile(r"^ID\s+ROLE\s+TOPICS\s+CREATED$")
 _PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
@@ -33,9 +33,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def mqpy_keys(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*KEYS, *args], capture_output=True, text=True, timeout=30, env=env or clean_env()
-    )
+    return run_mqpy_text(["keys", *args], env or clean_env(), timeout=30)
 
 
 def succeeded(result: subprocess.CompletedProcess[str]) -> str:

@@ -104,7 +104,7 @@ def sockets_of(pid: int) -> set[int]:
 
 def started_pid(server: ServerProcess) -> int:
     """The pid of the `mqpy serve` this test started: the group's supervisor."""
-    assert server.pid in children_of(os.getpid())
+    assert server.pid in children_of(server.parent_pid)
     return server.pid
 
 

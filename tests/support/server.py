@@ -6,11 +6,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from tests.support.launcher import LaunchedProcess, start_mqpy
 
 _LISTENING = re.compile(r"listening on (https?://[^\s\"]+)")
 
@@ -26,19 +27,14 @@ class ServerProcess:
         self.url = ""
         self.port = 0
         self.lines: list[str] = []
-        self._process: subprocess.Popen[str] | None = None
+        self._process: subprocess.Popen[str] | LaunchedProcess | None = None
         self._reader: threading.Thread | None = None
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         port_args = ["--port", str(self.port)] if self.port else ["--port", "0"]
-        command = [sys.executable, "-m", "mqpy", "serve", *self._data_dir_args(), *port_args]
-        command += self._processes_args()
-        command += self.args
-        env = {**os.environ, **self.env}
+        args = ["serve", *self._data_dir_args(), *port_args, *self._processes_args(), *self.args]
         self.url = ""  # until this start says where it listens
-        self._process = subprocess.Popen(
-            command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
-        )
+        self._process = start_mqpy(args, {**os.environ, **self.env})
         started = threading.Event()
         self._reader = threading.Thread(target=self._read, args=(started,), daemon=True)
         self._reader.start()
@@ -83,6 +79,15 @@ class ServerProcess:
     def pid(self) -> int:
         assert self._process is not None
         return self._process.pid
+
+    @property
+    def parent_pid(self) -> int:
+        """Whose child the broker is: this test process's, or the fork server's
+        (tests/support/launcher.py)."""
+        assert self._process is not None
+        if isinstance(self._process, LaunchedProcess):
+            return self._process.parent_pid
+        return os.getpid()
 
     @property
     def running(self) -> bool:

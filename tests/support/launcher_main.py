@@ -1,0 +1,122 @@
+"""The fork server behind tests/support/launcher.py. Run as a script, never imported.
+
+It imports what `mqpy serve` imports, once, and then forks one child per request. The
+child runs mqpy/__main__.py through runpy, as `python -m mqpy` does, with the arguments,
+environment, working directory and standard streams the test sent. A server's start
+then costs a fork instead of about a third of a second of imports.
+
+It stays single-threaded and never starts an event loop, so that each fork copies a
+process with nothing half done. When the test process goes (its end of our stdin
+closes), the children still running are killed and the fork server exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import runpy
+import selectors
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+
+# What `mqpy serve` imports before it listens, on either store: imported in main().
+_PREIMPORTED = ("mqpy.cli", "mqpy.runtime.server", "mqpy.store.postgres")
+
+# A request is one datagram: the JSON below, with stdin, stdout and stderr attached.
+_REQUEST_BYTES = 1 << 20
+_STREAMS = 3
+
+
+@dataclass
+class Request:
+    args: list[str]
+    env: dict[str, str]
+    cwd: str
+    streams: list[int]
+
+
+@dataclass
+class Child:
+    pid: int
+    pidfd: int
+    connection: socket.socket
+
+
+def main() -> None:
+    for name in _PREIMPORTED:
+        importlib.import_module(name)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(sys.argv[1])
+    listener.listen(64)
+    print("ready", flush=True)
+    request = _serve(listener)  # returns only in a forked child
+    _run_mqpy(request)
+
+
+def _serve(listener: socket.socket) -> Request:
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    selector.register(sys.stdin, selectors.EVENT_READ)
+    children: dict[int, Child] = {}  # by pidfd
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is sys.stdin:  # the test process is gone: so are its servers
+                for child in children.values():
+                    os.kill(child.pid, signal.SIGKILL)
+                raise SystemExit(0)
+            if key.fileobj is listener:
+                connection, _ = listener.accept()
+                request = _receive(connection)
+                pid = os.fork()
+                if pid == 0:
+                    # The child keeps none of the fork server's descriptors.
+                    selector.close()
+                    listener.close()
+                    connection.close()
+                    for child in children.values():
+                        child.connection.close()
+                        os.close(child.pidfd)
+                    return request
+                for stream in request.streams:
+                    os.close(stream)
+                child = Child(pid, os.pidfd_open(pid), connection)
+                children[child.pidfd] = child
+                selector.register(child.pidfd, selectors.EVENT_READ)
+                connection.send(str(pid).encode())
+                continue
+            # A pidfd is readable once its process has exited.
+            child = children.pop(key.fd)
+            selector.unregister(child.pidfd)
+            os.close(child.pidfd)
+            _, status = os.waitpid(child.pid, 0)
+            code = os.waitstatus_to_exitcode(status)  # -N for signal N, as Popen says
+            with contextlib.suppress(OSError):  # the test may have stopped waiting
+                child.connection.send(str(code).encode())
+            child.connection.close()
+
+
+def _receive(connection: socket.socket) -> Request:
+    message, streams, _, _ = socket.recv_fds(connection, _REQUEST_BYTES, _STREAMS)
+    fields = json.loads(message)
+    return Request(fields["args"], fields["env"], fields["cwd"], list(streams))
+
+
+def _run_mqpy(request: Request) -> None:
+    """Become `python -m mqpy ARGS` run from `cwd` with `env`; its exit is ours."""
+    for target, stream in enumerate(request.streams):
+        os.dup2(stream, target)
+        os.close(stream)
+    os.chdir(request.cwd)
+    os.environ.clear()
+    os.environ.update(request.env)
+    sys.argv = ["-m", *request.args]  # runpy puts the module's path first, as -m does
+    sys.path[0] = request.cwd  # `python -m` looks in the working directory first
+    runpy.run_module("mqpy", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
