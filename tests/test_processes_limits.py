@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -57,6 +58,31 @@ async def test_one_kept_alive_client_gets_the_whole_publish_rate_of_the_group(
     assert "this key may publish 20 messages per second (--publish-rate); retry in" in refused[0]
 
 
+def holds_a_write_lock(pid: int) -> bool:
+    """Whether `pid` holds an exclusive file lock: the store's write turn, SQLite's
+    own write locks, or the group's shared table (/proc/locks, Linux)."""
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields:  # a waiter, not a holder
+            continue
+        if len(fields) > 4 and fields[3] == "WRITE" and fields[4] == str(pid):
+            return True
+    return False
+
+
+def stop_between_turns(pid: int) -> None:
+    """SIGSTOP `pid` at a moment it holds no exclusive lock: stopped inside its write
+    turn, it would hold up the other process too, which is not what is measured."""
+    for _ in range(200):
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.01)  # the signal is taken
+        if not holds_a_write_lock(pid):
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} held an exclusive lock at every try")
+
+
 # How the publisher reaches the group: over 16 connections (both processes publish
 # and are woken), over one (one process publishes), or over one with the other process
 # stopped (SIGSTOP) while the pace is measured, so one process alone claims.
@@ -85,7 +111,7 @@ async def test_a_receivers_max_per_second_is_the_groups_whoever_claims(
         assert all(held.values()) if how == "spread" else sorted(held.values()) == [0, 1], held
         if how == "one-claiming":
             stopped = min(pid for pid, count in held.items() if count == 0)
-            os.kill(stopped, signal.SIGSTOP)
+            stop_between_turns(stopped)
         # Past the first second's bucket (and what the stopped process had claimed).
         start = time.monotonic() + 1.5
         await asyncio.sleep(start + 4.0 - time.monotonic())
