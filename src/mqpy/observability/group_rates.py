@@ -60,11 +60,16 @@ class GroupRates:
         self._clock = clock
         self._last: GroupTotals | None = None
 
+    async def start(self) -> None:
+        """Take the first sample, where counting starts: before the process listens,
+        or what it is sent before its first sample would never be charted."""
+        self.record(await asyncio.to_thread(read_totals, self._path), self._clock())
+
     async def run(self) -> None:
         while True:
+            await asyncio.sleep(SAMPLE_SECONDS)
             totals = await asyncio.to_thread(read_totals, self._path)
             self.record(totals, self._clock())
-            await asyncio.sleep(SAMPLE_SECONDS)
 
     def record(self, totals: GroupTotals, now: float) -> None:
         """Count what grew since the last sample as happening now. The first sample

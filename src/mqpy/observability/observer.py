@@ -167,6 +167,12 @@ class Observer:
         """Saving failed: save these again next time."""
         self._health_changed.update(h.subscription_id for h in health)
 
+    async def start_following_group(self) -> None:
+        """In a `--processes` group, start counting the group's figures from now (call
+        before listening); alone, nothing."""
+        if self._group_rates is not None:
+            await self._group_rates.start()
+
     async def follow_group(self) -> None:
         """In a `--processes` group, keep the rates the group's until cancelled; alone,
         return at once."""

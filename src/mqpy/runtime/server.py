@@ -222,6 +222,7 @@ async def _start(
     endpoints = EndpointHealth(
         store, broker, observer, disable_after=settings.disable_after, clock=clock
     )
+    await observer.start_following_group()
     sweeper = asyncio.gather(
         asyncio.create_task(sweep_forever(store, settings), name="mqpy-sweeper"),
         asyncio.create_task(expire_forever(store, settings), name="mqpy-expiry"),
