@@ -22,9 +22,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 _MAIN = Path(__file__).with_name("launcher_main.py")
 # Read by the interpreter as it starts, before a fork server's child could change them:
@@ -126,14 +127,17 @@ class _ForkServer:
 
 
 _fork_server: _ForkServer | None = None
+# Commands may be run from several threads at once (each_at_once): one fork server each.
+_fork_server_lock = threading.Lock()
 
 
 def _fork_server_for(env: Mapping[str, str]) -> _ForkServer | None:
     global _fork_server
     if os.environ.get("MQPY_TEST_LAUNCHER") == "0":
         return None
-    if _fork_server is None:
-        _fork_server = _ForkServer()
+    with _fork_server_lock:
+        if _fork_server is None:
+            _fork_server = _ForkServer()
     return _fork_server if _fork_server.fits(env) else None
 
 
@@ -226,3 +230,16 @@ def run_mqpy_text(
 def _decoded(output: bytes) -> str:
     text = output.decode(locale.getpreferredencoding(False))
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def each_at_once(run: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """`run` on every item, all at the same time, results in the order of `items`. For
+    commands that mostly wait (a CLI's retries on a port where nothing listens): their
+    waits overlap instead of adding up."""
+    listed = list(items)
+    with ThreadPoolExecutor(max_workers=max(1, len(listed))) as pool:
+        return list(pool.map(run, listed))
