@@ -21,6 +21,7 @@ import selectors
 import signal
 import socket
 import sys
+import tempfile
 from dataclasses import dataclass
 
 # What `mqpy serve` imports before it listens, on either store: imported in main().
@@ -113,6 +114,7 @@ def _run_mqpy(request: Request) -> None:
     os.chdir(request.cwd)
     os.environ.clear()
     os.environ.update(request.env)
+    tempfile.tempdir = None  # found again from TMPDIR, as a fresh python would
     sys.argv = ["-m", *request.args]  # runpy puts the module's path first, as -m does
     sys.path[0] = request.cwd  # `python -m` looks in the working directory first
     runpy.run_module("mqpy", run_name="__main__", alter_sys=True)

@@ -105,6 +105,10 @@ class Dispatcher:
         self._own_caps: dict[int, int] = {}
         # Tokens of receivers' paces reserved for the claim under way.
         self._reserved: dict[int, int] = {}
+        # Receivers whose last claim took all its pace allowed and wanted more: the
+        # loop claims again at their next token. Their bucket may refill during the
+        # claim itself, after the check, and nothing else would wake the loop.
+        self._held_back_by_pace: set[int] = set()
 
     @property
     def held(self) -> int:
@@ -228,9 +232,7 @@ class Dispatcher:
                 resume_at = self._windows.next_resume_at(now)
                 if resume_at is not None:
                     timeout = min(timeout, max(0.0, resume_at - now))
-                for pace in self._paces.values():
-                    if pace.available(now) == 0:
-                        timeout = min(timeout, pace.next_at(now) - now)
+                timeout = min(timeout, self._next_token_in())
                 if claim.deliveries and timeout == 0.0:
                     continue
             timeout = min(timeout, max(0.0, self._recheck_at - self._clock()))
@@ -303,11 +305,25 @@ class Dispatcher:
             if pace is not None:
                 # Reserved before the claim: the processes of a group claiming at once
                 # split the receiver's tokens instead of each taking all of them.
-                room = pace.reserve(now, max(room, 0))
+                wanted = max(room, 0)
+                room = pace.reserve(now, wanted)
                 self._reserved[subscription_id] = room
+                if room < wanted:
+                    self._held_back_by_pace.add(subscription_id)
             store_cap = self._own_caps.get(subscription_id, first_window)
             busy[subscription_id] = store_cap - max(room, 0)
         return busy
+
+    def _next_token_in(self) -> float:
+        """Seconds until a receiver the pace held back may start its next delivery
+        (now, if its bucket refilled while the claim ran); inf if none was held back."""
+        now = self._clock()
+        waits = [
+            self._paces[subscription_id].next_at(now) - now
+            for subscription_id in self._held_back_by_pace
+            if subscription_id in self._paces
+        ]
+        return max(0.0, min(waits, default=math.inf))
 
     def _cap_of(self, subscription_id: int) -> int:
         """The most a receiver's window may grow to."""
@@ -317,6 +333,7 @@ class Dispatcher:
         """Count claimed deliveries against their receivers' max_per_second: what was
         reserved for them, and what was reserved and not claimed goes back."""
         claimed: Counter[int] = Counter()
+        held_back, self._held_back_by_pace = self._held_back_by_pace, set()
         for delivery in deliveries:
             self._settings_of(
                 delivery.subscription_id, delivery.max_concurrency, delivery.max_per_second, now
@@ -329,6 +346,9 @@ class Dispatcher:
             unused = self._reserved.get(subscription_id, 0) - claimed[subscription_id]
             if unused > 0:
                 pace.give_back(now, unused)
+            elif subscription_id in held_back:
+                # Everything reserved was claimed, so more is likely due.
+                self._held_back_by_pace.add(subscription_id)
             for _ in range(-unused):  # a pace the claim itself made known
                 pace.take(now)
         self._reserved = {}
