@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from mqpy.store.postgres import PostgresStore
 from tests.support.client import SeedClient
-from tests.support.postgres import PostgresCluster, postgres_available
+from tests.support.postgres import PostgresCluster, throwaway_cluster
 from tests.support.receiver import Behaviour, Receiver, accept
 from tests.support.server import ServerProcess
 
@@ -77,16 +76,8 @@ def client(http: aiohttp.ClientSession, server: ServerProcess) -> SeedClient:
 def postgres_cluster() -> Iterator[PostgresCluster]:
     """One throwaway PostgreSQL server for the session, started by the first test that
     asks. Skipped where PostgreSQL is not installed, except under CI, where it must be."""
-    reason = postgres_available()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: .ci/run installs it)")
-        pytest.skip(reason)
-    cluster = PostgresCluster()
-    try:
-        yield cluster.start()
-    finally:
-        cluster.cleanup()
+    with throwaway_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

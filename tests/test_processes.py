@@ -29,6 +29,7 @@ from aiohttp import web
 from mqpy import config
 from mqpy.observability.group_rates import SAMPLE_SECONDS
 from mqpy.runtime import supervisor
+from mqpy.runtime.stopping import stop_timeout
 from mqpy.runtime.supervisor import Supervisor
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
@@ -324,10 +325,18 @@ def test_processes_stop_when_their_supervisor_is_killed(
     server, pids = start_processes(start_server, store, 2, env=private)
     metrics = metrics_dir(server)
     server.kill()
-    deadline = time.monotonic() + 30
+    # Past the deadline of a stuck stop, so that one shows as such in the log.
+    deadline = time.monotonic() + stop_timeout(config.Settings().shutdown_grace) + 10
     while any(alive(pid) for pid in pids):
         assert time.monotonic() < deadline, f"{pids} outlived their supervisor"
         time.sleep(0.1)
+    # Each stopped as on SIGTERM, cleanly (their last lines may still be on the way).
+    stopped: set[int] = set()
+    while stopped != pids:
+        assert time.monotonic() < deadline, server.log
+        found = re.findall(r"\[process \d/2, pid (\d+)\]: stopped$", server.log, re.MULTILINE)
+        stopped = {int(pid) for pid in found}
+        time.sleep(0.05)
     # A killed supervisor leaves its metrics directory; the next group removes it.
     assert metrics.is_dir() and metrics.parent == tmp_path
     start_processes(start_server, store, 2, env=private)

@@ -8,6 +8,7 @@ the directory belongs to Debian's `postgres` user and the server's commands run 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -18,7 +19,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 POSTGRES_ROOT = Path("/usr/lib/postgresql")
@@ -175,6 +176,24 @@ class PostgresCluster:
         _wait_gone([pid, *children], timeout=10.0)
         for lock_file in [self.data_dir / "postmaster.pid", *self.socket_dir.glob("*.lock")]:
             lock_file.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server stops answering, as behind a network partition: its processes
+        are stopped (SIGSTOP) and go on (SIGCONT) when the block ends. Connections stay
+        open and nothing is refused: queries wait."""
+        pid = self.postmaster_pid()
+        if pid is None:
+            raise PostgresError("the cluster is not running")
+        stopped = [pid, *_children_of(pid)]
+        for each in stopped:
+            os.kill(each, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for each in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(each, signal.SIGCONT)
 
     def cleanup(self) -> None:
         """Stop the server (killing it if it will not stop) and remove its directory."""
@@ -355,3 +374,21 @@ def _wait_gone(pids: list[int], timeout: float) -> None:
             for pid in filter(_alive, pids):  # a backend stuck past its postmaster's death
                 os.kill(pid, signal.SIGKILL)
     raise PostgresError(f"PostgreSQL processes did not end: {list(filter(_alive, pids))}")
+
+
+@contextlib.contextmanager
+def throwaway_cluster() -> Iterator[PostgresCluster]:
+    """A started cluster, removed afterwards. The test skips where PostgreSQL is not
+    installed, except under CI, where it must be (.ci/run installs it) and fails."""
+    import pytest  # here: the torture suite and the benchmark use this module outside pytest
+
+    reason = postgres_available()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true: .ci/run installs it)")
+        pytest.skip(reason)
+    cluster = PostgresCluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.cleanup()

@@ -130,6 +130,11 @@ class ServerProcess:
         code = self._process.wait(timeout)
         if self._reader is not None:
             self._reader.join(5)
+            if self._reader.is_alive():
+                # Its children still write (a killed group's supervisor): the reader
+                # reads on until they are gone, and closing the stream under it would
+                # wait for them.
+                return code
         if self._process.stderr is not None:
             self._process.stderr.close()
         return code

@@ -82,6 +82,14 @@ def run(settings: Settings) -> int:
 async def serve(settings: Settings) -> int:
     stop = StopSignals()
     stop.install(asyncio.get_running_loop())
+    watchdog = asyncio.create_task(stop.exit_if_stuck(settings.shutdown_grace))
+    try:
+        return await _serve(settings, stop)
+    finally:
+        watchdog.cancel()
+
+
+async def _serve(settings: Settings, stop: StopSignals) -> int:
     try:
         check_lease(settings)
         location = StoreLocation.parse(settings.store, settings.data_dir)

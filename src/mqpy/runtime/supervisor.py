@@ -51,6 +51,7 @@ from mqpy.config import Settings
 from mqpy.core import group_state
 from mqpy.core.group_state import GroupState, process_alive
 from mqpy.model.errors import StoreCannotOpen, StoreError
+from mqpy.runtime.stopping import stop_timeout
 from mqpy.store import StoreLocation
 from mqpy.store.sqlite import prepare_group
 
@@ -71,9 +72,6 @@ FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 10.0
 # One process failing to start this many times in a row stops them all.
 MAX_FAILED_STARTS = 5
-# A child stops within twice --shutdown-grace (HTTP, then deliveries), plus closing
-# its store; this much more before it is killed.
-STOP_MARGIN_SECONDS = 10.0
 POLL_SECONDS = 0.1
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -174,7 +172,6 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
     # The last --port wins: every child takes the one port picked here.
     count = str(settings.process_count)
     command = [sys.executable, "-m", "mqpy", *argv, "--port", str(port), "--processes", count]
-    stop_timeout = 2 * settings.shutdown_grace + STOP_MARGIN_SECONDS
     # Fresh for each group: files left by an earlier one would add to its counters.
     remove_orphaned_metrics()
     environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
@@ -184,7 +181,9 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
     environ[group_state.ENV] = str(shared)
     log.info("limits of the group in %s=%s", group_state.ENV, shared)
     try:
-        return Supervisor(command, settings.process_count, stop_timeout, environ).run()
+        return Supervisor(
+            command, settings.process_count, stop_timeout(settings.shutdown_grace), environ
+        ).run()
     finally:
         shared.unlink(missing_ok=True)
         shutil.rmtree(environ[METRICS_DIR_ENV], ignore_errors=True)
