@@ -219,7 +219,8 @@ class ReceiverServer:
 
     async def _wait_for_secret(self) -> Secret | None:
         try:
-            await asyncio.wait_for(self._has_secret.wait(), _SECRET_WAIT_SECONDS)
+            async with asyncio.timeout(_SECRET_WAIT_SECONDS):
+                await self._has_secret.wait()
         except TimeoutError:
             return None
         return self._secret

@@ -174,7 +174,8 @@ async def _keep_trying(attempt: Callable[[], Awaitable[bool]], stop: asyncio.Eve
         except ConnectionFailed as error:
             print(f"{error}; trying again in {pause:g} s", file=sys.stderr, flush=True)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), pause)
+                async with asyncio.timeout(pause):
+                    await stop.wait()
             pause = min(pause * 2, MAX_RECONNECT_SECONDS)
 
 

@@ -90,7 +90,8 @@ class CatalogSync:
             if await self.follow():
                 await asyncio.sleep(REST_SECONDS)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
 
     async def follow(self) -> bool:
         """Reload if the version moved; whether a reload ran. Never raises: a store

@@ -238,7 +238,8 @@ class Dispatcher:
             timeout = min(timeout, max(0.0, self._recheck_at - self._clock()))
             self._asleep = True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             self._asleep = False
 
     async def _renew_loop(self) -> None:

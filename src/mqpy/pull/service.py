@@ -113,7 +113,8 @@ class PullService:
             if next_due_at is not None:
                 timeout = min(timeout, max(0.0, next_due_at - self._clock()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(signal.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await signal.wait()
 
     async def _take(
         self, subscription: Subscription, limit: int

@@ -60,7 +60,8 @@ class StopSignals:
         supervisor that was killed). What it waited on is logged first."""
         await self.requested.wait()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.forced.wait(), stop_timeout(grace))
+            async with asyncio.timeout(stop_timeout(grace)):
+                await self.forced.wait()
         if self.forced.is_set():
             await asyncio.sleep(FORCED_STOP_SECONDS)
         log.error(

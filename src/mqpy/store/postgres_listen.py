@@ -20,6 +20,7 @@ import asyncpg
 log = logging.getLogger("mqpy.store")
 
 RECONNECT_SECONDS = 1.0
+STOP_RECHECK_SECONDS = 0.1
 
 
 class Listener:
@@ -35,19 +36,29 @@ class Listener:
         self._connect_options = dict(connect_options)
         self._callbacks = dict(callbacks)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="mqpy-pg-listen")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Cancel until it has ended: a cancellation that arrives as a query or
+        connect finishes can be lost inside asyncpg's own timeouts (asyncio.wait_for
+        before Python 3.12), and a single one would leave the store's close waiting
+        for a loop that goes on reconnecting."""
+        task = self._task
+        if task is None:
+            return
+        self._stopping = True
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=STOP_RECHECK_SECONDS)
+        with contextlib.suppress(asyncio.CancelledError):
+            task.result()
 
     async def _run(self) -> None:
         warned = False
-        while True:
+        while not self._stopping:
             try:
                 conn = await asyncpg.connect(self._dsn, **self._connect_options)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -75,10 +86,11 @@ class Listener:
         # tell every listener once, so nothing waits for the next poll.
         for callback in self._callbacks.values():
             callback()
-        while not lost.is_set():
+        while not lost.is_set() and not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), 5.0)
-            if not lost.is_set():
+                async with asyncio.timeout(5.0):
+                    await lost.wait()
+            if not lost.is_set() and not self._stopping:
                 # A dead peer may not close the socket: ask, so a silent loss is seen.
                 await conn.fetchval("SELECT 1", timeout=5.0)
 
