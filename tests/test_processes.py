@@ -811,6 +811,26 @@ async def test_the_publish_rate_holds_for_the_whole_group(
     assert "10 messages per second (--publish-rate); retry in" in refused[0]
 
 
+async def test_a_process_creating_its_metrics_file_does_not_break_a_scrape(
+    start_server: ServerFactory, start_receiver: ReceiverFactory
+) -> None:
+    server, _ = start_processes(start_server, "", 2)
+    receiver = await start_receiver()
+    await publish_through_one_process(server.url, receiver.url, 10)
+    await receiver.wait_for(10, timeout=30)
+    # A process starting this instant has made its file and not yet sized it: what
+    # prometheus_client's multiprocess mode leaves for a moment, here for good.
+    (metrics_dir(server) / "counter_4194304.db").touch()
+    for _ in range(6):  # over connections of their own: both processes answer
+        scraped = await fresh_scrape(server.url)
+        assert scraped("mqpy_messages_published_total", topic="t") == 10, scraped.text
+    # The group's rates are read the same way, each second (and at a process's start).
+    await asyncio.sleep(2 * SAMPLE_SECONDS)
+    for _ in range(6):
+        feed = await fresh_status(server.url)
+        assert sum(point["published"] for point in feed["throughput"]) == 10
+
+
 async def fresh_status(url: str) -> dict[str, Any]:
     return dict(json.loads(await fresh_get(f"{url}/v1/status")))
 

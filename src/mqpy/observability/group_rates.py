@@ -12,8 +12,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prometheus_client.multiprocess import MultiProcessCollector
-
+from mqpy.observability.group_collector import GroupCollector
 from mqpy.observability.rates import Throughput, TopicActivity
 
 SAMPLE_SECONDS = 1.0
@@ -32,8 +31,7 @@ class GroupTotals:
 def read_totals(path: str) -> GroupTotals:
     """The group's totals from its metrics directory (reads every process's files)."""
     totals = GroupTotals()
-    collector = MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
-    for family in collector.collect():  # type: ignore[no-untyped-call]
+    for family in GroupCollector(path).collect():
         for sample in family.samples:
             if sample.name == "mqpy_messages_published_total":
                 totals.published[sample.labels["topic"]] = sample.value

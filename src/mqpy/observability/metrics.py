@@ -4,7 +4,7 @@ Counters, histograms and the in-flight gauge are updated as things happen. In a 
 of processes (`--processes N`) they use prometheus_client's multiprocess mode: each
 process writes its values to files of its own in the directory the supervisor made
 (PROMETHEUS_MULTIPROC_DIR), they are registered nowhere, and a scrape of any process
-reads every process's files through `MultiProcessCollector`, so it shows the group's
+reads every process's files through `GroupCollector`, so it shows the group's
 totals. Gauges that describe the store
 (backlog, oldest undelivered message, dead letters) and the receivers are computed
 when scraped by `LiveGauges`, from figures the /metrics route read from the store just
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from mqpy.observability.group_collector import GroupCollector
 from mqpy.observability.receivers import ReceiverState
 
 # One HTTP attempt: bounded by --delivery-timeout (10 s by default).
@@ -44,7 +44,7 @@ class Metrics:
         # In a group: registered nowhere, read back from every process's files.
         own = registry if group_dir is None else None
         if group_dir is not None:
-            MultiProcessCollector(registry, path=group_dir)  # type: ignore[no-untyped-call]
+            registry.register(GroupCollector(group_dir))
         self._published = Counter(
             "mqpy_messages_published_total",
             "Messages accepted and committed to the store, by topic.",
