@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import pytest
 
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support import raw_http
+from tests.support.launcher import run_mqpy_text
 from tests.support.load import unused_port
 from tests.support.problems import check_problem
 from tests.support.server import ServerProcess
@@ -356,9 +355,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def test_a_public_host_with_no_key_refuses_to_start(tmp_path: Path) -> None:
     port = unused_port()
-    command = [sys.executable, "-m", "mqpy", "serve", "--host", "0.0.0.0", "--port", str(port)]
-    command += ["--data-dir", str(tmp_path / "d")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=20, env=clean_env())
+    command = ["serve", "--host", "0.0.0.0", "--port", str(port), "--data-dir", str(tmp_path / "d")]
+    result = run_mqpy_text(command, clean_env(), timeout=20)
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert "MQPY_ADMIN_KEY" in result.stderr, result.stderr
     assert "--allow-unauthenticated" in result.stderr, result.stderr

@@ -23,6 +23,7 @@ import pytest
 from mqpy.config import options, parse_duration
 from tests.conftest import ServerFactory
 from tests.support import raw_http
+from tests.support.launcher import LaunchedProcess, run_mqpy_text, start_mqpy
 
 PYTHON_M = [sys.executable, "-m", "mqpy"]
 CONSOLE_SCRIPT = Path(sys.executable).with_name("mqpy")
@@ -63,27 +64,42 @@ def free_port() -> int:
 
 
 def run(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a command that should exit by itself (help, bad flags)."""
+    """Run a command that should exit by itself (help, bad flags). `python -m mqpy` is
+    forked from the launcher's pre-imported process (tests/support/launcher.py): the
+    imports are most of what a short command costs."""
+    if list(args[: len(PYTHON_M)]) == PYTHON_M:
+        return run_mqpy_text(list(args[len(PYTHON_M) :]), env or clean_env(), timeout=30)
     return subprocess.run(
         list(args), capture_output=True, text=True, timeout=30, env=env or clean_env()
     )
 
 
 class Command:
-    """An `mqpy serve` process started with exactly the given arguments."""
+    """An `mqpy serve` process started with exactly the given arguments: `python -m
+    mqpy` forked from the launcher's pre-imported process, anything else (the console
+    script) by Popen."""
 
     def __init__(self, args: Sequence[str], env: dict[str, str], cwd: Path) -> None:
         self.lines: list[str] = []
         self.url = ""
         self._listening = threading.Event()
-        self.process = subprocess.Popen(
-            list(args),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=cwd,
-        )
+        self.process: subprocess.Popen[str] | LaunchedProcess
+        if list(args[: len(PYTHON_M)]) == PYTHON_M:
+            # One broker process, as ServerProcess starts: these tests are about flags,
+            # the environment and signals, and a group's supervisor would start its
+            # children by Popen, each paying the imports. The console-script test runs
+            # the default group; test_processes.py tests groups, SIGINT and SIGTERM too.
+            env = {"MQPY_PROCESSES": "1", **env}
+            self.process = start_mqpy(list(args[len(PYTHON_M) :]), env, cwd=str(cwd))
+        else:
+            self.process = subprocess.Popen(
+                list(args),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=cwd,
+            )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -120,7 +136,7 @@ class Command:
 
     def kill(self) -> None:
         if self.process.poll() is None:
-            self.process.kill()
+            self.process.send_signal(signal.SIGKILL)
         self.process.wait(30)
         self._reader.join(5)
         if self.process.stderr is not None:

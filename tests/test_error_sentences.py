@@ -6,8 +6,6 @@ hold, asserted on the answer of a real server."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -16,6 +14,7 @@ from mqpy import verify
 from tests.conftest import ServerFactory
 from tests.support import raw_http
 from tests.support.api import call, ok, problem
+from tests.support.launcher import run_mqpy_text
 from tests.support.server import ServerProcess
 from tests.test_keys_cli import clean_env
 
@@ -144,13 +143,7 @@ def test_a_key_without_bearer_says_the_scheme_is_missing(start_server: ServerFac
 
 def test_https_to_a_plain_port_says_to_use_http(open_server: ServerProcess) -> None:
     url = open_server.url.replace("http://", "https://")
-    result = subprocess.run(
-        [sys.executable, "-m", "mqpy", "status", "--url", url],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=clean_env(),
-    )
+    result = run_mqpy_text(["status", "--url", url], clean_env(), timeout=30)
     assert result.returncode == 3, result
     assert "does not speak TLS on that port" in result.stderr, result.stderr
     assert "use http:// instead of https://" in result.stderr, result.stderr

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
+from tests.support.launcher import run_mqpy_text
 from tests.support.server import ServerProcess
 
 _LISTENING = re.compile(r"^listening on (http://\S+)$")
@@ -137,13 +137,8 @@ def test_human_lines_by_default(start_server: ServerFactory) -> None:
 
 
 def test_an_unknown_log_format_is_refused(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "mqpy", "serve", "--data-dir", str(tmp_path / "data")]
-    result = subprocess.run(
-        [*command, "--port", "0", "--log-format", "xml"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    command = ["serve", "--data-dir", str(tmp_path / "data"), "--port", "0", "--log-format", "xml"]
+    result = run_mqpy_text(command, os.environ, timeout=30)
     assert result.returncode == 2, result.stderr
     assert "--log-format" in result.stderr and "human, json" in result.stderr, result.stderr
 

@@ -5,9 +5,8 @@ stop waits for, which a second signal cuts short without losing anything."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +15,7 @@ from aiohttp import web
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.api import call, ok
 from tests.support.client import SeedClient
+from tests.support.launcher import run_mqpy_text
 
 ADMIN_KEY = "start-stop-admin-key-1f9a"
 
@@ -91,9 +91,8 @@ def test_a_port_in_use_stops_what_started_and_exits_1(
     again (the lock released)."""
     running = start_server()
     data_dir = tmp_path / "second"
-    command = [sys.executable, "-m", "mqpy", "serve", "--data-dir", str(data_dir)]
-    command += ["--port", str(running.port)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    command = ["serve", "--data-dir", str(data_dir), "--port", str(running.port)]
+    result = run_mqpy_text(command, os.environ, timeout=60)
     assert result.returncode == 1, result.stderr
     assert f"cannot listen on 127.0.0.1:{running.port}" in result.stderr
     for leftover in ("Unclosed", "Task was destroyed", "Traceback"):

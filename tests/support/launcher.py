@@ -109,11 +109,11 @@ class _ForkServer:
         )
 
     def launch(
-        self, args: list[str], env: Mapping[str, str], streams: list[int]
+        self, args: list[str], env: Mapping[str, str], streams: list[int], cwd: str | None = None
     ) -> LaunchedProcess:
-        """Fork `python -m mqpy ARGS` with `streams` as its stdin, stdout and stderr.
-        The caller closes its own copies of them."""
-        request = json.dumps({"args": args, "env": dict(env), "cwd": os.getcwd()})
+        """Fork `python -m mqpy ARGS` with `streams` as its stdin, stdout and stderr, in
+        `cwd` (None: this process's). The caller closes its own copies of the streams."""
+        request = json.dumps({"args": args, "env": dict(env), "cwd": cwd or os.getcwd()})
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         connection.connect(self.path)
         socket.send_fds(connection, [request.encode()], streams)
@@ -142,10 +142,15 @@ def _fork_server_for(env: Mapping[str, str]) -> _ForkServer | None:
 
 
 def start_mqpy(
-    args: list[str], env: Mapping[str, str], *, capture_stdout: bool = False
+    args: list[str],
+    env: Mapping[str, str],
+    *,
+    capture_stdout: bool = False,
+    cwd: str | None = None,
 ) -> subprocess.Popen[str] | LaunchedProcess:
-    """`python -m mqpy ARGS` with `env`: stdin this process's, stderr a text pipe,
-    stdout a text pipe too or /dev/null (what ServerProcess gives a server)."""
+    """`python -m mqpy ARGS` with `env` in `cwd` (None: this process's): stdin this
+    process's, stderr a text pipe, stdout a text pipe too or /dev/null (what
+    ServerProcess gives a server)."""
     fork_server = _fork_server_for(env)
     if fork_server is None:
         return subprocess.Popen(
@@ -154,11 +159,12 @@ def start_mqpy(
             stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
             text=True,
             env=dict(env),
+            cwd=cwd,
         )
     err_read, err_write = os.pipe()
     out_read, out_write = os.pipe() if capture_stdout else (-1, os.open(os.devnull, os.O_WRONLY))
     try:
-        process = fork_server.launch(args, env, [0, out_write, err_write])
+        process = fork_server.launch(args, env, [0, out_write, err_write], cwd)
     finally:
         os.close(out_write)
         os.close(err_write)
