@@ -10,7 +10,7 @@ import asyncpg
 from mqpy.model.domain import Connection, Mode, StartAt, Subscription, SubscriptionSpec
 from mqpy.model.ids import new_connection_id
 from mqpy.model.topics import is_pattern
-from mqpy.store.postgres_replay import seek
+from mqpy.store.postgres_replay import start
 from mqpy.store.postgres_schema import SWEEP_LOCK
 from mqpy.store.postgres_sql import PgConnection, one
 from mqpy.store.routes import Target
@@ -82,7 +82,7 @@ async def insert_subscription(
         )
         # No message this reads is swept meanwhile (see postgres_replay.py).
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SWEEP_LOCK)
-        await seek(conn, target, start_at, now)
+        await start(conn, target, start_at, now)
 
 
 async def _join_group(conn: PgConnection, spec: SubscriptionSpec, now: float) -> tuple[int, bool]:

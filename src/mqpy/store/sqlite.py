@@ -90,6 +90,7 @@ from mqpy.store.sqlite_claim import leased as leased_due
 from mqpy.store.sqlite_events import EventWriter
 from mqpy.store.sqlite_publish import PublishBuffer
 from mqpy.store.sqlite_replay import seek as seek_target
+from mqpy.store.sqlite_replay import start as start_target
 from mqpy.store.sqlite_schema import migrate
 from mqpy.store.sqlite_settle import SettlementQueue, finish_messages
 from mqpy.store.sqlite_tallies import Tallies
@@ -379,7 +380,7 @@ class SQLiteStore(Store):
                 None if group_id is not None else subscription_id,
                 group_id,
             )
-            _, stored = seek_target(conn, target, start_at, now)
+            _, stored = start_target(conn, target, start_at, now)
             self._tallies.add_stored(stored)
 
     async def seek(self, subscription_id: int, time: float, now: float) -> SeekResult | None:

@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Iterable
 
 from mqpy.model.domain import SeekResult
+from mqpy.model.topics import is_pattern
 from mqpy.store.replay import REPLAY_COLUMNS, replayable
 from mqpy.store.routes import Target
 from mqpy.store.sqlite_settle import finish_messages
@@ -17,6 +18,32 @@ _OF_SUBSCRIPTION = "d.subscription_id = ? AND d.group_id IS NULL"
 _OF_GROUP = "d.group_id = ?"
 # Out under a lease that still runs: its holder may yet ack it.
 _IN_FLIGHT = "d.state = 'pending' AND d.lease IS NOT NULL AND d.due_at > ?"
+
+
+def start(
+    conn: sqlite3.Connection, target: Target, since: float, now: float
+) -> tuple[SeekResult, int]:
+    """A new target's `start_at`: `seek` for a target with no deliveries yet, so there
+    is nothing to acknowledge, delete or leave to a lease holder, only deliveries to
+    add. For one topic and no filter that is one statement, with no row read into
+    Python: a receiver connecting with `start_at` to a backlog of 20,000 messages held
+    the writer (every publish and ack) for about 100 ms, a third of it in statements
+    that found nothing to do."""
+    if target.filter or is_pattern(target.pattern):
+        return seek(conn, target, since, now)
+    inserted = conn.execute(
+        "INSERT INTO deliveries (message_seq, subscription_id, group_id, ordering_key, "
+        "state, due_at) SELECT seq, ?, ?, ordering_key, 'pending', "
+        "MAX(?, COALESCE(deliver_at, 0)) FROM messages WHERE published_at >= ? AND topic = ? "
+        "ORDER BY seq",
+        (target.subscription_id, target.group_id, now, since, target.pattern),
+    ).rowcount
+    revived = conn.execute(
+        "UPDATE messages SET done_at = NULL WHERE published_at >= ? AND topic = ? "
+        "AND done_at IS NOT NULL",
+        (since, target.pattern),
+    ).rowcount
+    return SeekResult(due=inserted, acked=0, in_flight=0), revived
 
 
 def seek(
