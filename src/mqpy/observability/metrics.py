@@ -1,18 +1,20 @@
 """The Prometheus instruments, in a registry that belongs to one server.
 
-Counters, histograms and the in-flight gauge are updated as things happen. In a group
-of processes (`--processes N`) they use prometheus_client's multiprocess mode: each
-process writes its values to files of its own in the directory the supervisor made
+Counters, histograms and the in-flight gauge are counted as things happen and written
+to the instruments in batches (metric_batches.py). In a group of processes
+(`--processes N`) they use prometheus_client's multiprocess mode: each process writes
+its values to files of its own in the directory the supervisor made
 (PROMETHEUS_MULTIPROC_DIR), they are registered nowhere, and a scrape of any process
-reads every process's files through `GroupCollector`, so it shows the group's
-totals. Gauges that describe the store
-(backlog, oldest undelivered message, dead letters) and the receivers are computed
-when scraped by `LiveGauges`, from figures the /metrics route read from the store just
-before: a collector's `collect()` is synchronous and must not wait for SQLite.
+reads every process's files through `GroupCollector`, so it shows the group's totals.
+Gauges that describe the store (backlog, oldest undelivered message, dead letters) and
+the receivers are computed when scraped by `LiveGauges`, from figures the /metrics
+route read from the store just before: a collector's `collect()` is synchronous and
+must not wait for SQLite.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -21,6 +23,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from mqpy.observability.group_collector import GroupCollector
+from mqpy.observability.metric_batches import PendingCounts, PendingObservations
 from mqpy.observability.receivers import ReceiverState
 
 # One HTTP attempt: bounded by --delivery-timeout (10 s by default).
@@ -35,7 +38,8 @@ BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024
 
 
 class Metrics:
-    """Counters and histograms, updated on the hot path (one lock each, no allocation).
+    """Counters and histograms of the hot path, gathered in plain Python between
+    flushes (metric_batches.py) and written to the instruments by `flush`.
 
     With `group_dir` (one of `--processes N`), the instruments write to that shared
     directory and `registry` collects every process's values from it instead."""
@@ -45,48 +49,54 @@ class Metrics:
         own = registry if group_dir is None else None
         if group_dir is not None:
             registry.register(GroupCollector(group_dir))
-        self._published = Counter(
-            "mqpy_messages_published_total",
-            "Messages accepted and committed to the store, by topic.",
-            ["topic"],
-            registry=own,
+        self._published = PendingCounts(
+            Counter(
+                "mqpy_messages_published_total",
+                "Messages accepted and committed to the store, by topic.",
+                ["topic"],
+                registry=own,
+            )
         )
-        self._published_by_topic: dict[str, Counter] = {}
-        self._delivered = Counter(
-            "mqpy_messages_delivered",
-            "Deliveries acknowledged by their receiver, by the message's topic.",
-            ["topic"],
-            registry=own,
+        self._delivered = PendingCounts(
+            Counter(
+                "mqpy_messages_delivered",
+                "Deliveries acknowledged by their receiver, by the message's topic.",
+                ["topic"],
+                registry=own,
+            )
         )
-        self._delivered_by_topic: dict[str, Counter] = {}
-        deliveries = Counter(
-            "mqpy_deliveries_total",
-            "Delivery attempts by outcome: delivered (acknowledged), retried (failed, "
-            "tried again later) or dead_lettered (failed for the last time).",
-            ["outcome"],
-            registry=own,
+        self._outcomes = PendingCounts(
+            Counter(
+                "mqpy_deliveries_total",
+                "Delivery attempts by outcome: delivered (acknowledged), retried (failed, "
+                "tried again later) or dead_lettered (failed for the last time).",
+                ["outcome"],
+                registry=own,
+            )
         )
-        self._acknowledged = deliveries.labels("delivered")
-        self._retried = deliveries.labels("retried")
-        self._dead_lettered = deliveries.labels("dead_lettered")
-        self._attempts = Counter(
-            "mqpy_delivery_attempts_total",
-            "HTTP attempts to deliver a message to a receiver, whatever their outcome.",
-            registry=own,
+        self._attempts = PendingCounts(
+            Counter(
+                "mqpy_delivery_attempts_total",
+                "HTTP attempts to deliver a message to a receiver, whatever their outcome.",
+                registry=own,
+            )
         )
-        self._duration = Histogram(
+        duration = Histogram(
             "mqpy_delivery_duration_seconds",
             "Time of one HTTP delivery attempt, until the receiver answered or it failed.",
             buckets=ATTEMPT_BUCKETS,
             registry=own,
         )
-        self._latency = Histogram(
+        self._duration = PendingObservations(duration, ATTEMPT_BUCKETS)
+        latency = Histogram(
             "mqpy_delivery_latency_seconds",
             "Time from publish (a delayed message: from its deliver_at) to the receiver's "
             "acknowledgement, retries included.",
             buckets=LATENCY_BUCKETS,
             registry=own,
         )
+        self._latency = PendingObservations(latency, LATENCY_BUCKETS)
+        # Observed by the store's writer thread, once per transaction: written at once.
         self._commit = Histogram(
             "mqpy_store_commit_seconds",
             "Time to run and commit one store transaction (a group commit).",
@@ -107,9 +117,10 @@ class Metrics:
             registry=own,
         )
         self._in_flight = 0
-        # Alone, the gauge reads the count when scraped: nothing to write per attempt.
-        # In a group it is written to the shared file each time.
+        # Alone, the gauge reads the count when scraped. In a group it is written to
+        # the shared file at each flush.
         self._shared_in_flight: Gauge | None = in_flight
+        self._written_in_flight = 0
         if group_dir is None:
             in_flight.set_function(lambda: self._in_flight)
             self._shared_in_flight = None
@@ -118,41 +129,49 @@ class Metrics:
             ProcessCollector(registry=registry)
 
     def published(self, topic: str, count: int = 1) -> None:
-        counter = self._published_by_topic.get(topic)
-        if counter is None:
-            counter = self._published_by_topic[topic] = self._published.labels(topic)
-        counter.inc(count)
+        self._published.add(topic, count)
 
     def attempt_started(self) -> None:
         self._in_flight += 1
-        if self._shared_in_flight is not None:
-            self._shared_in_flight.inc()
 
     def attempted(self, seconds: float) -> None:
         self._in_flight -= 1
-        if self._shared_in_flight is not None:
-            self._shared_in_flight.dec()
-        self._attempts.inc()
-        self._duration.observe(seconds)
+        self._attempts.add()
+        self._duration.add(seconds)
 
     def delivered(self, topic: str, latency: float) -> None:
-        self._acknowledged.inc()
-        counter = self._delivered_by_topic.get(topic)
-        if counter is None:
-            counter = self._delivered_by_topic[topic] = self._delivered.labels(topic)
-        counter.inc()
-        self._latency.observe(max(0.0, latency))
+        self._outcomes.add("delivered")
+        self._delivered.add(topic)
+        self._latency.add(max(0.0, latency))
 
     def retried(self) -> None:
-        self._retried.inc()
+        self._outcomes.add("retried")
 
     def dead_lettered(self) -> None:
-        self._dead_lettered.inc()
+        self._outcomes.add("dead_lettered")
 
     def committed(self, operations: int, seconds: float) -> None:
         """Called in the store's writer thread; prometheus_client is thread-safe."""
         self._batch.observe(operations)
         self._commit.observe(seconds)
+
+    def flush(self) -> None:
+        """Write what was counted since the last flush to the instruments."""
+        self._published.flush()
+        self._delivered.flush()
+        self._outcomes.flush()
+        self._attempts.flush()
+        self._duration.flush()
+        self._latency.flush()
+        if self._shared_in_flight is not None and self._in_flight != self._written_in_flight:
+            self._shared_in_flight.set(self._in_flight)
+            self._written_in_flight = self._in_flight
+
+    async def flush_every(self, seconds: float) -> None:
+        """Flush every `seconds` until cancelled (in a group, for the other processes)."""
+        while True:
+            await asyncio.sleep(seconds)
+            self.flush()
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ delivery); everything that costs something is done when someone reads.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -28,6 +29,7 @@ from mqpy.observability.feed import (
 )
 from mqpy.observability.figures import StoreFigures, StoreFiguresCache
 from mqpy.observability.group_rates import GroupRates
+from mqpy.observability.metric_batches import FLUSH_SECONDS
 from mqpy.observability.metrics import Gauges, LiveGauges, Metrics, TopicFigures
 from mqpy.observability.rates import RATE_SECONDS, SecondCounts, Throughput, TopicActivity
 from mqpy.observability.receivers import Failure, ReceiverActivity, ReceiverState
@@ -174,10 +176,16 @@ class Observer:
             await self._group_rates.start()
 
     async def follow_group(self) -> None:
-        """In a `--processes` group, keep the rates the group's until cancelled; alone,
-        return at once."""
+        """In a `--processes` group, keep the rates the group's, and this process's
+        metrics flushed for the others to read, until cancelled; alone, return at once."""
         if self._group_rates is not None:
-            await self._group_rates.run()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._group_rates.run())
+                tasks.create_task(self._metrics.flush_every(FLUSH_SECONDS))
+
+    def flush_metrics(self) -> None:
+        """Write what the metrics counted so far (at stop: nothing counted is lost)."""
+        self._metrics.flush()
 
     # Read by the routes.
 
@@ -190,6 +198,7 @@ class Observer:
             figures = None
         # No await from here on, so no other scrape can swap the figures in between.
         self._scraped = figures
+        self._metrics.flush()
         return encode(self.registry)
 
     async def ready(self) -> None:

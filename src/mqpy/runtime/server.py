@@ -173,6 +173,9 @@ async def _start(
     # A registry of this server's own: no global state shared between instances; in a
     # group, it reads the metrics every process of the group writes.
     observer = Observer(store, broker, CollectorRegistry(), group_metrics=group_metrics_dir())
+    # Last of all at stop (callbacks run in reverse): what the final deliveries counted
+    # reaches the group's files.
+    parts.callback(observer.flush_metrics)
     key_registry = KeyRegistry(store, access, broker, clock=clock)
     await key_registry.start()
     check_exposure(settings, access)
