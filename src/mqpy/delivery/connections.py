@@ -113,7 +113,9 @@ class ReceiverConnections:
     ) -> None:
         self._policy = policy
         self._resolver = GuardedResolver(policy, resolver)
-        self._ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
+        # The default context is made at the first https receiver: loading the system's
+        # CA certificates takes about 20 ms of CPU, a third of a start.
+        self._ssl = ssl_context
         self._common = (
             f"User-Agent: {user_agent}\r\n"
             # Answers are drained, never decoded, so ask for them uncompressed.
@@ -125,6 +127,11 @@ class ReceiverConnections:
         self._pending: dict[tuple[str, int], asyncio.Task[list[ResolveResult]]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
 
     async def post(
         self,
@@ -248,7 +255,7 @@ class ReceiverConnections:
                 _, connection = await loop.create_connection(
                     lambda: _Connection(origin, self._open),
                     sock=sock,
-                    ssl=self._ssl if scheme == "https" else None,
+                    ssl=self._tls() if scheme == "https" else None,
                     server_hostname=host if scheme == "https" else None,
                 )
             except OSError as exc:  # refused, unreachable, or TLS (ssl.SSLError)
