@@ -25,8 +25,9 @@ test: lint typecheck pytest
 
 ## The fast loop: lint, type-check and every test not marked slow, two workers a core
 ## (pytest-xdist: each test starts its own servers on ephemeral ports, and much of a
-## test is waiting on them, so a second worker a core uses what the first leaves idle:
-## 113 s against 159 s on two cores). See README.
+## test is waiting on them, so a second worker a core uses what the first leaves idle).
+## On two cores -n 2/3/4/6/8 took 115/93/77/69/74 s; at -n 6 the extra load made a
+## pacing test's receiver timestamps miss their 0.05 s slack once in four runs. See README.
 CHECK_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(2 * (os.cpu_count() or 1))')
 ## PYTHONDONTWRITEBYTECODE is cleared for it: without the bytecode caches (gitignored)
 ## every worker compiles mq-py and pytest rewrites every test module again, 2.6 s of
