@@ -36,7 +36,7 @@ check: lint typecheck
 ## (MQPY_TEST_PROCESSES; tests marked one_process keep one). CI runs it after `make test`.
 GROUP_WORKERS ?= 2
 test-group: $(STAMP)
-	MQPY_TEST_PROCESSES=2 $(BIN)/pytest -m "not slow" -n $(GROUP_WORKERS)
+	MQPY_TEST_PROCESSES=2 $(BIN)/pytest -m "not slow and not one_process" -n $(GROUP_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench torture
