@@ -112,9 +112,7 @@ async def test_numbers_move_as_messages_flow(
     assert drained("mqpy_receivers", state="healthy") == 1
 
 
-@known_group_bug(
-    "dead-letter counts came out short once in a group (not looked into)", strict=False
-)
+@known_group_bug("failed once in a group run, passed in the next; not looked into", strict=False)
 async def test_dead_letters_are_counted(
     start_server: ServerFactory, start_receiver: ReceiverFactory, http: aiohttp.ClientSession
 ) -> None:
