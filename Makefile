@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck pytest bench torture install clean
+.PHONY: run test check test-group lint typecheck pytest bench torture install clean
 
 $(STAMP): pyproject.toml
 	@echo "first use (or pyproject.toml changed): installing mq-py and its dev tools into $(VENV); this takes about a minute"
@@ -34,6 +34,13 @@ CHECK_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(2 * (os.cpu_count() or 1
 ## CPU a worker, and every interpreter a test starts compiles mq-py (0.14 s).
 check: lint typecheck
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -m "not slow" -n $(CHECK_WORKERS)
+
+## The tests where a group of processes (what `mqpy serve` runs by default) can differ
+## from one process, with every server the harness starts a group of 2
+## (MQPY_TEST_PROCESSES; tests marked one_process keep one). CI runs it after `make test`.
+GROUP_WORKERS ?= 2
+test-group: $(STAMP)
+	MQPY_TEST_PROCESSES=2 $(BIN)/pytest -m "not slow and not one_process" -n $(GROUP_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench torture

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from mqpy.store.postgres import PostgresStore
+from tests.support import server as server_harness
 from tests.support.client import SeedClient
 from tests.support.postgres import PostgresCluster, throwaway_cluster
 from tests.support.receiver import Behaviour, Receiver, accept
@@ -17,6 +18,12 @@ from tests.support.server import ServerProcess
 
 ServerFactory = Callable[..., ServerProcess]
 ReceiverFactory = Callable[..., Awaitable[Receiver]]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # MQPY_TEST_PROCESSES starts servers as groups, but not a one_process test's.
+    server_harness.one_process_test = item.get_closest_marker("one_process") is not None
 
 
 @pytest.fixture

@@ -239,6 +239,8 @@ async def test_key_holders_speak_the_seed_protocol_end_to_end(
 # -- connection ownership -----------------------------------------------------------------
 
 
+# In a group a disconnect reaches the other processes within a second (docs/operations.md).
+@pytest.mark.one_process
 def test_a_connection_belongs_to_the_key_that_made_it(secured: ServerProcess) -> None:
     alice = create_key(secured, "publisher").key
     bob = create_key(secured, "publisher").key
@@ -281,6 +283,9 @@ def test_a_key_limited_to_other_topics_may_not_use_the_seed_topic(
 # -- revocation ---------------------------------------------------------------------------
 
 
+# In a group a key revoked through one process is refused by the others within a second
+# (docs/operations.md, "What the nodes share").
+@pytest.mark.one_process
 def test_a_revoked_key_is_refused_at_its_next_request(secured: ServerProcess) -> None:
     revoked = create_key(secured, "publisher")
     kept = create_key(secured, "publisher")
@@ -322,6 +327,9 @@ def test_keys_survive_a_restart_and_are_stored_hashed(start_server: ServerFactor
 # -- limits -------------------------------------------------------------------------------
 
 
+# In a group --max-connections-per-key counts other processes' connections within a
+# second (docs/operations.md, "What the nodes share").
+@pytest.mark.one_process
 def test_connections_per_key_are_limited(start_server: ServerFactory) -> None:
     server = start_server("--max-connections-per-key", "2", env=ADMIN_ENV)
     publisher = create_key(server, "publisher").key

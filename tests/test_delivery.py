@@ -27,6 +27,7 @@ from tests.support.load import (
     wait_until,
 )
 from tests.support.receiver import Behaviour, Received
+from tests.support.server import known_group_bug
 
 
 class Answer:
@@ -120,6 +121,9 @@ async def test_disconnected_receiver_gets_nothing_more(
 # wait_for_attempts wakes only when a handler returns, too late for a slow receiver.
 
 
+# In a group what another process claimed before a disconnect through this one may
+# still go out within a second (docs/operations.md, "What the nodes share").
+@pytest.mark.one_process
 async def test_disconnect_drops_deliveries_already_claimed_in_memory(
     start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
 ) -> None:
@@ -213,6 +217,7 @@ async def test_retry_after_is_honoured(
     assert second.at - first.at >= 0.95
 
 
+@known_group_bug("a group does not hold a Retry-After pause: another process sends 0.2 s later")
 async def test_retry_after_pauses_the_receiver_past_retry_max(
     start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
 ) -> None:
@@ -282,6 +287,7 @@ async def test_a_paused_subscriptions_message_expires_at_max_age(
     assert receiver.attempts == []
 
 
+@known_group_bug("a group does not hold a Retry-After pause: another process sends during it")
 async def test_a_message_held_back_by_a_receivers_pause_expires_at_max_age(
     start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
 ) -> None:
@@ -421,6 +427,8 @@ async def test_sigterm_releases_deliveries_it_cannot_finish(
     assert repeated == [], f"attempt numbers sent twice: {repeated}"
 
 
+# In a group each process has its own --workers (docs/operations.md).
+@pytest.mark.one_process
 async def test_workers_bound_deliveries_in_flight(
     start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
 ) -> None:

@@ -107,6 +107,9 @@ def test_the_page_has_a_curl_example_of_every_route() -> None:
     assert not missing, f"docs/api.md has no curl example of {missing}"
 
 
+# In a group a /disconnect reaches the other processes within a second, and the
+# examples /send on a disconnected sender at once (docs/operations.md).
+@pytest.mark.one_process
 def test_the_examples_run_in_order(start_server: ServerFactory, tmp_path: Path) -> None:
     blocks = sh_blocks()
     assert len(blocks) >= 20, len(blocks)

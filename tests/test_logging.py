@@ -129,6 +129,8 @@ async def test_json_format_from_the_environment(
     assert any(e["message"].startswith("listening on") for e in server.entries())
 
 
+# A group's lines name their process, `[process 2/4, pid 4242]` (docs/operations.md).
+@pytest.mark.one_process
 def test_human_lines_by_default(start_server: ServerFactory) -> None:
     server = start_server()
     assert re.search(r" INFO mqpy\.server: listening on http://", server.log), server.log

@@ -482,6 +482,20 @@ def test_processes_that_cannot_start_stop_the_whole_group_with_their_status() ->
     assert result.stderr.count("started (pid") == 2  # tried once each, not again
 
 
+def test_a_group_refuses_a_port_another_group_serves(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    # A group's processes share their port with SO_REUSEPORT, which lets any socket of
+    # the same user that sets it too bind there: a second group on a taken port started
+    # and took half the first one's connections, to a store of its own.
+    running = start_server("--processes", "2", "--port", str(free_port()))
+    where = ("--data-dir", str(tmp_path / "second"))
+    result = run_serve("--processes", "2", *where, "--port", str(running.port))
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{running.port}" in result.stderr
+    assert "started (pid" not in result.stderr  # refused before any process started
+
+
 def test_settings_a_process_would_refuse_are_refused_before_any_starts(tmp_path: Path) -> None:
     data = tmp_path / "d"
     result = run_serve(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import pytest
 
 from mqpy.commands.status import RECEIVER_COLUMNS
 from tests.conftest import ReceiverFactory, ServerFactory
@@ -14,6 +15,9 @@ from tests.support.client import SeedClient
 from tests.test_cli_status import fail_500, feed_until, mqpy_status, succeeded, table
 
 
+# In a group receivers[] is what the answering process's own attempts saw
+# (docs/operations.md, "What stays per node in a group").
+@pytest.mark.one_process
 async def test_status_after_a_restart_shows_each_receivers_health(
     start_server: ServerFactory, start_receiver: ReceiverFactory, http: aiohttp.ClientSession
 ) -> None:

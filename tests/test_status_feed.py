@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.conftest import ReceiverFactory, ServerFactory
@@ -57,6 +58,9 @@ def by_id(feed: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return {receiver["id"]: receiver for receiver in feed["receivers"]}
 
 
+# In a group receivers[] (last_success_at) is what the answering process's own attempts
+# saw (docs/operations.md, "What stays per node in a group").
+@pytest.mark.one_process
 async def test_status_shows_receivers_topics_and_throughput(
     start_server: ServerFactory, start_receiver: ReceiverFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -188,6 +192,9 @@ async def receivers_gauge(http: aiohttp.ClientSession, base_url: str, state: str
     return float(value)
 
 
+# In a group receivers[] state is what the answering process's own attempts saw
+# (docs/operations.md, "What stays per node in a group").
+@pytest.mark.one_process
 async def test_status_shows_each_receiver_s_kind_group_and_pause(
     start_server: ServerFactory, start_receiver: ReceiverFactory, http: aiohttp.ClientSession
 ) -> None:

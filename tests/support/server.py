@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -11,9 +12,24 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from tests.support.launcher import LaunchedProcess, start_mqpy
 
 _LISTENING = re.compile(r"listening on (https?://[^\s\"]+)")
+
+# Set by tests/conftest.py for each test: whether it is marked one_process (it checks
+# what a group does differently, on purpose), so its servers ignore MQPY_TEST_PROCESSES.
+one_process_test = False
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of `pid`'s children (Linux: /proc/PID/task/*/children)."""
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in children.read_text().split()]
+    return found
 
 
 class ServerProcess:
@@ -29,6 +45,8 @@ class ServerProcess:
         self.lines: list[str] = []
         self._process: subprocess.Popen[str] | LaunchedProcess | None = None
         self._reader: threading.Thread | None = None
+        self._harness_group: int | None = None  # fixed at the first start, for restarts
+        self._harness_made_group = False
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         port_args = ["--port", str(self.port)] if self.port else ["--port", "0"]
@@ -48,9 +66,22 @@ class ServerProcess:
         # broker does, and a supervisor with its children would triple the processes
         # the suite starts. Tests of a group give --processes (or MQPY_PROCESSES), which
         # wins; test_processes.py and test_serve_defaults.py run the default.
-        if self.env.get("MQPY_PROCESSES"):
+        # MQPY_TEST_PROCESSES=N (`make test-group`) starts the others as a group of N,
+        # what users run, except in tests marked one_process.
+        flags = {arg.split("=", 1)[0] for arg in self.args}
+        if self.env.get("MQPY_PROCESSES") or flags & {"--processes", "-processes"}:
             return []
-        return ["--processes", "1"]
+        self._harness_made_group = self.group_size > 1
+        return ["--processes", str(self.group_size)]
+
+    @property
+    def group_size(self) -> int:
+        """How many processes the harness starts this server with when its test gives
+        none: 1, or MQPY_TEST_PROCESSES outside tests marked one_process."""
+        if self._harness_group is None:
+            size = os.environ.get("MQPY_TEST_PROCESSES", "")
+            self._harness_group = 1 if one_process_test else int(size or 1)
+        return self._harness_group
 
     def _data_dir_args(self) -> list[str]:
         # A server given a store of its own gets no --data-dir: the two would name
@@ -94,10 +125,22 @@ class ServerProcess:
         return self._process is not None and self._process.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL: the crash case, nothing gets to clean up."""
+        """SIGKILL: the crash case, nothing gets to clean up. A group the harness made
+        (MQPY_TEST_PROCESSES) crashes whole: a SIGKILLed supervisor alone would have its
+        children stopped by SIGTERM, cleanly, and the test would check a clean stop."""
         if self._process is not None and self._process.poll() is None:
+            if self._harness_made_group:
+                self._kill_children()
             self._process.send_signal(signal.SIGKILL)
         self._wait()
+
+    def _kill_children(self) -> None:
+        # Stopped first, so the supervisor neither restarts a child nor sees it go.
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+        for pid in _children(self._process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait; returns the exit code."""
@@ -149,3 +192,11 @@ class ServerProcess:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+
+def known_group_bug(reason: str, *, strict: bool = True) -> pytest.MarkDecorator:
+    """xfail when MQPY_TEST_PROCESSES starts groups: a product bug a group shows, not
+    fixed yet, which one process does not have (its assertion holds there, unchanged).
+    Strict where the group fails every time: a fix makes it pass and the mark must go."""
+    grouped = os.environ.get("MQPY_TEST_PROCESSES", "1") not in ("", "1")
+    return pytest.mark.xfail(grouped, reason=reason, strict=strict)

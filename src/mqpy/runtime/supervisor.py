@@ -118,11 +118,13 @@ def refusal(settings: Settings) -> str | None:
 
 
 def hold_port(host: str, port: int) -> tuple[int, list[socket.socket]]:
-    """The port the children are to share, and the sockets that keep it: for port 0,
-    one the kernel picks, bound with SO_REUSEPORT on each of `host`'s addresses but not
-    listening, so no connection waits on them; for a fixed port, that port and none."""
+    """The port the children are to share, and the sockets that keep it: bound with
+    SO_REUSEPORT on each of `host`'s addresses but not listening, so no connection waits
+    on them. For port 0 the kernel picks it. A fixed port must be free first: SO_REUSEPORT
+    would let this group bind beside another (of the same user) that serves it, and the
+    two would split its connections; once held, it refuses the next group that probes."""
     if port != 0:
-        return port, []
+        _refuse_taken(host, port)
     held: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in socket.getaddrinfo(
@@ -141,6 +143,20 @@ def hold_port(host: str, port: int) -> tuple[int, list[socket.socket]]:
             sock.close()
         raise
     return port, held
+
+
+def _refuse_taken(host: str, port: int) -> None:
+    """OSError (EADDRINUSE) if a socket holds `port` on one of `host`'s addresses: a bind
+    without SO_REUSEPORT fails beside any, as one process's listen would."""
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as probe:
+            # As asyncio binds: a port whose old connections wait out TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(address)
 
 
 def supervise(settings: Settings, argv: Sequence[str]) -> int:
@@ -164,7 +180,10 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
     try:
         port, held = hold_port(settings.host, settings.port)
     except OSError as exc:
-        log.error("cannot pick a port on %s: %s", settings.host, exc.strerror)
+        if settings.port:  # the words a single process's failed listen uses
+            log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
+        else:
+            log.error("cannot pick a port on %s: %s", settings.host, exc.strerror)
         if data_lock is not None:
             data_lock.close()
         return 1
