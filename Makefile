@@ -37,7 +37,7 @@ check: lint typecheck
 
 ## The tests where a group of processes (what `mqpy serve` runs by default) can differ
 ## from one process, with every server the harness starts a group of 2
-## (MQPY_TEST_PROCESSES; tests marked one_process keep one). CI runs it after `make test`.
+## (MQPY_TEST_PROCESSES; tests marked one_process keep one). Not in CI yet: see README.
 GROUP_WORKERS ?= 2
 test-group: $(STAMP)
 	MQPY_TEST_PROCESSES=2 $(BIN)/pytest -m "not slow and not one_process" -n $(GROUP_WORKERS)
