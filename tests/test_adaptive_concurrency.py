@@ -31,6 +31,9 @@ async def receiver_states(http: aiohttp.ClientSession, url: str) -> dict[int, di
     return {receiver["id"]: receiver for receiver in feed["receivers"]}
 
 
+# In a group each process keeps its own window (docs/operations.md, "What stays per node
+# in a group"): the receiver holds both, and the status shows the answering process's.
+@pytest.mark.one_process
 async def test_a_fast_receiver_is_given_more_deliveries_at_once(
     start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
 ) -> None:

@@ -27,7 +27,6 @@ from tests.support.load import (
     wait_until,
 )
 from tests.support.receiver import Behaviour, Received
-from tests.support.server import known_group_bug
 
 
 class Answer:
@@ -217,7 +216,6 @@ async def test_retry_after_is_honoured(
     assert second.at - first.at >= 0.95
 
 
-@known_group_bug("a group does not hold a Retry-After pause: another process sends 0.2 s later")
 async def test_retry_after_pauses_the_receiver_past_retry_max(
     start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
 ) -> None:
@@ -287,7 +285,6 @@ async def test_a_paused_subscriptions_message_expires_at_max_age(
     assert receiver.attempts == []
 
 
-@known_group_bug("a group does not hold a Retry-After pause: another process sends during it")
 async def test_a_message_held_back_by_a_receivers_pause_expires_at_max_age(
     start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
 ) -> None:

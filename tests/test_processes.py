@@ -788,6 +788,46 @@ async def test_a_subscriptions_max_per_second_holds_for_the_whole_group(
     assert max(gaps) < 0.5, max(gaps)
 
 
+async def test_a_retry_after_holds_for_a_process_that_never_sent_to_the_receiver(
+    start_server: ServerFactory, start_receiver: ReceiverFactory, store: str
+) -> None:
+    # The process that reads a 503 with Retry-After pauses the receiver for the group.
+    # The other had never sent to it, so its claims did not ask the group: it sent its
+    # share of what was published during the pause at once.
+    server, pids = start_processes(start_server, store, 2)
+
+    async def busy_once(request: web.Request, number: int) -> web.StreamResponse:
+        if number == 1:
+            return web.Response(status=503, headers={"Retry-After": "2"})
+        return web.Response(status=204)
+
+    receiver = await start_receiver(busy_once)
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) for _ in range(16)]
+    try:
+        await subscribe(sessions[0], server.url, receiver.url)
+
+        async def publish(session: aiohttp.ClientSession, body: str) -> None:
+            url = f"{server.url}/v1/topics/t/messages"
+            async with session.post(url, json={"body": body}) as answer:
+                assert answer.status == 201, await answer.text()
+
+        await publish(sessions[0], "first")
+        (refused,) = await receiver.wait_for_attempts(1)
+        # Over 16 connections, so both processes publish, and both claim.
+        await asyncio.gather(*(publish(s, f"during {n}") for n, s in enumerate(sessions)))
+        assert all(established_by(pids, server.port).values())
+    finally:
+        for session in sessions:
+            await session.close()
+    await receiver.wait_for(17, timeout=30)
+    early = [
+        (r.text, round(r.at - refused.at, 3))
+        for r in receiver.attempts[1:]
+        if r.at - refused.at < 1.9
+    ]
+    assert early == [], early
+
+
 async def test_the_publish_rate_holds_for_the_whole_group(
     start_server: ServerFactory, store: str
 ) -> None:

@@ -212,8 +212,9 @@ class Dispatcher:
                     log.error("cannot claim deliveries: %s; trying again shortly", exc)
                     await asyncio.sleep(MAX_IDLE_SECONDS)
                     continue
-                self._settle_paces(claim.deliveries, now)
-                for delivery in claim.deliveries:
+                deliveries = await self._admit_new_receivers(claim.deliveries, claim_busy, now)
+                self._settle_paces(deliveries, now)
+                for delivery in deliveries:
                     if delivery.subscription_id in self._forgotten:
                         continue  # claimed just before its receiver disconnected
                     self._holding[delivery.delivery_id] = delivery
@@ -244,6 +245,37 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._asleep = False
+
+    async def _admit_new_receivers(
+        self, deliveries: list[ClaimedDelivery], busy: dict[int, int], now: float
+    ) -> list[ClaimedDelivery]:
+        """The claim's deliveries this process may start. A receiver it knew nothing of
+        (not in `busy`) got a first window's worth from the store without anyone asking
+        the group: if another process of the group has paused it (a Retry-After, a run
+        of failures), they go back, their attempt undone, and the receiver now has a
+        window here, so the next claim asks the group first."""
+        kept: list[ClaimedDelivery] = []
+        given_back: list[ClaimedDelivery] = []
+        allowed: dict[int, int] = {}
+        for delivery in deliveries:
+            subscription_id = delivery.subscription_id
+            if subscription_id in busy:
+                kept.append(delivery)
+                continue
+            if subscription_id not in allowed:
+                cap = delivery.max_concurrency or self._max_window  # not learned yet
+                allowed[subscription_id] = self._windows.admit(subscription_id, now, cap)
+            if allowed[subscription_id] > 0:
+                allowed[subscription_id] -= 1
+                kept.append(delivery)
+            else:
+                given_back.append(delivery)
+        if given_back:
+            try:
+                await self._store.release(given_back, now)
+            except StoreUnavailable as exc:  # their leases run out instead
+                log.error("cannot give back %d deliveries: %s", len(given_back), exc)
+        return kept
 
     async def _renew_loop(self) -> None:
         """Extend the leases of everything held, three times per lease: a node that

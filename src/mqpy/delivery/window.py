@@ -152,6 +152,14 @@ class ReceiverWindows:
         """The window of a receiver not seen yet."""
         return min(self._initial, cap)
 
+    def admit(self, subscription_id: int, now: float, cap: int) -> int:
+        """Take on a receiver this process had no window for (a claim just handed it
+        deliveries) and say how many it may start now: its first window, or, if another
+        process of the group paused it, what the group allows (none before the pause
+        ends, then the probe)."""
+        self._of(subscription_id, cap)
+        return self.allowance(subscription_id, now, cap)
+
     def allowance(self, subscription_id: int, now: float, cap: int) -> int:
         """How many deliveries the receiver may hold now: its window (within `cap`),
         none while paused, one (the probe) once a pause is over."""
