@@ -212,7 +212,9 @@ class Dispatcher:
                     log.error("cannot claim deliveries: %s; trying again shortly", exc)
                     await asyncio.sleep(MAX_IDLE_SECONDS)
                     continue
-                deliveries = await self._admit_new_receivers(claim.deliveries, claim_busy, now)
+                deliveries, given_back = self._admit_new_receivers(
+                    claim.deliveries, claim_busy, now
+                )
                 self._settle_paces(deliveries, now)
                 for delivery in deliveries:
                     if delivery.subscription_id in self._forgotten:
@@ -226,6 +228,10 @@ class Dispatcher:
                 # No claim is under way here, so a forgotten receiver with nothing held
                 # can no longer turn up.
                 self._forgotten = {s for s in self._forgotten if self._held[s] > 0}
+                # After the rest is held, so a stop meanwhile still releases those (these
+                # would wait for their leases).
+                if given_back:
+                    await self._give_back(given_back, now)
                 if claim.next_due_at is not None:
                     timeout = min(timeout, max(0.0, claim.next_due_at - now))
                 if next_overdue_at is not None:
@@ -246,14 +252,14 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._asleep = False
 
-    async def _admit_new_receivers(
+    def _admit_new_receivers(
         self, deliveries: list[ClaimedDelivery], busy: dict[int, int], now: float
-    ) -> list[ClaimedDelivery]:
-        """The claim's deliveries this process may start. A receiver it knew nothing of
-        (not in `busy`) got a first window's worth from the store without anyone asking
-        the group: if another process of the group has paused it (a Retry-After, a run
-        of failures), they go back, their attempt undone, and the receiver now has a
-        window here, so the next claim asks the group first."""
+    ) -> tuple[list[ClaimedDelivery], list[ClaimedDelivery]]:
+        """The claim's deliveries this process may start, and those to give back. A
+        receiver it knew nothing of (not in `busy`) got a first window's worth from the
+        store without anyone asking the group: if another process of the group has
+        paused it (a Retry-After, a run of failures), they go back, and the receiver now
+        has a window here, so the next claim asks the group first."""
         kept: list[ClaimedDelivery] = []
         given_back: list[ClaimedDelivery] = []
         allowed: dict[int, int] = {}
@@ -270,12 +276,14 @@ class Dispatcher:
                 kept.append(delivery)
             else:
                 given_back.append(delivery)
-        if given_back:
-            try:
-                await self._store.release(given_back, now)
-            except StoreUnavailable as exc:  # their leases run out instead
-                log.error("cannot give back %d deliveries: %s", len(given_back), exc)
-        return kept
+        return kept, given_back
+
+    async def _give_back(self, deliveries: list[ClaimedDelivery], now: float) -> None:
+        """Release claimed deliveries unsent: due again now, their attempt undone."""
+        try:
+            await self._store.release(deliveries, now)
+        except StoreUnavailable as exc:  # their leases run out instead
+            log.error("cannot give back %d deliveries: %s", len(deliveries), exc)
 
     async def _renew_loop(self) -> None:
         """Extend the leases of everything held, three times per lease: a node that
