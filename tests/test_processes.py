@@ -872,6 +872,11 @@ async def test_a_process_creating_its_metrics_file_does_not_break_a_scrape(
     receiver = await start_receiver()
     await publish_through_one_process(server.url, receiver.url, 10)
     await receiver.wait_for(10, timeout=30)
+    # Each process writes its counts to the shared files every 0.1 s.
+    deadline = time.monotonic() + 10
+    while (await fresh_scrape(server.url))("mqpy_messages_published_total", topic="t") < 10:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
     # A process starting this instant has made its file and not yet sized it: what
     # prometheus_client's multiprocess mode leaves for a moment, here for good.
     (metrics_dir(server) / "counter_4194304.db").touch()
