@@ -720,6 +720,15 @@ async def fresh_scrape(url: str) -> Scrape:
     return Scrape(await fresh_get(f"{url}/metrics"))
 
 
+async def until_scraped(url: str, count: float, name: str, **labels: str) -> None:
+    """Scrape until the group's `name` reaches `count` (each process writes its counts
+    to the shared files every 0.1 s), for at most 10 s."""
+    deadline = time.monotonic() + 10
+    while (await fresh_scrape(url))(name, **labels) < count:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+
+
 async def test_metrics_show_the_whole_group_whichever_process_answers(
     start_server: ServerFactory, start_receiver: ReceiverFactory, store: str
 ) -> None:
@@ -727,10 +736,7 @@ async def test_metrics_show_the_whole_group_whichever_process_answers(
     receiver = await start_receiver()
     await publish_through_one_process(server.url, receiver.url, 200)
     await receiver.wait_for(200, timeout=30)
-    deadline = time.monotonic() + 10
-    while (await fresh_scrape(server.url))("mqpy_deliveries_total", outcome="delivered") < 200:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+    await until_scraped(server.url, 200, "mqpy_deliveries_total", outcome="delivered")
     # 12 scrapes over connections of their own: all on the publishing process would
     # happen once in 4,000 runs; each answers with the group's totals.
     for _ in range(12):
@@ -872,11 +878,7 @@ async def test_a_process_creating_its_metrics_file_does_not_break_a_scrape(
     receiver = await start_receiver()
     await publish_through_one_process(server.url, receiver.url, 10)
     await receiver.wait_for(10, timeout=30)
-    # Each process writes its counts to the shared files every 0.1 s.
-    deadline = time.monotonic() + 10
-    while (await fresh_scrape(server.url))("mqpy_messages_published_total", topic="t") < 10:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    await until_scraped(server.url, 10, "mqpy_messages_published_total", topic="t")
     # A process starting this instant has made its file and not yet sized it: what
     # prometheus_client's multiprocess mode leaves for a moment, here for good.
     (metrics_dir(server) / "counter_4194304.db").touch()
