@@ -28,7 +28,7 @@ from mqpy.delivery.pace import Paces, pace_for
 from mqpy.delivery.retry import RedeliveryPolicy
 from mqpy.delivery.sender import DeliverySender, Outcome
 from mqpy.delivery.window import ReceiverWindows
-from mqpy.model.domain import ClaimedDelivery, Subscription
+from mqpy.model.domain import Claim, ClaimedDelivery, Subscription
 from mqpy.model.errors import StoreUnavailable
 from mqpy.observability import Observer
 from mqpy.store import Store
@@ -83,6 +83,11 @@ class Dispatcher:
         # Deliveries being sent, by delivery id.
         self._sending: dict[int, _Sending] = {}
         self._wake = asyncio.Event()
+        # Whether the last claim left something due for want of room (its limit, a
+        # receiver's window or pace): only then can a finished delivery make more
+        # claimable. Otherwise a claim per finished delivery would find nothing, a
+        # store transaction per delivery for nothing at a steady, modest rate.
+        self._held_back = True
         # The earliest time a delivery sent since the claim loop last looked becomes
         # overdue (`_check_overdue_at`), and whether the loop is asleep now.
         self._recheck_at = math.inf
@@ -208,12 +213,16 @@ class Dispatcher:
                         busy=claim_busy,
                     )
                 except StoreUnavailable as exc:
+                    self._held_back = True
                     self._settle_paces([], now)
                     log.error("cannot claim deliveries: %s; trying again shortly", exc)
                     await asyncio.sleep(MAX_IDLE_SECONDS)
                     continue
                 deliveries, given_back = self._admit_new_receivers(
                     claim.deliveries, claim_busy, now
+                )
+                self._held_back = bool(given_back) or self._claim_held_back(
+                    claim, room, claim_busy, now
                 )
                 self._settle_paces(deliveries, now)
                 for delivery in deliveries:
@@ -358,6 +367,18 @@ class Dispatcher:
             busy[subscription_id] = store_cap - max(room, 0)
         return busy
 
+    def _claim_held_back(self, claim: Claim, room: int, busy: dict[int, int], now: float) -> bool:
+        """Whether `claim` may have left due deliveries behind for want of room: it
+        took all it was allowed, the store saw more due now, a receiver had no room
+        (a full or paused window, a pace), or a receiver's own max_concurrency, which
+        the store counts across the processes and nodes sharing it, bounded it."""
+        if len(claim.deliveries) >= room or self._own_caps or self._held_back_by_pace:
+            return True
+        if claim.next_due_at is not None and claim.next_due_at <= now:
+            return True
+        first_window = self._windows.first(self._max_window)
+        return any(held >= first_window for held in busy.values())
+
     def _next_token_in(self) -> float:
         """Seconds until a receiver the pace held back may start its next delivery
         (now, if its bucket refilled while the claim ran); inf if none was held back."""
@@ -459,6 +480,8 @@ class Dispatcher:
         # Claim again once a worthwhile share of the room is free, or as soon as the
         # workers run dry: a claim per finished delivery would be a store round trip
         # per delivery, mostly for nothing.
+        if not self._held_back:
+            return
         room = self._capacity - self.held
         if self._queue.empty() or room >= max(1, self._capacity // 4):
             self._wake.set()
@@ -493,7 +516,12 @@ class Dispatcher:
                 delivery, now=acked_at, status=outcome.status, attempted_at=sent_at, duration=took
             )
             self._observer.delivered(delivery, acked_at)
+            if delivery.ordering_key is not None:
+                self._held_back = True  # the key's next message is free to go now
             return
+        # A retry falls due later, a pause ends later: the claim loop must plan its
+        # sleep again once this slot is free, as after a claim that was held back.
+        self._held_back = True
         if outcome.receiver_unavailable:
             policy = self._policy.overridden_by(delivery.retry)
             self._windows.failed(
