@@ -93,6 +93,9 @@ class Dispatcher:
         self._recheck_at = math.inf
         self._asleep = False
         self._all_settled = asyncio.Event()  # set when nothing is in flight at shutdown
+        # Acknowledgements on their way to the store, with what each acknowledges: the
+        # worker that sent each went on to its next delivery.
+        self._recording: dict[asyncio.Future[None], tuple[ClaimedDelivery, float]] = {}
         self._claimer: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._worker_tasks: list[asyncio.Task[None]] = []
@@ -166,6 +169,8 @@ class Dispatcher:
             self._all_settled.clear()
             await self._wait_for_in_flight(grace, interrupt or asyncio.Event())
         unfinished = list(self._in_flight.values())
+        if self._recording:
+            await asyncio.wait(list(self._recording))
         for task in self._worker_tasks:
             task.cancel()
         await asyncio.gather(*self._worker_tasks, return_exceptions=True)
@@ -512,12 +517,21 @@ class Dispatcher:
                 cap=self._cap_of(subscription_id),
             )
             self._observer.window_changed(subscription_id, self._windows.size(subscription_id))
+            if self._store.background_acks:
+                recording = self._store.ack_soon(
+                    delivery,
+                    now=acked_at,
+                    status=outcome.status,
+                    attempted_at=sent_at,
+                    duration=took,
+                )
+                self._recording[recording] = (delivery, acked_at)
+                recording.add_done_callback(self._recorded)
+                return
             await self._store.ack(
                 delivery, now=acked_at, status=outcome.status, attempted_at=sent_at, duration=took
             )
-            self._observer.delivered(delivery, acked_at)
-            if delivery.ordering_key is not None:
-                self._held_back = True  # the key's next message is free to go now
+            self._acknowledged(delivery, acked_at)
             return
         # A retry falls due later, a pause ends later: the claim loop must plan its
         # sleep again once this slot is free, as after a claim that was held back.
@@ -535,6 +549,26 @@ class Dispatcher:
             )
             self._observer.window_changed(subscription_id, self._windows.size(subscription_id))
         await self._settle_failure(delivery, outcome, _Timing(sent_at, took))
+
+    def _recorded(self, recording: asyncio.Future[None]) -> None:
+        """An acknowledgement reached the store, or could not."""
+        delivery, acked_at = self._recording.pop(recording)
+        exc = None if recording.cancelled() else recording.exception()
+        if exc is None:
+            self._acknowledged(delivery, acked_at)
+            if delivery.ordering_key is not None:
+                self._slot_freed()  # its own slot was freed before the key's next was free
+        elif isinstance(exc, StoreUnavailable):
+            # The outcome is lost, not the delivery: its lease runs out and it is
+            # attempted again, which at-least-once allows.
+            log.error("cannot record the outcome of %s: %s", delivery.message_id, exc)
+        else:
+            log.error("unexpected error recording %s", delivery.message_id, exc_info=exc)
+
+    def _acknowledged(self, delivery: ClaimedDelivery, acked_at: float) -> None:
+        self._observer.delivered(delivery, acked_at)
+        if delivery.ordering_key is not None:
+            self._held_back = True  # the key's next message is free to go now
 
     async def _settle_failure(
         self, delivery: ClaimedDelivery, outcome: Outcome, timing: _Timing

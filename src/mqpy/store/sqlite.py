@@ -125,6 +125,7 @@ def _configure(conn: sqlite3.Connection) -> None:
 
 
 class SQLiteStore(Store):
+    background_acks = True  # acks and claims share the writer's transactions
     """The `Store` interface on one SQLite file under a data directory."""
 
     def __init__(
@@ -750,6 +751,10 @@ class SQLiteStore(Store):
 
     async def _settle(self, settlement: Settlement) -> None:
         await self._settlements.submit(settlement)
+
+    def _settle_soon(self, settlement: Settlement) -> asyncio.Future[None]:
+        # No task per delivery: the settlement's own future, settled by the writer.
+        return self._settlements.submit_nowait(settlement)
 
     async def leased(
         self, subscription_id: int, leases: Collection[tuple[int, str]], *, now: float

@@ -63,6 +63,10 @@ class SettlementQueue:
         self._queued = False  # an operation that will take them is in the writer's queue
 
     async def submit(self, settlement: Settlement) -> None:
+        await self.submit_nowait(settlement)
+
+    def submit_nowait(self, settlement: Settlement) -> asyncio.Future[None]:
+        """Queue `settlement`; the future settles once its transaction commits."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._lock:
             self._waiting.append((settlement, future))
@@ -80,7 +84,7 @@ class SettlementQueue:
                     self._waiting.remove((settlement, future))
                 raise
             operation.add_done_callback(lambda done: _answer(done, taken))
-        await future
+        return future
 
     def _record(self, conn: sqlite3.Connection, taken: list[_Waiting]) -> None:
         with self._lock:
