@@ -36,8 +36,11 @@ CHECK_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(2 * (os.cpu_count() or 1
 ## PYTHONDONTWRITEBYTECODE is cleared for it: without the bytecode caches (gitignored)
 ## every worker compiles mq-py and pytest rewrites every test module again, 2.6 s of
 ## CPU a worker, and every interpreter a test starts compiles mq-py (0.14 s).
+## Nothing it runs uses schemathesis' pytest plugin (test_schemathesis.py is slow, and not
+## even imported: tests/conftest.py), and loading it is 0.34 s of each worker's start.
 check: lint typecheck
-	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -m "not slow" -n $(CHECK_WORKERS) --dist worksteal
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -m "not slow" -n $(CHECK_WORKERS) --dist worksteal \
+		-p no:schemathesis
 
 ## The tests where a group of processes (what `mqpy serve` runs by default) can differ
 ## from one process, with every server the harness starts a group of 2
