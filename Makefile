@@ -28,12 +28,19 @@ test: lint typecheck pytest
 ## test is waiting on them, so a second worker a core uses what the first leaves idle).
 ## On two cores -n 2/3/4/6/8 took 115/93/77/69/74 s; at -n 6 the extra load made a
 ## pacing test's receiver timestamps miss their 0.05 s slack once in four runs. See README.
+## --dist worksteal: a worker that runs out takes tests queued for another. With the
+## default (load) one worker ran 7 s past the others once in two runs (its queue at the
+## end); with worksteal the last ended within 3.2 s of the first (pytest 68-70 s against
+## 70-75 s, two runs each at -n 4).
 CHECK_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(2 * (os.cpu_count() or 1))')
 ## PYTHONDONTWRITEBYTECODE is cleared for it: without the bytecode caches (gitignored)
 ## every worker compiles mq-py and pytest rewrites every test module again, 2.6 s of
 ## CPU a worker, and every interpreter a test starts compiles mq-py (0.14 s).
+## Nothing it runs uses schemathesis' pytest plugin (test_schemathesis.py is slow, and not
+## even imported: tests/conftest.py), and loading it is 0.34 s of each worker's start.
 check: lint typecheck
-	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -m "not slow" -n $(CHECK_WORKERS)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -m "not slow" -n $(CHECK_WORKERS) --dist worksteal \
+		-p no:schemathesis
 
 ## The tests where a group of processes (what `mqpy serve` runs by default) can differ
 ## from one process, with every server the harness starts a group of 2

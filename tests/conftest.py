@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,40 @@ from tests.support.server import ServerProcess
 
 ServerFactory = Callable[..., ServerProcess]
 ReceiverFactory = Callable[..., Awaitable[Receiver]]
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under `-m "not slow"` (make check), a file whose every test is slow is not even
+    imported: hypothesis and schemathesis alone are about a second of each worker's
+    start. Without that expression (make test) every file is collected as before."""
+    if collection_path.suffix != ".py" or not _deselects_slow(config.option.markexpr):
+        return None
+    return True if _wholly_slow(collection_path) else None
+
+
+def _deselects_slow(markexpr: str) -> bool:
+    # Only a plain conjunction with "not slow" as one of its terms deselects every slow
+    # test whatever its other marks; anything with "or" or parentheses is left to pytest.
+    if not markexpr or "(" in markexpr or " or " in f" {markexpr} ":
+        return False
+    return "not slow" in (" ".join(term.split()) for term in markexpr.split(" and "))
+
+
+def _wholly_slow(path: Path) -> bool:
+    """Whether the module marks all its tests slow: `pytestmark = pytest.mark.slow`, or a
+    list or tuple holding it, assigned at module level."""
+    source = path.read_text(encoding="utf-8")
+    if "pytest.mark.slow" not in source:
+        return False
+    for statement in ast.parse(source, str(path)).body:
+        if isinstance(statement, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "pytestmark"
+            for target in statement.targets
+        ):
+            value = statement.value
+            marks = value.elts if isinstance(value, (ast.List, ast.Tuple)) else [value]
+            return any(ast.unparse(mark) == "pytest.mark.slow" for mark in marks)
+    return False
 
 
 @pytest.hookimpl(tryfirst=True)
