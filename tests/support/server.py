@@ -190,4 +190,3 @@ class ServerProcess:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-
