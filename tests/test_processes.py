@@ -691,7 +691,7 @@ async def test_a_subscriber_lists_a_subscription_made_through_the_other_process_
             async with listing.get(f"{server.url}/v1/subscriptions", headers=mine) as listed:
                 assert listed.status == 200, await listed.text()
                 found = [s["id"] for s in (await listed.json())["subscriptions"]]
-            assert found == ids, n
+            assert found == sorted(ids), n  # listed by id
     finally:
         for session in sessions.values():
             await session.close()
