@@ -473,6 +473,8 @@ def test_publish_connects_one_sender_and_close_disconnects_it(
     assert figures(server)["writers"] == 0
 
 
+# In a group a disconnect reaches the other processes within a second (docs/operations.md).
+@pytest.mark.one_process
 def test_publish_replaces_a_sender_that_was_disconnected(start_server: ServerFactory) -> None:
     server = start_server()
     with mqpy.Client(server.url) as client, mqpy.Client(server.url) as admin:

@@ -130,6 +130,9 @@ def test_list_with_no_keys_shows_the_header(secured: ServerProcess) -> None:
 # -- revoke -------------------------------------------------------------------------------
 
 
+# In a group a key revoked through one process is refused by the others within a second
+# (docs/operations.md, "What the nodes share").
+@pytest.mark.one_process
 def test_revoke(secured: ServerProcess) -> None:
     key = succeeded(as_admin(secured, "create", "--role", "publisher")).strip()
     [key_id] = listed_ids(secured)
@@ -245,6 +248,9 @@ def test_top_level_help_names_the_keys_command() -> None:
     assert "keys" in succeeded(result)
 
 
+# In a group the first key turns authentication on in the other processes within a
+# second (docs/operations.md, "What the nodes share").
+@pytest.mark.one_process
 def test_the_first_key_on_a_keyless_server_says_authentication_is_now_on(
     start_server: ServerFactory,
 ) -> None:

@@ -15,7 +15,7 @@ from aiohttp import web
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.api import call, ok, problem, subscription_body, wait_for
 from tests.support.load import FAST_RETRIES
-from tests.support.server import ServerProcess, known_group_bug
+from tests.support.server import ServerProcess
 
 ADMIN_KEY = "native-api-admin-key-5c0e1a"
 # Never called: nothing is published to the topics these subscriptions take.
@@ -314,9 +314,6 @@ def _key(base: str, role: str, topics: list[str] | None = None) -> str:
     return str(ok(call(base, "POST", "/v1/keys", body, key=ADMIN_KEY), 201)["key"])
 
 
-@known_group_bug(
-    "failed once in a group run (a list came back empty); not looked into", strict=False
-)
 def test_a_subscriber_sees_and_manages_only_its_own(start_server: ServerFactory) -> None:
     base = start_server(env={"MQPY_ADMIN_KEY": ADMIN_KEY}).url
     alice, bob = _key(base, "subscriber"), _key(base, "subscriber")

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import aiohttp
+import pytest
 
 from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.load import FAST_RETRIES, duplicates, received_ids, wait_until
@@ -34,6 +35,9 @@ async def members(behaviours: list[KillableMember]) -> AsyncIterator[list[Receiv
             await receiver.stop()
 
 
+# In a group of processes each applies --receiver-concurrency on its own: a member may
+# hold N times as many (docs/operations.md, "In a group ... each process's own").
+@pytest.mark.one_process
 async def test_a_group_shares_messages_and_survives_a_killed_member(
     start_server: ServerFactory, http: aiohttp.ClientSession, start_receiver: ReceiverFactory
 ) -> None:

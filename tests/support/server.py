@@ -12,8 +12,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
-
 from tests.support.launcher import LaunchedProcess, start_mqpy
 
 _LISTENING = re.compile(r"listening on (https?://[^\s\"]+)")
@@ -192,11 +190,3 @@ class ServerProcess:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-
-
-def known_group_bug(reason: str, *, strict: bool = True) -> pytest.MarkDecorator:
-    """xfail when MQPY_TEST_PROCESSES starts groups: a product bug a group shows, not
-    fixed yet, which one process does not have (its assertion holds there, unchanged).
-    Strict where the group fails every time: a fix makes it pass and the mark must go."""
-    grouped = os.environ.get("MQPY_TEST_PROCESSES", "1") not in ("", "1")
-    return pytest.mark.xfail(grouped, reason=reason, strict=strict)

@@ -204,11 +204,11 @@ class Broker:
         self._replace_subscriptions({s.id: s for s in subscriptions}, touched)
         return not touched
 
-    async def _all_subscriptions(self) -> list[Subscription]:
+    async def _all_subscriptions(self, topic: str | None = None) -> list[Subscription]:
         found: list[Subscription] = []
         cursor: str | None = None
         while True:
-            page = await self._store.subscriptions(cursor=cursor, limit=1000)
+            page = await self._store.subscriptions(topic=topic, cursor=cursor, limit=1000)
             found.extend(page.items)
             cursor = page.next_cursor
             if cursor is None:
@@ -496,12 +496,11 @@ class Broker:
         """Subscriptions the caller may see: all for an admin, else its own."""
         if principal.is_admin:
             return await self._store.subscriptions(topic=topic, cursor=cursor, limit=limit)
-        # Few subscriptions belong to one key; filter a full walk of the list.
-        mine = [
-            s
-            for s in sorted(self._subscriptions.values(), key=lambda s: s.id)
-            if s.key_id == principal.key_id and (topic is None or topics_match(s.spec.topic, topic))
-        ]
+        # Few subscriptions belong to one key; filter a full walk of the store's list.
+        # Not this process's cached catalogue: in a group, a subscription made through
+        # another process reaches that cache up to a second later, and its maker would
+        # not find it in its own list meanwhile (the admin's list reads the store too).
+        mine = [s for s in await self._all_subscriptions(topic) if s.key_id == principal.key_id]
         after = int_cursor(cursor)
         mine = [s for s in mine if after is None or s.id > after]
         page = mine[:limit]
