@@ -169,8 +169,8 @@ class Dispatcher:
             self._all_settled.clear()
             await self._wait_for_in_flight(grace, interrupt or asyncio.Event())
         unfinished = list(self._in_flight.values())
-        if self._recording:
-            await asyncio.wait(list(self._recording))
+        if self._recording:  # acknowledgements the writer has not committed yet
+            await asyncio.wait(list(self._recording), timeout=grace)
         for task in self._worker_tasks:
             task.cancel()
         await asyncio.gather(*self._worker_tasks, return_exceptions=True)

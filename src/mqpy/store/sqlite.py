@@ -125,8 +125,9 @@ def _configure(conn: sqlite3.Connection) -> None:
 
 
 class SQLiteStore(Store):
-    background_acks = True  # acks and claims share the writer's transactions
     """The `Store` interface on one SQLite file under a data directory."""
+
+    background_acks = True  # acks and claims share the writer's transactions
 
     def __init__(
         self,
