@@ -665,6 +665,16 @@ async def keyed_group(
     return server, await sessions_on_each(serving(server, 2), server.port, server.url)
 
 
+async def make_key(
+    session: aiohttp.ClientSession, url: str, admin: dict[str, str], role: str
+) -> str:
+    """A new key of `role`, made through `session`'s process."""
+    async with session.post(f"{url}/v1/keys", json={"role": role}, headers=admin) as made:
+        assert made.status == 201, await made.text()
+        key: str = (await made.json())["key"]
+        return key
+
+
 async def test_a_subscriber_lists_a_subscription_made_through_the_other_process_at_once(
     start_server: ServerFactory, store: str
 ) -> None:
@@ -675,11 +685,9 @@ async def test_a_subscriber_lists_a_subscription_made_through_the_other_process_
     server, sessions = await keyed_group(start_server, store, admin["Authorization"][7:])
     making, listing = sessions.values()
     try:
-        async with making.post(
-            f"{server.url}/v1/keys", json={"role": "subscriber"}, headers=admin
-        ) as made:
-            assert made.status == 201, await made.text()
-            mine = {"Authorization": f"Bearer {(await made.json())['key']}"}
+        mine = {
+            "Authorization": f"Bearer {await make_key(making, server.url, admin, 'subscriber')}"
+        }
         ids: list[int] = []
         for n in range(5):
             body = {"url": "http://127.0.0.1:9/hook", "topic": f"t{n}"}
@@ -708,11 +716,7 @@ async def test_a_key_made_through_one_process_opens_the_other_at_once(
     making, using = sessions.values()
     try:
         for n in range(5):
-            async with making.post(
-                f"{server.url}/v1/keys", json={"role": "publisher"}, headers=admin
-            ) as made:
-                assert made.status == 201, await made.text()
-                key = (await made.json())["key"]
+            key = await make_key(making, server.url, admin, "publisher")
             async with using.post(
                 f"{server.url}/v1/topics/t/messages",
                 json={"body": f"m{n}"},
