@@ -151,7 +151,8 @@ class Metrics:
         self._outcomes.add("dead_lettered")
 
     def committed(self, operations: int, seconds: float) -> None:
-        """Called in the store's writer thread; prometheus_client is thread-safe."""
+        """Called in the store's writer thread or the event loop's; prometheus_client
+        is thread-safe."""
         self._batch.observe(operations)
         self._commit.observe(seconds)
 

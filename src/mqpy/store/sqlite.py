@@ -748,6 +748,10 @@ class SQLiteStore(Store):
                 for_subscription=for_subscription,
             )
 
+        ran, claimed = self._writer.run_now(operation)
+        if ran:
+            assert claimed is not None
+            return claimed
         return await self._writer.run(operation, durable=False)
 
     async def _settle(self, settlement: Settlement) -> None:

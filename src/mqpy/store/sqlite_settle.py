@@ -67,24 +67,43 @@ class SettlementQueue:
 
     def submit_nowait(self, settlement: Settlement) -> asyncio.Future[None]:
         """Queue `settlement`; the future settles once its transaction commits."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         with self._lock:
             self._waiting.append((settlement, future))
-            queue_one = not self._queued
+            schedule = not self._queued
             self._queued = True
-        if queue_one:
-            taken: list[_Waiting] = []  # filled by the operation, in the writer thread
-            try:
-                operation = self._writer.submit(
-                    lambda conn: self._record(conn, taken), durable=False
-                )
-            except BaseException:
-                with self._lock:
-                    self._queued = False
-                    self._waiting.remove((settlement, future))
-                raise
-            operation.add_done_callback(lambda done: _answer(done, taken))
+        if schedule:
+            # Once this turn of the event loop is over, so that every outcome it
+            # brought shares the transaction.
+            loop.call_soon(self._record_soon)
         return future
+
+    def _record_soon(self) -> None:
+        """Record what is waiting in a transaction of its own right here if the writer
+        is free (`run_now`), else in the writer's next one."""
+        taken: list[_Waiting] = []
+        try:
+            ran, _ = self._writer.run_now(lambda conn: self._record(conn, taken))
+        except Exception as exc:  # noqa: BLE001 - each caller hears of it
+            ran = bool(taken)
+            _answer_all(taken, exc)
+        else:
+            if ran:
+                _answer_all(taken, None)
+        if ran:
+            return
+        taken = []  # filled by the operation, in the writer thread
+        try:
+            operation = self._writer.submit(lambda conn: self._record(conn, taken), durable=False)
+        except BaseException as exc:
+            with self._lock:
+                waiting, self._waiting, self._queued = self._waiting, [], False
+            _answer_all(waiting, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        operation.add_done_callback(lambda done: _answer(done, taken))
 
     def _record(self, conn: sqlite3.Connection, taken: list[_Waiting]) -> None:
         with self._lock:
@@ -99,7 +118,10 @@ _Waiting = tuple[Settlement, "asyncio.Future[None]"]
 
 def _answer(operation: asyncio.Future[None], taken: list[_Waiting]) -> None:
     """On the event loop, once the operation's transaction committed or failed."""
-    failure = operation.exception() if not operation.cancelled() else None
+    _answer_all(taken, operation.exception() if not operation.cancelled() else None)
+
+
+def _answer_all(taken: list[_Waiting], failure: BaseException | None) -> None:
     for _, future in taken:
         if future.done():
             continue
