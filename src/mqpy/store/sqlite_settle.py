@@ -46,12 +46,14 @@ _DEAD_LETTER = (
 
 
 class SettlementQueue:
-    """Settlements waiting for the writer, recorded together by one operation.
+    """Settlements waiting to be recorded, recorded together by one operation.
 
-    The operation takes whatever is waiting when the writer runs it, not when it was
-    queued: settlements that arrive while it waits in the writer's queue join it, and
-    one that arrives while it runs gets the next operation. So they reach the earliest
-    transaction that can take them, without a trip back to the event loop between two.
+    Once the event loop's turn that brought them is over, the operation runs at once
+    on the loop if the writer's connection is free (`GroupCommitWriter.run_now`), else
+    it goes to the writer. There it takes whatever is waiting when the writer runs it,
+    not when it was queued: settlements that arrive while it waits in the writer's
+    queue join it, and one that arrives while it runs gets the next operation. So they
+    reach the earliest transaction that can take them.
     """
 
     def __init__(self, writer: GroupCommitWriter, tallies: Tallies, events: EventWriter) -> None:
