@@ -4,8 +4,6 @@ connection itself when it is free this moment, and never waits for a lock to be.
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
 import sqlite3
 import threading
 import time
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mqpy.store.sqlite import DATABASE_FILE, WRITE_LOCK_FILE, SQLiteStore, prepare_group
+from mqpy.store.sqlite import DATABASE_FILE, SQLiteStore, prepare_group
 from tests.store.support import T0, ack_all, claim, publish, receiver
 
 BUMP = "UPDATE counters SET value = value + 1 WHERE name = 'delivered'"
@@ -114,24 +112,18 @@ async def test_a_claim_that_met_another_writer_waits_for_it_in_the_writer(
     assert [d.body for d in deliveries] == ["hello"]
 
 
-async def test_in_a_group_it_declines_while_another_process_has_the_turn(
-    tmp_path: Path,
-) -> None:
+async def test_in_a_group_it_leaves_everything_to_the_writer(tmp_path: Path) -> None:
     with prepare_group(tmp_path) as lock:
         store = SQLiteStore(tmp_path, group_lock=lock.fileno())
         await store.open()
         try:
-            # The turn another process of the group takes: the same lock file, its own
-            # open file description.
-            turn = os.open(tmp_path / WRITE_LOCK_FILE, os.O_RDWR)
-            try:
-                fcntl.flock(turn, fcntl.LOCK_EX)
-                assert store.writer.run_now(lambda conn: conn.execute(BUMP)) == (False, None)
-                fcntl.flock(turn, fcntl.LOCK_UN)
-                ran, _ = store.writer.run_now(lambda conn: conn.execute(BUMP))
-                assert ran
-            finally:
-                os.close(turn)
+            assert store.writer.run_now(lambda conn: conn.execute(BUMP)) == (False, None)
+            await receiver(store)
+            await publish(store, "hello")
+            batches = store.writer.batches
+            deliveries = (await claim(store, T0 + 1)).deliveries
+            assert [d.body for d in deliveries] == ["hello"]
+            assert store.writer.batches == batches + 1  # the claim, in the writer
         finally:
             await store.close()
 
