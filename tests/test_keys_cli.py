@@ -248,9 +248,6 @@ def test_top_level_help_names_the_keys_command() -> None:
     assert "keys" in succeeded(result)
 
 
-# In a group the first key turns authentication on in the other processes within a
-# second (docs/operations.md, "What the nodes share").
-@pytest.mark.one_process
 def test_the_first_key_on_a_keyless_server_says_authentication_is_now_on(
     start_server: ServerFactory,
 ) -> None:

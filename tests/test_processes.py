@@ -737,6 +737,32 @@ async def test_a_key_made_through_one_process_opens_the_other_at_once(
             await session.close()
 
 
+async def test_the_first_key_made_through_one_process_closes_the_other_at_once(
+    start_server: ServerFactory, store: str
+) -> None:
+    # The process that stores the first key says so in the group's shared memory
+    # before it answers, so the other lets no caller without a key in after that
+    # answer, though its own reload of the keys comes a moment later.
+    port = free_port()
+    where = ("--store", store) if store else ()
+    server = start_server(*where, "--processes", "2", "--port", str(port))
+    sessions = await sessions_on_each(serving(server, 2), server.port, server.url)
+    making, other = sessions.values()
+    try:
+        async with other.get(f"{server.url}/v1/topics") as answer:
+            assert answer.status == 200, await answer.text()  # open, before any key
+        key = await make_key(making, server.url, {}, "admin")
+        async with other.get(f"{server.url}/v1/topics") as answer:
+            assert answer.status == 401, await answer.text()
+        async with other.get(
+            f"{server.url}/v1/topics", headers={"Authorization": f"Bearer {key}"}
+        ) as answer:
+            assert answer.status == 200, await answer.text()
+    finally:
+        for session in sessions.values():
+            await session.close()
+
+
 async def fresh_get(url: str) -> str:
     """GET `url` over a connection of its own: whichever process the kernel gives it."""
     async with aiohttp.ClientSession() as http, http.get(url) as answer:

@@ -50,6 +50,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     refuse_cross_site(request)
     token = bearer_token(request)
     access = request.app[ACCESS]
+    if request.app[KEY_REGISTRY].first_key_made_elsewhere():
+        # Another process of the group made the first key a moment ago.
+        await request.app[KEY_REGISTRY].follow_first_key()
     principal = access.authenticate(token)
     if principal is None and token is not None:
         # Perhaps a key made a moment ago through another process or node.

@@ -73,6 +73,10 @@ class Access:
         self._keys[key.id] = key
         self._required = True
 
+    def require(self) -> None:
+        """Require keys from now on: another process made one (it may be gone)."""
+        self._required = True
+
     def revoked(self, key_id: str) -> None:
         self._keys.pop(key_id, None)
 

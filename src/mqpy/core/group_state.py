@@ -42,8 +42,11 @@ PREFIX = "mqpy-group-"
 SLOTS = 4096  # 256 KiB: a bucket per publishing key and receiver of a busy broker
 PROBES = 16
 # The header: a version, moved by every change to a receiver's pause, so a process
-# can tell without the lock that nothing it read of the pauses has changed.
+# can tell without the lock that nothing it read of the pauses has changed; then
+# whether a process of the group has made an API key (1) or not yet (0).
 _HEADER = struct.Struct("<Q")
+_KEYS_MADE = struct.Struct("<Q")
+_KEYS_MADE_AT = 8
 _HEADER_BYTES = 64
 # A slot: the key's hash (0: never used), free_after, four values and a process id.
 _SLOT = struct.Struct("<Qd4dq")
@@ -155,6 +158,18 @@ class GroupState:
             return granted
 
         return self._update(kind, key, reserved)
+
+    # API keys
+
+    def note_key_made(self) -> None:
+        """A process of the group stored an API key: authentication is on for all of
+        them. Never cleared: keys once required stay required (auth/access.py)."""
+        _KEYS_MADE.pack_into(self._map, _KEYS_MADE_AT, 1)
+
+    def key_made(self) -> bool:
+        """Whether a process of the group has stored an API key; read without the
+        lock (one aligned word, written once)."""
+        return bool(_KEYS_MADE.unpack_from(self._map, _KEYS_MADE_AT)[0])
 
     # Receivers' pauses: a = until, b = pauses, c = probe until, owner = probe's process
 

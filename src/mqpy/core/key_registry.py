@@ -10,6 +10,7 @@ from collections.abc import Callable
 from mqpy.auth.access import Access, Principal
 from mqpy.auth.keys import new_key, split_key
 from mqpy.core.broker import Broker, require_admin
+from mqpy.core.group_state import GroupState
 from mqpy.model.domain import ApiKey, Role
 from mqpy.store import Store
 
@@ -23,7 +24,10 @@ class KeyRegistry:
     `peers.CatalogSync` when the store's catalog version moves) mirrors them again, and
     `recheck` reads them at once when a request names a key this process does not know:
     a client that created a key through one process of a group (or one node) and uses it
-    straight away may reach another before the news of it does."""
+    straight away may reach another before the news of it does. The first key turns
+    authentication on: in a group, the process that stores one says so in the group's
+    shared memory before it answers, and `first_key_made_elsewhere` lets the others
+    see it before they let the next caller without a key in."""
 
     def __init__(
         self,
@@ -31,11 +35,14 @@ class KeyRegistry:
         access: Access,
         broker: Broker,
         clock: Callable[[], float] = time.time,
+        group: GroupState | None = None,
     ) -> None:
+        """`group`: the shared memory of this process's `--processes` group, if any."""
         self._store = store
         self._access = access
         self._broker = broker
         self._clock = clock
+        self._group = group
         # While `reload` reads the store: the keys this process created or revoked
         # meanwhile, whose state here may be newer than what the reload read.
         self._touched: set[str] | None = None
@@ -67,6 +74,21 @@ class KeyRegistry:
         async with self._reloading:
             if self._read < wanted:
                 await self._reload()
+
+    def first_key_made_elsewhere(self) -> bool:
+        """Whether access is open here although another process of the group has
+        stored a key: then `follow_first_key` before letting a caller without a key
+        in. One read of shared memory: this is asked of every request."""
+        return self._group is not None and not self._access.enabled and self._group.key_made()
+
+    async def follow_first_key(self) -> None:
+        """Read the keys another process of the group began with; requests waiting
+        together share one read. Keys are required from now on even if that one was
+        revoked meanwhile: once required, they stay required (auth/access.py)."""
+        async with self._reloading:
+            if not self._access.enabled:
+                await self._reload()
+                self._access.require()
 
     async def _reload(self) -> bool:
         self._started += 1
@@ -103,6 +125,8 @@ class KeyRegistry:
         await self._store.add_key(record)
         self._access.added(record)
         self._touch(record.id)
+        if self._group is not None:
+            self._group.note_key_made()  # before the answer: see the class's docstring
         if was_open:
             log.warning(
                 "key %s (%s) is the first key: API keys are now on, and every caller needs "

@@ -176,7 +176,7 @@ async def _start(
     # Last of all at stop (callbacks run in reverse): what the final deliveries counted
     # reaches the group's files.
     parts.callback(observer.flush_metrics)
-    key_registry = KeyRegistry(store, access, broker, clock=clock)
+    key_registry = KeyRegistry(store, access, broker, clock=clock, group=group)
     await key_registry.start()
     check_exposure(settings, access)
     tls = server_tls(settings)
