@@ -24,7 +24,7 @@ from mqpy.api import (
 )
 from mqpy.api.auth import auth_middleware
 from mqpy.api.http_errors import expect_handler
-from mqpy.api.problems import PROBLEM_CONTENT_TYPE, Problem
+from mqpy.api.problems import PROBLEM_CONTENT_TYPE, Problem, problem_for
 from mqpy.api.state import (
     ACCESS,
     BODY_TIMEOUT,
@@ -38,7 +38,6 @@ from mqpy.api.types import Handler
 from mqpy.auth.access import Access
 from mqpy.core.broker import Broker
 from mqpy.core.key_registry import KeyRegistry
-from mqpy.core.ratelimit import retry_after_header
 from mqpy.model.errors import (
     BrokerError,
 )
@@ -177,23 +176,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Problem as problem:
         return problem.to_response(request.path)
     except BrokerError as error:
-        return _problem_for(error).to_response(request.path)
+        return problem_for(error).to_response(request.path)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return _problem_for_http(exc, request).to_response(request.path)
-
-
-def _problem_for(error: BrokerError) -> Problem:
-    """The answer to a refused request, from what its class says (mqpy.model.errors)."""
-    if error.log_cause:
-        log.error("%s", error)
-    headers = {}
-    if error.retry_after is not None:
-        headers["Retry-After"] = retry_after_header(error.retry_after)
-    return Problem(
-        error.status, error.problem_type, error.detail, headers=headers, **error.extensions
-    )
 
 
 def _problem_for_http(exc: web.HTTPException, request: web.Request) -> Problem:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -48,25 +49,44 @@ _EVENTS_PATH = re.compile(r"/v1/subscriptions/(\d{1,19})/events/?")
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     refuse_cross_site(request)
-    token = bearer_token(request)
-    access = request.app[ACCESS]
-    if request.app[KEY_REGISTRY].first_key_made_elsewhere():
-        # Another process of the group made the first key a moment ago.
-        await request.app[KEY_REGISTRY].follow_first_key()
-    principal = access.authenticate(token)
-    if principal is None and token is not None:
-        # Perhaps a key made a moment ago through another process or node.
-        await request.app[KEY_REGISTRY].recheck(token)
-        principal = access.authenticate(token)
+    token = bearer_token(request.headers)
+    principal = await key_holder(request.app, token)
     stream_token = request.query.get("token") if token is None else None
     if principal is None and stream_token is not None:
         principal = _stream_principal(request, stream_token)
     if principal is None and request.path not in PUBLIC_PATHS:
-        detail = _refusal(request) if token is None else _INVALID_KEY
-        raise Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": _CHALLENGE})
+        if token is None and "token" in request.query and _EVENTS_PATH.fullmatch(request.path):
+            raise unauthorized(_INVALID_STREAM_TOKEN)
+        raise refusal(request.headers, token)
     if principal is not None:
         set_principal(request, principal)
     return await handler(request)
+
+
+async def key_holder(app: web.Application, token: str | None) -> Principal | None:
+    """Whom the bearer key `token` speaks for (None: no key was sent, which speaks for
+    everyone while the server has no keys), or None if nobody."""
+    registry = app[KEY_REGISTRY]
+    if registry.first_key_made_elsewhere():
+        # Another process of the group made the first key a moment ago.
+        await registry.follow_first_key()
+    access = app[ACCESS]
+    principal = access.authenticate(token)
+    if principal is None and token is not None:
+        # Perhaps a key made a moment ago through another process or node.
+        await registry.recheck(token)
+        principal = access.authenticate(token)
+    return principal
+
+
+def refusal(headers: Mapping[str, str], token: str | None) -> Problem:
+    """The 401 for a request whose bearer key (`token`, None if it sent none) opens
+    nothing, saying what was wrong with its Authorization header."""
+    return unauthorized(_refusal(headers, token))
+
+
+def unauthorized(detail: str) -> Problem:
+    return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": _CHALLENGE})
 
 
 def _stream_principal(request: web.Request, token: str) -> Principal | None:
@@ -80,12 +100,12 @@ def _stream_principal(request: web.Request, token: str) -> Principal | None:
     return request.app[ACCESS].stream_principal(token, int(match.group(1)), time.time())
 
 
-def _refusal(request: web.Request) -> str:
-    """Why a request without a usable bearer key is refused: none sent, or one sent
+def _refusal(headers: Mapping[str, str], token: str | None) -> str:
+    """Why a request is refused: its key is not valid, none was sent, or one was sent
     without its scheme (a bare key, or another scheme such as Basic)."""
-    if "token" in request.query and _EVENTS_PATH.fullmatch(request.path):
-        return _INVALID_STREAM_TOKEN
-    header = request.headers.get("Authorization", "").strip()
+    if token is not None:
+        return _INVALID_KEY
+    header = headers.get("Authorization", "").strip()
     if not header:
         return "this server needs an API key: send it as 'Authorization: Bearer <key>'"
     scheme, _, rest = header.partition(" ")
@@ -105,8 +125,8 @@ def _refusal(request: web.Request) -> str:
     )
 
 
-def bearer_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    header = headers.get("Authorization", "")
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None

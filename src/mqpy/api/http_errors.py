@@ -5,6 +5,7 @@ headers."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -14,6 +15,7 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_urldispatcher import _default_expect_handler
 
+from mqpy.api.fast_lane import FastLanes, LaneLimits
 from mqpy.api.problems import Problem
 
 log = logging.getLogger("mqpy.api")
@@ -71,25 +73,62 @@ class ProblemRequestHandler(RequestHandler):
 
 
 class ProblemServer(web.Server):
-    """Makes a `ProblemRequestHandler` for every connection."""
+    """Starts every connection in the fast lane (fast_lane.py), which hands it to a
+    `ProblemRequestHandler` for anything but a plain publish."""
 
-    def __call__(self) -> RequestHandler:
+    lanes: FastLanes | None = None
+
+    # The loop takes any protocol factory; aiohttp's type says its own protocol only.
+    def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
+        if self.lanes is not None:
+            return self.lanes.connection()
+        return self.connection_handler()
+
+    def connection_handler(self) -> RequestHandler:
+        """aiohttp's own protocol for a connection (from its start, or handed over)."""
         return ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def pre_shutdown(self) -> None:
+        super().pre_shutdown()
+        if self.lanes is not None:
+            self.lanes.close_idle()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        if self.lanes is None:
+            await super().shutdown(timeout)
+            return
+        await asyncio.gather(
+            super().shutdown(timeout), self.lanes.shutdown(15.0 if timeout is None else timeout)
+        )
 
 
 class ProblemAppRunner(web.AppRunner):
     """An AppRunner whose connections answer malformed HTTP with problem+json, and
     leave request bodies as sent: `encodings.py` decompresses them, not aiohttp."""
 
-    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, *, fast_lane: bool = True, **kwargs: Any) -> None:
+        """`fast_lane`: start connections in the fast lane (fast_lane.py), with the
+        limits given here (`keepalive_timeout`, `max_line_size`, `max_field_size`)."""
         kwargs.setdefault("auto_decompress", False)
         super().__init__(app, **kwargs)
+        self._lane_limits = (
+            LaneLimits(
+                idle_timeout=kwargs.get("keepalive_timeout", 75.0),
+                max_url_bytes=kwargs.get("max_line_size", 8190),
+                max_header_bytes=kwargs.get("max_field_size", 8190),
+            )
+            if fast_lane
+            else None
+        )
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         # aiohttp offers no hook for the per-connection handler class; the server it
         # builds is otherwise exactly what we want, so only its class changes.
         server.__class__ = ProblemServer
+        assert isinstance(server, ProblemServer)
+        if self._lane_limits is not None:
+            server.lanes = FastLanes(self.app, self._lane_limits, server.connection_handler)
         return server
 
 

@@ -3,6 +3,8 @@ GET /v1/messages/{message_id}."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -13,8 +15,9 @@ from mqpy.api.problems import Problem, invalid_field
 from mqpy.api.publications import IDEMPOTENCY_HEADER, header_idempotency_key, publication
 from mqpy.api.requests import convert, read_object
 from mqpy.api.responses import json_response
-from mqpy.api.state import MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, broker_of, principal_of
+from mqpy.api.state import BROKER, MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, broker_of, principal_of
 from mqpy.api.views import PublishedView, message_view
+from mqpy.auth.access import Principal
 from mqpy.model.domain import Publication
 from mqpy.model.errors import UnknownMessage
 
@@ -29,20 +32,38 @@ async def publish(request: web.Request) -> web.Response:
         max_bytes=request.app[MAX_BATCH_BYTES],
         limit_flag="--max-batch-bytes",
     )
+    publishing = Publishing(request.app, principal_of(request), request.headers, request.path)
+    return await publish_answer(publishing, topic, data)
+
+
+@dataclass(frozen=True, slots=True)
+class Publishing:
+    """Who publishes, and what of their request the answer depends on besides its body."""
+
+    app: web.Application
+    principal: Principal
+    headers: Mapping[str, str]
+    path: str  # a rejected message of a batch is named by it
+
+
+async def publish_answer(publishing: Publishing, topic: str, data: dict[str, Any]) -> web.Response:
+    """The answer to a publish to `topic` whose body decoded to `data`: shared by the
+    aiohttp route and the fast lane (fast_lane.py), which read requests differently."""
     if "messages" in data:
-        return await _publish_batch(request, topic, data)
-    return await _publish_one(request, topic, data)
+        return await _publish_batch(publishing, topic, data)
+    return await _publish_one(publishing, topic, data)
 
 
-async def _publish_one(request: web.Request, topic: str, data: dict[str, Any]) -> web.Response:
+async def _publish_one(publishing: Publishing, topic: str, data: dict[str, Any]) -> web.Response:
     body = convert(data, PublishBody)
     message = publication(
         body.body,
         body,
-        max_body_bytes=request.app[MAX_MESSAGE_BYTES],
-        header_key=header_idempotency_key(request),
+        max_body_bytes=publishing.app[MAX_MESSAGE_BYTES],
+        header_key=header_idempotency_key(publishing.headers),
     )
-    (published,) = await broker_of(request).publish(topic, [message], principal_of(request))
+    broker = publishing.app[BROKER]
+    (published,) = await broker.publish(topic, [message], publishing.principal)
     view = PublishedView(id=published.id, topic=topic, duplicate=published.duplicate)
     if published.duplicate:
         return json_response(view)
@@ -51,22 +72,20 @@ async def _publish_one(request: web.Request, topic: str, data: dict[str, Any]) -
     return response
 
 
-async def _publish_batch(request: web.Request, topic: str, data: dict[str, Any]) -> web.Response:
-    items = _batch_items(request, data)
+async def _publish_batch(publishing: Publishing, topic: str, data: dict[str, Any]) -> web.Response:
+    items = _batch_items(publishing.headers, data)
+    limit = publishing.app[MAX_MESSAGE_BYTES]
     results: list[dict[str, Any]] = []
     valid: list[Publication] = []
     for index, item in enumerate(items):
         try:
             body = convert(item, PublishBody)
-            valid.append(
-                publication(body.body, body, max_body_bytes=request.app[MAX_MESSAGE_BYTES])
-            )
+            valid.append(publication(body.body, body, max_body_bytes=limit))
             results.append({})  # filled in once the valid ones are published
         except Problem as problem:
-            results.append({"error": problem.to_dict(f"{request.path}#/messages/{index}")})
-    published = iter(
-        await broker_of(request).publish(topic, valid, principal_of(request)) if valid else []
-    )
+            results.append({"error": problem.to_dict(f"{publishing.path}#/messages/{index}")})
+    broker = publishing.app[BROKER]
+    published = iter(await broker.publish(topic, valid, publishing.principal) if valid else [])
     for result in results:
         if "error" not in result:
             done = next(published)
@@ -76,8 +95,8 @@ async def _publish_batch(request: web.Request, topic: str, data: dict[str, Any])
     )
 
 
-def _batch_items(request: web.Request, data: dict[str, Any]) -> list[Any]:
-    if IDEMPOTENCY_HEADER in request.headers:
+def _batch_items(headers: Mapping[str, str], data: dict[str, Any]) -> list[Any]:
+    if IDEMPOTENCY_HEADER in headers:
         raise invalid_field(
             IDEMPOTENCY_HEADER,
             f"the {IDEMPOTENCY_HEADER} header is for a single message; give each message "

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
 import msgspec
 from aiohttp import web
+
+from mqpy.core.ratelimit import retry_after_header
+from mqpy.model.errors import BrokerError
+
+log = logging.getLogger("mqpy.api")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://mq-py.dev/problems/"
@@ -69,3 +75,15 @@ def invalid_field(field: str, detail: str) -> Problem:
 
 def invalid_body(detail: str) -> Problem:
     return Problem(400, "invalid-request", detail)
+
+
+def problem_for(error: BrokerError) -> Problem:
+    """The answer to a refused request, from what its class says (mqpy.model.errors)."""
+    if error.log_cause:
+        log.error("%s", error)
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = retry_after_header(error.retry_after)
+    return Problem(
+        error.status, error.problem_type, error.detail, headers=headers, **error.extensions
+    )

@@ -3,7 +3,7 @@ the checks a type cannot express, and the `Idempotency-Key` header."""
 
 from __future__ import annotations
 
-from aiohttp import web
+from collections.abc import Mapping
 
 from mqpy.api.fields import parse_timestamp
 from mqpy.api.problems import invalid_field
@@ -14,9 +14,9 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 _MAX_KEY_CHARS = 200
 
 
-def header_idempotency_key(request: web.Request) -> str | None:
+def header_idempotency_key(headers: Mapping[str, str]) -> str | None:
     """The `Idempotency-Key` header, checked like the field."""
-    value = request.headers.get(IDEMPOTENCY_HEADER)
+    value = headers.get(IDEMPOTENCY_HEADER)
     if value is None:
         return None
     if not 1 <= len(value) <= _MAX_KEY_CHARS:

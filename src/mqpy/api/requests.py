@@ -125,6 +125,14 @@ async def read_object(
         ) from None
     if coding is not None:
         raw = decode(raw, coding, limit, lambda: body_too_large(limit, limit_flag))
+    return parse_object(raw, allow_empty=allow_empty, fold_case=fold_case)
+
+
+def parse_object(
+    raw: bytes, *, allow_empty: bool = False, fold_case: bool = True
+) -> dict[str, Any]:
+    """A whole request body as a JSON object, or a 400 saying what is wrong (see
+    `read_object`)."""
     if allow_empty and not raw.strip():
         return {}
     try:
