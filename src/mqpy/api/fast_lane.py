@@ -7,10 +7,11 @@ publish figure (2 processes, 64 connections): 131 µs of server CPU a message th
 aiohttp, 68 µs through a first version of this lane.
 
 So every connection starts here: an asyncio protocol that parses with llhttp
-(httptools) and answers the publish routes itself, POST /send and POST
-/v1/topics/{topic}/messages, through the same functions their aiohttp routes call
-(`auth.key_holder`, `requests.parse_object`, `seed.send_answer`,
-`messages.publish_answer`), so a publish is checked and answered alike either way.
+(httptools) and answers the seed protocol (POST /connect, /send, /disconnect: what an
+MQ Go client says on its keep-alive connection) and the native publish (POST
+/v1/topics/{topic}/messages) itself, through the same functions their aiohttp routes
+call (`auth.key_holder`, `requests.parse_object`, `seed.*_answer`,
+`messages.publish_answer`), so a request is checked and answered alike either way.
 
 Anything else goes to aiohttp together with the connection: the first bytes the lane
 does not answer, and all that follow, are handed to an aiohttp request handler as if it
@@ -18,6 +19,7 @@ had had the connection from the start. Every other route, and every defence the 
 pin down for odd requests, stays aiohttp's. The lane answers a chunk of bytes read only
 if every request in it is complete and plain:
 - a POST to one of those paths, with no query and nothing percent-encoded, HTTP/1.x;
+  (a connection that asks for anything else stays with aiohttp from then on);
 - its whole body within the bytes read, its Content-Length within the route's limit;
 - none of Transfer-Encoding, Content-Encoding, Expect, Origin (a browser's cross-site
   checks are the middleware's), or an upgrade;
@@ -46,13 +48,23 @@ from mqpy.api.fields import check_topic_name
 from mqpy.api.messages import Publishing, publish_answer
 from mqpy.api.problems import Problem, problem_for
 from mqpy.api.requests import parse_object
-from mqpy.api.seed import send_answer
+from mqpy.api.seed import connect_answer, disconnect_answer, send_answer
 from mqpy.api.state import MAX_BATCH_BYTES, MAX_MESSAGE_BYTES
 from mqpy.model.errors import BrokerError
 
 log = logging.getLogger("mqpy.api")
 
-_SEND_PATHS = (b"/send", b"/send/")
+# The seed protocol's routes, each with and without its trailing slash: an MQ Go
+# client connects, sends and disconnects on one keep-alive connection.
+_SEED_ANSWERS = {
+    path + ending: answer
+    for path, answer in (
+        (b"/send", send_answer),
+        (b"/connect", connect_answer),
+        (b"/disconnect", disconnect_answer),
+    )
+    for ending in (b"", b"/")
+}
 _TOPICS = b"/v1/topics/"
 _MESSAGES = (b"/messages", b"/messages/")
 # Headers whose presence sends a request to aiohttp, which handles what they ask for.
@@ -343,8 +355,8 @@ class FastLane(asyncio.Protocol):
 
 
 def _body_limit(app: web.Application, url: bytes) -> int | None:
-    """The body limit of the publish route `url` names, or None if it names none."""
-    if url in _SEND_PATHS:
+    """The body limit of the lane's route `url` names, or None if it names none."""
+    if url in _SEED_ANSWERS:
         return app[MAX_MESSAGE_BYTES]
     if _topic_in(url) is not None:
         return app[MAX_BATCH_BYTES]
@@ -375,8 +387,9 @@ async def _answer(app: web.Application, request: _Request) -> web.Response:
         principal = await key_holder(app, token)
         if principal is None:
             raise refusal(headers, token)
-        if request.url in _SEND_PATHS:
-            return await send_answer(app, principal, headers, parse_object(request.body))
+        seed = _SEED_ANSWERS.get(request.url)
+        if seed is not None:
+            return await seed(app, principal, headers, parse_object(request.body))
         topic = check_topic_name((_topic_in(request.url) or b"").decode())
         data = parse_object(request.body, fold_case=False)
         return await publish_answer(Publishing(app, principal, headers, path), topic, data)

@@ -31,19 +31,28 @@ from mqpy.api.requests import (
     read_object,
 )
 from mqpy.api.responses import json_response
-from mqpy.api.state import BROKER, MAX_MESSAGE_BYTES, broker_of, principal_of
+from mqpy.api.state import BROKER, MAX_MESSAGE_BYTES, principal_of
 from mqpy.auth.access import Principal
 from mqpy.model.domain import DEFAULT_TOPIC, Mode
 
 
 async def connect(request: web.Request) -> web.Response:
-    body = convert(await read_object(request), ConnectRequest)
+    data = await read_object(request)
+    return await connect_answer(request.app, principal_of(request), request.headers, data)
+
+
+async def connect_answer(
+    app: web.Application, principal: Principal, headers: Mapping[str, str], data: dict[str, Any]
+) -> web.Response:
+    """The answer to /connect whose body decoded to `data` (the aiohttp route's and the
+    fast lane's)."""
+    body = convert(data, ConnectRequest)
     mode = parse_mode(body.mode)
     client_url = parse_client_url(body.clienturl, mode)
-    connection, secret = await broker_of(request).connect(
+    connection, secret = await app[BROKER].connect(
         mode,
         client_url,
-        principal_of(request),
+        principal,
         _connect_topic(body, mode),
         group=check_group(body.group),
         filter=check_filter(body.filter),
@@ -81,8 +90,8 @@ async def send(request: web.Request) -> web.Response:
 async def send_answer(
     app: web.Application, principal: Principal, headers: Mapping[str, str], data: dict[str, Any]
 ) -> web.Response:
-    """The answer to /send whose body decoded to `data`: shared by the aiohttp route
-    and the fast lane (fast_lane.py), which read requests differently."""
+    """The answer to /send whose body decoded to `data` (the aiohttp route's and the
+    fast lane's, fast_lane.py: they read requests differently)."""
     body = convert(data, SendRequest)
     sender_id = parse_connection_id(body.id)
     message = publication(
@@ -104,7 +113,16 @@ async def send_answer(
 
 
 async def disconnect(request: web.Request) -> web.Response:
-    body = convert(await read_object(request), DisconnectRequest)
+    data = await read_object(request)
+    return await disconnect_answer(request.app, principal_of(request), request.headers, data)
+
+
+async def disconnect_answer(
+    app: web.Application, principal: Principal, headers: Mapping[str, str], data: dict[str, Any]
+) -> web.Response:
+    """The answer to /disconnect whose body decoded to `data` (the aiohttp route's and
+    the fast lane's)."""
+    body = convert(data, DisconnectRequest)
     connection_id = parse_connection_id(body.id)
-    await broker_of(request).disconnect(connection_id, principal_of(request))
+    await app[BROKER].disconnect(connection_id, principal)
     return json_response({"id": connection_id, "message": "Disconnected."})
