@@ -160,6 +160,13 @@ async def test_bad_publishes_get_problems_and_the_connection_stays_usable(
     assert unknown.json()["type"].endswith("/unknown-connection")
     await connection.send(post("/v1/topics/no%20such/messages", {"body": "x"}))
     assert (await connection.answer()).status == 400  # handed over: a topic with a space
+    hostless = post("/send", {"id": sender, "body": "x"}).replace(b"Host: 127.0.0.1\r\n", b"")
+    await connection.send(hostless)
+    missing_host = await connection.answer()  # aiohttp's answer: HTTP/1.1 needs a Host
+    assert missing_host.status == 400
+    assert "Host" in missing_host.json()["detail"]
+    await connection.close()  # aiohttp closes a connection after malformed HTTP
+    connection = await Connection.open(server)
     await connection.send(post("/send", {"id": sender, "body": "still here"}))
     assert (await connection.answer()).status == 200
     await connection.close()

@@ -71,6 +71,10 @@ _MESSAGES = (b"/messages", b"/messages/")
 _HANDED_OVER_HEADERS = frozenset(
     {b"transfer-encoding", b"content-encoding", b"expect", b"origin", b"upgrade"}
 )
+# Headers a request may carry once: each twice sends it to aiohttp.
+_SINGLETONS = frozenset(
+    {b"host", b"content-length", b"content-type", b"authorization", b"idempotency-key"}
+)
 _MAX_HEADERS = 64
 # Answers waiting to be read by a client that pipelines without reading: past this the
 # lane stops reading from it until it catches up.
@@ -262,15 +266,21 @@ class FastLane(asyncio.Protocol):
         headers = request.headers or []
         if len(headers) > _MAX_HEADERS:
             return False
-        lengths = 0
+        singletons: set[bytes] = set()
         for name, value in headers:
             if len(name) + len(value) > limits.max_header_bytes // 2:
                 return False
             lowered = name.lower()
             if lowered in _HANDED_OVER_HEADERS:
                 return False
-            lengths += lowered == b"content-length"
-        return lengths == 1
+            if lowered in _SINGLETONS:
+                if lowered in singletons:
+                    return False  # aiohttp refuses some twice over, and says why
+                singletons.add(lowered)
+        # HTTP/1.1 requires Host (aiohttp answers 400 without it); a body, its length.
+        return b"content-length" in singletons and (
+            b"host" in singletons or request.version == "1.0"
+        )
 
     def _hand_over(self, data: bytes) -> None:
         """From here on aiohttp serves the connection, starting with `data`."""
