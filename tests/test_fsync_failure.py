@@ -81,3 +81,37 @@ async def test_not_ready_while_fsync_fails_and_ready_once_it_works(
     async with http.get(server.url + "/readyz") as response:
         assert response.status == 200, await response.text()
     await client.send(sender, "stored again")
+
+
+@pytest.mark.one_process  # /readyz must reach the process whose publish failed
+async def test_acknowledgements_while_fsync_fails_do_not_make_the_store_ready(
+    start_server: ServerFactory,
+    http: aiohttp.ClientSession,
+    start_receiver: ReceiverFactory,
+    fsync_failures: FsyncFailures,
+) -> None:
+    # An ack commits without an fsync, so it succeeds while every fsync fails; it
+    # cleared the failure, and /readyz said ready again (torture/fsync.py saw it).
+    server = start_server(*FAST_RETRIES, env=fsync_failures.env)
+    client = SeedClient(http, server.url)
+    receiver = await start_receiver()
+    await client.connect_receiver(receiver.url)
+    sender = await client.connect_sender()
+    # Stored now, delivered (and acknowledged) once the fsyncs fail.
+    delayed = []
+    for n in range(3):
+        status, answer = await client.post(
+            "/send", {"id": sender, "body": f"later {n}", "delay_seconds": 1.5}
+        )
+        assert status == 200, answer
+        delayed.append(answer["message_id"])
+    fsync_failures.fail(True)
+    status, answer = await client.post("/send", {"id": sender, "body": "refused"})
+    assert status == 503, answer
+    await wait_for_ids(receiver, delayed, timeout=30)
+    await asyncio.sleep(0.5)  # their acks commit meanwhile
+    async with http.get(server.url + "/readyz") as response:
+        assert response.status == 503, await response.text()
+    fsync_failures.fail(False)
+    async with http.get(server.url + "/readyz") as response:
+        assert response.status == 200, await response.text()

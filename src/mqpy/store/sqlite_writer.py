@@ -322,8 +322,11 @@ class GroupCommitWriter:
             return [(item[1], None, unavailable) for item in batch]
         if failure is not None:
             self.write_failure = failure
-        elif conn.total_changes > changes_before:
-            self.write_failure = None  # something was written: the disk takes writes again
+        elif self._synchronous_full and conn.total_changes > changes_before:
+            # Something was written and flushed: the disk takes writes again. Only a
+            # durable commit shows it: acks and claims commit without an fsync, and
+            # succeed while every fsync fails (torture/fsync.py saw /readyz say ready).
+            self.write_failure = None
         self.batches += 1
         self.operations += len(batch)
         if self.on_commit is not None:
