@@ -125,7 +125,7 @@ class FastLanes:
 
     async def shutdown(self, timeout: float) -> None:
         """Wait up to `timeout` for the answers under way, then drop what is left."""
-        busy = [lane.answered for lane in self._open if lane.answered is not None]
+        busy = [lane.answering for lane in self._open if lane.answering is not None]
         if busy:
             await asyncio.wait(busy, timeout=timeout)
         for lane in list(self._open):
@@ -153,8 +153,8 @@ class FastLane(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._parsed: list[_Request] = []
         self._reading: _Request | None = None  # begun in the bytes fed, not complete
-        # Set while requests are being answered; bytes that come meanwhile wait.
-        self.answered: asyncio.Future[None] | None = None
+        # While requests are being answered; bytes that come meanwhile wait.
+        self.answering: asyncio.Task[None] | None = None
         self._waiting: list[bytes] = []
         self._waiting_bytes = 0
         self._reading_paused = False
@@ -191,7 +191,7 @@ class FastLane(asyncio.Protocol):
             self._writable.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if self.answered is not None:
+        if self.answering is not None:
             self._wait_with(data)
             return
         self._take(data)
@@ -200,7 +200,7 @@ class FastLane(asyncio.Protocol):
 
     def close_when_idle(self) -> None:
         self._close_when_idle = True
-        if self.answered is None and self._transport is not None:
+        if self.answering is None and self._transport is not None:
             self._transport.close()
 
     def abort(self) -> None:
@@ -219,10 +219,10 @@ class FastLane(asyncio.Protocol):
         if self._transport is None or self._handed_over:
             return
         now = asyncio.get_running_loop().time()
-        if self.answered is None and now - self._idle_since >= self._lanes.limits.idle_timeout:
+        if self.answering is None and now - self._idle_since >= self._lanes.limits.idle_timeout:
             self._transport.close()
             return
-        if self.answered is not None:
+        if self.answering is not None:
             self._idle_since = now  # checked again a whole timeout after this
         self._arm_idle_timer()
 
@@ -251,8 +251,8 @@ class FastLane(asyncio.Protocol):
         requests, self._parsed = self._parsed, []
         if not requests:
             return
-        self.answered = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().create_task(self._answer_all(requests))
+        # Held here (the loop keeps only a weak reference to a task), and by shutdown.
+        self.answering = asyncio.get_running_loop().create_task(self._answer_all(requests))
 
     def _is_plain(self, request: _Request) -> bool:
         limits = self._lanes.limits
@@ -317,9 +317,7 @@ class FastLane(asyncio.Protocol):
                 if self._writable is not None:
                     await self._writable  # the client reads its answers slowly
         finally:
-            answered, self.answered = self.answered, None
-            if answered is not None:
-                answered.set_result(None)
+            self.answering = None
             self._idle_since = asyncio.get_running_loop().time()
         self._after_answering()
 
