@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +139,41 @@ async def test_a_connection_goes_on_after_a_request_the_lane_hands_over(
     assert after.status == 200
     assert await body_of(connection, split.json()["message_id"]) == "split"
     assert await body_of(connection, after.json()["message_id"]) == "after"
+    await connection.close()
+
+
+async def served_by(server: ServerProcess) -> dict[str, float]:
+    """`mqpy_http_requests_total` by what served the requests (the scrape itself not
+    yet counted), read on a connection of its own."""
+    connection = await Connection.open(server)
+    await connection.send(get("/metrics"))
+    text = (await connection.answer()).body.decode()
+    await connection.close()
+    counts = {"fast_lane": 0.0, "aiohttp": 0.0}
+    for line in text.splitlines():
+        match = re.fullmatch(r'mqpy_http_requests_total\{served_by="(\w+)"\} (\S+)', line)
+        if match:
+            counts[match.group(1)] = float(match.group(2))
+    return counts
+
+
+async def test_a_connection_comes_back_to_the_lane_after_aiohttp_answered(
+    server: ServerProcess,
+) -> None:
+    connection = await Connection.open(server)
+    sender = await sender_of(connection)
+    await connection.send(get("/v1/status"))  # only aiohttp serves it
+    assert (await connection.answer()).status == 200
+    await asyncio.sleep(0.1)  # aiohttp lets go a few turns of the loop after answering
+    before = await served_by(server)
+    for n in range(5):
+        await connection.send(post("/send", {"id": sender, "body": f"back {n}"}))
+        assert (await connection.answer()).status == 200
+    # In a group, another process's counts reach a scrape within a tenth of a second.
+    await asyncio.sleep(0.3)
+    after = await served_by(server)
+    assert after["fast_lane"] - before["fast_lane"] == 5
+    assert after["aiohttp"] - before["aiohttp"] == 1  # the first scrape
     await connection.close()
 
 

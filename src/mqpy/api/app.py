@@ -152,6 +152,7 @@ async def _finish_response(request: web.Request, response: web.StreamResponse) -
     """Every answer names no versions, and every error is problem+json: this catches
     the few errors aiohttp answers itself outside the middleware (such as an
     unsupported `Expect` on a path that matches no route)."""
+    request.app[status.OBSERVER].request_served("aiohttp")
     response.headers["Server"] = "mq-py"
     if (
         response.status >= 400

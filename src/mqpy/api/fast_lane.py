@@ -16,10 +16,11 @@ call (`auth.key_holder`, `requests.parse_object`, `seed.*_answer`,
 Anything else goes to aiohttp together with the connection: the first bytes the lane
 does not answer, and all that follow, are handed to an aiohttp request handler as if it
 had had the connection from the start. Every other route, and every defence the tests
-pin down for odd requests, stays aiohttp's. The lane answers a chunk of bytes read only
-if every request in it is complete and plain:
+pin down for odd requests, stays aiohttp's. Once aiohttp has answered and the
+connection is between two requests, it comes back to the lane (http_errors.py,
+`ProblemRequestHandler._back_to_lane`). The lane answers a chunk of bytes read only if
+every request in it is complete and plain:
 - a POST to one of those paths, with no query and nothing percent-encoded, HTTP/1.x;
-  (a connection that asks for anything else stays with aiohttp from then on);
 - its whole body within the bytes read, its Content-Length within the route's limit;
 - none of Transfer-Encoding, Content-Encoding, Expect, Origin (a browser's cross-site
   checks are the middleware's), or an upgrade;
@@ -50,6 +51,7 @@ from mqpy.api.problems import Problem, problem_for
 from mqpy.api.requests import parse_object
 from mqpy.api.seed import connect_answer, disconnect_answer, send_answer
 from mqpy.api.state import MAX_BATCH_BYTES, MAX_MESSAGE_BYTES
+from mqpy.api.status import OBSERVER
 from mqpy.model.errors import BrokerError
 
 log = logging.getLogger("mqpy.api")
@@ -101,6 +103,7 @@ class FastLanes:
         aiohttp_handler: Callable[[], asyncio.Protocol],
     ) -> None:
         self.app = app
+        self.observer = app[OBSERVER]
         self.limits = limits
         self.aiohttp_handler = aiohttp_handler  # a new aiohttp protocol, for a hand-over
         self._open: set[FastLane] = set()
@@ -311,6 +314,7 @@ class FastLane(asyncio.Protocol):
                     and not self._close_when_idle
                 )
                 transport.write(_encoded(response, request, keep))
+                self._lanes.observer.request_served("fast_lane")
                 if not keep:
                     transport.close()
                     return

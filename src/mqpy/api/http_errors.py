@@ -10,6 +10,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import httptools
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
@@ -20,12 +21,24 @@ from mqpy.api.problems import Problem
 
 log = logging.getLogger("mqpy.api")
 
+# How many turns of the event loop an answered connection may take to be waiting for
+# its next request before it stays with aiohttp.
+_TRIES_BACK_TO_LANE = 5
+
 
 class ProblemRequestHandler(RequestHandler):
-    """aiohttp's per-connection protocol, answering parse errors as problem+json."""
+    """aiohttp's per-connection protocol, answering parse errors as problem+json, and
+    giving the connection back to the fast lane once it is between two requests."""
+
+    def __init__(self, manager: web.Server, *, lanes: FastLanes | None, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._lanes = lanes
+        self._boundary = _Boundary()
 
     def data_received(self, data: bytes) -> None:
         queued = len(self._messages)
+        if self._lanes is not None:
+            self._boundary.feed(data)
         super().data_received(data)
         # aiohttp queues a parse error met in the middle of a request's body (a broken
         # chunked encoding) as the next message, while the handler reading that body
@@ -40,6 +53,53 @@ class ProblemRequestHandler(RequestHandler):
             request.content.set_exception(web.RequestPayloadError(reason.rstrip(":")))
             # At its end too: aiohttp would otherwise linger, reading the rest of it.
             request.content.feed_eof()
+
+    async def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        answered = await super().finish_response(request, resp, start_time)
+        if self._lanes is not None:
+            self._loop.call_soon(self._back_to_lane, _TRIES_BACK_TO_LANE)
+        return answered
+
+    def _back_to_lane(self, tries: int) -> None:
+        """Give the connection back to the fast lane if it is between two requests,
+        every byte aiohttp read belonging to a request it answered: a client that
+        made a subscription, or looked at the dashboard, publishes fast again on the
+        same connection. aiohttp's loop comes round to waiting for the next request a
+        few turns of the event loop after an answer: until then, look again."""
+        lanes, transport = self._lanes, self.transport
+        if lanes is None or transport is None or transport.is_closing():
+            return
+        if self._waiter is None or self._waiter.done():
+            if tries > 0:
+                self._loop.call_soon(self._back_to_lane, tries - 1)
+            return
+        if (
+            self._messages
+            or self._force_close
+            or self._close
+            or self._upgraded
+            or self._payload_parser is not None
+            or self._buffer_paused
+            or self._message_tail
+            or not self._boundary.between(self._request_count)
+        ):
+            return
+        # aiohttp lets go: its loop ends (the waiter is cancelled) without closing the
+        # connection, which it no longer holds, and its server forgets it.
+        self.transport = None
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+        manager = self._manager
+        self.force_close()
+        if manager is not None:
+            manager.connection_lost(self, None)
+        self._manager = None
+        lane = lanes.connection()
+        transport.set_protocol(lane)
+        lane.connection_made(transport)
 
     def handle_error(
         self,
@@ -72,6 +132,40 @@ class ProblemRequestHandler(RequestHandler):
         return response
 
 
+class _Boundary:
+    """Whether the bytes aiohttp was given end between two requests: read by a parser
+    of our own beside aiohttp's, which tells no more than the requests it queued."""
+
+    __slots__ = ("_open", "_parser", "broken", "completed")
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpRequestParser(self)
+        self._open = False
+        self.broken = False  # malformed or upgraded: it stays aiohttp's
+        self.completed = 0
+
+    def feed(self, data: bytes) -> None:
+        if self.broken:
+            return
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self.broken = True
+
+    def between(self, queued: int) -> bool:
+        """Between two requests, aiohttp having queued (`queued`) every one read."""
+        return not self.broken and not self._open and self.completed == queued
+
+    # httptools' callbacks
+
+    def on_message_begin(self) -> None:
+        self._open = True
+
+    def on_message_complete(self) -> None:
+        self._open = False
+        self.completed += 1
+
+
 class ProblemServer(web.Server):
     """Starts every connection in the fast lane (fast_lane.py), which hands it to a
     `ProblemRequestHandler` for anything but a plain publish."""
@@ -86,7 +180,7 @@ class ProblemServer(web.Server):
 
     def connection_handler(self) -> RequestHandler:
         """aiohttp's own protocol for a connection (from its start, or handed over)."""
-        return ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+        return ProblemRequestHandler(self, lanes=self.lanes, loop=self._loop, **self._kwargs)
 
     def pre_shutdown(self) -> None:
         super().pre_shutdown()

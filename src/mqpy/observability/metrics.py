@@ -74,6 +74,15 @@ class Metrics:
                 registry=own,
             )
         )
+        self._requests = PendingCounts(
+            Counter(
+                "mqpy_http_requests_total",
+                "HTTP requests answered, by what served them: fast_lane (the seed protocol "
+                "and plain publishes, api/fast_lane.py) or aiohttp (everything else).",
+                ["served_by"],
+                registry=own,
+            )
+        )
         self._attempts = PendingCounts(
             Counter(
                 "mqpy_delivery_attempts_total",
@@ -134,6 +143,9 @@ class Metrics:
     def attempt_started(self) -> None:
         self._in_flight += 1
 
+    def request_served(self, served_by: str) -> None:
+        self._requests.add(served_by)
+
     def attempted(self, seconds: float) -> None:
         self._in_flight -= 1
         self._attempts.add()
@@ -159,6 +171,7 @@ class Metrics:
     def flush(self) -> None:
         """Write what was counted since the last flush to the instruments."""
         self._published.flush()
+        self._requests.flush()
         self._delivered.flush()
         self._outcomes.flush()
         self._attempts.flush()

@@ -82,6 +82,10 @@ class Observer:
             self._throughput.published.add(now, count)
             self._topic(topic).published.add(now, count)
 
+    def request_served(self, served_by: str) -> None:
+        """An HTTP request was answered, by the fast lane or by aiohttp."""
+        self._metrics.request_served(served_by)
+
     # Reported by the dispatcher, per delivery attempt.
 
     def attempt_started(self, subscription_id: int) -> None:
