@@ -57,7 +57,9 @@ from mqpy.model.errors import BrokerError
 log = logging.getLogger("mqpy.api")
 
 # The seed protocol's routes, each with and without its trailing slash: an MQ Go
-# client connects, sends and disconnects on one keep-alive connection.
+# client connects, sends and disconnects on one keep-alive connection. All three take
+# (app, principal, headers, body) so that the lane calls them alike; only /send reads
+# a header (Idempotency-Key).
 _SEED_ANSWERS = {
     path + ending: answer
     for path, answer in (
@@ -145,6 +147,7 @@ class _Request:
     method: bytes = b""
     version: str = "1.1"
     keep_alive: bool = True
+    topic: str | None = None  # of a native publish, read from the path once
 
 
 class FastLane(asyncio.Protocol):
@@ -263,8 +266,16 @@ class FastLane(asyncio.Protocol):
             return False
         if len(request.url) > limits.max_url_bytes // 2:
             return False
-        limit = _body_limit(self._lanes.app, request.url)
-        if limit is None or len(request.body) > limit:
+        app = self._lanes.app
+        if request.url in _SEED_ANSWERS:
+            limit = app[MAX_MESSAGE_BYTES]
+        else:
+            topic = _topic_in(request.url)
+            if topic is None:
+                return False
+            request.topic = topic.decode()
+            limit = app[MAX_BATCH_BYTES]
+        if len(request.body) > limit:
             return False
         headers = request.headers or []
         if len(headers) > _MAX_HEADERS:
@@ -366,15 +377,6 @@ class FastLane(asyncio.Protocol):
         self._reading = None
 
 
-def _body_limit(app: web.Application, url: bytes) -> int | None:
-    """The body limit of the lane's route `url` names, or None if it names none."""
-    if url in _SEED_ANSWERS:
-        return app[MAX_MESSAGE_BYTES]
-    if _topic_in(url) is not None:
-        return app[MAX_BATCH_BYTES]
-    return None
-
-
 def _topic_in(url: bytes) -> bytes | None:
     """The topic of /v1/topics/{topic}/messages, as its route matches it, or None."""
     if not url.startswith(_TOPICS) or b"%" in url or b"?" in url:
@@ -402,7 +404,7 @@ async def _answer(app: web.Application, request: _Request) -> web.Response:
         seed = _SEED_ANSWERS.get(request.url)
         if seed is not None:
             return await seed(app, principal, headers, parse_object(request.body))
-        topic = check_topic_name((_topic_in(request.url) or b"").decode())
+        topic = check_topic_name(request.topic or "")
         data = parse_object(request.body, fold_case=False)
         return await publish_answer(Publishing(app, principal, headers, path), topic, data)
     except Problem as problem:

@@ -1,7 +1,8 @@
-"""Errors aiohttp answers itself, before any handler or middleware runs, made into
-problem+json like every other error: malformed HTTP (a bad request line, a missing
-Host, an oversized header, an unknown Content-Encoding) and unsupported `Expect`
-headers."""
+"""aiohttp's side of serving a connection: the errors it answers itself, before any
+handler or middleware runs, made into problem+json like every other error (malformed
+HTTP: a bad request line, a missing Host, an oversized header, an unknown
+Content-Encoding; unsupported `Expect` headers), and the connections it takes from the
+fast lane (fast_lane.py) and gives back once they are between two requests."""
 
 from __future__ import annotations
 
@@ -30,15 +31,14 @@ class ProblemRequestHandler(RequestHandler):
     """aiohttp's per-connection protocol, answering parse errors as problem+json, and
     giving the connection back to the fast lane once it is between two requests."""
 
-    def __init__(self, manager: web.Server, *, lanes: FastLanes | None, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, *, lanes: FastLanes, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._lanes = lanes
         self._boundary = _Boundary()
 
     def data_received(self, data: bytes) -> None:
         queued = len(self._messages)
-        if self._lanes is not None:
-            self._boundary.feed(data)
+        self._boundary.feed(data)
         super().data_received(data)
         # aiohttp queues a parse error met in the middle of a request's body (a broken
         # chunked encoding) as the next message, while the handler reading that body
@@ -58,8 +58,7 @@ class ProblemRequestHandler(RequestHandler):
         self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
         answered = await super().finish_response(request, resp, start_time)
-        if self._lanes is not None:
-            self._loop.call_soon(self._back_to_lane, _TRIES_BACK_TO_LANE)
+        self._loop.call_soon(self._back_to_lane, _TRIES_BACK_TO_LANE)
         return answered
 
     def _back_to_lane(self, tries: int) -> None:
@@ -69,7 +68,7 @@ class ProblemRequestHandler(RequestHandler):
         same connection. aiohttp's loop comes round to waiting for the next request a
         few turns of the event loop after an answer: until then, look again."""
         lanes, transport = self._lanes, self.transport
-        if lanes is None or transport is None or transport.is_closing():
+        if transport is None or transport.is_closing():
             return
         if self._waiter is None or self._waiter.done():
             if tries > 0:
@@ -170,13 +169,11 @@ class ProblemServer(web.Server):
     """Starts every connection in the fast lane (fast_lane.py), which hands it to a
     `ProblemRequestHandler` for anything but a plain publish."""
 
-    lanes: FastLanes | None = None
+    lanes: FastLanes  # set by ProblemAppRunner, which makes the server
 
     # The loop takes any protocol factory; aiohttp's type says its own protocol only.
     def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
-        if self.lanes is not None:
-            return self.lanes.connection()
-        return self.connection_handler()
+        return self.lanes.connection()
 
     def connection_handler(self) -> RequestHandler:
         """aiohttp's own protocol for a connection (from its start, or handed over)."""
@@ -184,13 +181,9 @@ class ProblemServer(web.Server):
 
     def pre_shutdown(self) -> None:
         super().pre_shutdown()
-        if self.lanes is not None:
-            self.lanes.close_idle()
+        self.lanes.close_idle()
 
     async def shutdown(self, timeout: float | None = None) -> None:
-        if self.lanes is None:
-            await super().shutdown(timeout)
-            return
         await asyncio.gather(
             super().shutdown(timeout), self.lanes.shutdown(15.0 if timeout is None else timeout)
         )
@@ -200,19 +193,16 @@ class ProblemAppRunner(web.AppRunner):
     """An AppRunner whose connections answer malformed HTTP with problem+json, and
     leave request bodies as sent: `encodings.py` decompresses them, not aiohttp."""
 
-    def __init__(self, app: web.Application, *, fast_lane: bool = True, **kwargs: Any) -> None:
-        """`fast_lane`: start connections in the fast lane (fast_lane.py), with the
-        limits given here (`keepalive_timeout`, `max_line_size`, `max_field_size`)."""
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        """Connections start in the fast lane (fast_lane.py), which leaves to aiohttp
+        what comes near the limits given here (`max_line_size`, `max_field_size`) and
+        closes idle ones after `keepalive_timeout`, as aiohttp does."""
         kwargs.setdefault("auto_decompress", False)
         super().__init__(app, **kwargs)
-        self._lane_limits = (
-            LaneLimits(
-                idle_timeout=kwargs.get("keepalive_timeout", 75.0),
-                max_url_bytes=kwargs.get("max_line_size", 8190),
-                max_header_bytes=kwargs.get("max_field_size", 8190),
-            )
-            if fast_lane
-            else None
+        self._lane_limits = LaneLimits(
+            idle_timeout=kwargs.get("keepalive_timeout", 75.0),
+            max_url_bytes=kwargs.get("max_line_size", 8190),
+            max_header_bytes=kwargs.get("max_field_size", 8190),
         )
 
     async def _make_server(self) -> web.Server:
@@ -221,8 +211,7 @@ class ProblemAppRunner(web.AppRunner):
         # builds is otherwise exactly what we want, so only its class changes.
         server.__class__ = ProblemServer
         assert isinstance(server, ProblemServer)
-        if self._lane_limits is not None:
-            server.lanes = FastLanes(self.app, self._lane_limits, server.connection_handler)
+        server.lanes = FastLanes(self.app, self._lane_limits, server.connection_handler)
         return server
 
 
