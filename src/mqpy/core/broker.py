@@ -439,7 +439,8 @@ class Broker:
             max_backlog=self._limits.max_backlog,
             dedup_since=now - self._limits.dedup_window,
         )
-        if any(p.deliveries for p in published):
+        # Unless a claim in the publish's own transaction took them all already.
+        if any(p.deliveries and not p.claimed for p in published):
             self._listener.notify()
         stored = sum(not result.duplicate for result in published)
         if stored:

@@ -28,7 +28,7 @@ from mqpy.delivery.pace import Paces, pace_for
 from mqpy.delivery.retry import RedeliveryPolicy
 from mqpy.delivery.sender import DeliverySender, Outcome
 from mqpy.delivery.window import ReceiverWindows
-from mqpy.model.domain import Claim, ClaimedDelivery, Subscription
+from mqpy.model.domain import Claim, ClaimedDelivery, ClaimOffer, Subscription
 from mqpy.model.errors import StoreUnavailable
 from mqpy.observability import Observer
 from mqpy.store import Store
@@ -117,6 +117,11 @@ class Dispatcher:
         # loop claims again at their next token. Their bucket may refill during the
         # claim itself, after the check, and nothing else would wake the loop.
         self._held_back_by_pace: set[int] = set()
+        # The claim left with the store while the loop sleeps, for the next transaction
+        # that publishes (`Store.offer_claim`), and whether its answer came.
+        self._offered: ClaimOffer | None = None
+        self._offer_answered = asyncio.Event()
+        self._giving_back: set[asyncio.Task[None]] = set()
 
     @property
     def held(self) -> int:
@@ -132,6 +137,7 @@ class Dispatcher:
         first claim (a pace whose rate is unchanged keeps its tokens)."""
         spec = subscription.spec
         self._settings_of(subscription.id, spec.max_concurrency, spec.max_per_second, self._clock())
+        self._retract_offer()
 
     def forget_subscription(self, subscription_id: int) -> None:
         """The receiver disconnected: whatever is claimed for it and not yet being sent
@@ -164,6 +170,12 @@ class Dispatcher:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._offered is not None and not self._store.withdraw_claim():
+            # A transaction is claiming with it: what it leases is held, then given back.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._offer_answered.wait(), grace)
+        if self._giving_back:
+            await asyncio.wait(self._giving_back, timeout=grace)
         queued = _drain(self._queue)
         if self._in_flight:
             self._all_settled.clear()
@@ -202,6 +214,7 @@ class Dispatcher:
     async def _claim_loop(self) -> None:
         while not self._stopping:
             self._wake.clear()
+            await self._withdraw_offer()
             self._recheck_at = math.inf  # `_find_overdue` below sees everything sent so far
             timeout = MAX_IDLE_SECONDS
             room = self._capacity - self.held
@@ -223,25 +236,7 @@ class Dispatcher:
                     log.error("cannot claim deliveries: %s; trying again shortly", exc)
                     await asyncio.sleep(MAX_IDLE_SECONDS)
                     continue
-                deliveries, given_back = self._admit_new_receivers(
-                    claim.deliveries, claim_busy, now
-                )
-                self._held_back = bool(given_back) or self._claim_held_back(
-                    claim, room, claim_busy, now
-                )
-                self._settle_paces(deliveries, now)
-                for delivery in deliveries:
-                    if delivery.subscription_id in self._forgotten:
-                        continue  # claimed just before its receiver disconnected
-                    self._holding[delivery.delivery_id] = delivery
-                    self._held[delivery.subscription_id] += 1
-                    self._queue.put_nowait(delivery)
-                for subscription_id in claim_busy:
-                    if not self._held[subscription_id]:
-                        self._windows.probe_unused(subscription_id)
-                # No claim is under way here, so a forgotten receiver with nothing held
-                # can no longer turn up.
-                self._forgotten = {s for s in self._forgotten if self._held[s] > 0}
+                given_back = self._hold(claim, room, claim_busy, now)
                 # After the rest is held, so a stop meanwhile still releases those (these
                 # would wait for their leases).
                 if given_back:
@@ -257,6 +252,8 @@ class Dispatcher:
                 if claim.deliveries and timeout == 0.0:
                     continue
             timeout = min(timeout, max(0.0, self._recheck_at - self._clock()))
+            if timeout > 0.0:
+                self._offer()
             self._asleep = True
             # wait_for, not asyncio.timeout: with a timeout of 0 it returns at once,
             # where the latter takes one more turn of the loop; measured on Python 3.11,
@@ -265,6 +262,93 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._asleep = False
+
+    def _hold(
+        self, claim: Claim, room: int, busy: dict[int, int], now: float
+    ) -> list[ClaimedDelivery]:
+        """Take what `claim` (for `room` deliveries, `busy` as given) leased: queue it
+        for the workers, and return what must be given back (`_admit_new_receivers`)."""
+        deliveries, given_back = self._admit_new_receivers(claim.deliveries, busy, now)
+        self._held_back = bool(given_back) or self._claim_held_back(claim, room, busy, now)
+        self._settle_paces(deliveries, now)
+        for delivery in deliveries:
+            if delivery.subscription_id in self._forgotten:
+                continue  # claimed just before its receiver disconnected
+            self._holding[delivery.delivery_id] = delivery
+            self._held[delivery.subscription_id] += 1
+            self._queue.put_nowait(delivery)
+        for subscription_id in busy:
+            if not self._held[subscription_id]:
+                self._windows.probe_unused(subscription_id)
+        # No claim is under way here, so a forgotten receiver with nothing held can no
+        # longer turn up.
+        self._forgotten = {s for s in self._forgotten if self._held[s] > 0}
+        return given_back
+
+    def _offer(self) -> None:
+        """Before the loop sleeps, with room to spare: leave a claim with the store for
+        the next publish, so that its deliveries leave without a claim of their own and
+        nobody is woken for them (`Store.offer_claim`). Not while a receiver is paused
+        or paced: a probe or a pace's tokens would stay reserved for a claim that may
+        not come; those are claimed when the loop wakes, as before."""
+        room = self._capacity - self.held
+        if self._stopping or room <= 0 or self._paces:
+            return
+        if any(self._windows.paused(s) for s in {*self._windows.receivers(), *self._held}):
+            return
+        now = self._clock()
+        overdue, _ = self._find_overdue(now)
+        offer = ClaimOffer(
+            limit=room,
+            lease_seconds=self._lease_seconds,
+            per_subscription_limit=self._windows.first(self._max_window),
+            busy=self._busy(now, overdue),
+            clock=self._clock,
+        )
+        if self._store.offer_claim(offer, self._offer_taken):
+            self._offered = offer
+            self._offer_answered.clear()
+
+    def _retract_offer(self) -> None:
+        """A receiver's room shrank (it failed or slowed down) or its settings changed:
+        an offer made before must not be taken now. One a transaction took already
+        stands, as a claim under way would."""
+        if self._offered is not None and self._store.withdraw_claim():
+            self._offered = None
+
+    async def _withdraw_offer(self) -> None:
+        """The loop is awake and may claim: the offer goes, or if a transaction is
+        claiming with it, its answer is awaited (a claim meanwhile would fill the same
+        room twice)."""
+        if self._offered is None:
+            return
+        if self._store.withdraw_claim():
+            self._offered = None
+            return
+        await self._offer_answered.wait()
+
+    def _offer_taken(self, claim: Claim | None) -> None:
+        """A publish's transaction claimed with the offer and committed (None: it rolled
+        back, and leased nothing). Called on the loop, before that transaction's
+        publishes return."""
+        offer, self._offered = self._offered, None
+        self._offer_answered.set()
+        if offer is None:
+            return
+        if claim is None:
+            self._held_back = True
+            self._wake.set()
+            return
+        now = self._clock()
+        given_back = self._hold(claim, offer.limit, dict(offer.busy), now)
+        if given_back:
+            task = asyncio.create_task(self._give_back(given_back, now))
+            self._giving_back.add(task)
+            task.add_done_callback(self._giving_back.discard)
+        if self._held_back or claim.next_due_at is not None:
+            self._wake.set()  # more is due, or soon: the loop claims and plans its sleep
+        elif self._asleep:
+            self._offer()  # ready for the next publish
 
     def _admit_new_receivers(
         self, deliveries: list[ClaimedDelivery], busy: dict[int, int], now: float
@@ -509,6 +593,7 @@ class Dispatcher:
         subscription_id = delivery.subscription_id
         if outcome.ok:
             acked_at = self._clock()
+            window = self._windows.size(subscription_id)
             self._windows.succeeded(
                 subscription_id,
                 sent_at=sent_at,
@@ -516,7 +601,10 @@ class Dispatcher:
                 held=self._held[subscription_id],
                 cap=self._cap_of(subscription_id),
             )
-            self._observer.window_changed(subscription_id, self._windows.size(subscription_id))
+            now_window = self._windows.size(subscription_id)
+            if window is not None and now_window is not None and now_window < window:
+                self._retract_offer()  # a slow answer
+            self._observer.window_changed(subscription_id, now_window)
             if self._store.background_acks:
                 recording = self._store.ack_soon(
                     delivery,
@@ -536,6 +624,7 @@ class Dispatcher:
         # A retry falls due later, a pause ends later: the claim loop must plan its
         # sleep again once this slot is free, as after a claim that was held back.
         self._held_back = True
+        self._retract_offer()
         if outcome.receiver_unavailable:
             policy = self._policy.overridden_by(delivery.retry)
             self._windows.failed(

@@ -6,7 +6,7 @@ Nothing here knows about HTTP or SQL.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -85,6 +85,9 @@ class Published:
     id: str
     duplicate: bool = False
     deliveries: int = 0
+    # Every one of its deliveries was claimed for this process's dispatcher in the
+    # publish's own transaction (`Store.offer_claim`): nobody needs waking for them.
+    claimed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +320,19 @@ class Claim:
 
     deliveries: list[ClaimedDelivery]
     next_due_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimOffer:
+    """A dispatcher's claim, made ahead for the store to run inside the next transaction
+    that publishes deliveries due now (`Store.offer_claim`): `Store.claim`'s arguments,
+    and the dispatcher's clock for its `now`."""
+
+    limit: int
+    lease_seconds: float
+    per_subscription_limit: int
+    busy: Mapping[int, int]
+    clock: Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from mqpy.model.domain import (
     BrokerStats,
     Claim,
     ClaimedDelivery,
+    ClaimOffer,
     Connection,
     DeadLetter,
     Filter,
@@ -320,6 +321,27 @@ class Store(abc.ABC):
         Each claimed delivery's attempt count goes up by one; if the lease expires
         unacknowledged the delivery is due again and may be claimed by anyone.
         """
+
+    # A claim made inside publishes' own transactions.
+
+    def offer_claim(self, offer: ClaimOffer, answer: Callable[[Claim | None], None]) -> bool:
+        """Have the next transaction that publishes deliveries due now run `offer` as
+        `claim` would, inside it, once its publishes are written, and `answer` with what
+        it leased once it commits (None: it rolled back, and leased nothing), on the
+        event loop, before any of its publishes returns. A publish whose deliveries
+        that claim took all of says so (`Published.claimed`): the dispatcher already
+        holds them. One offer at a time; a new one replaces one not yet taken.
+
+        Why: at a steady, modest rate each message otherwise costs a transaction for
+        its publish and another for its claim, and the claim stands between the
+        publish and the receiver. False if this store claims only when asked
+        (`claim`): then nothing was offered."""
+        return False
+
+    def withdraw_claim(self) -> bool:
+        """Take back the offer: True if it was not taken (or none was out); False if a
+        transaction is running it, and its `answer` is on its way."""
+        return True
 
     # Each settlement also adds the attempt to the delivery's history (`attempted_at`:
     # when it was sent, the store's clock if not given; `duration`: until its outcome),

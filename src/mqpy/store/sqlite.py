@@ -25,6 +25,7 @@ from mqpy.model.domain import (
     BrokerStats,
     Claim,
     ClaimedDelivery,
+    ClaimOffer,
     Connection,
     DeadLetter,
     Filter,
@@ -51,6 +52,7 @@ from mqpy.model.ids import new_connection_id, node_name
 from mqpy.model.topics import is_pattern
 from mqpy.store.base import Store, TopicBacklog
 from mqpy.store.batching import Settlement
+from mqpy.store.claim_offers import ClaimOffers, PublishedDeliveries
 from mqpy.store.expiry import EXPIRE_CHUNK, ExpiryTarget, expiry_targets
 from mqpy.store.health import (
     HEALTH_COLUMNS,
@@ -157,7 +159,9 @@ class SQLiteStore(Store):
         self._settlements = SettlementQueue(self._writer, self._tallies, self._events)
         # New messages and their deliveries are written together (sqlite_publish.py).
         self._publishing = PublishBuffer()
-        self._writer.before_commit = self._tallies.flush
+        # A dispatcher's claim, run inside the next transaction that publishes.
+        self._offers = ClaimOffers(self._claim_offered)
+        self._writer.before_commit = self._before_commit
         self._writer.on_rollback = self._rolled_back
         self._writer.harmless_write = _probe_write
         if group_lock is not None:
@@ -184,6 +188,7 @@ class SQLiteStore(Store):
         self._tallies.rolled_back(whole_transaction)
         if whole_transaction:
             self._publishing.clear()
+            self._offers.rolled_back()
             self._published = self._catalog_moved = False
 
     @property
@@ -228,13 +233,32 @@ class SQLiteStore(Store):
         """The writer's flush_buffered: publishes written now make deliveries due."""
         self._published = self._publishing.flush(conn) or self._published
 
+    def _before_commit(self, conn: sqlite3.Connection) -> None:
+        """The writer's before_commit: the claim offered to publishes, then the
+        counters every operation of the transaction added to."""
+        self._offers.claim(conn)
+        self._tallies.flush(conn)
+
+    def _claim_offered(self, conn: sqlite3.Connection, offer: ClaimOffer) -> Claim:
+        return claim_due(
+            conn,
+            self._routes_in(conn),
+            limit=offer.limit,
+            now=offer.clock(),
+            lease_seconds=offer.lease_seconds,
+            per_subscription_limit=offer.per_subscription_limit,
+            busy=offer.busy,
+        )
+
     def _committed(self, operations: int, seconds: float) -> None:
         """The writer's on_commit (its thread): wake the group's other processes if the
-        transaction gave them something to do, and tell the observer."""
+        transaction gave them something to do (not what its own claim took), and tell
+        the observer."""
+        claimed = self._offers.committed()
         if self._peers is not None:
             if self._catalog_moved:
                 self._peers.tell(CATALOG)
-            elif self._published:
+            elif self._published and not claimed:
                 self._peers.tell(DUE)
         self._published = self._catalog_moved = False
         if self._on_commit is not None:
@@ -655,6 +679,8 @@ class SQLiteStore(Store):
         max_backlog: int = 0,
         dedup_since: float = 0.0,
     ) -> list[Published]:
+        transaction: list[PublishedDeliveries] = []  # the one this publish went into
+
         def operation(conn: sqlite3.Connection) -> list[Published]:
             tallies = self._tallies
             if max_backlog > 0 and tallies.stored(conn) + len(messages) > max_backlog:
@@ -663,14 +689,31 @@ class SQLiteStore(Store):
                 )
             routes = self._routes_in(conn)
             published = self._publishing.publish(conn, routes, messages, dedup_since)
-            fresh = [m for m, p in zip(messages, published, strict=True) if not p.duplicate]
+            made = self._offers.transaction
+            transaction.append(made)
+            fresh = []
+            for message, result in zip(messages, published, strict=True):
+                if not result.duplicate:
+                    fresh.append(message)
+                    later = (message.deliver_at or 0.0) > message.published_at
+                    made.add(message.id, result.deliveries, due_now=not later)
             # Only those some subscription took wait for delivery; the others are done.
             tallies.add_stored(sum(1 for p in published if p.deliveries and not p.duplicate))
             for topic, (count, first) in _by_topic(fresh).items():
                 tallies.published(topic, count, first)
             return published
 
-        return await self._writer.run(operation, buffered=True)
+        published = await self._writer.run(operation, buffered=True)
+        if transaction and transaction[0].claimed:
+            return [Published(p.id, p.duplicate, p.deliveries, claimed=True) for p in published]
+        return published
+
+    def offer_claim(self, offer: ClaimOffer, answer: Callable[[Claim | None], None]) -> bool:
+        self._offers.offer(offer, answer)
+        return True
+
+    def withdraw_claim(self) -> bool:
+        return self._offers.withdraw()
 
     async def message(self, message_id: str, now: float) -> StoredMessage | None:
         return await self._writer.run(lambda conn: _stored_message(conn, message_id, now))
