@@ -1,4 +1,5 @@
-"""Claims made inside publishes' own transactions (`Store.offer_claim`).
+"""Claims made inside publishes' own transactions (`Store.offer_claim`); the hand-over
+between the event loop and SQLite's writer thread.
 
 At a steady, modest rate every message used to cost two transactions before it left:
 its publish, then the dispatcher's claim, woken by that publish (in a group, the claims
@@ -49,6 +50,14 @@ class PublishedDeliveries:
             self.message_ids.add(message_id)
         else:
             self.later = True
+
+    def taken_by(self, claim: Claim) -> bool:
+        """Whether `claim` took every delivery these publishes made (and none of them
+        is due later, which only a claim then can take)."""
+        if self.later or not self.due_now:
+            return False
+        took = sum(1 for d in claim.deliveries if d.message_id in self.message_ids)
+        return took == self.due_now
 
 
 class ClaimOffers:
@@ -105,9 +114,7 @@ class ClaimOffers:
         if made is None:
             return False
         claim, answer, loop = made
-        if claim is not None and not published.later:
-            took = sum(1 for d in claim.deliveries if d.message_id in published.message_ids)
-            published.claimed = took == published.due_now
+        published.claimed = claim is not None and published.taken_by(claim)
         loop.call_soon_threadsafe(answer, claim)
         return published.claimed
 

@@ -19,6 +19,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -28,6 +29,7 @@ from mqpy.model.domain import (
     BrokerStats,
     Claim,
     ClaimedDelivery,
+    ClaimOffer,
     Connection,
     DeadLetter,
     Filter,
@@ -166,6 +168,8 @@ class PostgresStore(Store):
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._closed = False
+        # The dispatcher's claim for the next publish transaction (`offer_claim`).
+        self._offer: tuple[ClaimOffer, Callable[[Claim | None], None]] | None = None
         # Why the last write was refused, until a durable commit succeeds (readiness).
         self._write_failure: str | None = None
         self.node = node_name()
@@ -652,9 +656,44 @@ class PostgresStore(Store):
                 outcomes.append(exc)
         return outcomes
 
+    def offer_claim(self, offer: ClaimOffer, answer: Callable[[Claim | None], None]) -> bool:
+        self._offer = (offer, answer)
+        return True
+
+    def withdraw_claim(self) -> bool:
+        # Not taken back: a publish transaction took it, and will answer.
+        taken_back = self._offer is not None
+        self._offer = None
+        return taken_back
+
     async def _publish_together(
         self, requests: Sequence[PublishRequest]
     ) -> list[list[Published] | BaseException]:
+        taken = _TakenOffer()  # the dispatcher's offer, if this transaction takes it
+        try:
+            outcomes = await self._publish_and_claim(requests, taken)
+        except BaseException:
+            if taken.answer is not None:
+                taken.answer(None)  # rolled back: nothing was leased
+            raise
+        if taken.answer is None:
+            return outcomes
+        # The dispatcher holds what was leased before any of these publishes returns.
+        taken.answer(taken.claim)
+        if not taken.took_all:
+            return outcomes
+        return [
+            [Published(p.id, p.duplicate, p.deliveries, claimed=True) for p in outcome]
+            if isinstance(outcome, list)
+            else outcome
+            for outcome in outcomes
+        ]
+
+    async def _publish_and_claim(
+        self, requests: Sequence[PublishRequest], taken: _TakenOffer
+    ) -> list[list[Published] | BaseException]:
+        """The publishes, and the claim offered (`offer_claim`) if they make
+        deliveries due now, noted in `taken`."""
         # Shared: publishes on every node go side by side, and a subscription change
         # waits until they commit (and they for it), so no message is routed by a table
         # that a committed change has made stale.
@@ -684,7 +723,24 @@ class PostgresStore(Store):
             plan.held = await held_idempotency_keys(conn, [r for _, r in accepted])
             for index, request in accepted:
                 outcomes[index] = [plan.add(message) for message in request.messages]
-            await plan.write(conn)
+            if self._offer is None or not plan.made.due_now:
+                await plan.write(conn)
+                return outcomes
+            (offer, taken.answer), self._offer = self._offer, None
+            await plan.write(conn, wake=False)
+            taken.claim = await self._claim_in(
+                conn,
+                routes,
+                limit=offer.limit,
+                now=offer.clock(),
+                lease_seconds=offer.lease_seconds,
+                per_subscription_limit=offer.per_subscription_limit,
+                busy=offer.busy,
+            )
+            taken.took_all = plan.made.taken_by(taken.claim)
+            if not taken.took_all:
+                # What the claim left waits for the others' claims (and pulls).
+                await conn.execute("SELECT pg_notify($1, '')", DUE_CHANNEL)
             return outcomes
 
     # Reading messages, and forgetting them.
@@ -803,27 +859,45 @@ class PostgresStore(Store):
         busy: Mapping[int, int],
         for_subscription: int | None = None,
     ) -> Claim:
-        lease = new_lease_token()
         async with self._transaction(durable=False) as conn:
-            routes = await self._current_routes(conn)
-            builder = ClaimBuilder(
-                routes,
+            return await self._claim_in(
+                conn,
+                await self._current_routes(conn),
                 limit=limit,
                 now=now,
-                lease=lease,
+                lease_seconds=lease_seconds,
                 per_subscription_limit=per_subscription_limit,
                 busy=busy,
                 for_subscription=for_subscription,
             )
-            await claim_rounds(
-                conn,
-                builder,
-                Lease(now + lease_seconds, lease, self.node),
-                limit=limit,
-                now=now,
-            )
-            claimed = builder.finish()
-            return claimed
+
+    async def _claim_in(
+        self,
+        conn: PgConnection,
+        routes: Routes,
+        *,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        per_subscription_limit: int,
+        busy: Mapping[int, int],
+        for_subscription: int | None = None,
+    ) -> Claim:
+        """`claim`, in the transaction under way."""
+        lease = new_lease_token()
+        builder = ClaimBuilder(
+            routes,
+            limit=limit,
+            now=now,
+            lease=lease,
+            per_subscription_limit=per_subscription_limit,
+            busy=busy,
+            for_subscription=for_subscription,
+        )
+        await claim_rounds(
+            conn, builder, Lease(now + lease_seconds, lease, self.node), limit=limit, now=now
+        )
+        return builder.finish()
 
     async def _settle(self, outcome: Settlement) -> None:
         if self._closed:
@@ -1160,3 +1234,12 @@ def _outcome_arrays(outcomes: Sequence[Settlement], *, due: bool) -> list[list[A
         [o.error for o in outcomes],
         [o.status for o in outcomes],
     ]
+
+
+@dataclass(slots=True)
+class _TakenOffer:
+    """The dispatcher's claim, as a publish transaction took it (`offer_claim`)."""
+
+    answer: Callable[[Claim | None], None] | None = None
+    claim: Claim | None = None
+    took_all: bool = False  # it took every delivery the transaction's publishes made

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from mqpy.model.domain import NewMessage, Published
 from mqpy.store import postgres_sql as sql
+from mqpy.store.claim_offers import PublishedDeliveries
 from mqpy.store.postgres_schema import DUE_CHANNEL, TALLY_SLOTS
 from mqpy.store.postgres_sql import PgConnection
 from mqpy.store.routes import Routes
@@ -41,6 +42,8 @@ class PublishPlan:
         # Idempotency keys an earlier transaction holds, and those this one takes.
         self.held: dict[tuple[str, str], str] = {}
         self._taken: dict[tuple[str, str], str] = {}
+        # What the transaction makes due, for a claim made inside it (`Store.offer_claim`).
+        self.made = PublishedDeliveries()
 
     def add(self, message: NewMessage) -> Published:
         key = _idempotency_of(message)
@@ -56,11 +59,14 @@ class PublishPlan:
         self._deliveries.extend(
             (message.id, t.subscription_id, t.group_id, message.ordering_key, due) for t in targets
         )
+        self.made.add(message.id, len(targets), due_now=due <= message.published_at)
         count, first = self._topics.get(message.topic, (0, message.published_at))
         self._topics[message.topic] = (count + 1, min(first, message.published_at))
         return Published(message.id, deliveries=len(targets))
 
-    async def write(self, conn: PgConnection) -> None:
+    async def write(self, conn: PgConnection, *, wake: bool = True) -> None:
+        """Write the rows; `wake`: tell every node that deliveries are due (NOTIFY), if
+        the transaction makes any."""
         if not self._messages:
             return
         keys = sorted({_lock_key(m.ordering_key) for m in self._messages if m.ordering_key})
@@ -90,7 +96,7 @@ class PublishPlan:
             [count for count, _ in self._topics.values()],
             sum(1 for done_at in self._done_at if done_at is None),  # left to deliver
             DUE_CHANNEL,
-            bool(deliveries),
+            wake and bool(deliveries),
         )
 
 
