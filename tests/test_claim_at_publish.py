@@ -15,7 +15,7 @@ from tests.conftest import ReceiverFactory, ServerFactory
 from tests.support.client import SeedClient
 from tests.support.metrics import Scrape
 
-MESSAGES = 20
+MESSAGES = 40
 
 
 async def scrape(http: aiohttp.ClientSession, base_url: str) -> Scrape:
@@ -53,6 +53,7 @@ async def test_a_message_at_a_quiet_moment_costs_its_publish_and_its_ack_only(
 
     assert [r.text for r in receiver.received[1:]] == [f"message {n}" for n in range(MESSAGES)]
     commits = after("mqpy_store_commit_seconds_count") - before("mqpy_store_commit_seconds_count")
-    # Two a message, and a few the broker makes on its own (heartbeats, checks); a
-    # claim of its own per message would make it three or more.
-    assert commits <= 2 * MESSAGES + 6, commits
+    # Two a message, and a few the broker makes on its own (heartbeats, checks, a
+    # look at deliveries out); a claim of its own per message made it 2.9 (4.7 in a
+    # group of two processes, where each process claimed).
+    assert commits <= 2.5 * MESSAGES, commits

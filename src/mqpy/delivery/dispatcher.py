@@ -92,6 +92,7 @@ class Dispatcher:
         # overdue (`_check_overdue_at`), and whether the loop is asleep now.
         self._recheck_at = math.inf
         self._asleep = False
+        self._wake_at = math.inf  # when the sleeping loop wakes by itself
         self._all_settled = asyncio.Event()  # set when nothing is in flight at shutdown
         # Acknowledgements on their way to the store, with what each acknowledges: the
         # worker that sent each went on to its next delivery.
@@ -254,6 +255,7 @@ class Dispatcher:
             timeout = min(timeout, max(0.0, self._recheck_at - self._clock()))
             if timeout > 0.0:
                 self._offer()
+            self._wake_at = self._clock() + timeout
             self._asleep = True
             # wait_for, not asyncio.timeout: with a timeout of 0 it returns at once,
             # where the latter takes one more turn of the loop; measured on Python 3.11,
@@ -345,8 +347,12 @@ class Dispatcher:
             task = asyncio.create_task(self._give_back(given_back, now))
             self._giving_back.add(task)
             task.add_done_callback(self._giving_back.discard)
-        if self._held_back or claim.next_due_at is not None:
-            self._wake.set()  # more is due, or soon: the loop claims and plans its sleep
+        next_due_at = math.inf if claim.next_due_at is None else claim.next_due_at
+        if self._held_back or next_due_at < self._wake_at:
+            # More is due, or falls due before the loop would look: it claims and plans
+            # its sleep. (Deliveries in flight fall due when their leases would run out:
+            # no reason to wake it.)
+            self._wake.set()
         elif self._asleep:
             self._offer()  # ready for the next publish
 
@@ -563,7 +569,31 @@ class Dispatcher:
         self._recheck_at = due_at
         if self._asleep:
             loop = asyncio.get_running_loop()
-            loop.call_at(loop.time() + max(0.0, due_at - self._clock()), self._wake.set)
+            loop.call_at(loop.time() + max(0.0, due_at - self._clock()), self._recheck)
+
+    def _recheck(self) -> None:
+        """`_check_overdue_at`'s timer: wake the sleeping loop if a delivery sent since it
+        looked is overdue now. Most were answered long before: waking it for them would
+        be a claim for nothing (a transaction) per timer, so the timer looks first, and
+        comes back for the next one still out, if any."""
+        if not self._asleep:
+            return  # awake, the loop looks at every delivery out
+        now = self._clock()
+        due_at = min(
+            (
+                sending.sent_at + self._windows.patience(sending.subscription_id)
+                for sending in self._sending.values()
+                if not sending.overdue
+            ),
+            default=math.inf,
+        )
+        if due_at <= now:
+            self._wake.set()
+            return
+        self._recheck_at = due_at
+        if due_at < math.inf:
+            loop = asyncio.get_running_loop()
+            loop.call_at(loop.time() + (due_at - now), self._recheck)
 
     def _slot_freed(self) -> None:
         # Claim again once a worthwhile share of the room is free, or as soon as the
