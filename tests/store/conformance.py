@@ -32,7 +32,6 @@ from tests.store.conformance_health import HealthConformance
 from tests.store.conformance_history import HistoryConformance
 from tests.store.conformance_inspection import InspectionConformance
 from tests.store.conformance_nodes import NodeConformance
-from tests.store.conformance_offers import OfferConformance
 from tests.store.conformance_ordering import OrderingConformance
 from tests.store.conformance_publish import PublishConformance
 from tests.store.conformance_pull import PullConformance
@@ -68,7 +67,6 @@ class StoreConformance(
     SubscriptionConformance,
     InspectionConformance,
     NodeConformance,
-    OfferConformance,
     ExpiryConformance,
     PullConformance,
     ReplayConformance,

@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from mqpy.model.domain import ClaimOffer
 from mqpy.store.base import Store
 from mqpy.store.memory import MemoryStore
 from mqpy.store.memory_state import MemoryState
 from tests.store.conformance import StoreConformance
 from tests.store.conformance_shared import SharedStoreConformance
-from tests.store.support import Reopen
+from tests.store.support import LEASE, T0, Reopen
 
 
 class TestMemoryStore(StoreConformance):
@@ -34,6 +35,14 @@ class TestMemoryStore(StoreConformance):
             return again
 
         return reopen
+
+    async def test_it_takes_no_claim_offers(self, store: MemoryStore) -> None:
+        # The dispatcher then claims only when woken, as it always did.
+        offer = ClaimOffer(
+            limit=1, lease_seconds=LEASE, per_subscription_limit=1, busy={}, clock=lambda: T0
+        )
+        assert not store.offer_claim(offer, lambda claim: None)
+        assert store.withdraw_claim()
 
 
 class TestTwoNodesOnOneState(SharedStoreConformance):

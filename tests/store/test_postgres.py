@@ -17,6 +17,7 @@ from mqpy.store.base import Store
 from mqpy.store.postgres import PostgresStore
 from mqpy.store.postgres_schema import MIGRATIONS
 from tests.store.conformance import StoreConformance
+from tests.store.conformance_offers import OfferConformance
 from tests.store.conformance_shared import SharedStoreConformance
 from tests.store.support import (
     LEASE,
@@ -63,7 +64,7 @@ async def stores(postgres_url: str) -> AsyncIterator[OpenStores]:
     await opened.close_all()
 
 
-class TestPostgresStore(StoreConformance):
+class TestPostgresStore(StoreConformance, OfferConformance):
     @pytest.fixture
     async def store(self, stores: OpenStores) -> PostgresStore:
         return await stores.open()

@@ -18,6 +18,7 @@ from mqpy.store.base import Store
 from mqpy.store.sqlite import DATABASE_FILE, SWEEP_CHUNK, SQLiteStore, prepare_group
 from mqpy.store.sqlite_schema import MIGRATIONS
 from tests.store.conformance import StoreConformance
+from tests.store.conformance_offers import OfferConformance
 from tests.store.conformance_shared import SharedStoreConformance
 from tests.store.support import (
     T0,
@@ -98,7 +99,7 @@ class TestTwoProcessesOnOneDirectory(SharedStoreConformance):
                 await a.close()
 
 
-class TestSQLiteStore(StoreConformance):
+class TestSQLiteStore(StoreConformance, OfferConformance):
     @pytest.fixture
     async def store(self, stores: OpenStores) -> SQLiteStore:
         return await stores.open()

@@ -253,7 +253,9 @@ class Dispatcher:
                 if claim.deliveries and timeout == 0.0:
                     continue
             timeout = min(timeout, max(0.0, self._recheck_at - self._clock()))
-            if timeout > 0.0:
+            if timeout > 0.0 and not self._held_back:
+                # Held back, it claims again as slots free up: an offer would only be
+                # withdrawn. Not held back, it sleeps until something is published.
                 self._offer()
             self._wake_at = self._clock() + timeout
             self._asleep = True
