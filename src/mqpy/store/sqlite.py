@@ -688,15 +688,10 @@ class SQLiteStore(Store):
                     f"the broker holds {max_backlog} undelivered messages, its --max-backlog"
                 )
             routes = self._routes_in(conn)
-            published = self._publishing.publish(conn, routes, messages, dedup_since)
             made = self._offers.transaction
+            published = self._publishing.publish(conn, routes, messages, dedup_since, made)
             transaction.append(made)
-            fresh = []
-            for message, result in zip(messages, published, strict=True):
-                if not result.duplicate:
-                    fresh.append(message)
-                    later = (message.deliver_at or 0.0) > message.published_at
-                    made.add(message.id, result.deliveries, due_now=not later)
+            fresh = [m for m, p in zip(messages, published, strict=True) if not p.duplicate]
             # Only those some subscription took wait for delivery; the others are done.
             tallies.add_stored(sum(1 for p in published if p.deliveries and not p.duplicate))
             for topic, (count, first) in _by_topic(fresh).items():

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from mqpy.model.domain import NewMessage, Published
+from mqpy.store.claim_offers import PublishedDeliveries
 from mqpy.store.routes import Routes
 from mqpy.store.rows import dump_attributes
 
@@ -59,8 +60,10 @@ class PublishBuffer:
         routes: Routes,
         messages: Sequence[NewMessage],
         dedup_since: float,
+        made: PublishedDeliveries,
     ) -> list[Published]:
-        """Buffer what `messages` write and say what each did. All or nothing: it
+        """Buffer what `messages` write and say what each did, noting in `made` what
+        they make due (for a claim offered to the transaction). All or nothing: it
         raises before buffering anything."""
         last = self._last_seq
         if last is None:
@@ -70,6 +73,7 @@ class PublishBuffer:
         keys: list[Row] = []
         keyed: dict[tuple[str, str], str] = {}
         results: list[Published] = []
+        due_now: list[tuple[str, int, bool]] = []  # noted in `made` once nothing can raise
         for message in messages:
             if message.idempotency_key is not None:
                 key = (message.publisher_key or "", message.idempotency_key)
@@ -104,7 +108,10 @@ class PublishBuffer:
                 (last, t.subscription_id, t.group_id, message.ordering_key, "pending", due)
                 for t in targets
             )
+            due_now.append((message.id, len(targets), due <= message.published_at))
             results.append(Published(message.id, deliveries=len(targets)))
+        for message_id, count, now in due_now:
+            made.add(message_id, count, due_now=now)
         self._last_seq = last
         self._messages += messages_rows
         self._deliveries += deliveries
