@@ -9,9 +9,17 @@ returns, and mark the publishes whose deliveries it took.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Mapping
 
-from mqpy.model.domain import Claim, ClaimOffer, Published, SubscriptionKind, SubscriptionSpec
+from mqpy.model.domain import (
+    Claim,
+    ClaimedDelivery,
+    ClaimOffer,
+    Published,
+    SubscriptionKind,
+    SubscriptionSpec,
+)
 from mqpy.store.base import Store
 from tests.store.support import LEASE, T0, claim, message, subscribe
 
@@ -37,6 +45,45 @@ class Offer:
         (answer,) = self.answers
         assert answer is not None
         return [delivery.body for delivery in answer.deliveries]
+
+
+class StandingOffer:
+    """A dispatcher with room to spare: it offers a claim, and offers again each time a
+    publish takes one, until `stop`. Its `busy` counts what it leased, as a dispatcher
+    counts what it holds."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.claims: list[Claim] = []
+        self.failures = 0
+        self._standing = True
+        self._make()
+
+    def leased(self) -> list[ClaimedDelivery]:
+        return [delivery for claim in self.claims for delivery in claim.deliveries]
+
+    def stop(self) -> None:
+        self._standing = False
+        self.store.withdraw_claim()
+
+    def _make(self) -> None:
+        busy = Counter(delivery.subscription_id for delivery in self.leased())
+        offer = ClaimOffer(
+            limit=1000,
+            lease_seconds=LEASE,
+            per_subscription_limit=1000,
+            busy=dict(busy),
+            clock=lambda: T0 + 1,
+        )
+        assert self.store.offer_claim(offer, self._answered)
+
+    def _answered(self, claim: Claim | None) -> None:
+        if claim is None:
+            self.failures += 1
+        else:
+            self.claims.append(claim)
+        if self._standing:
+            self._make()
 
 
 async def publish_one(store: Store, body: str, *, deliver_at: float | None = None) -> Published:

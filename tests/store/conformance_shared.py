@@ -12,6 +12,7 @@ import asyncio
 
 from mqpy.model.domain import ClaimedDelivery
 from mqpy.store.base import Store
+from tests.store.conformance_offers import StandingOffer
 from tests.store.support import (
     LEASE,
     T0,
@@ -119,3 +120,51 @@ class SharedStoreConformance:
         held = [d.subscription_id for d in [*first, *second]]
         assert held.count(capped.id) == 2
         assert held.count(other.id) == 6  # its own cap (the caller's) on each node
+
+    async def test_offers_taken_by_racing_publishes_lease_each_delivery_once(
+        self, nodes: Nodes
+    ) -> None:
+        # Each node's dispatcher leaves a claim with its store, and offers again each
+        # time a publish takes it: both nodes' publishes run claims against each other.
+        a, b = nodes
+        for _ in range(3):
+            await receiver(a)
+        await asyncio.gather(*(publish(node, "waiting") for node in [a, b] * 30))
+        offers = [StandingOffer(a), StandingOffer(b)]
+        publishes = asyncio.gather(
+            *(node.publish([message(f"m{n}")]) for n, node in enumerate([a, b] * 30))
+        )
+        # Claims of their own race the offers too (another dispatcher of each node's
+        # group, or one whose offer was withdrawn).
+        claims = asyncio.gather(*(claim(node, T0 + 1, limit=5) for node in [a, b] * 10))
+        published, claimed_meanwhile = await asyncio.gather(publishes, claims)
+        for offer in offers:
+            offer.stop()
+        assert all(offer.failures == 0 for offer in offers)
+        assert all(offer.leased() for offer in offers), "each node's offers took some"
+        left = await asyncio.gather(
+            *(claim(node, T0 + 2, limit=1000, per_subscription_limit=1000) for node in [a, b])
+        )
+        handed = [d for offer in offers for d in offer.leased()] + [
+            d for c in [*claimed_meanwhile, *left] for d in c.deliveries
+        ]
+        ids = [d.delivery_id for d in handed]
+        assert len(ids) == len(set(ids)) == 360
+        # A publish said "claimed" only if its deliveries were leased in its transaction.
+        claimed = {p.id for (p,) in published if p.claimed}
+        leased = {d.message_id for offer in offers for d in offer.leased()}
+        assert claimed <= leased
+
+    async def test_offers_taken_by_racing_publishes_keep_a_subscriptions_max_concurrency(
+        self, nodes: Nodes
+    ) -> None:
+        a, b = nodes
+        await subscribe(a, "t", max_concurrency=4)
+        offers = [StandingOffer(a), StandingOffer(b)]
+        await asyncio.gather(*(publish(a if n % 2 else b, f"m{n}", topic="t") for n in range(40)))
+        for offer in offers:
+            offer.stop()
+        claims = await asyncio.gather(*(claim(node, T0 + 2) for node in [a, b] * 3))
+        taken = [d for offer in offers for d in offer.leased()]
+        assert len(taken) == 4
+        assert [d for c in claims for d in c.deliveries] == []

@@ -154,6 +154,18 @@ _UNAVAILABLE = (
     # instead of a closed connection.
     asyncpg.InternalClientError,
 )
+# What says the session itself is gone (the server ended it: a restart, a failover, an
+# administrator), not the statement: asyncpg may also report a session whose end it read
+# but has not yet closed as an operation in progress.
+_SESSION_LOST = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
 # What says the database takes reads but refuses writes for now: a full disk, or a
 # primary demoted to a read-only standby. Readiness then probes with a write.
 _WRITES_REFUSED = (asyncpg.InsufficientResourcesError, asyncpg.ReadOnlySQLTransactionError)
@@ -284,9 +296,18 @@ class PostgresStore(Store):
         """A pooled connection, for a single statement (it is its own transaction)."""
         if self._closed or self._pool is None:
             raise StoreUnavailable("the store is closed")
+        pool = self._pool
         try:
-            async with self._pool.acquire() as conn:
-                yield conn
+            async with pool.acquire() as conn:
+                try:
+                    yield conn
+                except _SESSION_LOST:
+                    # What ended this session most likely ended every idle one in the
+                    # pool too: replace them all on their next use, rather than have
+                    # each fail a request (and a readiness probe) of its own.
+                    conn.terminate()
+                    await pool.expire_connections()
+                    raise
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"the store could not be reached: {exc}") from None
 
