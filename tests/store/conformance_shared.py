@@ -4,6 +4,7 @@ processes of a `--processes` group on one data directory). These are the hazards
 single store object, serialising its own calls, can never show.
 
 A test class using it provides a `nodes` fixture: two open stores on one store.
+`SharedOfferConformance` adds offers racing, for the stores that take them.
 """
 
 from __future__ import annotations
@@ -120,6 +121,11 @@ class SharedStoreConformance:
         held = [d.subscription_id for d in [*first, *second]]
         assert held.count(capped.id) == 2
         assert held.count(other.id) == 6  # its own cap (the caller's) on each node
+
+
+class SharedOfferConformance:
+    """Offers (`Store.offer_claim`) racing on a shared store: for the stores that take
+    them (SQLite, PostgreSQL; the in-memory store takes none)."""
 
     async def test_offers_taken_by_racing_publishes_lease_each_delivery_once(
         self, nodes: Nodes

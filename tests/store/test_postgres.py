@@ -18,7 +18,7 @@ from mqpy.store.postgres import PostgresStore
 from mqpy.store.postgres_schema import MIGRATIONS
 from tests.store.conformance import StoreConformance
 from tests.store.conformance_offers import OfferConformance
-from tests.store.conformance_shared import SharedStoreConformance
+from tests.store.conformance_shared import SharedOfferConformance, SharedStoreConformance
 from tests.store.support import (
     LEASE,
     T0,
@@ -78,7 +78,7 @@ class TestPostgresStore(StoreConformance, OfferConformance):
         return reopen
 
 
-class TestTwoNodesOnOneDatabase(SharedStoreConformance):
+class TestTwoNodesOnOneDatabase(SharedStoreConformance, SharedOfferConformance):
     """Two store objects on one database race as two broker nodes would: the hazards
     a single store object, serialising its own calls, can never show."""
 

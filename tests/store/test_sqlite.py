@@ -19,7 +19,7 @@ from mqpy.store.sqlite import DATABASE_FILE, SWEEP_CHUNK, SQLiteStore, prepare_g
 from mqpy.store.sqlite_schema import MIGRATIONS
 from tests.store.conformance import StoreConformance
 from tests.store.conformance_offers import OfferConformance
-from tests.store.conformance_shared import SharedStoreConformance
+from tests.store.conformance_shared import SharedOfferConformance, SharedStoreConformance
 from tests.store.support import (
     T0,
     Reopen,
@@ -78,7 +78,7 @@ async def stores(tmp_path: Path) -> AsyncIterator[OpenStores]:
     await opened.close_all()
 
 
-class TestTwoProcessesOnOneDirectory(SharedStoreConformance):
+class TestTwoProcessesOnOneDirectory(SharedStoreConformance, SharedOfferConformance):
     """Two store objects of one `--processes` group on one data directory (the lock
     handed down by the group's supervisor, as `mqpy serve --processes 2` does), racing
     as its two processes would."""
