@@ -138,25 +138,10 @@ POOL_SIZE = 12
 # batch statements of a few rows scanned all of `messages` (measured: 2 ms per ack
 # batch at 2,500 messages). Sequential scans stay possible where no index serves.
 SESSION_SETTINGS = {"enable_seqscan": "off", "jit": "off"}
-# What tells us the database is out of reach (or refusing work for now), as opposed
-# to a statement of ours being wrong: the caller hears StoreUnavailable (HTTP 503).
-_UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.ReadOnlySQLTransactionError,
-    asyncpg.TransactionRollbackError,
-    # A pooled connection the server closed under it (a restart) can report this
-    # instead of a closed connection.
-    asyncpg.InternalClientError,
-)
 # What says the session itself is gone (the server ended it: a restart, a failover, an
 # administrator), not the statement: asyncpg may also report a session whose end it read
-# but has not yet closed as an operation in progress.
+# but has not yet closed as an operation in progress (InterfaceError), or a pooled
+# connection the server closed under it as an InternalClientError.
 _SESSION_LOST = (
     OSError,
     TimeoutError,
@@ -165,6 +150,16 @@ _SESSION_LOST = (
     asyncpg.PostgresConnectionError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+)
+# What tells us the database is out of reach (or refusing work for now), as opposed
+# to a statement of ours being wrong: the caller hears StoreUnavailable (HTTP 503).
+_UNAVAILABLE = (
+    *_SESSION_LOST,
+    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.TransactionRollbackError,
 )
 # What says the database takes reads but refuses writes for now: a full disk, or a
 # primary demoted to a read-only standby. Readiness then probes with a write.
