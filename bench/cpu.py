@@ -95,6 +95,11 @@ def _watched(watch: Watch, processes: list[_Process]) -> list[_Process]:
     return tree
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it now, parents first."""
+    return [process.pid for process in _watched(pid, all_processes())]
+
+
 Reading = dict[tuple[int, int], float]
 
 

@@ -8,7 +8,7 @@ table and writes the figures as JSON.
 
     python -m bench.run [--quick] [--only publish,delivery,latency,batch]
                         [--store postgresql://... | --postgres] [--processes N]
-                        [--server-args "--jobs 64"] [--profile DIR]
+                        [--server-args "--jobs 64"] [--profile DIR] [--profile-native]
                         [--compare 'NAME=COMMAND --port {port}']
 
 Every broker runs with mq-py's defaults unless --server-args says otherwise. With
@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.cpu import Meter, Watch, machine_seconds
+from bench.native_profile import NativeProfiler, require_perf
+from bench.native_profile import describe as describe_parts
 from bench.stores import (
     FigureStore,
     PostgresStores,
@@ -458,11 +460,17 @@ def run_loadgen(
 
 
 class Profiler:
-    """Runs `py-spy record` on the server for the measured part of each figure."""
+    """Runs `py-spy record` on the server for the measured part of each figure, and
+    `perf record` too when `native` is enabled (native_profile.py)."""
 
     def __init__(
-        self, directory: Path | None, output_format: str, subprocesses: bool = False
+        self,
+        directory: Path | None,
+        output_format: str,
+        subprocesses: bool = False,
+        native: NativeProfiler | None = None,
     ) -> None:
+        self.native = native
         self.directory = directory
         self.output_format = output_format
         self.subprocesses = subprocesses  # --processes N: the nodes are the supervisor's
@@ -477,6 +485,12 @@ class Profiler:
 
     @contextlib.contextmanager
     def record(self, pid: int, name: str) -> Iterator[None]:
+        native = self.native.record(pid, name) if self.native else contextlib.nullcontext()
+        with native, self._py_spy(pid, name):
+            yield
+
+    @contextlib.contextmanager
+    def _py_spy(self, pid: int, name: str) -> Iterator[None]:
         if self.directory is None:
             yield
             return
@@ -978,6 +992,14 @@ def _median(runs: list[Figure]) -> Figure:
     return chosen
 
 
+def _with_parts(figure: Figure, native: NativeProfiler | None, name: str) -> Figure:
+    """`figure`, with the server's CPU by part if perf recorded its runs."""
+    shares = None if native is None else native.mean_shares(name)
+    if shares is not None:
+        figure.details["cpu_by_part"] = shares
+    return figure
+
+
 def _delivery_figure(
     figure: Figure, stats: dict[str, Any], expected: int, started_ns: int, held: int
 ) -> None:
@@ -1202,6 +1224,9 @@ def _describe(figure: Figure) -> str:
             db = d.get("database_us_per_message")
             in_db = "" if db is None else f", database {db:,.0f} µs"
             parts.append(f"CPU per {noun}: server {per:,.0f} µs{in_db}")
+    if "cpu_by_part" in d:
+        per_item = d.get("server_us_per_message")
+        parts.append(f"server CPU by part (perf): {describe_parts(d['cpu_by_part'], per_item)}")
     if len(d.get("runs", [])) > 1:
         shown = ", ".join(_fmt(value, figure.unit) for value in d["runs"])
         parts.append(f"median of runs {shown}")
@@ -1348,6 +1373,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="py-spy output format (raw: collapsed stacks, one per line)",
     )
     parser.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="sample each broker with Linux perf during each measured stretch and show "
+        "its CPU by part: the Python interpreter, the kernel, SQLite, ...",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -1450,6 +1481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elsewhere = "" if source == str(ROOT / "src") else f" (but mqpy from {source})"
     processes = args.process_count
     profiler = Profiler(args.profile, args.profile_format, subprocesses=processes > 1)
+    if args.profile_native:
+        require_perf()
     try:
         stores = open_stores(args)
     except StoreError as exc:
@@ -1506,7 +1539,9 @@ def _measure(
     steps = figure_steps(bench)
     # The other broker, if any, on the figures it can take, each right after mq-py's:
     # both see the machine as it is at that moment.
-    theirs = Bench(plan, [], workdir, Profiler(None, "raw"), foreign=args.compare_command)
+    profiler.native = NativeProfiler(args.profile_native, workdir)
+    their_profiler = Profiler(None, "raw", native=NativeProfiler(args.profile_native, workdir))
+    theirs = Bench(plan, [], workdir, their_profiler, foreign=args.compare_command)
     their_steps = figure_steps(theirs)
     figures: dict[str, Figure] = {}
     compared: dict[str, Figure] = {}
@@ -1523,9 +1558,9 @@ def _measure(
                     if compare:
                         print(f"measuring {name}{of} on {args.compare_name} ...", file=sys.stderr)
                         their_runs.append(_attempt(name, their_steps[phase][index][1]))
-                figures[name] = _median(runs)
+                figures[name] = _with_parts(_median(runs), profiler.native, name)
                 if their_runs:
-                    compared[name] = _median(their_runs)
+                    compared[name] = _with_parts(_median(their_runs), their_profiler.native, name)
     finally:
         stop_children()
         if args.keep:
