@@ -1,6 +1,8 @@
 """Every `mqpy` command that prints, run as a real process whose stdout is a pipe the
 reader has closed (`mqpy status | head -8` once `head` has its lines): it stops quietly
-with exit 0, as `mqpy listen | head -1` does, instead of a BrokenPipeError traceback."""
+with exit 0, as `mqpy listen | head -1` does, instead of a BrokenPipeError traceback.
+`mqpy publish` publishes the rest of its input all the same, and a refusal still
+fails it."""
 
 from __future__ import annotations
 
@@ -34,7 +36,9 @@ def secured(start_server: ServerFactory) -> ServerProcess:
     return server
 
 
-def into_closed_pipe(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+def into_closed_pipe(
+    *args: str, url: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """`mqpy ARGS` with stdout a pipe whose reader is gone before anything is written:
     the command's first write meets EPIPE every time, not only when it loses a race
     with `head`."""
@@ -48,6 +52,7 @@ def into_closed_pipe(*args: str, url: str) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
             [sys.executable, "-m", "mqpy", *args],
+            input=stdin,
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,
@@ -80,3 +85,39 @@ def test_a_command_whose_reader_is_gone_stops_quietly(
     assert "BrokenPipeError" not in result.stderr, result.stderr
     assert result.stderr == "", result.stderr
     assert result.returncode == 0, (result.returncode, result.stderr)
+
+
+def published_count(server: ServerProcess, topic: str) -> int:
+    answer = raw_http.request(
+        server.url, "GET", f"/v1/topics/{topic}", None, {"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
+    assert answer.status == 200, answer
+    count: int = answer.json()["published"]
+    return count
+
+
+@pytest.mark.parametrize(("mode", "count"), [("--lines", 5), ("--batch", 1_500)])
+def test_publish_publishes_every_line_when_its_reader_is_gone(
+    secured: ServerProcess, mode: str, count: int
+) -> None:
+    """`mqpy publish --lines < file | head -1`: the reader's leaving stops the printing
+    of ids, not the import (it used to stop at the first id printed, and exit 0; with
+    --batch, after the first batch of 1,000)."""
+    lines = "".join(f"line {n}\n" for n in range(count))
+    result = into_closed_pipe("publish", mode, "--topic", "import", url=secured.url, stdin=lines)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert published_count(secured, "import") == count
+
+
+def test_a_refused_line_still_fails_publish_when_its_reader_is_gone(
+    start_server: ServerFactory,
+) -> None:
+    server = start_server("--max-message-bytes", "200", env={"MQPY_ADMIN_KEY": ADMIN_KEY})
+    lines = "short\n" + "x" * 500 + "\nafter it\n"
+    result = into_closed_pipe(
+        "publish", "--batch", "--json", "--topic", "import", url=server.url, stdin=lines
+    )
+    assert result.returncode == 1, result
+    assert "line 2" in result.stderr and "1 line(s) refused" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert published_count(server, "import") == 2

@@ -117,16 +117,20 @@ def _show(option: Option) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    code: int | None = None
     try:
         try:
             args = parser.parse_args(argv)
             if args.command != "serve":
-                return _run_command(parser, args)
+                code = _run_command(parser, args)
+                return code
         finally:
             # Flushed here, not at exit, so a reader that is gone surfaces below.
             sys.stdout.flush()
     except BrokenPipeError:
-        return _reader_gone()
+        _reader_gone()
+        # A command that failed still says so (a refused line), reader or not.
+        return 0 if code is None else code
     return _serve(parser, args, argv)
 
 
@@ -137,16 +141,15 @@ def _run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
     return 2
 
 
-def _reader_gone() -> int:
+def _reader_gone() -> None:
     """Whoever read our output stopped reading (`mqpy status | head -8`): that is the
-    reader's choice, not our failure, so exit 0 as `mqpy listen | head -1` does, and
-    under `set -o pipefail` the pipeline still succeeds. What is still buffered goes to
-    devnull, else the interpreter's own flush at exit would raise again (the Python
-    docs' recipe for SIGPIPE)."""
+    reader's choice, not our failure, so a command that did its work exits 0 as
+    `mqpy listen | head -1` does, and under `set -o pipefail` the pipeline still
+    succeeds. What is still buffered goes to devnull, else the interpreter's own flush
+    at exit would raise again (the Python docs' recipe for SIGPIPE)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-    return 0
 
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:

@@ -30,7 +30,7 @@ from mqpy.commands.attributes import key_values
 from mqpy.commands.broker_client import failure, sync_client
 from mqpy.commands.options import message_options, topic_name
 from mqpy.commands.parsers import command, talks_to_broker
-from mqpy.commands.terminal import Progress, visible
+from mqpy.commands.terminal import Progress, printed, visible
 
 DEFAULT_TOPIC = "default"
 BATCH_MESSAGES = 1000  # the broker's most per batch request
@@ -167,8 +167,10 @@ class Publisher:
         self.show(published, line)
 
     def show(self, published: Published, line: int | None) -> None:
+        # `printed`: a reader that is gone (`... | head -1`) stops the printing, not the
+        # publishing of the rest of the input.
         if not self.as_json:
-            print(published.id, flush=True)
+            printed(published.id)
             return
         record: dict[str, Any] = {} if line is None else {"line": line}
         record |= {
@@ -176,13 +178,13 @@ class Publisher:
             "topic": published.topic,
             "duplicate": published.duplicate,
         }
-        print(json.dumps(record), flush=True)
+        printed(json.dumps(record))
 
     def refused(self, line: int, error: MQError) -> None:
         print(f"mqpy publish: line {line}: {visible(str(error))}", file=sys.stderr, flush=True)
         if self.as_json:
             problem = error.problem or {"status": error.status, "detail": error.detail}
-            print(json.dumps({"line": line, "error": problem}), flush=True)
+            printed(json.dumps({"line": line, "error": problem}))
 
 
 def publish(args: argparse.Namespace) -> int:
