@@ -36,6 +36,10 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("C library", ("libc.so", "libm.so", "ld-linux")),
     ("uvloop", ("loop.cpython",)),
     ("httptools", ("parser.cpython", "url_parser.cpython")),
+    (
+        "aiohttp's C parts",
+        ("_multidict", "_http_parser", "_http_writer", "_quoting_c", "_frozenlist"),
+    ),
     ("OpenSSL", ("libcrypto", "libssl", "_hashlib.cpython", "_ssl.cpython")),
 )
 SAMPLES_PER_SECOND = 999  # odd, so it does not beat in step with a timer of the broker
