@@ -50,19 +50,16 @@ class NativeProfiler:
     """Runs `perf record` on a broker during each measured stretch, and keeps each
     stretch's CPU shares by part (`shares[name]`: one dict per run, percent)."""
 
-    def __init__(self, enabled: bool, workdir: Path) -> None:
-        self.enabled = enabled
+    def __init__(self, workdir: Path, broker: str) -> None:
         self.workdir = workdir
+        self.broker = broker  # names its data files apart from the other broker's
         self.shares: dict[str, list[dict[str, float]]] = {}
-        self.problems: dict[str, str] = {}
         self.perf = shutil.which("perf") or "perf"
 
     @contextlib.contextmanager
     def record(self, pid: int, name: str) -> Iterator[None]:
-        if not self.enabled:
-            yield
-            return
-        data = self.workdir / f"{name}-{len(self.shares.get(name, []))}.perf.data"
+        run = len(self.shares.get(name, []))
+        data = self.workdir / f"{self.broker}-{name}-{run}.perf.data"
         pids = ",".join(str(p) for p in process_tree(pid))
         command = [self.perf, "record", "--quiet", "-F", str(SAMPLES_PER_SECOND)]
         command += ["-p", pids, "-o", str(data)]
@@ -89,8 +86,10 @@ class NativeProfiler:
         shares = by_part(report.stdout)
         if not shares:
             problem = (report.stderr or record_errors).strip().splitlines()
-            self.problems[name] = problem[-1] if problem else "perf recorded nothing"
-            print(f"  perf on {name}: {self.problems[name]}", file=sys.stderr)
+            print(
+                f"  perf on {name}: {problem[-1] if problem else 'nothing recorded'}",
+                file=sys.stderr,
+            )
             return
         self.shares.setdefault(name, []).append(shares)
 

@@ -485,7 +485,7 @@ class Profiler:
 
     @contextlib.contextmanager
     def record(self, pid: int, name: str) -> Iterator[None]:
-        native = self.native.record(pid, name) if self.native else contextlib.nullcontext()
+        native = contextlib.nullcontext() if self.native is None else self.native.record(pid, name)
         with native, self._py_spy(pid, name):
             yield
 
@@ -1539,8 +1539,12 @@ def _measure(
     steps = figure_steps(bench)
     # The other broker, if any, on the figures it can take, each right after mq-py's:
     # both see the machine as it is at that moment.
-    profiler.native = NativeProfiler(args.profile_native, workdir)
-    their_profiler = Profiler(None, "raw", native=NativeProfiler(args.profile_native, workdir))
+    # --profile-native: perf on both brokers, each its own record of their shares.
+    profiler.native = NativeProfiler(workdir, "mqpy") if args.profile_native else None
+    their_native = (
+        NativeProfiler(workdir, args.compare_name or "other") if args.profile_native else None
+    )
+    their_profiler = Profiler(None, "raw", native=their_native)
     theirs = Bench(plan, [], workdir, their_profiler, foreign=args.compare_command)
     their_steps = figure_steps(theirs)
     figures: dict[str, Figure] = {}

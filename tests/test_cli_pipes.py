@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import ServerFactory
 from tests.support import raw_http
+from tests.support.api import call, ok
 from tests.support.server import ServerProcess
 
 ADMIN_KEY = "cli-pipes-admin-key-7e21"
@@ -88,11 +89,7 @@ def test_a_command_whose_reader_is_gone_stops_quietly(
 
 
 def published_count(server: ServerProcess, topic: str) -> int:
-    answer = raw_http.request(
-        server.url, "GET", f"/v1/topics/{topic}", None, {"Authorization": f"Bearer {ADMIN_KEY}"}
-    )
-    assert answer.status == 200, answer
-    count: int = answer.json()["published"]
+    count: int = ok(call(server.url, "GET", f"/v1/topics/{topic}", key=ADMIN_KEY))["published"]
     return count
 
 
